@@ -1,0 +1,1 @@
+"""smartfarm cloud package."""

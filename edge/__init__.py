@@ -1,0 +1,1 @@
+"""smartfarm edge package."""

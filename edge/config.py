@@ -1,0 +1,191 @@
+"""Edge configuration: a TOML file plus ``SMARTFARM_EDGE_…`` environment overrides.
+
+Every key can be overridden from the environment, nested keys joined by ``__``:
+``SMARTFARM_EDGE_BROKER__PORT=1884``, ``SMARTFARM_EDGE_API__ADMIN_PASSWORD=…``; lists (rooms,
+devices) take JSON. Relative paths are resolved against the config file's folder.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from shared.errors import SmartfarmError
+from shared.models import Id
+from shared.rules import ActuatorRole, Rule, Safety
+
+
+class ConfigError(SmartfarmError):
+    """The configuration cannot be used; the message names the bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerConfig(_Section):
+    mode: Literal["embedded", "external"] = "embedded"
+    host: str = "127.0.0.1"
+    port: int = Field(default=1884, ge=0, le=65535, description="embedded listener (0 = free port)")
+    # External broker (Mosquitto, …): mqtt://host:port; the edge logs in as `edge_username`.
+    url: str | None = None
+    edge_username: Id = "smartfarm-edge"
+    edge_password: SecretStr | None = None
+    password_file: Path = Path("credentials/passwd")
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+
+
+class ApiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    admin_user: str = "admin"
+    admin_password: SecretStr | None = None
+
+
+class AutomationConfig(_Section):
+    tick_s: float = Field(default=5, gt=0, le=300)
+    stale_after_s: float = Field(default=180, gt=0)
+    command_timeout_s: float = Field(default=10, gt=0)
+    command_retries: int = Field(default=3, ge=0, le=20)
+    override_minutes: float = Field(default=30, gt=0)
+    timezone: str = "UTC"
+
+
+class AlertConfig(_Section):
+    out_of_band_minutes: float = Field(default=15, gt=0)
+    silent_minutes: float = Field(default=5, gt=0)
+    reminder_minutes: float = Field(default=60, gt=0)
+
+
+class StoreConfig(_Section):
+    # Group commit: the writer commits when either bound is reached (SD-card friendly).
+    commit_interval_ms: float = Field(default=200, ge=0, le=10_000)
+    commit_max_items: int = Field(default=2_000, ge=1)
+    quarantine_max_payload: int = Field(default=4_096, ge=64)
+
+
+class DeviceConfig(_Section):
+    id: Id
+    room: Id
+    kind: Literal["sensor", "actuator"]
+    actuator: ActuatorRole | None = None
+    safety: Safety | None = None
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _role(self) -> Self:
+        if self.kind == "actuator" and self.actuator is None:
+            raise ValueError("an actuator device needs `actuator` (humidifier, exhaust_fan, …)")
+        if self.kind == "sensor" and self.actuator is not None:
+            raise ValueError("a sensor device has no `actuator`")
+        return self
+
+
+class RoomConfig(_Section):
+    id: Id
+    name: str = ""
+    species: Literal["oyster", "shiitake", "lions_mane"]
+    stage: Literal["spawn_run", "pinning", "fruiting"]
+    stage_started: str | None = None
+    # User rules: a rule with the id of a profile rule replaces it; others are added.
+    rules: list[Rule] = Field(default_factory=list)
+
+
+class EdgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SMARTFARM_EDGE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    farm_id: Id = "farm-1"
+    data_dir: Path = Path("data")
+    device_secrets_file: Path = Path("credentials/device-secrets.toml")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    rooms: list[RoomConfig] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    config_path: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (passed as init kwargs).
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        room_ids = [r.id for r in self.rooms]
+        if len(set(room_ids)) != len(room_ids):
+            raise ValueError("rooms: duplicate room id")
+        dev_ids = [d.id for d in self.devices]
+        if len(set(dev_ids)) != len(dev_ids):
+            raise ValueError("devices: duplicate device id")
+        if self.broker.edge_username in dev_ids:
+            raise ValueError("broker.edge_username must not be a device id")
+        for dev in self.devices:
+            if dev.room not in room_ids:
+                raise ValueError(f"devices: {dev.id} is in unknown room {dev.room!r}")
+        return self
+
+    # ---- paths resolved against the config file's folder ----
+    def resolve(self, path: Path) -> Path:
+        if path.is_absolute() or self.config_path is None:
+            return path
+        return (self.config_path.parent / path).resolve()
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve(self.data_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_path / "edge.db"
+
+    @property
+    def password_file_path(self) -> Path:
+        return self.resolve(self.broker.password_file)
+
+    @property
+    def device_secrets_path(self) -> Path:
+        return self.resolve(self.device_secrets_file)
+
+    def room(self, room_id: str) -> RoomConfig | None:
+        return next((r for r in self.rooms if r.id == room_id), None)
+
+    def device(self, device_id: str) -> DeviceConfig | None:
+        return next((d for d in self.devices if d.id == device_id), None)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    return f"{loc}: {err['msg']}"
+
+
+def load_config(path: Path | str, **overrides: Any) -> EdgeSettings:
+    """Read the TOML file, apply env overrides, validate; raise ConfigError with one clear line."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        hint = "create one with `smartfarm edge init DIR`"
+        raise ConfigError(f"config file {path} not found ({hint})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    data.update(overrides)
+    try:
+        return EdgeSettings(**data, config_path=path.resolve())
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_error(exc)}") from None

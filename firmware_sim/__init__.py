@@ -1,0 +1,1 @@
+"""smartfarm firmware_sim package."""

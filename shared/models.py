@@ -1,0 +1,227 @@
+"""Pydantic models of the wire formats that ESP32 nodes, the edge and the cloud exchange.
+
+Telemetry ``{"device_id","timestamp","data":{...}}``, command
+``{"command_id","device_id","action","value","timestamp"}``, ack ``{"command_id","status",...}``
+and status. ``parse_*`` functions turn raw MQTT payloads into models or raise PayloadError with a
+one-line reason (what the edge stores in its quarantine table).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from shared.errors import PayloadError
+from shared.topics import ID_RE, is_valid_id
+
+MAX_PAYLOAD_BYTES: Final = 16 * 1024
+MAX_METRICS: Final = 32
+METRIC_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+# Physically possible ranges (inclusive) for the seed's metrics; values outside are rejected.
+# Sensor limits: SHT3x/DS18B20 −40…125 °C (we cap at 85 °C, beyond any grow room), SCD30/SCD4x CO₂
+# 0…40 000 ppm, BH1750 light 0…65 535 lx (sunlight tops out near 120 000 lx), Li-ion cell ≤ 4.35 V.
+METRIC_LIMITS: Final[dict[str, tuple[float, float]]] = {
+    "temperature_c": (-40.0, 85.0),
+    "humidity_pct": (0.0, 100.0),
+    "co2_ppm": (0.0, 40_000.0),
+    "light_lux": (0.0, 150_000.0),
+    "substrate_moisture": (0.0, 100.0),
+    "battery_v": (0.0, 6.0),
+}
+KNOWN_METRICS: Final[tuple[str, ...]] = tuple(METRIC_LIMITS)
+
+# A device timestamp is trusted only inside this window around the edge's receive time: an ESP32
+# without an RTC reports 1970, a drifting one may be minutes off; buffered ones may be a day old.
+MAX_PAST: Final = timedelta(days=1)
+MAX_FUTURE: Final = timedelta(minutes=5)
+
+
+def _check_id(value: str) -> str:
+    if not is_valid_id(value):
+        raise ValueError(f"must match {ID_RE.pattern}")
+    return value
+
+
+Id = Annotated[str, AfterValidator(_check_id)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, str_max_length=256)
+
+
+class Telemetry(_Wire):
+    """One telemetry message. ``timestamp_replaced`` is set by the edge, never sent by devices."""
+
+    device_id: Id
+    timestamp: datetime | None = None
+    data: dict[str, float]
+    timestamp_replaced: bool = Field(default=False, exclude=True)
+
+    @field_validator("timestamp", mode="after")
+    @classmethod
+    def _tz(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _aware(value)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _metrics(cls, value: Any) -> dict[str, float]:
+        if not isinstance(value, dict):
+            raise ValueError("data must be an object of metric: number")
+        if not value:
+            raise ValueError("data has no metrics")
+        if len(value) > MAX_METRICS:
+            raise ValueError(f"data has more than {MAX_METRICS} metrics")
+        out: dict[str, float] = {}
+        for name, raw in value.items():
+            if not isinstance(name, str) or not METRIC_RE.fullmatch(name):
+                raise ValueError(f"metric name {str(name)[:40]!r} is not snake_case")
+            # bool is an int in Python; a device sending true for a temperature is broken.
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise ValueError(f"{name} must be a number, got {type(raw).__name__}")
+            number = float(raw)
+            if not math.isfinite(number):
+                raise ValueError(f"{name} is not finite")
+            low, high = METRIC_LIMITS.get(name, (-1e9, 1e9))
+            if not low <= number <= high:
+                raise ValueError(f"{name}={number:g} outside physical range [{low:g}, {high:g}]")
+            out[name] = number
+        return out
+
+
+CommandAction = Literal["on", "off", "set"]
+
+
+class Command(_Wire):
+    """A command to one actuator node: ``on``/``off``, or ``set`` with a level 0–100."""
+
+    command_id: Id
+    device_id: Id
+    action: CommandAction
+    value: float | bool | None = None
+    timestamp: datetime
+
+    @field_validator("timestamp", mode="after")
+    @classmethod
+    def _tz(cls, value: datetime) -> datetime:
+        return _aware(value)
+
+
+class Ack(_Wire):
+    """A device's answer to a command, on its ``ack`` topic."""
+
+    command_id: Id
+    status: Literal["ok", "error"]
+    device_id: Id | None = None
+    error: str | None = None
+    state: dict[str, float | bool | str | None] | None = None
+    timestamp: datetime | None = None
+
+
+class Status(_Wire):
+    """A device's state report on its ``status`` topic (retained by convenience, not required)."""
+
+    device_id: Id
+    online: bool = True
+    timestamp: datetime | None = None
+    state: dict[str, float | bool | str | None] = Field(default_factory=dict)
+    firmware: str | None = None
+    rssi_dbm: float | None = None
+    uptime_s: float | None = None
+
+
+def _load_json(payload: bytes | str) -> Any:
+    if isinstance(payload, str):
+        payload = payload.encode()
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload is {len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}")
+    try:
+        doc = json.loads(payload)
+    except UnicodeDecodeError:
+        raise PayloadError("payload is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"malformed JSON: {exc.msg} at {exc.pos}") from None
+    except RecursionError:
+        raise PayloadError("JSON nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise PayloadError(f"payload must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _reason(exc: ValidationError) -> PayloadError:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "payload"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return PayloadError(f"{loc}: {msg}{more}", field=loc)
+
+
+def _validate(model: type[_Wire], payload: bytes | str) -> Any:
+    doc = _load_json(payload)
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise _reason(exc) from None
+
+
+def parse_telemetry(
+    payload: bytes | str,
+    *,
+    received_at: datetime,
+    expected_device: str | None = None,
+) -> Telemetry:
+    """Validate a telemetry payload; stamp ``received_at`` when the device time is missing or
+    implausible (and flag it); refuse a payload whose device_id differs from its topic's."""
+    tel: Telemetry = _validate(Telemetry, payload)
+    if expected_device is not None and tel.device_id != expected_device:
+        raise PayloadError(
+            f"device_id {tel.device_id!r} does not match topic device {expected_device!r}",
+            field="device_id",
+        )
+    received_at = _aware(received_at)
+    ts = tel.timestamp
+    if ts is None or not (received_at - MAX_PAST <= ts <= received_at + MAX_FUTURE):
+        return tel.model_copy(update={"timestamp": received_at, "timestamp_replaced": True})
+    return tel
+
+
+def parse_command(payload: bytes | str) -> Command:
+    return _validate(Command, payload)  # type: ignore[no-any-return]
+
+
+def parse_ack(payload: bytes | str, *, expected_device: str | None = None) -> Ack:
+    ack: Ack = _validate(Ack, payload)
+    if expected_device is not None and ack.device_id not in (None, expected_device):
+        raise PayloadError("ack device_id does not match topic device", field="device_id")
+    return ack
+
+
+def parse_status(payload: bytes | str, *, expected_device: str | None = None) -> Status:
+    status: Status = _validate(Status, payload)
+    if expected_device is not None and status.device_id != expected_device:
+        raise PayloadError("status device_id does not match topic device", field="device_id")
+    return status
+
+
+def dump(model: BaseModel) -> bytes:
+    """Serialise a wire model the way devices expect it (ISO 8601 timestamps, no nulls)."""
+    return model.model_dump_json(exclude_none=True).encode()
