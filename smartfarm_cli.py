@@ -1,13 +1,41 @@
-"""The `smartfarm` console script: dispatches to the edge, cloud and simulator CLIs."""
+"""The `smartfarm` console script: `edge …`, `sim …`, `cloud …` and `demo`."""
 from __future__ import annotations
 
 import sys
 
+USAGE = """usage: smartfarm {edge,sim,cloud,demo} …
+
+  edge   init a site, add devices, check the config, run the Raspberry Pi edge
+  sim    run simulated ESP32 nodes against an edge (smartfarm sim --config edge.toml)
+  cloud  the cloud service (serve, migrate, seed-db, create-user, check-config)
+  demo   set up and run a demo farm (edge + simulated rooms), print the page URL and login
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.cli import main as run
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "edge":
+        from edge.cli import edge_main
 
-    return run(argv if argv is not None else sys.argv[1:])
+        return edge_main(rest)
+    if command == "sim":
+        from firmware_sim.farm import sim_main
+
+        return sim_main(rest)
+    if command == "cloud":
+        from cloud.cli import cloud_main
+
+        return cloud_main(rest)
+    if command == "demo":
+        from edge.demo import demo_main
+
+        return demo_main(rest)
+    print(f"smartfarm: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -42,7 +42,10 @@ class ApiConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     admin_user: str = "admin"
+    # Prefer the environment (SMARTFARM_EDGE_API__ADMIN_PASSWORD) or the file `edge init` writes
+    # (mode 0600); the file is read at load time when no password is given otherwise.
     admin_password: SecretStr | None = None
+    admin_password_file: Path | None = Path("credentials/admin-password")
 
 
 class AutomationConfig(_Section):
@@ -186,6 +189,12 @@ def load_config(path: Path | str, **overrides: Any) -> EdgeSettings:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     data.update(overrides)
     try:
-        return EdgeSettings(**data, config_path=path.resolve())
+        settings = EdgeSettings(**data, config_path=path.resolve())
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_first_error(exc)}") from None
+    api = settings.api
+    if api.admin_password is None and api.admin_password_file is not None:
+        pw_path = settings.resolve(api.admin_password_file)
+        if pw_path.is_file():
+            api.admin_password = SecretStr(pw_path.read_text().strip())
+    return settings

@@ -66,7 +66,10 @@ def _aware(value: datetime) -> datetime:
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, str_max_length=256)
+    # allow_inf_nan: Python's json accepts NaN/Infinity; no field of ours means either.
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, str_max_length=256, allow_inf_nan=False
+    )
 
 
 class Telemetry(_Wire):
@@ -98,7 +101,10 @@ class Telemetry(_Wire):
             # bool is an int in Python; a device sending true for a temperature is broken.
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise ValueError(f"{name} must be a number, got {type(raw).__name__}")
-            number = float(raw)
+            try:
+                number = float(raw)
+            except OverflowError:  # a JSON integer of hundreds of digits
+                raise ValueError(f"{name} is too large") from None
             if not math.isfinite(number):
                 raise ValueError(f"{name} is not finite")
             low, high = METRIC_LIMITS.get(name, (-1e9, 1e9))
@@ -162,6 +168,8 @@ def _load_json(payload: bytes | str) -> Any:
         raise PayloadError(f"malformed JSON: {exc.msg} at {exc.pos}") from None
     except RecursionError:
         raise PayloadError("JSON nested too deeply") from None
+    except ValueError:  # an integer past Python's int_max_str_digits (4300)
+        raise PayloadError("malformed JSON: number too long") from None
     if not isinstance(doc, dict):
         raise PayloadError(f"payload must be a JSON object, got {type(doc).__name__}")
     return doc

@@ -7,16 +7,32 @@ pydantic models so the edge can persist them as JSON and resume "for" timers aft
 from __future__ import annotations
 
 import re
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from shared.models import Id
 
 ActuatorRole = Literal["humidifier", "exhaust_fan", "heater", "light"]
 ACTUATOR_ROLES: tuple[ActuatorRole, ...] = ("humidifier", "exhaust_fan", "heater", "light")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _utc_if_naive(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# State is persisted by the edge (JSON, SQLite); a naive time read back is UTC, never local, and
+# must compare with the evaluator's aware ``now`` instead of raising TypeError.
+UtcDatetime = Annotated[datetime, AfterValidator(_utc_if_naive)]
 
 
 class _Model(BaseModel):
@@ -165,14 +181,14 @@ Rule = Annotated[ThresholdRule | ScheduleRule | PidRule, Field(discriminator="ty
 
 class Reading(_Model):
     value: float
-    at: datetime
+    at: UtcDatetime
 
 
 class Override(_Model):
     """A manual command that wins over automation on one actuator until ``until``."""
 
     on: bool
-    until: datetime
+    until: UtcDatetime
     by: str = "operator"
 
 
@@ -180,8 +196,8 @@ class ActuatorState(_Model):
     """What the edge last made of an actuator: on/off since when, recent on-intervals for duty."""
 
     on: bool = False
-    since: datetime | None = None
-    on_intervals: tuple[tuple[datetime, datetime | None], ...] = ()
+    since: UtcDatetime | None = None
+    on_intervals: tuple[tuple[UtcDatetime, UtcDatetime | None], ...] = ()
     override: Override | None = None
 
 
@@ -190,12 +206,12 @@ class RuleState(_Model):
     hysteresis output, and the PID integrator."""
 
     active: bool = False
-    pending_since: datetime | None = None
+    pending_since: UtcDatetime | None = None
     integral: float = 0.0
     last_error: float | None = None
-    last_at: datetime | None = None
+    last_at: UtcDatetime | None = None
     output: float = 0.0
-    cycle_start: datetime | None = None
+    cycle_start: UtcDatetime | None = None
 
 
 class Decision(_Model):

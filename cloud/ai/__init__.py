@@ -1,0 +1,1 @@
+"""Recommendation providers: the built-in advisor now; AWS Bedrock with the AI issue."""

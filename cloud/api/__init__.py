@@ -1,0 +1,44 @@
+"""REST API: one module per resource, each exporting ``ROUTES``; ``all_routes()`` is the table."""
+
+from __future__ import annotations
+
+from cloud.api import (
+    ai,
+    auth,
+    automation,
+    commands,
+    devices,
+    edges,
+    farms,
+    members,
+    notifications,
+    rooms,
+    system,
+    telemetry,
+    users,
+)
+from cloud.api.routing import Route
+
+MODULES = (
+    system,
+    auth,
+    users,
+    farms,
+    members,
+    rooms,
+    devices,
+    telemetry,
+    commands,
+    automation,
+    ai,
+    notifications,
+    edges,
+)
+
+
+def all_routes() -> list[Route]:
+    """Every API route, in documentation order."""
+    return [route for module in MODULES for route in module.ROUTES]
+
+
+__all__ = ["Route", "all_routes"]

@@ -1,0 +1,222 @@
+"""Devices in rooms; registration returns the device's MQTT credentials once."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from cloud import appkeys
+from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
+from cloud.api.routing import Call, Route
+from cloud.api.schemas import In, Out
+from cloud.db import audit
+from cloud.db import devices as devices_db
+from cloud.errors import NotFound
+from shared.models import Id
+from shared.rules import ActuatorRole
+from shared.topics import build_topic
+
+
+class DeviceIn(In):
+    id: Id | None = Field(default=None, description="the MQTT username; generated when omitted")
+    name: str = Field(default="", max_length=100)
+    kind: Literal["sensor", "actuator"]
+    actuator: ActuatorRole | None = Field(default=None, description="required for actuators")
+    capabilities: list[str] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _role(self) -> Self:
+        if (self.kind == "actuator") != (self.actuator is not None):
+            raise ValueError("an actuator needs `actuator`; a sensor must not have one")
+        return self
+
+
+class DevicePatch(In):
+    name: str | None = Field(default=None, max_length=100)
+    capabilities: list[str] | None = Field(default=None, max_length=64)
+
+
+class DeviceOut(Out):
+    id: str
+    room_id: str
+    farm_id: str
+    name: str
+    kind: Literal["sensor", "actuator"]
+    actuator: ActuatorRole | None
+    capabilities: list[str]
+    last_seen: datetime | None
+    created_at: datetime
+
+
+class MqttCredentials(Out):
+    username: str
+    password: str = Field(description="shown once; only its argon2id hash is stored")
+    publish_topics: list[str]
+    subscribe_topics: list[str]
+
+
+class RegisteredDeviceOut(DeviceOut):
+    mqtt: MqttCredentials
+
+
+class Reading(Out):
+    metric: str
+    value: float
+    time: datetime
+
+
+class LatestOut(Out):
+    device_id: str
+    room_id: str
+    time: datetime | None = Field(description="newest reading time across metrics")
+    readings: list[Reading]
+
+
+async def list_devices(call: Call) -> Page[DeviceOut]:
+    """List a room's devices"""
+    q: PageQuery = call.query
+    after = decode_cursor(q.cursor, str)
+    rows = await devices_db.list_devices(
+        call.db, call.param("room_id"), after=after[0] if after else None, limit=q.limit + 1
+    )
+    rows, cursor = paginate(rows, q.limit, lambda r: [r["id"]])
+    return Page[DeviceOut](items=[DeviceOut.model_validate(r) for r in rows], next_cursor=cursor)
+
+
+async def register_device(call: Call) -> RegisteredDeviceOut:
+    """Register a device; the answer carries its MQTT password, shown this once"""
+    body: DeviceIn = call.body
+    room_id = call.param("room_id")
+    device_id = body.id or f"{body.kind}-{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(24)
+    pw_hash = await call.app[appkeys.PASSWORDS].hash(password)
+    row = await devices_db.create(
+        call.db,
+        device_id=device_id,
+        room_id=room_id,
+        name=body.name,
+        kind=body.kind,
+        actuator=body.actuator,
+        capabilities=body.capabilities,
+        credentials_hash=pw_hash,
+    )
+    await audit.record(
+        call.db,
+        user_id=call.user_id,
+        farm_id=call.farm_id,
+        action="device.register",
+        target=device_id,
+    )
+    farm_id = call.farm_id
+    publish = [build_topic(farm_id, room_id, k, device_id) for k in ("telemetry", "status", "ack")]
+    mqtt = MqttCredentials(
+        username=device_id,
+        password=password,
+        publish_topics=publish,
+        subscribe_topics=[build_topic(farm_id, room_id, "command", device_id)],
+    )
+    return RegisteredDeviceOut.model_validate({**row, "mqtt": mqtt})
+
+
+async def get_device(call: Call) -> DeviceOut:
+    """Read one device"""
+    row = await devices_db.get(call.db, call.param("device_id"))
+    if row is None:
+        raise NotFound("device not found")
+    return DeviceOut.model_validate(row)
+
+
+async def update_device(call: Call) -> DeviceOut:
+    """Rename a device or change its capabilities"""
+    body: DevicePatch = call.body
+    row = await devices_db.update(
+        call.db, call.param("device_id"), name=body.name, capabilities=body.capabilities
+    )
+    if row is None:
+        raise NotFound("device not found")
+    return DeviceOut.model_validate(row)
+
+
+async def delete_device(call: Call) -> None:
+    """Delete a device (its readings stay in the history)"""
+    device_id = call.param("device_id")
+    if not await devices_db.delete(call.db, device_id):
+        raise NotFound("device not found")
+    await audit.record(
+        call.db,
+        user_id=call.user_id,
+        farm_id=call.farm_id,
+        action="device.delete",
+        target=device_id,
+    )
+
+
+async def latest(call: Call) -> LatestOut:
+    """Latest value of every metric a device reported"""
+    device_id = call.param("device_id")
+    rows = await devices_db.latest(call.db, device_id)
+    assert call.access is not None and call.access.room_id is not None
+    readings = [Reading.model_validate(r) for r in rows]
+    newest = max((r.time for r in readings), default=None)
+    return LatestOut(
+        device_id=device_id, room_id=call.access.room_id, time=newest, readings=readings
+    )
+
+
+ROUTES = [
+    Route(
+        "GET",
+        "/api/rooms/{room_id}/devices",
+        list_devices,
+        "room",
+        query=PageQuery,
+        response=Page[DeviceOut],
+        tag="devices",
+    ),
+    Route(
+        "POST",
+        "/api/rooms/{room_id}/devices",
+        register_device,
+        "room",
+        role="owner",
+        body=DeviceIn,
+        response=RegisteredDeviceOut,
+        status=201,
+        tag="devices",
+        errors=(409, 422),
+    ),
+    Route(
+        "GET", "/api/devices/{device_id}", get_device, "device", response=DeviceOut, tag="devices"
+    ),
+    Route(
+        "PATCH",
+        "/api/devices/{device_id}",
+        update_device,
+        "device",
+        role="operator",
+        body=DevicePatch,
+        response=DeviceOut,
+        tag="devices",
+        errors=(422,),
+    ),
+    Route(
+        "DELETE",
+        "/api/devices/{device_id}",
+        delete_device,
+        "device",
+        role="owner",
+        status=204,
+        tag="devices",
+    ),
+    Route(
+        "GET",
+        "/api/devices/{device_id}/latest",
+        latest,
+        "device",
+        response=LatestOut,
+        tag="telemetry",
+    ),
+]

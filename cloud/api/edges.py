@@ -1,0 +1,139 @@
+"""Edge gateways: register one per site, rotate its upload token (shown once)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+from pydantic import Field
+
+from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
+from cloud.api.routing import Call, Route
+from cloud.api.schemas import In, Out
+from cloud.auth.tokens import opaque_token, token_hash
+from cloud.db import audit
+from cloud.db import edges as edges_db
+from cloud.errors import NotFound
+from shared.models import Id
+
+TOKEN_PREFIX = "sfe_"  # noqa: S105 - a prefix that makes leaked tokens easy to grep for
+
+
+class EdgeIn(In):
+    id: Id | None = Field(default=None, description="generated when omitted")
+    name: str = Field(default="", max_length=100)
+
+
+class EdgeOut(Out):
+    id: str
+    farm_id: str
+    name: str
+    high_water: int = Field(description="last outbox seq the cloud stored from this edge")
+    last_seen: datetime | None
+    rotated_at: datetime
+    created_at: datetime
+
+
+class EdgeTokenOut(EdgeOut):
+    token: str = Field(description="shown once; configure it on the edge (only a hash is kept)")
+
+
+def new_token() -> str:
+    return opaque_token(TOKEN_PREFIX)
+
+
+async def list_edges(call: Call) -> Page[EdgeOut]:
+    """List a farm's edge gateways"""
+    q: PageQuery = call.query
+    after = decode_cursor(q.cursor, str)
+    rows = await edges_db.list_edges(
+        call.db, call.farm_id, after=after[0] if after else None, limit=q.limit + 1
+    )
+    rows, cursor = paginate(rows, q.limit, lambda r: [r["id"]])
+    return Page[EdgeOut](items=[EdgeOut.model_validate(r) for r in rows], next_cursor=cursor)
+
+
+async def register_edge(call: Call) -> EdgeTokenOut:
+    """Register an edge gateway; the answer carries its token, shown this once"""
+    body: EdgeIn = call.body
+    edge_id = body.id or f"edge-{secrets.token_hex(4)}"
+    token = new_token()
+    row = await edges_db.create(
+        call.db, edge_id=edge_id, farm_id=call.farm_id, name=body.name, token_hash=token_hash(token)
+    )
+    await audit.record(
+        call.db, user_id=call.user_id, farm_id=call.farm_id, action="edge.register", target=edge_id
+    )
+    return EdgeTokenOut.model_validate({**row, "token": token})
+
+
+async def get_edge(call: Call) -> EdgeOut:
+    """Read one edge gateway"""
+    row = await edges_db.get(call.db, call.param("edge_id"))
+    if row is None:
+        raise NotFound("edge not found")
+    return EdgeOut.model_validate(row)
+
+
+async def rotate_token(call: Call) -> EdgeTokenOut:
+    """Replace an edge's token; the old one stops working at once"""
+    edge_id = call.param("edge_id")
+    token = new_token()
+    row = await edges_db.rotate(call.db, edge_id, token_hash(token))
+    if row is None:
+        raise NotFound("edge not found")
+    await audit.record(
+        call.db, user_id=call.user_id, farm_id=call.farm_id, action="edge.rotate", target=edge_id
+    )
+    return EdgeTokenOut.model_validate({**row, "token": token})
+
+
+async def delete_edge(call: Call) -> None:
+    """Remove an edge gateway (its token stops working)"""
+    edge_id = call.param("edge_id")
+    if not await edges_db.delete(call.db, edge_id):
+        raise NotFound("edge not found")
+    await audit.record(
+        call.db, user_id=call.user_id, farm_id=call.farm_id, action="edge.delete", target=edge_id
+    )
+
+
+ROUTES = [
+    Route(
+        "GET",
+        "/api/farms/{farm_id}/edges",
+        list_edges,
+        "farm",
+        role="owner",
+        query=PageQuery,
+        response=Page[EdgeOut],
+        tag="edges",
+    ),
+    Route(
+        "POST",
+        "/api/farms/{farm_id}/edges",
+        register_edge,
+        "farm",
+        role="owner",
+        body=EdgeIn,
+        response=EdgeTokenOut,
+        status=201,
+        tag="edges",
+        errors=(409, 422),
+    ),
+    Route(
+        "GET", "/api/edges/{edge_id}", get_edge, "edge", role="owner", response=EdgeOut, tag="edges"
+    ),
+    Route(
+        "POST",
+        "/api/edges/{edge_id}/rotate-token",
+        rotate_token,
+        "edge",
+        role="owner",
+        response=EdgeTokenOut,
+        tag="edges",
+    ),
+    Route(
+        "DELETE", "/api/edges/{edge_id}", delete_edge, "edge", role="owner", status=204, tag="edges"
+    ),
+]

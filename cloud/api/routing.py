@@ -1,0 +1,252 @@
+"""The route table's machinery: each ``Route`` declares its scope, minimum role and models.
+
+One wrapper authenticates, resolves the resource's farm and the caller's role (404 for
+strangers, 403 for a too-low role), validates path, query and body with pydantic, and serialises
+the response. The same declarations generate the OpenAPI document and the authorization-matrix
+tests, so no endpoint can skip a check or the docs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from cloud import appkeys
+from cloud.auth.access import Access, Role, User, decide
+from cloud.db import access as access_db
+from cloud.db import users as users_db
+from cloud.db.database import Database
+from cloud.errors import (
+    BadRequest,
+    NotFound,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from shared.topics import is_valid_id
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["public", "user", "farm", "room", "device", "edge"]
+# The path parameter that names the resource a scope is checked against.
+SCOPE_PARAM: dict[str, str] = {
+    "farm": "farm_id",
+    "room": "room_id",
+    "device": "device_id",
+    "edge": "edge_id",
+}
+JSON_TYPE = "application/json"
+Handler = Callable[["Call"], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    scope: Scope
+    role: Role = "viewer"
+    body: Any = None
+    query: type[BaseModel] | None = None
+    response: Any = None
+    status: int = 200
+    tag: str = ""
+    csv: bool = False
+    errors: tuple[int, ...] = field(default=())
+
+    @property
+    def summary(self) -> str:
+        doc = (self.handler.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else self.handler.__name__.replace("_", " ")
+
+    @property
+    def description(self) -> str:
+        doc = (self.handler.__doc__ or "").strip()
+        return "\n".join(line.strip() for line in doc.splitlines()[1:]).strip()
+
+    @cached_property
+    def body_adapter(self) -> TypeAdapter[Any] | None:
+        return None if self.body is None else TypeAdapter(self.body)
+
+    @cached_property
+    def response_adapter(self) -> TypeAdapter[Any] | None:
+        return None if self.response is None else TypeAdapter(self.response)
+
+    @cached_property
+    def list_params(self) -> frozenset[str]:
+        """Query fields typed as lists (``?metric=a&metric=b``)."""
+        if self.query is None:
+            return frozenset()
+        return frozenset(
+            name for name, info in self.query.model_fields.items() if _is_list(info.annotation)
+        )
+
+
+def _is_list(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is list:
+        return True
+    return any(_is_list(arg) for arg in typing.get_args(annotation))
+
+
+@dataclass
+class Call:
+    """What a handler gets: the validated inputs, the caller and the app's services."""
+
+    request: web.Request
+    route: Route
+    user: User | None = None
+    access: Access | None = None
+    body: Any = None
+    query: Any = None
+
+    @property
+    def db(self) -> Database:
+        return self.request.app[appkeys.DB]
+
+    @property
+    def app(self) -> web.Application:
+        return self.request.app
+
+    def param(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    @property
+    def user_id(self) -> int:
+        assert self.user is not None, "route is not public"
+        return self.user.id
+
+    @property
+    def farm_id(self) -> str:
+        assert self.access is not None, "route is not farm-scoped"
+        return self.access.farm_id
+
+
+def field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
+    return [
+        {
+            "field": ".".join([prefix, *(str(p) for p in err["loc"])]),
+            "message": str(err["msg"]),
+            "type": str(err["type"]),
+        }
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def client_ip(request: web.Request) -> str:
+    if request.app[appkeys.SETTINGS].trust_forwarded_for:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded:
+            return forwarded.split(",")[0].strip()
+    return request.remote or "unknown"
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def authenticate(request: web.Request) -> User:
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("a bearer token is required")
+    claims = request.app[appkeys.TOKENS].verify(token)
+    request.app[appkeys.LIMITS].api_token.take(claims.token_id or token[-16:])
+    row = await users_db.by_id(request.app[appkeys.DB], claims.user_id)
+    if row is None or not row["is_active"]:
+        raise Unauthorized("account disabled or removed")
+    return User(id=row["id"], email=row["email"], is_admin=row["is_admin"])
+
+
+async def authorize(request: web.Request, route: Route, user: User) -> Access | None:
+    if route.scope in ("public", "user"):
+        return None
+    param = SCOPE_PARAM[route.scope]
+    resource_id = request.match_info[param]
+    what = route.scope
+    row = await access_db.locate(request.app[appkeys.DB], route.scope, resource_id, user.id)
+    return decide(
+        what=what,
+        farm_id=row["farm_id"] if row else None,
+        role=row["role"] if row else None,
+        is_admin=user.is_admin,
+        needed=route.role,
+        room_id=row["room_id"] if row else None,
+        all_rooms=bool(row["all_rooms"]) if row else True,
+        granted_rooms=frozenset(row["granted"] or ()) if row else frozenset(),
+    )
+
+
+def _parse_query(request: web.Request, route: Route) -> Any:
+    assert route.query is not None
+    data: dict[str, Any] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        data[key] = values if key in route.list_params else values[-1]
+    try:
+        return route.query.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(field_errors(exc, "query")) from None
+
+
+async def _parse_body(request: web.Request, route: Route) -> Any:
+    assert route.body_adapter is not None
+    if request.content_type != JSON_TYPE:
+        raise UnsupportedMediaType(f"send the body as {JSON_TYPE}")
+    raw = await request.read()
+    try:
+        doc = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        raise BadRequest("malformed JSON body") from None
+    if doc is None:
+        raise ValidationFailed([{"field": "body", "message": "body required", "type": "missing"}])
+    try:
+        return route.body_adapter.validate_python(doc)
+    except ValidationError as exc:
+        raise ValidationFailed(field_errors(exc, "body")) from None
+
+
+def _check_path(request: web.Request) -> None:
+    """Path ids follow the topic-scheme charset; anything else cannot exist (404, not 500)."""
+    for name, value in request.match_info.items():
+        if name.endswith("_id") and not (is_valid_id(value) or value.isdigit()):
+            raise NotFound(f"{name.removesuffix('_id')} not found")
+
+
+def make_view(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def view(request: web.Request) -> web.StreamResponse:
+        _check_path(request)
+        call = Call(request=request, route=route)
+        if route.scope != "public":
+            call.user = await authenticate(request)
+            call.access = await authorize(request, route, call.user)
+        if route.query is not None:
+            call.query = _parse_query(request, route)
+        if route.body is not None:
+            call.body = await _parse_body(request, route)
+        result = await route.handler(call)
+        if isinstance(result, web.StreamResponse):
+            return result
+        if result is None:
+            return web.Response(status=204 if route.status in (200, 204) else route.status)
+        assert route.response_adapter is not None, f"{route.path} returns a body but has no model"
+        payload = route.response_adapter.dump_json(result, by_alias=True)
+        return web.Response(body=payload, status=route.status, content_type=JSON_TYPE)
+
+    view.__name__ = route.handler.__name__
+    return view
+
+
+def register(app: web.Application, routes: list[Route]) -> None:
+    for route in routes:
+        app.router.add_route(route.method, route.path, make_view(route), name=None)

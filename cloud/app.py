@@ -1,0 +1,98 @@
+"""The cloud's composition root: ``init_app(settings)`` builds the aiohttp application."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from importlib import metadata
+
+from aiohttp import web
+
+from cloud import appkeys
+from cloud.api import all_routes
+from cloud.api.routing import register
+from cloud.api.system import add_system_routes
+from cloud.auth.passwords import Passwords
+from cloud.auth.ratelimit import SlidingWindow
+from cloud.auth.tokens import AccessTokens, load_jwt_secret
+from cloud.config import CloudSettings, mask_dsn
+from cloud.db.database import Database
+from cloud.db.embedded import EmbeddedPostgres, start_embedded
+from cloud.db.migrate import migrate
+from cloud.metrics import Metrics
+from cloud.middleware import (
+    add_security_headers,
+    cors_middleware,
+    metrics_middleware,
+    problem_middleware,
+)
+from cloud.openapi import build_spec
+
+log = logging.getLogger(__name__)
+
+
+def version() -> str:
+    try:
+        return metadata.version("smartfarm")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+async def resolve_dsn(settings: CloudSettings) -> tuple[str, EmbeddedPostgres | None]:
+    """DATABASE_URL when set, else the embedded server in the data dir (started here)."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value(), None
+    embedded = await asyncio.to_thread(start_embedded, settings.data_path)
+    return embedded.dsn, embedded
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    dsn, embedded = await resolve_dsn(settings)
+    try:
+        if settings.migrate_on_start:
+            applied = await migrate(dsn)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+        db = await Database.connect(
+            dsn,
+            min_size=settings.database.pool_min,
+            max_size=settings.database.pool_max,
+            connect_timeout=settings.database.connect_timeout_s,
+        )
+        log.info("connected to %s", mask_dsn(dsn))
+        app[appkeys.DB] = db
+        app[appkeys.METRICS].watch_pool(db.stats)
+        try:
+            yield
+        finally:
+            await db.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def init_app(settings: CloudSettings) -> web.Application:
+    middlewares = [metrics_middleware, problem_middleware]
+    if settings.cors_origins:
+        middlewares.insert(1, cors_middleware(settings.cors_origins))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    auth = settings.auth
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.METRICS] = Metrics()
+    app[appkeys.PASSWORDS] = Passwords(auth)
+    app[appkeys.TOKENS] = AccessTokens(
+        load_jwt_secret(settings), issuer=auth.issuer, ttl_s=auth.access_ttl_s
+    )
+    app[appkeys.LIMITS] = appkeys.Limits(
+        login_ip=SlidingWindow(auth.login_per_ip, auth.login_window_s),
+        login_account=SlidingWindow(auth.login_per_account, auth.login_window_s),
+        api_token=SlidingWindow(auth.api_per_token, 60),
+    )
+    routes = all_routes()
+    register(app, routes)
+    add_system_routes(app, build_spec(routes, version=version()), version())
+    app.cleanup_ctx.append(_database)
+    app.on_response_prepare.append(add_security_headers)
+    return app

@@ -1,0 +1,31 @@
+"""Typed keys for the objects ``init_app`` shares with handlers (no module-level state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from cloud.auth.passwords import Passwords
+from cloud.auth.ratelimit import SlidingWindow
+from cloud.auth.tokens import AccessTokens
+from cloud.config import CloudSettings
+from cloud.db.database import Database
+from cloud.metrics import Metrics
+
+
+@dataclass
+class Limits:
+    """Login attempts per IP, failed logins per account, API requests per token."""
+
+    login_ip: SlidingWindow
+    login_account: SlidingWindow
+    api_token: SlidingWindow
+
+
+SETTINGS = web.AppKey("settings", CloudSettings)
+DB = web.AppKey("db", Database)
+PASSWORDS = web.AppKey("passwords", Passwords)
+TOKENS = web.AppKey("tokens", AccessTokens)
+LIMITS = web.AppKey("limits", Limits)
+METRICS = web.AppKey("metrics", Metrics)

@@ -1,0 +1,1 @@
+"""Authentication and authorisation: passwords, JWT access tokens, refresh tokens, roles, limits."""

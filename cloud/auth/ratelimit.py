@@ -1,0 +1,57 @@
+"""In-process sliding-window rate limits (per account, per IP, per token).
+
+Per instance: with N cloud instances a client gets at most N× the limit, which is still a hard
+bound against password guessing; a shared store can replace this class behind the same interface.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from cloud.errors import RateLimited
+
+_MAX_KEYS = 100_000  # bound memory under a spray of distinct keys
+
+
+class SlidingWindow:
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._hits: dict[str, deque[float]] = {}
+
+    def _prune(self, key: str, now: float) -> deque[float]:
+        hits = self._hits.get(key)
+        if hits is None:
+            if len(self._hits) >= _MAX_KEYS:
+                self._evict(now)
+            hits = self._hits[key] = deque()
+        while hits and hits[0] <= now - self.window_s:
+            hits.popleft()
+        return hits
+
+    def _evict(self, now: float) -> None:
+        for key in [k for k, v in self._hits.items() if not v or v[-1] <= now - self.window_s]:
+            del self._hits[key]
+        if len(self._hits) >= _MAX_KEYS:
+            self._hits.clear()
+
+    def check(self, key: str, *, now: float | None = None) -> None:
+        """Raise RateLimited (with Retry-After) when ``key`` is at its limit; record nothing."""
+        now = time.monotonic() if now is None else now
+        hits = self._prune(key, now)
+        if len(hits) >= self.limit:
+            raise RateLimited(hits[0] + self.window_s - now)
+
+    def hit(self, key: str, *, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._prune(key, now).append(now)
+
+    def take(self, key: str, *, now: float | None = None) -> None:
+        """check + hit in one step."""
+        now = time.monotonic() if now is None else now
+        self.check(key, now=now)
+        self.hit(key, now=now)
+
+    def reset(self, key: str) -> None:
+        self._hits.pop(key, None)

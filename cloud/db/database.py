@@ -1,0 +1,113 @@
+"""The one gateway to PostgreSQL: a psycopg async pool with driver errors turned into CloudErrors.
+
+Repositories (the other modules of ``cloud.db``) call ``fetch_one``/``fetch_all``/``execute`` or
+open ``transaction()``; handlers never see SQL or psycopg.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerr
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from cloud.errors import BadRequest, Conflict, DatabaseUnavailable, NotFound
+
+log = logging.getLogger(__name__)
+
+Params = Mapping[str, Any] | Sequence[Any] | None
+Row = dict[str, Any]
+Cursor = psycopg.AsyncCursor[Row]
+
+
+def _translate(exc: Exception) -> Exception | None:
+    """The domain error for a driver error, or None when it is a bug to let through."""
+    if isinstance(exc, pgerr.UniqueViolation):
+        constraint = exc.diag.constraint_name or "unique key"
+        return Conflict(f"already exists ({constraint})")
+    if isinstance(exc, pgerr.ForeignKeyViolation):
+        return NotFound("a referenced resource does not exist")
+    if isinstance(exc, pgerr.CheckViolation):
+        return BadRequest(f"value rejected by {exc.diag.constraint_name or 'a check'}")
+    if isinstance(exc, pgerr.QueryCanceled):
+        return DatabaseUnavailable("the query took too long")
+    if isinstance(exc, PoolTimeout | psycopg.OperationalError):
+        return DatabaseUnavailable()
+    return None
+
+
+class Database:
+    """Owns the pool. Open with ``await Database.connect(dsn, …)``, close with ``close()``."""
+
+    def __init__(self, pool: AsyncConnectionPool, dsn: str) -> None:
+        self.pool = pool
+        self.dsn = dsn
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10
+    ) -> Database:
+        pool = AsyncConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=connect_timeout,
+            open=False,
+            name="smartfarm-cloud",
+            # A request must not wait forever on a stuck query.
+            kwargs={"options": "-c statement_timeout=30000"},
+        )
+        try:
+            await pool.open(wait=True, timeout=connect_timeout)
+        except PoolTimeout as exc:
+            await pool.close()
+            detail = f"cannot connect to PostgreSQL within {connect_timeout:g}s"
+            raise DatabaseUnavailable(detail) from exc
+        return cls(pool, dsn)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Cursor]:
+        """A cursor inside one transaction: committed on success, rolled back on error."""
+        try:
+            async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                yield cur
+        except (psycopg.Error, PoolTimeout) as exc:
+            mapped = _translate(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def fetch_one(self, query: str, params: Params = None) -> Row | None:
+        async with self.transaction() as cur:
+            await cur.execute(query, params)
+            return await cur.fetchone()
+
+    async def fetch_all(self, query: str, params: Params = None) -> list[Row]:
+        async with self.transaction() as cur:
+            await cur.execute(query, params)
+            return await cur.fetchall()
+
+    async def execute(self, query: str, params: Params = None) -> int:
+        """Run one statement; the number of rows it touched."""
+        async with self.transaction() as cur:
+            await cur.execute(query, params)
+            return cur.rowcount
+
+    async def ping(self) -> bool:
+        try:
+            async with self.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            return True
+        except (psycopg.Error, PoolTimeout):
+            return False
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.pool.get_stats())

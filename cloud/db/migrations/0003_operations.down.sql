@@ -1,0 +1,1 @@
+DROP TABLE notifications, recommendations, automation_rules, commands;

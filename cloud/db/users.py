@@ -1,0 +1,108 @@
+"""Users, refresh tokens and invitations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from cloud.db.database import Database
+
+BY_EMAIL = """
+SELECT password_hash, id, email, display_name, is_admin, is_active, created_at, password_hash IS
+    NOT NULL AS activated FROM users WHERE lower(email) = lower(%(email)s)"""
+BY_ID = """
+SELECT id, email, display_name, is_admin, is_active, created_at, password_hash IS NOT NULL AS
+    activated FROM users WHERE id = %(id)s"""
+CREATE = """
+INSERT INTO users (email, display_name, password_hash, is_admin)
+VALUES (%(email)s, %(display_name)s, %(password_hash)s, %(is_admin)s)
+RETURNING id, email, display_name, is_admin, is_active, created_at, password_hash IS NOT NULL AS
+    activated"""
+UPSERT = """
+INSERT INTO users (email, display_name, password_hash, is_admin)
+VALUES (%(email)s, %(display_name)s, %(password_hash)s, %(is_admin)s)
+ON CONFLICT (lower(email)) DO UPDATE
+SET password_hash = excluded.password_hash, is_admin = excluded.is_admin
+RETURNING id, email, display_name, is_admin, is_active, created_at, password_hash IS NOT NULL AS
+    activated"""
+SET_PASSWORD = "UPDATE users SET password_hash = %(hash)s WHERE id = %(id)s"  # noqa: S105
+SET_INVITE = """
+UPDATE users SET invite_hash = %(hash)s, invite_expires_at = %(expires_at)s WHERE id = %(id)s"""
+ACCEPT_INVITE = """
+UPDATE users SET password_hash = %(password_hash)s, invite_hash = NULL, invite_expires_at = NULL
+WHERE invite_hash = %(hash)s AND invite_expires_at > now() AND is_active
+RETURNING id, email, display_name, is_admin, is_active, created_at, password_hash IS NOT NULL AS
+    activated"""
+
+ADD_REFRESH = """
+INSERT INTO refresh_tokens (user_id, token_hash, expires_at)
+VALUES (%(user_id)s, %(hash)s, %(expires_at)s)"""
+# Rotation: the presented token is spent in the same statement that reads it, so a refresh token
+# is usable once even under concurrent requests.
+SPEND_REFRESH = """
+UPDATE refresh_tokens SET revoked_at = now()
+WHERE token_hash = %(hash)s AND revoked_at IS NULL AND expires_at > now()
+RETURNING user_id"""
+FIND_REFRESH = "SELECT user_id, revoked_at FROM refresh_tokens WHERE token_hash = %(hash)s"
+REVOKE_REFRESH = """
+UPDATE refresh_tokens SET revoked_at = now()
+WHERE token_hash = %(hash)s AND revoked_at IS NULL RETURNING user_id"""
+REVOKE_ALL = """
+UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = %(user_id)s AND revoked_at IS NULL"""
+
+
+async def by_email(db: Database, email: str) -> dict[str, Any] | None:
+    return await db.fetch_one(BY_EMAIL, {"email": email})
+
+
+async def by_id(db: Database, user_id: int) -> dict[str, Any] | None:
+    return await db.fetch_one(BY_ID, {"id": user_id})
+
+
+async def create(
+    db: Database,
+    *,
+    email: str,
+    password_hash: str | None,
+    display_name: str = "",
+    is_admin: bool = False,
+    replace: bool = False,
+) -> dict[str, Any]:
+    params = {
+        "email": email,
+        "display_name": display_name,
+        "password_hash": password_hash,
+        "is_admin": is_admin,
+    }
+    row = await db.fetch_one(UPSERT if replace else CREATE, params)
+    assert row is not None
+    return row
+
+
+async def set_invite(db: Database, user_id: int, token_hash: str, expires_at: datetime) -> None:
+    await db.execute(SET_INVITE, {"id": user_id, "hash": token_hash, "expires_at": expires_at})
+
+
+async def accept_invite(db: Database, token_hash: str, password_hash: str) -> dict[str, Any] | None:
+    return await db.fetch_one(ACCEPT_INVITE, {"hash": token_hash, "password_hash": password_hash})
+
+
+async def add_refresh(db: Database, user_id: int, token_hash: str, expires_at: datetime) -> None:
+    params = {"user_id": user_id, "hash": token_hash, "expires_at": expires_at}
+    await db.execute(ADD_REFRESH, params)
+
+
+async def spend_refresh(db: Database, token_hash: str) -> int | None:
+    """The token's user when it was live (and is now spent); None otherwise. Presenting an
+    already-revoked token revokes every token of its user: it was stolen or replayed."""
+    row = await db.fetch_one(SPEND_REFRESH, {"hash": token_hash})
+    if row is not None:
+        return int(row["user_id"])
+    old = await db.fetch_one(FIND_REFRESH, {"hash": token_hash})
+    if old is not None and old["revoked_at"] is not None:
+        await db.execute(REVOKE_ALL, {"user_id": old["user_id"]})
+    return None
+
+
+async def revoke_refresh(db: Database, token_hash: str) -> bool:
+    return await db.fetch_one(REVOKE_REFRESH, {"hash": token_hash}) is not None

@@ -1,0 +1,152 @@
+"""Every error becomes ``application/problem+json`` (RFC 9457); every response gets security
+headers; every request is timed for Prometheus."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from cloud import appkeys
+from cloud.errors import CloudError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "application/problem+json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    # Swagger UI needs its own inline styles; nothing is loaded from another origin.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+}
+# aiohttp's own HTTP errors (unknown path, wrong method, body too large) → our problem slugs.
+_HTTP_SLUGS = {
+    404: ("Not found", "not-found"),
+    405: ("Method not allowed", "method-not-allowed"),
+    413: ("Payload too large", "payload-too-large"),
+}
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    slug: str,
+    instance: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    body = {
+        "type": f"/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        **extra,
+    }
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type=PROBLEM_TYPE,
+        headers=headers,
+    )
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except CloudError as exc:
+        extra: dict[str, Any] = dict(exc.extra)
+        errors = getattr(exc, "errors", None)
+        if errors is not None:
+            extra["errors"] = errors
+        return problem(
+            exc.status,
+            exc.title,
+            exc.detail,
+            slug=exc.slug,
+            instance=request.path,
+            headers=exc.headers,
+            **extra,
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        title, slug = _HTTP_SLUGS.get(exc.status, (exc.reason, "http-error"))
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return problem(
+            exc.status, title, exc.reason, slug=slug, instance=request.path, headers=headers
+        )
+    except Exception:
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("unexpected error %s on %s %s", error_id, request.method, request.path)
+        request.app[appkeys.METRICS].errors.inc()
+        return problem(
+            500,
+            "Internal server error",
+            f"an unexpected error occurred; quote error id {error_id}",
+            slug="internal",
+            instance=request.path,
+            error_id=error_id,
+        )
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[appkeys.METRICS].request_seconds.labels(
+            request.method, route, str(status)
+        ).observe(time.perf_counter() - started)
+
+
+def cors_middleware(origins: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Allow the listed origins (CORS is off when the list is empty)."""
+    allowed = set(origins)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS" and origin in allowed:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin  # type: ignore[assignment]
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware
+
+
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")

@@ -1,0 +1,215 @@
+"""The edge's composition root: builds every component from the settings and runs them.
+
+Data flows broker → ingest → store → automation → commands, with the local API beside them.
+``EdgeApp.run`` keeps going until its stop event is set (SIGTERM/SIGINT in ``edge run``), then
+shuts down in reverse order so nothing accepted is lost: the store is closed last, after its
+queue is drained.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from datetime import timedelta
+from pathlib import Path
+
+import aiomqtt
+from aiohttp import web
+
+from edge.alerts import AlertMonitor
+from edge.api import create_api_app
+from edge.automation import Automation
+from edge.broker import EmbeddedBroker, broker_address, embedded_broker
+from edge.commands import CommandTracker
+from edge.config import EdgeSettings, load_config
+from edge.credentials import edge_login, sync_broker_files
+from edge.ingest import Ingest
+from edge.store import commands as command_rows
+from edge.store.db import Database
+from shared.models import utcnow
+
+log = logging.getLogger(__name__)
+
+CONFIG_POLL_S = 2.0
+
+
+class EdgeApp:
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        store = settings.store
+        self.db = Database(
+            settings.db_path,
+            commit_interval_ms=store.commit_interval_ms,
+            commit_max_items=store.commit_max_items,
+        )
+        auto = settings.automation
+        self.alerts = AlertMonitor(
+            self.db,
+            out_of_band_after=timedelta(minutes=settings.alerts.out_of_band_minutes),
+            silent_after=timedelta(minutes=settings.alerts.silent_minutes),
+        )
+        self.commands = CommandTracker(
+            self.db, farm_id=settings.farm_id, ack_timeout_s=auto.command_timeout_s,
+            retries=auto.command_retries,
+            on_outcome=lambda outcome: self.automation.on_outcome(outcome),
+        )
+        self.automation = Automation(settings, self.db, self.commands, self.alerts)
+        self.ingest = Ingest(
+            self.db,
+            farm_id=settings.farm_id,
+            known_devices=self._device_rooms,
+            on_reading=self.automation.on_reading,
+            on_ack=self._on_ack,
+            on_status=self.automation.on_status,
+            quarantine_max_payload=store.quarantine_max_payload,
+        )
+        self.broker: EmbeddedBroker | None = None
+        self.api_runner: web.AppRunner | None = None
+        self.api_port: int | None = None
+        self.broker_connected = asyncio.Event()
+        self._config_mtime: float | None = None
+
+    def _device_rooms(self) -> dict[str, str]:
+        return {d.id: d.room for d in self.settings.devices}
+
+    async def _on_ack(self, topic: object, ack: object) -> None:
+        await self.commands.on_ack(topic.device_id, ack)  # type: ignore[attr-defined]
+
+    # ---- lifecycle ----
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        await self.db.open()
+        try:
+            expired = await self.db.write(command_rows.expire_pending_on_boot, utcnow().timestamp())
+            if expired:
+                log.info("%d command(s) left pending by the last run: superseded", expired)
+            await self.automation.load()
+            if settings.broker.mode == "embedded":
+                sync_broker_files(settings)
+                self.broker = embedded_broker(settings)
+                await self.broker.start()
+                log.info("embedded MQTT broker on %s:%d", self.broker.host, self.broker.port)
+            await self._start_api()
+            async with asyncio.TaskGroup() as tasks:
+                workers = [
+                    tasks.create_task(self._mqtt_loop(), name="edge-mqtt"),
+                    tasks.create_task(self._tick_loop(), name="edge-tick"),
+                    tasks.create_task(self._config_watch(), name="edge-config-watch"),
+                ]
+                await stop.wait()
+                log.info("stopping edge")
+                for worker in workers:
+                    worker.cancel()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        await self.commands.close()
+        if self.api_runner is not None:
+            await self.api_runner.cleanup()
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.db.is_open:
+            await self.db.close()
+        log.info("edge stopped; store closed cleanly")
+
+    async def _start_api(self) -> None:
+        api = self.settings.api
+        app = create_api_app(
+            settings=self.settings, db=self.db, automation=self.automation,
+            ingest=self.ingest, commands=self.commands,
+        )
+        self.api_runner = web.AppRunner(app, access_log=None)
+        await self.api_runner.setup()
+        site = web.TCPSite(self.api_runner, api.host, api.port)
+        await site.start()
+        self.api_port = int(self.api_runner.addresses[0][1])
+        log.info("local page on http://%s:%d/", api.host, self.api_port)
+
+    def mqtt_address(self) -> tuple[str, int]:
+        if self.broker is not None:
+            return self.broker.host, self.broker.port
+        return broker_address(self.settings)
+
+    async def _mqtt_loop(self) -> None:
+        """One connection for ingest and commands; on every (re)connect, re-assert actuators."""
+        host, port = self.mqtt_address()
+        username, password = edge_login(self.settings)
+        failures = 0
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    host, port, username=username, password=password,
+                    identifier=f"smartfarm-edge-{self.settings.farm_id}",
+                    clean_session=False, keepalive=self.settings.broker.keepalive_s,
+                    max_queued_outgoing_messages=10_000,
+                ) as client:
+                    failures = 0
+                    log.info("edge connected to MQTT broker %s:%d", host, port)
+                    ingest = asyncio.create_task(self.ingest.run(client), name="edge-ingest")
+                    self.commands.attach(client)
+                    self.broker_connected.set()
+                    try:
+                        # Boot-safe: after subscribing (so acks are heard), tell every actuator
+                        # what it should be doing rather than trusting what it was last told.
+                        await asyncio.sleep(0.2)
+                        await self.automation.reassert()
+                        await ingest
+                    finally:
+                        self.commands.attach(None)
+                        self.broker_connected.clear()
+                        ingest.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                            await ingest
+            except aiomqtt.MqttError as exc:
+                cap = min(30.0, 0.5 * 2**failures)
+                delay = random.uniform(cap / 2, cap)  # noqa: S311 (jitter, not crypto)
+                failures = min(failures + 1, 16)
+                log.warning("MQTT connection to %s:%d lost (%s); retrying in %.1f s",
+                            host, port, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _tick_loop(self) -> None:
+        interval = self.settings.automation.tick_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.automation.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("automation tick failed; next tick in %.0f s", interval)
+
+    async def _config_watch(self) -> None:
+        """Pick up devices added with `smartfarm edge device add` while the edge runs."""
+        path = self.settings.config_path
+        if path is None:
+            return
+        self._config_mtime = _mtime(path)
+        while True:
+            await asyncio.sleep(CONFIG_POLL_S)
+            mtime = _mtime(path)
+            if mtime == self._config_mtime:
+                continue
+            self._config_mtime = mtime
+            try:
+                fresh = load_config(path)
+            except Exception as exc:
+                log.warning("config changed but cannot be loaded, keeping the old one: %s", exc)
+                continue
+            added = {d.id for d in fresh.devices} - {d.id for d in self.settings.devices}
+            self.settings.devices = fresh.devices
+            if self.settings.broker.mode == "embedded":
+                sync_broker_files(self.settings)
+            await self.automation.reload_devices()
+            if added:
+                log.info("config reloaded: new device(s) %s", ", ".join(sorted(added)))
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None

@@ -1,0 +1,402 @@
+"""The edge's automation engine: readings and a timer in, commands out, state persisted.
+
+It keeps the latest reading per (room, metric), runs the pure evaluator from
+``shared.automation`` on every reading and every tick, turns decisions into commands, and
+persists rule and actuator state so "for" timers and actuator states survive a restart. On start
+(and on every broker reconnect) it re-asserts the desired state of every actuator.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from edge.alerts import AlertMonitor, Band
+from edge.commands import CommandOutcome, CommandTracker
+from edge.config import DeviceConfig, EdgeSettings, RoomConfig
+from edge.store import readings as reading_rows
+from edge.store import state as state_rows
+from edge.store.db import Database
+from shared.automation import apply_switch, evaluate
+from shared.models import Status, Telemetry, utcnow
+from shared.profiles import BANDED_METRICS, default_safety, profile_for, rules_for
+from shared.rules import ActuatorState, Override, Reading, Rule, RuleState, Safety
+from shared.topics import Topic
+
+log = logging.getLogger(__name__)
+
+# PID integrators move on every evaluation; persisting them that often would cost SD-card
+# writes on every reading, so a state whose only change is numeric is saved at most this often.
+_NUMERIC_SAVE_INTERVAL_S = 60.0
+
+
+class NotFound(LookupError):
+    """A room, device or rule the caller named does not exist."""
+
+
+class InvalidRequest(ValueError):
+    """A manual command or change the engine refuses (wrong kind of device, bad value)."""
+
+
+@dataclass(slots=True)
+class RoomRuntime:
+    config: RoomConfig
+    stage: str
+    stage_started: str | None
+    rules: list[Rule] = field(default_factory=list)
+
+
+class Automation:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        db: Database,
+        commands: CommandTracker,
+        alerts: AlertMonitor,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._commands = commands
+        self._alerts = alerts
+        self._clock = clock
+        self._tz = ZoneInfo(settings.automation.timezone)
+        self._stale_after = timedelta(seconds=settings.automation.stale_after_s)
+        self._override_for = timedelta(minutes=settings.automation.override_minutes)
+        self.rooms: dict[str, RoomRuntime] = {}
+        self._readings: dict[tuple[str, str], Reading] = {}
+        self._seen: dict[str, datetime] = {}
+        self.actuators: dict[str, ActuatorState] = {}
+        self.reported: dict[str, dict[str, Any]] = {}
+        self._rule_states: dict[str, RuleState] = {}
+        self._disabled: set[str] = set()
+        self._saved: dict[str, tuple[str, float]] = {}
+        self.evaluations = 0
+
+    # ---- configuration ----
+    def devices(self) -> list[DeviceConfig]:
+        return list(self._settings.devices)
+
+    def actuators_in(self, room_id: str) -> list[DeviceConfig]:
+        return [d for d in self._settings.devices if d.room == room_id and d.kind == "actuator"]
+
+    def safety_of(self, device: DeviceConfig) -> Safety:
+        assert device.actuator is not None
+        return device.safety or default_safety(device.actuator)
+
+    def _build_rules(self, room: RoomRuntime) -> None:
+        roles = {d.actuator: d.id for d in self.actuators_in(room.config.id) if d.actuator}
+        rules = rules_for(
+            room.config.id, room.config.species, room.stage,  # type: ignore[arg-type]
+            roles, overrides=room.config.rules,
+        )
+        room.rules = [
+            r.model_copy(update={"enabled": False}) if r.id in self._disabled else r
+            for r in rules
+        ]
+
+    def bands(self, room_id: str) -> dict[str, Band]:
+        room = self._room(room_id)
+        profile = profile_for(room.config.species, room.stage)  # type: ignore[arg-type]
+        out = {}
+        for metric in BANDED_METRICS:
+            band = profile.band(metric)
+            if band is not None:
+                out[metric] = Band(band.min, band.max)
+        return out
+
+    def _room(self, room_id: str) -> RoomRuntime:
+        try:
+            return self.rooms[room_id]
+        except KeyError:
+            raise NotFound(f"no room {room_id!r}") from None
+
+    # ---- start-up ----
+    async def load(self) -> None:
+        """Restore persisted state and the latest readings, then build every room's rules."""
+        saved_rooms = await self._db.read(state_rows.load_prefix, "room:")
+        self._disabled = set(await self._db.read(state_rows.load_prefix, "rule_disabled:"))
+        for key, value in (await self._db.read(state_rows.load_prefix, "rule:")).items():
+            self._rule_states[key] = RuleState.model_validate(value)
+        for key, value in (await self._db.read(state_rows.load_prefix, "actuator:")).items():
+            self.actuators[key] = ActuatorState.model_validate(value)
+        for room in self._settings.rooms:
+            saved = saved_rooms.get(room.id, {})
+            runtime = RoomRuntime(
+                config=room,
+                stage=saved.get("stage", room.stage),
+                stage_started=saved.get("stage_started", room.stage_started),
+            )
+            self._build_rules(runtime)
+            self.rooms[room.id] = runtime
+            latest = await self._db.read(reading_rows.latest_by_room, room.id)
+            for metric, item in latest.items():
+                at = datetime.fromtimestamp(item.ts, UTC)
+                self._readings[(room.id, metric)] = Reading(value=item.value, at=at)
+                if at > self._seen.get(item.device_id, datetime.min.replace(tzinfo=UTC)):
+                    self._seen[item.device_id] = at
+        for device in self._settings.devices:
+            if device.kind == "actuator":
+                self.actuators.setdefault(device.id, ActuatorState())
+        await self._alerts.load()
+        log.info(
+            "automation loaded: %d rooms, %d rules, %d actuators, %d restored timers",
+            len(self.rooms), sum(len(r.rules) for r in self.rooms.values()),
+            len(self.actuators),
+            sum(1 for s in self._rule_states.values() if s.pending_since is not None),
+        )
+
+    async def reassert(self) -> None:
+        """Boot-safe: send every actuator its desired state, whatever it was last told."""
+        for room_id in self.rooms:
+            evaluation = self._evaluate(room_id)
+            for device in self.actuators_in(room_id):
+                on = evaluation.desired.get(device.id, False)
+                await self._switch(device, on, "boot", "re-assert desired state", force=True)
+        await self._persist()
+
+    # ---- inputs ----
+    async def on_reading(self, room_id: str, telemetry: Telemetry) -> None:
+        if room_id not in self.rooms:
+            return
+        at = telemetry.timestamp or self._clock()
+        for metric, value in telemetry.data.items():
+            key = (room_id, metric)
+            current = self._readings.get(key)
+            if current is None or current.at <= at:
+                self._readings[key] = Reading(value=value, at=at)
+        self._seen[telemetry.device_id] = max(at, self._seen.get(telemetry.device_id, at))
+        await self.evaluate_room(room_id)
+
+    async def on_status(self, topic: Topic, status: Status) -> None:
+        if status.state:
+            self.reported[topic.device_id] = dict(status.state)
+
+    async def on_outcome(self, outcome: CommandOutcome) -> None:
+        device = self._settings.device(outcome.device_id)
+        room_id = device.room if device else None
+        key = f"noack:{outcome.device_id}"
+        if outcome.state == "acked":
+            await self._alerts.resolve(key)
+            if outcome.ack is not None and outcome.ack.state:
+                self.reported[outcome.device_id] = dict(outcome.ack.state)
+        elif outcome.state == "timed_out":
+            await self._alerts.raise_alert(
+                key, kind="actuator_not_acking", room_id=room_id, device_id=outcome.device_id,
+                severity="critical",
+                message=f"actuator {outcome.device_id} did not ack command "
+                        f"{outcome.command_id}: {outcome.error}",
+            )
+        elif outcome.state == "failed":
+            await self._alerts.raise_alert(
+                f"failed:{outcome.device_id}", kind="command_failed", room_id=room_id,
+                device_id=outcome.device_id,
+                message=f"actuator {outcome.device_id} refused command "
+                        f"{outcome.command_id}: {outcome.error}",
+            )
+
+    async def tick(self) -> None:
+        """Timer: schedules, staleness, safety limits, override expiry; then the alert checks."""
+        for room_id in self.rooms:
+            await self.evaluate_room(room_id)
+        await self.check_alerts()
+
+    async def check_alerts(self) -> None:
+        now = self._clock()
+        for room_id in self.rooms:
+            latest = {
+                metric: (r.value, r.at) for (rid, metric), r in self._readings.items()
+                if rid == room_id and now - r.at <= self._stale_after
+            }
+            await self._alerts.check_bands(room_id, latest, self.bands(room_id))
+        sensors = {
+            d.id: (d.room, self._seen.get(d.id))
+            for d in self._settings.devices if d.kind == "sensor"
+        }
+        await self._alerts.check_silent(sensors)
+        for device in self._settings.devices:
+            if device.kind != "actuator":
+                continue
+            state = self.actuators.get(device.id, ActuatorState())
+            on_for = now - state.since if state.on and state.since else None
+            max_on = self.safety_of(device).max_on_s
+            await self._alerts.check_runaway(
+                device.id, device.room, on_for,
+                timedelta(seconds=max_on) + timedelta(minutes=1) if max_on else None,
+            )
+
+    # ---- evaluation ----
+    def _evaluate(self, room_id: str) -> Any:
+        room = self._room(room_id)
+        devices = self.actuators_in(room_id)
+        return evaluate(
+            room.rules,
+            {k: v for k, v in self._readings.items() if k[0] == room_id},
+            {d.id: self.actuators.get(d.id, ActuatorState()) for d in devices},
+            self._rule_states,
+            self._clock(),
+            safety={d.id: self.safety_of(d) for d in devices},
+            stale_after=self._stale_after,
+            tz=self._tz,
+        )
+
+    async def evaluate_room(self, room_id: str) -> None:
+        evaluation = self._evaluate(room_id)
+        self.evaluations += 1
+        self._rule_states.update(evaluation.rule_states)
+        for decision in evaluation.decisions:
+            device = self._settings.device(decision.actuator)
+            if device is not None:
+                await self._switch(device, decision.on, "automation", decision.reason)
+        self._expire_overrides()
+        await self._persist()
+
+    def _expire_overrides(self) -> None:
+        now = self._clock()
+        for device_id, state in self.actuators.items():
+            if state.override is not None and state.override.until <= now:
+                log.info("manual override on %s expired: automation resumes", device_id)
+                self.actuators[device_id] = state.model_copy(update={"override": None})
+
+    async def _switch(
+        self, device: DeviceConfig, on: bool, source: str, reason: str, *, force: bool = False
+    ) -> str | None:
+        state = self.actuators.get(device.id, ActuatorState())
+        if state.on != on:
+            self.actuators[device.id] = apply_switch(state, on, self._clock())
+        elif not force:
+            return None
+        return await self._commands.send(
+            device_id=device.id, room_id=device.room, action="on" if on else "off",
+            source=source, reason=reason,
+        )
+
+    async def _persist(self) -> None:
+        now = self._clock().timestamp()
+        items: dict[str, Any] = {}
+        for key, state in self._rule_states.items():
+            self._stage_save(items, f"rule:{key}", state, now)
+        for key, state in self.actuators.items():
+            self._stage_save(items, f"actuator:{key}", state, now)
+        if items:
+            self._db.write_nowait(state_rows.save_many, items, now)
+
+    def _stage_save(self, items: dict[str, Any], key: str, state: Any, now: float) -> None:
+        doc = state.model_dump(mode="json")
+        if isinstance(state, RuleState):
+            # Structural fields decide when a rule's state must be saved at once.
+            shape = f"{doc['active']}|{doc['pending_since']}|{doc['cycle_start']}"
+        else:
+            shape = repr(doc)
+        saved = self._saved.get(key)
+        if saved is not None and saved[0] == shape:
+            if isinstance(state, RuleState) and doc["last_at"] is not None:
+                if now - saved[1] < _NUMERIC_SAVE_INTERVAL_S:
+                    return
+            else:
+                return
+        items[key] = doc
+        self._saved[key] = (shape, now)
+
+    # ---- operator actions (local API, later the cloud) ----
+    async def manual_command(
+        self,
+        device_id: str,
+        action: str,
+        *,
+        value: float | bool | None = None,
+        hold_minutes: float | None = None,
+        by: str = "operator",
+    ) -> str:
+        """An operator's command wins over automation on that actuator for a set time."""
+        device = self._settings.device(device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id!r}")
+        if device.kind != "actuator":
+            raise InvalidRequest(f"{device_id} is a sensor; only actuators take commands")
+        if action not in ("on", "off"):
+            raise InvalidRequest("action must be 'on' or 'off'")
+        on = action == "on"
+        hold = timedelta(minutes=hold_minutes) if hold_minutes else self._override_for
+        now = self._clock()
+        state = self.actuators.get(device_id, ActuatorState())
+        if state.on != on:
+            state = apply_switch(state, on, now)
+        self.actuators[device_id] = state.model_copy(
+            update={"override": Override(on=on, until=now + hold, by=by)}
+        )
+        cid = await self._commands.send(
+            device_id=device_id, room_id=device.room, action=action, value=value,
+            source="manual", reason=f"manual by {by} for {hold.total_seconds() / 60:g} min",
+        )
+        await self._persist()
+        return cid
+
+    async def clear_override(self, device_id: str) -> None:
+        state = self.actuators.get(device_id)
+        if state is None:
+            raise NotFound(f"no actuator {device_id!r}")
+        self.actuators[device_id] = state.model_copy(update={"override": None})
+        device = self._settings.device(device_id)
+        if device is not None:
+            await self.evaluate_room(device.room)
+
+    def rules(self, room_id: str | None = None) -> list[Rule]:
+        return [r for rid, room in self.rooms.items() if room_id in (None, rid) for r in room.rules]
+
+    async def set_rule_enabled(self, rule_id: str, enabled: bool) -> Rule:
+        room = next((r for r in self.rooms.values() if any(x.id == rule_id for x in r.rules)), None)
+        if room is None:
+            raise NotFound(f"no rule {rule_id!r}")
+        if enabled:
+            self._disabled.discard(rule_id)
+            await self._db.write(state_rows.delete, f"rule_disabled:{rule_id}")
+        else:
+            self._disabled.add(rule_id)
+            await self._db.write(
+                state_rows.save_many, {f"rule_disabled:{rule_id}": True}, self._clock().timestamp()
+            )
+        self._build_rules(room)
+        await self.evaluate_room(room.config.id)
+        log.info("rule %s %s", rule_id, "enabled" if enabled else "disabled")
+        return next(r for r in room.rules if r.id == rule_id)
+
+    async def set_stage(self, room_id: str, stage: str) -> RoomRuntime:
+        room = self._room(room_id)
+        if stage not in ("spawn_run", "pinning", "fruiting"):
+            raise InvalidRequest("stage must be spawn_run, pinning or fruiting")
+        room.stage = stage
+        room.stage_started = self._clock().date().isoformat()
+        await self._db.write(
+            state_rows.save_many,
+            {f"room:{room_id}": {"stage": stage, "stage_started": room.stage_started}},
+            self._clock().timestamp(),
+        )
+        self._build_rules(room)
+        await self.evaluate_room(room_id)
+        log.info("room %s now in stage %s", room_id, stage)
+        return room
+
+    # ---- views ----
+    def latest(self, room_id: str) -> dict[str, Reading]:
+        return {m: r for (rid, m), r in self._readings.items() if rid == room_id}
+
+    def in_band(self, room_id: str) -> dict[str, bool]:
+        bands = self.bands(room_id)
+        latest = self.latest(room_id)
+        return {m: bands[m].contains(latest[m].value) for m in bands if m in latest}
+
+    def last_seen(self) -> Mapping[str, datetime]:
+        return dict(self._seen)
+
+    async def reload_devices(self) -> None:
+        """Devices changed in the config: rebuild every room's rules for its actuators."""
+        for device in self._settings.devices:
+            if device.kind == "actuator":
+                self.actuators.setdefault(device.id, ActuatorState())
+        for room in self.rooms.values():
+            self._build_rules(room)

@@ -1,0 +1,229 @@
+"""Commands to actuators: publish (QoS 1, never retained), track to the ack, retry, time out.
+
+A command is recorded `pending`, published to the device's command topic, and retried with
+exponential backoff (tenacity) until an ack arrives or the attempts run out; then it is
+`timed_out` and an alert is raised. A newer command for the same device supersedes older ones.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from edge.store import commands as command_rows
+from edge.store.db import Database
+from shared.models import Ack, Command, dump, utcnow
+from shared.topics import build_topic
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None: ...
+
+
+class NotConnected(ConnectionError):
+    """No MQTT connection to publish on right now."""
+
+
+class AckTimeout(TimeoutError):
+    """The device did not ack within the timeout."""
+
+
+@dataclass(slots=True)
+class CommandStats:
+    sent: int = 0
+    acked: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    command_id: str
+    device_id: str
+    state: str  # acked | failed | timed_out | superseded
+    error: str | None = None
+    ack: Ack | None = None
+
+
+OutcomeHandler = Callable[[CommandOutcome], Awaitable[None]]
+
+
+class CommandTracker:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        farm_id: str,
+        ack_timeout_s: float = 10.0,
+        retries: int = 3,
+        on_outcome: OutcomeHandler | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._db = db
+        self._farm_id = farm_id
+        self._ack_timeout_s = ack_timeout_s
+        self._attempts = retries + 1
+        self._on_outcome = on_outcome
+        self._clock = clock
+        self._publisher: Publisher | None = None
+        self._waiters: dict[str, asyncio.Future[Ack]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._latest_by_device: dict[str, str] = {}
+        self.latency_s: list[float] = []
+        self.stats = CommandStats()
+
+    # ---- connection ----
+    def attach(self, publisher: Publisher | None) -> None:
+        self._publisher = publisher
+
+    @property
+    def connected(self) -> bool:
+        return self._publisher is not None
+
+    # ---- sending ----
+    async def send(
+        self,
+        *,
+        device_id: str,
+        room_id: str,
+        action: str,
+        value: Any = None,
+        source: str,
+        reason: str = "",
+    ) -> str:
+        """Record and publish a command; retries and the outcome run in the background."""
+        now = self._clock()
+        command = Command(
+            command_id=uuid.uuid4().hex[:20],
+            device_id=device_id,
+            action=action,  # type: ignore[arg-type]
+            value=value,
+            timestamp=now,
+        )
+        cid = command.command_id
+        ts = now.timestamp()
+        previous = self._latest_by_device.get(device_id)
+        self._latest_by_device[device_id] = cid
+
+        def record(conn: Any) -> None:
+            command_rows.insert_command(
+                conn, command_id=cid, device_id=device_id, room_id=room_id, action=action,
+                value=value, source=source, reason=reason, created_at=ts,
+            )
+            command_rows.supersede_pending(conn, device_id, cid, ts)
+
+        # Queued, not awaited: the command reaches the device without waiting for a group commit
+        # (the writer is FIFO, so its later state changes still land after this insert).
+        self._db.write_nowait(record)
+        if previous and previous in self._tasks:
+            self._tasks[previous].cancel()
+        self._waiters[cid] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            self._deliver(command, room_id), name=f"command-{device_id}-{cid}"
+        )
+        self._tasks[cid] = task
+        task.add_done_callback(lambda _t, c=cid: self._tasks.pop(c, None))
+        self.stats.sent += 1
+        log.info("command %s → %s %s (%s: %s)", cid, device_id, action, source, reason)
+        return cid
+
+    async def _deliver(self, command: Command, room_id: str) -> None:
+        cid = command.command_id
+        topic = build_topic(self._farm_id, room_id, "command", command.device_id)
+        payload = dump(command)
+        started = asyncio.get_running_loop().time()
+        waiter = self._waiters[cid]
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self._attempts),
+                wait=wait_exponential_jitter(initial=1, max=30, jitter=1),
+                retry=retry_if_exception_type((AckTimeout, NotConnected)),
+                reraise=False,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.stats.retries += 1
+                    await self._publish_once(cid, topic, payload)
+                    try:
+                        ack = await asyncio.wait_for(
+                            asyncio.shield(waiter), self._ack_timeout_s
+                        )
+                    except TimeoutError:
+                        raise AckTimeout(cid) from None
+        except RetryError:
+            await self._finish(cid, command.device_id, "timed_out",
+                               f"no ack after {self._attempts} attempt(s)")
+            return
+        except asyncio.CancelledError:
+            # Superseded by a newer command for the same device (already marked in the DB).
+            self._waiters.pop(cid, None)
+            raise
+        self.latency_s.append(asyncio.get_running_loop().time() - started)
+        del self.latency_s[:-1000]
+        if ack.status == "ok":
+            await self._finish(cid, command.device_id, "acked", None, ack)
+        else:
+            await self._finish(cid, command.device_id, "failed", ack.error or "device error", ack)
+
+    async def _publish_once(self, cid: str, topic: str, payload: bytes) -> None:
+        publisher = self._publisher
+        if publisher is None:
+            raise NotConnected("no broker connection")
+        self._db.write_nowait(command_rows.mark_attempt, cid, self._clock().timestamp())
+        try:
+            await publisher.publish(topic, payload, qos=1, retain=False)
+        except Exception as exc:  # the broker went away mid-publish: retry like a timeout
+            raise NotConnected(str(exc)) from exc
+
+    async def _finish(
+        self, cid: str, device_id: str, state: str, error: str | None, ack: Ack | None = None
+    ) -> None:
+        self._waiters.pop(cid, None)
+        changed = await self._db.write(
+            command_rows.set_state, cid, state, self._clock().timestamp(), error=error
+        )
+        if not changed:
+            return
+        setattr(self.stats, state, getattr(self.stats, state) + 1)
+        if state != "acked":
+            log.warning("command %s to %s %s: %s", cid, device_id, state, error)
+        if self._on_outcome is not None:
+            try:
+                await self._on_outcome(CommandOutcome(cid, device_id, state, error, ack))
+            except Exception:
+                log.exception("command outcome handler failed for %s", cid)
+
+    # ---- acks from ingest ----
+    async def on_ack(self, device_id: str, ack: Ack) -> None:
+        waiter = self._waiters.get(ack.command_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ack)
+            return
+        # A late ack (after a retry or a restart): record it if the command is still open.
+        state = "acked" if ack.status == "ok" else "failed"
+        self._db.write_nowait(
+            command_rows.set_state, ack.command_id, state, self._clock().timestamp(),
+            error=ack.error,
+        )
+
+    def pending_count(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

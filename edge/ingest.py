@@ -1,0 +1,385 @@
+"""MQTT ingest: every uplink message validated, then stored, quarantined, or handed on.
+
+Per message: topic → farm → known device in that room → payload (shared.models) → SQLite (group
+commit, not awaited) → callbacks (automation, command tracking). Anything wrong becomes a quarantine
+row with its reason, a counter and a warning logged once per burst; the loop never stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+import sqlite3
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import aiomqtt
+
+from edge.store import Database, StoreError, devices, quarantine, readings
+from shared.errors import PayloadError, TopicError
+from shared.models import (
+    MAX_PAYLOAD_BYTES,
+    Ack,
+    Status,
+    Telemetry,
+    parse_ack,
+    parse_status,
+    parse_telemetry,
+    utcnow,
+)
+from shared.topics import UPLINK_KINDS, Topic, parse_topic, subscription
+
+log = logging.getLogger(__name__)
+
+BURST_WINDOW_S: Final = 10.0
+# last_seen from telemetry/acks is written at most this often per device (status always writes).
+TOUCH_INTERVAL_S: Final = 60.0
+
+ReadingCallback = Callable[[str, Telemetry], Awaitable[None] | None]
+AckCallback = Callable[[Topic, Ack], Awaitable[None] | None]
+StatusCallback = Callable[[Topic, Status], Awaitable[None] | None]
+
+
+@dataclass
+class IngestStats:
+    """Plain counters; the app exports them as metrics."""
+
+    received: int = 0
+    readings: int = 0  # valid telemetry handed to the store (not caught as a duplicate first)
+    stored: int = 0  # …of which committed as new rows
+    duplicates: int = 0  # redeliveries: caught in memory, or refused by the database
+    quarantined: int = 0
+    quarantined_by_reason: Counter[str] = field(default_factory=Counter)
+    statuses: int = 0
+    acks: int = 0
+    callback_errors: int = 0
+    write_errors: int = 0
+
+
+class Rejected(Exception):
+    """A message the ingest refuses; ``kind`` is the counter class, the message the detail."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class RecentKeys:
+    """Keys seen in the last ``ttl_s`` seconds, at most ``max_size`` of them (oldest dropped)."""
+
+    def __init__(self, ttl_s: float, max_size: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_size = max_size
+        self._seen: OrderedDict[Hashable, float] = OrderedDict()
+
+    def check_and_add(self, key: Hashable, now: float) -> bool:
+        """True if key was seen within the window; otherwise remember it and return False."""
+        while self._seen:
+            oldest, at = next(iter(self._seen.items()))
+            if now - at < self.ttl_s and len(self._seen) < self.max_size:
+                break
+            del self._seen[oldest]
+        if key in self._seen:
+            return True
+        self._seen[key] = now
+        return False
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class BurstLog:
+    """Log the first refused message of a burst at WARNING, then one summary per window."""
+
+    def __init__(self, window_s: float = BURST_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._opened: float | None = None
+        self._suppressed: Counter[str] = Counter()
+
+    def note(self, now: float, kind: str, topic: str, reason: str) -> None:
+        if self._opened is not None and now - self._opened < self.window_s:
+            self._suppressed[kind] += 1
+            return
+        self.flush()
+        self._opened = now
+        log.warning("quarantined a message on %.200r (%s): %s", topic, kind, reason)
+
+    def flush(self, now: float | None = None) -> None:
+        """Log the summary of the window (if it has closed, when ``now`` is given)."""
+        if now is not None and self._opened is not None and now - self._opened < self.window_s:
+            return
+        total = sum(self._suppressed.values())
+        if total:
+            detail = ", ".join(f"{k}: {n}" for k, n in self._suppressed.most_common())
+            log.warning(
+                "%d more messages quarantined in the last %.0f s (%s)", total, self.window_s, detail
+            )
+        self._suppressed.clear()
+        if now is not None:
+            self._opened = None
+
+
+def store_telemetry(
+    conn: sqlite3.Connection, tel: Telemetry, room_id: str, received_at: float, touch: bool
+) -> bool:
+    """Everything one accepted reading writes, in one savepoint; True if it was new."""
+    new = readings.insert_reading(conn, tel, room_id, received_at) is not None
+    if touch:
+        devices.touch(conn, tel.device_id, room_id, received_at)
+    return new
+
+
+def _as_bytes(payload: Any) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if payload is None:
+        return b""
+    return str(payload).encode()
+
+
+class Ingest:
+    """The uplink subscriber: ``handle`` one message, ``run`` on a client, ``run_forever``."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        farm_id: str,
+        known_devices: Callable[[], Mapping[str, str]],
+        on_reading: ReadingCallback | None = None,
+        on_ack: AckCallback | None = None,
+        on_status: StatusCallback | None = None,
+        quarantine_max_payload: int = quarantine.DEFAULT_MAX_PAYLOAD,
+        clock: Callable[[], datetime] = utcnow,
+        dedup_window_s: float = 10.0,
+    ) -> None:
+        self._db = db
+        self.farm_id = farm_id
+        self._known_devices = known_devices
+        self._on_reading = on_reading
+        self._on_ack = on_ack
+        self._on_status = on_status
+        self._max_payload = quarantine_max_payload
+        self._clock = clock
+        self.stats = IngestStats()
+        # QoS 1 redeliveries caught before they reach the callbacks. Device-timestamped readings
+        # are keyed by (device, ts, payload) and also deduplicated by the database; readings
+        # without a usable timestamp only by payload, so that window is short: an identical
+        # payload from the same device within it is taken for a redelivery.
+        self._recent_ts = RecentKeys(ttl_s=120.0, max_size=20_000)
+        self._recent_payloads = RecentKeys(ttl_s=dedup_window_s, max_size=20_000)
+        self._last_touch: dict[str, float] = {}
+        self._burst = BurstLog()
+        # Set while subscribed on a live connection (tests and the app's readiness use it).
+        self.subscribed = asyncio.Event()
+
+    # ---- one message ----
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """Validate, store and dispatch one message; never raises (except cancellation)."""
+        self.stats.received += 1
+        received = self._clock()
+        try:
+            parsed, room_id = self._route(topic, payload)
+            if parsed.kind == "telemetry":
+                await self._telemetry(parsed, room_id, payload, received)
+            elif parsed.kind == "status":
+                status = parse_status(payload, expected_device=parsed.device_id)
+                self._db.write_nowait(devices.upsert_status, status, room_id, received.timestamp())
+                self.stats.statuses += 1
+                await self._call(self._on_status, parsed, status)
+            else:
+                ack = parse_ack(payload, expected_device=parsed.device_id)
+                self._touch(parsed.device_id, room_id, received.timestamp())
+                self.stats.acks += 1
+                await self._call(self._on_ack, parsed, ack)
+        except Rejected as exc:
+            self._quarantine(topic, payload, exc.kind, exc.reason, received)
+        except TopicError as exc:
+            self._quarantine(topic, payload, "topic", str(exc), received)
+        except PayloadError as exc:
+            self._quarantine(topic, payload, "payload", exc.reason, received)
+        except StoreError as exc:  # the store is closed: not the message's fault
+            self.stats.write_errors += 1
+            log.error("cannot store a message on %.200r: %s", topic, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug in validation must not stop the flow either: keep the message to look at.
+            log.exception("unexpected error ingesting a message on %.200r", topic)
+            self._quarantine(topic, payload, "internal", f"{type(exc).__name__}: {exc}", received)
+
+    def _route(self, topic: str, payload: bytes) -> tuple[Topic, str]:
+        parsed = parse_topic(topic)
+        if parsed.farm_id != self.farm_id:
+            raise Rejected(
+                "farm", f"topic is for farm {parsed.farm_id!r}, this edge is {self.farm_id!r}"
+            )
+        if parsed.kind not in UPLINK_KINDS:
+            raise Rejected("kind", f"{parsed.kind} messages are not ingested")
+        room_id = self._known_devices().get(parsed.device_id)
+        if room_id is None:
+            raise Rejected("unknown_device", f"device {parsed.device_id!r} is not registered")
+        if room_id != parsed.room_id:
+            raise Rejected(
+                "wrong_room",
+                f"device {parsed.device_id!r} is in room {room_id!r}, not {parsed.room_id!r}",
+            )
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise Rejected(
+                "oversize", f"payload is {len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}"
+            )
+        return parsed, room_id
+
+    async def _telemetry(
+        self, topic: Topic, room_id: str, payload: bytes, received: datetime
+    ) -> None:
+        tel = parse_telemetry(payload, received_at=received, expected_device=topic.device_id)
+        now = time.monotonic()
+        if tel.timestamp_replaced:
+            dup = self._recent_payloads.check_and_add((tel.device_id, hash(payload)), now)
+        else:
+            key = (tel.device_id, tel.timestamp, hash(payload))
+            dup = self._recent_ts.check_and_add(key, now)
+        if dup:
+            self.stats.duplicates += 1
+            return
+        at = received.timestamp()
+        future = self._db.submit(store_telemetry, tel, room_id, at, self._touch_due(tel.device_id))
+        future.add_done_callback(self._stored)
+        self.stats.readings += 1
+        # The automation sees the reading now; the commit follows within one group interval.
+        await self._call(self._on_reading, room_id, tel)
+
+    def _stored(self, future: asyncio.Future[bool]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self.stats.write_errors += 1
+            log.error("storing a reading failed: %r", exc)
+        elif future.result():
+            self.stats.stored += 1
+        else:  # the database already had it: a redelivery older than the memory window
+            self.stats.duplicates += 1
+
+    def _touch_due(self, device_id: str) -> bool:
+        now = time.monotonic()
+        last = self._last_touch.get(device_id)
+        if last is not None and now - last < TOUCH_INTERVAL_S:
+            return False
+        self._last_touch[device_id] = now
+        return True
+
+    def _touch(self, device_id: str, room_id: str, at: float) -> None:
+        if self._touch_due(device_id):
+            self._db.write_nowait(devices.touch, device_id, room_id, at)
+
+    def _quarantine(
+        self, topic: str, payload: bytes, kind: str, reason: str, received: datetime
+    ) -> None:
+        self.stats.quarantined += 1
+        self.stats.quarantined_by_reason[kind] += 1
+        self._burst.note(time.monotonic(), kind, topic, reason)
+        try:
+            self._db.write_nowait(
+                quarantine.insert,
+                topic,
+                payload,
+                f"{kind}: {reason}",
+                received.timestamp(),
+                self._max_payload,
+            )
+        except Exception:
+            self.stats.write_errors += 1
+            log.exception("could not queue a quarantine row")
+
+    async def _call(self, callback: Callable[..., Any] | None, *args: Any) -> None:
+        # Callbacks run inline (ordered, with back-pressure): they must be quick or spawn tasks.
+        if callback is None:
+            return
+        try:
+            result = callback(*args)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.stats.callback_errors += 1
+            log.exception("ingest callback %s failed", getattr(callback, "__qualname__", callback))
+
+    # ---- on a connection ----
+    async def run(self, client: aiomqtt.Client) -> None:
+        """Subscribe (QoS 1) to this farm's telemetry, status and ack topics and handle every
+        message until the connection drops (aiomqtt.MqttError) or the task is cancelled."""
+        for kind in UPLINK_KINDS:
+            await client.subscribe(subscription(self.farm_id, kind), qos=1)  # type: ignore[arg-type]
+        ticker = asyncio.create_task(self._flush_bursts(), name="ingest-burst-log")
+        self.subscribed.set()
+        try:
+            async for message in client.messages:
+                await self.handle(message.topic.value, _as_bytes(message.payload))
+        finally:
+            self.subscribed.clear()
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self._burst.flush()
+
+    async def _flush_bursts(self) -> None:
+        while True:
+            await asyncio.sleep(self._burst.window_s / 2)
+            self._burst.flush(time.monotonic())
+
+    async def run_forever(
+        self,
+        host: str,
+        port: int,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        identifier: str | None = None,
+        keepalive: int = 30,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        """Connect, ``run``, and reconnect with jittered exponential backoff, until cancelled.
+
+        A persistent session (fixed client id, clean_session=False) makes the broker keep QoS 1
+        messages for us while we reconnect; their redelivery is deduplicated.
+        """
+        client_id = identifier or f"smartfarm-ingest-{self.farm_id}"
+        failures = 0
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    host,
+                    port,
+                    username=username,
+                    password=password,
+                    identifier=client_id,
+                    clean_session=False,
+                    keepalive=keepalive,
+                ) as client:
+                    log.info("ingest connected to %s:%d as %s", host, port, client_id)
+                    failures = 0
+                    await self.run(client)
+            except aiomqtt.MqttError as exc:
+                # Full jitter keeps a farm's reconnecting clients from stampeding the broker.
+                cap = min(backoff_max_s, 0.5 * 2**failures)
+                delay = random.uniform(cap / 2, cap)  # noqa: S311 (jitter, not crypto)
+                failures = min(failures + 1, 16)
+                log.warning(
+                    "ingest MQTT connection to %s:%d failed (%s); retrying in %.1f s",
+                    host,
+                    port,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
