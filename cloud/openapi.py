@@ -1,4 +1,4 @@
-"""OpenAPI 3.1 generated from the route table and the very pydantic models handlers validate with."""
+"""OpenAPI 3.1 built from the route table and the same pydantic models the handlers use."""
 
 from __future__ import annotations
 

@@ -60,10 +60,12 @@ class AlertMonitor:
         room_id: str | None = None,
         device_id: str | None = None,
     ) -> None:
+        at = self._clock().timestamp()
         new = await self._db.write(
-            alert_rows.raise_alert,
-            key=key, kind=kind, severity=severity, message=message,
-            at=self._clock().timestamp(), room_id=room_id, device_id=device_id,
+            lambda conn: alert_rows.raise_alert(
+                conn, key=key, kind=kind, severity=severity, message=message, at=at,
+                room_id=room_id, device_id=device_id,
+            )
         )
         if new:
             self.raised += 1

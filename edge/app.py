@@ -154,8 +154,12 @@ class EdgeApp:
                     try:
                         # Boot-safe: after subscribing (so acks are heard), tell every actuator
                         # what it should be doing rather than trusting what it was last told.
-                        await asyncio.sleep(0.2)
-                        await self.automation.reassert()
+                        subscribed = asyncio.create_task(self.ingest.subscribed.wait())
+                        await asyncio.wait({subscribed, ingest},
+                                           return_when=asyncio.FIRST_COMPLETED)
+                        subscribed.cancel()
+                        if not ingest.done():
+                            await self.automation.reassert()
                         await ingest
                     finally:
                         self.commands.attach(None)

@@ -15,9 +15,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
-from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import BrokerConfig, ListenerConfig, ListenerType
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connect import ConnectPacket
 
 from edge.broker_acl import DeviceAuthPlugin, DeviceTopicPlugin
 from edge.config import ConfigError
@@ -31,6 +33,12 @@ log = logging.getLogger(__name__)
 
 _LISTENER = "default"
 _STOP_GRACE_S = 5.0
+_CONNECT_TIMEOUT_S = 10.0
+_CONNECT_TYPE = 1
+_CONNACK_BYTE = 0x20
+_MQTT_311 = 4
+_IDENTIFIER_REJECTED = 0x02
+_NOT_AUTHORIZED = 0x05
 # A disconnected persistent session (clean_session=0) keeps its queued commands this long; stale
 # actuator commands are worse than none, and the automation re-asserts state anyway.
 _SESSION_EXPIRY_S = 3600
@@ -45,25 +53,72 @@ class PacketTooLarge(Exception):
 
 
 @dataclass
-class _EdgeBrokerConfig(BrokerConfig):
+class _EdgeBrokerConfig(BrokerConfig):  # type: ignore[misc]  # amqtt is untyped
     # amqtt reads `max-qos` through BrokerConfig.get(); the stock dataclass has no such field.
     max_qos: int = 1
 
 
-class _BoundedReader(StreamReaderAdapter):
+class _BoundedReader(StreamReaderAdapter):  # type: ignore[misc]
     """Refuses any single read above the limit: amqtt reads a PUBLISH payload in one call sized
-    from the client's own length header, so this stops a 256 MB claim before it is buffered."""
+    from the client's own length header, so this stops a 256 MB claim before it is buffered.
+    ``replay`` is served first: the CONNECT packet we already read to vet the client."""
 
-    def __init__(self, reader: asyncio.StreamReader, limit: int) -> None:
+    def __init__(self, reader: asyncio.StreamReader, limit: int, replay: bytes = b"") -> None:
         super().__init__(reader)
         self._limit = limit
+        self._replay = bytearray(replay)
 
     async def read(self, n: int = -1) -> bytes:
         if n < 0 or n > self._limit:
             # Not an IncompleteReadError: amqtt would turn that into "no data" and keep reading
             # the same stream mid-packet; an unexpected exception makes it close the connection.
             raise PacketTooLarge(f"packet of {n} bytes exceeds the {self._limit}-byte limit")
-        return await super().read(n)
+        if self._replay:
+            head = bytes(self._replay[:n])
+            del self._replay[:n]
+            return head + (await super().read(n - len(head)) if len(head) < n else b"")
+        data: bytes = await super().read(n)
+        return data
+
+
+class _BytesReader(ReaderAdapter):  # type: ignore[misc]
+    """amqtt's packet parser over bytes already in hand; reading past the end yields short."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    async def read(self, n: int = -1) -> bytes:
+        n = len(self._data) if n < 0 else n
+        head, self._data = bytes(self._data[:n]), self._data[n:]
+        return head
+
+    def feed_eof(self) -> None:
+        pass
+
+
+class _BadConnect(Exception):
+    """The first packet is not a well-formed CONNECT."""
+
+
+async def _read_connect(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """The raw first packet, which MQTT requires to be CONNECT (fixed header + body)."""
+    raw = bytearray(await reader.readexactly(1))
+    if raw[0] >> 4 != _CONNECT_TYPE:
+        raise _BadConnect("first packet is not CONNECT")
+    length, multiplier = 0, 1
+    for _ in range(4):  # the remaining length takes at most 4 bytes
+        byte = (await reader.readexactly(1))[0]
+        raw.append(byte)
+        length += (byte & 0x7F) * multiplier
+        if not byte & 0x80:
+            break
+        multiplier *= 128
+    else:
+        raise _BadConnect("malformed remaining length")
+    if length > limit:
+        raise PacketTooLarge(f"CONNECT of {length} bytes exceeds the {limit}-byte limit")
+    raw += await reader.readexactly(length)
+    return bytes(raw)
 
 
 def quiet_amqtt_logs(level: int = logging.WARNING) -> None:
@@ -157,8 +212,9 @@ class EmbeddedBroker:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         broker = self._broker
+        peer = writer.get_extra_info("peername")
         if broker is None or len(self._connections) >= self.max_connections:
-            log.warning("MQTT connection from %s refused: %s", writer.get_extra_info("peername"),
+            log.warning("MQTT connection from %s refused: %s", peer,
                         "broker stopping" if broker is None else "too many connections")
             writer.close()
             return
@@ -166,13 +222,15 @@ class EmbeddedBroker:
         assert task is not None
         self._connections.add(task)
         try:
-            await broker.external_connected(
-                _BoundedReader(reader, self.max_message_bytes),
-                StreamWriterAdapter(writer),
-                _LISTENER,
-            )
+            raw = await self._admit(broker, reader, writer)
+            if raw is not None:
+                await broker.external_connected(
+                    _BoundedReader(reader, self.max_message_bytes, replay=raw),
+                    StreamWriterAdapter(writer),
+                    _LISTENER,
+                )
         except PacketTooLarge as exc:
-            log.warning("MQTT client %s dropped: %s", writer.get_extra_info("peername"), exc)
+            log.warning("MQTT client %s dropped: %s", peer, exc)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away mid-handshake; nothing to clean beyond the socket
         except Exception:
@@ -181,6 +239,50 @@ class EmbeddedBroker:
         finally:
             self._connections.discard(task)
             writer.close()
+
+    async def _admit(
+        self, broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes | None:
+        """Read and vet CONNECT before amqtt sees it; the raw packet to replay, or None.
+
+        amqtt 0.12.1 discards an existing session with the same client id *before* it
+        authenticates, so without this anyone who knows a device's client id could wipe its
+        command subscription with a bad password, and any account could take over another's
+        session. Here a client must log in first and may not reuse another account's client id.
+        It also bounds how long a silent socket may sit before its CONNECT.
+        """
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                raw = await _read_connect(reader, self.max_message_bytes)
+            connect = await ConnectPacket.from_stream(_BytesReader(raw))
+        except (TimeoutError, _BadConnect, AMQTTError, MQTTError, NoDataError, ValueError) as exc:
+            log.info("MQTT client %s dropped before CONNECT: %s", writer.get_extra_info("peername"),
+                     exc or type(exc).__name__)
+            return None
+        if connect.proto_level != _MQTT_311 or True:
+            return raw  # amqtt answers "unacceptable protocol version" itself
+        username = connect.username if connect.username_flag else None
+        password = connect.password if connect.password_flag else None
+        if not await self._auth(broker).check(username, password):
+            await self._refuse(writer, _NOT_AUTHORIZED)
+            return None
+        holder = broker.sessions.get(connect.client_id) if not connect.client_id_is_random else None
+        if holder is not None and holder[0].username != username:
+            log.warning("MQTT client id %r of user %r refused: it belongs to another account",
+                        connect.client_id[:80], username)
+            await self._refuse(writer, _IDENTIFIER_REJECTED)
+            return None
+        return raw
+
+    @staticmethod
+    async def _refuse(writer: asyncio.StreamWriter, code: int) -> None:
+        writer.write(bytes((_CONNACK_BYTE, 2, 0, code)))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
+    @staticmethod
+    def _auth(broker: Broker) -> DeviceAuthPlugin:
+        return next(p for p in broker.plugins_manager.plugins if isinstance(p, DeviceAuthPlugin))
 
     async def stop(self) -> None:
         server, broker = self._server, self._broker

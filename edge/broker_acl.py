@@ -56,6 +56,7 @@ class _DenialLog:
 
     def warn(self, username: str, what: str, topic: str | None = None) -> None:
         now = time.monotonic()
+        username = username[:80]
         key = (username, what)
         start, suppressed = self._windows.get(key, (float("-inf"), 0))
         if now - start < _DENIAL_WINDOW_S:
@@ -69,7 +70,7 @@ class _DenialLog:
         log.warning("MQTT %s denied for user %r%s%s", what, username, where, more)
 
 
-class DeviceAuthPlugin(BaseAuthPlugin):
+class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped
     """Username/password login against an argon2 ``user:hash`` file, re-read when it changes."""
 
     @dataclass
@@ -106,7 +107,11 @@ class DeviceAuthPlugin(BaseAuthPlugin):
         self._stamp = stamp
 
     async def authenticate(self, *, session: Session) -> bool:
-        username = session.username if session else None
+        return await self.check(session.username if session else None,
+                                session.password if session else None)
+
+    async def check(self, username: str | None, password: str | None) -> bool:
+        """True when ``username`` exists and ``password`` verifies against its hash."""
         if not username:
             self._denials.warn("(anonymous)", "login")
             return False
@@ -115,7 +120,7 @@ class DeviceAuthPlugin(BaseAuthPlugin):
         if hashed is None:
             self._denials.warn(username, "login (unknown user)")
             return False
-        password = session.password or ""
+        password = password or ""
         digest = hmac.digest(self._key, password.encode(), hashlib.sha256)
         known = self._verified.get(username)
         if known is not None and known[0] == hashed and hmac.compare_digest(known[1], digest):
@@ -135,7 +140,7 @@ class _Grant:
     command: str
 
 
-class DeviceTopicPlugin(BaseTopicPlugin):
+class DeviceTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
     """Topic ACL: the edge owns its farm's tree; each device only its own topics in its room."""
 
     @dataclass

@@ -133,7 +133,7 @@ class CommandTracker:
             self._deliver(command, room_id), name=f"command-{device_id}-{cid}"
         )
         self._tasks[cid] = task
-        task.add_done_callback(lambda _t, c=cid: self._tasks.pop(c, None))
+        task.add_done_callback(lambda t, c=cid: self._done(c, t))
         self.stats.sent += 1
         log.info("command %s → %s %s (%s: %s)", cid, device_id, action, source, reason)
         return cid
@@ -176,6 +176,11 @@ class CommandTracker:
         else:
             await self._finish(cid, command.device_id, "failed", ack.error or "device error", ack)
 
+    def _done(self, cid: str, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(cid, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivering command %s failed", cid, exc_info=task.exception())
+
     async def _publish_once(self, cid: str, topic: str, payload: bytes) -> None:
         publisher = self._publisher
         if publisher is None:
@@ -190,8 +195,9 @@ class CommandTracker:
         self, cid: str, device_id: str, state: str, error: str | None, ack: Ack | None = None
     ) -> None:
         self._waiters.pop(cid, None)
+        at = self._clock().timestamp()
         changed = await self._db.write(
-            command_rows.set_state, cid, state, self._clock().timestamp(), error=error
+            lambda conn: command_rows.set_state(conn, cid, state, at, error=error)
         )
         if not changed:
             return
@@ -212,9 +218,9 @@ class CommandTracker:
             return
         # A late ack (after a retry or a restart): record it if the command is still open.
         state = "acked" if ack.status == "ok" else "failed"
+        at = self._clock().timestamp()
         self._db.write_nowait(
-            command_rows.set_state, ack.command_id, state, self._clock().timestamp(),
-            error=ack.error,
+            lambda conn: command_rows.set_state(conn, ack.command_id, state, at, error=ack.error)
         )
 
     def pending_count(self) -> int:

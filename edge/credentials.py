@@ -9,12 +9,13 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,8 @@ from shared.topics import UPLINK_KINDS, is_valid_id
 
 if TYPE_CHECKING:
     from edge.config import EdgeSettings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EDGE_USERNAME = "smartfarm-edge"
 ACL_FILE_NAME = "device-acl.json"
@@ -138,6 +141,8 @@ class DeviceSecrets:
     edge_username: str = DEFAULT_EDGE_USERNAME
     edge_password: str = field(default_factory=generate_password, repr=False)
     devices: dict[str, str] = field(default_factory=dict, repr=False)
+    # Accounts whose password changed in this process and whose hash must be redone on sync.
+    rotated: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @classmethod
     def load(cls, path: Path) -> DeviceSecrets:
@@ -154,8 +159,11 @@ class DeviceSecrets:
         username = edge.get("username", DEFAULT_EDGE_USERNAME)
         if not is_valid_id(username):
             raise CredentialsError(f"{path}: edge.username {username!r} is not a valid id")
+        raw_devices = data.get("devices") or {}
+        if not isinstance(raw_devices, dict):
+            raise CredentialsError(f"{path}: `devices` must be a table")
         devices: dict[str, str] = {}
-        for dev_id, entry in (data.get("devices") or {}).items():
+        for dev_id, entry in raw_devices.items():
             if not is_valid_id(dev_id) or not isinstance(entry, dict):
                 raise CredentialsError(f"{path}: bad device entry {dev_id!r}")
             if not isinstance(entry.get("password"), str) or not entry["password"]:
@@ -194,6 +202,8 @@ class DeviceSecrets:
         if device_id in self.devices and not rotate:
             raise CredentialsError(f"device {device_id!r} already has credentials")
         password = generate_password()
+        if device_id in self.devices:
+            self.rotated.add(device_id)
         self.devices[device_id] = password
         self.save()
         return password
@@ -218,11 +228,12 @@ def sync_password_file(
     """Make the argon2 password file match the secrets, hashing only what is new or changed.
 
     Hashing every account on each device add would cost seconds on a Pi with 200 devices, so an
-    existing hash is kept unless its user is in ``changed`` (a rotated password) or it no longer
-    verifies for the edge account (whose password may come from the environment).
+    existing hash is kept unless its user is in ``changed`` or ``secrets_.rotated`` (a password
+    replaced by ``add_device(rotate=True)``), or it no longer verifies for the edge account (whose
+    password may come from the environment).
     """
     current = read_password_file(path)
-    redo = set(changed)
+    redo = set(changed) | secrets_.rotated
     entries: dict[str, str] = {}
     for user, password in secrets_.plaintext_entries().items():
         old = current.get(user)
@@ -234,6 +245,7 @@ def sync_password_file(
             entries[user] = old
     if entries != current:
         write_password_file(path, entries)
+    secrets_.rotated.clear()
 
 
 def write_device_acl(path: Path, device_rooms: Mapping[str, str]) -> None:
@@ -278,10 +290,16 @@ def sync_broker_files(settings: EdgeSettings, secrets_: DeviceSecrets | None = N
     _, edge_password = edge_login(settings, secrets_)
     if edge_password != secrets_.edge_password:
         # The environment supplied the edge password: hash that one, keep the file untouched.
-        secrets_ = DeviceSecrets(path=secrets_.path, edge_username=secrets_.edge_username,
-                                 edge_password=edge_password, devices=secrets_.devices)
+        secrets_ = replace(secrets_, edge_password=edge_password)
     sync_password_file(settings.password_file_path, secrets_)
-    write_device_acl(device_acl_path(settings), {d.id: d.room for d in settings.devices})
+    rooms = {d.id: d.room for d in settings.devices}
+    write_device_acl(device_acl_path(settings), rooms)
+    # Either side alone is harmless (no login, or a login with no topics) but surely a mistake.
+    if missing := sorted(set(rooms) - set(secrets_.devices)):
+        log.warning("devices without credentials (cannot log in): %s", ", ".join(missing))
+    if unplaced := sorted(set(secrets_.devices) - set(rooms)):
+        log.warning("credentials for devices not in the config (no topics): %s",
+                    ", ".join(unplaced))
 
 
 # ---- external Mosquitto -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from edge.config import ConfigError, EdgeSettings, load_config
@@ -159,7 +160,7 @@ def build_farm(
         password = secrets.get(dev.id)
         if password is None:
             log.warning("no password for device %s in %s", dev.id, settings.device_secrets_path)
-        common = dict(
+        common: dict[str, Any] = dict(
             farm_id=settings.farm_id, room_id=dev.room, device_id=dev.id, password=password,
             host=host, port=port, clock=clock, seed=seed, keepalive_s=settings.broker.keepalive_s,
         )

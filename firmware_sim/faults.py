@@ -140,10 +140,12 @@ def _wrong_topic(
     return f"farm/{farm_id}/room/{room_id}/telemetry/bad id!", doc
 
 
-def skewed_timestamp(doc: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """A device clock gone wrong: no RTC (1970), years off, no timezone, or no timestamp."""
+def skewed_timestamp(
+    doc: dict[str, Any], rng: random.Random, now: datetime | None = None
+) -> dict[str, Any]:
+    """A device clock gone wrong: no RTC (1970), years off, hours ahead, or no timestamp."""
     doc = dict(doc)
-    now = datetime.now(UTC)
+    now = now if now is not None else datetime.now(UTC)
     variant = rng.randrange(5)
     if variant == 0:
         doc["timestamp"] = datetime(1970, 1, 1, 0, 0, rng.randrange(60), tzinfo=UTC).isoformat()
@@ -187,14 +189,16 @@ def garbage_messages(
     n: int,
     seed: int = 0,
     kinds: tuple[FaultKind, ...] = INVALID_KINDS,
+    now: datetime | None = None,
 ) -> list[tuple[str, bytes]]:
-    """``n`` (topic, payload) pairs, each one a message an ingest must refuse; same seed, same
-    list. Topics never contain MQTT wildcards, so any broker accepts the publish."""
+    """``n`` (topic, payload) pairs, each one a message an ingest must refuse; the same seed and
+    ``now`` (default: the current time) give the same list. Topics never contain MQTT wildcards,
+    so any broker accepts the publish."""
     bad = [k for k in kinds if k not in INVALID_KINDS]
     if bad:
         raise ValueError(f"not invalid kinds: {bad}")
     rng = random.Random(seed)  # noqa: S311 - simulation, not crypto
-    now = datetime.now(UTC)
+    now = now if now is not None else datetime.now(UTC)
     out = []
     for i in range(n):
         doc = _base_doc(rng, device_id, now)
@@ -251,7 +255,10 @@ class FaultInjector:
                 out.append(corrupt(kind, farm_id, room_id, device_id, doc, rng))
         if rng.random() < plan.clock_skew:
             self.counts["clock_skew"] += 1
-            doc = skewed_timestamp(doc, rng)
+            # Skewed relative to the reading's own time, so the stream depends only on the seed.
+            stamp = doc.get("timestamp")
+            base = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+            doc = skewed_timestamp(doc, rng, base)
         topic = f"farm/{farm_id}/room/{room_id}/telemetry/{device_id}"
         message = (topic, _json(doc))
         out.append(message)

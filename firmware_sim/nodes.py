@@ -222,6 +222,7 @@ class ActuatorNode(Node):
         if cmd.command_id in self._recent:
             return self._recent[cmd.command_id], False
         before = self.level
+        ack: bytes | None
         if cmd.device_id != self.device_id:
             ack = self._ack(cmd.command_id, "error", f"command is for {cmd.device_id}")
         elif self.fail_mode == "ack_error":
@@ -302,4 +303,4 @@ def _raw_command_id(payload: bytes) -> str:
     except (ValueError, RecursionError):
         return "unknown"
     cid = doc.get("command_id") if isinstance(doc, dict) else None
-    return cid if is_valid_id(cid) else "unknown"
+    return cid if isinstance(cid, str) and is_valid_id(cid) else "unknown"

@@ -76,7 +76,7 @@ async def insert_readings(db: Database, rows: Iterable[Reading]) -> int:
             copy.set_types(COPY_TYPES)
             for row in batch:
                 await copy.write_row(row)
-        cols = list(zip(*batch, strict=True))
+        cols = [list(col) for col in zip(*batch, strict=True)]  # lists adapt as arrays
         await cur.execute(
             UPSERT_LATEST,
             {

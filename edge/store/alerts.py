@@ -36,7 +36,8 @@ def raise_alert(
 def resolve(conn: sqlite3.Connection, key: str, at: float) -> bool:
     return (
         conn.execute(
-            "UPDATE alerts SET state = 'resolved', resolved_at = ? WHERE key = ? AND state = 'active'",
+            "UPDATE alerts SET state = 'resolved', resolved_at = ?"
+            " WHERE key = ? AND state = 'active'",
             (at, key),
         ).rowcount
         > 0

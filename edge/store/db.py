@@ -107,33 +107,22 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration]) -> int:
     return latest
 
 
+@dataclass(slots=True)
 class _Item:
     """One queued write: fn(conn, *args), and where to report its outcome (None = nowait)."""
 
-    __slots__ = ("args", "fn", "future", "loop", "urgent")
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        loop: asyncio.AbstractEventLoop | None,
-        future: asyncio.Future[Any] | None,
-        urgent: bool,
-    ) -> None:
-        self.fn = fn
-        self.args = args
-        self.loop = loop
-        self.future = future
-        self.urgent = urgent
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    loop: asyncio.AbstractEventLoop | None
+    future: asyncio.Future[Any] | None
+    urgent: bool
 
 
+@dataclass(slots=True)
 class _Checkpoint:
-    __slots__ = ("future", "loop", "mode")
-
-    def __init__(self, mode: str, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]):
-        self.mode = mode
-        self.loop = loop
-        self.future = future
+    mode: str
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
 
 
 _STOP: Final = object()
@@ -242,7 +231,7 @@ class Database:
         self._check_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Item(fn, args, loop, future, urgent=False))
+        self._queue.put(_Item(fn, args, loop, future, False))
         return future
 
     async def write(
@@ -273,7 +262,7 @@ class Database:
         """Fire and forget: queue fn(conn, *args); it is committed before close() returns.
         A failure is logged and counted (``stats.failed_items``), never raised."""
         self._check_open()
-        self._queue.put(_Item(fn, args, None, None, urgent=False))
+        self._queue.put(_Item(fn, args, None, None, False))
 
     async def checkpoint(
         self, mode: Literal["PASSIVE", "FULL", "RESTART", "TRUNCATE"] = "PASSIVE"
@@ -345,6 +334,7 @@ class Database:
         return conn
 
     def _writer_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[int]) -> None:
+        conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect(read_only=False)
@@ -356,6 +346,8 @@ class Database:
             conn.execute("PRAGMA temp_store = MEMORY")
             version = migrate(conn, load_migrations())
         except BaseException as exc:  # report to open(), whatever it was
+            if conn is not None:
+                conn.close()
             loop.call_soon_threadsafe(_set_exception, ready, exc)
             return
         loop.call_soon_threadsafe(_set_result, ready, version)

@@ -14,11 +14,15 @@ import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from edge.broker import EmbeddedBroker
+from edge.broker import EmbeddedBroker, broker_address, embedded_broker
+from edge.config import ConfigError, EdgeSettings
 from edge.credentials import (
     DeviceSecrets,
+    device_acl_path,
+    edge_login,
     hash_password,
     read_password_file,
+    sync_broker_files,
     sync_password_file,
     verify_password,
     write_device_acl,
@@ -259,3 +263,88 @@ async def test_removed_device_loses_access(farm: Farm) -> None:
     with pytest.raises(aiomqtt.MqttError):
         async with farm.client("dev-b", password):
             pass
+
+
+# ---- wiring from the edge settings --------------------------------------------------------------
+
+@pytest.mark.parametrize("env_password", [None, "edge-password-from-the-environment"])
+async def test_broker_from_settings(tmp_path: Path, farm_id: str, env_password: str | None) -> None:
+    settings = EdgeSettings(
+        farm_id=farm_id,
+        broker={"port": 0, "edge_password": env_password},
+        rooms=[{"id": "room-1", "species": "oyster", "stage": "fruiting"}],
+        devices=[{"id": "dev-a", "room": "room-1", "kind": "sensor"}],
+        config_path=tmp_path / "edge.toml",
+    )
+    secrets = DeviceSecrets.load_or_create(settings.device_secrets_path)
+    device_password = secrets.add_device("dev-a")
+    sync_broker_files(settings, secrets)
+    assert device_acl_path(settings).parent == settings.password_file_path.parent
+    username, password = edge_login(settings)
+    assert password == (env_password or secrets.edge_password)
+    async with embedded_broker(settings) as broker:
+        assert broker.port > 0
+
+        def client(user: str, pw: str) -> aiomqtt.Client:
+            return aiomqtt.Client("127.0.0.1", broker.port, username=user, password=pw,
+                                  identifier=f"{user}-{uuid.uuid4().hex[:8]}", timeout=5)
+
+        async with client(username, password) as edge, client("dev-a", device_password) as dev:
+            await edge.subscribe(f"farm/{farm_id}/#", qos=1)
+            topic = f"farm/{farm_id}/room/room-1/telemetry/dev-a"
+            await dev.publish(topic, b"{}", qos=1)
+            assert (await next_message(edge)).topic.value == topic
+
+
+def test_broker_address() -> None:
+    embedded = EdgeSettings(broker={"host": "127.0.0.1", "port": 1999})
+    assert broker_address(embedded) == ("127.0.0.1", 1999)
+    external = EdgeSettings(broker={"mode": "external", "url": "mqtt://mqtt.local:1884"})
+    assert broker_address(external) == ("mqtt.local", 1884)
+    default_port = EdgeSettings(broker={"mode": "external", "url": "mqtt://10.0.0.5"})
+    assert broker_address(default_port) == ("10.0.0.5", 1883)
+    for bad in [None, "http://x:80", "mqtt://:1883"]:
+        with pytest.raises(ConfigError):
+            broker_address(EdgeSettings(broker={"mode": "external", "url": bad}))
+
+
+async def test_rotated_password_replaces_the_old_one(farm: Farm) -> None:
+    old = farm.secrets.devices["dev-a"]
+    new = farm.secrets.add_device("dev-a", rotate=True)
+    sync_password_file(farm.passwd, farm.secrets)
+    farm.broker.reload()
+    async with farm.client("dev-a", new):
+        pass
+    with pytest.raises(aiomqtt.MqttError):
+        async with farm.client("dev-a", old):
+            pass
+
+
+async def test_client_id_cannot_be_hijacked(farm: Farm) -> None:
+    """A bad login, or another account, reusing a device's client id leaves its session alone."""
+    dev_pw = farm.secrets.devices["dev-a"]
+    async with farm.client(EDGE) as edge, aiomqtt.Client(
+        "127.0.0.1", farm.broker.port, username="dev-a", password=dev_pw,
+        identifier="dev-a-node", timeout=5,
+    ) as dev:
+        await dev.subscribe(farm.topic("command", "dev-a"), qos=1)
+        for username, password in [("dev-a", "wrong"), ("nobody", "x"),
+                                   ("dev-b", farm.secrets.devices["dev-b"])]:
+            with pytest.raises(aiomqtt.MqttError):
+                async with aiomqtt.Client("127.0.0.1", farm.broker.port, username=username,
+                                          password=password, identifier="dev-a-node", timeout=5):
+                    pass
+        await edge.publish(farm.topic("command", "dev-a"), b"still-here", qos=1)
+        message = await next_message(dev)
+        assert message.payload == b"still-here"
+
+
+async def test_garbage_instead_of_connect_is_dropped(farm: Farm) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", farm.broker.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""  # closed by the broker, nothing sent back
+    writer.close()
+    async with farm.client("dev-a"):  # and the broker is fine
+        pass

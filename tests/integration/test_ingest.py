@@ -300,7 +300,7 @@ async def amqtt_broker(port: int) -> AsyncIterator[tuple[str, int]]:
 
 
 @pytest.fixture(params=["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
-async def broker(request: pytest.FixtureRequest) -> tuple[str, int]:
+def broker(request: pytest.FixtureRequest) -> tuple[str, int]:
     if request.param == "amqtt":
         return request.getfixturevalue("amqtt_broker")
     return "127.0.0.1", 1883

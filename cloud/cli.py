@@ -1,0 +1,153 @@
+"""``smartfarm cloud …``: serve, migrate, seed-db, create-user, check-config.
+
+``cloud_main(argv)`` is the entry point the top-level ``smartfarm`` script dispatches to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from cloud.config import CloudSettings, ConfigError, load_settings
+from shared.errors import SmartfarmError
+
+log = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(settings: CloudSettings) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if settings.log_file is not None:
+        path = settings.resolve(settings.log_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # 10 MB × 10 files, as the original design.
+        handlers.append(
+            logging.handlers.RotatingFileHandler(path, maxBytes=10 * 2**20, backupCount=10)
+        )
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, handlers=handlers, force=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smartfarm cloud", description=__doc__)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("SMARTFARM_CLOUD_CONFIG"),
+        help="TOML config file (env: SMARTFARM_CLOUD_CONFIG); environment overrides it",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP API (migrates first)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    migrate = sub.add_parser("migrate", help="apply pending migrations")
+    migrate.add_argument(
+        "--down", type=int, default=0, metavar="N", help="revert the last N migrations instead"
+    )
+    seed = sub.add_parser("seed-db", help="fill a demo farm (idempotent)")
+    seed.add_argument("--days", type=int, default=7, help="days of telemetry (default 7)")
+    user = sub.add_parser("create-user", help="create a local user (or reset its password)")
+    user.add_argument("email")
+    user.add_argument("--password", required=True)
+    user.add_argument("--admin", action="store_true", help="site admin: owner of every farm")
+    sub.add_parser("check-config", help="print the effective config, secrets masked")
+    return parser
+
+
+def _progress(stream: TextIO) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        width = 40
+        share = done / total if total else 1.0
+        bar = "#" * int(share * width)
+        stream.write(f"\r  telemetry [{bar:<{width}}] {done:>9,}/{total:,} rows")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
+
+
+async def _with_db(settings: CloudSettings, job: str, args: argparse.Namespace) -> int:
+    from cloud.app import resolve_dsn
+    from cloud.auth.passwords import Passwords
+    from cloud.db.database import Database
+    from cloud.db.migrate import migrate
+
+    dsn, embedded = await resolve_dsn(settings)
+    try:
+        if job == "migrate":
+            done = await migrate(dsn, down=args.down)
+            verb = "reverted" if args.down else "applied"
+            print(f"{verb}: {', '.join(done)}" if done else "nothing to do")
+            return 0
+        await migrate(dsn)
+        db = await Database.connect(dsn, min_size=1, max_size=2)
+        try:
+            passwords = Passwords(settings.auth)
+            if job == "seed-db":
+                from cloud.seed import DEMO_EMAIL, DEMO_PASSWORD, seed
+
+                added = await seed(db, passwords, days=args.days, progress=_progress(sys.stderr))
+                print("added: " + ", ".join(f"{v} {k}" for k, v in added.items()))
+                print(f"demo login: {DEMO_EMAIL} / {DEMO_PASSWORD}")
+                return 0
+            from cloud.db import users
+
+            row = await users.create(
+                db,
+                email=args.email,
+                password_hash=await passwords.hash(args.password),
+                is_admin=args.admin,
+                replace=True,
+            )
+            print(f"user {row['email']} (id {row['id']}{', admin' if row['is_admin'] else ''})")
+            return 0
+        finally:
+            await db.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def cloud_main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {}
+    if args.command == "serve":
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    try:
+        settings = load_settings(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(json.dumps(settings.masked(), indent=2, default=str))
+        return 0
+    configure_logging(settings)
+    if args.command == "create-user" and len(args.password) < 10:
+        print("password must be at least 10 characters", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "serve":
+            from aiohttp import web
+
+            from cloud.app import init_app
+
+            web.run_app(
+                init_app(settings),
+                host=settings.host,
+                port=settings.port,
+                print=None,
+                access_log=None,
+            )
+            return 0
+        return asyncio.run(_with_db(settings, args.command, args))
+    except SmartfarmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,254 @@
+"""Handlers of the local API: read the farm's state, send manual commands, change rules and stages.
+
+Handlers only parse input (``schemas``), call the automation or a store repository through
+``Database.read``, and shape the answer (``views``); errors are raised and the problem middleware
+answers them.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+from edge.api import auth, keys, views
+from edge.api.schemas import (
+    AlertsQuery,
+    CommandBody,
+    CommandsQuery,
+    QuarantineQuery,
+    ReadingsQuery,
+    RuleBody,
+    RulesQuery,
+    StageBody,
+    parse_body,
+    parse_query,
+)
+from edge.automation import NotFound
+from edge.store import alerts as alert_rows
+from edge.store import commands as command_rows
+from edge.store import devices as device_rows
+from edge.store import quarantine as quarantine_rows
+from shared.models import utcnow
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
+
+
+def _room_id(request: web.Request) -> str:
+    room_id = request.match_info["room_id"]
+    if room_id not in request.app[keys.AUTOMATION].rooms:
+        raise NotFound(f"no room {room_id!r}")
+    return room_id
+
+
+def _stale_after(request: web.Request) -> float:
+    return request.app[keys.SETTINGS].automation.stale_after_s
+
+
+# ---- page and probe ----
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness for systemd/monitoring: never raises, 503 only when the store is closed."""
+    body: dict[str, Any] = {"status": "ok"}
+    try:
+        db = request.app[keys.DB]
+        body.update(
+            broker_connected=request.app[keys.COMMANDS].connected,
+            db_open=db.is_open,
+            farm_id=request.app[keys.SETTINGS].farm_id,
+            time=views.iso(utcnow()),
+            pending_commands=request.app[keys.COMMANDS].pending_count(),
+        )
+        if not db.is_open:
+            body["status"] = "degraded"
+    except Exception:
+        log.exception("health check failed")
+        body["status"] = "degraded"
+    return web.json_response(body, status=200 if body["status"] == "ok" else 503)
+
+
+# ---- rooms ----
+async def list_rooms(request: web.Request) -> web.Response:
+    automation = request.app[keys.AUTOMATION]
+    now = utcnow()
+    return web.json_response(
+        [views.room_view(automation, rid, now, _stale_after(request)) for rid in automation.rooms]
+    )
+
+
+async def get_room(request: web.Request) -> web.Response:
+    room_id = _room_id(request)
+    return web.json_response(
+        views.room_view(request.app[keys.AUTOMATION], room_id, utcnow(), _stale_after(request))
+    )
+
+
+async def room_readings(request: web.Request) -> web.Response:
+    room_id = _room_id(request)
+    query = parse_query(request, ReadingsQuery)
+    until = utcnow()
+    since = until - timedelta(hours=query.hours)
+    series = await request.app[keys.DB].read(
+        views.downsampled_series, room_id, since.timestamp(), until.timestamp() + 0.001,
+        query.metric, query.points,
+    )
+    return web.json_response({
+        "room_id": room_id,
+        "since": views.iso(since),
+        "until": views.iso(until),
+        "readings": series.readings,
+        "truncated": series.truncated,
+        "series": series.points,
+    })
+
+
+async def set_stage(request: web.Request) -> web.Response:
+    room_id = _room_id(request)
+    body = await parse_body(request, StageBody)
+    automation = request.app[keys.AUTOMATION]
+    await automation.set_stage(room_id, body.stage)
+    log.info("stage of %s set to %s by %s", room_id, body.stage, request[keys.IDENTITY].user)
+    return web.json_response(views.room_view(automation, room_id, utcnow(), _stale_after(request)))
+
+
+# ---- devices and commands ----
+async def list_devices(request: web.Request) -> web.Response:
+    automation = request.app[keys.AUTOMATION]
+    statuses = {s.device_id: s for s in await request.app[keys.DB].read(device_rows.all_status)}
+    seen = automation.last_seen()
+    return web.json_response([
+        views.device_view(automation, d, statuses.get(d.id), seen) for d in automation.devices()
+    ])
+
+
+async def list_commands(request: web.Request) -> web.Response:
+    query = parse_query(request, CommandsQuery)
+
+    def recent(conn: Any) -> list[dict[str, Any]]:
+        return command_rows.recent(
+            conn, limit=query.limit, device_id=query.device_id, room_id=query.room_id
+        )
+
+    rows = await request.app[keys.DB].read(recent)
+    return web.json_response([views.command_view(r) for r in rows])
+
+
+async def send_command(request: web.Request) -> web.Response:
+    body = await parse_body(request, CommandBody)
+    automation = request.app[keys.AUTOMATION]
+    command_id = await automation.manual_command(
+        body.device_id, body.action, value=body.value, hold_minutes=body.hold_minutes,
+        by=request[keys.IDENTITY].user,
+    )
+    state = automation.actuators.get(body.device_id)
+    override = state.override if state is not None else None
+    return web.json_response(
+        {
+            "command_id": command_id,
+            "device_id": body.device_id,
+            "action": body.action,
+            "override_until": views.iso(override.until) if override is not None else None,
+        },
+        status=202,
+    )
+
+
+async def clear_override(request: web.Request) -> web.Response:
+    device_id = request.match_info["device_id"]
+    automation = request.app[keys.AUTOMATION]
+    device = request.app[keys.SETTINGS].device(device_id)
+    if device is None or device.kind != "actuator":
+        raise NotFound(f"no actuator {device_id!r}")
+    await automation.clear_override(device_id)
+    log.info("override on %s cleared by %s", device_id, request[keys.IDENTITY].user)
+    return web.json_response(views.actuator_view(automation, device))
+
+
+# ---- alerts, quarantine ----
+async def list_alerts(request: web.Request) -> web.Response:
+    query = parse_query(request, AlertsQuery)
+
+    def listing(conn: Any) -> list[dict[str, Any]]:
+        return alert_rows.listing(conn, active_only=query.active, limit=query.limit)
+
+    rows = await request.app[keys.DB].read(listing)
+    return web.json_response([views.alert_view(r) for r in rows])
+
+
+async def list_quarantine(request: web.Request) -> web.Response:
+    query = parse_query(request, QuarantineQuery)
+
+    def recent(conn: Any) -> tuple[int, list[quarantine_rows.QuarantinedMessage]]:
+        return quarantine_rows.count(conn), quarantine_rows.recent(conn, query.limit)
+
+    total, items = await request.app[keys.DB].read(recent)
+    return web.json_response({"count": total, "items": [views.quarantine_view(i) for i in items]})
+
+
+# ---- rules ----
+async def list_rules(request: web.Request) -> web.Response:
+    query = parse_query(request, RulesQuery)
+    automation = request.app[keys.AUTOMATION]
+    if query.room_id is not None and query.room_id not in automation.rooms:
+        raise NotFound(f"no room {query.room_id!r}")
+    rules = automation.rules(query.room_id)
+    return web.json_response([r.model_dump(mode="json") for r in rules])
+
+
+async def set_rule(request: web.Request) -> web.Response:
+    rule_id = request.match_info["rule_id"]
+    body = await parse_body(request, RuleBody)
+    rule = await request.app[keys.AUTOMATION].set_rule_enabled(rule_id, body.enabled)
+    log.info(
+        "rule %s %s by %s", rule_id, "enabled" if body.enabled else "disabled",
+        request[keys.IDENTITY].user,
+    )
+    return web.json_response(rule.model_dump(mode="json"))
+
+
+# ---- counters ----
+async def stats(request: web.Request) -> web.Response:
+    db = request.app[keys.DB]
+    commands = request.app[keys.COMMANDS]
+    return web.json_response({
+        "ingest": views.stats_view(request.app[keys.INGEST].stats),
+        "commands": {
+            **views.stats_view(commands.stats),
+            "pending": commands.pending_count(),
+            "broker_connected": commands.connected,
+        },
+        "db": {**views.stats_view(db.stats), "schema_version": db.schema_version},
+        "quarantine_count": await db.read(quarantine_rows.count),
+        "automation": {"evaluations": request.app[keys.AUTOMATION].evaluations},
+    })
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False, show_index=False)
+    app.router.add_get("/health", health)
+    app.router.add_post("/api/login", auth.login)
+    app.router.add_post("/api/logout", auth.logout)
+    app.router.add_get("/api/session", auth.session)
+    app.router.add_get("/api/rooms", list_rooms)
+    app.router.add_get("/api/rooms/{room_id}", get_room)
+    app.router.add_get("/api/rooms/{room_id}/readings", room_readings)
+    app.router.add_post("/api/rooms/{room_id}/stage", set_stage)
+    app.router.add_get("/api/devices", list_devices)
+    app.router.add_get("/api/commands", list_commands)
+    app.router.add_post("/api/commands", send_command)
+    app.router.add_delete("/api/overrides/{device_id}", clear_override)
+    app.router.add_get("/api/alerts", list_alerts)
+    app.router.add_get("/api/quarantine", list_quarantine)
+    app.router.add_get("/api/rules", list_rules)
+    app.router.add_post("/api/rules/{rule_id}", set_rule)
+    app.router.add_patch("/api/rules/{rule_id}", set_rule)
+    app.router.add_get("/api/stats", stats)

@@ -1,0 +1,193 @@
+"""JSON shapes of the local API, built from the automation's live state and the store's rows."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from edge.automation import Automation
+from edge.config import DeviceConfig
+from edge.store import readings as reading_rows
+from edge.store.devices import DeviceStatus
+from edge.store.quarantine import QuarantinedMessage
+from shared.rules import ActuatorState
+
+# Time series are read an hour at a time and folded into buckets as they come, so a long window
+# never holds more than one slice of rows in memory.
+SLICE_S: Final = 3600.0
+SLICE_LIMIT: Final = 20_000
+PREVIEW_BYTES: Final = 256
+
+
+def iso(value: float | datetime | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return datetime.fromtimestamp(value, UTC).isoformat()
+
+
+def _band(low: float | None, high: float | None) -> dict[str, float | None]:
+    return {"low": low, "high": high}
+
+
+def actuator_view(automation: Automation, device: DeviceConfig) -> dict[str, Any]:
+    state = automation.actuators.get(device.id, ActuatorState())
+    override = state.override
+    return {
+        "id": device.id,
+        "name": device.name or device.id,
+        "role": device.actuator,
+        "on": state.on,
+        "since": iso(state.since),
+        "override": None if override is None else {
+            "on": override.on, "until": iso(override.until), "by": override.by,
+        },
+        "reported": automation.reported.get(device.id),
+    }
+
+
+def room_view(automation: Automation, room_id: str, now: datetime, stale_after_s: float) -> dict:
+    room = automation.rooms[room_id]
+    bands = automation.bands(room_id)
+    in_band = automation.in_band(room_id)
+    readings = {}
+    for metric, reading in sorted(automation.latest(room_id).items()):
+        readings[metric] = {
+            "value": reading.value,
+            "at": iso(reading.at),
+            "stale": (now - reading.at).total_seconds() > stale_after_s,
+            "in_band": in_band.get(metric),
+        }
+    return {
+        "id": room_id,
+        "name": room.config.name or room_id,
+        "species": room.config.species,
+        "stage": room.stage,
+        "stage_started": room.stage_started,
+        "readings": readings,
+        "bands": {m: _band(b.low, b.high) for m, b in bands.items()},
+        "in_band": in_band,
+        "actuators": [actuator_view(automation, d) for d in automation.actuators_in(room_id)],
+        "rules": [{"id": r.id, "enabled": r.enabled} for r in room.rules],
+    }
+
+
+def device_view(
+    automation: Automation,
+    device: DeviceConfig,
+    status: DeviceStatus | None,
+    seen: Mapping[str, datetime],
+) -> dict[str, Any]:
+    last_seen = status.last_seen if status is not None else None
+    telemetry_at = seen.get(device.id)
+    if telemetry_at is not None:
+        last_seen = max(last_seen or 0.0, telemetry_at.timestamp())
+    out: dict[str, Any] = {
+        "id": device.id,
+        "name": device.name or device.id,
+        "kind": device.kind,
+        "role": device.actuator,
+        "room_id": device.room,
+        "status": {
+            "online": status.online if status is not None else False,
+            "last_seen": iso(last_seen),
+            "state": status.state if status is not None else {},
+            "firmware": status.firmware if status is not None else None,
+            "rssi_dbm": status.rssi_dbm if status is not None else None,
+            "uptime_s": status.uptime_s if status is not None else None,
+        },
+    }
+    if device.kind == "actuator":
+        out["actuator"] = actuator_view(automation, device)
+    return out
+
+
+def command_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for name in ("created_at", "updated_at", "acked_at"):
+        out[name] = iso(out.get(name))
+    return out
+
+
+def alert_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for name in ("first_at", "last_at", "resolved_at"):
+        out[name] = iso(out.get(name))
+    return out
+
+
+def quarantine_view(item: QuarantinedMessage) -> dict[str, Any]:
+    # Raw device bytes shown as text: undecodable bytes become U+FFFD, never an error.
+    preview = item.payload[:PREVIEW_BYTES].decode("utf-8", errors="replace")
+    return {
+        "id": item.id,
+        "received_at": iso(item.received_at),
+        "topic": item.topic,
+        "reason": item.reason,
+        "size": item.original_size,
+        "preview": preview,
+        "preview_truncated": item.original_size > PREVIEW_BYTES,
+    }
+
+
+def stats_view(obj: Any) -> dict[str, Any]:
+    # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs and so mangles it.
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
+# ---- time series for the page's sparklines ----
+@dataclass(slots=True)
+class _Bucket:
+    sum_t: float = 0.0
+    sum_v: float = 0.0
+    n: int = 0
+
+
+@dataclass(slots=True)
+class Series:
+    points: dict[str, list[list[float]]] = field(default_factory=dict)
+    readings: int = 0
+    truncated: bool = False
+
+
+def downsampled_series(
+    conn: sqlite3.Connection,
+    room_id: str,
+    since: float,
+    until: float,
+    metric: str | None,
+    points: int,
+) -> Series:
+    """Each metric of the room averaged into at most ``points`` equal time buckets:
+    ``[[unix_time, value], …]`` oldest first (runs inside one Database.read snapshot)."""
+    width = (until - since) / points
+    buckets: dict[str, dict[int, _Bucket]] = {}
+    out = Series()
+    start = since
+    while start < until:
+        end = min(until, start + SLICE_S)
+        rows = reading_rows.readings_between(conn, room_id, start, end, metric, SLICE_LIMIT)
+        out.truncated = out.truncated or len(rows) >= SLICE_LIMIT
+        out.readings += len(rows)
+        for row in rows:
+            index = min(points - 1, int((row.ts - since) / width))
+            for name, value in row.data.items():
+                bucket = buckets.setdefault(name, {}).setdefault(index, _Bucket())
+                bucket.sum_t += row.ts
+                bucket.sum_v += value
+                bucket.n += 1
+        start = end
+    for name, by_index in sorted(buckets.items()):
+        out.points[name] = [
+            [round(b.sum_t / b.n, 3), round(b.sum_v / b.n, 3)]
+            for _, b in sorted(by_index.items())
+        ]
+    return out

@@ -1,0 +1,177 @@
+"""Cloud test fixtures: real PostgreSQL (DATABASE_URL, else embedded pgserver), a migrated
+template database built once per session, and a cheap ``CREATE DATABASE … TEMPLATE`` per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from cloud.app import init_app
+from cloud.auth.tokens import AccessTokens
+from cloud.config import AuthConfig, CloudSettings, DatabaseConfig
+from cloud.db.database import Database
+from cloud.db.migrate import migrate
+from tests.cloud.world import World, bearer, build_world, tokens_for
+
+JWT_SECRET = "test-secret-" + "x" * 40
+
+
+class Databases:
+    """Creates and drops throw-away databases on one server."""
+
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.prefix = f"sft_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.created: list[str] = []
+
+    def dsn(self, name: str) -> str:
+        return make_conninfo(self.admin_dsn, dbname=name)
+
+    def create(self, template: str | None = None) -> str:
+        name = f"{self.prefix}_{len(self.created)}"
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(query)
+        self.created.append(name)
+        return name
+
+    def drop(self, name: str) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    def drop_all(self) -> None:
+        for name in reversed(self.created):
+            self.drop(name)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from cloud.db.embedded import start_embedded
+
+    embedded = start_embedded(tmp_path_factory.mktemp("pgserver"))
+    try:
+        yield embedded.dsn
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def databases(pg_admin_dsn: str) -> Iterator[Databases]:
+    dbs = Databases(pg_admin_dsn)
+    try:
+        yield dbs
+    finally:
+        dbs.drop_all()
+
+
+@pytest.fixture(scope="session")
+def template_db(databases: Databases) -> str:
+    """An empty database with every migration applied; cloned, never used directly."""
+    name = databases.create()
+    asyncio.run(migrate(databases.dsn(name)))
+    return name
+
+
+@pytest.fixture
+def db_dsn(databases: Databases, template_db: str) -> Iterator[str]:
+    name = databases.create(template=template_db)
+    yield databases.dsn(name)
+    databases.drop(name)
+
+
+class IsolatedSettings(CloudSettings):
+    """Settings from arguments only: the runner's DATABASE_URL must not redirect a test's app
+    to the shared database."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **sources):  # type: ignore[no-untyped-def, override]
+        return (init_settings,)
+
+
+def make_settings(dsn: str, data_dir: Path, **overrides: object) -> CloudSettings:
+    values: dict[str, object] = {
+        "database_url": dsn,
+        "data_dir": data_dir,
+        "migrate_on_start": False,
+        "database": DatabaseConfig(pool_min=1, pool_max=4),
+        # Cheap argon2 in tests: the cost parameters are not what is under test.
+        "auth": AuthConfig(jwt_secret=JWT_SECRET, argon2_time_cost=1, argon2_memory_kib=64),
+    }
+    values.update(overrides)
+    return IsolatedSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(db_dsn: str, tmp_path: Path) -> CloudSettings:
+    return make_settings(db_dsn, tmp_path)
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings: CloudSettings) -> AsyncIterator[object]:  # type: ignore[no-untyped-def]
+    yield await aiohttp_client(init_app(settings))
+
+
+async def _build_world(dsn: str) -> World:
+    db = await Database.connect(dsn, min_size=1, max_size=1)
+    try:
+        return await build_world(db)
+    finally:
+        await db.close()
+
+
+@pytest.fixture(scope="session")
+def world_template(databases: Databases, template_db: str) -> tuple[str, World]:
+    """The migrated template plus the test world, built once and then cloned."""
+    name = databases.create(template=template_db)
+    world = asyncio.run(_build_world(databases.dsn(name)))
+    return name, world
+
+
+@pytest.fixture
+def world(world_template: tuple[str, World]) -> World:
+    return world_template[1]
+
+
+@pytest.fixture
+def world_dsn(databases: Databases, world_template: tuple[str, World]) -> Iterator[str]:
+    name = databases.create(template=world_template[0])
+    yield databases.dsn(name)
+    databases.drop(name)
+
+
+@pytest.fixture
+async def world_client(aiohttp_client, world_dsn: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return await aiohttp_client(init_app(make_settings(world_dsn, tmp_path)))
+
+
+@pytest.fixture(scope="session")
+def tokens() -> AccessTokens:
+    return tokens_for(JWT_SECRET)
+
+
+@pytest.fixture
+def auth(tokens: AccessTokens, world: World) -> Callable[[str], dict[str, str]]:
+    """Headers for a world role (``owner``, ``operator``, ``viewer``, ``limited``, ``stranger``)."""
+
+    def headers(role: str) -> dict[str, str]:
+        return bearer(tokens, world.user_ids[role])
+
+    return headers

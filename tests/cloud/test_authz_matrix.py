@@ -1,0 +1,108 @@
+"""The authorization matrix, generated from the route table: every endpoint × every kind of
+caller, with the status each must get. A new route without a sample here fails the suite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cloud.api import all_routes
+from cloud.api.routing import Route
+from cloud.auth.access import RANK
+from tests.cloud import world as w
+
+pytestmark = pytest.mark.postgres
+
+CALLERS = ("owner", "operator", "viewer", "limited", "stranger", "anonymous", "expired")
+
+# Path parameters point at farm F's room B, which the room-limited operator may not see.
+PARAMS: dict[str, Any] = {
+    "farm_id": w.FARM,
+    "room_id": w.ROOM_B,
+    "device_id": w.SENSOR_B,
+    "rule_id": w.RULE_B,
+    "command_id": w.COMMAND_B,
+    "edge_id": w.EDGE,
+}
+# One valid request body per route that takes one (keyed "METHOD path").
+BODIES: dict[str, Any] = {
+    "POST /api/farms": {"name": "New farm"},
+    "PATCH /api/farms/{farm_id}": {"name": "Renamed"},
+    "POST /api/farms/{farm_id}/members": {"email": "new@example.com", "role": "viewer"},
+    "PATCH /api/farms/{farm_id}/members/{user_id}": {"role": "operator"},
+    "POST /api/farms/{farm_id}/rooms": {"species": "shiitake", "stage": "spawn_run"},
+    "PATCH /api/rooms/{room_id}": {"stage": "pinning"},
+    "POST /api/rooms/{room_id}/devices": {"kind": "sensor"},
+    "PATCH /api/devices/{device_id}": {"name": "renamed"},
+    "POST /api/rooms/{room_id}/commands": {"device_id": w.ACTUATOR_B, "action": "on"},
+    "POST /api/rooms/{room_id}/automation": {
+        "type": "threshold",
+        "id": "co2",
+        "room_id": w.ROOM_B,
+        "actuator": w.ACTUATOR_B,
+        "metric": "co2_ppm",
+        "on_above": 1000,
+        "off_below": 800,
+    },
+    "PATCH /api/rooms/{room_id}/automation/{rule_id}": {"changes": {"enabled": False}},
+    "POST /api/farms/{farm_id}/edges": {"name": "second pi"},
+}
+# Public routes are covered by their own tests (login, refresh, …), not by the matrix.
+PROTECTED = [r for r in all_routes() if r.scope != "public"]
+
+
+def _key(route: Route) -> str:
+    return f"{route.method} {route.path}"
+
+
+def expected(route: Route, caller: str) -> int:
+    if caller in ("anonymous", "expired"):
+        return 401
+    if route.scope == "user":
+        return route.status
+    if caller == "stranger":
+        return 404
+    role = "operator" if caller == "limited" else caller
+    if caller == "limited" and route.scope in ("room", "device"):
+        return 404  # room B is outside the grant: it does not exist for them
+    return route.status if RANK[role] >= RANK[route.role] else 403
+
+
+def _url(route: Route, world: w.World, caller: str) -> str:
+    params = dict(PARAMS, user_id=world.user_ids["viewer"])
+    if "notification_id" in route.path:
+        own = world.notification_ids.get(caller, world.notification_ids["owner"])
+        params["notification_id"] = own
+    return route.path.format(**params)
+
+
+def test_every_route_with_a_body_has_a_sample() -> None:
+    missing = [_key(r) for r in PROTECTED if r.body is not None and _key(r) not in BODIES]
+    assert not missing, f"add a sample body for: {missing}"
+
+
+def _cases() -> list[Any]:
+    return [
+        pytest.param(route, caller, id=f"{_key(route)}-{caller}")
+        for route in PROTECTED
+        for caller in CALLERS
+    ]
+
+
+@pytest.mark.parametrize(("route", "caller"), _cases())
+async def test_matrix(route: Route, caller: str, world_client, world, tokens) -> None:  # type: ignore[no-untyped-def]
+    headers: dict[str, str] = {}
+    if caller == "expired":
+        headers = w.bearer(tokens, world.user_ids["owner"], expired=True)
+    elif caller != "anonymous":
+        headers = w.bearer(tokens, world.user_ids[caller])
+    body = BODIES.get(_key(route))
+    resp = await world_client.request(
+        route.method, _url(route, world, caller), json=body, headers=headers
+    )
+    want = expected(route, caller)
+    text = await resp.text()
+    assert resp.status == want, f"{_key(route)} as {caller}: {resp.status} {text[:300]}"
+    if want >= 400:
+        assert resp.content_type == "application/problem+json"

@@ -1,0 +1,111 @@
+"""Migrations: up on an empty database, the resulting schema, down and up, concurrent runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from cloud.db.migrate import MigrationError, load_migrations, migrate
+from tests.cloud.conftest import Databases
+
+pytestmark = pytest.mark.postgres
+
+EXPECTED_TABLES = {
+    "schema_migrations",
+    "users",
+    "farms",
+    "farm_members",
+    "member_room_grants",
+    "rooms",
+    "devices",
+    "edges",
+    "refresh_tokens",
+    "audit_log",
+    "sensor_data",
+    "sensor_latest",
+    "commands",
+    "automation_rules",
+    "recommendations",
+    "notifications",
+}
+
+
+@pytest.fixture
+def empty_dsn(databases: Databases) -> Iterator[str]:
+    name = databases.create()
+    yield databases.dsn(name)
+    databases.drop(name)
+
+
+def _tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _indexes(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
+        return {r[0] for r in rows.fetchall()}
+
+
+async def test_up_on_empty_database_creates_the_schema(empty_dsn: str) -> None:
+    applied = await migrate(empty_dsn)
+    assert applied == [f"{m.version:04d}_{m.name}" for m in load_migrations()]
+    assert _tables(empty_dsn) == EXPECTED_TABLES
+    indexes = _indexes(empty_dsn)
+    assert "sensor_data_time_brin" in indexes
+    assert "sensor_data_room_metric_time_idx" in indexes
+    with psycopg.connect(empty_dsn) as conn:
+        access = conn.execute(
+            "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+            "WHERE c.relname = 'sensor_data_time_brin'"
+        ).fetchone()
+    assert access == ("brin",)
+
+
+async def test_running_twice_is_a_no_op(empty_dsn: str) -> None:
+    await migrate(empty_dsn)
+    assert await migrate(empty_dsn) == []
+
+
+async def test_down_and_up_again(empty_dsn: str) -> None:
+    await migrate(empty_dsn)
+    reverted = await migrate(empty_dsn, down=1)
+    assert reverted == ["0003_operations"]
+    assert "commands" not in _tables(empty_dsn)
+    assert "sensor_data" in _tables(empty_dsn)
+    await migrate(empty_dsn, down=10)  # more than exist: reverts what there is
+    assert _tables(empty_dsn) == {"schema_migrations"}
+    await migrate(empty_dsn)
+    assert _tables(empty_dsn) == EXPECTED_TABLES
+
+
+async def test_two_concurrent_runs_apply_each_migration_once(empty_dsn: str) -> None:
+    first, second = await asyncio.gather(migrate(empty_dsn), migrate(empty_dsn))
+    assert sorted(first + second) == sorted(f"{m.version:04d}_{m.name}" for m in load_migrations())
+    with psycopg.connect(empty_dsn) as conn:
+        count = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
+    assert count == (len(load_migrations()),)
+
+
+async def test_a_failing_migration_rolls_back_and_reports(empty_dsn: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "0001_ok.sql").write_text("CREATE TABLE t_ok (id int);")
+    (tmp_path / "0002_bad.sql").write_text("CREATE TABLE t_bad (id int); SELECT nonsense();")
+    with pytest.raises(MigrationError, match="0002_bad"):
+        await migrate(empty_dsn, folder=tmp_path)
+    tables = _tables(empty_dsn)
+    assert "t_ok" in tables and "t_bad" not in tables  # 0002 rolled back as a whole
+
+
+async def test_down_refuses_an_irreversible_migration(empty_dsn: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "0001_one.sql").write_text("CREATE TABLE t_one (id int);")
+    await migrate(empty_dsn, folder=tmp_path)
+    with pytest.raises(MigrationError, match="not reversible"):
+        await migrate(empty_dsn, down=1, folder=tmp_path)
+    assert "t_one" in _tables(empty_dsn)

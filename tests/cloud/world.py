@@ -1,0 +1,122 @@
+"""A small fixed world for API tests: farm F (rooms A and B, devices, a rule, a command, an edge)
+with an owner, an operator, a viewer and an operator limited to room A; farm G with its owner."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cloud.auth.passwords import Passwords
+from cloud.auth.tokens import AccessTokens, token_hash
+from cloud.config import AuthConfig
+from cloud.db import commands, devices, edges, farms, notifications, rooms, rules, telemetry, users
+from cloud.db.database import Database
+
+PASSWORD = "correct horse battery"
+FARM, OTHER_FARM = "wf", "wg"
+ROOM_A, ROOM_B, OTHER_ROOM = "wf-a", "wf-b", "wg-a"
+SENSOR_B, ACTUATOR_B, ACTUATOR_A = "wf-b-sensor", "wf-b-hum", "wf-a-hum"
+OTHER_DEVICE = "wg-a-sensor"
+RULE_B, COMMAND_B, EDGE = "rh", "cmd-b-1", "wf-edge"
+ROLES = ("owner", "operator", "viewer", "limited", "stranger")
+
+
+@dataclass
+class World:
+    user_ids: dict[str, int] = field(default_factory=dict)
+    notification_ids: dict[str, int] = field(default_factory=dict)
+    start: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def email(self, role: str) -> str:
+        return f"{role}@example.com"
+
+
+def tokens_for(secret: str) -> AccessTokens:
+    return AccessTokens(secret.encode(), issuer="smartfarm", ttl_s=900)
+
+
+def bearer(tokens: AccessTokens, user_id: int, *, expired: bool = False) -> dict[str, str]:
+    now = time.time() - 7200 if expired else None
+    return {"Authorization": f"Bearer {tokens.issue(user_id, now=now)}"}
+
+
+async def build_world(db: Database) -> World:
+    world = World()
+    passwords = Passwords(AuthConfig(argon2_time_cost=1, argon2_memory_kib=64))
+    pw = passwords.hash_sync(PASSWORD)
+    for role in ROLES:
+        row = await users.create(db, email=world.email(role), password_hash=pw)
+        world.user_ids[role] = row["id"]
+    ids = world.user_ids
+    await farms.create(db, farm_id=FARM, name="World farm", timezone="UTC", user_id=ids["owner"])
+    await farms.create(
+        db, farm_id=OTHER_FARM, name="Other", timezone="UTC", user_id=ids["stranger"]
+    )
+    for room_id, farm_id in ((ROOM_A, FARM), (ROOM_B, FARM), (OTHER_ROOM, OTHER_FARM)):
+        await rooms.create(
+            db,
+            room_id=room_id,
+            farm_id=farm_id,
+            name=room_id,
+            species="oyster",
+            stage="fruiting",
+            stage_started=None,
+        )
+    await farms.set_member(db, FARM, ids["operator"], role="operator", room_ids=None)
+    await farms.set_member(db, FARM, ids["viewer"], role="viewer", room_ids=None)
+    await farms.set_member(db, FARM, ids["limited"], role="operator", room_ids=[ROOM_A])
+    for device_id, room_id, kind, actuator in (
+        (SENSOR_B, ROOM_B, "sensor", None),
+        (ACTUATOR_B, ROOM_B, "actuator", "humidifier"),
+        (ACTUATOR_A, ROOM_A, "actuator", "humidifier"),
+        (OTHER_DEVICE, OTHER_ROOM, "sensor", None),
+    ):
+        await devices.create(
+            db,
+            device_id=device_id,
+            room_id=room_id,
+            name=device_id,
+            kind=kind,
+            actuator=actuator,
+            capabilities=[],
+            credentials_hash=pw,
+        )
+    await rules.create(
+        db,
+        ROOM_B,
+        RULE_B,
+        {
+            "type": "threshold",
+            "id": RULE_B,
+            "room_id": ROOM_B,
+            "actuator": ACTUATOR_B,
+            "metric": "humidity_pct",
+            "on_below": 85,
+            "off_above": 90,
+        },
+        ids["owner"],
+    )
+    await commands.create(
+        db,
+        command_id=COMMAND_B,
+        room_id=ROOM_B,
+        device_id=ACTUATOR_B,
+        action="on",
+        value=None,
+        user_id=ids["operator"],
+    )
+    await edges.create(db, edge_id=EDGE, farm_id=FARM, name="pi", token_hash=token_hash("t"))
+    for role in ROLES:
+        note = await notifications.add(
+            db, user_id=ids[role], kind="alert", title=f"hello {role}", farm_id=FARM
+        )
+        world.notification_ids[role] = note["id"]
+    start = world.start - timedelta(hours=2)
+    rows = [
+        (start + timedelta(minutes=i), ROOM_B, SENSOR_B, metric, value + i * 0.01)
+        for i in range(120)
+        for metric, value in (("temperature_c", 18.0), ("humidity_pct", 80.0))
+    ]
+    await telemetry.insert_readings(db, rows)
+    return world
