@@ -369,6 +369,8 @@ class Automation:
         room = self._room(room_id)
         if stage not in ("spawn_run", "pinning", "fruiting"):
             raise InvalidRequest("stage must be spawn_run, pinning or fruiting")
+        if stage == room.stage:
+            return room
         room.stage = stage
         room.stage_started = self._clock().date().isoformat()
         await self._db.write(

@@ -259,7 +259,7 @@ class EmbeddedBroker:
             log.info("MQTT client %s dropped before CONNECT: %s", writer.get_extra_info("peername"),
                      exc or type(exc).__name__)
             return None
-        if connect.proto_level != _MQTT_311 or True:
+        if connect.proto_level != _MQTT_311:
             return raw  # amqtt answers "unacceptable protocol version" itself
         username = connect.username if connect.username_flag else None
         password = connect.password if connect.password_flag else None

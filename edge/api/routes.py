@@ -37,6 +37,8 @@ from shared.models import utcnow
 log = logging.getLogger(__name__)
 
 STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
+# The page's assets, by name: nothing else under static/ is ever served (no path handling).
+ASSETS: Final = frozenset({"app.js", "style.css", "favicon.svg"})
 
 
 def _room_id(request: web.Request) -> str:
@@ -53,6 +55,13 @@ def _stale_after(request: web.Request) -> float:
 # ---- page and probe ----
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def asset(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in ASSETS:
+        raise web.HTTPNotFound()
+    return web.FileResponse(STATIC_DIR / name)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -73,6 +82,11 @@ async def health(request: web.Request) -> web.Response:
         log.exception("health check failed")
         body["status"] = "degraded"
     return web.json_response(body, status=200 if body["status"] == "ok" else 503)
+
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    # Browsers ask for /favicon.ico whatever the page links; answer instead of logging 404s.
+    return web.FileResponse(STATIC_DIR / "favicon.svg")
 
 
 # ---- rooms ----
@@ -233,7 +247,8 @@ async def stats(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
-    app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False, show_index=False)
+    app.router.add_get("/static/{name}", asset)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/health", health)
     app.router.add_post("/api/login", auth.login)
     app.router.add_post("/api/logout", auth.logout)

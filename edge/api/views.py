@@ -50,7 +50,9 @@ def actuator_view(automation: Automation, device: DeviceConfig) -> dict[str, Any
     }
 
 
-def room_view(automation: Automation, room_id: str, now: datetime, stale_after_s: float) -> dict:
+def room_view(
+    automation: Automation, room_id: str, now: datetime, stale_after_s: float
+) -> dict[str, Any]:
     room = automation.rooms[room_id]
     bands = automation.bands(room_id)
     in_band = automation.in_band(room_id)

@@ -224,11 +224,12 @@
           ...STAGES.map(([id, name]) => h("option", { value: id }, name))),
         refs.since = h("span", { class: "muted small" })),
       refs.metrics = h("div", { class: "metrics" }),
-      h("div", { class: "act-head" },
+      refs.actHead = h("div", { class: "act-head" },
         h("h3", {}, "Actuators"),
         h("label", { class: "small" }, "manual hold ",
           refs.hold = h("select", {}, ...HOLDS.map((m) => h("option", { value: m, selected: m === 30 }, `${m} min`))))),
-      refs.actuators = h("ul", { class: "actuators" }));
+      refs.actuators = h("ul", { class: "actuators" }),
+      refs.noActuators = h("p", { class: "muted small" }, "No actuators in this room: monitoring only."));
     card.refs = refs;
     return card;
   }
@@ -242,6 +243,8 @@
     const metrics = Object.keys(METRICS).filter((m) => room.readings[m] || room.bands[m]);
     reconcile(r.metrics, metrics, (m) => m, createMetric, (node, m) => updateMetric(node, m, room));
     reconcile(r.actuators, room.actuators, (a) => a.id, (a) => createActuator(a, card), updateActuator);
+    r.actHead.hidden = room.actuators.length === 0;
+    r.noActuators.hidden = room.actuators.length > 0;
   }
 
   function createMetric() {
@@ -430,8 +433,8 @@
       },
       (li, r) => {
         if (!li.busy) li.refs.toggle.checked = r.enabled;
-        li.refs.title.textContent = `${r.id} → ${r.actuator}`;
-        li.refs.desc.textContent = r.description || r.type;
+        li.refs.title.textContent = r.description || `${r.type} rule`;
+        li.refs.desc.textContent = `${r.id} · drives ${r.actuator}${r.enabled ? "" : " · off: automation ignores it"}`;
         setClass(li, "rule", r.enabled ? "" : "disabled");
       });
   }

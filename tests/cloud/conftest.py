@@ -175,3 +175,19 @@ def auth(tokens: AccessTokens, world: World) -> Callable[[str], dict[str, str]]:
         return bearer(tokens, world.user_ids[role])
 
     return headers
+
+
+@pytest.fixture
+def clone_world(
+    databases: Databases, world_template: tuple[str, World]
+) -> Iterator[Callable[[], str]]:
+    """A factory of fresh world databases, each dropped after the test."""
+    made: list[str] = []
+
+    def clone() -> str:
+        made.append(databases.create(template=world_template[0]))
+        return databases.dsn(made[-1])
+
+    yield clone
+    for name in made:
+        databases.drop(name)

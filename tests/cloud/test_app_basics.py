@@ -106,7 +106,7 @@ async def test_metrics_exposes_latency_and_pool(client) -> None:  # type: ignore
     resp = await client.get("/metrics")
     assert resp.status == 200
     text = await resp.text()
-    lines = [l for l in text.splitlines() if l.startswith("smartfarm_http_request_duration")]
+    lines = [x for x in text.splitlines() if x.startswith("smartfarm_http_request_duration")]
     assert any('route="/health"' in line and 'status="200"' in line for line in lines)
     assert "smartfarm_db_pool_size" in text
 

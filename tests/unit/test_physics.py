@@ -137,10 +137,11 @@ def test_failed_humidifier_has_no_effect_and_a_stuck_relay_keeps_going():
     idle.run(900, {})
     assert dry.state.humidity_pct == pytest.approx(idle.state.humidity_pct)
 
-    stuck = room(humidity_pct=70.0)
+    stuck, normal = room(), room()
     stuck.fail("exhaust_fan", "stuck_on")
     stuck.run(600, {"exhaust_fan": False})
-    assert stuck.state.co2_ppm < 700.0
+    normal.run(600, {"exhaust_fan": False})
+    assert stuck.state.co2_ppm < normal.state.co2_ppm - 150.0
     stuck.repair("exhaust_fan")
     assert stuck.effective_levels({"exhaust_fan": False})["exhaust_fan"] == 0.0
 
