@@ -163,7 +163,10 @@ class Automation:
     async def on_reading(self, room_id: str, telemetry: Telemetry) -> None:
         if room_id not in self.rooms:
             return
-        at = telemetry.timestamp or self._clock()
+        now = self._clock()
+        # A device clock running ahead must not pin a reading in the future (later readings,
+        # stamped on receipt, would look older and be ignored): never later than now.
+        at = min(telemetry.timestamp or now, now)
         for metric, value in telemetry.data.items():
             key = (room_id, metric)
             current = self._readings.get(key)

