@@ -130,6 +130,18 @@ def quiet_amqtt_logs(level: int = logging.WARNING) -> None:
             logger.setLevel(level)
 
 
+class _SnapshotDict(dict[str, Any]):
+    """amqtt 0.12 iterates its subscription map across awaits (broadcast, retained replay): a
+    client subscribing meanwhile raised "dictionary changed size during iteration" and the
+    message being broadcast was lost. Iterating a snapshot keeps every delivery."""
+
+    def __iter__(self) -> Any:
+        return iter(list(super().keys()))
+
+    def items(self) -> Any:
+        return list(super().items())
+
+
 class EmbeddedBroker:
     """amqtt with per-device credentials and ACL, minimal plugins (no $SYS, no packet logger)."""
 
@@ -195,6 +207,7 @@ class EmbeddedBroker:
         if self._quiet_logs:
             quiet_amqtt_logs()
         broker = Broker(self._config())
+        broker._subscriptions = _SnapshotDict(broker._subscriptions)
         await broker.start()
         try:
             self._server = await asyncio.start_server(

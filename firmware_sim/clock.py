@@ -1,7 +1,8 @@
 """Simulated time: real time, or accelerated (60× makes a simulated minute pass every second).
 
-Everything in the simulator that waits or stamps a time goes through a Clock, so a test can run a
-day of farm in minutes. Network timeouts and reconnect backoff stay in real time.
+Everything in the simulator that waits (telemetry intervals, room physics) goes through a Clock,
+so a test can run a day of farm in minutes. Payload timestamps, network timeouts and reconnect
+backoff stay in real time.
 """
 from __future__ import annotations
 

@@ -64,15 +64,41 @@ class ControlReport:
         return asdict(self)
 
 
+# Where a farm puts each room, as the physics' "outside" (the space the room leaks to, draws
+# fresh air from and opens its door onto): (temperature °C, its daily swing ± °C, RH %), and the
+# humidifier sized for the room (RH points per minute into dry air). Rooms have a heater and no
+# cooler, so every space is cooler than the band's ceiling less the room's own respiration heat.
+# Spawn run: a heated building a few degrees under the band (the heater holds it up). Pinning and
+# fruiting: the humid farm corridor the rooms open onto (growers keep it damp), 2 °C over the
+# band's floor; shiitake fruits at 60–80 %, so its room opens onto drier air. Rooms in a 95–100 %
+# band get a larger fogger (it must keep up with the fan at near-saturation).
+SCENARIOS: Mapping[tuple[Species, Stage], tuple[float, float, float, float]] = {
+    ("oyster", "spawn_run"): (19.0, 2.0, 75.0, 1.0),
+    ("oyster", "pinning"): (12.0, 2.0, 90.0, 3.0),
+    ("oyster", "fruiting"): (12.0, 2.0, 90.0, 1.0),
+    ("shiitake", "spawn_run"): (18.0, 2.0, 75.0, 2.0),
+    ("shiitake", "pinning"): (12.0, 2.0, 90.0, 3.0),
+    ("shiitake", "fruiting"): (12.0, 2.0, 65.0, 1.0),
+    ("lions_mane", "spawn_run"): (18.0, 2.0, 75.0, 2.0),
+    ("lions_mane", "pinning"): (12.0, 2.0, 90.0, 3.0),
+    ("lions_mane", "fruiting"): (20.0, 2.0, 90.0, 1.0),
+}
+
+
 def scenario_params(species: Species, stage: Stage) -> RoomParams:
-    """The room a farm would put this profile in. Rooms have a heater but no cooler, so each
-    stage sits in a space whose outside air is cooler than its band, and the heater holds it up:
-    spawn run in a heated building (outside 17 ± 2 °C), pinning in a cool cellar-like space
-    (outside 7 ± 2 °C), fruiting in an unheated building kept just below its band's floor."""
-    band = profile_for(species, stage).temperature_c
-    assert band.min is not None
-    outside = {"spawn_run": band.min - 4.0, "pinning": 7.0, "fruiting": band.min - 2.0}[stage]
-    return RoomParams(outside_temp_c=outside, outside_temp_amplitude_c=2.0)
+    """The room of ``SCENARIOS`` for this profile: a 30 m³ room with 300 kg of blocks, lined and
+    kept wet as grow rooms are (its surfaces sink a quarter of the bare-room default's moisture),
+    a 4 ACH exhaust fan and a 600 W heater."""
+    outside, swing, outside_rh, fogger = SCENARIOS[(species, stage)]
+    return RoomParams(
+        outside_temp_c=outside,
+        outside_temp_amplitude_c=swing,
+        outside_rh_pct=outside_rh,
+        moisture_sink_per_h=0.1,
+        humidifier_pct_per_min=fogger,
+        fan_ach=4.0,
+        heater_w=600.0,
+    )
 
 
 def door_schedule(

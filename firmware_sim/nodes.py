@@ -99,13 +99,18 @@ class Node:
                     password=self.password,
                     identifier=f"{self.device_id}.{self.farm_id}",
                     keepalive=self.keepalive_s,
+                    # Bounds connect, publish and the goodbye on a dead socket (default 10 s).
+                    timeout=5.0,
                     will=aiomqtt.Will(self.topic("status"), self.status_payload(online=False), 1),
                 ) as client:
                     failures = 0
                     self.connects += 1
                     self.connected.set()
                     log.debug("%s connected to %s:%s", self.device_id, self.host, self.port)
-                    await self.session(client)
+                    try:
+                        await self.session(client)
+                    finally:
+                        self.connected.clear()  # now, not after the client's goodbye
             except aiomqtt.MqttError as exc:
                 failures += 1
                 log.warning("%s: broker connection lost (%s), retrying", self.device_id, exc)
@@ -158,6 +163,20 @@ class SensorNode(Node):
         return Telemetry(device_id=self.device_id, timestamp=utcnow(), data=data)
 
     async def session(self, client: aiomqtt.Client) -> None:
+        # A QoS 1 publish on a dead socket waits out its timeout for the PUBACK; the message
+        # iterator ends at once on a disconnect, so watch it beside the publishing loop.
+        publisher = asyncio.create_task(self._publish_loop(client))
+        watcher = asyncio.create_task(_until_disconnected(client))
+        try:
+            done, _ = await asyncio.wait({publisher, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (publisher, watcher):
+                task.cancel()
+            await asyncio.gather(publisher, watcher, return_exceptions=True)
+        for task in done:
+            task.result()  # re-raise why the session ended (MqttError, _Dropped)
+
+    async def _publish_loop(self, client: aiomqtt.Client) -> None:
         await client.publish(self.topic("status"), self.status_payload(), qos=1)
         while True:
             if self.faults is not None and self.faults.disconnect_now():
@@ -285,6 +304,13 @@ class ActuatorNode(Node):
         while True:
             await self.clock.sleep(self.status_interval_s)
             await client.publish(self.topic("status"), self.status_payload(), qos=1)
+
+
+async def _until_disconnected(client: aiomqtt.Client) -> None:
+    """Return nothing, raise MqttError when the connection drops (a sensor subscribes to
+    nothing, so no message ever arrives)."""
+    async for _message in client.messages:
+        pass
 
 
 def _level(cmd: Command) -> float | None:

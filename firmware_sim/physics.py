@@ -66,6 +66,7 @@ class RoomParams:
 
     volume_m3: float = 30.0
     substrate_kg: float = 300.0
+    respiration_factor: float = 1.0  # scales RESPIRATION_MG_PER_KG_H (CO₂ and its heat)
     # Outside (the corridor or the open air the room exchanges with); temperature follows a daily
     # cosine peaking at `outside_peak_hour` UTC.
     outside_temp_c: float = 14.0
@@ -211,7 +212,8 @@ class Room:
         ach = p.leak_ach + p.fan_ach * lv["exhaust_fan"] + p.door_ach * door
 
         # CO₂: respiration (ppm/h) against dilution with outside air.
-        co2_l_h = respiration_mg_per_kg_h(self.species, self.stage) * p.substrate_kg / 1000.0
+        co2_mg_h = respiration_mg_per_kg_h(self.species, self.stage) * p.substrate_kg
+        co2_l_h = co2_mg_h * p.respiration_factor / 1000.0
         co2_l_h /= CO2_G_PER_L
         gen_ppm_h = co2_l_h * 1000.0 / p.volume_m3
         co2_eq = p.outside_co2_ppm + gen_ppm_h / ach
@@ -224,8 +226,9 @@ class Room:
         ah_sink = p.sink_rh_pct / 100.0 * sat
         deficit = max(0.0, sat - self._ah)
         evap_g_h = p.substrate_evaporation_m3_h * deficit * s.substrate_moisture / 100.0
-        # A fogger's output is fixed until the air nears saturation, where fog stops evaporating.
-        taper = min(1.0, max(0.0, (100.0 - rh) / 5.0))
+        # A fogger's output is fixed until the air is all but saturated (pinning rooms run at
+        # 95-100 % in visible fog); only the last point or two stops taking up water.
+        taper = min(1.0, max(0.0, (100.0 - rh) / 1.5))
         hum_g_m3_h = lv["humidifier"] * p.humidifier_pct_per_min / 100.0 * sat * 60.0 * taper
         k_w = ach + p.moisture_sink_per_h
         source = hum_g_m3_h + evap_g_h / p.volume_m3

@@ -124,19 +124,29 @@ PROFILES: Final[Mapping[tuple[Species, Stage], Profile]] = MappingProxyType({
 
 
 class Tuning(_Model):
-    """Where the generated controllers switch, relative to the profile's bands."""
+    """Where the generated controllers switch, relative to the profile's bands. The defaults are
+    tuned by the closed-loop simulation (``firmware_sim.closed_loop``, ``bench.control_quality``):
+    ≥ 95 % of a day in band with door openings, no actuator switching more than 6 times an hour."""
 
-    # Humidifier: on below min + 20 % of the band's width, off above max − 20 %.
-    rh_on_margin: float = Field(default=0.2, ge=0, lt=0.5)
-    rh_off_margin: float = Field(default=0.2, ge=0, lt=0.5)
+    # Humidifier: on below min + 8 % of the band's width, off above max − 8 %. A fogger acts
+    # within seconds, so the switching points can sit near the edges: the wider the hysteresis,
+    # the longer each on/off cycle and the fewer switches (RH sensors read ±0.3 %, margin enough).
+    rh_on_margin: float = Field(default=0.08, ge=0, lt=0.5)
+    rh_off_margin: float = Field(default=0.08, ge=0, lt=0.5)
+    # A band that reaches saturation (95–100 %) cannot be overshot (fog stops evaporating), so the
+    # humidifier switches on well inside it and runs until the air is all but saturated.
+    rh_saturated_on_margin: float = Field(default=0.3, ge=0, lt=0.5)
+    rh_saturated_off_below: float = Field(default=0.1, gt=0, le=1, description="RH points")
     # Heater: on below min + 20 % of the width, off above the middle of the band.
     heat_on_margin: float = Field(default=0.2, ge=0, lt=0.5)
     heat_off_at: float = Field(default=0.5, gt=0, le=1)
     # Exhaust fan: on above 90 % of the CO₂ ceiling, off below 70 %.
     co2_on_fraction: float = Field(default=0.9, gt=0, le=1)
     co2_off_fraction: float = Field(default=0.7, gt=0, lt=1)
-    # Fresh air in pinning and fruiting: 5 min every 30 min.
-    fresh_air: Cycle = Cycle(on_s=300, every_s=1800)
+    # Fresh air in pinning and fruiting: 10 min every 30 min. Each pulse dries the room, so few
+    # long pulses beat many short ones; with the CO₂ rule on the same fan the exhaust fan's
+    # min_on/min_off (DEFAULT_SAFETY) keep it under 6 switches an hour.
+    fresh_air: Cycle = Cycle(on_s=600, every_s=1800)
     lights_on_at: str = Field(default="06:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
 
     @model_validator(mode="after")
@@ -151,11 +161,15 @@ class Tuning(_Model):
 TUNING: Final = Tuning()
 
 DEFAULT_SAFETY: Final[Mapping[ActuatorRole, Safety]] = MappingProxyType({
-    # A humidifier (ultrasonic fogger) wears with short cycles and floods a room left running.
-    "humidifier": Safety(min_on_s=120, min_off_s=120, max_on_s=1_800, max_duty=0.7),
-    "exhaust_fan": Safety(min_on_s=60, min_off_s=60),
-    # Resistive heaters and their relays dislike short cycling; an hour on means something broke.
-    "heater": Safety(min_on_s=180, min_off_s=180, max_on_s=3_600),
+    # A fogger wears with short cycles. It may run for hours in a 95–100 % pinning room (no duty
+    # cap: saturation, not a timer, limits it there), but two hours non-stop means a stuck sensor.
+    "humidifier": Safety(min_on_s=60, min_off_s=120, max_on_s=7_200),
+    # min_on + min_off ≥ 20 min: at most 6 switches in any hour, whatever CO₂ and the fresh-air
+    # cycle ask for together.
+    "exhaust_fan": Safety(min_on_s=600, min_off_s=600),
+    # Resistive heaters and their relays dislike short cycling (and the same 20 min bound holds);
+    # an hour on means something broke.
+    "heater": Safety(min_on_s=600, min_off_s=600, max_on_s=3_600),
     "light": Safety(),
 })
 
@@ -224,14 +238,20 @@ def _humidity_rule(
 ) -> ThresholdRule:
     low, high = _bounds(profile.humidity_pct)
     width = high - low
+    if high >= 100:
+        on_below = low + tuning.rh_saturated_on_margin * width
+        off_above = high - tuning.rh_saturated_off_below
+    else:
+        on_below = low + tuning.rh_on_margin * width
+        off_above = high - tuning.rh_off_margin * width
     return ThresholdRule(
         id=f"{room_id}-rh",
         room_id=room_id,
         actuator=actuator,
         source="profile",
         metric="humidity_pct",
-        on_below=round(low + tuning.rh_on_margin * width, 1),
-        off_above=round(high - tuning.rh_off_margin * width, 1),
+        on_below=round(on_below, 1),
+        off_above=round(off_above, 1),
         description=f"keep RH in {low:g}–{high:g} % ({label})",
     )
 

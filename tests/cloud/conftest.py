@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -58,19 +61,32 @@ class Databases:
             self.drop(name)
 
 
+@contextmanager
+def embedded_dir() -> Iterator[Path]:
+    """A data dir for embedded PostgreSQL outside pytest's tmp tree: run as root, the server runs
+    as user ``pgserver``, and pytest (ours or a concurrent run) resets /tmp/pytest-of-root to
+    0700, which would lock that user out mid-run."""
+    path = Path(tempfile.mkdtemp(prefix="smartfarm-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_dsn() -> Iterator[str]:
     url = os.environ.get("DATABASE_URL")
     if url:
         yield url
         return
     from cloud.db.embedded import start_embedded
 
-    embedded = start_embedded(tmp_path_factory.mktemp("pgserver"))
-    try:
-        yield embedded.dsn
-    finally:
-        embedded.stop()
+    with embedded_dir() as data_dir:
+        embedded = start_embedded(data_dir)
+        try:
+            yield embedded.dsn
+        finally:
+            embedded.stop()
 
 
 @pytest.fixture(scope="session")

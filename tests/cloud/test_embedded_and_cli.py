@@ -10,25 +10,26 @@ import pytest
 
 from cloud.app import init_app
 from cloud.cli import cloud_main
-from tests.cloud.conftest import IsolatedSettings, make_settings
+from tests.cloud.conftest import IsolatedSettings, embedded_dir, make_settings
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.mark.slow
 async def test_serves_from_embedded_postgres_when_database_url_is_unset(  # type: ignore[no-untyped-def]
     aiohttp_client, tmp_path, caplog
 ) -> None:
     caplog.set_level(logging.INFO)
-    settings = make_settings("unused", tmp_path, migrate_on_start=True)
-    settings = IsolatedSettings(**{**settings.model_dump(), "database_url": None})
-    client = await aiohttp_client(init_app(settings))
-    resp = await client.get("/health")
-    assert resp.status == 200 and (await resp.json())["database"] == "ok"
-    assert "embedded PostgreSQL running" in caplog.text
-    assert (tmp_path / "pgdata" / "PG_VERSION").exists()
-    resp = await client.post("/api/auth/login", json={"email": "a@b.co", "password": "x"})
-    assert resp.status == 401  # schema migrated: the users table answers
+    with embedded_dir() as data_dir:
+        settings = make_settings("unused", data_dir, migrate_on_start=True)
+        settings = IsolatedSettings(**{**settings.model_dump(), "database_url": None})
+        client = await aiohttp_client(init_app(settings))
+        resp = await client.get("/health")
+        assert resp.status == 200 and (await resp.json())["database"] == "ok"
+        assert "embedded PostgreSQL running" in caplog.text
+        assert (data_dir / "pgdata" / "PG_VERSION").exists()
+        resp = await client.post("/api/auth/login", json={"email": "a@b.co", "password": "x"})
+        assert resp.status == 401  # schema migrated: the users table answers
+        await client.close()  # stop the server before its folder goes
 
 
 def _run(argv: list[str], monkeypatch, dsn: str, tmp_path) -> int:  # type: ignore[no-untyped-def]

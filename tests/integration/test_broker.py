@@ -348,3 +348,23 @@ async def test_garbage_instead_of_connect_is_dropped(farm: Farm) -> None:
     writer.close()
     async with farm.client("dev-a"):  # and the broker is fine
         pass
+
+
+
+# ---- amqtt's subscription map changing during a broadcast -------------------------------------
+
+async def test_broker_subscription_map_survives_changes_while_iterated(farm: Farm) -> None:
+    """amqtt 0.12 iterates its subscription map across awaits; a client subscribing meanwhile
+    raised "dictionary changed size during iteration" (seen in the SIGKILL chaos test) and lost
+    the message being broadcast. The running broker's map must tolerate it."""
+    subscriptions = farm.broker._broker._subscriptions  # type: ignore[union-attr]
+    async with farm.client(EDGE) as edge:
+        await edge.subscribe(f"farm/{farm.farm_id}/room/+/telemetry/+", qos=1)
+        await edge.subscribe(f"farm/{farm.farm_id}/room/+/ack/+", qos=1)
+        seen = []
+        for key, _subs in subscriptions.items():
+            seen.append(key)
+            subscriptions[f"new/{key}"] = []  # what a concurrent SUBSCRIBE does
+        for key in subscriptions:
+            subscriptions.pop(f"new/{key}", None)
+    assert len(seen) >= 2

@@ -270,8 +270,13 @@ async def test_node_reconnects_when_the_broker_comes_back(farm_id: str) -> None:
     try:
         async with mosquitto(port):
             await asyncio.wait_for(node.connected.wait(), 10)
-        await asyncio.sleep(0.5)  # broker gone: the node fails, backs off, retries
-        assert not node.connected.is_set()
+        # Broker gone: the node notices (at worst when a QoS 1 publish times out), backs off
+        # and retries.
+        deadline = time.monotonic() + 10
+        while node.connected.is_set():
+            assert time.monotonic() < deadline, "the node never noticed the broker went away"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
         async with mosquitto(port), observing(farm_id, port) as obs:
             await obs.wait_for(kind_is("telemetry", "s-3"), count=2)
         assert node.connects == 2
@@ -337,10 +342,12 @@ async def test_run_farm_drives_rooms_on_an_accelerated_clock(farm_id: str, tmp_p
         await obs.wait_for(kind_is("telemetry", "s-2"), count=2)
         stop.set()
         await asyncio.wait_for(runner, 5)
-    first, last = (parse_telemetry(p, received_at=farm.clock.now()) for _, p in (tel[0], tel[-1]))
-    assert first.timestamp is not None and last.timestamp is not None
-    # Readings 30 simulated seconds apart arrive every quarter of a real second at 120x.
-    assert (last.timestamp - first.timestamp).total_seconds() >= 4 * 30 - 5
+    # Readings come every 30 simulated seconds, a quarter of a real second at 120x; their
+    # timestamps are wall-clock time (an ESP32 keeps NTP time), so the edge accepts them as is.
+    for _, payload in tel:
+        assert not parse_telemetry(payload, received_at=utcnow()).timestamp_replaced
+    assert farm.clock.elapsed() >= 4 * 30
+    assert farm.rooms["r1"].elapsed_s >= 4 * 30 - 5
     # The humidifier is on in r1 only, so r1 gains moisture while r2 dries.
     assert farm.rooms["r1"].state.humidity_pct > rh_at_ack["r1"] + 2.0
     assert farm.rooms["r2"].state.humidity_pct < rh_at_ack["r2"]
