@@ -137,6 +137,11 @@ class Tuning(_Model):
     # humidifier switches on well inside it and runs until the air is all but saturated.
     rh_saturated_on_margin: float = Field(default=0.3, ge=0, lt=0.5)
     rh_saturated_off_below: float = Field(default=0.1, gt=0, le=1, description="RH points")
+    # A switching condition must hold this long, so one noisy reading does not switch the fogger
+    # early (which shortens every cycle). Near saturation the sensor reads 100 % on noise alone,
+    # so there the humidifier goes off only after minutes of truly saturated air.
+    rh_for_s: float = Field(default=30, ge=0, le=600)
+    rh_saturated_for_s: float = Field(default=120, ge=0, le=600)
     # Heater: on below min + 20 % of the width, off above the middle of the band.
     heat_on_margin: float = Field(default=0.2, ge=0, lt=0.5)
     heat_off_at: float = Field(default=0.5, gt=0, le=1)
@@ -241,9 +246,11 @@ def _humidity_rule(
     if high >= 100:
         on_below = low + tuning.rh_saturated_on_margin * width
         off_above = high - tuning.rh_saturated_off_below
+        for_s = tuning.rh_saturated_for_s
     else:
         on_below = low + tuning.rh_on_margin * width
         off_above = high - tuning.rh_off_margin * width
+        for_s = tuning.rh_for_s
     return ThresholdRule(
         id=f"{room_id}-rh",
         room_id=room_id,
@@ -252,6 +259,7 @@ def _humidity_rule(
         metric="humidity_pct",
         on_below=round(on_below, 1),
         off_above=round(off_above, 1),
+        for_s=for_s,
         description=f"keep RH in {low:g}–{high:g} % ({label})",
     )
 
