@@ -87,7 +87,7 @@ async def run_demo(settings: EdgeSettings, admin_password: str, *, speed: float,
 def demo_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="smartfarm demo", description=__doc__)
     parser.add_argument("--dir", type=Path, default=Path(".demo"))
-    parser.add_argument("--speed", type=float, default=10.0,
+    parser.add_argument("--speed", type=float, default=1.0,
                         help="how much faster than real time the rooms' air evolves")
     parser.add_argument("--interval", type=float, default=5.0,
                         help="seconds between sensor readings (real time)")

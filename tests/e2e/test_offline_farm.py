@@ -12,10 +12,22 @@ from firmware_sim.physics import RoomParams
 from tests.e2e.conftest import fast_settings, make_site, query, wait_for
 
 SPEED = 60.0
+# The profile's RH rule, without its "for" delay: the physics runs 60x faster than the edge's
+# clock, so a real-time delay would stretch to hours of simulated drying.
+FAST_RH_RULE = """
+[[rooms.rules]]
+id = "room-a-rh"
+room_id = "room-a"
+actuator = "room-a-humidifier"
+type = "threshold"
+metric = "humidity_pct"
+on_below = 86
+off_above = 89
+"""
 
 
 async def test_humidity_drop_is_corrected_by_the_humidifier(tmp_path, farm_id, running_edge):
-    settings = fast_settings(make_site(tmp_path / "site", farm_id))
+    settings = fast_settings(make_site(tmp_path / "site", farm_id, extra_toml=FAST_RH_RULE))
     edge = await running_edge(settings)
     rule = next(r for r in edge.automation.rules("room-a") if r.id == "room-a-rh")
     farm = build_farm(settings, speed=SPEED, telemetry_interval_s=10, seed=7,
