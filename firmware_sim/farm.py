@@ -19,9 +19,11 @@ from urllib.parse import urlsplit
 
 from edge.config import ConfigError, EdgeSettings, load_config
 from firmware_sim.clock import Clock, make_clock
+from firmware_sim.closed_loop import initial_state, scenario_params
 from firmware_sim.faults import FaultPlan
 from firmware_sim.nodes import ActuatorNode, Node, SensorNode
 from firmware_sim.physics import ActuatorBank, Room, RoomParams, RoomState
+from shared.profiles import profile_for
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +144,22 @@ def build_farm(
     clock = clock if clock is not None else make_clock(speed)
     host, port = broker_address(settings, host, port)
     secrets = read_device_secrets(settings.device_secrets_path)
-    params = replace(room_params or RoomParams(), door_openings_per_h=door_openings_per_h)
     farm = SimFarm(settings.farm_id, clock, rooms={}, banks={})
     for room_cfg in settings.rooms:
         room_rng = random.Random(f"{seed}:{room_cfg.id}")  # noqa: S311 - simulation, not crypto
-        start = RoomState(
-            temperature_c=round(room_rng.uniform(17.0, 19.0), 2),
-            humidity_pct=round(room_rng.uniform(86.0, 92.0), 1),
-            co2_ppm=round(room_rng.uniform(700.0, 900.0)),
-        )
+        if room_params is None:
+            # The room each profile is grown in (closed_loop.SCENARIOS: a cool corridor for
+            # pinning, a heated building for spawn run…), starting settled in its bands.
+            params = replace(scenario_params(room_cfg.species, room_cfg.stage),
+                             door_openings_per_h=door_openings_per_h)
+            start = initial_state(profile_for(room_cfg.species, room_cfg.stage))
+        else:
+            params = replace(room_params, door_openings_per_h=door_openings_per_h)
+            start = RoomState(
+                temperature_c=round(room_rng.uniform(17.0, 19.0), 2),
+                humidity_pct=round(room_rng.uniform(86.0, 92.0), 1),
+                co2_ppm=round(room_rng.uniform(700.0, 900.0)),
+            )
         farm.rooms[room_cfg.id] = Room(
             room_cfg.species, room_cfg.stage, params=params, state=start,
             seed=room_rng.randrange(2**31), start=clock.now(),

@@ -128,30 +128,32 @@ class Tuning(_Model):
     tuned by the closed-loop simulation (``firmware_sim.closed_loop``, ``bench.control_quality``):
     ≥ 95 % of a day in band with door openings, no actuator switching more than 6 times an hour."""
 
-    # Humidifier: on below min + 8 % of the band's width, off above max − 8 %. A fogger acts
-    # within seconds, so the switching points can sit near the edges: the wider the hysteresis,
-    # the longer each on/off cycle and the fewer switches (RH sensors read ±0.3 %, margin enough).
-    rh_on_margin: float = Field(default=0.08, ge=0, lt=0.5)
-    rh_off_margin: float = Field(default=0.08, ge=0, lt=0.5)
+    # Humidifier: on below min + 10 % of the band's width, off above max − 10 % (85.5–89.5 in an
+    # 85–90 band). A fogger acts within seconds, so the switching points can sit near the edges:
+    # the wider the hysteresis, the longer each cycle and the fewer switches; half a point of
+    # margin covers the sensor's noise (±0.3 %) and the 10 s until the next reading.
+    rh_on_margin: float = Field(default=0.1, ge=0, lt=0.5)
+    rh_off_margin: float = Field(default=0.1, ge=0, lt=0.5)
     # A band that reaches saturation (95–100 %) cannot be overshot (fog stops evaporating), so the
     # humidifier switches on well inside it and runs until the air is all but saturated.
     rh_saturated_on_margin: float = Field(default=0.3, ge=0, lt=0.5)
     rh_saturated_off_below: float = Field(default=0.1, gt=0, le=1, description="RH points")
-    # A switching condition must hold this long, so one noisy reading does not switch the fogger
-    # early (which shortens every cycle). Near saturation the sensor reads 100 % on noise alone,
-    # so there the humidifier goes off only after minutes of truly saturated air.
-    rh_for_s: float = Field(default=30, ge=0, le=600)
+    # A switching condition must hold this long (two readings), so one noisy reading does not
+    # switch the fogger early and shorten its cycle. Near saturation the sensor reads 100 % on
+    # noise alone, so there the humidifier goes off only after two minutes of saturated air.
+    rh_for_s: float = Field(default=10, ge=0, le=600)
     rh_saturated_for_s: float = Field(default=120, ge=0, le=600)
-    # Heater: on below min + 20 % of the width, off above the middle of the band.
-    heat_on_margin: float = Field(default=0.2, ge=0, lt=0.5)
-    heat_off_at: float = Field(default=0.5, gt=0, le=1)
+    # Heater: on below min + 15 % of the width, off above 60 % of it. A wide hysteresis means few
+    # heater cycles, and each switch jolts RH by 2–3 points (it warms or cools the air at once).
+    heat_on_margin: float = Field(default=0.15, ge=0, lt=0.5)
+    heat_off_at: float = Field(default=0.6, gt=0, le=1)
     # Exhaust fan: on above 90 % of the CO₂ ceiling, off below 70 %.
     co2_on_fraction: float = Field(default=0.9, gt=0, le=1)
     co2_off_fraction: float = Field(default=0.7, gt=0, lt=1)
-    # Fresh air in pinning and fruiting: 10 min every 30 min. Each pulse dries the room, so few
-    # long pulses beat many short ones; with the CO₂ rule on the same fan the exhaust fan's
-    # min_on/min_off (DEFAULT_SAFETY) keep it under 6 switches an hour.
-    fresh_air: Cycle = Cycle(on_s=600, every_s=1800)
+    # Fresh air in pinning and fruiting: 15 min every hour, on top of the CO₂ rule on the same
+    # fan. Every fan run dries the room and costs the humidifier a cycle, so a few long runs beat
+    # many short ones (5 min every 30 min alone made 4 fan and 4 humidifier switches an hour).
+    fresh_air: Cycle = Cycle(on_s=900, every_s=3600)
     lights_on_at: str = Field(default="06:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
 
     @model_validator(mode="after")
@@ -166,9 +168,10 @@ class Tuning(_Model):
 TUNING: Final = Tuning()
 
 DEFAULT_SAFETY: Final[Mapping[ActuatorRole, Safety]] = MappingProxyType({
-    # A fogger wears with short cycles. It may run for hours in a 95–100 % pinning room (no duty
-    # cap: saturation, not a timer, limits it there), but two hours non-stop means a stuck sensor.
-    "humidifier": Safety(min_on_s=60, min_off_s=120, max_on_s=7_200),
+    # A fogger wears with short cycles. In a 95–100 % room it runs nearly all day, so no duty cap
+    # (saturation, not a timer, limits it there); it still rests 2 min after 2 h non-stop, which
+    # bounds the flooding a sensor stuck low could cause in an 85–90 % room.
+    "humidifier": Safety(min_on_s=180, min_off_s=120, max_on_s=7_200),
     # min_on + min_off ≥ 20 min: at most 6 switches in any hour, whatever CO₂ and the fresh-air
     # cycle ask for together.
     "exhaust_fan": Safety(min_on_s=600, min_off_s=600),

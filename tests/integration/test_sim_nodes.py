@@ -25,7 +25,7 @@ from firmware_sim.farm import (
 )
 from firmware_sim.faults import INVALID_KINDS, FaultPlan, garbage_messages
 from firmware_sim.nodes import ActuatorNode, SensorNode
-from firmware_sim.physics import ActuatorBank, Room
+from firmware_sim.physics import ActuatorBank, Room, RoomParams
 from shared.errors import PayloadError, TopicError
 from shared.models import (
     KNOWN_METRICS,
@@ -329,7 +329,8 @@ def test_sim_main_refuses_a_missing_config(tmp_path: Path, capsys) -> None:
 @pytest.mark.mosquitto
 async def test_run_farm_drives_rooms_on_an_accelerated_clock(farm_id: str, tmp_path: Path) -> None:
     settings = settings_for(farm_id, tmp_path)
-    farm = build_farm(settings, telemetry_interval_s=30, clock=AcceleratedClock(120), seed=4)
+    farm = build_farm(settings, telemetry_interval_s=30, clock=AcceleratedClock(120), seed=4,
+                      room_params=RoomParams())
     stop = asyncio.Event()
     async with observing(farm_id) as obs:
         runner = asyncio.create_task(farm.run(stop))
