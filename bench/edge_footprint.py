@@ -10,7 +10,7 @@
   - WAL bytes appended and main-file growth per reading, for the record.
 Each store.commit_interval_ms setting asked for is one run (fresh data directory each time).
 
-    .venv/bin/python -m bench.edge_footprint [--quick] [--intervals default,1000]
+    .venv/bin/python -m bench.edge_footprint [--quick] [--variants default,1000,default+malloc]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.report import Target, print_table, verdict, write_json
-from bench.site import RoomSpec, Site, free_port, write_site
+from bench.site import RoomSpec, Site, die_with_parent, free_port, write_site
 from edge.config import StoreConfig
 
 NAME = "edge_footprint"
@@ -38,6 +38,7 @@ TARGET_RSS_MB = 90.0
 TARGET_BYTES_PER_READING = 300.0
 ROOMS, SENSORS_PER_ROOM = 10, 18
 INTERVAL_S = 5.0
+FULL_VARIANTS = "default,200,default+malloc"
 
 
 # ---- /proc ------------------------------------------------------------------------------------
@@ -98,7 +99,8 @@ class Child:
         self.argv = argv
         self.lines: collections.deque[str] = collections.deque(maxlen=200)
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, text=True)
+                                     env={**os.environ, **(env or {})}, text=True,
+                                     preexec_fn=die_with_parent)
         assert self.proc.stdout is not None
         self._reader = threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True)
         self._reader.start()
@@ -147,9 +149,9 @@ def wait_until(predicate: Any, timeout: float, what: str, child: Child) -> None:
 
 # ---- one run ----------------------------------------------------------------------------------
 
-def measure(site: Site, label: str, interval_ms: float | None, warmup_s: float,
-            window_s: float) -> dict[str, Any]:
-    env = {"SMARTFARM_EDGE_DATA_DIR": f"data-{label}"}
+def measure(site: Site, label: str, interval_ms: float | None, malloc_fix: bool,
+            warmup_s: float, window_s: float) -> dict[str, Any]:
+    env = {"SMARTFARM_EDGE_DATA_DIR": f"data-{label}", **(MALLOC_FIX if malloc_fix else {})}
     if interval_ms is not None:
         env["SMARTFARM_EDGE_STORE__COMMIT_INTERVAL_MS"] = f"{interval_ms:g}"
     db = site.directory / f"data-{label}" / "edge.db"
@@ -197,6 +199,7 @@ def measure(site: Site, label: str, interval_ms: float | None, warmup_s: float,
         "label": label,
         "commit_interval_ms": interval_ms if interval_ms is not None
         else StoreConfig().commit_interval_ms,
+        "malloc_mmap_threshold": malloc_fix,
         "devices": devices, "online_at_end": online, "connect_s": connect_s,
         "window_s": elapsed, "readings": readings, "readings_per_s": readings / elapsed,
         "rss_mb": rss[-1] / 2**20, "rss_max_mb": max(rss) / 2**20,
@@ -218,22 +221,36 @@ def rooms() -> list[RoomSpec]:
             for i in range(ROOMS)]
 
 
-def parse_intervals(text: str) -> list[float | None]:
-    return [None if part.strip() == "default" else float(part) for part in text.split(",")]
+# glibc keeps freed argon2 buffers (19 MiB each, one per thread arena that verified a login) once
+# its dynamic mmap threshold has risen to their size; pinning the threshold returns them to the OS.
+MALLOC_FIX = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
-def run(quick: bool, intervals: list[float | None]) -> dict[str, Any]:
-    warmup, window = (5.0, 20.0) if quick else (15.0, 60.0)
+def parse_variants(text: str) -> list[tuple[float | None, bool]]:
+    """``default,1000,default+malloc`` → [(None, False), (1000.0, False), (None, True)]."""
+    out = []
+    for part in text.split(","):
+        interval, _, extra = part.strip().partition("+")
+        if extra not in ("", "malloc"):
+            raise SystemExit(f"unknown variant option {extra!r} (only +malloc)")
+        out.append((None if interval == "default" else float(interval), extra == "malloc"))
+    return out
+
+
+def run(quick: bool, variants: list[tuple[float | None, bool]],
+        window: float | None = None) -> dict[str, Any]:
+    warmup, window = (5.0, window or 20.0) if quick else (10.0, window or 45.0)
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
         print("  writing a 200-device site (argon2-hashing every password) …", flush=True)
         site = write_site(Path(tmp), rooms(), farm_id=f"bench{uuid.uuid4().hex[:6]}",
                           broker_port=free_port(), api_port=free_port())
-        for n, interval in enumerate(intervals):
-            label = "default" if interval is None else f"{interval:g}ms"
-            print(f"  run {n + 1}/{len(intervals)}: commit_interval_ms={label}, "
+        for n, (interval, malloc_fix) in enumerate(variants):
+            label = ("default" if interval is None else f"{interval:g}ms") + (
+                "+malloc" if malloc_fix else "")
+            print(f"  run {n + 1}/{len(variants)}: commit_interval_ms={label}, "
                   f"{warmup:g} s warm-up + {window:g} s window …", flush=True)
-            runs.append(measure(site, f"{n}-{label}", interval, warmup, window))
+            runs.append(measure(site, f"{n}-{label}", interval, malloc_fix, warmup, window))
     head = runs[0]
     return {
         "params": {"devices": ROOMS * (SENSORS_PER_ROOM + 2), "rooms": ROOMS,
@@ -251,7 +268,8 @@ def run(quick: bool, intervals: list[float | None]) -> dict[str, Any]:
 
 def print_result(result: dict[str, Any]) -> None:
     rows = [
-        [r["commit_interval_ms"], r["online_at_end"], r["readings"], r["readings_per_s"],
+        [f"{r['commit_interval_ms']:g}", "yes" if r["malloc_mmap_threshold"] else "-",
+         r["online_at_end"], r["readings"], r["readings_per_s"],
          r["rss_mb"], r["hwm_mb"], r["edge_bytes_per_reading"], r["checkpoint_bytes_per_reading"],
          r["bytes_per_reading"], r["wal_bytes_per_reading"], r["db_growth_per_reading"]]
         for r in result["runs"]
@@ -260,8 +278,8 @@ def print_result(result: dict[str, Any]) -> None:
     print_table(
         f"Edge footprint: {p['devices']} devices online, sensors every {p['sensor_interval_s']:g}"
         f" s, {p['window_s']:g} s window",
-        ["commit ms", "online", "readings", "readings/s", "RSS MB", "peak MB", "edge B/rd",
-         "ckpt B/rd", "total B/rd", "WAL B/rd", "db +B/rd"],
+        ["commit ms", "malloc fix", "online", "readings", "readings/s", "RSS MB", "peak MB",
+         "edge B/rd", "ckpt B/rd", "total B/rd", "WAL B/rd", "db +B/rd"],
         rows,
     )
     print_table("Targets (first run)", ["figure", "value", "target", "verdict"],
@@ -273,14 +291,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.edge_footprint", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="5 s warm-up, 20 s window, one run")
-    parser.add_argument("--intervals", default=None,
-                        help="store.commit_interval_ms per run, comma-separated; 'default' = "
-                             "the edge's default (full run: default,200,1000)")
+    parser.add_argument("--variants", default=None,
+                        help="one run each, comma-separated: store.commit_interval_ms or "
+                             "'default', optionally '+malloc' (MALLOC_MMAP_THRESHOLD_ pinned); "
+                             f"full run: {FULL_VARIANTS}")
+    parser.add_argument("--window", type=float, default=None, help="measuring window, s")
     args = parser.parse_args(argv)
-    text = args.intervals or ("default" if args.quick else "default,200,1000")
-    intervals = parse_intervals(text)
-    print(f"bench {NAME}: {'quick' if args.quick else 'full'} run, intervals {text}", flush=True)
-    result = run(args.quick, intervals)
+    text = args.variants or ("default" if args.quick else FULL_VARIANTS)
+    variants = parse_variants(text)
+    print(f"bench {NAME}: {'quick' if args.quick else 'full'} run, variants {text}", flush=True)
+    result = run(args.quick, variants, args.window)
     print_result(result)
     write_json(NAME, result)
     return result

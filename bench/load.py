@@ -3,8 +3,9 @@ or paced) and actuators that ack their commands, each process driven over a pipe
 
 Protocol with the parent: the child connects every client, sends ``{"ready": …}``, waits for
 ``"go"``, runs until its message count is sent, its duration is over or ``"stop"`` arrives and
-sends its result dict (a flat-out child then stays connected until ``"stop"``). Children are spawned (not forked): the parent runs an event loop and
-the store's writer thread, neither of which survives a fork.
+sends its result dict (a flat-out child then stays connected until ``"stop"``). Children are
+spawned, not forked: the parent runs an event loop and the store's writer thread, neither of which
+survives a fork.
 """
 from __future__ import annotations
 
@@ -209,7 +210,7 @@ async def _publish_loop(
     client: aiomqtt.Client, spec: LoadSpec, login: Login, index: int, stats: dict[str, Any],
     stopped: asyncio.Event,
 ) -> None:
-    rng = random.Random(f"{spec.seed}:{login.device_id}")  # noqa: S311 (load, not crypto)
+    rng = random.Random(f"{spec.seed}:{login.device_id}")
     center = spec.values.get(login.room_id, {"temperature_c": 18.0, "humidity_pct": 88.0})
     tel_topic = topic(spec.farm_id, login.room_id, "telemetry", login.device_id)
     if spec.interval_s is None:  # flat out: the next as soon as this one is acked

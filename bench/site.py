@@ -7,8 +7,11 @@ would re-read and re-validate the config 400 times.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -34,6 +37,15 @@ SHIPPED_MOSQUITTO_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosqu
     "mosquitto.conf"
 )
 EDGE_USERNAME = "smartfarm-edge"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn for benchmark subprocesses: the kernel SIGTERMs them if the bench dies (Linux),
+    so a killed run leaves no edge, simulator or broker behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -54,6 +66,8 @@ class RoomSpec:
     stage: str = "fruiting"
     # device id → Safety fields, e.g. {"probe-hum": {"min_on_s": 0, "min_off_s": 0}}
     safety: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # user rules (shared.rules fields); one with a profile rule's id replaces it
+    rules: list[dict[str, Any]] = field(default_factory=list)
 
     def sensor_ids(self) -> list[str]:
         return [f"{self.id}-s{i:03d}" for i in range(self.sensors)]
@@ -123,7 +137,8 @@ def write_site(
         "broker": broker,
         "api": {"host": "127.0.0.1", "port": api_port, "admin_user": "admin",
                 "admin_password_file": "credentials/admin-password"},
-        "rooms": [{"id": r.id, "species": r.species, "stage": r.stage} for r in rooms],
+        "rooms": [{"id": r.id, "species": r.species, "stage": r.stage, "rules": r.rules}
+                  for r in rooms],
         "devices": [],
     }
     if store:
@@ -216,7 +231,8 @@ class Mosquitto:
         conf.write_text(self._config(passwd, acl))
         binary = str(MOSQUITTO if MOSQUITTO.exists() else shutil.which("mosquitto"))
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+            self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log,
+                                         preexec_fn=die_with_parent)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

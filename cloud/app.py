@@ -13,6 +13,7 @@ from cloud import appkeys
 from cloud.api import all_routes
 from cloud.api.routing import register
 from cloud.api.system import add_system_routes
+from cloud.auth.cognito import CognitoVerifier
 from cloud.auth.passwords import Passwords
 from cloud.auth.ratelimit import SlidingWindow
 from cloud.auth.tokens import AccessTokens, load_jwt_secret
@@ -28,6 +29,7 @@ from cloud.middleware import (
     problem_middleware,
 )
 from cloud.openapi import build_spec
+from cloud.sync.service import edge_sync_ctx
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +92,13 @@ def init_app(settings: CloudSettings) -> web.Application:
         login_account=SlidingWindow(auth.login_per_account, auth.login_window_s),
         api_token=SlidingWindow(auth.api_per_token, 60),
     )
+    if auth.cognito.enabled:
+        app[appkeys.COGNITO] = CognitoVerifier(auth.cognito)
+        log.info("accepting Cognito tokens from %s", auth.cognito.issuer)
     routes = all_routes()
     register(app, routes)
     add_system_routes(app, build_spec(routes, version=version()), version())
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(edge_sync_ctx)  # needs the database
     app.on_response_prepare.append(add_security_headers)
     return app

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from cloud.auth.cognito import CognitoVerifier
 from cloud.auth.passwords import Passwords
 from cloud.auth.ratelimit import SlidingWindow
 from cloud.auth.tokens import AccessTokens
@@ -29,3 +30,5 @@ PASSWORDS = web.AppKey("passwords", Passwords)
 TOKENS = web.AppKey("tokens", AccessTokens)
 LIMITS = web.AppKey("limits", Limits)
 METRICS = web.AppKey("metrics", Metrics)
+# Present only when Cognito is configured.
+COGNITO = web.AppKey("cognito", CognitoVerifier)

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from cloud.ai.settings import AiConfig
+from cloud.jobs.settings import JobsConfig
+from cloud.notify.settings import NotifyConfig
+from cloud.sync.settings import SyncConfig
 from shared.errors import SmartfarmError
 
 MASK = "**********"
@@ -35,6 +47,46 @@ class DatabaseConfig(_Section):
     connect_timeout_s: float = Field(default=10, gt=0, le=300)
 
 
+class CognitoConfig(_Section):
+    """AWS Cognito user pool whose tokens the API accepts besides its own (off when unset)."""
+
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")
+    user_pool_id: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d+_\w+$")
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    # Default: the pool's own https://cognito-idp.<region>.amazonaws.com/<pool>/.well-known/...
+    jwks_url: str | None = Field(default=None, pattern=r"^https?://")
+    token_use: list[Literal["access", "id"]] = Field(default=["access", "id"], min_length=1)
+    # An unknown `kid` refetches the JWKS at most this often: a flood of forged kids must not
+    # turn the API into a traffic source against the pool.
+    jwks_refresh_min_s: float = Field(default=60, ge=0)
+    jwks_timeout_s: float = Field(default=5, gt=0, le=60)
+    # A verified pool user with no local account gets one (with no farms) on first use.
+    create_users: bool = True
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        given = {k: getattr(self, k) for k in ("region", "user_pool_id", "client_id")}
+        if any(given.values()) and not all(given.values()):
+            missing = ", ".join(k for k, v in given.items() if not v)
+            raise ValueError(f"Cognito needs region, user_pool_id and client_id; missing {missing}")
+        pool = self.user_pool_id
+        if pool and not pool.startswith(f"{self.region}_"):
+            raise ValueError(f"user_pool_id {pool} is not in region {self.region}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.user_pool_id is not None
+
+    @property
+    def issuer(self) -> str:
+        return f"https://cognito-idp.{self.region}.amazonaws.com/{self.user_pool_id}"
+
+    @property
+    def jwks_endpoint(self) -> str:
+        return self.jwks_url or f"{self.issuer}/.well-known/jwks.json"
+
+
 class AuthConfig(_Section):
     # HS256 signing secret; when neither is given a random one is generated into the data dir.
     jwt_secret: SecretStr | None = None
@@ -49,6 +101,7 @@ class AuthConfig(_Section):
     login_per_ip: int = Field(default=20, ge=1, description="login attempts per window")
     login_window_s: float = Field(default=300, gt=0)
     api_per_token: int = Field(default=1_200, ge=1, description="API requests per minute")
+    cognito: CognitoConfig = Field(default_factory=CognitoConfig)
 
 
 class CloudSettings(BaseSettings):
@@ -73,6 +126,10 @@ class CloudSettings(BaseSettings):
     migrate_on_start: bool = True
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
+    ai: AiConfig = Field(default_factory=AiConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     cors_origins: list[str] = Field(default_factory=list, description="empty: CORS off")
     # Honour X-Forwarded-For (only behind a proxy you control) for per-IP login limits.
     trust_forwarded_for: bool = False

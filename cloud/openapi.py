@@ -6,8 +6,12 @@ import re
 from typing import Any
 
 from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from cloud.api.routing import Route
+from shared.models import Id
+from shared.topics import ID_RE
 
 REF = "#/components/schemas/{model}"
 _PARAM_RE = re.compile(r"\{(\w+)\}")
@@ -25,7 +29,7 @@ _STATUS_TEXT = {
     415: "Body is not application/json",
     422: "Validation failed; `errors` lists each failing field",
     429: "Rate limited; see Retry-After",
-    503: "Database unavailable",
+    503: "Database (or another dependency) unavailable; see Retry-After",
 }
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -54,6 +58,22 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
+_ID_CHECK = Id.__metadata__[0].func
+
+
+class _Schemas(GenerateJsonSchema):
+    """pydantic's generator, plus the pattern of ``shared.models.Id`` (checked by a function
+    that JSON Schema cannot see) so clients and fuzzers know what an id looks like."""
+
+    def function_after_schema(
+        self, schema: core_schema.AfterValidatorFunctionSchema
+    ) -> JsonSchemaValue:
+        out = super().function_after_schema(schema)
+        if schema["function"].get("function") is _ID_CHECK and out.get("type") == "string":
+            out = {**out, "pattern": ID_RE.pattern, "maxLength": 64}
+        return out
+
+
 def _path_params(route: Route) -> list[dict[str, Any]]:
     out = []
     for name in _PARAM_RE.findall(route.path):
@@ -68,7 +88,9 @@ def _path_params(route: Route) -> list[dict[str, Any]]:
 def _query_params(route: Route, components: dict[str, Any]) -> list[dict[str, Any]]:
     if route.query is None:
         return []
-    schema = route.query.model_json_schema(ref_template=REF, mode="validation")
+    schema = route.query.model_json_schema(
+        ref_template=REF, mode="validation", schema_generator=_Schemas
+    )
     components.update(schema.pop("$defs", {}))
     required = set(schema.get("required", []))
     params = []
@@ -86,7 +108,8 @@ def _query_params(route: Route, components: dict[str, Any]) -> list[dict[str, An
 
 
 def _error_statuses(route: Route) -> list[int]:
-    statuses = set(route.errors)
+    # Any route can meet a database that is down or a pool that is exhausted.
+    statuses = set(route.errors) | {503}
     if route.scope != "public":
         statuses |= {401, 429}
     if route.scope not in ("public", "user"):
@@ -95,7 +118,7 @@ def _error_statuses(route: Route) -> list[int]:
         statuses |= {400, 413, 415, 422}
     if route.query is not None or "{" in route.path:
         statuses |= {404} if "{" in route.path else set()
-        statuses |= {422} if route.query is not None else set()
+        statuses |= {400, 422} if route.query is not None else set()
     return sorted(statuses)
 
 
@@ -106,7 +129,7 @@ def build_spec(routes: list[Route], *, version: str) -> dict[str, Any]:
             inputs.append(((i, "body"), "validation", route.body_adapter))
         if route.response_adapter is not None:
             inputs.append(((i, "response"), "serialization", route.response_adapter))
-    refs, top = TypeAdapter.json_schemas(inputs, ref_template=REF)
+    refs, top = TypeAdapter.json_schemas(inputs, ref_template=REF, schema_generator=_Schemas)
     components: dict[str, Any] = dict(top.get("$defs", {}))
     components["Problem"] = PROBLEM_SCHEMA
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}

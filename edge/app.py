@@ -1,6 +1,7 @@
 """The edge's composition root: builds every component from the settings and runs them.
 
-Data flows broker → ingest → store → automation → commands, with the local API beside them.
+Data flows broker → ingest → store → automation → commands, with the local API beside them;
+with a cloud configured, the outbox goes up (uplink) and commands and config come down (downlink).
 ``EdgeApp.run`` keeps going until its stop event is set (SIGTERM/SIGINT in ``edge run``), then
 shuts down in reverse order so nothing accepted is lost: the store is closed last, after its
 queue is drained.
@@ -11,8 +12,10 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 from aiohttp import web
@@ -24,14 +27,18 @@ from edge.broker import EmbeddedBroker, broker_address, embedded_broker
 from edge.commands import CommandTracker
 from edge.config import EdgeSettings, load_config
 from edge.credentials import edge_login, sync_broker_files
+from edge.downlink import Downlink
 from edge.ingest import Ingest
+from edge.outbox import Outbox
 from edge.store import commands as command_rows
 from edge.store.db import Database
+from edge.uplink import SYNC_STATUS, Uplink
 from shared.models import utcnow
 
 log = logging.getLogger(__name__)
 
 CONFIG_POLL_S = 2.0
+SYNC_RESTART_S = 10.0
 
 
 class EdgeApp:
@@ -64,6 +71,20 @@ class EdgeApp:
             on_status=self.automation.on_status,
             quarantine_max_payload=store.quarantine_max_payload,
         )
+        self.outbox: Outbox | None = None
+        self.uplink: Uplink | None = None
+        self.downlink: Downlink | None = None
+        if settings.cloud.enabled:
+            self.outbox = Outbox(
+                self.db, retention_days=settings.cloud.retention_days,
+                max_unsynced_rows=settings.cloud.max_unsynced_rows, alerts=self.alerts,
+            )
+            self.uplink = Uplink(settings, self.outbox, alerts=self.alerts)
+            uplink = self.uplink
+            self.downlink = Downlink(
+                settings, self.db, self.automation, self.commands, alerts=self.alerts,
+                clock_offset=lambda: uplink.clock_offset_s,
+            )
         self.broker: EmbeddedBroker | None = None
         self.api_runner: web.AppRunner | None = None
         self.api_port: int | None = None
@@ -85,9 +106,13 @@ class EdgeApp:
             expired = await self.db.write(command_rows.expire_pending_on_boot, utcnow().timestamp())
             if expired:
                 log.info("%d command(s) left pending by the last run: superseded", expired)
+            if self.downlink is not None:
+                await self.downlink.restore()  # the cloud's rooms and devices over the TOML's
             await self.automation.load()
             if settings.broker.mode == "embedded":
                 sync_broker_files(settings)
+                if self.downlink is not None:
+                    self.downlink.write_credentials()
                 self.broker = embedded_broker(settings)
                 await self.broker.start()
                 log.info("embedded MQTT broker on %s:%d", self.broker.host, self.broker.port)
@@ -98,6 +123,13 @@ class EdgeApp:
                     tasks.create_task(self._tick_loop(), name="edge-tick"),
                     tasks.create_task(self._config_watch(), name="edge-config-watch"),
                 ]
+                if self.uplink is not None and self.downlink is not None:
+                    log.info("syncing with the cloud at %s as edge %s", settings.cloud.url,
+                             settings.cloud.edge_id)
+                    for name, loop in (("uplink", self.uplink.run),
+                                       ("downlink", self.downlink.run)):
+                        workers.append(tasks.create_task(_keep_running(name, loop),
+                                                         name=f"edge-{name}"))
                 await stop.wait()
                 log.info("stopping edge")
                 for worker in workers:
@@ -121,12 +153,19 @@ class EdgeApp:
             settings=self.settings, db=self.db, automation=self.automation,
             ingest=self.ingest, commands=self.commands,
         )
+        app[SYNC_STATUS] = self.sync_status
         self.api_runner = web.AppRunner(app, access_log=None)
         await self.api_runner.setup()
         site = web.TCPSite(self.api_runner, api.host, api.port)
         await site.start()
         self.api_port = int(self.api_runner.addresses[0][1])
         log.info("local page on http://%s:%d/", api.host, self.api_port)
+
+    async def sync_status(self) -> dict[str, Any]:
+        """The cloud sync's progress for the local page (``/api/stats`` → ``sync``)."""
+        if self.uplink is None or self.downlink is None:
+            return {"enabled": False}
+        return {**await self.uplink.status(), "downlink": self.downlink.status()}
 
     def mqtt_address(self) -> tuple[str, int]:
         if self.broker is not None:
@@ -204,12 +243,30 @@ class EdgeApp:
                 log.warning("config changed but cannot be loaded, keeping the old one: %s", exc)
                 continue
             added = {d.id for d in fresh.devices} - {d.id for d in self.settings.devices}
-            self.settings.devices = fresh.devices
+            if self.downlink is not None:
+                self.downlink.rebase_local(fresh)  # keeps cloud-registered devices
+            else:
+                self.settings.devices = fresh.devices
             if self.settings.broker.mode == "embedded":
                 sync_broker_files(self.settings)
+                if self.downlink is not None:
+                    self.downlink.write_credentials()
             await self.automation.reload_devices()
             if added:
                 log.info("config reloaded: new device(s) %s", ", ".join(sorted(added)))
+
+
+async def _keep_running(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """A sync loop that fails is restarted: the farm keeps running whatever the cloud does."""
+    while True:
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cloud %s stopped on an error; restarting it in %.0f s", name,
+                          SYNC_RESTART_S)
+        await asyncio.sleep(SYNC_RESTART_S)
 
 
 def _mtime(path: Path) -> float | None:

@@ -1,10 +1,11 @@
-"""`smartfarm edge …`: init a site, add devices, check the config, run the edge."""
+"""`smartfarm edge …`: init a site, add devices, register with a cloud, check the config, run."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
@@ -70,7 +71,7 @@ def _config_text(farm_id: str, broker_port: int, api_port: int,
         "silent_minutes = 5",
         "",
         "[store]",
-        "commit_interval_ms = 200  # group commit: fewer, larger writes spare the SD card",
+        "commit_interval_ms = 1000  # group commit: fewer, larger writes spare the SD card",
         "commit_max_items = 2000",
         "",
     ]
@@ -158,11 +159,60 @@ def add_device(config_path: Path, device_id: str, room: str, kind: str,
     return password
 
 
+_TABLE_RE = re.compile(r"^\s*\[")
+
+
+def register_cloud(config_path: Path, url: str, token: str, edge_id: str | None = None) -> Path:
+    """Point the edge at a cloud: write the `[cloud]` section (url, edge_id, token_file) and the
+    token file (mode 0600); returns the token file. The edge id defaults to the farm id and must
+    be the id the edge was registered under in the cloud."""
+    settings = load_config(config_path)
+    edge_id = edge_id or settings.farm_id
+    if not is_valid_id(edge_id):
+        raise ConfigError(f"edge id {edge_id!r}: use letters, digits, '_' or '-'")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--cloud {url!r}: must start with http:// or https://")
+    token = token.strip()
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError("--token: empty or contains whitespace")
+    token_file = settings.cloud.token_file or Path("credentials/cloud-token")
+    section = [
+        "[cloud]",
+        "# Written by `smartfarm edge register`; the token is read from token_file (mode 0600)",
+        "# or from SMARTFARM_EDGE_CLOUD__TOKEN.",
+        f"url = {json.dumps(url.rstrip('/'))}",
+        f"edge_id = {json.dumps(edge_id)}",
+        f"token_file = {json.dumps(str(token_file))}",
+    ]
+    # Keep every other line of the file (and its comments); replace an existing [cloud] table.
+    kept: list[str] = []
+    skipping = False
+    for line in config_path.read_text().splitlines():
+        if _TABLE_RE.match(line):
+            skipping = line.strip() == "[cloud]"
+        if not skipping:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    text = "\n".join([*kept, "", *section]) + "\n"
+    candidate = config_path.with_suffix(".toml.new")
+    candidate.write_text(text)
+    try:
+        load_config(candidate)
+    finally:
+        candidate.unlink(missing_ok=True)
+    token_path = settings.resolve(token_file)
+    write_atomic(token_path, token + "\n")
+    write_atomic(config_path, text, mode=0o644)
+    return token_path
+
+
 def effective_config(settings: EdgeSettings) -> str:
     """The effective configuration as JSON, secrets masked."""
     doc = json.loads(settings.model_dump_json())
     doc["config_path"] = str(settings.config_path)
-    for section, key in (("api", "admin_password"), ("broker", "edge_password")):
+    for section, key in (("api", "admin_password"), ("broker", "edge_password"),
+                         ("cloud", "token")):
         if doc.get(section, {}).get(key):
             doc[section][key] = "********"
     doc["resolved"] = {
@@ -208,6 +258,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("sensor", "actuator"), required=True)
     p.add_argument("--actuator", choices=ROLES)
     p.add_argument("--config", type=Path, default=Path("edge.toml"))
+    p = sub.add_parser("register", help="sync this edge with a cloud (writes [cloud] + token)")
+    p.add_argument("--cloud", required=True, metavar="URL", help="e.g. https://farm.example.com")
+    p.add_argument("--token", required=True,
+                   help="the edge token the cloud showed once ('-': read it from stdin)")
+    p.add_argument("--edge-id", help="the edge's id in the cloud (default: the farm id)")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"))
     p = sub.add_parser("run", help="run the edge until SIGTERM/SIGINT")
     p.add_argument("--config", type=Path, default=Path("edge.toml"))
     p = sub.add_parser("check-config", help="validate and print the effective config")
@@ -235,6 +291,14 @@ def edge_main(argv: list[str]) -> int:
             print(f"  mqtt password: {password}   (shown once; flash it onto the device)")
             print(f"  topics: farm/{settings.farm_id}/room/{args.room}/"
                   f"{{telemetry,status,ack}}/{args.id}")
+            return 0
+        if args.command == "register":
+            token = sys.stdin.readline() if args.token == "-" else args.token  # noqa: S105
+            token_path = register_cloud(args.config, args.cloud, token, args.edge_id)
+            settings = load_config(args.config)
+            print(f"edge {settings.cloud.edge_id} of farm {settings.farm_id} will sync with"
+                  f" {settings.cloud.url}")
+            print(f"token saved in {token_path} (mode 0600); restart the edge to connect")
             return 0
         settings = load_config(args.config)
         if args.command == "check-config":

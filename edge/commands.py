@@ -3,6 +3,8 @@
 A command is recorded `pending`, published to the device's command topic, and retried with
 exponential backoff (tenacity) until an ack arrives or the attempts run out; then it is
 `timed_out` and an alert is raised. A newer command for the same device supersedes older ones.
+Command rows and their state changes reach the cloud through the outbox triggers (schema.sql);
+acks, which have no table, are appended here in the same write as the state they settle.
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -19,6 +22,7 @@ from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_af
 from tenacity.wait import wait_exponential_jitter
 
 from edge.store import commands as command_rows
+from edge.store import outbox as outbox_rows
 from edge.store.db import Database
 from shared.models import Ack, Command, dump, utcnow
 from shared.topics import build_topic
@@ -58,6 +62,20 @@ class CommandOutcome:
 
 OutcomeHandler = Callable[[CommandOutcome], Awaitable[None]]
 
+# The cloud command being carried out by the current task, if any (see CommandTracker.cloud_origin).
+# A ContextVar rather than an argument so a cloud command can take the automation's own manual
+# path (override, persistence) unchanged; contextvars are meant to live at module level.
+_CLOUD_ORIGIN: ContextVar[str | None] = ContextVar("smartfarm_cloud_command", default=None)
+
+
+def _ack_record(conn: Any, device_id: str, ack: Ack, at: float) -> None:
+    data: dict[str, Any] = {
+        "command_id": ack.command_id, "device_id": device_id, "status": ack.status, "at": at,
+    }
+    if ack.error is not None:
+        data["error"] = ack.error
+    outbox_rows.append(conn, "ack", data, at)
+
 
 class CommandTracker:
     def __init__(
@@ -91,6 +109,17 @@ class CommandTracker:
     def connected(self) -> bool:
         return self._publisher is not None
 
+    @staticmethod
+    @contextlib.contextmanager
+    def cloud_origin(cloud_command_id: str) -> Iterator[None]:
+        """Commands sent by this task inside the block carry out that cloud command: they are
+        recorded with source "cloud" and linked to its id (command records then name it)."""
+        token = _CLOUD_ORIGIN.set(cloud_command_id)
+        try:
+            yield
+        finally:
+            _CLOUD_ORIGIN.reset(token)
+
     # ---- sending ----
     async def send(
         self,
@@ -115,8 +144,13 @@ class CommandTracker:
         ts = now.timestamp()
         previous = self._latest_by_device.get(device_id)
         self._latest_by_device[device_id] = cid
+        cloud_id = _CLOUD_ORIGIN.get()
+        if cloud_id is not None:
+            source = "cloud"
 
         def record(conn: Any) -> None:
+            if cloud_id is not None:  # first, so the command record's trigger finds the link
+                outbox_rows.link_cloud_command(conn, cloud_id, cid, "delivered", ts)
             command_rows.insert_command(
                 conn, command_id=cid, device_id=device_id, room_id=room_id, action=action,
                 value=value, source=source, reason=reason, created_at=ts,
@@ -196,9 +230,14 @@ class CommandTracker:
     ) -> None:
         self._waiters.pop(cid, None)
         at = self._clock().timestamp()
-        changed = await self._db.write(
-            lambda conn: command_rows.set_state(conn, cid, state, at, error=error)
-        )
+
+        def settle(conn: Any) -> bool:
+            if ack is not None:
+                _ack_record(conn, device_id, ack, at)
+            return command_rows.set_state(conn, cid, state, at, error=error)
+
+        # Urgent: a cloud user waits for this state (within a second), not for the group commit.
+        changed = await self._db.write(settle, urgent=True)
         if not changed:
             return
         setattr(self.stats, state, getattr(self.stats, state) + 1)
@@ -219,9 +258,12 @@ class CommandTracker:
         # A late ack (after a retry or a restart): record it if the command is still open.
         state = "acked" if ack.status == "ok" else "failed"
         at = self._clock().timestamp()
-        self._db.write_nowait(
-            lambda conn: command_rows.set_state(conn, ack.command_id, state, at, error=ack.error)
-        )
+
+        def settle(conn: Any) -> None:
+            _ack_record(conn, device_id, ack, at)
+            command_rows.set_state(conn, ack.command_id, state, at, error=ack.error)
+
+        self._db.write_nowait(settle)
 
     def pending_count(self) -> int:
         return len(self._tasks)

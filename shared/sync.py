@@ -79,7 +79,10 @@ class BatchAck(_Msg):
 
 
 class GapError(_Msg):
-    """409 body: the batch starts past the high-water mark + 1; resend from ``expected_seq``."""
+    """409 body: the batch starts past the high-water mark + 1; resend from ``expected_seq``.
+    It arrives as problem+json (type, title, status, detail…), so other keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     detail: str
     expected_seq: int

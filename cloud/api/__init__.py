@@ -8,6 +8,7 @@ from cloud.api import (
     automation,
     commands,
     devices,
+    edge_sync,
     edges,
     farms,
     members,
@@ -33,6 +34,7 @@ MODULES = (
     ai,
     notifications,
     edges,
+    edge_sync,
 )
 
 

@@ -15,6 +15,7 @@ from cloud.errors import ValidationFailed
 
 T = TypeVar("T")
 MAX_LIMIT = 500
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]*$"  # base64url without padding
 
 
 class PageQuery(BaseModel):
@@ -22,7 +23,10 @@ class PageQuery(BaseModel):
 
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT, description="items per page")
     cursor: str | None = Field(
-        default=None, max_length=512, description="next_cursor of the previous page"
+        default=None,
+        max_length=512,
+        pattern=CURSOR_PATTERN,
+        description="next_cursor of the previous page (opaque)",
     )
 
 
@@ -47,7 +51,7 @@ def _bad_cursor() -> ValidationFailed:
 
 def decode_cursor(cursor: str | None, *types: type) -> tuple[Any, ...] | None:
     """The sort key a cursor carries, converted to ``types``; 422 when it was tampered with."""
-    if cursor is None:
+    if not cursor:  # absent, or ?cursor= (the first page)
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
@@ -62,8 +66,10 @@ def decode_cursor(cursor: str | None, *types: type) -> tuple[Any, ...] | None:
             if kind is datetime:
                 out.append(datetime.fromisoformat(value))
             elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+                if not -(2**63) <= value < 2**63:  # a bigint key
+                    raise _bad_cursor()
                 out.append(value)
-            elif kind is str and isinstance(value, str):
+            elif kind is str and isinstance(value, str) and "\x00" not in value:
                 out.append(value)
             else:
                 raise _bad_cursor()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
-from cloud.api.schemas import In, Out, Species, Stage
+from cloud.api.schemas import AwareIsoDateTime, In, Out, Species, Stage
 from cloud.db import audit
 from cloud.db import rooms as rooms_db
 from cloud.errors import NotFound
@@ -21,14 +21,14 @@ class RoomIn(In):
     name: str = Field(default="", max_length=100)
     species: Species
     stage: Stage
-    stage_started: AwareDatetime | None = Field(default=None, description="default: now")
+    stage_started: AwareIsoDateTime | None = Field(default=None, description="default: now")
 
 
 class RoomPatch(In):
     name: str | None = Field(default=None, max_length=100)
     species: Species | None = None
     stage: Stage | None = Field(default=None, description="a new stage restarts stage_started")
-    stage_started: AwareDatetime | None = None
+    stage_started: AwareIsoDateTime | None = None
 
 
 class RoomOut(Out):

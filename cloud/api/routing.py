@@ -157,12 +157,27 @@ def bearer_token(request: web.Request) -> str | None:
 
 
 async def authenticate(request: web.Request) -> User:
+    """The caller of a bearer token: one of ours (HS256), or a Cognito pool's when configured."""
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("a bearer token is required")
-    claims = request.app[appkeys.TOKENS].verify(token)
-    request.app[appkeys.LIMITS].api_token.take(claims.token_id or token[-16:])
-    row = await users_db.by_id(request.app[appkeys.DB], claims.user_id)
+    app = request.app
+    db = app[appkeys.DB]
+    cognito = app.get(appkeys.COGNITO)
+    if cognito is not None and cognito.claims(token):
+        identity = await cognito.verify(token)
+        app[appkeys.LIMITS].api_token.take(identity.token_id)
+        row = await users_db.for_cognito(
+            db, identity.sub, identity.email, create=cognito.config.create_users
+        )
+        if row is None:
+            raise Unauthorized(
+                "no account for this Cognito user; present an ID token with a verified email once"
+            )
+    else:
+        claims = app[appkeys.TOKENS].verify(token)
+        app[appkeys.LIMITS].api_token.take(claims.token_id or token[-16:])
+        row = await users_db.by_id(db, claims.user_id)
     if row is None or not row["is_active"]:
         raise Unauthorized("account disabled or removed")
     return User(id=row["id"], email=row["email"], is_admin=row["is_admin"])
@@ -205,15 +220,38 @@ async def _parse_body(request: web.Request, route: Route) -> Any:
         raise UnsupportedMediaType(f"send the body as {JSON_TYPE}")
     raw = await request.read()
     try:
-        doc = json.loads(raw) if raw else None
+        doc = json.loads(raw, parse_constant=_not_json) if raw else None
     except (ValueError, RecursionError):
         raise BadRequest("malformed JSON body") from None
+    if _has_nul(doc):
+        # PostgreSQL text cannot hold U+0000; no field of ours has a use for it.
+        raise BadRequest("strings must not contain U+0000")
     if doc is None:
         raise ValidationFailed([{"field": "body", "message": "body required", "type": "missing"}])
     try:
         return route.body_adapter.validate_python(doc)
     except ValidationError as exc:
         raise ValidationFailed(field_errors(exc, "body")) from None
+
+
+def _not_json(constant: str) -> Any:
+    # Python's json reads NaN and ±Infinity, which JSON (and PostgreSQL's jsonb) does not have.
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _has_nul(doc: Any) -> bool:
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return False
 
 
 def _check_path(request: web.Request) -> None:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from shared.models import Id
 
@@ -18,6 +27,43 @@ Email = Annotated[
     StringConstraints(
         strip_whitespace=True, to_lower=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
     ),
+]
+
+_ISO_DATETIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})?$"
+)
+
+
+def _iso_datetime(value: Any) -> Any:
+    """Only ISO 8601 date-time text is a time on the wire: pydantic would also read numbers and
+    digit strings as Unix timestamps, which the documented ``format: date-time`` excludes."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _ISO_DATETIME.match(value.strip()):
+        return value.strip()
+    raise ValueError("expected an ISO 8601 date-time such as 2024-05-01T12:00:00Z")
+
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _in_range(value: datetime) -> datetime:
+    """Keep times where arithmetic on them (a default span, a UTC conversion) cannot overflow."""
+    try:
+        utc = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not _EARLIEST <= utc < _LATEST:
+        raise ValueError("time must lie between 1970 and 9000 (UTC)")
+    return value
+
+
+# A time in a request (query or body); an offset-less one is taken as UTC where noted.
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime), AfterValidator(_in_range)]
+# A time in a request that must carry its UTC offset.
+AwareIsoDateTime = Annotated[
+    AwareDatetime, BeforeValidator(_iso_datetime), AfterValidator(_in_range)
 ]
 
 

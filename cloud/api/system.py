@@ -13,6 +13,8 @@ from pydantic import Field
 from cloud import appkeys
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import Out
+from cloud.db import downlink as downlink_db
+from cloud.errors import CloudError
 
 VERSION_KEY = web.AppKey("version", str)
 SPEC_KEY = web.AppKey("openapi", bytes)
@@ -30,20 +32,45 @@ DOCS_INIT = """window.ui = SwaggerUIBundle({url: "/apispec.json", dom_id: "#swag
 """
 
 
+class EdgesHealth(Out):
+    registered: int = Field(description="edge gateways registered, all farms")
+    connected: int = Field(description="edges seen (stream, poll or batch) within window_s")
+    window_s: float
+
+
 class HealthOut(Out):
     status: Literal["ok", "degraded"]
     version: str
     database: Literal["ok", "down"]
-    pool: dict[str, int] = Field(default_factory=dict)
+    edges: EdgesHealth | None = Field(description="null while the database is down")
+    jobs: Literal["ok", "down", "not configured"] = Field(
+        default="not configured", description="the background job queue"
+    )
+    pool: dict[str, int] = Field(default_factory=dict, description="database pool statistics")
+
+
+async def _edges(call: Call) -> EdgesHealth | None:
+    window = call.app[appkeys.SETTINGS].sync.online_window_s
+    try:
+        counts = await downlink_db.presence(call.db, window_s=window)
+    except CloudError:  # the database went away since the ping
+        return None
+    return EdgesHealth(
+        registered=counts.get("total", 0), connected=counts.get("online", 0), window_s=window
+    )
 
 
 async def health(call: Call) -> HealthOut | web.Response:
-    """Liveness and dependencies (503 when the database is down)"""
+    """Liveness and dependencies (503 when the database is down)
+    Counts only, no ids: it is public, for load balancers and monitoring."""
     db_ok = await call.db.ping()
+    edges = await _edges(call) if db_ok else None
+    db_ok = db_ok and edges is not None
     body = HealthOut(
         status="ok" if db_ok else "degraded",
         version=call.app[VERSION_KEY],
         database="ok" if db_ok else "down",
+        edges=edges,
         pool=call.db.stats(),
     )
     if db_ok:

@@ -17,9 +17,9 @@ from pydantic import (
     model_validator,
 )
 
-from cloud.api.pagination import decode_cursor, encode_cursor
+from cloud.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
 from cloud.api.routing import Call, Route
-from cloud.api.schemas import Out
+from cloud.api.schemas import IsoDateTime, Out
 from cloud.db import telemetry as telemetry_db
 from shared.models import Id
 
@@ -37,10 +37,10 @@ Metric = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 class TelemetryQuery(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    from_: datetime | None = Field(
+    from_: IsoDateTime | None = Field(
         default=None, alias="from", description="inclusive, ISO 8601; default: `to` minus 24 h"
     )
-    to: datetime | None = Field(default=None, description="exclusive, ISO 8601; default: now")
+    to: IsoDateTime | None = Field(default=None, description="exclusive, ISO 8601; default: now")
     metric: list[Metric] | None = Field(default=None, max_length=32, description="repeatable")
     device_id: Id | None = None
     bucket: Literal["1m", "5m", "1h", "1d"] | None = Field(
@@ -48,7 +48,7 @@ class TelemetryQuery(BaseModel):
     )
     agg: Literal["avg", "min", "max"] = "avg"
     limit: int = Field(default=1000, ge=1, le=10_000, description="raw rows per page")
-    cursor: str | None = Field(default=None, max_length=512)
+    cursor: str | None = Field(default=None, max_length=512, pattern=CURSOR_PATTERN)
     format: Literal["json", "csv"] | None = Field(
         default=None, description="csv streams text/csv (as does Accept: text/csv)"
     )

@@ -34,6 +34,9 @@ def _translate(exc: Exception) -> Exception | None:
         return NotFound("a referenced resource does not exist")
     if isinstance(exc, pgerr.CheckViolation):
         return BadRequest(f"value rejected by {exc.diag.constraint_name or 'a check'}")
+    if isinstance(exc, psycopg.DataError):
+        # A value PostgreSQL cannot take (out of range, bad text): the input's fault, not a bug.
+        return BadRequest("a value is out of range or cannot be stored")
     if isinstance(exc, pgerr.QueryCanceled):
         return DatabaseUnavailable("the query took too long")
     if isinstance(exc, PoolTimeout | psycopg.OperationalError):

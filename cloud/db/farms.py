@@ -34,7 +34,7 @@ DELETE = "DELETE FROM farms WHERE id = %(id)s"
 LIST_MEMBERS = """
 SELECT
     m.user_id, u.email, u.display_name, m.role, m.all_rooms, m.created_at,
-    u.password_hash IS NOT NULL AS activated,
+    (u.password_hash IS NOT NULL OR u.cognito_sub IS NOT NULL) AS activated,
     CASE WHEN m.all_rooms THEN NULL ELSE coalesce(
         (SELECT array_agg(g.room_id ORDER BY g.room_id) FROM member_room_grants g
          WHERE g.farm_id = m.farm_id AND g.user_id = m.user_id), '{}') END AS room_ids FROM
@@ -44,7 +44,7 @@ ORDER BY m.user_id LIMIT %(limit)s"""
 GET_MEMBER = """
 SELECT
     m.user_id, u.email, u.display_name, m.role, m.all_rooms, m.created_at,
-    u.password_hash IS NOT NULL AS activated,
+    (u.password_hash IS NOT NULL OR u.cognito_sub IS NOT NULL) AS activated,
     CASE WHEN m.all_rooms THEN NULL ELSE coalesce(
         (SELECT array_agg(g.room_id ORDER BY g.room_id) FROM member_room_grants g
          WHERE g.farm_id = m.farm_id AND g.user_id = m.user_id), '{}') END AS room_ids FROM

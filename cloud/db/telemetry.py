@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cloud.db.database import Database
+from cloud.db.database import Cursor, Database
 
 Reading = tuple[datetime, str, str, str, float]  # time, room_id, device_id, metric, value
 
@@ -27,7 +27,7 @@ RAW = """
 SELECT time, device_id, metric, value FROM sensor_data
 WHERE
 room_id = %(room_id)s AND time >= %(start)s AND time < %(end)s
-AND (%(metrics)s::text[] IS NULL OR metric = ANY(%(metrics)s))
+AND metric = ANY(%(metrics)s)
 AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
   AND (%(after_time)s::timestamptz IS NULL
        OR (time, device_id, metric) > (%(after_time)s, %(after_device)s, %(after_metric)s))
@@ -35,7 +35,7 @@ ORDER BY time, device_id, metric LIMIT %(limit)s"""
 RAW_ALL = """
 SELECT time, device_id, metric, value FROM sensor_data WHERE
 room_id = %(room_id)s AND time >= %(start)s AND time < %(end)s
-AND (%(metrics)s::text[] IS NULL OR metric = ANY(%(metrics)s))
+AND metric = ANY(%(metrics)s)
 AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 ORDER BY time, device_id, metric"""
 # Buckets aligned to 2000-01-01 UTC, so 1 d buckets start at UTC midnight.
@@ -45,12 +45,96 @@ SELECT date_bin(%(bucket)s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucke
        count(*) AS count
 FROM sensor_data WHERE
 room_id = %(room_id)s AND time >= %(start)s AND time < %(end)s
-AND (%(metrics)s::text[] IS NULL OR metric = ANY(%(metrics)s))
+AND metric = ANY(%(metrics)s)
 AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
 
+# 1 h and 1 d buckets from the hourly rollups (migration 0006) plus the raw rows of the partial
+# hours at either end of the range; exact (avg = sum / count), and ~360× fewer rows to read.
+ROLLUP_BUCKETS = """
+WITH parts AS (
+SELECT date_bin(%(bucket)s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, device_id,
+       metric, count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max
+FROM sensor_data
+WHERE room_id = %(room_id)s AND time >= %(start)s AND time < %(first_hour)s
+  AND metric = ANY(%(metrics)s)
+  AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
+GROUP BY 1, 2, 3
+UNION ALL
+SELECT date_bin(%(bucket)s, hour, TIMESTAMPTZ '2000-01-01 00:00:00+00'), device_id, metric,
+       sum(count), sum(sum), min(min), max(max)
+FROM sensor_hourly
+WHERE room_id = %(room_id)s AND hour >= %(first_hour)s AND hour < %(last_hour)s
+  AND metric = ANY(%(metrics)s)
+  AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
+GROUP BY 1, 2, 3
+UNION ALL
+SELECT date_bin(%(bucket)s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, device_id,
+       metric, count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max
+FROM sensor_data
+WHERE room_id = %(room_id)s AND time >= %(last_hour)s AND time < %(end)s
+  AND metric = ANY(%(metrics)s)
+  AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
+GROUP BY 1, 2, 3
+)
+SELECT bucket, device_id, metric, sum(sum) / sum(count)::float8 AS avg, min(min) AS min,
+       max(max) AS max, sum(count)::bigint AS count
+FROM parts GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
+# 1 h buckets: the rollup rows are the buckets, and the two partial edge hours are buckets of
+# their own, so nothing needs merging (half the work of ROLLUP_BUCKETS).
+HOURLY_BUCKETS = """
+SELECT date_bin(%(bucket)s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, device_id,
+       metric, avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count
+FROM sensor_data
+WHERE room_id = %(room_id)s AND time >= %(start)s AND time < %(first_hour)s
+  AND metric = ANY(%(metrics)s)
+  AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
+GROUP BY 1, 2, 3
+UNION ALL
+SELECT hour, device_id, metric, sum / count, min, max, count
+FROM sensor_hourly
+WHERE room_id = %(room_id)s AND hour >= %(first_hour)s AND hour < %(last_hour)s
+  AND metric = ANY(%(metrics)s)
+  AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
+UNION ALL
+SELECT date_bin(%(bucket)s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, device_id,
+       metric, avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count
+FROM sensor_data
+WHERE room_id = %(room_id)s AND time >= %(last_hour)s AND time < %(end)s
+  AND metric = ANY(%(metrics)s)
+  AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3"""
+HOUR = timedelta(hours=1)
+_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 
-def _params(
+
+def _floor_hour(at: datetime) -> datetime:
+    return at - (at - _ORIGIN) % HOUR
+
+
+# The metrics a room ever reported, by a loose index scan of sensor_hourly's primary key (one
+# descent per metric). Queries always name their metrics: `metric = ANY(…)` keeps each index
+# scan on (room_id, metric, time) to the requested time range, where a room-wide scan would
+# walk the room's whole history.
+ROOM_METRICS = """
+WITH RECURSIVE m(metric) AS (
+    (SELECT metric FROM sensor_hourly WHERE room_id = %(room_id)s ORDER BY metric LIMIT 1)
+    UNION ALL
+    SELECT (SELECT h.metric FROM sensor_hourly h
+            WHERE h.room_id = %(room_id)s AND h.metric > m.metric ORDER BY h.metric LIMIT 1)
+    FROM m WHERE m.metric IS NOT NULL
+)
+SELECT metric FROM m WHERE metric IS NOT NULL"""
+
+
+async def room_metrics(db: Database, room_id: str) -> list[str]:
+    """Every metric the room has readings of (any time), sorted."""
+    return [row["metric"] for row in await db.fetch_all(ROOM_METRICS, {"room_id": room_id})]
+
+
+async def _params(
+    db: Database,
     room_id: str,
     start: datetime,
     end: datetime,
@@ -61,7 +145,7 @@ def _params(
         "room_id": room_id,
         "start": start,
         "end": end,
-        "metrics": metrics or None,
+        "metrics": metrics or await room_metrics(db, room_id),
         "device_id": device_id,
     }
 
@@ -72,22 +156,32 @@ async def insert_readings(db: Database, rows: Iterable[Reading]) -> int:
     if not batch:
         return 0
     async with db.transaction() as cur:
-        async with cur.copy(COPY_IN) as copy:
-            copy.set_types(COPY_TYPES)
-            for row in batch:
-                await copy.write_row(row)
-        cols = [list(col) for col in zip(*batch, strict=True)]  # lists adapt as arrays
-        await cur.execute(
-            UPSERT_LATEST,
-            {
-                "time": cols[0],
-                "room": cols[1],
-                "device": cols[2],
-                "metric": cols[3],
-                "value": cols[4],
-            },
-        )
+        await copy_readings(cur, batch)
     return len(batch)
+
+
+async def copy_readings(cur: Cursor, batch: list[Reading]) -> None:
+    """COPY rows and fold them into sensor_latest inside the caller's transaction (the edge sync
+    stores readings together with its high-water mark)."""
+    if not batch:
+        return
+    async with cur.copy(COPY_IN) as copy:
+        copy.set_types(COPY_TYPES)
+        for row in batch:
+            await copy.write_row(row)
+    # Newest row per (device, metric) picked here: a batch has tens of thousands of rows but only
+    # a few dozen series, so the upsert gets a few dozen rows instead of sorting them all.
+    newest: dict[tuple[str, str], Reading] = {}
+    for row in batch:
+        key = (row[2], row[3])
+        seen = newest.get(key)
+        if seen is None or row[0] >= seen[0]:
+            newest[key] = row
+    cols = [list(col) for col in zip(*newest.values(), strict=True)]  # lists adapt as arrays
+    await cur.execute(
+        UPSERT_LATEST,
+        {"time": cols[0], "room": cols[1], "device": cols[2], "metric": cols[3], "value": cols[4]},
+    )
 
 
 async def raw(
@@ -101,7 +195,7 @@ async def raw(
     after: tuple[datetime, str, str] | None,
     limit: int,
 ) -> list[dict[str, Any]]:
-    params = _params(room_id, start, end, metrics, device_id)
+    params = await _params(db, room_id, start, end, metrics, device_id)
     params.update(
         after_time=after[0] if after else None,
         after_device=after[1] if after else None,
@@ -122,7 +216,7 @@ async def stream_raw(
     batch: int = 5_000,
 ) -> AsyncIterator[list[tuple[Any, ...]]]:
     """Every raw row in range, in batches, from a server-side cursor (constant memory)."""
-    params = _params(room_id, start, end, metrics, device_id)
+    params = await _params(db, room_id, start, end, metrics, device_id)
     async with db.pool.connection() as conn, conn.transaction():
         cur = conn.cursor(name="telemetry_csv")
         try:
@@ -143,9 +237,18 @@ async def buckets(
     metrics: list[str] | None,
     device_id: str | None,
 ) -> list[dict[str, Any]]:
-    params = _params(room_id, start, end, metrics, device_id)
+    """Per bucket, device and metric: avg, min, max and count, aligned to 2000-01-01 UTC."""
+    params = await _params(db, room_id, start, end, metrics, device_id)
     params["bucket"] = bucket
-    return await db.fetch_all(BUCKETS, params)
+    if bucket % HOUR:
+        return await db.fetch_all(BUCKETS, params)
+    first_hour = _floor_hour(start)
+    first_hour += HOUR if first_hour < start else timedelta(0)
+    last_hour = _floor_hour(end)
+    if first_hour >= last_hour:  # no whole hour inside: raw rows only
+        first_hour = last_hour = end
+    params.update(first_hour=first_hour, last_hour=last_hour)
+    return await db.fetch_all(HOURLY_BUCKETS if bucket == HOUR else ROLLUP_BUCKETS, params)
 
 
 STATS = """
@@ -153,7 +256,7 @@ SELECT metric, avg(value) AS avg, min(value) AS min, max(value) AS max, count(*)
        avg(value) FILTER (WHERE time < %(mid)s) AS first_avg,
        avg(value) FILTER (WHERE time >= %(mid)s) AS last_avg
 FROM sensor_data
-WHERE room_id = %(room_id)s AND time >= %(start)s AND time < %(end)s
+WHERE room_id = %(room_id)s AND metric = ANY(%(metrics)s) AND time >= %(start)s AND time < %(end)s
 GROUP BY metric ORDER BY metric"""
 
 
@@ -161,5 +264,6 @@ async def room_stats(
     db: Database, room_id: str, *, start: datetime, end: datetime
 ) -> list[dict[str, Any]]:
     """Per-metric statistics over a window, with the mean of each half (a crude trend)."""
-    mid = start + (end - start) / 2
-    return await db.fetch_all(STATS, {"room_id": room_id, "start": start, "end": end, "mid": mid})
+    params = await _params(db, room_id, start, end, None, None)
+    params["mid"] = start + (end - start) / 2
+    return await db.fetch_all(STATS, params)

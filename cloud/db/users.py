@@ -8,31 +8,45 @@ from typing import Any
 from cloud.db.database import Database
 
 BY_EMAIL = """
-SELECT password_hash, id, email, display_name, is_admin, is_active, created_at, password_hash IS
-    NOT NULL AS activated FROM users WHERE lower(email) = lower(%(email)s)"""
+SELECT password_hash, id, email, display_name, is_admin, is_active, created_at,
+    (password_hash IS NOT NULL OR cognito_sub IS NOT NULL) AS activated
+FROM users WHERE lower(email) = lower(%(email)s)"""
 BY_ID = """
-SELECT id, email, display_name, is_admin, is_active, created_at, password_hash IS NOT NULL AS
-    activated FROM users WHERE id = %(id)s"""
+SELECT id, email, display_name, is_admin, is_active, created_at, (password_hash IS NOT NULL
+    OR cognito_sub IS NOT NULL) AS activated FROM users WHERE id = %(id)s"""
 CREATE = """
 INSERT INTO users (email, display_name, password_hash, is_admin)
 VALUES (%(email)s, %(display_name)s, %(password_hash)s, %(is_admin)s)
-RETURNING id, email, display_name, is_admin, is_active, created_at, password_hash IS NOT NULL AS
-    activated"""
+RETURNING id, email, display_name, is_admin, is_active, created_at, (password_hash IS NOT NULL
+    OR cognito_sub IS NOT NULL) AS activated"""
 UPSERT = """
 INSERT INTO users (email, display_name, password_hash, is_admin)
 VALUES (%(email)s, %(display_name)s, %(password_hash)s, %(is_admin)s)
 ON CONFLICT (lower(email)) DO UPDATE
 SET password_hash = excluded.password_hash, is_admin = excluded.is_admin
-RETURNING id, email, display_name, is_admin, is_active, created_at, password_hash IS NOT NULL AS
-    activated"""
+RETURNING id, email, display_name, is_admin, is_active, created_at, (password_hash IS NOT NULL
+    OR cognito_sub IS NOT NULL) AS activated"""
 SET_PASSWORD = "UPDATE users SET password_hash = %(hash)s WHERE id = %(id)s"  # noqa: S105
 SET_INVITE = """
 UPDATE users SET invite_hash = %(hash)s, invite_expires_at = %(expires_at)s WHERE id = %(id)s"""
 ACCEPT_INVITE = """
 UPDATE users SET password_hash = %(password_hash)s, invite_hash = NULL, invite_expires_at = NULL
 WHERE invite_hash = %(hash)s AND invite_expires_at > now() AND is_active
-RETURNING id, email, display_name, is_admin, is_active, created_at, password_hash IS NOT NULL AS
-    activated"""
+RETURNING id, email, display_name, is_admin, is_active, created_at, (password_hash IS NOT NULL
+    OR cognito_sub IS NOT NULL) AS activated"""
+# Cognito: by the pool's sub; else claim the account with that (verified) email once; else
+# create one. ON CONFLICT DO NOTHING covers both a concurrent first request (same sub) and an
+# email already linked to another identity (no row: refused by the caller).
+BY_COGNITO = """
+SELECT id, email, display_name, is_admin, is_active, created_at, true AS activated
+FROM users WHERE cognito_sub = %(sub)s"""
+LINK_COGNITO = """
+UPDATE users SET cognito_sub = %(sub)s, invite_hash = NULL, invite_expires_at = NULL
+WHERE lower(email) = lower(%(email)s) AND cognito_sub IS NULL
+RETURNING id, email, display_name, is_admin, is_active, created_at, true AS activated"""
+CREATE_COGNITO = """
+INSERT INTO users (email, cognito_sub) VALUES (%(email)s, %(sub)s) ON CONFLICT DO NOTHING
+RETURNING id, email, display_name, is_admin, is_active, created_at, true AS activated"""
 
 ADD_REFRESH = """
 INSERT INTO refresh_tokens (user_id, token_hash, expires_at)
@@ -77,6 +91,21 @@ async def create(
     row = await db.fetch_one(UPSERT if replace else CREATE, params)
     assert row is not None
     return row
+
+
+async def for_cognito(
+    db: Database, sub: str, email: str | None, *, create: bool
+) -> dict[str, Any] | None:
+    """The local user of a Cognito identity: linked by ``sub``, else by verified ``email`` (an
+    invited or local account is claimed once), else created when ``create``; None otherwise."""
+    params = {"sub": sub, "email": email}
+    row = await db.fetch_one(BY_COGNITO, params)
+    if row is not None or email is None:
+        return row
+    row = await db.fetch_one(LINK_COGNITO, params)
+    if row is not None or not create:
+        return row
+    return await db.fetch_one(CREATE_COGNITO, params) or await db.fetch_one(BY_COGNITO, params)
 
 
 async def set_invite(db: Database, user_id: int, token_hash: str, expires_at: datetime) -> None:

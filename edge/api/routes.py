@@ -32,6 +32,7 @@ from edge.store import alerts as alert_rows
 from edge.store import commands as command_rows
 from edge.store import devices as device_rows
 from edge.store import quarantine as quarantine_rows
+from edge.uplink import SYNC_STATUS
 from shared.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,7 @@ async def stats(request: web.Request) -> web.Response:
         "db": {**views.stats_view(db.stats), "schema_version": db.schema_version},
         "quarantine_count": await db.read(quarantine_rows.count),
         "automation": {"evaluations": request.app[keys.AUTOMATION].evaluations},
+        "sync": await sync() if (sync := request.app.get(SYNC_STATUS)) else {"enabled": False},
     })
 
 

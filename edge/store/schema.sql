@@ -114,3 +114,192 @@ CREATE TABLE automation_state (
     value TEXT NOT NULL,               -- JSON
     updated_at REAL NOT NULL
 );
+
+-- migration 2: cloud sync: outbox, upload segments and cursor, cloud command links, triggers
+
+-- Everything the edge records goes up to the cloud exactly once, numbered by a per-edge `seq` that
+-- grows by one per record (shared/sync.py). Readings are their own outbox: a reading costs no
+-- extra row (the bytes-per-reading budget), the uploader reads them by id. Every other kind is a
+-- row here, appended by the triggers below in the same transaction as the row it mirrors (or by
+-- edge/store/outbox.py for acks, which have no table). Kinds: 1 quarantine (ref = quarantine.id),
+-- 2 command, 3 command_state, 4 ack, 5 alert, 6 status, 7 config_change (data = compact JSON).
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    at REAL NOT NULL,                  -- edge clock when the record was made
+    ref INTEGER,                       -- row id in the kind's own table, read at upload time
+    data TEXT                          -- JSON object, for kinds that have no table of their own
+);
+
+-- Seqs are given out when records are first sent, not when they are stored: records not yet sent
+-- may still be merged by the backlog cap policy (edge/outbox.py) without leaving a hole in the
+-- sequence. A segment is one batch as first sent: seqs first_seq.. cover the outbox rows with
+-- outbox_from <= id <= outbox_to (id order), then the readings with readings_from <= id <=
+-- readings_to. Rows inside a segment never change while the segment exists, so a resend (after a
+-- restart, or a 409 rewind) carries the same records under the same seqs. The newest segment is
+-- never pruned: its upper ids keep new row ids above every id already given a seq.
+CREATE TABLE outbox_segments (
+    first_seq INTEGER PRIMARY KEY,
+    n_outbox INTEGER NOT NULL,
+    n_readings INTEGER NOT NULL,
+    outbox_from INTEGER NOT NULL,
+    outbox_to INTEGER NOT NULL,
+    readings_from INTEGER NOT NULL,
+    readings_to INTEGER NOT NULL,
+    made_at REAL NOT NULL
+);
+
+-- The sync cursor and applied cloud config, by key (JSON values):
+--   acked_seq, acked_outbox, acked_reading   what the cloud has confirmed (its high-water mark)
+--   next_seq, assigned_outbox, assigned_reading   where the next segment starts
+--   config_version, config   the cloud config last applied (ConfigPush JSON)
+--   clock_offset_s   cloud minus edge clock, from the last BatchAck
+--   applying_config   present only inside the transaction that applies a cloud config
+CREATE TABLE sync_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+INSERT INTO sync_state (key, value, updated_at) VALUES
+    ('acked_seq', '0', 0), ('acked_outbox', '0', 0), ('acked_reading', '0', 0),
+    ('next_seq', '1', 0), ('assigned_outbox', '0', 0), ('assigned_reading', '0', 0),
+    ('config_version', '0', 0);
+
+-- Readings merged into 1-minute means by the backlog cap policy: the first reading of the minute
+-- keeps its row with the mean values, `n` says how many readings it stands for.
+CREATE TABLE reading_means (
+    reading_id INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL,
+    period_s REAL NOT NULL
+);
+
+-- Commands received from the cloud, by the cloud's id: a redelivered command is answered again,
+-- never executed twice; command / command_state records carry the cloud id through this link.
+CREATE TABLE cloud_commands (
+    cloud_command_id TEXT PRIMARY KEY,
+    command_id TEXT,                   -- the edge command it became (NULL when not executed)
+    state TEXT NOT NULL,               -- delivered | expired | rejected
+    detail TEXT,
+    received_at REAL NOT NULL
+);
+CREATE INDEX cloud_commands_command ON cloud_commands (command_id);
+
+CREATE TRIGGER outbox_quarantine AFTER INSERT ON quarantine
+BEGIN
+    INSERT INTO outbox (kind, at, ref) VALUES (1, new.received_at, new.id);
+END;
+
+CREATE TRIGGER outbox_command AFTER INSERT ON commands
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES (2, new.created_at, json_object(
+        'command_id', new.command_id, 'device_id', new.device_id, 'room_id', new.room_id,
+        'action', new.action, 'value', json(coalesce(new.value, 'null')), 'source', new.source,
+        'reason', new.reason, 'created_at', new.created_at,
+        'cloud_command_id',
+        (SELECT cloud_command_id FROM cloud_commands WHERE command_id = new.command_id)));
+END;
+
+CREATE TRIGGER outbox_command_state AFTER UPDATE OF state ON commands
+WHEN new.state IS NOT old.state
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES (3, new.updated_at, json_object(
+        'command_id', new.command_id, 'state', new.state, 'at', new.updated_at,
+        'error', new.error, 'attempts', new.attempts,
+        'cloud_command_id',
+        (SELECT cloud_command_id FROM cloud_commands WHERE command_id = new.command_id)));
+END;
+
+-- An alert is recorded when raised and when resolved; the bumps in between (count, last_at) not.
+CREATE TRIGGER outbox_alert_raised AFTER INSERT ON alerts
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES (5, new.first_at, json_object(
+        'key', new.key, 'kind', new.kind, 'severity', new.severity, 'message', new.message,
+        'room_id', new.room_id, 'device_id', new.device_id, 'state', new.state,
+        'at', new.first_at));
+END;
+
+CREATE TRIGGER outbox_alert_resolved AFTER UPDATE OF state ON alerts
+WHEN new.state = 'resolved' AND old.state IS NOT 'resolved'
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES (5, coalesce(new.resolved_at, new.last_at),
+        json_object(
+        'key', new.key, 'kind', new.kind, 'severity', new.severity, 'message', new.message,
+        'room_id', new.room_id, 'device_id', new.device_id, 'state', 'resolved',
+        'at', coalesce(new.resolved_at, new.last_at)));
+END;
+
+-- Status messages only (status_at moves); telemetry's last_seen touches are not records.
+CREATE TRIGGER outbox_status_new AFTER INSERT ON device_status
+WHEN new.status_at IS NOT NULL
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES (6, new.status_at, json_object(
+        'device_id', new.device_id, 'room_id', new.room_id,
+        'online', json(CASE WHEN new.online THEN 'true' ELSE 'false' END),
+        'state', json(new.state), 'at', new.status_at));
+END;
+
+CREATE TRIGGER outbox_status AFTER UPDATE OF status_at ON device_status
+WHEN new.status_at IS NOT NULL
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES (6, new.status_at, json_object(
+        'device_id', new.device_id, 'room_id', new.room_id,
+        'online', json(CASE WHEN new.online THEN 'true' ELSE 'false' END),
+        'state', json(new.state), 'at', new.status_at));
+END;
+
+-- Local config changes (the local page's stage change and rule enable/disable, persisted by the
+-- automation in automation_state) go up with the cloud config version they were based on; the
+-- cloud reconciles them. Applying a cloud config writes the same keys inside a transaction that
+-- holds `applying_config`, so it is not echoed back as a local change.
+CREATE TRIGGER outbox_stage_insert AFTER INSERT ON automation_state
+WHEN substr(new.key, 1, 5) = 'room:'
+    AND NOT EXISTS (SELECT 1 FROM sync_state WHERE key = 'applying_config')
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES (7, new.updated_at, json_object(
+        'version', NULL,
+        'base_version', (SELECT CAST(value AS INTEGER) FROM sync_state
+                         WHERE key = 'config_version'),
+        'change', json_object('room_id', substr(new.key, 6),
+                              'stage', json_extract(new.value, '$.stage'),
+                              'stage_started', json_extract(new.value, '$.stage_started')),
+        'at', new.updated_at));
+END;
+
+CREATE TRIGGER outbox_stage_update AFTER UPDATE OF value ON automation_state
+WHEN substr(new.key, 1, 5) = 'room:' AND new.value IS NOT old.value
+    AND NOT EXISTS (SELECT 1 FROM sync_state WHERE key = 'applying_config')
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES (7, new.updated_at, json_object(
+        'version', NULL,
+        'base_version', (SELECT CAST(value AS INTEGER) FROM sync_state
+                         WHERE key = 'config_version'),
+        'change', json_object('room_id', substr(new.key, 6),
+                              'stage', json_extract(new.value, '$.stage'),
+                              'stage_started', json_extract(new.value, '$.stage_started')),
+        'at', new.updated_at));
+END;
+
+CREATE TRIGGER outbox_rule_disabled AFTER INSERT ON automation_state
+WHEN substr(new.key, 1, 14) = 'rule_disabled:'
+    AND NOT EXISTS (SELECT 1 FROM sync_state WHERE key = 'applying_config')
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES (7, new.updated_at, json_object(
+        'version', NULL,
+        'base_version', (SELECT CAST(value AS INTEGER) FROM sync_state
+                         WHERE key = 'config_version'),
+        'change', json_object('rule_id', substr(new.key, 15), 'enabled', json('false')),
+        'at', new.updated_at));
+END;
+
+CREATE TRIGGER outbox_rule_enabled AFTER DELETE ON automation_state
+WHEN substr(old.key, 1, 14) = 'rule_disabled:'
+    AND NOT EXISTS (SELECT 1 FROM sync_state WHERE key = 'applying_config')
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES (7, (julianday('now') - 2440587.5) * 86400.0,
+        json_object(
+        'version', NULL,
+        'base_version', (SELECT CAST(value AS INTEGER) FROM sync_state
+                         WHERE key = 'config_version'),
+        'change', json_object('rule_id', substr(old.key, 15), 'enabled', json('true')),
+        'at', (julianday('now') - 2440587.5) * 86400.0));
+END;

@@ -22,6 +22,7 @@ from cloud.auth.tokens import AccessTokens
 from cloud.config import AuthConfig, CloudSettings, DatabaseConfig
 from cloud.db.database import Database
 from cloud.db.migrate import migrate
+from tests.cloud.fake_cognito import FakePool, new_key, pool_config
 from tests.cloud.world import World, bearer, build_world, tokens_for
 
 JWT_SECRET = "test-secret-" + "x" * 40
@@ -122,14 +123,24 @@ class IsolatedSettings(CloudSettings):
         return (init_settings,)
 
 
+def auth_settings(**overrides: object) -> AuthConfig:
+    """Auth settings for tests: a fixed secret and cheap argon2 (its cost is not under test)."""
+    values: dict[str, object] = {
+        "jwt_secret": JWT_SECRET,
+        "argon2_time_cost": 1,
+        "argon2_memory_kib": 64,
+    }
+    values.update(overrides)
+    return AuthConfig(**values)  # type: ignore[arg-type]
+
+
 def make_settings(dsn: str, data_dir: Path, **overrides: object) -> CloudSettings:
     values: dict[str, object] = {
         "database_url": dsn,
         "data_dir": data_dir,
         "migrate_on_start": False,
         "database": DatabaseConfig(pool_min=1, pool_max=4),
-        # Cheap argon2 in tests: the cost parameters are not what is under test.
-        "auth": AuthConfig(jwt_secret=JWT_SECRET, argon2_time_cost=1, argon2_memory_kib=64),
+        "auth": auth_settings(),
     }
     values.update(overrides)
     return IsolatedSettings(**values)  # type: ignore[arg-type]
@@ -207,3 +218,33 @@ def clone_world(
     yield clone
     for name in made:
         databases.drop(name)
+
+
+@pytest.fixture(scope="session")
+def cognito_keys() -> dict[str, object]:
+    """RSA keys made once (generation is the slow part): k1 published, k2 for rotations."""
+    return {"k1": new_key(), "k2": new_key()}
+
+
+@pytest.fixture
+def cognito_pool(cognito_keys) -> FakePool:  # type: ignore[no-untyped-def]
+    pool = FakePool(cognito_keys)
+    pool.published = ["k1"]
+    return pool
+
+
+@pytest.fixture
+async def cognito_url(aiohttp_server, cognito_pool: FakePool) -> str:  # type: ignore[no-untyped-def]
+    """The fake pool's JWKS, served over HTTP on a free loopback port."""
+    server = await aiohttp_server(cognito_pool.app())
+    return str(server.make_url("/jwks.json"))
+
+
+@pytest.fixture
+def cognito_auth(cognito_url: str) -> Callable[..., AuthConfig]:
+    """Auth settings that accept the fake pool's tokens (Cognito options as keywords)."""
+
+    def make(**cognito: object) -> AuthConfig:
+        return auth_settings(cognito=pool_config(cognito_url, **cognito))
+
+    return make

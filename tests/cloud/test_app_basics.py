@@ -3,6 +3,7 @@ the OpenAPI document and Swagger UI."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from cloud.app import init_app
@@ -22,12 +23,30 @@ async def test_health_reports_database_and_version(client) -> None:  # type: ign
     assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
 
 
+async def test_health_counts_registered_and_connected_edges(world_client, world_dsn) -> None:  # type: ignore[no-untyped-def]
+    body = await (await world_client.get("/health")).json()
+    assert body["edges"] == {"registered": 1, "connected": 0, "window_s": 120}
+    assert body["jobs"] == "not configured"
+    with psycopg.connect(world_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO edges (id, farm_id, token_hash, last_seen) VALUES"
+            " ('recent', %s, 'x', now() - interval '30 seconds'),"
+            " ('stale', %s, 'y', now() - interval '1 hour')",
+            (FARM, FARM),
+        )
+    body = await (await world_client.get("/health")).json()
+    assert body["edges"]["registered"] == 3 and body["edges"]["connected"] == 1
+    assert body["status"] == "ok"
+
+
 async def test_health_is_503_when_the_database_goes_away(client, databases, db_dsn) -> None:  # type: ignore[no-untyped-def]
     name = db_dsn.rsplit("dbname=", 1)[-1].split()[0]
     databases.drop(name)  # WITH (FORCE) kills the pool's connections
     resp = await client.get("/health")
     assert resp.status == 503
-    assert (await resp.json())["database"] == "down"
+    body = await resp.json()
+    assert body["database"] == "down" and body["status"] == "degraded"
+    assert body["edges"] is None
 
 
 async def test_unknown_path_and_method_are_problems(client) -> None:  # type: ignore[no-untyped-def]

@@ -158,3 +158,64 @@ async def test_expired_and_forged_tokens_are_refused(world_client, world, tokens
     forged = AccessTokens(b"another-secret-" * 4, issuer="smartfarm", ttl_s=900)
     headers = w.bearer(forged, world.user_ids["owner"])
     assert (await world_client.get("/api/users/me", headers=headers)).status == 401
+
+
+async def test_the_api_is_rate_limited_per_token(  # type: ignore[no-untyped-def]
+    aiohttp_client, world_dsn, tmp_path, world, tokens
+) -> None:
+    auth = AuthConfig(
+        jwt_secret=JWT_SECRET, argon2_time_cost=1, argon2_memory_kib=64, api_per_token=3
+    )
+    client = await aiohttp_client(init_app(make_settings(world_dsn, tmp_path, auth=auth)))
+    first = w.bearer(tokens, world.user_ids["viewer"])
+    for _ in range(3):
+        assert (await client.get("/api/users/me", headers=first)).status == 200
+    resp = await client.get(f"/api/farms/{w.FARM}", headers=first)  # any route counts
+    assert resp.status == 429
+    assert resp.content_type == "application/problem+json"
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    assert (await resp.json())["type"] == "/problems/rate-limited"
+    # The limit is per token: the same user's next token, and other users, go on.
+    second = w.bearer(tokens, world.user_ids["viewer"])
+    assert (await client.get("/api/users/me", headers=second)).status == 200
+    other = w.bearer(tokens, world.user_ids["owner"])
+    assert (await client.get("/api/users/me", headers=other)).status == 200
+    # Public routes are not counted against a token.
+    assert (await client.get("/health", headers=first)).status == 200
+
+
+def test_the_rate_limit_window_slides() -> None:
+    from cloud.auth.ratelimit import SlidingWindow
+    from cloud.errors import RateLimited
+
+    window = SlidingWindow(2, 60)
+    window.take("t", now=0)
+    window.take("t", now=30)
+    with pytest.raises(RateLimited) as refused:
+        window.take("t", now=59)
+    assert refused.value.headers["Retry-After"] == "1"  # the first hit leaves the window at 60
+    window.take("t", now=60.5)  # …and then there is room again
+    with pytest.raises(RateLimited) as refused:
+        window.take("t", now=61)
+    assert refused.value.headers["Retry-After"] == "29"
+
+
+async def test_pool_tokens_are_rate_limited_too(  # type: ignore[no-untyped-def]
+    aiohttp_client, world_dsn, tmp_path, cognito_url, cognito_pool
+) -> None:
+    from cloud.config import AuthConfig as Auth
+    from tests.cloud.fake_cognito import pool_config
+
+    auth = Auth(
+        jwt_secret=JWT_SECRET,
+        argon2_time_cost=1,
+        argon2_memory_kib=64,
+        api_per_token=2,
+        cognito=pool_config(cognito_url),
+    )
+    client = await aiohttp_client(init_app(make_settings(world_dsn, tmp_path, auth=auth)))
+    headers = cognito_pool.headers(w.COGNITO_SUB)
+    assert (await client.get("/api/users/me", headers=headers)).status == 200
+    assert (await client.get("/api/users/me", headers=headers)).status == 200
+    resp = await client.get("/api/users/me", headers=headers)
+    assert resp.status == 429 and "Retry-After" in resp.headers

@@ -16,7 +16,16 @@ from tests.cloud.conftest import make_settings
 
 pytestmark = pytest.mark.postgres
 
-CALLERS = ("owner", "operator", "viewer", "limited", "stranger", "anonymous", "expired")
+CALLERS = (
+    "owner",
+    "operator",
+    "viewer",
+    "limited",
+    "stranger",
+    "anonymous",
+    "expired",
+    "cognito",  # a pool token (RS256, verified against the JWKS) of an operator of farm F
+)
 
 # Path parameters point at farm F's room B, which the room-limited operator may not see.
 PARAMS: dict[str, Any] = {
@@ -65,7 +74,7 @@ def expected(route: Route, caller: str) -> int:
         return route.status
     if caller == "stranger":
         return 404
-    role = "operator" if caller == "limited" else caller
+    role = "operator" if caller in ("limited", "cognito") else caller
     if caller == "limited" and route.scope in ("room", "device"):
         return 404  # room B is outside the grant: it does not exist for them
     return route.status if RANK[role] >= RANK[route.role] else 403
@@ -108,15 +117,21 @@ async def test_matrix(  # type: ignore[no-untyped-def]
     world,
     tokens,
     tmp_path,
+    cognito_auth,
+    cognito_pool,
 ) -> None:
     want = expected(route, caller)
     dsn = shared_world_dsn
     if route.method != "GET" and want < 400:
         # A successful write gets its own copy of the world so cases stay independent.
         dsn = clone_world()
-    world_client = await aiohttp_client(init_app(make_settings(dsn, tmp_path)))
+    # Every case runs with Cognito on: local tokens must work beside the pool's.
+    settings = make_settings(dsn, tmp_path, auth=cognito_auth())
+    world_client = await aiohttp_client(init_app(settings))
     headers: dict[str, str] = {}
-    if caller == "expired":
+    if caller == "cognito":
+        headers = cognito_pool.headers(w.COGNITO_SUB)
+    elif caller == "expired":
         headers = w.bearer(tokens, world.user_ids["owner"], expired=True)
     elif caller != "anonymous":
         headers = w.bearer(tokens, world.user_ids[caller])

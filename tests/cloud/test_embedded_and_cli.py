@@ -10,6 +10,7 @@ import pytest
 
 from cloud.app import init_app
 from cloud.cli import cloud_main
+from cloud.db.migrate import load_migrations
 from tests.cloud.conftest import IsolatedSettings, embedded_dir, make_settings
 
 pytestmark = pytest.mark.postgres
@@ -95,4 +96,5 @@ def test_migrate_seed_and_create_user(monkeypatch, tmp_path, capsys, databases) 
         == 2
     )
     assert _run(["migrate", "--down", "1"], monkeypatch, dsn, tmp_path) == 0
-    assert "0003_operations" in capsys.readouterr().out
+    last = load_migrations()[-1]
+    assert f"{last.version:04d}_{last.name}" in capsys.readouterr().out

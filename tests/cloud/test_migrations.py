@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from cloud.db.migrate import MigrationError, load_migrations, migrate
+from cloud.db.migrate import Migration, MigrationError, load_migrations, migrate
 from tests.cloud.conftest import Databases
 
 pytestmark = pytest.mark.postgres
@@ -32,6 +33,8 @@ EXPECTED_TABLES = {
     "notifications",
 }
 
+_CREATE_RE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", re.IGNORECASE)
+
 
 @pytest.fixture
 def empty_dsn(databases: Databases) -> Iterator[str]:
@@ -54,10 +57,30 @@ def _indexes(dsn: str) -> set[str]:
         return {r[0] for r in rows.fetchall()}
 
 
+def _label(mig: Migration) -> str:
+    return f"{mig.version:04d}_{mig.name}"
+
+
+def _declared_tables() -> set[str]:
+    """Every table some migration creates: the schema must hold these and nothing else."""
+    names = {"schema_migrations"}
+    for mig in load_migrations():
+        names |= set(_CREATE_RE.findall(mig.up))
+    return names
+
+
 async def test_up_on_empty_database_creates_the_schema(empty_dsn: str) -> None:
     applied = await migrate(empty_dsn)
-    assert applied == [f"{m.version:04d}_{m.name}" for m in load_migrations()]
-    assert _tables(empty_dsn) == EXPECTED_TABLES
+    assert applied == [_label(m) for m in load_migrations()]
+    tables = _tables(empty_dsn)
+    assert tables >= EXPECTED_TABLES
+    assert tables == _declared_tables()
+    with psycopg.connect(empty_dsn) as conn:
+        cognito = conn.execute(
+            "SELECT 1 FROM information_schema.columns "
+            "WHERE table_name = 'users' AND column_name = 'cognito_sub'"
+        ).fetchone()
+    assert cognito is not None
     indexes = _indexes(empty_dsn)
     assert "sensor_data_time_brin" in indexes
     assert "sensor_data_room_metric_time_idx" in indexes
@@ -75,15 +98,21 @@ async def test_running_twice_is_a_no_op(empty_dsn: str) -> None:
 
 
 async def test_down_and_up_again(empty_dsn: str) -> None:
+    migrations = load_migrations()
     await migrate(empty_dsn)
+    full = _tables(empty_dsn)
     reverted = await migrate(empty_dsn, down=1)
-    assert reverted == ["0003_operations"]
+    assert reverted == [_label(migrations[-1])]
+    # Back to 0002: the operations tables go, the telemetry tables stay.
+    later = [m for m in migrations if m.version > 2]
+    reverted = await migrate(empty_dsn, down=len(later) - 1)
+    assert reverted == [_label(m) for m in reversed(later[:-1])]
     assert "commands" not in _tables(empty_dsn)
     assert "sensor_data" in _tables(empty_dsn)
-    await migrate(empty_dsn, down=10)  # more than exist: reverts what there is
+    await migrate(empty_dsn, down=100)  # more than exist: reverts what there is
     assert _tables(empty_dsn) == {"schema_migrations"}
     await migrate(empty_dsn)
-    assert _tables(empty_dsn) == EXPECTED_TABLES
+    assert _tables(empty_dsn) == full
 
 
 async def test_two_concurrent_runs_apply_each_migration_once(empty_dsn: str) -> None:

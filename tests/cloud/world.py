@@ -1,5 +1,6 @@
 """A small fixed world for API tests: farm F (rooms A and B, devices, a rule, a command, an edge)
-with an owner, an operator, a viewer and an operator limited to room A; farm G with its owner."""
+with an owner, an operator, a viewer, an operator limited to room A and an operator who signs in
+through Cognito only (no password); farm G with its owner."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ SENSOR_B, ACTUATOR_B, ACTUATOR_A = "wf-b-sensor", "wf-b-hum", "wf-a-hum"
 OTHER_DEVICE = "wg-a-sensor"
 RULE_B, COMMAND_B, EDGE = "rh", "cmd-b-1", "wf-edge"
 ROLES = ("owner", "operator", "viewer", "limited", "stranger")
+COGNITO_SUB = "0b7c1f3e-5a1d-4e7b-9f1a-cafe00000001"
 
 
 @dataclass
@@ -48,6 +50,9 @@ async def build_world(db: Database) -> World:
     for role in ROLES:
         row = await users.create(db, email=world.email(role), password_hash=pw)
         world.user_ids[role] = row["id"]
+    cognito = await users.for_cognito(db, COGNITO_SUB, world.email("cognito"), create=True)
+    assert cognito is not None
+    world.user_ids["cognito"] = cognito["id"]
     ids = world.user_ids
     await farms.create(db, farm_id=FARM, name="World farm", timezone="UTC", user_id=ids["owner"])
     await farms.create(
@@ -66,6 +71,7 @@ async def build_world(db: Database) -> World:
     await farms.set_member(db, FARM, ids["operator"], role="operator", room_ids=None)
     await farms.set_member(db, FARM, ids["viewer"], role="viewer", room_ids=None)
     await farms.set_member(db, FARM, ids["limited"], role="operator", room_ids=[ROOM_A])
+    await farms.set_member(db, FARM, ids["cognito"], role="operator", room_ids=None)
     for device_id, room_id, kind, actuator in (
         (SENSOR_B, ROOM_B, "sensor", None),
         (ACTUATOR_B, ROOM_B, "actuator", "humidifier"),
@@ -107,7 +113,7 @@ async def build_world(db: Database) -> World:
         user_id=ids["operator"],
     )
     await edges.create(db, edge_id=EDGE, farm_id=FARM, name="pi", token_hash=token_hash("t"))
-    for role in ROLES:
+    for role in (*ROLES, "cognito"):
         note = await notifications.add(
             db, user_id=ids[role], kind="alert", title=f"hello {role}", farm_id=FARM
         )

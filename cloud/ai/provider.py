@@ -1,0 +1,49 @@
+"""The advisor interface every provider implements, its errors, and the factory that picks one
+from the config."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from cloud.ai.models import Advice, RoomContext
+from cloud.ai.settings import AiConfig
+from shared.errors import SmartfarmError
+
+
+class ProviderError(SmartfarmError):
+    """A provider could not advise. ``transient``: worth retrying later (throttled, unreachable),
+    as opposed to a configuration problem or an answer that cannot be used."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        attempts: int = 1,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.attempts = attempts
+        # Tokens spent even though the answer was unusable (a malformed one still costs).
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+
+
+class Provider(Protocol):
+    name: str
+    model: str | None
+
+    async def advise(self, ctx: RoomContext) -> Advice: ...
+
+
+def make_provider(config: AiConfig, *, client: Any = None) -> Provider:
+    """The configured provider; ``client`` replaces Bedrock's boto3 client (tests)."""
+    if config.provider == "bedrock":
+        from cloud.ai.bedrock import BedrockAdvisor  # boto3 is imported only when used
+
+        return BedrockAdvisor(config.bedrock, max_items=config.max_recommendations, client=client)
+    from cloud.ai.builtin import BuiltinAdvisor
+
+    return BuiltinAdvisor()

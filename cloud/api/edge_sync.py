@@ -1,0 +1,260 @@
+"""The edge gateways' API (``/api/edge/v1/``): batch upload, the command and config stream, and
+its polling fallback. Callers are edges, authenticated by their edge token (not a user token);
+the protocol is ``shared.sync``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cloud import appkeys
+from cloud.api.routing import Call, Route, bearer_token, field_errors
+from cloud.api.schemas import In, Out
+from cloud.auth.tokens import token_hash
+from cloud.db import downlink
+from cloud.db import sync as sync_db
+from cloud.errors import (
+    BadRequest,
+    CloudError,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from cloud.middleware import problem
+from cloud.sync.ingest import store_batch
+from cloud.sync.link import EdgeLink
+from cloud.sync.service import EDGE_SYNC
+from shared.sync import PROTOCOL_VERSION, Batch, BatchAck, DownMessage, Hello, UpMessage
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+MAX_WS_MESSAGE = 1024 * 1024
+
+
+async def authenticate_edge(call: Call) -> dict[str, Any]:
+    """The edge whose token this is (401 otherwise; user tokens are not edge tokens)."""
+    token = bearer_token(call.request)
+    if token is None:
+        raise Unauthorized("an edge token is required")
+    edge = await sync_db.edge_by_token(call.db, token_hash(token))
+    if edge is None:
+        raise Unauthorized("unknown or revoked edge token")
+    return edge
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The (already inflated: aiohttp decodes Content-Encoding) body, refused past ``limit``
+    bytes while reading, so a small gzip bomb cannot inflate into memory."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send the batch as application/json (gzip Content-Encoding)")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = await request.content.read(READ_CHUNK)
+        except web.RequestPayloadError:  # what aiohttp raises for a body it cannot inflate
+            raise BadRequest("the body could not be decoded (bad gzip?)") from None
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"a batch may inflate to at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def upload_batch(call: Call) -> BatchAck | web.Response:
+    """Upload a batch of outbox records (edge token; gzip JSON body)
+
+    Stores each seq exactly once: seqs at or below the edge's high-water mark count as
+    duplicates; a batch starting past mark + 1 is refused with 409 and `expected_seq`; a batch
+    naming another farm's rooms, devices or commands is refused with 403 and nothing is stored.
+    """
+    received_at = time.time()
+    edge = await authenticate_edge(call)
+    settings = call.app[appkeys.SETTINGS].sync
+    try:
+        raw = await read_body(call.request, settings.max_batch_bytes)
+    except (BadRequest, PayloadTooLarge) as exc:
+        # The rest of the body is unreadable or unwanted: answer, then drop the connection
+        # (aiohttp would otherwise try to drain the body and the client to reuse the socket).
+        response = problem(
+            exc.status, exc.title, exc.detail, slug=exc.slug, instance=call.request.path
+        )
+        response.force_close()
+        return response
+    try:
+        batch = Batch.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise BadRequest("malformed JSON body") from None
+        raise ValidationFailed(field_errors(exc, "body")) from None
+    if batch.protocol != PROTOCOL_VERSION:
+        raise ValidationFailed(
+            [
+                {
+                    "field": "body.protocol",
+                    "message": f"this cloud speaks protocol {PROTOCOL_VERSION}",
+                    "type": "value_error",
+                }
+            ]
+        )
+    sync = call.app[EDGE_SYNC]
+    try:
+        ack, counts = await store_batch(
+            call.db,
+            edge,
+            batch,
+            received_at=received_at,
+            clock_threshold_s=settings.clock_correction_s,
+        )
+    except Exception as exc:
+        sync.metrics.batches.labels(type(exc).__name__).inc()
+        raise
+    sync.metrics.stored(counts)
+    call.app[appkeys.METRICS].ingested.inc(counts.readings)
+    log.debug(
+        "edge %s batch %d-%d: %d new, %d duplicate",
+        edge["id"],
+        batch.first_seq,
+        batch.last_seq,
+        ack.inserted,
+        ack.duplicates,
+    )
+    return ack
+
+
+async def _hello(ws: web.WebSocketResponse, edge: dict[str, Any], wait_s: float) -> Hello | None:
+    try:
+        msg = await ws.receive(timeout=wait_s)
+    except TimeoutError:
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"expected hello")
+        return None
+    if msg.type != WSMsgType.TEXT:
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"expected hello")
+        return None
+    try:
+        hello = Hello.model_validate_json(msg.data)
+    except ValidationError:
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"expected hello")
+        return None
+    if hello.edge_id != edge["id"] or hello.protocol != PROTOCOL_VERSION:
+        log.warning("edge %s said hello as %s/%d", edge["id"], hello.edge_id, hello.protocol)
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"wrong edge id or protocol")
+        return None
+    return hello
+
+
+async def stream(call: Call) -> web.StreamResponse:
+    """Open the command and config stream (edge token; WebSocket)
+
+    The edge sends `Hello`; the cloud sends the current `ConfigPush` when the edge is behind, then
+    pending `CloudCommand`s, then whatever is created later, within a second; the edge answers
+    `ConfigApplied` and `CommandAccepted`.
+    """
+    edge = await authenticate_edge(call)
+    sync = call.app[EDGE_SYNC]
+    ws = web.WebSocketResponse(heartbeat=sync.config.heartbeat_s, max_msg_size=MAX_WS_MESSAGE)
+    if not ws.can_prepare(call.request).ok:
+        raise BadRequest("this endpoint is a WebSocket; send an Upgrade request")
+    await ws.prepare(call.request)
+    # From here on the answer is the socket: errors close it (the edge reconnects with backoff)
+    # instead of becoming a problem response.
+    code = WSCloseCode.OK
+    try:
+        hello = await _hello(ws, edge, sync.config.hello_timeout_s)
+        if hello is not None:
+            log.info("edge %s connected (config version %d)", edge["id"], hello.config_version)
+            await sync.serve(ws, edge, hello)
+    except CloudError as exc:  # e.g. the database went away
+        log.warning("edge %s stream closed: %s", edge["id"], exc.detail)
+        code = WSCloseCode.TRY_AGAIN_LATER
+    except ConnectionError:
+        code = WSCloseCode.GOING_AWAY  # the edge went away mid-send
+    except Exception:
+        log.exception("edge %s stream failed", edge["id"])
+        code = WSCloseCode.INTERNAL_ERROR
+    finally:
+        await ws.close(code=code)
+        log.info("edge %s disconnected", edge["id"])
+    return ws
+
+
+class PendingQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    config_version: int | None = Field(
+        default=None, ge=0, description="the version the edge has applied (default: last reported)"
+    )
+
+
+class PendingOut(Out):
+    messages: list[DownMessage]
+
+
+class EdgeMessagesIn(In):
+    messages: list[UpMessage] = Field(max_length=1000)
+
+
+async def pending(call: Call) -> PendingOut:
+    """Poll for the stream's messages (edge token): the config if behind, pending commands"""
+    edge = await authenticate_edge(call)
+    q: PendingQuery = call.query
+    version = q.config_version if q.config_version is not None else edge["config_version"]
+    link = EdgeLink(call.db, edge, call.app[EDGE_SYNC].config, config_version=version)
+    messages = await link.catch_up()
+    await downlink.touch(call.db, edge["id"])
+    return PendingOut(messages=messages)
+
+
+async def answer_pending(call: Call) -> None:
+    """Answer polled messages (edge token): ConfigApplied, CommandAccepted"""
+    edge = await authenticate_edge(call)
+    body: EdgeMessagesIn = call.body
+    link = EdgeLink(
+        call.db, edge, call.app[EDGE_SYNC].config, config_version=edge["config_version"]
+    )
+    for message in body.messages:
+        await link.receive(message)
+    await downlink.touch(call.db, edge["id"])
+
+
+_BASE = "/api/edge/v1"
+# Public for the user-token machinery: each handler authenticates the edge token itself.
+ROUTES = [
+    Route(
+        "POST",
+        _BASE + "/batches",
+        upload_batch,
+        "public",
+        response=BatchAck,
+        tag="edge sync",
+        errors=(400, 401, 403, 409, 413, 415, 422, 503),
+    ),
+    Route("GET", _BASE + "/stream", stream, "public", tag="edge sync", errors=(400, 401)),
+    Route(
+        "GET",
+        _BASE + "/pending",
+        pending,
+        "public",
+        query=PendingQuery,
+        response=PendingOut,
+        tag="edge sync",
+        errors=(401, 422),
+    ),
+    Route(
+        "POST",
+        _BASE + "/pending",
+        answer_pending,
+        "public",
+        body=EdgeMessagesIn,
+        status=204,
+        tag="edge sync",
+        errors=(401,),
+    ),
+]

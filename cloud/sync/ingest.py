@@ -1,0 +1,189 @@
+"""Storing one uploaded batch exactly once (``POST /api/edge/v1/batches``).
+
+In one transaction: lock the edge's row, skip the records at or below its high-water mark
+(duplicates of an earlier, answered or unanswered, upload), refuse a batch that starts past the
+mark + 1 (a gap: the edge resends from ``expected_seq``), refuse a batch naming another farm's
+rooms, devices or commands (nothing stored; reported in the audit log), then store every new record
+— readings by binary COPY, the rest into their tables, config edits last — and move the mark.
+Records the cloud cannot use (malformed, or naming a room or device this farm does not have) are
+kept in ``edge_quarantine`` with the reason: they count as stored, so one bad record never stalls
+an edge's outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloud.db import audit
+from cloud.db import sync as sync_db
+from cloud.db.database import Database
+from cloud.errors import Conflict, Forbidden, Unauthorized
+from cloud.sync.clock import ClockCorrection
+from cloud.sync.records import (
+    AckItem,
+    AlertItem,
+    CommandItem,
+    CommandStateItem,
+    ConfigChangeItem,
+    ReadingItem,
+    StatusItem,
+)
+from cloud.sync.writer import BatchWriter, Counts, Parsed, parse_records
+from shared.sync import Batch, BatchAck
+
+log = logging.getLogger(__name__)
+
+
+class SeqGap(Conflict):
+    """409: the batch starts past high-water + 1; the body names ``expected_seq``."""
+
+    slug = "seq-gap"
+
+    def __init__(self, expected_seq: int, first_seq: int) -> None:
+        super().__init__(
+            f"batch starts at seq {first_seq}; resend from {expected_seq}",
+            expected_seq=expected_seq,
+        )
+
+
+class ForeignReference(Forbidden):
+    """403: the batch names rooms, devices or commands of another farm; nothing was stored."""
+
+    slug = "foreign-reference"
+
+    def __init__(self, foreign: dict[str, list[str]]) -> None:
+        named = "; ".join(f"{kind}s {', '.join(ids[:5])}" for kind, ids in foreign.items())
+        super().__init__(f"this edge's token may not write to {named}", foreign=foreign)
+        self.foreign = foreign
+
+
+@dataclass
+class _Refs:
+    """Ids the records name. Every room, device and ``commands`` id must not be another farm's;
+    ``maybe_commands`` are edge command ids that may be cloud ids (source "cloud")."""
+
+    rooms: set[str] = field(default_factory=set)
+    devices: set[str] = field(default_factory=set)
+    commands: set[str] = field(default_factory=set)
+    maybe_commands: set[str] = field(default_factory=set)
+
+
+def _references(parsed: list[Parsed]) -> _Refs:
+    refs = _Refs()
+    rooms, devices, commands = refs.rooms, refs.devices, refs.commands
+    for p in parsed:
+        item = p.item
+        if isinstance(item, ReadingItem | StatusItem | CommandItem):
+            rooms.add(item.room_id)
+            devices.add(item.device_id)
+        elif isinstance(item, AckItem):
+            devices.add(item.device_id)
+        elif isinstance(item, AlertItem):
+            rooms.update(x for x in (item.room_id,) if x)
+            devices.update(x for x in (item.device_id,) if x)
+        elif isinstance(item, ConfigChangeItem) and item.change.room_id:
+            rooms.add(item.change.room_id)
+        if isinstance(item, CommandItem | CommandStateItem) and item.cloud_command_id:
+            commands.add(item.cloud_command_id)
+        if isinstance(item, CommandItem) and item.source == "cloud":
+            refs.maybe_commands.add(item.command_id)
+    return refs
+
+
+def _foreign(owners: dict[str, dict[str, str]], refs: _Refs, farm_id: str) -> dict[str, list[str]]:
+    named = {"room": refs.rooms, "device": refs.devices, "command": refs.commands}
+    out = {
+        kind: sorted(i for i in named[kind] if owners[kind].get(i, farm_id) != farm_id)
+        for kind in named
+    }
+    return {kind: ids for kind, ids in out.items() if ids}
+
+
+async def store_batch(
+    db: Database,
+    edge: dict[str, Any],
+    batch: Batch,
+    *,
+    received_at: float | None = None,
+    clock_threshold_s: float = 300,
+) -> tuple[BatchAck, Counts]:
+    """Store ``batch`` from ``edge`` (its authenticated row) exactly once; the answer for it."""
+    edge_id, farm_id = edge["id"], edge["farm_id"]
+    if batch.edge_id != edge_id or batch.farm_id != farm_id:
+        wrong = {"edge": [batch.edge_id]} if batch.edge_id != edge_id else {"farm": [batch.farm_id]}
+        await _report(db, edge, batch, wrong)
+        raise ForeignReference(wrong)
+    received = time.time() if received_at is None else received_at
+    clock = ClockCorrection.measure(received, batch.sent_at, clock_threshold_s)
+    parsed = parse_records(batch.records)
+    try:
+        async with db.transaction() as cur:
+            row = await sync_db.lock_edge(cur, edge_id)
+            if row is None:
+                raise Unauthorized("this edge has been removed")
+            high_water = int(row["high_water"])
+            before = row["clock_offset_s"]
+            if batch.first_seq > high_water + 1:
+                raise SeqGap(high_water + 1, batch.first_seq)
+            fresh = parsed[max(0, high_water + 1 - batch.first_seq) :]
+            counts = Counts(duplicates=len(parsed) - len(fresh))
+            if fresh:
+                refs = _references(fresh)
+                owners = await sync_db.owners(
+                    cur,
+                    rooms=refs.rooms,
+                    devices=refs.devices,
+                    commands=refs.commands | refs.maybe_commands,
+                )
+                foreign = _foreign(owners, refs, farm_id)
+                if foreign:
+                    raise ForeignReference(foreign)
+                writer = BatchWriter(
+                    cur, edge_id=edge_id, farm_id=farm_id, owners=owners, clock=clock
+                )
+                counts = await writer.write(fresh)
+                counts.duplicates = len(parsed) - len(fresh)
+                counts.inserted = len(fresh)
+            acked = max(high_water, batch.last_seq)
+            await sync_db.finish(cur, edge_id, high_water=acked, offset_s=clock.offset_s)
+    except ForeignReference as exc:
+        await _report(db, edge, batch, exc.foreign)
+        raise
+    if clock.active and (before is None or abs(before) <= clock_threshold_s):
+        # Once per episode, not per batch (a backlog drains at many batches a second).
+        log.warning(
+            "edge %s clock is off by %+.0f s; its timestamps are corrected",
+            edge_id,
+            -clock.offset_s,
+        )
+    ack = BatchAck(
+        acked_seq=acked,
+        inserted=counts.inserted,
+        duplicates=counts.duplicates,
+        clock_offset_s=round(clock.offset_s, 3),
+    )
+    return ack, counts
+
+
+async def _report(
+    db: Database, edge: dict[str, Any], batch: Batch, foreign: dict[str, list[str]]
+) -> None:
+    log.warning(
+        "refused batch %d-%d from edge %s (farm %s): it names %s",
+        batch.first_seq,
+        batch.last_seq,
+        edge["id"],
+        edge["farm_id"],
+        foreign,
+    )
+    await audit.record(
+        db,
+        user_id=None,
+        farm_id=edge["farm_id"],
+        action="edge.batch_refused",
+        target=edge["id"],
+        detail={"first_seq": batch.first_seq, "last_seq": batch.last_seq, "foreign": foreign},
+    )

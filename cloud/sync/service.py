@@ -1,0 +1,160 @@
+"""The edge sync of one cloud instance: the NOTIFY hub, the expiry sweep, the metrics, and the
+loop that serves one edge's WebSocket stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import TypeAdapter, ValidationError
+
+from cloud import appkeys
+from cloud.db import downlink
+from cloud.db.database import Database
+from cloud.sync.hub import EdgeHub
+from cloud.sync.link import DownMsg, EdgeLink, UpMsg
+from cloud.sync.settings import SyncConfig
+from cloud.sync.writer import Counts
+from shared.sync import Hello, UpMessage
+
+log = logging.getLogger(__name__)
+
+UP: TypeAdapter[UpMsg] = TypeAdapter(UpMessage)  # type: ignore[arg-type]  # an Annotated union
+
+
+class SyncMetrics:
+    def __init__(self, registry: CollectorRegistry, streams: Any) -> None:
+        self.batches = Counter(
+            "smartfarm_sync_batches", "edge batches by outcome", ["outcome"], registry=registry
+        )
+        self.records = Counter(
+            "smartfarm_sync_records",
+            "edge outbox records stored, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "smartfarm_sync_duplicates", "records skipped as already stored", registry=registry
+        )
+        self.quarantined = Counter(
+            "smartfarm_sync_quarantined", "records kept in edge_quarantine", registry=registry
+        )
+        gauge = Gauge(
+            "smartfarm_sync_streams", "edge streams open on this instance", registry=registry
+        )
+        gauge.set_function(streams)
+
+    def stored(self, counts: Counts) -> None:
+        self.batches.labels("stored").inc()
+        for kind, n in counts.by_kind.items():
+            self.records.labels(kind).inc(n)
+        self.duplicates.inc(counts.duplicates)
+        self.quarantined.inc(counts.quarantined)
+
+
+class EdgeSync:
+    """Owned by the app (``EDGE_SYNC``); ``run()`` is its background work until cancelled."""
+
+    def __init__(self, db: Database, config: SyncConfig, registry: CollectorRegistry) -> None:
+        self.db = db
+        self.config = config
+        self.hub = EdgeHub(db.dsn)
+        self.metrics = SyncMetrics(registry, self.hub.streams)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.hub.run(), name="edge-sync-listen")
+            tasks.create_task(self._sweep(), name="edge-sync-expiry")
+
+    async def _sweep(self) -> None:
+        """Expire stale commands of every farm, so they show as expired while an edge is away."""
+        while True:
+            await asyncio.sleep(self.config.expiry_sweep_s)
+            try:
+                expired = await downlink.expire_stale(self.db, ttl_s=self.config.command_ttl_s)
+            except Exception:  # the sweep must outlive a database outage
+                log.exception("expiry sweep failed")
+                continue
+            if expired:
+                log.info("expired %d undelivered command(s): %s", len(expired), expired[:20])
+
+    async def serve(self, ws: web.WebSocketResponse, edge: dict[str, Any], hello: Hello) -> None:
+        """Push what the edge needs and apply its answers until the socket closes."""
+        link = EdgeLink(self.db, edge, self.config, config_version=hello.config_version)
+        if hello.acked_seq > edge["high_water"]:
+            log.warning(
+                "edge %s believes seq %d is stored, the cloud has %d (database restored?)",
+                edge["id"],
+                hello.acked_seq,
+                edge["high_water"],
+            )
+        await downlink.touch(self.db, edge["id"])
+        # Subscribe before catching up: an event in between is then seen twice, never missed.
+        with self.hub.subscribe(edge["farm_id"]) as queue:
+            await _send(ws, await link.catch_up())
+            tasks = [
+                asyncio.create_task(self._read(ws, link), name="edge-stream-read"),
+                asyncio.create_task(self._write(ws, link, queue), name="edge-stream-write"),
+                asyncio.create_task(self._keep_seen(edge["id"]), name="edge-stream-seen"),
+            ]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception) and not isinstance(result, ConnectionError):
+                    log.warning("edge %s stream ended: %r", edge["id"], result)
+        with contextlib.suppress(Exception):
+            await downlink.touch(self.db, edge["id"])
+
+    async def _read(self, ws: web.WebSocketResponse, link: EdgeLink) -> None:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            try:
+                up: UpMsg = UP.validate_json(msg.data)
+            except ValidationError as exc:
+                # Bad input never stops the flow: log it and keep the stream.
+                log.warning("edge %s sent an invalid message: %s", link.edge_id, exc.errors()[:1])
+                continue
+            await link.receive(up)
+
+    async def _write(
+        self, ws: web.WebSocketResponse, link: EdgeLink, queue: asyncio.Queue[Any]
+    ) -> None:
+        while True:
+            event = await queue.get()
+            await _send(ws, await link.on_event(event))
+
+    async def _keep_seen(self, edge_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            await downlink.touch(self.db, edge_id)
+
+
+async def _send(ws: web.WebSocketResponse, messages: list[DownMsg]) -> None:
+    for message in messages:
+        await ws.send_str(message.model_dump_json())
+
+
+EDGE_SYNC = web.AppKey("edge_sync", EdgeSync)
+
+
+async def edge_sync_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context (after the database's): start the sync's background work, stop it."""
+    sync = EdgeSync(app[appkeys.DB], app[appkeys.SETTINGS].sync, app[appkeys.METRICS].registry)
+    app[EDGE_SYNC] = sync
+    task = asyncio.create_task(sync.run(), name="edge-sync")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,26 @@
+"""Settings of the edge sync (the ``[sync]`` section of the cloud config)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SyncConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # A cloud command not delivered within this long is marked expired instead of sent: an
+    # actuator switched hours after the user asked is worse than not at all.
+    command_ttl_s: float = Field(default=600, gt=0, le=7 * 86_400)
+    # Decompressed size limit of one batch (5,000 records of a few hundred bytes fit easily);
+    # checked while inflating, so a gzip bomb costs at most this much memory.
+    max_batch_bytes: int = Field(default=32 * 2**20, ge=1024)
+    # |cloud − edge clock| above this is a gross edge clock error: edge-clock timestamps are
+    # shifted by the measured offset (see cloud.sync.clock). Below it, timestamps are kept.
+    clock_correction_s: float = Field(default=300, ge=1)
+    # WebSocket ping interval; last_seen is refreshed at this pace while a stream is open.
+    heartbeat_s: float = Field(default=20, gt=0, le=600)
+    # An edge counts as online when it was seen (stream, poll or batch) within this long.
+    online_window_s: float = Field(default=120, gt=0)
+    hello_timeout_s: float = Field(default=10, gt=0, le=120)
+    # How often each instance marks stale pending commands expired (idempotent across instances).
+    expiry_sweep_s: float = Field(default=30, gt=0)

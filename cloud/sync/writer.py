@@ -1,0 +1,287 @@
+"""Storing the new records of one batch on the batch's transaction cursor: readings by binary
+COPY, quarantine rows, edge commands and their cloud commands, alerts, device status, and config
+edits last. A record the cloud cannot use is kept in ``edge_quarantine`` with the reason."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from cloud.db import sync as sync_db
+from cloud.db.database import Cursor
+from cloud.db.telemetry import Reading, copy_readings
+from cloud.sync.clock import ClockCorrection
+from cloud.sync.reconcile import Reconciler
+from cloud.sync.records import (
+    AckItem,
+    AlertItem,
+    CommandItem,
+    CommandStateItem,
+    ConfigChangeItem,
+    Item,
+    QuarantineItem,
+    ReadingItem,
+    RecordError,
+    RecordParser,
+    StatusItem,
+)
+from shared.sync import OutboxRecord
+
+log = logging.getLogger(__name__)
+
+# Edge command states → the cloud command's status (the edge's "pending" means published).
+CLOUD_STATUS = {
+    "pending": "delivered",
+    "acked": "acked",
+    "failed": "failed",
+    "timed_out": "timed_out",
+    "superseded": "failed",
+    "expired": "expired",
+}
+
+
+@dataclass
+class Counts:
+    """What one batch did, for the log and the metrics."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    readings: int = 0
+    quarantined: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Parsed:
+    record: OutboxRecord
+    item: Item | None
+    error: str | None = None
+
+
+def parse_records(records: list[OutboxRecord]) -> list[Parsed]:
+    parser = RecordParser()
+    out = []
+    for record in records:
+        try:
+            out.append(Parsed(record, parser.parse(record.kind, record.data)))
+        except RecordError as exc:
+            out.append(Parsed(record, None, str(exc)))
+    return out
+
+
+# Unix seconds from 2000 to 2100: after clock correction, anything else is not a real time.
+PLAUSIBLE_FROM, PLAUSIBLE_TO = 946_684_800.0, 4_102_444_800.0
+
+
+def _when(seconds: float) -> datetime:
+    """A corrected time as a datetime; RecordError (the record is quarantined) if implausible."""
+    if not PLAUSIBLE_FROM <= seconds <= PLAUSIBLE_TO:  # also false for NaN
+        raise RecordError(f"time {seconds!r} is implausible even after clock correction")
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class BatchWriter:
+    """Stores the new records of one batch on one transaction cursor."""
+
+    def __init__(
+        self,
+        cur: Cursor,
+        *,
+        edge_id: str,
+        farm_id: str,
+        owners: dict[str, dict[str, str]],
+        clock: ClockCorrection,
+    ) -> None:
+        self.cur = cur
+        self.edge_id = edge_id
+        self.farm_id = farm_id
+        self.owners = owners
+        self.clock = clock
+        self.counts = Counts()
+        self._quarantine: list[dict[str, Any]] = []
+
+    def _ours(self, kind: str, ident: str) -> bool:
+        return self.owners[kind].get(ident) == self.farm_id
+
+    def _time(self, seconds: float, record: OutboxRecord) -> datetime:
+        return _when(self.clock.timestamp(seconds, record.at))
+
+    def _made_at(self, record: OutboxRecord) -> datetime:
+        """When the record was made, in cloud time; now if the edge's ``at`` is not a time."""
+        try:
+            return _when(self.clock.record_time(record.at))
+        except RecordError:
+            return datetime.now(UTC)
+
+    def _reject(self, record: OutboxRecord, reason: str) -> None:
+        """Keep a record the cloud cannot use, whole, with the reason."""
+        payload = json.dumps(record.model_dump(mode="json"), separators=(",", ":")).encode()
+        self._quarantine.append(
+            {
+                "edge_id": self.edge_id,
+                "seq": record.seq,
+                "farm_id": self.farm_id,
+                "origin": "cloud",
+                "received_at": self._made_at(record),
+                "topic": "",
+                "reason": reason,
+                "payload": payload,
+                "original_size": len(payload),
+            }
+        )
+
+    async def write(self, parsed: list[Parsed]) -> Counts:
+        readings: list[Reading] = []
+        later: list[Parsed] = []
+        changes: list[Parsed] = []
+        for p in parsed:
+            record, item = p.record, p.item
+            kinds = self.counts.by_kind
+            kinds[record.kind] = kinds.get(record.kind, 0) + 1
+            if item is None:
+                self._reject(record, p.error or "unusable record")
+            elif isinstance(item, ReadingItem):
+                if not (self._ours("room", item.room_id) and self._ours("device", item.device_id)):
+                    self._reject(record, "reading: room or device not registered in this farm")
+                    continue
+                try:
+                    when = self._time(item.ts, record)
+                except RecordError as exc:
+                    self._reject(record, f"reading: {exc}")
+                    continue
+                room, device = item.room_id, item.device_id
+                readings.extend((when, room, device, m, v) for m, v in item.values.items())
+            elif isinstance(item, QuarantineItem):
+                self._edge_quarantine(record, item)
+            elif isinstance(item, ConfigChangeItem):
+                changes.append(p)
+            else:
+                later.append(p)
+        await copy_readings(self.cur, readings)
+        self.counts.readings = len(readings)
+        for p in later:
+            await self._guarded(p.record, self._other(p.record, p.item))
+        reconciler = Reconciler(self.cur, farm_id=self.farm_id, edge_id=self.edge_id)
+        for p in changes:
+            assert isinstance(p.item, ConfigChangeItem)
+            await self._guarded(p.record, self._change(reconciler, p.record, p.item))
+        await sync_db.quarantine(self.cur, self._quarantine)
+        self.counts.quarantined = len(self._quarantine)
+        return self.counts
+
+    async def _guarded(self, record: OutboxRecord, work: Coroutine[Any, Any, None]) -> None:
+        """Store one record in a savepoint: a value the database refuses quarantines the record
+        instead of failing the batch (which the edge would resend forever)."""
+        try:
+            async with self.cur.connection.transaction():
+                await work
+        except RecordError as exc:
+            self._reject(record, f"{record.kind}: {exc}")
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            log.warning("edge %s seq %d refused by the database: %s", self.edge_id, record.seq, exc)
+            self._reject(record, f"{record.kind}: refused by the database: {exc.sqlstate}")
+
+    async def _change(
+        self, reconciler: Reconciler, record: OutboxRecord, item: ConfigChangeItem
+    ) -> None:
+        await reconciler.apply(item, seq=record.seq, at=self._time(item.at, record))
+
+    def _received(self, item: QuarantineItem, record: OutboxRecord) -> datetime:
+        if item.received_at is None:
+            return self._made_at(record)
+        try:
+            return self._time(item.received_at, record)
+        except RecordError:
+            return self._made_at(record)
+
+    def _edge_quarantine(self, record: OutboxRecord, item: QuarantineItem) -> None:
+        try:
+            payload = base64.b64decode(item.payload_b64, validate=True)
+        except (binascii.Error, ValueError):
+            payload = item.payload_b64.encode()
+        self._quarantine.append(
+            {
+                "edge_id": self.edge_id,
+                "seq": record.seq,
+                "farm_id": self.farm_id,
+                "origin": "edge",
+                "received_at": self._received(item, record),
+                "topic": item.topic,
+                "reason": item.reason,
+                "payload": payload,
+                "original_size": item.original_size or len(payload),
+            }
+        )
+
+    async def _other(self, record: OutboxRecord, item: Item | None) -> None:
+        base = {"edge_id": self.edge_id, "farm_id": self.farm_id}
+        if isinstance(item, CommandItem):
+            cloud_id = item.cloud_command_id
+            if (
+                cloud_id is None
+                and item.source == "cloud"
+                and self._ours("command", item.command_id)
+            ):
+                cloud_id = item.command_id  # the edge kept the cloud's id as its own
+            at = self._time(item.created_at, record)
+            params = {**base, **item.model_dump(exclude={"created_at"}), "at": at}
+            params["cloud_command_id"] = cloud_id
+            cloud_id = await sync_db.edge_command(self.cur, params)
+            await self._cloud_state(cloud_id, item.command_id, "pending", None, at)
+        elif isinstance(item, CommandStateItem):
+            at = self._time(item.at, record)
+            params = {**base, **item.model_dump(exclude={"at"}), "at": at}
+            cloud_id = await sync_db.edge_command_state(self.cur, params)
+            await self._cloud_state(cloud_id, item.command_id, item.state, item.error, at)
+        elif isinstance(item, AckItem):
+            at = self._time(item.at, record)
+            params = {**base, **item.model_dump(exclude={"at"}), "at": at}
+            cloud_id = await sync_db.edge_ack(self.cur, params)
+            state = "acked" if item.status == "ok" else "failed"
+            await self._cloud_state(cloud_id, item.command_id, state, item.error, at)
+        elif isinstance(item, AlertItem):
+            at = self._time(item.at, record)
+            await sync_db.alert(self.cur, {**base, **item.model_dump(exclude={"at"}), "at": at})
+        elif isinstance(item, StatusItem):
+            if not self._ours("device", item.device_id):
+                self._reject(record, "status: device not registered in this farm")
+                return
+            at = self._time(item.at, record)
+            await sync_db.status(self.cur, {**base, **item.model_dump(exclude={"at"}), "at": at})
+
+    async def _cloud_state(
+        self,
+        cloud_id: str | None,
+        edge_command_id: str,
+        state: str,
+        error: str | None,
+        at: datetime,
+    ) -> None:
+        """Carry an edge command's state over to the cloud command it executes, if any."""
+        status = CLOUD_STATUS.get(state)
+        if status is None:
+            return
+        if cloud_id is None:
+            cloud_id = await sync_db.cloud_id_of(self.cur, self.edge_id, edge_command_id)
+            if cloud_id is None:
+                return
+        if state == "superseded" and error is None:
+            error = "superseded by a newer command to the same device"
+        await sync_db.cloud_command_state(
+            self.cur,
+            command_id=cloud_id,
+            farm_id=self.farm_id,
+            status=status,
+            error=error,
+            edge_id=self.edge_id,
+            edge_command_id=edge_command_id,
+            at=at,
+        )

@@ -1,0 +1,324 @@
+"""The uploader: outbox batches to the cloud's ``POST /api/edge/v1/batches``, at least once.
+
+A batch goes when it is full (``batch_max_records``), when its oldest record has waited
+``batch_max_age_s``, or at once when it holds a command, command state, ack, alert or config
+change. The body is the gzip-compressed JSON ``Batch`` (shared/sync.py) with the edge's bearer
+token. The cursor moves only on a ``BatchAck``; a 409 ``GapError`` rewinds it to the cloud's mark;
+network errors, timeouts and 5xx are retried forever with exponential backoff and jitter. The same
+batch (same seqs, same records) is resent until the cloud answers, so the cloud's high-water mark
+makes every retry, replay and overlap safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gzip
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity.wait import wait_exponential_jitter
+
+from edge.alerts import AlertMonitor
+from edge.config import EdgeSettings
+from edge.outbox import Outbox
+from edge.store.outbox import Prepared
+from shared.models import utcnow
+from shared.sync import PROTOCOL_VERSION, BatchAck, GapError
+
+log = logging.getLogger(__name__)
+
+BATCHES_PATH: Final = "/api/edge/v1/batches"
+# gzip level 5: JSON readings shrink ~8x; higher levels cost a Pi far more CPU for a few % less.
+GZIP_LEVEL: Final = 5
+PROGRESS_LOG_S: Final = 60.0
+AUTH_ALERT: Final = "sync:auth"
+REFUSED_ALERT: Final = "sync:refused"
+CLOCK_WARN_S: Final = 60.0
+# An ack held for the next batch's write is stored on its own after this long without one.
+ACK_FLUSH_S: Final = 5.0
+
+# What /api/stats shows under "sync" (set by edge/app.py on the local API app).
+SyncStatusSource = Callable[[], Awaitable[dict[str, Any]]]
+SYNC_STATUS: web.AppKey[SyncStatusSource] = web.AppKey("sync_status")
+
+
+class UploadError(Exception):
+    """One upload attempt failed in a way worth retrying (network, timeout, 5xx, …)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class UplinkStats:
+    batches: int = 0
+    records: int = 0
+    duplicates: int = 0  # records the cloud already had (a retry after a lost answer)
+    attempts_failed: int = 0
+    failures_in_row: int = 0
+    gaps: int = 0
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_acked_seq: int = 0
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+class Uplink:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        outbox: Outbox,
+        *,
+        alerts: AlertMonitor | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        cloud = settings.cloud
+        if not cloud.enabled:
+            raise ValueError("the uplink needs cloud.url, cloud.edge_id and a cloud token")
+        assert cloud.edge_id is not None and cloud.token is not None
+        self._cloud = cloud
+        self._farm_id = settings.farm_id
+        self._edge_id = cloud.edge_id
+        self._url = cloud.endpoint(BATCHES_PATH)
+        self._headers = {
+            "Authorization": f"Bearer {cloud.token.get_secret_value()}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+            "X-Edge-Id": cloud.edge_id,
+        }
+        self._outbox = outbox
+        self._alerts = alerts
+        self._clock = clock
+        self.stats = UplinkStats()
+        self.clock_offset_s: float | None = None
+        self._progress = (time.monotonic(), 0, 0)  # (since, batches, records) for the log
+
+    # ---- the loop ----
+    async def run(self) -> None:
+        """Upload until cancelled; prunes and enforces the cap every prune_interval_s."""
+        self.clock_offset_s = await self._outbox.clock_offset()
+        self.stats.last_acked_seq = (await self._outbox.marks()).acked_seq
+        timeout = aiohttp.ClientTimeout(total=self._cloud.request_timeout_s)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._maintain_loop(), name="uplink-maintenance")
+                    tasks.create_task(self._upload_loop(session), name="uplink-upload")
+        finally:
+            await asyncio.shield(self._store_ack())
+
+    async def _store_ack(self) -> None:
+        try:
+            await self._outbox.flush()
+        except Exception:  # the store is closing: the cloud will see that batch again
+            log.debug("held ack not stored", exc_info=True)
+
+    async def _upload_loop(self, session: aiohttp.ClientSession) -> None:
+        cfg = self._cloud
+        while True:
+            batch = await self._outbox.next_batch(
+                cfg.batch_max_records, cfg.batch_max_bytes, new=False
+            )
+            if batch is None:
+                await self._wait_for_records()
+                batch = await self._outbox.next_batch(cfg.batch_max_records, cfg.batch_max_bytes)
+                if batch is None:
+                    continue
+            await self.upload(session, batch)
+
+    async def _wait_for_records(self) -> None:
+        """Until a batch is due: full, old enough, or holding something urgent."""
+        cfg = self._cloud
+        first_seen: float | None = None
+        idle_since = time.monotonic()
+        while True:
+            probe = await self._outbox.probe()
+            now = time.monotonic()
+            if self._outbox.holding_ack and now - idle_since >= ACK_FLUSH_S:
+                await self._outbox.flush()
+            if probe.unassigned:
+                first_seen = now if first_seen is None else first_seen
+                if (
+                    probe.urgent
+                    or probe.unassigned >= cfg.batch_max_records
+                    or now - first_seen >= cfg.batch_max_age_s
+                ):
+                    return
+            else:
+                first_seen = None
+            await asyncio.sleep(cfg.poll_interval_s)
+
+    async def _maintain_loop(self) -> None:
+        while True:
+            try:
+                await self._outbox.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox maintenance failed; next try in %.0f s",
+                              self._cloud.prune_interval_s)
+            await asyncio.sleep(self._cloud.prune_interval_s)
+
+    # ---- one batch ----
+    async def upload(self, session: aiohttp.ClientSession, batch: Prepared) -> None:
+        """Send one batch until the cloud answers it, then move the cursor accordingly."""
+        cfg = self._cloud
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(
+                initial=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.backoff_initial_s
+            ),
+            retry=retry_if_exception_type(UploadError),
+            before_sleep=functools.partial(self._failed, batch),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                answer = await self._post(session, batch)
+        if isinstance(answer, GapError):
+            self.stats.gaps += 1
+            if not await self._outbox.rewind(answer.expected_seq):
+                await asyncio.sleep(cfg.backoff_max_s)  # stuck: an alert is up; try again slowly
+            return
+        await self._succeeded(batch, answer)
+
+    def body(self, batch: Prepared) -> bytes:
+        """The gzip-compressed Batch JSON; sent_at is the edge clock at this attempt."""
+        head = {
+            "protocol": PROTOCOL_VERSION,
+            "edge_id": self._edge_id,
+            "farm_id": self._farm_id,
+            "first_seq": batch.first_seq,
+            "last_seq": batch.last_seq,
+            "sent_at": self._clock().isoformat(),
+        }
+        text = json.dumps(head, separators=(",", ":"))[:-1]
+        text += ',"records":[' + ",".join(batch.records) + "]}"
+        return gzip.compress(text.encode(), compresslevel=GZIP_LEVEL, mtime=0)
+
+    async def _post(
+        self, session: aiohttp.ClientSession, batch: Prepared
+    ) -> BatchAck | GapError:
+        try:
+            async with session.post(self._url, data=self.body(batch), headers=self._headers) as r:
+                raw = await r.read()
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UploadError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        try:
+            if 200 <= status < 300:
+                return BatchAck.model_validate_json(raw)
+            if status == 409:
+                return GapError.model_validate_json(raw)
+        except ValidationError as exc:
+            raise UploadError(f"HTTP {status} with an unreadable body", status) from exc
+        detail = raw[:300].decode("utf-8", "replace")
+        raise UploadError(f"HTTP {status}: {detail}", status)
+
+    async def _failed(self, batch: Prepared, state: RetryCallState) -> None:
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        status = getattr(exc, "status", None)
+        self.stats.attempts_failed += 1
+        self.stats.failures_in_row += 1
+        self.stats.last_error = str(exc)
+        self.stats.last_error_at = self._clock().timestamp()
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning(
+            "upload of seqs %d..%d (%d records) failed: %s; attempt %d, retrying in %.1f s",
+            batch.first_seq, batch.last_seq, len(batch.records), exc, state.attempt_number, delay,
+        )
+        if self._alerts is None or status is None:
+            return
+        if status in (401, 403):
+            await self._alerts.raise_alert(
+                AUTH_ALERT, kind="sync_auth", severity="critical",
+                message=f"the cloud refuses this edge's token (HTTP {status}): re-register it",
+            )
+        elif 400 <= status < 500 and status not in (408, 429):
+            await self._alerts.raise_alert(
+                REFUSED_ALERT, kind="sync_refused", severity="critical",
+                message=f"the cloud refuses batch seq {batch.first_seq}..{batch.last_seq}: {exc}",
+            )
+
+    async def _succeeded(self, batch: Prepared, ack: BatchAck) -> None:
+        if ack.clock_offset_s is not None:
+            if abs(ack.clock_offset_s) > CLOCK_WARN_S and (
+                self.clock_offset_s is None or abs(self.clock_offset_s) <= CLOCK_WARN_S
+            ):
+                log.warning("the edge clock is %.0f s off the cloud's", -ack.clock_offset_s)
+            self.clock_offset_s = ack.clock_offset_s
+        outcome = await self._outbox.confirmed(batch, ack.acked_seq, ack.clock_offset_s)
+        if outcome == "stale":
+            # An answer that confirms nothing of this batch: the cloud is behind this edge's
+            # cursor without saying 409. Resend from its mark rather than loop on this batch.
+            log.warning("the cloud answered batch %d..%d with mark %d: resending from %d",
+                        batch.first_seq, batch.last_seq, ack.acked_seq, ack.acked_seq + 1)
+            self.stats.gaps += 1
+            if ack.acked_seq < batch.first_seq - 1:
+                await self._outbox.rewind(ack.acked_seq + 1)
+            await asyncio.sleep(self._cloud.backoff_max_s)
+            return
+        stats = self.stats
+        if stats.failures_in_row:
+            log.info("cloud reachable again after %d failed attempt(s)", stats.failures_in_row)
+            if self._alerts is not None:
+                await self._alerts.resolve(AUTH_ALERT)
+                await self._alerts.resolve(REFUSED_ALERT)
+        stats.failures_in_row = 0
+        stats.batches += 1
+        stats.records += len(batch.records)
+        stats.duplicates += ack.duplicates
+        stats.last_success_at = self._clock().timestamp()
+        stats.last_acked_seq = ack.acked_seq
+        log.debug("batch %d..%d acked at %d (%d new, %d duplicates)", batch.first_seq,
+                  batch.last_seq, ack.acked_seq, ack.inserted, ack.duplicates)
+        since, batches, records = self._progress
+        if time.monotonic() - since >= PROGRESS_LOG_S:
+            log.info("uploaded %d records in %d batches in %.0f s; cloud has every seq up to %d",
+                     stats.records - records, stats.batches - batches,
+                     time.monotonic() - since, ack.acked_seq)
+            self._progress = (time.monotonic(), stats.batches, stats.records)
+
+    # ---- for the local page ----
+    async def status(self) -> dict[str, Any]:
+        """Backlog size, oldest unsent record, last success and last error (JSON-ready)."""
+        backlog = await self._outbox.backlog()
+        now = self._clock().timestamp()
+        stats = self.stats
+        return {
+            "enabled": True,
+            "cloud": self._cloud.url,
+            "edge_id": self._edge_id,
+            "acked_seq": backlog.acked_seq,
+            "next_seq": backlog.next_seq,
+            "backlog_records": backlog.records,
+            "backlog_exact": backlog.exact,
+            "oldest_unsent_at": _iso(backlog.oldest_at),
+            "oldest_unsent_age_s": None if backlog.oldest_at is None
+            else round(max(0.0, now - backlog.oldest_at), 1),
+            "last_success_at": _iso(stats.last_success_at),
+            "last_error": stats.last_error,
+            "last_error_at": _iso(stats.last_error_at),
+            "failures_in_row": stats.failures_in_row,
+            "batches": stats.batches,
+            "records": stats.records,
+            "duplicates": stats.duplicates,
+            "clock_offset_s": self.clock_offset_s,
+            "merged_readings": self._outbox.stats.merged_readings,
+            "pruned_readings": self._outbox.stats.pruned_readings,
+        }
