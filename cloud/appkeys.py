@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from cloud.auth.ratelimit import SlidingWindow
 from cloud.auth.tokens import AccessTokens
 from cloud.config import CloudSettings
 from cloud.db.database import Database
+from cloud.jobs.queue import JobQueue
 from cloud.metrics import Metrics
 
 
@@ -32,3 +34,6 @@ LIMITS = web.AppKey("limits", Limits)
 METRICS = web.AppKey("metrics", Metrics)
 # Present only when Cognito is configured.
 COGNITO = web.AppKey("cognito", CognitoVerifier)
+# The job queue (defer jobs, queue state), and the in-process worker when it runs.
+JOBS = web.AppKey("jobs", JobQueue)
+JOB_WORKER = web.AppKey("job_worker", asyncio.Task)

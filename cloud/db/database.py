@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -62,8 +62,10 @@ class Database:
             timeout=connect_timeout,
             open=False,
             name="smartfarm-cloud",
-            # A request must not wait forever on a stuck query.
-            kwargs={"options": "-c statement_timeout=30000"},
+            # A request must not wait forever on a stuck query. Autocommit: a lone statement is
+            # one round trip instead of three (BEGIN, statement, COMMIT); transaction() opens
+            # real transactions where several statements must hold together.
+            kwargs={"options": "-c statement_timeout=30000", "autocommit": True},
         )
         try:
             await pool.open(wait=True, timeout=connect_timeout)
@@ -77,30 +79,35 @@ class Database:
         await self.pool.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Cursor]:
-        """A cursor inside one transaction: committed on success, rolled back on error."""
+    async def _cursor(self, *, atomic: bool) -> AsyncIterator[Cursor]:
         try:
-            async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                yield cur
+            async with self.pool.connection() as conn:
+                block = conn.transaction() if atomic else nullcontext()
+                async with block, conn.cursor(row_factory=dict_row) as cur:
+                    yield cur
         except (psycopg.Error, PoolTimeout) as exc:
             mapped = _translate(exc)
             if mapped is None:
                 raise
             raise mapped from exc
 
+    def transaction(self) -> AbstractAsyncContextManager[Cursor]:
+        """A cursor inside one transaction: committed on success, rolled back on error."""
+        return self._cursor(atomic=True)
+
     async def fetch_one(self, query: str, params: Params = None) -> Row | None:
-        async with self.transaction() as cur:
+        async with self._cursor(atomic=False) as cur:
             await cur.execute(query, params)
             return await cur.fetchone()
 
     async def fetch_all(self, query: str, params: Params = None) -> list[Row]:
-        async with self.transaction() as cur:
+        async with self._cursor(atomic=False) as cur:
             await cur.execute(query, params)
             return await cur.fetchall()
 
     async def execute(self, query: str, params: Params = None) -> int:
-        """Run one statement; the number of rows it touched."""
-        async with self.transaction() as cur:
+        """Run one statement (atomic on its own); the number of rows it touched."""
+        async with self._cursor(atomic=False) as cur:
             await cur.execute(query, params)
             return cur.rowcount
 

@@ -90,19 +90,24 @@ class Episodes:
         """Fold pending events, send due notices; counts of what was done."""
         out = {"events": 0, "notices": 0, "requeued": 0}
         for _ in range(MAX_EVENTS):
+            event: dict[str, Any] | None = None
             try:
                 async with self.db.transaction() as cur:
-                    events = await alerts_db.claim_events(cur, limit=1)
-                    if not events:
+                    claimed = await alerts_db.claim_events(cur, limit=1)
+                    if not claimed:
                         break
-                    out["notices"] += await self._fold(cur, events[0], now)
-                    await alerts_db.processed(cur, events[0]["id"])
+                    event = claimed[0]
+                    out["notices"] += await self._fold(cur, event, now)
+                    await alerts_db.processed(cur, event["id"])
             except DatabaseUnavailable:
                 raise
-            except Exception:  # one bad event must not block the ones behind it
-                log.exception("alert event %s could not be processed", events[0]["id"])
+            except Exception:
+                if event is None:
+                    raise
+                # One bad event must not block the ones behind it.
+                log.exception("alert event %s could not be processed", event["id"])
                 async with self.db.transaction() as cur:
-                    await alerts_db.processed(cur, events[0]["id"])
+                    await alerts_db.processed(cur, event["id"])
             out["events"] += 1
         async with self.db.transaction() as cur:
             for episode in await alerts_db.due(cur, now=now, limit=200):
@@ -125,13 +130,13 @@ class Episodes:
             earlier = await alerts_db.recently_resolved(cur, farm, source, key, since=at - window)
             if earlier is not None:
                 episode = await alerts_db.reopen(cur, earlier["id"], event)
-                more = episode["reminders"] < cfg.max_reminders
+                more = episode["notified"] and episode["reminders"] < cfg.max_reminders
                 next_at = now + timedelta(minutes=cfg.reminder_after_min) if more else None
                 await alerts_db.schedule(cur, episode["id"], next_at=next_at)
                 return 0
             episode = await alerts_db.create(cur, event)
             sent = await self._notify(cur, episode, "alert", now) if fresh else 0
-            more = sent and cfg.max_reminders > 0
+            more = sent > 0 and cfg.max_reminders > 0
             next_at = at + timedelta(minutes=cfg.reminder_after_min) if more else None
             await alerts_db.schedule(cur, episode["id"], next_at=next_at, notified=sent > 0)
             return sent

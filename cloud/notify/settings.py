@@ -34,6 +34,9 @@ class NotifyConfig(BaseModel):
     # An alert that clears and comes back within this long continues its episode (no new
     # notification): a value hovering at a band's edge must not notify on every crossing.
     reopen_within_s: float = Field(default=600, ge=0)
+    # An event older than this when it arrives (an edge that was offline uploads hours late)
+    # is recorded in its episode but notifies nobody: the news is stale.
+    max_event_age_min: float = Field(default=360, gt=0)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     webhook_timeout_s: float = Field(default=10, gt=0, le=120)
     # Webhooks to loopback, private and link-local addresses are refused unless allowed: a
