@@ -64,7 +64,8 @@ def _cell_limit(target: dict[str, Any]) -> str:
     limit, unit = target.get("limit"), target.get("unit", "")
     if isinstance(limit, float) and target.get("op") == ">=" and limit <= 1.5 and not unit:
         return f"{target['op']} {100 * limit:.0f} %"
-    return f"{target.get('op', '')} {fmt(limit)} {unit}".strip()
+    shown = f"{limit:g}" if isinstance(limit, float) else fmt(limit)
+    return f"{target.get('op', '')} {shown} {unit}".strip()
 
 
 def summary_markdown(outcomes: list[dict[str, Any]], quick: bool) -> str:

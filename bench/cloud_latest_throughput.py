@@ -38,7 +38,9 @@ from cloud.db.database import Database
 
 NAME = "cloud_latest_throughput"
 METRICS = ("temperature_c", "humidity_pct", "co2_ppm", "light_lux", "substrate_moisture")
-TARGET_RPS = 500.0  # at 16 in flight: a dashboard polling 50 devices every 10 s needs 5/s
+# A floor, not an aim: 100 open dashboards polling 50 devices every 10 s need 500/s across the
+# cloud's instances; one instance (one core, beside its client) should carry 100/s comfortably.
+TARGET_RPS = 100.0
 HEADLINE_CONCURRENCY = 16
 
 

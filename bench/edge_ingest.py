@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="cProfile the embedded edge runs and print the top functions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    rounds = args.rounds or (1 if args.quick else 2)
+    rounds = args.rounds or (1 if args.quick else 3)
     print(f"bench {NAME}: {'quick' if args.quick else 'full'} run, {rounds} round(s)", flush=True)
     result = asyncio.run(run(args.quick, rounds, args.profile))
     print_result(result)

@@ -21,6 +21,8 @@ from cloud.config import CloudSettings, mask_dsn
 from cloud.db.database import Database
 from cloud.db.embedded import EmbeddedPostgres, start_embedded
 from cloud.db.migrate import migrate
+from cloud.jobs.worker import jobs_ctx
+from cloud.live.service import setup_live
 from cloud.metrics import Metrics
 from cloud.middleware import (
     add_security_headers,
@@ -29,6 +31,7 @@ from cloud.middleware import (
     problem_middleware,
 )
 from cloud.openapi import build_spec
+from cloud.page import add_page_routes
 from cloud.sync.service import edge_sync_ctx
 
 log = logging.getLogger(__name__)
@@ -98,7 +101,10 @@ def init_app(settings: CloudSettings) -> web.Application:
     routes = all_routes()
     register(app, routes)
     add_system_routes(app, build_spec(routes, version=version()), version())
+    add_page_routes(app)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(edge_sync_ctx)  # needs the database
+    app.cleanup_ctx.append(jobs_ctx)  # needs the database
+    setup_live(app)  # needs the database
     app.on_response_prepare.append(add_security_headers)
     return app

@@ -1,4 +1,4 @@
-"""``smartfarm cloud …``: serve, migrate, seed-db, create-user, check-config.
+"""``smartfarm cloud …``: serve, worker, migrate, seed-db, create-user, check-config.
 
 ``cloud_main(argv)`` is the entry point the top-level ``smartfarm`` script dispatches to.
 """
@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import json
 import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Callable
@@ -17,24 +16,10 @@ from pathlib import Path
 from typing import TextIO
 
 from cloud.config import CloudSettings, ConfigError, load_settings
+from cloud.logs import configure_logging
 from shared.errors import SmartfarmError
 
 log = logging.getLogger(__name__)
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def configure_logging(settings: CloudSettings) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if settings.log_file is not None:
-        path = settings.resolve(settings.log_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # 10 MB × 10 files, as the original design.
-        handlers.append(
-            logging.handlers.RotatingFileHandler(path, maxBytes=10 * 2**20, backupCount=10)
-        )
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT, handlers=handlers, force=True)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartfarm cloud", description=__doc__)
     parser.add_argument(
@@ -58,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     user.add_argument("--password", required=True)
     user.add_argument("--admin", action="store_true", help="site admin: owner of every farm")
     sub.add_parser("check-config", help="print the effective config, secrets masked")
+    worker = sub.add_parser("worker", help="run a background job worker (any number, anywhere)")
+    worker.add_argument(
+        "--queue",
+        action="append",
+        dest="queues",
+        metavar="NAME",
+        help="only this queue (default, ai, notify); repeat for several (default: all)",
+    )
+    worker.add_argument("--concurrency", type=int, help="jobs at once (default: jobs.concurrency)")
     return parser
 
 
@@ -147,6 +141,12 @@ def cloud_main(argv: list[str]) -> int:
                 access_log=None,
             )
             return 0
+        if args.command == "worker":
+            from cloud.jobs.worker import worker_main
+
+            return asyncio.run(
+                worker_main(settings, queues=args.queues, concurrency=args.concurrency)
+            )
         return asyncio.run(_with_db(settings, args.command, args))
     except SmartfarmError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from cloud.ai.settings import AiConfig
 from cloud.jobs.settings import JobsConfig
+from cloud.live.settings import LiveConfig
 from cloud.notify.settings import NotifyConfig
 from cloud.sync.settings import SyncConfig
 from shared.errors import SmartfarmError
@@ -116,7 +117,10 @@ class CloudSettings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     data_dir: Path = Path("data/cloud")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_file: Path | None = None
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line (stdout and log_file)"
+    )
+    log_file: Path | None = Field(default=None, description="rotating file, 10 MB × 10")
     database_url: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices(
@@ -127,6 +131,7 @@ class CloudSettings(BaseSettings):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     sync: SyncConfig = Field(default_factory=SyncConfig)
+    live: LiveConfig = Field(default_factory=LiveConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     ai: AiConfig = Field(default_factory=AiConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)

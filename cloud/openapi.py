@@ -15,7 +15,7 @@ from shared.topics import ID_RE
 
 REF = "#/components/schemas/{model}"
 _PARAM_RE = re.compile(r"\{(\w+)\}")
-_NUMERIC_PARAMS = {"user_id", "notification_id"}
+_NUMERIC_PARAMS = {"user_id", "notification_id", "recommendation_id"}  # bigint ids
 _STATUS_TEXT = {
     200: "OK",
     201: "Created",

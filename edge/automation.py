@@ -314,8 +314,13 @@ class Automation:
         value: float | bool | None = None,
         hold_minutes: float | None = None,
         by: str = "operator",
+        source: str = "manual",
+        cloud_command_id: str | None = None,
     ) -> str:
-        """An operator's command wins over automation on that actuator for a set time."""
+        """An operator's command wins over automation on that actuator for a set time.
+
+        ``source`` is recorded with the command ("manual" from the local page, "cloud" for a
+        command a cloud user made, then linked to its ``cloud_command_id``)."""
         device = self._settings.device(device_id)
         if device is None:
             raise NotFound(f"no device {device_id!r}")
@@ -334,7 +339,8 @@ class Automation:
         )
         cid = await self._commands.send(
             device_id=device_id, room_id=device.room, action=action, value=value,
-            source="manual", reason=f"manual by {by} for {hold.total_seconds() / 60:g} min",
+            source=source, reason=f"manual by {by} for {hold.total_seconds() / 60:g} min",
+            cloud_command_id=cloud_command_id,
         )
         await self._persist()
         return cid

@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -62,11 +61,6 @@ class CommandOutcome:
 
 OutcomeHandler = Callable[[CommandOutcome], Awaitable[None]]
 
-# The cloud command being carried out by the current task, if any (see CommandTracker.cloud_origin).
-# A ContextVar rather than an argument so a cloud command can take the automation's own manual
-# path (override, persistence) unchanged; contextvars are meant to live at module level.
-_CLOUD_ORIGIN: ContextVar[str | None] = ContextVar("smartfarm_cloud_command", default=None)
-
 
 def _ack_record(conn: Any, device_id: str, ack: Ack, at: float) -> None:
     data: dict[str, Any] = {
@@ -109,17 +103,6 @@ class CommandTracker:
     def connected(self) -> bool:
         return self._publisher is not None
 
-    @staticmethod
-    @contextlib.contextmanager
-    def cloud_origin(cloud_command_id: str) -> Iterator[None]:
-        """Commands sent by this task inside the block carry out that cloud command: they are
-        recorded with source "cloud" and linked to its id (command records then name it)."""
-        token = _CLOUD_ORIGIN.set(cloud_command_id)
-        try:
-            yield
-        finally:
-            _CLOUD_ORIGIN.reset(token)
-
     # ---- sending ----
     async def send(
         self,
@@ -130,8 +113,12 @@ class CommandTracker:
         value: Any = None,
         source: str,
         reason: str = "",
+        cloud_command_id: str | None = None,
     ) -> str:
-        """Record and publish a command; retries and the outcome run in the background."""
+        """Record and publish a command; retries and the outcome run in the background.
+
+        With ``cloud_command_id`` the command carries out that cloud command: it is recorded
+        with source "cloud" and linked to the cloud's id (its outbox records then name it)."""
         now = self._clock()
         command = Command(
             command_id=uuid.uuid4().hex[:20],
@@ -144,7 +131,7 @@ class CommandTracker:
         ts = now.timestamp()
         previous = self._latest_by_device.get(device_id)
         self._latest_by_device[device_id] = cid
-        cloud_id = _CLOUD_ORIGIN.get()
+        cloud_id = cloud_command_id
         if cloud_id is not None:
             source = "cloud"
 

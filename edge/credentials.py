@@ -223,7 +223,11 @@ class DeviceSecrets:
 # ---- amqtt broker files -----------------------------------------------------------------------
 
 def sync_password_file(
-    path: Path, secrets_: DeviceSecrets, *, changed: Iterable[str] = ()
+    path: Path,
+    secrets_: DeviceSecrets,
+    *,
+    changed: Iterable[str] = (),
+    extra_hashes: Mapping[str, str] | None = None,
 ) -> None:
     """Make the argon2 password file match the secrets, hashing only what is new or changed.
 
@@ -231,13 +235,27 @@ def sync_password_file(
     existing hash is kept unless its user is in ``changed`` or ``secrets_.rotated`` (a password
     replaced by ``add_device(rotate=True)``), or it no longer verifies for the edge account (whose
     password may come from the environment).
+
+    ``extra_hashes`` ({username: argon2 hash}, e.g. devices registered in the cloud, whose
+    plaintext never reaches the edge) go into the same file in the same atomic write. A user in
+    both keeps the secrets file's password: a device flashed with its local password must not be
+    locked out (and its room left without automation) because someone also registered it in the
+    cloud. The edge's own account is never taken from them.
     """
     current = read_password_file(path)
     redo = set(changed) | secrets_.rotated
-    entries: dict[str, str] = {}
+    extra = dict(extra_hashes or {})
+    for user, hashed in extra.items():
+        if user == secrets_.edge_username:
+            raise CredentialsError(f"{user!r} is the edge's own broker account")
+        if not hashed.startswith("$argon2"):
+            raise CredentialsError(f"the password hash for {user!r} is not an argon2 hash")
+    entries: dict[str, str] = dict(extra)
     for user, password in secrets_.plaintext_entries().items():
         old = current.get(user)
-        if old is None or user in redo or not old.startswith("$argon2"):
+        # The cloud's hash in the file for a user the secrets file now has: not this password.
+        if (old is None or user in redo or not old.startswith("$argon2")
+                or old == extra.get(user)):
             entries[user] = hash_password(password)
         elif user == secrets_.edge_username and not verify_password(password, old):
             entries[user] = hash_password(password)
@@ -279,8 +297,15 @@ def edge_login(settings: EdgeSettings, secrets_: DeviceSecrets | None = None) ->
     return username, secrets_.edge_password
 
 
-def sync_broker_files(settings: EdgeSettings, secrets_: DeviceSecrets | None = None) -> None:
-    """(Re)build the amqtt password file and device ACL map from the secrets and the config.
+def sync_broker_files(
+    settings: EdgeSettings,
+    secrets_: DeviceSecrets | None = None,
+    *,
+    extra_hashes: Mapping[str, str] | None = None,
+) -> None:
+    """(Re)build the amqtt password file and device ACL map from the secrets and the config,
+    plus ``extra_hashes`` (accounts known only by their argon2 hash: devices registered in the
+    cloud) merged into the same atomic write, so no reader ever sees the file without them.
 
     A running embedded broker notices both files within about a second (see edge.broker_acl).
     """
@@ -291,13 +316,14 @@ def sync_broker_files(settings: EdgeSettings, secrets_: DeviceSecrets | None = N
     if edge_password != secrets_.edge_password:
         # The environment supplied the edge password: hash that one, keep the file untouched.
         secrets_ = replace(secrets_, edge_password=edge_password)
-    sync_password_file(settings.password_file_path, secrets_)
+    extra = dict(extra_hashes or {})
+    sync_password_file(settings.password_file_path, secrets_, extra_hashes=extra)
     rooms = {d.id: d.room for d in settings.devices}
     write_device_acl(device_acl_path(settings), rooms)
     # Either side alone is harmless (no login, or a login with no topics) but surely a mistake.
-    if missing := sorted(set(rooms) - set(secrets_.devices)):
+    if missing := sorted(set(rooms) - set(secrets_.devices) - set(extra)):
         log.warning("devices without credentials (cannot log in): %s", ", ".join(missing))
-    if unplaced := sorted(set(secrets_.devices) - set(rooms)):
+    if unplaced := sorted((set(secrets_.devices) | set(extra)) - set(rooms)):
         log.warning("credentials for devices not in the config (no topics): %s",
                     ", ".join(unplaced))
 

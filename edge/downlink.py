@@ -33,13 +33,7 @@ from edge.alerts import AlertMonitor
 from edge.automation import Automation, InvalidRequest, NotFound
 from edge.commands import CommandTracker
 from edge.config import DeviceConfig, EdgeSettings, RoomConfig
-from edge.credentials import (
-    CredentialsError,
-    device_acl_path,
-    read_password_file,
-    write_device_acl,
-    write_password_file,
-)
+from edge.credentials import CredentialsError, sync_broker_files
 from edge.store import outbox as sync_rows
 from edge.store import state as state_rows
 from edge.store.db import Database
@@ -180,31 +174,25 @@ class Downlink:
                                  self._settings.broker.edge_username)
         self._settings.devices = devices
 
-    def write_credentials(self, dropped: set[str] | None = None) -> None:
-        """Put the cloud's device password hashes into the broker password file and every device
-        into the ACL map (after edge.credentials.sync_broker_files, which knows only the secrets
-        file and so leaves cloud-registered devices out). ``dropped``: accounts the cloud no
-        longer lists, removed unless the TOML config has them."""
-        hashes = {
+    def cloud_hashes(self) -> dict[str, str]:
+        """{device id: argon2 hash} of the devices registered in the cloud (applied config)."""
+        return {
             d.id: d.password_hash for d in (self._applied.devices if self._applied else [])
             if d.password_hash
         }
+
+    def write_credentials(self) -> None:
+        """Rebuild the broker password file from the secrets file plus the cloud's device hashes,
+        and the ACL map from every device, in one atomic write each: an account the cloud no
+        longer lists (and the secrets file does not have) is gone, a new one can log in about a
+        second later."""
+        hashes = self.cloud_hashes()
         if self._settings.broker.mode != "embedded":
             if hashes:
                 log.warning("external broker: %d cloud device password(s) must be installed in"
                             " it by hand", len(hashes))
             return
-        path = self._settings.password_file_path
-        current = read_password_file(path)
-        wanted = {**current, **hashes}
-        local = {d.id for d in self._base_devices}
-        for user in (dropped or set()) - set(hashes) - local:
-            wanted.pop(user, None)
-        if wanted != current:
-            write_password_file(path, wanted)
-        write_device_acl(
-            device_acl_path(self._settings), {d.id: d.room for d in self._settings.devices}
-        )
+        sync_broker_files(self._settings, extra_hashes=hashes)
 
     # ---- handling one message ----
     async def handle(
@@ -236,19 +224,19 @@ class Downlink:
             return await self._refuse(cmd, "rejected", f"no device {cmd.device_id} in room"
                                                        f" {cmd.room_id} on this edge")
         try:
-            with self._commands.cloud_origin(cmd.command_id):
-                if cmd.action in ("on", "off"):
-                    cid = await self._automation.manual_command(
-                        cmd.device_id, cmd.action, value=cmd.value, hold_minutes=cmd.hold_minutes,
-                        by="cloud",
-                    )
-                elif device.kind != "actuator":
-                    raise InvalidRequest(f"{cmd.device_id} is a sensor")
-                else:
-                    cid = await self._commands.send(
-                        device_id=cmd.device_id, room_id=cmd.room_id, action=cmd.action,
-                        value=cmd.value, source="cloud", reason="set by the cloud",
-                    )
+            if cmd.action in ("on", "off"):
+                cid = await self._automation.manual_command(
+                    cmd.device_id, cmd.action, value=cmd.value, hold_minutes=cmd.hold_minutes,
+                    by="cloud", source="cloud", cloud_command_id=cmd.command_id,
+                )
+            elif device.kind != "actuator":
+                raise InvalidRequest(f"{cmd.device_id} is a sensor")
+            else:
+                cid = await self._commands.send(
+                    device_id=cmd.device_id, room_id=cmd.room_id, action=cmd.action,
+                    value=cmd.value, source="cloud", reason="set by the cloud",
+                    cloud_command_id=cmd.command_id,
+                )
         except (NotFound, InvalidRequest) as exc:
             return await self._refuse(cmd, "rejected", str(exc))
         # The command row and its cloud link are committed before the cloud hears "delivered".
@@ -288,11 +276,10 @@ class Downlink:
         disabled = self._disabled_changes(push)
         await self._db.write(self._store_config, push, disabled, urgent=True)
         previous = {r.id for r in settings.rooms}
-        hashed_before = {d.id for d in self._applied.devices} if self._applied else set()
         self._applied = push
         settings.rooms, settings.devices = rooms, devices
         try:
-            self.write_credentials(dropped=hashed_before)
+            self.write_credentials()
         except (OSError, CredentialsError) as exc:
             log.error("cloud config %d: broker credentials not written: %s", push.version, exc)
         for gone in previous - {r.id for r in rooms}:

@@ -90,8 +90,8 @@ class Outbox:
 
     # ---- batches ----
     # An ack is held in memory and stored with the next batch's assignment (one small write per
-    # batch instead of two, joining the readings' group commit): losing it to a crash only means
-    # that batch is sent once more, and the cloud answers it as duplicates.
+    # batch instead of two): losing it to a crash only means that batch is sent once more, and
+    # the cloud answers it as duplicates.
     async def marks(self) -> rows.Marks:
         """The cursor, with an ack not yet stored taken into account."""
         stored = await self._db.read(rows.marks)
@@ -133,9 +133,37 @@ class Outbox:
                 rows.prepare_new, self._series, max_records, max_bytes, self._now()
             )
             if prepared is not None:
-                # Commands and alerts go at once; readings ride the next group commit.
+                # Durable: these seqs leave the edge next, and the cloud keeps whatever it gets
+                # under them. Were the assignment lost to a power cut, the same seqs would be
+                # given to other records (a command made at boot, …) that the cloud would then
+                # skip as duplicates. Urgent: the batch waits for this commit, and waiting out
+                # the group commit interval per batch would cap a backlog drain at a few
+                # batches a second. One fsync per batch (up to 5,000 records) is cheap.
                 await self._db.write(rows.assign, prepared.segment, self._held_ack,
-                                     urgent=prepared.segment.n_outbox > 0)
+                                     urgent=True, durable=True)
+                self._held_ack = None
+            return prepared
+
+    async def next_after(
+        self, batch: rows.Prepared, max_records: int, max_bytes: int
+    ) -> rows.Prepared | None:
+        """While ``batch`` (the newest segment) is in flight: the batch after it, given its seqs
+        now, so it can leave the moment the cloud answers (a backlog drain overlaps reading and
+        encoding here with the cloud storing the batch before). Only when a full batch waits:
+        ordinary batching, by age, is left alone. None otherwise, or when the cursor moved."""
+        async with self._lock:
+            marks = await self.marks()
+            if marks.next_seq != batch.last_seq + 1:
+                return None
+            probe = await self.probe()
+            if probe.unassigned < max_records:
+                return None
+            prepared = await self._db.read(
+                rows.prepare_new, self._series, max_records, max_bytes, self._now()
+            )
+            if prepared is not None:
+                await self._db.write(rows.assign, prepared.segment, self._held_ack,
+                                     urgent=True, durable=True)
                 self._held_ack = None
             return prepared
 

@@ -12,6 +12,7 @@ makes every retry, replay and overlap safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gzip
 import json
@@ -130,16 +131,36 @@ class Uplink:
 
     async def _upload_loop(self, session: aiohttp.ClientSession) -> None:
         cfg = self._cloud
+        ahead: Prepared | None = None
         while True:
-            batch = await self._outbox.next_batch(
-                cfg.batch_max_records, cfg.batch_max_bytes, new=False
-            )
+            batch = None
+            # The batch prepared while the last one was in flight, if it is still the next one
+            # (a 409 rewind or a partial answer sends from the cloud's mark instead).
+            if ahead is not None and ahead.first_seq == (await self._outbox.marks()).acked_seq + 1:
+                batch = ahead
+            ahead = None
+            if batch is None:
+                batch = await self._outbox.next_batch(
+                    cfg.batch_max_records, cfg.batch_max_bytes, new=False
+                )
             if batch is None:
                 await self._wait_for_records()
                 batch = await self._outbox.next_batch(cfg.batch_max_records, cfg.batch_max_bytes)
                 if batch is None:
                     continue
-            await self.upload(session, batch)
+            following = asyncio.create_task(
+                self._outbox.next_after(batch, cfg.batch_max_records, cfg.batch_max_bytes),
+                name="uplink-prepare-ahead",
+            )
+            try:
+                await self.upload(session, batch)
+            finally:
+                if not following.done():
+                    following.cancel()  # only when the upload was cancelled, or failed hard
+                # A cancelled preparation may still have assigned its seqs: they are resent
+                # from the stored segment like any batch in flight.
+                with contextlib.suppress(asyncio.CancelledError):
+                    ahead = await following
 
     async def _wait_for_records(self) -> None:
         """Until a batch is due: full, old enough, or holding something urgent."""
@@ -213,8 +234,11 @@ class Uplink:
     async def _post(
         self, session: aiohttp.ClientSession, batch: Prepared
     ) -> BatchAck | GapError:
+        # Compressing 5,000 records takes milliseconds: off the event loop (zlib lets go of the
+        # GIL), so the next batch's preparation and the down channel go on meanwhile.
+        body = await asyncio.to_thread(self.body, batch)
         try:
-            async with session.post(self._url, data=self.body(batch), headers=self._headers) as r:
+            async with session.post(self._url, data=body, headers=self._headers) as r:
                 raw = await r.read()
                 status = r.status
         except (aiohttp.ClientError, TimeoutError) as exc:

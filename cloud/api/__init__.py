@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from cloud.api import (
     ai,
+    alerts,
     auth,
     automation,
     commands,
+    dashboard,
     devices,
     edge_sync,
     edges,
     farms,
+    harvests,
     members,
     notifications,
     rooms,
     system,
     telemetry,
     users,
+    ws,
 )
 from cloud.api.routing import Route
 
@@ -32,9 +36,13 @@ MODULES = (
     commands,
     automation,
     ai,
+    harvests,
     notifications,
+    alerts,
     edges,
     edge_sync,
+    dashboard,
+    ws,
 )
 
 

@@ -157,11 +157,16 @@ def bearer_token(request: web.Request) -> str | None:
 
 
 async def authenticate(request: web.Request) -> User:
-    """The caller of a bearer token: one of ours (HS256), or a Cognito pool's when configured."""
+    """The caller of the request's bearer token."""
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("a bearer token is required")
-    app = request.app
+    return await user_for_token(request.app, token)
+
+
+async def user_for_token(app: web.Application, token: str) -> User:
+    """The caller of a token: one of ours (HS256), or a Cognito pool's when configured.
+    Also what the dashboard's WebSocket checks, whichever way the token arrives."""
     db = app[appkeys.DB]
     cognito = app.get(appkeys.COGNITO)
     if cognito is not None and cognito.claims(token):
@@ -229,7 +234,9 @@ async def _parse_body(request: web.Request, route: Route) -> Any:
     if doc is None:
         raise ValidationFailed([{"field": "body", "message": "body required", "type": "missing"}])
     try:
-        return route.body_adapter.validate_python(doc)
+        # Strict: JSON types must be the documented ones ("true" is not a boolean, 1.5 not an
+        # integer); JSON strings still become times, dates and enums.
+        return route.body_adapter.validate_json(raw, strict=True)
     except ValidationError as exc:
         raise ValidationFailed(field_errors(exc, "body")) from None
 

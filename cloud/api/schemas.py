@@ -40,7 +40,9 @@ def _iso_datetime(value: Any) -> Any:
     if isinstance(value, datetime):
         return value
     if isinstance(value, str) and _ISO_DATETIME.match(value.strip()):
-        return value.strip()
+        # Parsed here (not by pydantic) so the type also holds in strict mode (request bodies).
+        text = value.strip()
+        return datetime.fromisoformat(text[:10] + "T" + text[11:].upper())
     raise ValueError("expected an ISO 8601 date-time such as 2024-05-01T12:00:00Z")
 
 

@@ -15,6 +15,7 @@ from cloud.api.routing import Call, Route
 from cloud.api.schemas import Out
 from cloud.db import downlink as downlink_db
 from cloud.errors import CloudError
+from cloud.jobs.health import job_health
 
 VERSION_KEY = web.AppKey("version", str)
 SPEC_KEY = web.AppKey("openapi", bytes)
@@ -46,6 +47,11 @@ class HealthOut(Out):
     jobs: Literal["ok", "down", "not configured"] = Field(
         default="not configured", description="the background job queue"
     )
+    job_queue: dict[str, int | float | None] | None = Field(
+        default=None,
+        description="waiting, scheduled, running, oldest_waiting_s, workers, failed_24h, "
+        "retried_24h (all workers)",
+    )
     pool: dict[str, int] = Field(default_factory=dict, description="database pool statistics")
 
 
@@ -66,11 +72,14 @@ async def health(call: Call) -> HealthOut | web.Response:
     db_ok = await call.db.ping()
     edges = await _edges(call) if db_ok else None
     db_ok = db_ok and edges is not None
+    jobs, job_queue = await job_health(call.app) if db_ok else ("down", None)
     body = HealthOut(
         status="ok" if db_ok else "degraded",
         version=call.app[VERSION_KEY],
         database="ok" if db_ok else "down",
         edges=edges,
+        jobs=jobs,
+        job_queue=job_queue,
         pool=call.db.stats(),
     )
     if db_ok:

@@ -61,6 +61,7 @@ LIMIT %(limit)s FOR UPDATE SKIP LOCKED"""  # noqa: S608
 LIST = f"""
 SELECT {EPISODE_COLUMNS} FROM alert_episodes
 WHERE farm_id = %(farm_id)s AND (%(state)s::text IS NULL OR state = %(state)s)
+  AND (%(only)s::text[] IS NULL OR room_id IS NULL OR room_id = ANY(%(only)s))
   AND (%(after)s::bigint IS NULL OR id < %(after)s)
 ORDER BY id DESC LIMIT %(limit)s"""  # noqa: S608
 ACTIVE_KEYS = """
@@ -173,9 +174,16 @@ async def schedule(
 
 
 async def list_episodes(
-    db: Database, farm_id: str, *, state: str | None, after: int | None, limit: int
+    db: Database,
+    farm_id: str,
+    *,
+    state: str | None,
+    only: list[str] | None,
+    after: int | None,
+    limit: int,
 ) -> list[dict[str, Any]]:
-    params = {"farm_id": farm_id, "state": state, "after": after, "limit": limit}
+    """``only``: the rooms a room-limited member may see (farm-wide alerts are always shown)."""
+    params = {"farm_id": farm_id, "state": state, "only": only, "after": after, "limit": limit}
     return await db.fetch_all(LIST, params)
 
 

@@ -1,8 +1,8 @@
 """The job queue as the rest of the cloud sees it: defer a task by name (optionally inside the
 caller's transaction, optionally de-duplicated), ask what is waiting or running, count jobs.
 
-A thin wrapper over a procrastinate ``App`` opened on the process's own psycopg pool; the tasks
-themselves are registered by ``cloud.jobs.tasks.register``.
+A thin wrapper over a procrastinate ``App``; the tasks themselves are registered by
+``cloud.jobs.tasks.register``. Queue state is read through the cloud's own database gateway.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import procrastinate
 from procrastinate import exceptions as pexc
+from psycopg_pool import AsyncConnectionPool
 
 from cloud.db.database import Cursor, Database
 
@@ -66,9 +67,14 @@ class JobQueue:
     """Defers jobs and reads queue state. Open with ``open_queue``; tasks are looked up by name,
     so the caller needs no import of the task functions."""
 
-    def __init__(self, app: procrastinate.App, db: Database) -> None:
+    def __init__(self, app: procrastinate.App, db: Database, pool: AsyncConnectionPool) -> None:
         self.app = app
         self.db = db
+        self.pool = pool
+
+    async def close(self) -> None:
+        await self.app.close_async()
+        await self.pool.close(timeout=5)
 
     async def defer(
         self,
@@ -143,7 +149,19 @@ class JobQueue:
         }
 
 
-async def open_queue(app: procrastinate.App, db: Database) -> JobQueue:
-    """Open ``app`` on the database's pool (procrastinate leaves an external pool open)."""
-    await app.open_async(db.pool)
-    return JobQueue(app, db)
+async def open_queue(app: procrastinate.App, db: Database, *, max_size: int = 4) -> JobQueue:
+    """Open ``app`` on a pool of its own to the same database (procrastinate's LISTEN
+    connection copies the pool's connection settings, which must leave autocommit to it);
+    connections are made on demand, so a process that only defers holds none idle."""
+    pool = AsyncConnectionPool(
+        db.dsn,
+        min_size=0,
+        max_size=max_size,
+        open=False,
+        name="smartfarm-jobs",
+        kwargs={"options": "-c statement_timeout=30000"},
+        check=AsyncConnectionPool.check_connection,
+    )
+    await pool.open()
+    await app.open_async(pool)
+    return JobQueue(app, db, pool)

@@ -68,7 +68,7 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     ``jobs.in_process_worker`` is off — a worker in this process. Needs the database."""
     settings = app[appkeys.SETTINGS]
     db = app[appkeys.DB]
-    queue = await open_queue(build_app(settings), db)
+    queue = await open_queue(build_app(settings), db, max_size=settings.jobs.concurrency + 3)
     app[appkeys.JOBS] = queue
     metrics = JobMetrics(app[appkeys.METRICS].registry)
     tasks = [asyncio.create_task(metrics.refresh(queue), name="job-stats")]
@@ -84,11 +84,17 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in reversed(tasks):  # the worker first: it finishes its jobs gracefully
+        # The worker first: it finishes its running jobs (up to shutdown_grace_s) and
+        # unregisters; bounded, so a database that went away cannot hold the shutdown.
+        for task in reversed(tasks):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await queue.app.close_async()
+            done, _ = await asyncio.wait({task}, timeout=settings.jobs.shutdown_grace_s + 5)
+            if done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
+            else:
+                log.warning("%s did not stop in time", task.get_name())
+        await queue.close()
 
 
 async def worker_main(
@@ -114,7 +120,7 @@ async def worker_main(
             connect_timeout=settings.database.connect_timeout_s,
         )
         try:
-            queue = await open_queue(build_app(settings), db)
+            queue = await open_queue(build_app(settings), db, max_size=workers + 3)
             _warn_schema()
             services = JobServices(db, settings, queue, make_provider(settings.ai))
             log.info("worker on queues %s, %d at a time", ", ".join(queues or QUEUES), workers)
@@ -127,7 +133,7 @@ async def worker_main(
                     install_signal_handlers=True,
                 )
             finally:
-                await queue.app.close_async()
+                await queue.close()
         finally:
             await db.close()
     finally:

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from cloud.db import live as live_db
 from cloud.db import sync as sync_db
 from cloud.db.database import Cursor
 from cloud.db.telemetry import Reading, copy_readings
@@ -175,6 +176,8 @@ class BatchWriter:
             await self._guarded(p.record, self._change(reconciler, p.record, p.item))
         await sync_db.quarantine(self.cur, self._quarantine)
         self.counts.quarantined = len(self._quarantine)
+        # Dashboards on every instance hear of the readings when (and only if) this commits.
+        await live_db.announce_readings(self.cur, self.farm_id, readings)
         return self.counts
 
     async def _guarded(self, record: OutboxRecord, work: Coroutine[Any, Any, None]) -> None:

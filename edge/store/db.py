@@ -8,7 +8,10 @@ Durability trade-off (SD card on a Pi): WAL with ``synchronous=NORMAL`` never fs
 on checkpoint. A committed transaction survives an application crash or SIGKILL (it is in the WAL,
 in the OS page cache); a power cut can lose the last group(s) committed since the OS last wrote the
 WAL out, but never corrupts the file. ``synchronous=FULL`` would fsync every group: several ms each
-and far more SD-card wear, for the last ~200 ms of readings.
+and far more SD-card wear, for the last ~200 ms of readings. The few writes that must survive a
+power cut (the outbox's seq assignment, made before a batch leaves: see edge/outbox.py) ask for it:
+``write(..., durable=True)`` commits their group with ``synchronous=FULL`` (one fsync of the WAL,
+which also makes every group before it durable).
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ class _Item:
     loop: asyncio.AbstractEventLoop | None
     future: asyncio.Future[Any] | None
     urgent: bool
+    durable: bool = False
 
 
 @dataclass(slots=True)
@@ -240,17 +244,20 @@ class Database:
         /,
         *args: Any,
         urgent: bool = False,
+        durable: bool = False,
     ) -> T:
         """Run fn(conn, *args) on the writer thread in the shared transaction; return its result
         once committed, or raise its exception (only its own changes are rolled back).
 
         ``urgent=True`` commits the group as soon as this item is in it instead of waiting out
         commit_interval_ms: for writes someone is waiting on (a manual command, an API call).
+        ``durable=True`` returns only once the group is fsynced (``synchronous=FULL`` for that
+        commit): for a write that must survive a power cut, not just a crash.
         """
         self._check_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Item(fn, args, loop, future, urgent))
+        self._queue.put(_Item(fn, args, loop, future, urgent, durable))
         return await future
 
     def write_nowait(
@@ -401,7 +408,11 @@ class Database:
 
     def _run_group(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
         outcomes: list[tuple[bool, Any]] = []
+        # SQLite refuses to change the safety level inside a transaction: set it around this one.
+        durable = any(item.durable for item in batch)
         try:
+            if durable:
+                conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
             for item in batch:
                 outcomes.append(self._run_item(conn, item))
@@ -415,6 +426,9 @@ class Database:
             outcomes = [(False, exc)] * len(batch)
         else:
             self._transactions += 1
+        finally:
+            if durable:
+                conn.execute("PRAGMA synchronous = NORMAL")
         self._items += len(batch)
         self._last_batch = len(batch)
         self._max_batch = max(self._max_batch, len(batch))

@@ -141,6 +141,9 @@ def make_settings(dsn: str, data_dir: Path, **overrides: object) -> CloudSetting
         "migrate_on_start": False,
         "database": DatabaseConfig(pool_min=1, pool_max=4),
         "auth": auth_settings(),
+        # Tests run jobs explicitly (tests/cloud/test_jobs.py); an app per test must not start
+        # a worker that runs periodic jobs against the test's database.
+        "jobs": {"in_process_worker": False, "periodic": False},
     }
     values.update(overrides)
     return IsolatedSettings(**values)  # type: ignore[arg-type]

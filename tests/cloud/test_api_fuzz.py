@@ -57,6 +57,7 @@ def _config(world: w.World) -> str:
         "edge_id": [w.EDGE],
         "user_id": [world.user_ids["viewer"]],
         "notification_id": [world.notification_ids["owner"]],
+        "recommendation_id": [world.recommendation_id],
     }
     lines = ['hooks = "tests.cloud.schemathesis_hooks"', ""]
     for name, values in real.items():

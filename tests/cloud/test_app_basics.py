@@ -26,7 +26,7 @@ async def test_health_reports_database_and_version(client) -> None:  # type: ign
 async def test_health_counts_registered_and_connected_edges(world_client, world_dsn) -> None:  # type: ignore[no-untyped-def]
     body = await (await world_client.get("/health")).json()
     assert body["edges"] == {"registered": 1, "connected": 0, "window_s": 120}
-    assert body["jobs"] == "not configured"
+    assert body["jobs"] == "ok" and body["job_queue"]["failed_24h"] == 0
     with psycopg.connect(world_dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO edges (id, farm_id, token_hash, last_seen) VALUES"

@@ -58,6 +58,9 @@ BODIES: dict[str, Any] = {
     },
     "PATCH /api/rooms/{room_id}/automation/{rule_id}": {"changes": {"enabled": False}},
     "POST /api/farms/{farm_id}/edges": {"name": "second pi"},
+    "PUT /api/rooms/{room_id}/substrate": {"dry_mass_kg": 10},
+    "POST /api/rooms/{room_id}/harvests": {"weight_kg": 2.5},
+    "PUT /api/users/me/notification-preferences": {"min_severity": "critical"},
 }
 # Public routes are covered by their own tests (login, refresh, …), not by the matrix.
 PROTECTED = [r for r in all_routes() if r.scope != "public"]
@@ -81,7 +84,9 @@ def expected(route: Route, caller: str) -> int:
 
 
 def _url(route: Route, world: w.World, caller: str) -> str:
-    params = dict(PARAMS, user_id=world.user_ids["viewer"])
+    params = dict(
+        PARAMS, user_id=world.user_ids["viewer"], recommendation_id=world.recommendation_id
+    )
     if "notification_id" in route.path:
         own = world.notification_ids.get(caller, world.notification_ids["owner"])
         params["notification_id"] = own

@@ -98,3 +98,54 @@ def test_migrate_seed_and_create_user(monkeypatch, tmp_path, capsys, databases) 
     assert _run(["migrate", "--down", "1"], monkeypatch, dsn, tmp_path) == 0
     last = load_migrations()[-1]
     assert f"{last.version:04d}_{last.name}" in capsys.readouterr().out
+
+
+def test_json_logs_to_stdout_and_a_rotating_file(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import logging.handlers
+
+    from cloud.logs import FILE_BYTES, FILE_COUNT, configure_logging
+
+    settings = make_settings("unused", tmp_path, log_format="json", log_file=tmp_path / "c.log")
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        configure_logging(settings)
+        log = logging.getLogger("cloud.test")
+        log.info("edge %s connected", "e1", extra={"edge_id": "e1"})
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed")
+        rotating = [
+            h for h in logging.root.handlers if isinstance(h, logging.handlers.RotatingFileHandler)
+        ]
+        assert [(h.maxBytes, h.backupCount) for h in rotating] == [(FILE_BYTES, FILE_COUNT)]
+        assert FILE_BYTES == 10 * 2**20 and FILE_COUNT == 10
+        for handler in logging.root.handlers:
+            handler.flush()
+    finally:
+        for handler in logging.root.handlers:
+            if handler not in handlers:
+                handler.close()
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[0]["message"] == "edge e1 connected" and lines[0]["edge_id"] == "e1"
+    assert lines[0]["level"] == "INFO" and lines[0]["logger"] == "cloud.test"
+    assert lines[0]["time"].endswith("+00:00")
+    assert "ValueError: boom" in lines[1]["exception"]
+    in_file = [json.loads(x) for x in (tmp_path / "c.log").read_text().splitlines()]
+    assert [x["message"] for x in in_file] == ["edge e1 connected", "failed"]
+
+
+def test_text_logs_by_default(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from cloud.logs import configure_logging
+
+    handlers, level = logging.root.handlers[:], logging.root.level
+    try:
+        configure_logging(make_settings("unused", tmp_path))
+        logging.getLogger("cloud.test").warning("plain %d", 1)
+    finally:
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+    out = capsys.readouterr().out
+    assert "WARNING cloud.test: plain 1" in out

@@ -11,7 +11,18 @@ from datetime import UTC, datetime, timedelta
 from cloud.auth.passwords import Passwords
 from cloud.auth.tokens import AccessTokens, token_hash
 from cloud.config import AuthConfig
-from cloud.db import commands, devices, edges, farms, notifications, rooms, rules, telemetry, users
+from cloud.db import (
+    commands,
+    devices,
+    edges,
+    farms,
+    notifications,
+    recommendations,
+    rooms,
+    rules,
+    telemetry,
+    users,
+)
 from cloud.db.database import Database
 
 PASSWORD = "correct horse battery"
@@ -28,6 +39,7 @@ COGNITO_SUB = "0b7c1f3e-5a1d-4e7b-9f1a-cafe00000001"
 class World:
     user_ids: dict[str, int] = field(default_factory=dict)
     notification_ids: dict[str, int] = field(default_factory=dict)
+    recommendation_id: int = 0  # an open one in room B (humidifier on)
     start: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def email(self, role: str) -> str:
@@ -118,6 +130,22 @@ async def build_world(db: Database) -> World:
             db, user_id=ids[role], kind="alert", title=f"hello {role}", farm_id=FARM
         )
         world.notification_ids[role] = note["id"]
+    (rec,) = await recommendations.store(
+        db,
+        ROOM_B,
+        source="builtin",
+        run_id=None,
+        items=[
+            {
+                "key": "humidity-low",
+                "severity": "warning",
+                "title": "RH below the target band",
+                "reason": "24 h mean 80.6 % vs 85-90 %",
+                "action": {"kind": "command", "device_id": ACTUATOR_B, "action": "on"},
+            }
+        ],
+    )
+    world.recommendation_id = rec["id"]
     start = world.start - timedelta(hours=2)
     rows = [
         (start + timedelta(minutes=i), ROOM_B, SENSOR_B, metric, value + i * 0.01)

@@ -2,7 +2,8 @@
 -- by a statement trigger so every writer (API, edge sync, seed, COPY) maintains them. Buckets of
 -- 1 h and 1 d are answered from here (avg = sum / count, exact), with the raw rows only for the
 -- partial hours at the edges of a range: a 30-day hourly chart reads ~720 rows per series
--- instead of 259,200 (measured in bench/cloud_telemetry_query.py: ~1 s → a few ms).
+-- instead of 259,200 (bench/cloud_telemetry_query.py, 10M rows, all 6 metrics of a room:
+-- ~1.1 s from raw rows, ~20 ms from the rollups).
 -- Hours are UTC hours (date_bin from 2000-01-01 00:00 UTC), whatever the session time zone.
 CREATE TABLE sensor_hourly (
     room_id   text NOT NULL,

@@ -1,0 +1,142 @@
+// Your farms, and one farm at a glance: each room's newest temperature, RH and CO₂ against the
+// stage's band, the edges' online state and the active alerts — all kept live.
+
+import { path } from './api.js';
+import { h, clear, BANDED, formatValue, metricInfo, inBand, bandText, words, ago } from './dom.js';
+import { alertsPanel } from './panels.js';
+
+export async function farmsView({ api, main, setCrumbs }) {
+  setCrumbs({ label: 'Farms' });
+  const farms = await api.all('/api/farms?limit=100', 5);
+  if (farms.length === 1) {
+    location.replace(`#/farm/${encodeURIComponent(farms[0].id)}`);
+    return null;
+  }
+  clear(main, h('section', { class: 'card' },
+    h('h1', { text: 'Your farms' }),
+    farms.length
+      ? h('ul', { class: 'items' }, farms.map((f) => h('li', {},
+        h('a', { href: `#/farm/${encodeURIComponent(f.id)}`, text: f.name || f.id }),
+        h('span', { class: 'muted', text: ` · ${f.role || ''}` }))))
+      : h('p', { class: 'muted', text: 'You are not a member of any farm yet.' })));
+  return null;
+}
+
+function roomCard(room) {
+  const metrics = new Map();
+  const status = h('span', { class: 'state' });
+  const stage = h('span', { class: 'stage', text: words(room.stage) });
+  const el = h('a', { class: 'card room', href: `#/room/${encodeURIComponent(room.id)}`, dataset: { room: room.id } },
+    h('div', { class: 'row' }, h('h2', { text: room.name || room.id }), status),
+    h('p', { class: 'muted small' }, `${words(room.species)} · `, stage),
+    h('dl', { class: 'now' }, BANDED.map((metric) => {
+      const dd = h('dd', { text: '–' });
+      metrics.set(metric, dd);
+      return [h('dt', { text: metricInfo(metric).label }), dd];
+    })));
+  const latest = { ...room.latest };
+
+  function render() {
+    const off = [];
+    let judged = 0;
+    for (const [metric, dd] of metrics) {
+      const now = latest[metric];
+      const band = room.bands[metric];
+      dd.textContent = now ? formatValue(metric, now.value) : '–';
+      dd.title = band ? `target ${bandText(metric, band)}` : '';
+      const stale = now ? Date.now() - new Date(now.time).getTime() > 600000 : true;
+      const ok = now && !stale ? inBand(band, now.value) : null;
+      dd.dataset.band = ok === null ? 'unknown' : (ok ? 'in' : 'out');
+      if (ok !== null) judged += 1;
+      if (ok === false) off.push(metricInfo(metric).label);
+    }
+    el.dataset.band = judged ? (off.length ? 'out' : 'in') : 'unknown';
+    status.textContent = judged ? (off.length ? `out of band: ${off.join(', ')}` : 'in band') : 'no recent data';
+  }
+
+  function reading(msg) {
+    const t = msg.time * 1000;
+    for (const [metric, value] of Object.entries(msg.values)) {
+      const old = latest[metric];
+      if (!old || new Date(old.time).getTime() <= t) {
+        latest[metric] = { value, time: new Date(t).toISOString(), device_id: msg.device_id };
+      }
+    }
+    render();
+  }
+
+  render();
+  return { el, reading, refresh: render };
+}
+
+export async function farmView(ctx, farmId) {
+  const { api, live, main, setCrumbs } = ctx;
+  const [farm, overview] = await Promise.all([
+    api.get(path`/api/farms/${farmId}`),
+    api.get(path`/api/farms/${farmId}/overview`),
+  ]);
+  setCrumbs({ label: 'Farms', href: '#/' }, { label: farm.name || farm.id });
+  const cards = new Map();
+  const grid = h('div', { class: 'grid rooms' });
+  const edges = h('ul', { class: 'items edges' });
+  const alerts = alertsPanel(ctx, farmId);
+
+  function renderEdges(list) {
+    clear(edges, list.length ? list.map((e) => h('li', { dataset: { edge: e.id, online: e.online } },
+      h('span', { class: `dot ${e.online ? 'on' : 'off'}` }),
+      h('span', { text: `${e.name || e.id} — ${e.online ? 'online' : 'offline'}` }),
+      h('span', { class: 'muted small', text: ` · seen ${ago(e.last_seen)}` })))
+      : h('li', { class: 'muted', text: 'No edge gateway registered.' }));
+  }
+
+  function render(snapshot) {
+    cards.clear();
+    clear(grid, snapshot.rooms.length
+      ? snapshot.rooms.map((room) => {
+        const card = roomCard(room);
+        cards.set(room.id, card);
+        return card.el;
+      })
+      : h('p', { class: 'muted', text: 'No rooms yet.' }));
+    renderEdges(snapshot.edges);
+  }
+
+  let edgeList = overview.edges;
+  render(overview);
+  clear(main,
+    h('h1', { text: farm.name || farm.id }),
+    grid,
+    h('div', { class: 'grid two' },
+      alerts.el,
+      h('section', { class: 'card panel', 'aria-label': 'edges' }, h('h2', { text: 'Edge gateways' }), edges)));
+  await alerts.load();
+
+  const handlers = {
+    reading: (event) => {
+      const msg = event.detail;
+      if (msg.farm_id === farmId && cards.has(msg.room_id)) cards.get(msg.room_id).reading(msg);
+    },
+    edge: (event) => {
+      const msg = event.detail;
+      if (msg.farm_id !== farmId) return;
+      edgeList = edgeList.filter((e) => e.id !== msg.edge_id)
+        .concat([{ id: msg.edge_id, name: msg.name, online: msg.online, last_seen: msg.last_seen }])
+        .sort((a, b) => a.id.localeCompare(b.id));
+      renderEdges(edgeList);
+    },
+    resync: async () => {
+      const fresh = await api.get(path`/api/farms/${farmId}/overview`);
+      edgeList = fresh.edges;
+      render(fresh);
+      await alerts.load();
+    },
+  };
+  for (const [type, handler] of Object.entries(handlers)) live.addEventListener(type, handler);
+  live.subscribe({ farm_id: farmId });
+  const ticker = setInterval(() => { for (const card of cards.values()) card.refresh(); }, 30000);
+  return () => {
+    clearInterval(ticker);
+    alerts.dispose();
+    for (const [type, handler] of Object.entries(handlers)) live.removeEventListener(type, handler);
+  };
+}
