@@ -182,7 +182,7 @@ async def ack_commands(client: aiomqtt.Client, spec: LoadSpec, login: Login,
 async def subscribe_commands(
     clients: list[aiomqtt.Client], spec: LoadSpec, logins: list[Login]
 ) -> None:
-    # Before "ready": a subscription arriving mid-run would disturb amqtt's broadcast loop.
+    # Before "ready": the broker's subscription map stays the same while anything is measured.
     for client, login in zip(clients, logins, strict=True):
         await client.subscribe(
             topic(spec.farm_id, login.room_id, "command", login.device_id), qos=1
@@ -266,8 +266,9 @@ async def _load_main(conn: Connection, spec: LoadSpec) -> None:
         ]
         if spec.interval_s is None:
             # Flat out: report when every count is sent, but stay connected (and acking) until
-            # the parent says stop: a client leaving mid-run changes the broker's subscription
-            # map, and amqtt 0.12 loses the message it is broadcasting when that happens.
+            # the parent says stop: a client leaving mid-run would change the broker's
+            # subscription map while other processes are still being measured (and plain amqtt
+            # 0.12 loses the message it is broadcasting when that happens).
             await asyncio.gather(*publishers)
             stats["done_at"] = time.monotonic()
             stats["acks"] = acks[0]

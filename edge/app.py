@@ -29,6 +29,7 @@ from edge.config import EdgeSettings, load_config
 from edge.credentials import edge_login, sync_broker_files
 from edge.downlink import Downlink
 from edge.ingest import Ingest
+from edge.iot_uplink import IotUplink
 from edge.outbox import Outbox
 from edge.store import commands as command_rows
 from edge.store.db import Database
@@ -72,19 +73,22 @@ class EdgeApp:
             quarantine_max_payload=store.quarantine_max_payload,
         )
         self.outbox: Outbox | None = None
-        self.uplink: Uplink | None = None
+        self.uplink: Uplink | IotUplink | None = None
         self.downlink: Downlink | None = None
         if settings.cloud.enabled:
             self.outbox = Outbox(
                 self.db, retention_days=settings.cloud.retention_days,
                 max_unsynced_rows=settings.cloud.max_unsynced_rows, alerts=self.alerts,
             )
-            self.uplink = Uplink(settings, self.outbox, alerts=self.alerts)
-            uplink = self.uplink
             self.downlink = Downlink(
                 settings, self.db, self.automation, self.commands, alerts=self.alerts,
-                clock_offset=lambda: uplink.clock_offset_s,
+                clock_offset=lambda: None if self.uplink is None else self.uplink.clock_offset_s,
             )
+            if settings.cloud.aws_iot.enabled:  # batches over AWS IoT Core instead of HTTPS
+                self.uplink = IotUplink(settings, self.outbox, handle=self.downlink.handle,
+                                        alerts=self.alerts)
+            else:
+                self.uplink = Uplink(settings, self.outbox, alerts=self.alerts)
         self.broker: EmbeddedBroker | None = None
         self.api_runner: web.AppRunner | None = None
         self.api_port: int | None = None
@@ -126,8 +130,11 @@ class EdgeApp:
                 if self.uplink is not None and self.downlink is not None:
                     log.info("syncing with the cloud at %s as edge %s", settings.cloud.url,
                              settings.cloud.edge_id)
-                    for name, loop in (("uplink", self.uplink.run),
-                                       ("downlink", self.downlink.run)):
+                    loops = [("uplink", self.uplink.run), ("downlink", self.downlink.run)]
+                    iot = settings.cloud.aws_iot
+                    if iot.enabled and not iot.downlink_stream:
+                        loops.pop()  # commands come over AWS IoT only
+                    for name, loop in loops:
                         workers.append(tasks.create_task(_keep_running(name, loop),
                                                          name=f"edge-{name}"))
                 await stop.wait()

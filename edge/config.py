@@ -81,6 +81,64 @@ class StoreConfig(_Section):
     quarantine_max_payload: int = Field(default=4_096, ge=64)
 
 
+IOT_TOPIC_FIELDS = ("farm_id", "edge_id")
+
+
+class AwsIotConfig(_Section):
+    """The optional AWS IoT Core transport (edge/iot_uplink.py): batches go up over MQTT 5 with
+    an X.509 client certificate instead of HTTPS, and commands come down on the command topic.
+    ``smartfarm cloud provision-device --aws`` makes the thing, certificate and policy and prints
+    the endpoint. cloud.url, edge_id and token stay required: the topic rule forwards the token
+    to the same ingest endpoint, and the downlink WebSocket still carries config pushes."""
+
+    enabled: bool = False
+    endpoint: str | None = Field(default=None, description="xxxx-ats.iot.REGION.amazonaws.com")
+    port: int = Field(default=8883, ge=1, le=65535)
+    client_id: Id | None = Field(default=None, description="the thing name; default: edge_id")
+    cert_file: Path = Path("credentials/aws-iot/certificate.pem.crt")
+    key_file: Path = Path("credentials/aws-iot/private.pem.key")
+    # None: the system trust store (it holds Amazon Root CA 1).
+    ca_file: Path | None = None
+    # {farm_id} and {edge_id} are filled in; provisioning writes its policy for these defaults.
+    batches_topic: str = "smartfarm/{farm_id}/edge/{edge_id}/batches"
+    acks_topic: str = "smartfarm/{farm_id}/edge/{edge_id}/acks"
+    commands_topic: str = "smartfarm/{farm_id}/edge/{edge_id}/commands"
+    replies_topic: str = "smartfarm/{farm_id}/edge/{edge_id}/replies"
+    # AWS IoT Core refuses payloads over 128 KiB; bigger batches are split.
+    max_message_bytes: int = Field(default=128 * 1024, ge=8 * 1024, le=128 * 1024)
+    compress: bool = True
+    ack_timeout_s: float = Field(default=15.0, gt=0, description="no answer: publish again")
+    # AWS IoT Core throttles a connection past 512 KiB/s.
+    max_bytes_per_s: int = Field(default=480 * 1024, ge=1024)
+    keepalive_s: int = Field(default=60, ge=30, le=1200)
+    session_expiry_s: int = Field(default=3600, ge=0)
+    # Keep the WebSocket downlink as well (config pushes; commands arrive on both, run once).
+    downlink_stream: bool = True
+
+    @field_validator("batches_topic", "acks_topic", "commands_topic", "replies_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        try:
+            filled = value.format(**dict.fromkeys(IOT_TOPIC_FIELDS, "x"))
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("only {farm_id} and {edge_id} may be filled in") from None
+        if not filled or set(filled) & {"+", "#", "$"} or "//" in filled:
+            raise ValueError("must be a plain topic (no wildcards, no $, no empty level)")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> Self:
+        if self.enabled and not self.endpoint:
+            raise ValueError("endpoint is required when aws_iot is enabled")
+        return self
+
+    def topic(
+        self, name: Literal["batches", "acks", "commands", "replies"], farm_id: str, edge_id: str
+    ) -> str:
+        template: str = getattr(self, f"{name}_topic")
+        return template.format(farm_id=farm_id, edge_id=edge_id)
+
+
 class CloudConfig(_Section):
     """The cloud this edge syncs with (issue 4); sync is off until url, edge_id and a token are
     set (``smartfarm edge register``). The token comes from SMARTFARM_EDGE_CLOUD__TOKEN or the
@@ -110,6 +168,7 @@ class CloudConfig(_Section):
     ws_heartbeat_s: float = Field(default=20.0, gt=0)
     ws_failures_before_poll: int = Field(default=3, ge=1)
     pending_poll_s: float = Field(default=5.0, gt=0)
+    aws_iot: AwsIotConfig = Field(default_factory=AwsIotConfig)
 
     @field_validator("url")
     @classmethod

@@ -154,13 +154,15 @@ class Uplink:
             )
             try:
                 await self.upload(session, batch)
-            finally:
-                if not following.done():
-                    following.cancel()  # only when the upload was cancelled, or failed hard
-                # A cancelled preparation may still have assigned its seqs: they are resent
-                # from the stored segment like any batch in flight.
-                with contextlib.suppress(asyncio.CancelledError):
-                    ahead = await following
+            except BaseException:
+                # Cancelled (shutting down) or failed hard: a preparation cut short may still
+                # have given out its seqs; they are resent from the stored segment like any
+                # batch in flight.
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await following
+                raise
+            ahead = await following
 
     async def _wait_for_records(self) -> None:
         """Until a batch is due: full, old enough, or holding something urgent."""

@@ -21,7 +21,7 @@ from cloud.db.database import Database
 from shared.errors import SmartfarmError
 from shared.rules import Rule
 
-RULE: TypeAdapter[Any] = TypeAdapter(Rule)
+RULE: TypeAdapter[Any] = TypeAdapter(Rule)  # type: ignore[arg-type]  # an annotated union
 DEVICES = "SELECT id, kind, actuator FROM devices WHERE room_id = %(room_id)s ORDER BY id"
 
 
@@ -108,15 +108,11 @@ async def apply(
         )
         return {"kind": "command", "command_id": command_id}
     rule = concrete["rule"]
-    existing = await rules_db.get(db, room_id, rule["id"])
-    if existing is None:
-        row = await rules_db.create(db, room_id, rule["id"], rule, user_id)
-        verb = "rule.create"
-    else:
+    verb, row = "rule.update", None
+    if await rules_db.get(db, room_id, rule["id"]) is not None:
         row = await rules_db.update(db, room_id, rule["id"], rule, version=None, user_id=user_id)
-        if row is None:  # deleted between the two statements
-            row = await rules_db.create(db, room_id, rule["id"], rule, user_id)
-        verb = "rule.update"
+    if row is None:  # new (or deleted between the two statements)
+        verb, row = "rule.create", await rules_db.create(db, room_id, rule["id"], rule, user_id)
     await audit.record(
         db,
         user_id=user_id,

@@ -7,13 +7,15 @@ ones a grower checks by hand: RH falling while the humidifier already runs nearl
 it is not delivering (empty reservoir, dry wick, blocked nozzle) — switching it on again will not
 help; CO₂ above the ceiling while the fan cycles means the fresh-air exchange is too small;
 temperature drifting down with the heater working hard means the heater (or the insulation) is
-failing. Primordia usually form within 3–5 days (oyster, lion's mane) or 5–7 days (shiitake) of
-pinning conditions (Stamets 2000, "primordia formation" durations).
+failing. Pins are expected within a few days to a week of pinning conditions; PINNING_DAYS holds
+the day after which the advisor calls them overdue (our reading of the primordia-formation
+durations in Stamets 2000 — defaults to tune per farm, not measured figures).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from cloud.ai.models import (
     Advice,
@@ -25,12 +27,12 @@ from cloud.ai.models import (
     Suggestion,
 )
 from shared.profiles import TUNING, profile_for, rules_for
+from shared.rules import ActuatorRole
 
 NAME = "builtin"
-# Days of pinning conditions after which primordia should be visible.
+# Days of pinning conditions after which missing primordia are worth a warning.
 PINNING_DAYS = {"oyster": 5, "shiitake": 7, "lions_mane": 5}
 HIGH_DUTY = 0.8  # "running nearly non-stop" over the last 6 h
-LOW_DUTY = 0.2
 CYCLING_SWITCHES = 8  # switches in the window that count as cycling
 LOW_IN_BAND = 0.7
 LOW_BATTERY_V = 3.4
@@ -85,7 +87,9 @@ def _drift_threshold(stats: MetricStats) -> float:
     return max(1.0, 0.2 * (band.max - band.min))
 
 
-def _command(ctx: RoomContext, role: str, action: str) -> CommandAction | None:
+def _command(
+    ctx: RoomContext, role: str, action: Literal["on", "off", "set"]
+) -> CommandAction | None:
     actuator = ctx.actuator(role)
     if actuator is None:
         return None
@@ -349,7 +353,7 @@ def _pinning(ctx: RoomContext) -> list[Suggestion]:
     light = ctx.actuator("light")
     if light is not None and not any(r.get("actuator") == light.device_id for r in ctx.rules):
         profile = profile_for(ctx.species, ctx.stage)  # type: ignore[arg-type]
-        actuators = {"light": light.device_id}
+        actuators: dict[ActuatorRole, str] = {"light": light.device_id}
         generated = rules_for(ctx.room_id, profile.species, profile.stage, actuators)
         action = RuleAction(rule=generated[0].model_dump(mode="json") | {"source": "user"})
     return [

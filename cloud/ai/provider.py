@@ -32,8 +32,11 @@ class ProviderError(SmartfarmError):
 
 
 class Provider(Protocol):
-    name: str
-    model: str | None
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model(self) -> str | None: ...
 
     async def advise(self, ctx: RoomContext) -> Advice: ...
 

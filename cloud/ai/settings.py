@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class BedrockConfig(BaseModel):
@@ -35,3 +35,12 @@ class AiConfig(BaseModel):
     schedule: str = "0 */4 * * *"
     window_hours: float = Field(default=24, gt=0, le=24 * 14)
     max_recommendations: int = Field(default=8, ge=1, le=50)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter  # procrastinate's own cron parser
+
+        if not croniter.is_valid(value):
+            raise ValueError("not a cron expression (e.g. '0 */4 * * *')")
+        return value

@@ -13,11 +13,13 @@ Model, per flush n of the current substrate load:
   Value, Medicinal Effect, and Environmental Impact", 2nd ed., CRC Press 2004; Stamets,
   "Growing Gourmet and Medicinal Mushrooms", 3rd ed., Ten Speed Press 2000). The ranges below are
   round figures inside what the literature reports for indoor cultivation on supplemented
-  sawdust or straw: Pleurotus ostreatus commonly 50–100 % and above on good substrates (Sánchez,
+  sawdust or straw. Pleurotus ostreatus: a high conversion of substrate to fruit bodies (Sánchez,
   "Cultivation of Pleurotus ostreatus and other edible mushrooms", Appl. Microbiol. Biotechnol.
-  85:1321–1337, 2010); Lentinula edodes on supplemented sawdust about 50–100 % (Royse, "Effect
-  of spawn run time and substrate nutrition on yield and size of the shiitake mushroom",
-  Mycologia 77:756–762, 1985); Hericium erinaceus is the least documented and its range here is
+  85:1321–1337, 2010); on wheat straw 76–107 % by pre-treatment (Jaramillo Mejía & Albertó,
+  Rev. Iberoam. Micol. 30:125–129, 2013). Lentinula edodes on supplemented sawdust: BE two to
+  three times higher after a 116-day than a 58-day spawn run (Royse, "Effect of spawn run time
+  and substrate nutrition on yield and size of the shiitake mushroom", Mycologia 77:756–762,
+  1985), so the range is wide. Hericium erinaceus is the least documented: its range here is
   the most uncertain (Stamets 2000).
 - share_n: the part of the crop each flush gives, 50/30/15/5 % for flushes 1–4 (later flushes
   yield less and less; this split is an assumption of ours, not a published figure).

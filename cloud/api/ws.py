@@ -168,7 +168,10 @@ async def live_socket(call: Call) -> web.StreamResponse:
     """
     hub = call.app[LIVE]
     config = hub.config
-    ws = web.WebSocketResponse(heartbeat=config.heartbeat_s, max_msg_size=MAX_MESSAGE)
+    # Uncompressed: messages are small JSON, and deflate per socket would cost CPU per client.
+    ws = web.WebSocketResponse(
+        heartbeat=config.heartbeat_s, max_msg_size=MAX_MESSAGE, compress=False
+    )
     if not ws.can_prepare(call.request).ok:
         raise BadRequest("this endpoint is a WebSocket; send an Upgrade request")
     query: WsQuery = call.query

@@ -12,9 +12,13 @@ and calls the module that does the work.
 | send_notification           | notify  | per delivery, from process_alerts                |
 | cleanup_old_data            | default | daily at 03:30 UTC                               |
 | predict_yield               | default | daily at 04:15 UTC; after a harvest or substrate |
+| retry_stalled_jobs          | default | every 5 min                                      |
 
 Periodic jobs are deferred by every running worker, but procrastinate records each tick once
-(``procrastinate_periodic_defers``), and queueing locks keep one of each waiting at a time.
+(``procrastinate_periodic_defers``), and queueing locks keep one of each waiting at a time. A job
+left running by a worker that died (SIGKILL, lost machine) is queued again by
+retry_stalled_jobs once that worker's heartbeat is STALLED_S old: jobs run at least once, so
+tasks are written to be idempotent (webhook receivers de-duplicate by X-Smartfarm-Delivery).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from cloud.notify.episodes import Episodes
 
 log = logging.getLogger(__name__)
 
+# A worker's heartbeat is refreshed every 10 s: two minutes without one means it is gone.
+STALLED_S = 120
 ACTIVE_ROOMS = """
 SELECT DISTINCT room_id FROM sensor_latest WHERE time > now() - interval '24 hours'
 ORDER BY room_id"""
@@ -148,6 +154,17 @@ async def predict_yield(
     return {"rooms": await predict_all(s.db, now=datetime.now(UTC), room_id=room_id)}
 
 
+async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) -> Any:
+    manager = context.app.job_manager
+    stalled = list(await manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_S))
+    for job in stalled:
+        log.warning(
+            "job %s (%s) was left running by a dead worker: queued again", job.id, job.task_name
+        )
+        await manager.retry_job(job)
+    return {"retried": len(stalled)}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     func: Callable[..., Awaitable[Any]]
@@ -173,6 +190,7 @@ def schedule(settings: CloudSettings) -> list[TaskSpec]:
         TaskSpec(send_notification, queue="notify"),
         TaskSpec(cleanup_old_data, cron="30 3 * * *", single=True),
         TaskSpec(predict_yield, cron="15 4 * * *"),
+        TaskSpec(retry_stalled_jobs, cron="*/5 * * * *", single=True, retry=False),
     ]
 
 

@@ -42,7 +42,7 @@ async def run_worker(
     config = services.settings.jobs
     await queue.app.run_worker_async(
         name=name or f"{socket.gethostname()}-{os.getpid()}",
-        queues=list(queues) if queues else None,
+        queues=list(queues or ()) or None,  # type: ignore[arg-type]  # None: every queue
         concurrency=concurrency or config.concurrency,
         wait=wait,
         install_signal_handlers=install_signal_handlers,

@@ -57,6 +57,8 @@ class LiveClient:
         self.closed = False
         self.close_code: int | None = None
         self.sent = 0
+        # Kept now: once closing starts, the request may no longer hand out its transport.
+        self._transport = request.transport
         # Loop time when the current send started (None: idle); the hub's watchdog drops a
         # client whose send has been blocked longer than send_timeout_s.
         self.sending_since: float | None = None
@@ -105,14 +107,28 @@ class LiveClient:
         self._closer = asyncio.create_task(self._close(code, reason), name="live-client-close")
 
     async def _close(self, code: int, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_TIMEOUT_S
         try:
-            # A client that stopped reading may never take the close frame: bounded, then cut.
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self.ws.close(code=code, message=reason.encode())
         except (TimeoutError, ConnectionError, RuntimeError):
-            transport = self.request.transport
-            if transport is not None:
-                transport.abort()
+            pass
+        except asyncio.CancelledError:
+            # aiohttp's drain future is shared with the writer task, cancelled a moment ago:
+            # that cancellation surfaces here. Only a cancel of this task is ours to obey.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        # A client that stopped reading never takes the rest of its data (nor the close frame),
+        # and a plain close of the transport waits to flush it: forever. Cut the connection.
+        transport = self._transport
+        if transport is None:
+            return
+        while transport.get_write_buffer_size() and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if transport.get_write_buffer_size():
+            transport.abort()
 
     async def finish(self) -> None:
         """After the socket is done: stop the writer, let a pending close run out."""

@@ -366,7 +366,8 @@ class LiveHub:
             now = loop.time()
             for client in tuple(self._all):
                 since = client.sending_since
-                if since is not None and now - since > self.config.send_timeout_s:
+                if (not client.closed and since is not None
+                        and now - since > self.config.send_timeout_s):
                     log.warning("live client of user %d stopped reading: dropped",
                                 client.user.id)
                     client.drop(CLOSE_TOO_SLOW, "too slow")

@@ -236,7 +236,7 @@ class Episodes:
 
 
 def _where(episode: dict[str, Any]) -> str:
-    return episode["room_id"] or episode["device_id"] or episode["farm_id"]
+    return str(episode["room_id"] or episode["device_id"] or episode["farm_id"])
 
 
 def _text(episode: dict[str, Any], kind: str, now: datetime) -> tuple[str, str]:

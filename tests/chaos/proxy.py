@@ -57,6 +57,7 @@ class ProxyStats:
     requests: int = 0
     forwarded: int = 0
     upstream_errors: int = 0  # an instance was down: answered 502
+    upstream_failures: Counter[str] = field(default_factory=Counter)  # by exception type
     faults: Counter[str] = field(default_factory=Counter)
     refused: int = 0  # connections dropped while down
     streams: int = 0
@@ -162,6 +163,7 @@ class FaultProxy:
         except (aiohttp.ClientError, TimeoutError) as exc:
             # A stopped instance behind a load balancer: 502, the edge retries elsewhere.
             self.stats.upstream_errors += 1
+            self.stats.upstream_failures[type(exc).__name__] += 1
             log.debug("upstream %s failed: %r", upstream, exc)
             return web.json_response({"detail": f"upstream: {exc!r}"}, status=502)
         self.stats.forwarded += 1

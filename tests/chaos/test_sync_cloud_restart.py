@@ -37,7 +37,7 @@ PLAN = (("a",), ("b",), ("a", "b"), ("b",), ("a",))
 
 
 async def test_cloud_instances_killed_and_restarted_during_uploads(
-    cloud: Any, tmp_path: Path, farm_id: str, running_edge: Any
+    cloud: Any, tmp_path: Path, farm_id: str, edge_app: Any
 ) -> None:
     the_cloud: Cloud = await cloud(instance=False, command_ttl_s=60)
     rnd = random.Random(1999)
@@ -53,7 +53,8 @@ async def test_cloud_instances_killed_and_restarted_during_uploads(
         settings = fast_settings(config)
         queue_readings(settings.db_path, [("room-a-sensor", "room-a")], 30_000,
                        metrics=("co2_ppm", "humidity_pct"))
-        edge = await running_edge(settings)
+        run = await edge_app(settings)
+        edge = run.app
         farm = build_farm(settings, speed=60, telemetry_interval_s=2, seed=21)
         stop = asyncio.Event()
         sim = asyncio.create_task(farm.run(stop))
@@ -79,9 +80,9 @@ async def test_cloud_instances_killed_and_restarted_during_uploads(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sim, 10)
         await drained(the_cloud, settings.db_path, EDGE_ID, 60)
-        assert edge.outbox is not None
-        await edge.outbox.flush()
+        await run.stop()
         counted = await tally(the_cloud, settings.db_path, EDGE_ID, reg.farm_id)
+    print(counted.summary(), proxy.stats, sep="\n")
     counted.assert_exactly_once()
     assert killed == list(PLAN)
     assert proxy.stats.upstream_errors > 0  # requests did die with their instance

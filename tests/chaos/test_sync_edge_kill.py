@@ -90,11 +90,13 @@ async def test_edge_sigkilled_twenty_times_during_uploads(
             if proc is not None:
                 kill(proc)
     counted = await tally(the_cloud, db, EDGE_ID, reg.farm_id)
+    print(counted.summary(), f"kills at: {moments}", f"cloud mark after each: {marks}",
+          sep="\n")
     counted.assert_exactly_once()
     assert edge_query(db, "PRAGMA integrity_check") == [("ok",)]
     # Every kind of moment was hit, and the uploads were under way at every kill.
     assert set(moments) == set(MOMENTS), moments
-    assert marks == sorted(marks) and marks[-1] < counted.edge_seqs, marks
+    assert 0 < marks[-1] < counted.edge_seqs - 300, marks  # a backlog left at the last kill
     assert counted.readings > BACKLOG + 20, counted.summary()  # the simulator's, too
     assert "Traceback" not in log.read_text()
 

@@ -576,3 +576,11 @@ async def test_accepting_a_rule_suggestion_creates_or_replaces_the_rule(
         await client.get(f"/api/rooms/{w.ROOM_B}/automation/{w.RULE_B}", headers=auth("viewer"))
     ).json()
     assert (stored["rule"]["on_below"], stored["rule"]["off_above"]) == (86, 89)
+
+
+def test_the_ai_schedule_must_be_a_cron_expression() -> None:
+    from cloud.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"ai\.schedule"):
+        load_settings(ai={"schedule": "every 4 hours"})
+    assert load_settings(ai={"schedule": "0 */2 * * *"}).ai.schedule == "0 */2 * * *"

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = os.environ.get("SMARTFARM_FUZZ_SEED", "20240501")
-EXAMPLES = int(os.environ.get("SMARTFARM_FUZZ_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("SMARTFARM_FUZZ_EXAMPLES", "15"))
 CHECKS = ",".join(
     (
         "not_a_server_error",

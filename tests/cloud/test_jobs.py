@@ -60,6 +60,7 @@ async def test_the_periodic_schedule_is_what_procrastinate_defers(jobs_env) -> N
         "process_alerts": "* * * * *",
         "cleanup_old_data": "30 3 * * *",
         "predict_yield": "15 4 * * *",
+        "retry_stalled_jobs": "*/5 * * * *",
     }
     at = datetime(2030, 5, 1, 4, 0, 30, tzinfo=UTC).timestamp()
     for _ in range(2):  # a second worker's deferrer at the same moment adds nothing
@@ -70,6 +71,7 @@ async def test_the_periodic_schedule_is_what_procrastinate_defers(jobs_env) -> N
     assert sorted(j.task_name for j in jobs) == [
         "check_automation_rules",
         "process_alerts",
+        "retry_stalled_jobs",
         "schedule_ai_recommendations",
     ]
     assert {j.task_kwargs["timestamp"] for j in jobs} == {int(at) - 30}
@@ -296,6 +298,8 @@ async def test_the_api_defers_and_its_in_process_worker_runs(  # type: ignore[no
     else:
         pytest.fail(f"job {job_id} did not run")
     assert runs["items"][0]["provider"] == "builtin"
+    health = await (await client.get("/health")).json()
+    assert health["jobs"] == "ok" and health["job_queue"]["workers"] == 1
     metrics = await (await client.get("/metrics")).text()
     assert 'smartfarm_jobs_total{outcome="succeeded",task="generate_ai_recommendations"} 1.0' in (
         metrics
@@ -357,3 +361,33 @@ def test_the_job_app_knows_every_task() -> None:
     assert app.tasks["generate_ai_recommendations"].queue == "ai"
     assert app.tasks["send_notification"].queue == "notify"
     assert math.isfinite(app.tasks["send_notification"].retry_strategy.max_attempts)
+
+
+async def test_health_reports_a_queue_nobody_works(jobs_env, world_client) -> None:  # type: ignore[no-untyped-def]
+    env = await jobs_env()
+    health = await (await world_client.get("/health")).json()
+    assert health["jobs"] == "ok" and health["job_queue"]["waiting"] == 0
+    await env.queue.defer("predict_yield")
+    await env.db.execute("UPDATE procrastinate_events SET at = now() - interval '1 hour'")
+    health = await (await world_client.get("/health")).json()
+    assert health["jobs"] == "down"
+    assert health["job_queue"]["waiting"] == 1 and health["job_queue"]["workers"] == 0
+    assert health["job_queue"]["oldest_waiting_s"] >= 3600
+    assert health["status"] == "ok"  # the API itself still serves
+
+
+async def test_a_job_left_running_by_a_dead_worker_runs_again(jobs_env) -> None:  # type: ignore[no-untyped-def]
+    env = await jobs_env()
+    manager = env.queue.app.job_manager
+    await env.queue.defer("generate_ai_recommendations", lock="ai:wf-b", room_id=w.ROOM_B)
+    dead = await manager.register_worker()
+    taken = await manager.fetch_job(queues=None, worker_id=dead)  # …and then it was SIGKILLed
+    assert taken is not None and taken.task_name == "generate_ai_recommendations"
+    await env.db.execute(
+        "UPDATE procrastinate_workers SET last_heartbeat = now() - interval '5 minutes'"
+    )
+    await env.work()  # the job's lock is held by the dead worker: nothing can run it
+    assert [j.status for j in await env.jobs("generate_ai_recommendations")] == ["doing"]
+    await env.queue.defer("retry_stalled_jobs")
+    await env.work()
+    assert [j.status for j in await env.jobs("generate_ai_recommendations")] == ["succeeded"]

@@ -412,3 +412,11 @@ async def test_notify_alert_from_code_and_the_farm_alert_list(  # type: ignore[n
     assert {a["key"] for a in limited["items"]} == {f"band:{w.ROOM_A}:co2_ppm", "sync_gap"}
     stranger = await client.get(url, headers=auth("stranger"))
     assert stranger.status == 404
+
+
+def test_the_smtp_password_is_masked_in_the_printed_config() -> None:
+    from cloud.config import load_settings
+
+    settings = load_settings(notify={"smtp": {"host": "mail", "password": "hunter2"}})
+    shown = json.dumps(settings.masked())
+    assert "hunter2" not in shown and settings.notify.smtp.enabled

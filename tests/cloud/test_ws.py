@@ -44,6 +44,7 @@ class Socket:
         self.ws = ws
         self.seen: list[dict[str, Any]] = []
         self.closed_with: int | None = None
+        self.ended: aiohttp.WSMessage | None = None
 
     async def send(self, **msg: Any) -> None:
         await self.ws.send_json(msg)
@@ -51,7 +52,8 @@ class Socket:
     async def _one(self) -> dict[str, Any] | None:
         msg = await self.ws.receive()
         if msg.type != WSMsgType.TEXT:
-            self.closed_with = self.ws.close_code
+            self.closed_with = msg.data if msg.type == WSMsgType.CLOSE else self.ws.close_code
+            self.ended = msg
             return None
         doc = json.loads(msg.data)
         self.seen.append(doc)
@@ -284,7 +286,7 @@ async def test_revoking_a_member_ends_their_subscriptions(live_app, connect, aut
     await sql(client.app[LIVE].db.dsn, "UPDATE users SET is_active = false WHERE id = %s",
               (world.user_ids["operator"],))
     await operator.drain(3)
-    assert operator.closed_with == 4403
+    assert operator.closed_with == 4403, operator.ended
 
 
 # ---- what is pushed -----------------------------------------------------------------------------
