@@ -66,9 +66,10 @@ async def test_humidity_drop_is_corrected_by_the_humidifier(tmp_path, farm_id, r
     assert min(before_on) < rule.on_below
     assert between and max(between) > rule.off_above
     assert query(db, "SELECT count(*) FROM quarantine")[0][0] == 0
-    # The room's readings are also served through the store's own query.
+    # The room's readings are also served through the store's own query (a reading still in
+    # flight when the simulator stopped may land in between the two reads).
     stored = await edge.db.read(readings_between, "room-a", 0, 4e9)
-    assert len(stored) == len(rows)
+    assert len(stored) >= len(rows) > 0
 
 
 async def test_an_actuator_that_never_acks_raises_an_alert(tmp_path, farm_id, running_edge):
