@@ -8,7 +8,7 @@ USAGE = """usage: smartfarm {edge,sim,cloud,demo} …
   edge   init a site, add devices, check the config, run the Raspberry Pi edge
   sim    run simulated ESP32 nodes against an edge (smartfarm sim --config edge.toml)
   cloud  the cloud service (serve, migrate, seed-db, create-user, check-config)
-  demo   set up and run a demo farm (edge + simulated rooms), print the page URL and login
+  demo   run the whole farm locally: PostgreSQL, cloud dashboard, edge, simulated rooms
 """
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return cloud_main(rest)
     if command == "demo":
-        from edge.demo import demo_main
+        from cloud.demo import demo_main
 
         return demo_main(rest)
     print(f"smartfarm: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

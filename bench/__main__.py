@@ -82,7 +82,10 @@ def summary_markdown(outcomes: list[dict[str, Any]], quick: bool) -> str:
         "|---|---|---|---|---|",
     ]
     for outcome in outcomes:
-        title = f"{outcome['title']} (`{outcome['name']}`, {outcome['seconds']:.0f} s)"
+        if outcome.get("earlier"):
+            title = f"{outcome['title']} (`{outcome['name']}`, from {outcome['earlier']})"
+        else:
+            title = f"{outcome['title']} (`{outcome['name']}`, {outcome['seconds']:.0f} s)"
         if outcome.get("skipped"):
             lines.append(f"| {title} | - | - | - | not run: bench/{outcome['name']}.py missing |")
             continue
@@ -127,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
             sys.argv = saved_argv
         outcome["seconds"] = time.monotonic() - t0
         outcomes.append(outcome)
+    # Benchmarks left out by --only keep their last figures in the summary, marked as such.
+    for name, title in BENCHES:
+        if (name, title) not in selected and (RESULTS_DIR / f"{name}.json").exists():
+            doc = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+            outcomes.append({"name": name, "title": title, "error": None, "seconds": None,
+                             "earlier": doc.get("finished_at", "an earlier run"),
+                             "targets": _targets(name, doc)})
     text = summary_markdown(outcomes, args.quick)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = Path(RESULTS_DIR / "summary.md")

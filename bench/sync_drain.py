@@ -39,7 +39,7 @@ import psycopg
 from aiohttp import web
 
 from bench.cloud_database import app_settings, bench_database, server_version
-from bench.report import RESULTS_DIR, Target, print_table, write_json
+from bench.report import RESULTS_DIR, Target, print_table, verdict, write_json
 from bench.site import die_with_parent, free_port
 from cloud.app import init_app
 from cloud.auth.tokens import token_hash
@@ -419,9 +419,14 @@ def report(result: dict[str, Any]) -> None:
             ("PostgreSQL CPU during the drain", result["postgres_cpu_s"], "s"),
         ],
     )
+    def shown(value: float | None, limit: float, unit: str) -> str:
+        if value is not None and not unit and limit <= 1:  # a ratio
+            return f"{100 * value:.0f} %"
+        return f"{value:,.0f} {unit}".strip() if value is not None else "-"
+
     print_table("Targets", ["target", "value", "goal", "verdict"], [
-        (t.name, t.value, f"{t.op} {t.limit:g} {t.unit}".strip(),
-         {True: "met", False: "MISSED", None: "n/a"}[t.met]) for t in result["targets"]
+        (t.name, shown(t.value, t.limit, t.unit), f"{t.op} {shown(t.limit, t.limit, t.unit)}",
+         verdict(t.met)) for t in result["targets"]
     ])
     for name, top in result.get("profile", {}).items():
         print_table(f"py-spy, {name} process: own time", ["function", "share"],

@@ -1,4 +1,5 @@
-"""``smartfarm cloud …``: serve, worker, migrate, seed-db, create-user, check-config.
+"""``smartfarm cloud …``: serve, worker, migrate, seed-db, create-user, check-config,
+provision-device.
 
 ``cloud_main(argv)`` is the entry point the top-level ``smartfarm`` script dispatches to.
 """
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from cloud.aws_provision import add_arguments as provision_arguments
+from cloud.aws_provision import provision_main
 from cloud.config import CloudSettings, ConfigError, load_settings
 from cloud.logs import configure_logging
 from shared.errors import SmartfarmError
@@ -52,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         help="only this queue (default, ai, notify); repeat for several (default: all)",
     )
     worker.add_argument("--concurrency", type=int, help="jobs at once (default: jobs.concurrency)")
+    provision_arguments(sub.add_parser(
+        "provision-device", help="make an edge an AWS IoT thing: certificate, policy, endpoint"))
     return parser
 
 
@@ -128,6 +133,8 @@ def cloud_main(argv: list[str]) -> int:
         print("password must be at least 10 characters", file=sys.stderr)
         return 2
     try:
+        if args.command == "provision-device":
+            return provision_main(args)
         if args.command == "serve":
             from aiohttp import web
 

@@ -6,7 +6,8 @@ change. The body is the gzip-compressed JSON ``Batch`` (shared/sync.py) with the
 token. The cursor moves only on a ``BatchAck``; a 409 ``GapError`` rewinds it to the cloud's mark;
 network errors, timeouts and 5xx are retried forever with exponential backoff and jitter. The same
 batch (same seqs, same records) is resent until the cloud answers, so the cloud's high-water mark
-makes every retry, replay and overlap safe.
+makes every retry, replay and overlap safe. One batch is in flight at a time; while it is, a
+backlog's next full batch is read, encoded and given its seqs, so it leaves as the answer comes.
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ import time
 from typing import Annotated, Any, Literal
 
 import jwt
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from cloud import appkeys
 from cloud.api.routing import Call, Route, user_for_token
 from cloud.auth.access import User
 from cloud.errors import BadRequest, CloudError
@@ -52,7 +53,7 @@ class PingMsg(_Msg):
 
 
 ClientMsg = Annotated[AuthMsg | SubscribeMsg | PingMsg, Field(discriminator="type")]
-CLIENT_MSG: TypeAdapter[AuthMsg | SubscribeMsg | PingMsg] = TypeAdapter(ClientMsg)
+CLIENT_MSG: TypeAdapter[AuthMsg | SubscribeMsg | PingMsg] = TypeAdapter(ClientMsg)  # type: ignore[arg-type]
 
 
 class WsQuery(BaseModel):
@@ -125,6 +126,9 @@ class Session:
             self.client.push(message("pong", id=msg.id, time=time.time()))
             return
         try:
+            if isinstance(msg, AuthMsg) or msg.type == "subscribe":
+                # Each costs database work: counted against the caller's API budget.
+                self.app[appkeys.LIMITS].api_token.take(f"ws-user-{self.client.user.id}")
             if isinstance(msg, AuthMsg):
                 await self._reauth(msg.token)
             elif msg.type == "subscribe":
@@ -163,8 +167,9 @@ async def live_socket(call: Call) -> web.StreamResponse:
     `status`, `command` (every state: pending → delivered → acked/failed), `alert`,
     `recommendation`, `notification` and `edge` (online/offline) messages, `resync` when updates
     may have been missed, and `unsubscribed` when your access is revoked. `{"type": "ping"}` is
-    answered with `pong`. Close codes: 4401 authentication failed or token expired, 4403 account
-    disabled, 4408 too slow (the client fell too far behind).
+    answered with `pong`; `subscribe` and `auth` count against the per-token API rate limit (an
+    `error` with status 429 past it). Close codes: 4401 authentication failed or token expired,
+    4403 account disabled, 4408 too slow (the client fell too far behind).
     """
     hub = call.app[LIVE]
     config = hub.config
@@ -196,6 +201,10 @@ async def live_socket(call: Call) -> web.StreamResponse:
                 await session.handle(msg.data)
     except ConnectionError:
         pass
+    except Exception:
+        # From here on the answer is the socket: an error closes it (the page reconnects).
+        log.exception("live socket of user %d failed", user.id)
+        client.drop(WSCloseCode.INTERNAL_ERROR, "internal error")
     finally:
         session.stop()
         hub.remove(client)

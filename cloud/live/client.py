@@ -125,10 +125,10 @@ class LiveClient:
         transport = self._transport
         if transport is None:
             return
-        while transport.get_write_buffer_size() and loop.time() < deadline:
-            await asyncio.sleep(0.1)
         if transport.get_write_buffer_size():
-            transport.abort()
+            await asyncio.sleep(max(0.1, deadline - loop.time()))
+            if transport.get_write_buffer_size():
+                transport.abort()
 
     async def finish(self) -> None:
         """After the socket is done: stop the writer, let a pending close run out."""

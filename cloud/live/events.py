@@ -4,7 +4,7 @@ JSON messages browsers receive, plus the close codes.
 Server → browser messages (one JSON object per text frame, ``type`` first):
 ``hello``, ``subscribed``, ``unsubscribed``, ``error``, ``pong``, ``resync`` (events may have been
 missed: reload snapshots), and the events ``reading``, ``status``, ``command``, ``alert``,
-``recommendation``, ``notification``, ``edge``.
+``recommendation``, ``notification``, ``edge`` and ``room`` (renamed or new stage: reload it).
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ CHANNELS = (LIVE, ROOM, USER)
 CLOSE_UNAUTHORIZED = 4401  # no, bad or expired token; or no auth message in time
 CLOSE_FORBIDDEN = 4403  # the account was disabled
 CLOSE_TOO_SLOW = 4408  # the client fell queue_size messages behind or stopped reading
-
-FETCHED = ("command", "status", "alert", "recommendation", "notification")
 
 
 @dataclass(frozen=True)
@@ -99,6 +97,8 @@ def parse_notice(channel: str, payload: str) -> Notice | None:
             return Notice(
                 "alert", farm_id=str(doc["farm"]), room_id=_str(doc, "room"), ident=int(doc["id"])
             )
+        if kind == "room":
+            return Notice("room", farm_id=str(doc["farm"]), room_id=str(doc["room"]))
         if kind == "access":
             return Notice("access", farm_id=str(doc["farm"]), user_id=int(doc["user"]))
         if kind == "user":
@@ -134,6 +134,19 @@ def reading_message(
         values=values,
         ingested_at=at,
     )
+
+
+def row_message(kind: str, row: dict[str, Any], status: str | None = None) -> str:
+    """The message for a fetched row (command, status, alert, recommendation, notification)."""
+    if kind == "notification":
+        return message("notification", notification=row)
+    where = {"farm_id": row["farm_id"], "room_id": row["room_id"]}
+    if kind == "command":
+        return message("command", **where, command=command_out(row, status))
+    if kind == "status":
+        return message("status", **where, device_id=row["device_id"], online=row["online"],
+                       state=row["state"], time=row["at"])
+    return message(kind, **where, **{kind: row})
 
 
 def command_out(row: dict[str, Any], status: str | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -31,16 +32,24 @@ from cloud.live.events import (
     CLOSE_FORBIDDEN,
     CLOSE_TOO_SLOW,
     Notice,
-    command_out,
     message,
     parse_notice,
     reading_message,
+    row_message,
 )
 from cloud.live.settings import LiveConfig
 
 log = logging.getLogger(__name__)
 
 FETCH_QUEUE = 10_000
+# The row a notice names, by kind (None when it is gone by the time it is read).
+ROW_FETCHERS: dict[str, Callable[[Database, Any], Awaitable[dict[str, Any] | None]]] = {
+    "command": lambda db, ident: live_db.command(db, str(ident)),
+    "status": lambda db, ident: live_db.status(db, str(ident)),
+    "alert": lambda db, ident: live_db.alert(db, int(ident)),
+    "recommendation": lambda db, ident: live_db.recommendation(db, int(ident)),
+    "notification": lambda db, ident: live_db.notification(db, int(ident)),
+}
 
 
 class LiveMetrics:
@@ -190,6 +199,10 @@ class LiveHub:
                 )
             if not notice.fetch:
                 return
+        elif notice.kind == "room":  # nothing to fetch: pages reload the room
+            self._fanout(notice.farm_id, notice.room_id,
+                         message("room", farm_id=notice.farm_id, room_id=notice.room_id))
+            return
         elif notice.kind == "recommendation":  # names only its room: fetched if anyone listens
             if not self._by_farm:
                 return
@@ -253,39 +266,19 @@ class LiveHub:
                 self.broadcast(message("resync", reason="some updates were missed"))
 
     async def _fetched(self, notice: Notice) -> None:
-        kind, db = notice.kind, self.db
+        kind = notice.kind
         if kind == "readings":
             await self._fetch_readings(notice)
-        elif kind == "command":
-            row = await live_db.command(db, str(notice.ident))
-            if row is not None:
-                text = message("command", farm_id=row["farm_id"], room_id=row["room_id"],
-                               command=command_out(row, notice.status))
-                self._fanout(row["farm_id"], row["room_id"], text)
-        elif kind == "status":
-            row = await live_db.status(db, str(notice.ident))
-            if row is not None:
-                text = message("status", farm_id=row["farm_id"], room_id=row["room_id"],
-                               device_id=row["device_id"], online=row["online"],
-                               state=row["state"], time=row["at"])
-                self._fanout(row["farm_id"], row["room_id"], text)
-        elif kind == "alert":
-            row = await live_db.alert(db, int(notice.ident or 0))
-            if row is not None:
-                text = message("alert", farm_id=row["farm_id"], room_id=row["room_id"], alert=row)
-                self._fanout(row["farm_id"], row["room_id"], text)
-        elif kind == "recommendation":
-            row = await live_db.recommendation(db, int(notice.ident or 0))
-            if row is not None:
-                text = message("recommendation", farm_id=row["farm_id"],
-                               room_id=row["room_id"], recommendation=row)
-                self._fanout(row["farm_id"], row["room_id"], text)
-        elif kind == "notification":
-            row = await live_db.notification(db, int(notice.ident or 0))
-            if row is not None:
-                text = message("notification", notification=row)
+        elif kind in ROW_FETCHERS:
+            row = await ROW_FETCHERS[kind](self.db, notice.ident)
+            if row is None:
+                return
+            text = row_message(kind, row, notice.status)
+            if kind == "notification":  # to its user, wherever they look
                 for client in tuple(self._by_user.get(row["user_id"], ())):
                     client.push(text)
+            else:
+                self._fanout(row["farm_id"], row["room_id"], text)
         elif kind == "access":
             assert notice.user_id is not None and notice.farm_id is not None
             await self.recheck(notice.user_id, notice.farm_id)

@@ -130,6 +130,13 @@ export async function farmView(ctx, farmId) {
       render(fresh);
       await alerts.load();
     },
+    room: async (event) => {
+      // Renamed or a new stage (here, elsewhere, or on the edge): its bands changed too.
+      if (event.detail.farm_id !== farmId) return;
+      const fresh = await api.get(path`/api/farms/${farmId}/overview`);
+      edgeList = fresh.edges;
+      render(fresh);
+    },
   };
   for (const [type, handler] of Object.entries(handlers)) live.addEventListener(type, handler);
   live.subscribe({ farm_id: farmId });

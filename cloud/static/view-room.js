@@ -321,6 +321,13 @@ export async function roomView(ctx, roomId) {
       const row = rows.get(command.device_id);
       if (room === roomId && row) row.command(command);
     },
+    room: async (event) => {
+      // Renamed or a new stage (by anyone, or on the edge): new name and bands.
+      if (event.detail.room_id !== roomId) return;
+      snap = await api.get(path`/api/rooms/${roomId}/live`);
+      renderRoom();
+      for (const chart of charts.values()) chart.render();
+    },
     resync: async () => {
       snap = await api.get(path`/api/rooms/${roomId}/live`);
       renderRoom();

@@ -20,7 +20,6 @@ from aiohttp import WSMsgType
 
 from cloud.app import init_app
 from cloud.auth.tokens import token_hash
-from cloud.db import alerts as alerts_db
 from cloud.db import edges as edges_db
 from cloud.db import notifications as notifications_db
 from cloud.db import recommendations as recs_db
@@ -362,7 +361,11 @@ async def test_commands_status_alerts_recommendations_and_notifications_are_push
     note = await sock.next("notification")
     assert note["notification"]["title"] == "for you"
     assert not [m for m in await sock.drain(0.5) if m["type"] == "notification"]
-    assert alerts_db is not None
+    # A new stage: pages reload the room (its bands follow the stage).
+    resp = await client.patch(f"/api/rooms/{w.ROOM_B}", json={"stage": "pinning"},
+                              headers=auth("operator"))
+    assert resp.status == 200, await resp.text()
+    assert (await sock.next("room"))["room_id"] == w.ROOM_B
 
 
 async def test_edges_going_online_are_pushed(live_app, connect, world_dsn) -> None:  # type: ignore[no-untyped-def]

@@ -40,6 +40,19 @@ END $$;
 CREATE TRIGGER alert_episodes_live AFTER INSERT OR UPDATE OF state, severity, message
     ON alert_episodes FOR EACH ROW EXECUTE FUNCTION live_alert_changed();
 
+-- A room renamed or moved to another stage (in the cloud, or on its edge and reconciled): pages
+-- reload the room (its bands follow the stage).
+CREATE FUNCTION live_room_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('smartfarm_live', json_build_object(
+        'k', 'room', 'farm', NEW.farm_id, 'room', NEW.id)::text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER rooms_live AFTER UPDATE OF name, species, stage, stage_started ON rooms
+    FOR EACH ROW WHEN ((NEW.name, NEW.species, NEW.stage, NEW.stage_started)
+                       IS DISTINCT FROM (OLD.name, OLD.species, OLD.stage, OLD.stage_started))
+    EXECUTE FUNCTION live_room_changed();
+
 -- Membership narrowed or removed: the hub re-checks that member's subscriptions to the farm.
 CREATE FUNCTION live_access_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
