@@ -76,16 +76,21 @@ def reading_payloads(
 ) -> list[str]:
     """NOTIFY payloads for a batch's readings: per room, each device's newest time and its newest
     value per metric; ``at`` is when the batch was announced (just before its commit)."""
-    newest: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    # Datetimes compared as they are: converting each row to a float would cost more than the
+    # whole scan (a backlog batch has thousands of rows).
+    newest: dict[tuple[str, str], dict[str, tuple[datetime, float]]] = {}
     for when, room_id, device_id, metric, value in readings:
-        t = when.timestamp()
-        metrics = newest.setdefault((room_id, device_id), {})
+        key = (room_id, device_id)
+        metrics = newest.get(key)
+        if metrics is None:
+            newest[key] = {metric: (when, value)}
+            continue
         old = metrics.get(metric)
-        if old is None or t >= old[0]:
-            metrics[metric] = (t, value)
+        if old is None or when >= old[0]:
+            metrics[metric] = (when, value)
     by_room: dict[str, dict[str, dict[str, Any]]] = {}
     for (room_id, device_id), metrics in newest.items():
-        t = max(at for at, _ in metrics.values())
+        t = max(at for at, _ in metrics.values()).timestamp()
         values = {metric: value for metric, (_, value) in metrics.items()}
         by_room.setdefault(room_id, {})[device_id] = {"t": round(t, 3), "v": values}
     payloads: list[str] = []
