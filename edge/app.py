@@ -94,9 +94,17 @@ class EdgeApp:
         self.api_port: int | None = None
         self.broker_connected = asyncio.Event()
         self._config_mtime: float | None = None
+        self._devices_key: tuple[int, int] | None = None
+        self._devices_map: dict[str, str] = {}
 
     def _device_rooms(self) -> dict[str, str]:
-        return {d.id: d.room for d in self.settings.devices}
+        # Called for every message: rebuilt only when the device list is replaced or grows.
+        devices = self.settings.devices
+        key = (id(devices), len(devices))
+        if key != self._devices_key:
+            self._devices_key = key
+            self._devices_map = {d.id: d.room for d in devices}
+        return self._devices_map
 
     async def _on_ack(self, topic: object, ack: object) -> None:
         await self.commands.on_ack(topic.device_id, ack)  # type: ignore[attr-defined]
@@ -138,11 +146,25 @@ class EdgeApp:
                         workers.append(tasks.create_task(_keep_running(name, loop),
                                                          name=f"edge-{name}"))
                 await stop.wait()
-                log.info("stopping edge")
+                log.info("stopping edge: draining messages the broker already accepted")
+                await self._drain_ingest()
                 for worker in workers:
                     worker.cancel()
         finally:
             await self._shutdown()
+
+    async def _drain_ingest(self, quiet_s: float = 0.3, max_s: float = 5.0) -> None:
+        """Keep ingesting until the flow pauses: messages a device saw acknowledged by the
+        broker are still on their way to our subscriber and must be stored, not dropped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_s
+        last = -1
+        while loop.time() < deadline and self.broker_connected.is_set():
+            received = self.ingest.stats.received
+            if received == last:
+                return
+            last = received
+            await asyncio.sleep(quiet_s)
 
     async def _shutdown(self) -> None:
         await self.commands.close()

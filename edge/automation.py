@@ -68,21 +68,47 @@ class Automation:
         self._stale_after = timedelta(seconds=settings.automation.stale_after_s)
         self._override_for = timedelta(minutes=settings.automation.override_minutes)
         self.rooms: dict[str, RoomRuntime] = {}
-        self._readings: dict[tuple[str, str], Reading] = {}
+        # Latest reading per (room, metric), grouped by room: an evaluation looks at one room.
+        self._readings: dict[str, dict[tuple[str, str], Reading]] = {}
+        self._devices_key: tuple[int, int] | None = None
+        self._by_id: dict[str, DeviceConfig] = {}
+        self._room_actuators: dict[str, list[DeviceConfig]] = {}
         self._seen: dict[str, datetime] = {}
         self.actuators: dict[str, ActuatorState] = {}
         self.reported: dict[str, dict[str, Any]] = {}
         self._rule_states: dict[str, RuleState] = {}
         self._disabled: set[str] = set()
         self._saved: dict[str, tuple[str, float]] = {}
+        self._last_state: dict[str, Any] = {}
         self.evaluations = 0
 
     # ---- configuration ----
     def devices(self) -> list[DeviceConfig]:
         return list(self._settings.devices)
 
+    def _index_devices(self) -> None:
+        # Rebuilt when the device list is replaced or grows (config reload, cloud config).
+        devices = self._settings.devices
+        key = (id(devices), len(devices))
+        if key == self._devices_key:
+            return
+        self._devices_key = key
+        self._by_id = {d.id: d for d in devices}
+        self._room_actuators = {}
+        for d in devices:
+            if d.kind == "actuator":
+                self._room_actuators.setdefault(d.room, []).append(d)
+
+    def device(self, device_id: str) -> DeviceConfig | None:
+        self._index_devices()
+        return self._by_id.get(device_id)
+
     def actuators_in(self, room_id: str) -> list[DeviceConfig]:
-        return [d for d in self._settings.devices if d.room == room_id and d.kind == "actuator"]
+        self._index_devices()
+        return list(self._room_actuators.get(room_id, ()))
+
+    def _room_readings(self, room_id: str) -> dict[tuple[str, str], Reading]:
+        return self._readings.setdefault(room_id, {})
 
     def safety_of(self, device: DeviceConfig) -> Safety:
         assert device.actuator is not None
@@ -136,7 +162,9 @@ class Automation:
             latest = await self._db.read(reading_rows.latest_by_room, room.id)
             for metric, item in latest.items():
                 at = datetime.fromtimestamp(item.ts, UTC)
-                self._readings[(room.id, metric)] = Reading(value=item.value, at=at)
+                self._room_readings(room.id)[(room.id, metric)] = Reading(
+                    value=item.value, at=at
+                )
                 if at > self._seen.get(item.device_id, datetime.min.replace(tzinfo=UTC)):
                     self._seen[item.device_id] = at
         for device in self._settings.devices:
@@ -167,11 +195,12 @@ class Automation:
         # A device clock running ahead must not pin a reading in the future (later readings,
         # stamped on receipt, would look older and be ignored): never later than now.
         at = min(telemetry.timestamp or now, now)
+        readings = self._room_readings(room_id)
         for metric, value in telemetry.data.items():
             key = (room_id, metric)
-            current = self._readings.get(key)
+            current = readings.get(key)
             if current is None or current.at <= at:
-                self._readings[key] = Reading(value=value, at=at)
+                readings[key] = Reading(value=value, at=at)
         self._seen[telemetry.device_id] = max(at, self._seen.get(telemetry.device_id, at))
         await self.evaluate_room(room_id)
 
@@ -180,7 +209,7 @@ class Automation:
             self.reported[topic.device_id] = dict(status.state)
 
     async def on_outcome(self, outcome: CommandOutcome) -> None:
-        device = self._settings.device(outcome.device_id)
+        device = self.device(outcome.device_id)
         room_id = device.room if device else None
         key = f"noack:{outcome.device_id}"
         if outcome.state == "acked":
@@ -212,8 +241,8 @@ class Automation:
         now = self._clock()
         for room_id in self.rooms:
             latest = {
-                metric: (r.value, r.at) for (rid, metric), r in self._readings.items()
-                if rid == room_id and now - r.at <= self._stale_after
+                metric: (r.value, r.at) for (_, metric), r in self._room_readings(room_id).items()
+                if now - r.at <= self._stale_after
             }
             await self._alerts.check_bands(room_id, latest, self.bands(room_id))
         sensors = {
@@ -238,7 +267,7 @@ class Automation:
         devices = self.actuators_in(room_id)
         return evaluate(
             room.rules,
-            {k: v for k, v in self._readings.items() if k[0] == room_id},
+            self._room_readings(room_id),
             {d.id: self.actuators.get(d.id, ActuatorState()) for d in devices},
             self._rule_states,
             self._clock(),
@@ -252,11 +281,11 @@ class Automation:
         self.evaluations += 1
         self._rule_states.update(evaluation.rule_states)
         for decision in evaluation.decisions:
-            device = self._settings.device(decision.actuator)
+            device = self.device(decision.actuator)
             if device is not None:
                 await self._switch(device, decision.on, "automation", decision.reason)
         self._expire_overrides()
-        await self._persist()
+        await self._persist(room_id)
 
     def _expire_overrides(self) -> None:
         now = self._clock()
@@ -278,17 +307,29 @@ class Automation:
             source=source, reason=reason,
         )
 
-    async def _persist(self) -> None:
+    async def _persist(self, room_id: str | None = None) -> None:
+        """Queue the states that changed (of one room, or all) for the next group commit."""
         now = self._clock().timestamp()
         items: dict[str, Any] = {}
-        for key, state in self._rule_states.items():
-            self._stage_save(items, f"rule:{key}", state, now)
-        for key, state in self.actuators.items():
-            self._stage_save(items, f"actuator:{key}", state, now)
+        if room_id is None:
+            rule_ids: Any = list(self._rule_states)
+            actuator_ids: Any = list(self.actuators)
+        else:
+            rule_ids = [r.id for r in self.rooms[room_id].rules]
+            actuator_ids = [d.id for d in self.actuators_in(room_id)]
+        for key in rule_ids:
+            if (state := self._rule_states.get(key)) is not None:
+                self._stage_save(items, f"rule:{key}", state, now)
+        for key in actuator_ids:
+            if (actuator := self.actuators.get(key)) is not None:
+                self._stage_save(items, f"actuator:{key}", actuator, now)
         if items:
             self._db.write_nowait(state_rows.save_many, items, now)
 
     def _stage_save(self, items: dict[str, Any], key: str, state: Any, now: float) -> None:
+        last = self._last_state.get(key)
+        if last is state or last == state:
+            return  # nothing changed since it was last saved
         doc = state.model_dump(mode="json")
         if isinstance(state, RuleState):
             # Structural fields decide when a rule's state must be saved at once.
@@ -304,6 +345,7 @@ class Automation:
                 return
         items[key] = doc
         self._saved[key] = (shape, now)
+        self._last_state[key] = state
 
     # ---- operator actions (local API, later the cloud) ----
     async def manual_command(
@@ -321,7 +363,7 @@ class Automation:
 
         ``source`` is recorded with the command ("manual" from the local page, "cloud" for a
         command a cloud user made, then linked to its ``cloud_command_id``)."""
-        device = self._settings.device(device_id)
+        device = self.device(device_id)
         if device is None:
             raise NotFound(f"no device {device_id!r}")
         if device.kind != "actuator":
@@ -350,7 +392,7 @@ class Automation:
         if state is None:
             raise NotFound(f"no actuator {device_id!r}")
         self.actuators[device_id] = state.model_copy(update={"override": None})
-        device = self._settings.device(device_id)
+        device = self.device(device_id)
         if device is not None:
             await self.evaluate_room(device.room)
 
@@ -394,7 +436,7 @@ class Automation:
 
     # ---- views ----
     def latest(self, room_id: str) -> dict[str, Reading]:
-        return {m: r for (rid, m), r in self._readings.items() if rid == room_id}
+        return {m: r for (_, m), r in self._room_readings(room_id).items()}
 
     def in_band(self, room_id: str) -> dict[str, bool]:
         bands = self.bands(room_id)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import logging
 import re
@@ -231,6 +232,21 @@ def configure_logging(level: str) -> None:
     )
 
 
+def tune_malloc() -> None:
+    """Return big freed blocks to the OS. Each broker login verifies an argon2 hash with a
+    19 MiB buffer on a worker thread; glibc would keep those in per-thread arenas for good
+    (measured: ~30 MB of a Pi edge's RSS). Allocations over 128 KiB are mmapped and unmapped on
+    free instead, and at most two arenas exist. No-op where glibc isn't the allocator."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_mmap_threshold, m_arena_max = -3, -8  # from glibc's <malloc.h>
+    mallopt(m_mmap_threshold, 128 * 1024)
+    mallopt(m_arena_max, 2)
+
+
 async def run_edge(settings: EdgeSettings) -> None:
     from edge.app import EdgeApp
 
@@ -305,6 +321,7 @@ def edge_main(argv: list[str]) -> int:
             print(effective_config(settings))
             return 0
         configure_logging(settings.log_level)
+        tune_malloc()
         asyncio.run(run_edge(settings))
         return 0
     except (ConfigError, CredentialsError) as exc:

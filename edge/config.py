@@ -82,6 +82,8 @@ class StoreConfig(_Section):
 
 
 IOT_TOPIC_FIELDS = ("farm_id", "edge_id")
+IotTopic = Literal["batches", "acks", "commands", "replies"]
+IOT_TOPICS: tuple[IotTopic, ...] = ("batches", "acks", "commands", "replies")
 
 
 class AwsIotConfig(_Section):
@@ -107,7 +109,7 @@ class AwsIotConfig(_Section):
     # AWS IoT Core refuses payloads over 128 KiB; bigger batches are split.
     max_message_bytes: int = Field(default=128 * 1024, ge=8 * 1024, le=128 * 1024)
     compress: bool = True
-    ack_timeout_s: float = Field(default=15.0, gt=0, description="no answer: publish again")
+    ack_timeout_s: float = Field(default=30.0, gt=0, description="no answer: publish again")
     # AWS IoT Core throttles a connection past 512 KiB/s.
     max_bytes_per_s: int = Field(default=480 * 1024, ge=1024)
     keepalive_s: int = Field(default=60, ge=30, le=1200)
@@ -132,9 +134,7 @@ class AwsIotConfig(_Section):
             raise ValueError("endpoint is required when aws_iot is enabled")
         return self
 
-    def topic(
-        self, name: Literal["batches", "acks", "commands", "replies"], farm_id: str, edge_id: str
-    ) -> str:
+    def topic(self, name: IotTopic, farm_id: str, edge_id: str) -> str:
         template: str = getattr(self, f"{name}_topic")
         return template.format(farm_id=farm_id, edge_id=edge_id)
 

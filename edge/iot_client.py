@@ -61,6 +61,11 @@ class IotConnection:
     def start(self) -> None:
         cfg = self._cfg
         self._loop = asyncio.get_running_loop()
+        files = {"cert_file": cfg.cert_file, "key_file": cfg.key_file, "ca_file": cfg.ca_file}
+        for key, path in files.items():
+            if path is not None and not self._resolve(path).is_file():
+                raise FileNotFoundError(f"cloud.aws_iot.{key}: {self._resolve(path)} not found"
+                                        " (see `smartfarm cloud provision-device --aws`)")
         extra: dict[str, Any] = {}
         if cfg.ca_file is not None:
             extra["ca_filepath"] = str(self._resolve(cfg.ca_file))

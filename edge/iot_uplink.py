@@ -5,7 +5,7 @@ Up. Each batch is the ``Batch`` JSON the HTTPS uplink posts (gzip unless ``compr
 published at QoS 1 on ``batches_topic``, cut into several contiguous batches where it would pass
 AWS IoT's 128 KiB message limit. The edge's cloud token and the body's encoding ride along as
 MQTT 5 user properties (``authorization``, ``content-encoding``); the topic rule
-(deploy/aws/topic-rule.json) posts the payload to ``POST /api/edge/v1/batches`` with them as
+(deploy/aws/topic-rule-batches.json) posts the payload to ``POST /api/edge/v1/batches`` with them as
 headers, so the cloud authenticates and stores it exactly as an HTTPS upload.
 
 Acknowledgement. The cursor moves on the cloud's answer, never on the PUBACK. A PUBACK only says
@@ -15,7 +15,8 @@ publishes its answer (the ingest endpoint's response body, unchanged: ``BatchAck
 problem with ``expected_seq``, or another problem) on ``acks_topic`` through the IoT Data API.
 One batch is in flight at a time; with no conclusive answer within ``ack_timeout_s`` it is
 published again, with backoff and jitter, forever. Resends, duplicate deliveries and late answers
-are all safe: the cloud's high-water mark stores each seq once and every answer names the mark.
+are all safe: the cloud's high-water mark stores each seq once and every answer names the mark
+(a late answer can at worst cause a resend). See deploy/aws/README.md for the cloud's side.
 
 Down. A ``CloudCommand`` (or ``ConfigPush``) on ``commands_topic`` goes to ``Downlink.handle``,
 the WebSocket's own path, so a command that arrives both ways runs once; the answer is published
@@ -39,7 +40,7 @@ from awscrt import mqtt5
 from pydantic import TypeAdapter, ValidationError
 
 from edge.alerts import AlertMonitor
-from edge.config import EdgeSettings
+from edge.config import IOT_TOPICS, EdgeSettings
 from edge.iot_client import IotConnection, PublishError
 from edge.outbox import Outbox
 from edge.store.outbox import Prepared
@@ -70,6 +71,9 @@ SIZE_MARGIN: Final = 1024
 # Batches are read from the outbox up to this many times the message limit (gzip shrinks JSON
 # readings ~8x), then cut to fit.
 READ_FACTOR: Final = 8
+# MQTT 5 user properties the topic rule makes HTTP headers of (deploy/aws/topic-rule-*.json).
+AUTH_PROPERTY: Final = "authorization"
+ENCODING_PROPERTY: Final = "content-encoding"
 _DOWN: Final[TypeAdapter[CloudCommand | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type]
 
 Handle = Callable[[CloudCommand | ConfigPush], Awaitable[CommandAccepted | ConfigApplied | None]]
@@ -138,8 +142,11 @@ def parse_answer(raw: bytes) -> BatchAck | GapError | Problem | None:
     except ValidationError:
         return None
     status = doc.get("status")
-    detail = str(doc.get("detail") or doc.get("title") or "")[:300]
-    return Problem(status if isinstance(status, int) else None, detail)
+    detail = doc.get("detail") or doc.get("title")
+    failures = doc.get("failures")  # the topic rule's error action: the HTTPS call failed
+    if not detail and isinstance(failures, list) and failures and isinstance(failures[0], dict):
+        detail = f"topic rule: {failures[0].get('errorMessage', 'the action failed')}"
+    return Problem(status if isinstance(status, int) else None, str(detail or "")[:300])
 
 
 class IotUplink:
@@ -164,15 +171,11 @@ class IotUplink:
         self._farm_id = settings.farm_id
         self._edge_id = cloud.edge_id
         self._client_id = iot.client_id or cloud.edge_id
-        self.topics = {
-            "batches": iot.topic("batches", settings.farm_id, cloud.edge_id),
-            "acks": iot.topic("acks", settings.farm_id, cloud.edge_id),
-            "commands": iot.topic("commands", settings.farm_id, cloud.edge_id),
-            "replies": iot.topic("replies", settings.farm_id, cloud.edge_id),
-        }
+        self.topics = {name: iot.topic(name, settings.farm_id, cloud.edge_id)
+                       for name in IOT_TOPICS}
         self._properties = [
-            mqtt5.UserProperty("authorization", f"Bearer {cloud.token.get_secret_value()}"),
-            mqtt5.UserProperty("content-encoding", "gzip" if iot.compress else "identity"),
+            mqtt5.UserProperty(AUTH_PROPERTY, f"Bearer {cloud.token.get_secret_value()}"),
+            mqtt5.UserProperty(ENCODING_PROPERTY, "gzip" if iot.compress else "identity"),
         ]
         self._outbox = outbox
         self._handle = handle
@@ -180,16 +183,12 @@ class IotUplink:
         self._clock = clock
         self._answers: asyncio.Queue[bytes] = asyncio.Queue()
         self._commands: asyncio.Queue[bytes] = asyncio.Queue()
-        self._connection: IotConnection | None = None
+        self.connection: IotConnection | None = None
         self._send_after = 0.0  # monotonic time the byte-rate budget allows the next publish
         self.stats = UplinkStats()
         self.messages = 0  # batch messages published (parts, resends included)
         self.commands = 0
         self.clock_offset_s: float | None = None
-
-    @property
-    def connection(self) -> IotConnection | None:
-        return self._connection
 
     # ---- the loops ----
     async def run(self) -> None:
@@ -202,7 +201,7 @@ class IotUplink:
             routes={self.topics["acks"]: self._answers, self.topics["commands"]: self._commands},
             reconnect_s=(cloud.backoff_initial_s, cloud.backoff_max_s),
         )
-        self._connection = connection
+        self.connection = connection
         log.info("syncing over AWS IoT Core %s as %s: batches on %s", self._iot.endpoint,
                  self._client_id, self.topics["batches"])
         connection.start()
@@ -288,8 +287,8 @@ class IotUplink:
                 continue
             body = json.dumps({"messages": [answer.model_dump(mode="json")]}).encode()
             try:
-                assert self._connection is not None
-                await self._connection.publish(self.topics["replies"], body,
+                assert self.connection is not None
+                await self.connection.publish(self.topics["replies"], body,
                                                user_properties=self._properties[:1])
             except PublishError as exc:
                 # The command's state also goes up in the outbox; only this receipt is lost.
@@ -334,8 +333,8 @@ class IotUplink:
 
     async def _deliver(self, part: Part) -> BatchAck | GapError:
         """Publish the part until an answer settles it: an ack of its last seq, or a gap."""
-        assert self._connection is not None
-        connection = self._connection
+        assert self.connection is not None
+        connection = self.connection
         failures = 0
         while True:
             await connection.ready.wait()
@@ -435,7 +434,7 @@ class IotUplink:
         backlog = await self._outbox.backlog()
         now = self._clock().timestamp()
         stats = self.stats
-        connection = self._connection
+        connection = self.connection
         return {
             "enabled": True,
             "transport": "aws-iot",

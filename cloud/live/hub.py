@@ -287,19 +287,25 @@ class LiveHub:
                 client.drop(CLOSE_FORBIDDEN, "account disabled")
 
     async def _fetch_readings(self, notice: Notice) -> None:
+        """A device whose values did not fit in a NOTIFY: its newest reading from
+        sensor_latest (the metrics stamped with its newest time, not older ones)."""
         rows = await live_db.latest_of(self.db, list(notice.fetch))
+        newest: dict[str, Any] = {}
+        for row in rows:
+            newest[row["device_id"]] = max(row["time"], newest.get(row["device_id"], row["time"]))
         merged: dict[str, DeviceReading] = {}
         for row in rows:
-            t = row["time"].timestamp()
-            found = merged.get(row["device_id"])
+            device_id = row["device_id"]
+            if row["time"] != newest[device_id]:
+                continue
+            found = merged.get(device_id)
             if found is None:
-                merged[row["device_id"]] = DeviceReading(
-                    row["farm_id"], row["room_id"], row["device_id"], t,
+                merged[device_id] = DeviceReading(
+                    row["farm_id"], row["room_id"], device_id, row["time"].timestamp(),
                     {row["metric"]: row["value"]}, notice.at,
                 )
             else:
                 found.values[row["metric"]] = row["value"]
-                found.time = max(found.time, t)
         for reading in merged.values():
             self._coalescer.offer(reading)
 

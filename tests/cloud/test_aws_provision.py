@@ -4,6 +4,7 @@ credentials): thing, certificate, key files 0600, the fleet policy, the endpoint
 from __future__ import annotations
 
 import json
+import logging
 import re
 import stat
 from collections.abc import Iterator
@@ -25,9 +26,20 @@ from cloud.aws_provision import (
     provision_device,
 )
 from cloud.cli import cloud_main
-from edge.config import AwsIotConfig
+from edge.config import IOT_TOPICS, AwsIotConfig
+from edge.iot_uplink import AUTH_PROPERTY, ENCODING_PROPERTY
 
 REGION = "us-east-1"
+
+
+@pytest.fixture(autouse=True)
+def own_logging() -> Iterator[None]:
+    """cloud_main configures logging onto the (captured) stdout: put the root logger back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
@@ -106,8 +118,7 @@ def test_the_policy_is_least_privilege_for_the_edges_own_topics(
                 for r in resources}
 
     cfg = AwsIotConfig()
-    mine = {name: cfg.topic(name, "farm-a", "edge-1")  # type: ignore[arg-type]
-            for name in ("batches", "acks", "commands", "replies")}
+    mine = {name: cfg.topic(name, "farm-a", "edge-1") for name in IOT_TOPICS}
     assert grants("iot:Connect", "edge-1", "farm-a") == {"client/edge-1"}
     assert grants("iot:Publish", "edge-1", "farm-a") == \
         {f"topic/{mine['batches']}", f"topic/{mine['replies']}"}
@@ -183,3 +194,43 @@ def test_only_aws_is_supported(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cloud_main(["provision-device", "edge-1", "--farm", "farm-a"])
     assert exc.value.code == 2 and "--aws" in capsys.readouterr().err
+
+
+# ---- deploy/aws ---------------------------------------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "aws"
+
+
+def test_the_shipped_policy_is_the_one_provisioning_creates() -> None:
+    shipped = json.loads((DEPLOY / "iot-policy.json").read_text())
+    assert shipped == policy_document("REGION", "ACCOUNT_ID")
+
+
+def test_the_topic_rules_are_valid_and_forward_what_the_edge_sends(aws: None) -> None:
+    iot, _ = clients()
+    cfg = AwsIotConfig()
+    for name, kind, path in (("smartfarm_edge_batches", "batches", "/api/edge/v1/batches"),
+                             ("smartfarm_edge_replies", "replies", "/api/edge/v1/pending")):
+        text = (DEPLOY / f"topic-rule-{kind}.json").read_text().replace("ACCOUNT_ID",
+                                                                        "123456789012")
+        payload = json.loads(text)
+        # botocore checks the document against the CreateTopicRule shape.
+        iot.create_topic_rule(ruleName=name, topicRulePayload=payload)
+        rule = iot.get_topic_rule(ruleName=name)["rule"]
+        # The SQL's topic filter matches the edge's default topic for this kind.
+        topic = cfg.topic(kind, "farm-a", "edge-1")  # type: ignore[arg-type]
+        pattern = re.search(r"FROM '([^']+)'", rule["sql"])
+        assert pattern is not None
+        regex = "^" + re.escape(pattern.group(1)).replace(r"\+", "[^/]+") + "$"
+        assert re.match(regex, topic), (regex, topic)
+        (action,) = payload["actions"]
+        assert action["http"]["url"].endswith(path)
+        headers = {h["key"].lower(): h["value"] for h in action["http"]["headers"]}
+        assert headers["content-type"] == "application/json"
+        assert headers["authorization"] == f"${{get_user_property('{AUTH_PROPERTY}')}}"
+        if kind == "batches":
+            assert headers["content-encoding"] == \
+                f"${{get_user_property('{ENCODING_PROPERTY}')}}"
+            error = payload["errorAction"]["republish"]["topic"]
+            assert error.replace("${topic(2)}", "farm-a").replace("${topic(4)}", "edge-1") == \
+                cfg.topic("acks", "farm-a", "edge-1")

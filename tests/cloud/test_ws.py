@@ -10,6 +10,7 @@ import gzip
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +312,34 @@ async def test_readings_are_coalesced_per_device(live_app, connect) -> None:  # 
     assert 1 <= len(got) <= 3, got  # ≤ 2 a second
     assert got[-1]["values"]["humidity_pct"] == 84.0
     assert time.monotonic() - started < 2
+
+
+async def test_big_batches_are_split_and_oversized_readings_fetched_by_id(
+    live_app, connect, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from cloud.db import live as live_db
+
+    now = time.time()
+    when = datetime.fromtimestamp(now, UTC)
+    rows = [(when, w.ROOM_B, f"dev-{d}", f"metric_{m}", float(m)) for d in range(3)
+            for m in range(8)]
+    assert len(live_db.reading_payloads(w.FARM, rows, now)) == 1  # one room: one NOTIFY
+    monkeypatch.setattr(live_db, "MAX_PAYLOAD", 250)
+    split = [json.loads(p) for p in live_db.reading_payloads(w.FARM, rows, now)]
+    assert len(split) == 3 and all(len(d.get("devices", {})) <= 1 for d in split)
+    monkeypatch.setattr(live_db, "MAX_PAYLOAD", 120)
+    fetched = [json.loads(p) for p in live_db.reading_payloads(w.FARM, rows, now)]
+    assert sorted(d["fetch"][0] for d in fetched) == ["dev-0", "dev-1", "dev-2"]
+
+    # End to end: the hub reads such a device's newest values from sensor_latest.
+    client = await live_app()
+    sock = await connect(client, "owner")
+    await sock.subscribe(room_id=w.ROOM_B)
+    values = {f"metric_{m}": float(m) for m in range(8)}
+    await upload(client, w.FARM, [reading(w.ROOM_B, w.SENSOR_B, now, **values)], 1)
+    got = await sock.next("reading")
+    assert got["device_id"] == w.SENSOR_B and got["values"] == values
+    assert got["time"] == pytest.approx(now, abs=0.01)
 
 
 async def test_commands_status_alerts_recommendations_and_notifications_are_pushed(

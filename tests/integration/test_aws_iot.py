@@ -529,6 +529,9 @@ def test_answers_on_the_acks_topic() -> None:
     assert isinstance(gap, GapError) and gap.expected_seq == 4
     assert parse_answer(b'{"status": 403, "title": "Forbidden", "detail": "not yours"}') == \
         Problem(403, "not yours")
+    rule_error = {"ruleName": "smartfarm_edge_batches", "topic": "smartfarm/f/edge/e/batches",
+                  "failures": [{"failedAction": "HttpAction", "errorMessage": "HTTP 502"}]}
+    assert parse_answer(json.dumps(rule_error).encode()) == Problem(None, "topic rule: HTTP 502")
     assert parse_answer(b"not json") is None
     assert parse_answer(b"[1, 2]") is None
     assert parse_answer(b'{"acked_seq": "many"}') is None
