@@ -75,7 +75,9 @@ def insert_reading(
     """Store one telemetry message (received_at in unix seconds); return its row id, or None if
     the same device already sent the same metrics with the same timestamp (a QoS 1 redelivery).
 
-    Also moves the ``latest`` row of its series forward (never back, for buffered old readings).
+    No "latest" row is kept up to date here: the automation holds the latest values in memory,
+    and upserting one per reading cost ~210 bytes written per reading (its pages are rewritten
+    by every group commit). ``latest_by_room`` reads them from the readings index instead.
     """
     names = sorted(tel.data)
     key = series_key(conn, tel.device_id, room_id, names, received_at)
@@ -90,13 +92,6 @@ def insert_reading(
         return None
     reading_id = cur.lastrowid
     assert reading_id is not None
-    conn.execute(
-        "INSERT INTO latest (series, ts, vals, reading_id) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (series) DO UPDATE SET"
-        "  ts = excluded.ts, vals = excluded.vals, reading_id = excluded.reading_id"
-        " WHERE excluded.ts >= latest.ts",
-        (key, ts, vals, reading_id),
-    )
     return reading_id
 
 
@@ -110,24 +105,33 @@ def _merge_latest(rows: list[sqlite3.Row]) -> dict[str, Latest]:
     return out
 
 
+# The newest reading of each series within LATEST_LOOKBACK_S of the newest reading overall:
+# an index range at the end of (ts, series), so a series silent for longer is not searched for.
+LATEST_LOOKBACK_S = 3600.0
+
+_LATEST_SQL = (
+    "SELECT s.device_id, s.metrics, r.ts, r.vals FROM series s"
+    " JOIN readings r ON r.id = (SELECT r2.id FROM readings r2"
+    "  WHERE r2.series = s.key AND r2.ts >= ? ORDER BY r2.ts DESC LIMIT 1)"
+    " WHERE s.{column} = ?"
+)
+
+
+def _lookback(conn: sqlite3.Connection) -> float:
+    newest = conn.execute("SELECT max(ts) FROM readings").fetchone()[0]
+    return (newest or 0.0) - LATEST_LOOKBACK_S
+
+
 def latest_by_room(conn: sqlite3.Connection, room_id: str) -> dict[str, Latest]:
-    """For each metric reported in the room, its newest value, time and device."""
-    rows = conn.execute(
-        "SELECT s.device_id, s.metrics, l.ts, l.vals FROM series s"
-        " JOIN latest l ON l.series = s.key WHERE s.room_id = ?",
-        (room_id,),
-    ).fetchall()
-    return _merge_latest(rows)
+    """For each metric reported in the room recently, its newest value, time and device."""
+    sql = _LATEST_SQL.format(column="room_id")
+    return _merge_latest(conn.execute(sql, (_lookback(conn), room_id)).fetchall())
 
 
 def latest_by_device(conn: sqlite3.Connection, device_id: str) -> dict[str, Latest]:
-    """For each metric the device reported (in any room), its newest value and time."""
-    rows = conn.execute(
-        "SELECT s.device_id, s.metrics, l.ts, l.vals FROM series s"
-        " JOIN latest l ON l.series = s.key WHERE s.device_id = ?",
-        (device_id,),
-    ).fetchall()
-    return _merge_latest(rows)
+    """For each metric the device reported recently (in any room), its newest value and time."""
+    sql = _LATEST_SQL.format(column="device_id")
+    return _merge_latest(conn.execute(sql, (_lookback(conn), device_id)).fetchall())
 
 
 def readings_between(

@@ -303,3 +303,7 @@ BEGIN
         'change', json_object('rule_id', substr(old.key, 15), 'enabled', json('true')),
         'at', (julianday('now') - 2440587.5) * 86400.0));
 END;
+
+-- migration 3: latest values come from the readings index; the per-reading upsert is gone
+-- (it cost ~210 bytes written per reading), so its table goes too.
+DROP TABLE latest;

@@ -54,7 +54,6 @@ async def test_open_applies_every_migration_once(tmp_path: Path) -> None:
     assert {
         "readings",
         "series",
-        "latest",
         "quarantine",
         "device_status",
         "commands",
