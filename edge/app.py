@@ -167,6 +167,7 @@ class EdgeApp:
             await asyncio.sleep(quiet_s)
 
     async def _shutdown(self) -> None:
+        await self.automation.close()
         await self.commands.close()
         if self.api_runner is not None:
             await self.api_runner.cleanup()

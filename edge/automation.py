@@ -7,6 +7,7 @@ persists rule and actuator state so "for" timers and actuator states survive a r
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 # PID integrators move on every evaluation; persisting them that often would cost SD-card
 # writes on every reading, so a state whose only change is numeric is saved at most this often.
 _NUMERIC_SAVE_INTERVAL_S = 60.0
+# A room is evaluated at most this often on readings (a trailing evaluation catches the rest):
+# twenty sensors in a room flat out would otherwise evaluate the same state hundreds of times.
+EVAL_MIN_INTERVAL_S = 0.02
 
 
 class NotFound(LookupError):
@@ -80,6 +84,8 @@ class Automation:
         self._disabled: set[str] = set()
         self._saved: dict[str, tuple[str, float]] = {}
         self._last_state: dict[str, Any] = {}
+        self._last_eval: dict[str, float] = {}
+        self._trailing: dict[str, asyncio.Task[None]] = {}
         self.evaluations = 0
 
     # ---- configuration ----
@@ -202,7 +208,41 @@ class Automation:
             if current is None or current.at <= at:
                 readings[key] = Reading(value=value, at=at)
         self._seen[telemetry.device_id] = max(at, self._seen.get(telemetry.device_id, at))
-        await self.evaluate_room(room_id)
+        await self._evaluate_soon(room_id)
+
+    async def _evaluate_soon(self, room_id: str) -> None:
+        """Evaluate a room now, unless it was evaluated less than EVAL_MIN_INTERVAL_S ago:
+        then once at the end of that interval, with every reading that arrived meanwhile. A
+        room's first reading after a quiet spell acts at once; a burst costs one evaluation."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        wait = self._last_eval.get(room_id, -1e9) + EVAL_MIN_INTERVAL_S - now
+        if wait <= 0:
+            self._last_eval[room_id] = now
+            await self.evaluate_room(room_id)
+        elif room_id not in self._trailing:
+            self._trailing[room_id] = loop.create_task(
+                self._evaluate_later(room_id, wait), name=f"evaluate-{room_id}"
+            )
+
+    async def _evaluate_later(self, room_id: str, wait: float) -> None:
+        try:
+            await asyncio.sleep(wait)
+            self._last_eval[room_id] = asyncio.get_running_loop().time()
+            await self.evaluate_room(room_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("evaluating room %s failed", room_id)
+        finally:
+            self._trailing.pop(room_id, None)
+
+    async def close(self) -> None:
+        """Cancel pending trailing evaluations (the edge is stopping)."""
+        tasks = list(self._trailing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def on_status(self, topic: Topic, status: Status) -> None:
         if status.state:
