@@ -33,7 +33,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from awscrt import mqtt5
@@ -51,6 +51,7 @@ from edge.uplink import (
     GZIP_LEVEL,
     REFUSED_ALERT,
     UplinkStats,
+    sync_progress,
 )
 from shared.models import utcnow
 from shared.sync import (
@@ -431,9 +432,6 @@ class IotUplink:
     # ---- for the local page ----
     async def status(self) -> dict[str, Any]:
         """Backlog, last success and last error, as edge/uplink.py's, plus the connection."""
-        backlog = await self._outbox.backlog()
-        now = self._clock().timestamp()
-        stats = self.stats
         connection = self.connection
         return {
             "enabled": True,
@@ -444,27 +442,9 @@ class IotUplink:
             "connected": connection is not None and connection.ready.is_set(),
             "connection_error": None if connection is None else connection.last_error,
             "edge_id": self._edge_id,
-            "acked_seq": backlog.acked_seq,
-            "next_seq": backlog.next_seq,
-            "backlog_records": backlog.records,
-            "backlog_exact": backlog.exact,
-            "oldest_unsent_at": _iso(backlog.oldest_at),
-            "oldest_unsent_age_s": None if backlog.oldest_at is None
-            else round(max(0.0, now - backlog.oldest_at), 1),
-            "last_success_at": _iso(stats.last_success_at),
-            "last_error": stats.last_error,
-            "last_error_at": _iso(stats.last_error_at),
-            "failures_in_row": stats.failures_in_row,
-            "batches": stats.batches,
+            **await sync_progress(self._outbox, self.stats, self._clock().timestamp()),
             "messages": self.messages,
-            "records": stats.records,
-            "duplicates": stats.duplicates,
             "commands": self.commands,
             "clock_offset_s": self.clock_offset_s,
-            "merged_readings": self._outbox.stats.merged_readings,
-            "pruned_readings": self._outbox.stats.pruned_readings,
         }
 
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()

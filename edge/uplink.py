@@ -80,6 +80,29 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+async def sync_progress(outbox: Outbox, stats: UplinkStats, now: float) -> dict[str, Any]:
+    """What either transport reports about upload progress: backlog and the last outcomes."""
+    backlog = await outbox.backlog()
+    return {
+        "acked_seq": backlog.acked_seq,
+        "next_seq": backlog.next_seq,
+        "backlog_records": backlog.records,
+        "backlog_exact": backlog.exact,
+        "oldest_unsent_at": _iso(backlog.oldest_at),
+        "oldest_unsent_age_s": None if backlog.oldest_at is None
+        else round(max(0.0, now - backlog.oldest_at), 1),
+        "last_success_at": _iso(stats.last_success_at),
+        "last_error": stats.last_error,
+        "last_error_at": _iso(stats.last_error_at),
+        "failures_in_row": stats.failures_in_row,
+        "batches": stats.batches,
+        "records": stats.records,
+        "duplicates": stats.duplicates,
+        "merged_readings": outbox.stats.merged_readings,
+        "pruned_readings": outbox.stats.pruned_readings,
+    }
+
+
 class Uplink:
     def __init__(
         self,
@@ -324,28 +347,10 @@ class Uplink:
     # ---- for the local page ----
     async def status(self) -> dict[str, Any]:
         """Backlog size, oldest unsent record, last success and last error (JSON-ready)."""
-        backlog = await self._outbox.backlog()
-        now = self._clock().timestamp()
-        stats = self.stats
         return {
             "enabled": True,
             "cloud": self._cloud.url,
             "edge_id": self._edge_id,
-            "acked_seq": backlog.acked_seq,
-            "next_seq": backlog.next_seq,
-            "backlog_records": backlog.records,
-            "backlog_exact": backlog.exact,
-            "oldest_unsent_at": _iso(backlog.oldest_at),
-            "oldest_unsent_age_s": None if backlog.oldest_at is None
-            else round(max(0.0, now - backlog.oldest_at), 1),
-            "last_success_at": _iso(stats.last_success_at),
-            "last_error": stats.last_error,
-            "last_error_at": _iso(stats.last_error_at),
-            "failures_in_row": stats.failures_in_row,
-            "batches": stats.batches,
-            "records": stats.records,
-            "duplicates": stats.duplicates,
+            **await sync_progress(self._outbox, self.stats, self._clock().timestamp()),
             "clock_offset_s": self.clock_offset_s,
-            "merged_readings": self._outbox.stats.merged_readings,
-            "pruned_readings": self._outbox.stats.pruned_readings,
         }
