@@ -1,10 +1,22 @@
-"""Fixtures every test layer shares: free loopback ports and unique MQTT namespaces."""
+"""Fixtures every test layer shares: free loopback ports, unique MQTT namespaces, and real
+PostgreSQL (DATABASE_URL, else one embedded pgserver per session) with a migrated template
+database built once and a cheap ``CREATE DATABASE … TEMPLATE`` copy per test."""
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
 import socket
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 
 def free_port() -> int:
@@ -23,3 +35,93 @@ def port() -> int:
 def farm_id() -> str:
     """A farm id unique to this test, so tests sharing the machine's Mosquitto never collide."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------------
+
+class Databases:
+    """Creates and drops throw-away databases on one server."""
+
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.prefix = f"sft_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.created: list[str] = []
+
+    def dsn(self, name: str) -> str:
+        return make_conninfo(self.admin_dsn, dbname=name)
+
+    def create(self, template: str | None = None) -> str:
+        name = f"{self.prefix}_{len(self.created)}"
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(query)
+        self.created.append(name)
+        return name
+
+    def drop(self, name: str) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    def drop_all(self) -> None:
+        for name in reversed(self.created):
+            self.drop(name)
+
+
+@contextmanager
+def embedded_dir() -> Iterator[Path]:
+    """A data dir for embedded PostgreSQL outside pytest's tmp tree: run as root, the server runs
+    as user ``pgserver``, and pytest (ours or a concurrent run) resets /tmp/pytest-of-root to
+    0700, which would lock that user out mid-run."""
+    path = Path(tempfile.mkdtemp(prefix="smartfarm-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from cloud.db.embedded import start_embedded
+
+    with embedded_dir() as data_dir:
+        embedded = start_embedded(data_dir)
+        try:
+            yield embedded.dsn
+        finally:
+            embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def databases(pg_admin_dsn: str) -> Iterator[Databases]:
+    dbs = Databases(pg_admin_dsn)
+    try:
+        yield dbs
+    finally:
+        dbs.drop_all()
+
+
+@pytest.fixture(scope="session")
+def template_db(databases: Databases) -> str:
+    """An empty database with every migration applied; cloned, never used directly."""
+    name = databases.create()
+    from cloud.db.migrate import migrate
+
+    asyncio.run(migrate(databases.dsn(name)))
+    return name
+
+
+@pytest.fixture
+def db_dsn(databases: Databases, template_db: str) -> Iterator[str]:
+    name = databases.create(template=template_db)
+    yield databases.dsn(name)
+    databases.drop(name)

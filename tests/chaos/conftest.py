@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,62 +31,18 @@ from cloud.app import init_app
 from cloud.auth.passwords import Passwords
 from cloud.db import users
 from cloud.db.database import Database
-from cloud.db.migrate import migrate
 from cloud.sync.service import EDGE_SYNC
 from cloud.sync.settings import SyncConfig
 from edge.app import EdgeApp
 from edge.cli import edge_main
 from edge.config import EdgeSettings, load_config
 from edge.store import outbox as outbox_rows
-from tests.cloud.conftest import JWT_SECRET, Databases, auth_settings, embedded_dir, make_settings
+from tests.cloud.conftest import JWT_SECRET, auth_settings, make_settings
 from tests.conftest import free_port
 from tests.e2e.conftest import fast_settings, make_site
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "sync-test-password"
-
-
-# ---- PostgreSQL ---------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def sync_pg() -> Iterator[str]:
-    """The admin DSN: DATABASE_URL (CI), else an embedded server for the session."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-        return
-    from cloud.db.embedded import start_embedded
-
-    with embedded_dir() as data_dir:
-        embedded = start_embedded(data_dir)
-        try:
-            yield embedded.dsn
-        finally:
-            embedded.stop()
-
-
-@pytest.fixture(scope="session")
-def sync_databases(sync_pg: str) -> Iterator[Databases]:
-    dbs = Databases(sync_pg)
-    try:
-        yield dbs
-    finally:
-        dbs.drop_all()
-
-
-@pytest.fixture(scope="session")
-def sync_template(sync_databases: Databases) -> str:
-    name = sync_databases.create()
-    asyncio.run(migrate(sync_databases.dsn(name)))
-    return name
-
-
-@pytest.fixture
-def cloud_dsn(sync_databases: Databases, sync_template: str) -> Iterator[str]:
-    """A fresh, migrated database for this test's cloud (dropped afterwards)."""
-    name = sync_databases.create(template=sync_template)
-    yield sync_databases.dsn(name)
-    sync_databases.drop(name)
 
 
 # ---- the cloud ----------------------------------------------------------------------------------
@@ -256,14 +212,14 @@ class Cloud:
 
 
 @pytest.fixture
-async def cloud(cloud_dsn: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def cloud(db_dsn: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """``await cloud(**sync_settings)``: a Cloud on this test's database with one in-process
     instance started and a signed-in owner (``instance=False``: none yet; set ``url`` and call
     ``sign_in`` once one is up); every instance is stopped at teardown."""
     made: list[Cloud] = []
 
     async def make(*, instance: bool = True, **sync: Any) -> Cloud:
-        found = Cloud(cloud_dsn, tmp_path / f"cloud-{len(made)}", sync)
+        found = Cloud(db_dsn, tmp_path / f"cloud-{len(made)}", sync)
         found.data_dir.mkdir(parents=True, exist_ok=True)
         made.append(found)
         if instance:

@@ -11,7 +11,8 @@ import pytest
 from cloud.app import init_app
 from cloud.cli import cloud_main
 from cloud.db.migrate import load_migrations
-from tests.cloud.conftest import IsolatedSettings, embedded_dir, make_settings
+from tests.cloud.conftest import IsolatedSettings, make_settings
+from tests.conftest import embedded_dir
 
 pytestmark = pytest.mark.postgres
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from cloud.db.migrate import Migration, MigrationError, load_migrations, migrate
-from tests.cloud.conftest import Databases
+from tests.conftest import Databases
 
 pytestmark = pytest.mark.postgres
 

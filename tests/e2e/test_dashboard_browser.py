@@ -24,16 +24,12 @@ from tests.chaos.conftest import (
     PASSWORD,
     Cloud,
     cloud,
-    cloud_dsn,
-    sync_databases,
-    sync_pg,
-    sync_template,
     until,
 )
 from tests.e2e.test_edge_cloud import online_farm, simulated
 
 pytestmark = [pytest.mark.postgres, pytest.mark.browser]
-FIXTURES = (cloud, cloud_dsn, sync_databases, sync_pg, sync_template)
+FIXTURES = (cloud)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

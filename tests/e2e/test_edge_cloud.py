@@ -24,22 +24,18 @@ from tests.chaos.conftest import (
     EdgeRun,
     Registration,
     cloud,
-    cloud_dsn,
     drained,
     edge_app,
     fast_settings,
     make_site,
     register_edge,
-    sync_databases,
-    sync_pg,
-    sync_template,
     tally,
     until,
 )
 
 pytestmark = pytest.mark.postgres
 # The real cloud's fixtures (tests/chaos/conftest.py), found by pytest under these names.
-FIXTURES = (cloud, cloud_dsn, edge_app, sync_databases, sync_pg, sync_template)
+FIXTURES = (cloud, edge_app)
 
 EDGE_ID = "edge-e2e"
 # The production pace of the uplink (a 2 s batch age, a 0.1 s look at the outbox): the

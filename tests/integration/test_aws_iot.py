@@ -48,22 +48,18 @@ from tests.chaos.conftest import (
     Cloud,
     Registration,
     cloud,
-    cloud_dsn,
     drained,
     edge_app,
     fast_settings,
     make_site,
     register_edge,
-    sync_databases,
-    sync_pg,
-    sync_template,
     tally,
     until,
 )
 from tests.conftest import free_port
 
 # The real cloud's fixtures (tests/chaos/conftest.py), found by pytest under these names.
-FIXTURES = (cloud, cloud_dsn, edge_app, sync_databases, sync_pg, sync_template)
+FIXTURES = (cloud, edge_app)
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 EDGE_ID = "edge-iot"
 RULE_ID = "iot-rule"
