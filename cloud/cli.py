@@ -1,5 +1,5 @@
 """``smartfarm cloud …``: serve, worker, migrate, seed-db, create-user, check-config,
-provision-device.
+provision-device, backup, restore, export.
 
 ``cloud_main(argv)`` is the entry point the top-level ``smartfarm`` script dispatches to.
 """
@@ -18,7 +18,11 @@ from typing import TextIO
 
 from cloud.aws_provision import add_arguments as provision_arguments
 from cloud.aws_provision import provision_main
+from cloud.backup import add_arguments as backup_arguments
+from cloud.backup import backup_main
 from cloud.config import CloudSettings, ConfigError, load_settings
+from cloud.export import add_arguments as export_arguments
+from cloud.export import export_main
 from cloud.logs import configure_logging
 from shared.errors import SmartfarmError
 
@@ -57,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, help="jobs at once (default: jobs.concurrency)")
     provision_arguments(sub.add_parser(
         "provision-device", help="make an edge an AWS IoT thing: certificate, policy, endpoint"))
+    backup_arguments(sub)
+    export_arguments(sub)
     return parser
 
 
@@ -135,6 +141,10 @@ def cloud_main(argv: list[str]) -> int:
     try:
         if args.command == "provision-device":
             return provision_main(args)
+        if args.command in ("backup", "restore"):
+            return asyncio.run(backup_main(settings, args))
+        if args.command == "export":
+            return asyncio.run(export_main(settings, args))
         if args.command == "serve":
             from aiohttp import web
 

@@ -121,6 +121,8 @@ class CloudSettings(BaseSettings):
         default="text", description="json: one JSON object per line (stdout and log_file)"
     )
     log_file: Path | None = Field(default=None, description="rotating file, 10 MB × 10")
+    log_max_bytes: int = Field(default=10 * 2**20, ge=1024, description="log_file rotates here")
+    log_backups: int = Field(default=10, ge=1, le=1000, description="rotated files kept")
     database_url: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices(

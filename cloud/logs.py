@@ -1,5 +1,6 @@
 """Logging for the cloud's entry points: stdout, as text or one JSON object per line, plus an
-optional rotating file (10 MB × 10 files, as the original design)."""
+optional rotating file (by default 10 MB × 10 files, as the original design; ``log_max_bytes``
+and ``log_backups`` change it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from cloud.config import CloudSettings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-FILE_BYTES = 10 * 2**20
+FILE_BYTES = 10 * 2**20  # the defaults of log_max_bytes and log_backups
 FILE_COUNT = 10
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -41,7 +42,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(settings: CloudSettings) -> None:
-    """Root logging as configured: ``log_level``, ``log_format`` (text|json), ``log_file``."""
+    """Root logging as configured: ``log_level``, ``log_format`` (text|json), ``log_file``
+    rotated at ``log_max_bytes`` with ``log_backups`` older files kept."""
     formatter: logging.Formatter = (
         JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
@@ -51,7 +53,10 @@ def configure_logging(settings: CloudSettings) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(
             logging.handlers.RotatingFileHandler(
-                path, maxBytes=FILE_BYTES, backupCount=FILE_COUNT, encoding="utf-8"
+                path,
+                maxBytes=settings.log_max_bytes,
+                backupCount=settings.log_backups,
+                encoding="utf-8",
             )
         )
     for handler in handlers:

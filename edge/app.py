@@ -28,11 +28,14 @@ from edge.commands import CommandTracker
 from edge.config import EdgeSettings, load_config
 from edge.credentials import edge_login, sync_broker_files
 from edge.downlink import Downlink
+from edge.homeassistant import HomeAssistantBridge
 from edge.ingest import Ingest
 from edge.iot_uplink import IotUplink
+from edge.metrics import METRICS, EdgeMetrics
 from edge.outbox import Outbox
 from edge.store import commands as command_rows
 from edge.store.db import Database
+from edge.systemd import Notifier
 from edge.uplink import SYNC_STATUS, Uplink
 from shared.models import utcnow
 
@@ -93,6 +96,11 @@ class EdgeApp:
         self.api_runner: web.AppRunner | None = None
         self.api_port: int | None = None
         self.broker_connected = asyncio.Event()
+        self.metrics = EdgeMetrics(self)  # GET /metrics and /health
+        self.home_assistant: HomeAssistantBridge | None = None
+        if settings.home_assistant.enabled:
+            self.home_assistant = HomeAssistantBridge(settings, self.automation, self.mqtt_address)
+        self.notifier = Notifier()  # sd_notify; a no-op outside systemd
         self._config_mtime: float | None = None
         self._devices_key: tuple[int, int] | None = None
         self._devices_map: dict[str, str] = {}
@@ -129,12 +137,18 @@ class EdgeApp:
                 await self.broker.start()
                 log.info("embedded MQTT broker on %s:%d", self.broker.host, self.broker.port)
             await self._start_api()
+            self.notifier.ready(f"broker and local page up (farm {settings.farm_id})")
             async with asyncio.TaskGroup() as tasks:
                 workers = [
                     tasks.create_task(self._mqtt_loop(), name="edge-mqtt"),
                     tasks.create_task(self._tick_loop(), name="edge-tick"),
                     tasks.create_task(self._config_watch(), name="edge-config-watch"),
+                    tasks.create_task(self.notifier.watchdog_loop(self.healthy),
+                                      name="edge-watchdog"),
                 ]
+                if self.home_assistant is not None:
+                    workers.append(tasks.create_task(self.home_assistant.run(),
+                                                     name="edge-home-assistant"))
                 if self.uplink is not None and self.downlink is not None:
                     log.info("syncing with the cloud at %s as edge %s", settings.cloud.url,
                              settings.cloud.edge_id)
@@ -146,12 +160,26 @@ class EdgeApp:
                         workers.append(tasks.create_task(_keep_running(name, loop),
                                                          name=f"edge-{name}"))
                 await stop.wait()
+                self.notifier.stopping("draining and closing the store")
                 log.info("stopping edge: draining messages the broker already accepted")
                 await self._drain_ingest()
                 for worker in workers:
                     worker.cancel()
         finally:
             await self._shutdown()
+
+    async def healthy(self, within_s: float) -> bool:
+        """For the systemd watchdog: this coroutine running proves the event loop turns; a
+        no-op write proves the store's writer thread still commits (within ``within_s``)."""
+        if not self.db.is_open:
+            return False
+        try:
+            async with asyncio.timeout(within_s):
+                await self.db.write(_noop)
+        except TimeoutError:
+            log.error("store writer has not committed for %.1f s", within_s)
+            return False
+        return True
 
     async def _drain_ingest(self, quiet_s: float = 0.3, max_s: float = 5.0) -> None:
         """Keep ingesting until the flow pauses: messages a device saw acknowledged by the
@@ -184,6 +212,7 @@ class EdgeApp:
             ingest=self.ingest, commands=self.commands,
         )
         app[SYNC_STATUS] = self.sync_status
+        app[METRICS] = self.metrics
         self.api_runner = web.AppRunner(app, access_log=None)
         await self.api_runner.setup()
         site = web.TCPSite(self.api_runner, api.host, api.port)
@@ -297,6 +326,10 @@ async def _keep_running(name: str, loop: Callable[[], Awaitable[None]]) -> None:
             log.exception("cloud %s stopped on an error; restarting it in %.0f s", name,
                           SYNC_RESTART_S)
         await asyncio.sleep(SYNC_RESTART_S)
+
+
+def _noop(conn: object) -> None:
+    """A write that changes nothing (no page is dirtied, so nothing reaches the SD card)."""
 
 
 def _mtime(path: Path) -> float | None:

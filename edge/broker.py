@@ -1,14 +1,16 @@
 """The MQTT broker the devices talk to: amqtt embedded in the edge process, or an external one.
 
-The embedded broker owns its TCP listener: it binds (port 0 works), vets each CONNECT (login,
-client-id ownership) before amqtt sees it, caps packet size, and then hands the connection to
-amqtt's public ``external_connected``. Login and topic ACL are the plugins in edge.broker_acl.
+The embedded broker owns its TCP listeners (plain, and TLS when configured): it binds (port 0
+works), vets each CONNECT (login, client-id ownership) before amqtt sees it, caps packet size, and
+then hands the connection to amqtt's public ``external_connected``. Both listeners share one
+amqtt broker, so logins and the topic ACL (the plugins in edge.broker_acl) are the same on both.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +26,7 @@ from amqtt.mqtt.connect import ConnectPacket
 from edge.broker_acl import DeviceAuthPlugin, DeviceTopicPlugin
 from edge.config import ConfigError
 from edge.credentials import device_acl_path
+from edge.tls import TlsError, server_context
 from shared.errors import SmartfarmError
 
 if TYPE_CHECKING:
@@ -158,9 +161,15 @@ class EmbeddedBroker:
         max_connections: int = 1024,
         acl_reload_interval_s: float = 1.0,
         quiet_logs: bool = True,
+        tls: ssl.SSLContext | None = None,
+        tls_host: str | None = None,
+        tls_port: int = 8883,
     ) -> None:
         self.host = host
         self.port = port  # replaced by the bound port once started (port 0 = any free port)
+        self.tls = tls
+        self.tls_host = tls_host or host
+        self.tls_port = tls_port  # likewise
         self.password_file = Path(password_file)
         self.acl_file = Path(acl_file)
         self.farm_id = farm_id
@@ -171,6 +180,7 @@ class EmbeddedBroker:
         self._quiet_logs = quiet_logs
         self._broker: Broker | None = None
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
 
     def _config(self) -> BrokerConfig:
@@ -196,6 +206,20 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._server is not None
 
+    def connected_clients(self) -> int | None:
+        """Device sessions connected now (the edge's own excluded); None while stopped."""
+        broker = self._broker
+        if broker is None:
+            return None
+        try:
+            sessions = list(broker.sessions.values())
+        except RuntimeError:  # mutated mid-read by a connect or disconnect
+            return None
+        return sum(
+            1 for session, _handler in sessions
+            if session.transitions.state == "connected" and session.username != self.edge_username
+        )
+
     async def start(self) -> None:
         if self._broker is not None:
             raise BrokerError("embedded broker already started")
@@ -209,17 +233,31 @@ class EmbeddedBroker:
         broker = Broker(self._config())
         broker._subscriptions = _SnapshotDict(broker._subscriptions)
         await broker.start()
+        host, port = self.host, self.port
         try:
             self._server = await asyncio.start_server(
-                self._on_connection, self.host, self.port, reuse_address=True
+                self._on_connection, host, port, reuse_address=True
             )
+            if self.tls is not None:
+                host, port = self.tls_host, self.tls_port
+                self._tls_server = await asyncio.start_server(
+                    self._on_connection, host, port, reuse_address=True, ssl=self.tls,
+                    ssl_handshake_timeout=_CONNECT_TIMEOUT_S,
+                )
         except OSError as exc:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
             await broker.shutdown()
-            raise BrokerError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
+            raise BrokerError(f"cannot listen on {host}:{port}: {exc}") from exc
         self._broker = broker
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("embedded MQTT broker listening on %s:%d (farm %s)",
                  self.host, self.port, self.farm_id)
+        if self._tls_server is not None:
+            self.tls_port = int(self._tls_server.sockets[0].getsockname()[1])
+            log.info("embedded MQTT broker listening for TLS on %s:%d", self.tls_host,
+                     self.tls_port)
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -298,10 +336,11 @@ class EmbeddedBroker:
         return next(p for p in broker.plugins_manager.plugins if isinstance(p, DeviceAuthPlugin))
 
     async def stop(self) -> None:
-        server, broker = self._server, self._broker
-        self._server = self._broker = None
-        if server is not None:
-            server.close()
+        server, tls_server, broker = self._server, self._tls_server, self._broker
+        self._server = self._tls_server = self._broker = None
+        for listener in (server, tls_server):
+            if listener is not None:
+                listener.close()
         if broker is not None:
             await broker.shutdown()
         if self._connections:
@@ -309,9 +348,10 @@ class EmbeddedBroker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
+        for listener in (server, tls_server):
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await listener.wait_closed()
 
     def reload(self) -> None:
         """Re-read the password file and ACL map now (they are also polled on use)."""
@@ -358,8 +398,16 @@ def broker_address(settings: EdgeSettings) -> tuple[str, int]:
 
 
 def embedded_broker(settings: EdgeSettings) -> EmbeddedBroker:
-    """An EmbeddedBroker configured from the edge settings (files from sync_broker_files)."""
+    """An EmbeddedBroker configured from the edge settings (files from sync_broker_files);
+    BrokerError naming the key if the TLS certificate or key cannot be loaded."""
     cfg = settings.broker
+    tls = None
+    if cfg.tls.enabled:
+        try:
+            tls = server_context(settings.resolve(cfg.tls.cert_file),
+                                 settings.resolve(cfg.tls.key_file), cfg.tls.min_version)
+        except TlsError as exc:
+            raise BrokerError(str(exc)) from None
     return EmbeddedBroker(
         host=cfg.host,
         port=cfg.port,
@@ -367,4 +415,7 @@ def embedded_broker(settings: EdgeSettings) -> EmbeddedBroker:
         acl_file=device_acl_path(settings),
         farm_id=settings.farm_id,
         edge_username=cfg.edge_username,
+        tls=tls,
+        tls_host=cfg.tls.host,
+        tls_port=cfg.tls.port,
     )

@@ -6,11 +6,14 @@ import asyncio
 import ctypes
 import json
 import logging
+import logging.handlers
 import re
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from edge.backup import add_backup_arguments, backup_main, run_lock
 from edge.config import ConfigError, EdgeSettings, load_config
 from edge.credentials import (
     CredentialsError,
@@ -19,6 +22,7 @@ from edge.credentials import (
     sync_broker_files,
     write_atomic,
 )
+from edge.tls import TlsError, default_names, ensure_certificates, tls_files
 from shared.errors import SmartfarmError
 from shared.topics import is_valid_id
 
@@ -32,7 +36,10 @@ DEMO_ROOMS = (
 
 
 def _config_text(farm_id: str, broker_port: int, api_port: int,
-                 rooms: tuple[tuple[str, str, str, str], ...]) -> str:
+                 rooms: tuple[tuple[str, str, str, str], ...], *,
+                 data_dir: str = "data", broker_files: str = "credentials",
+                 tls: bool = False, tls_host: str | None = None,
+                 api_host: str = "127.0.0.1") -> str:
     lines = [
         "# smartfarm edge configuration (written by `smartfarm edge init`).",
         "# Every key can be overridden from the environment: SMARTFARM_EDGE_<KEY>, nested keys",
@@ -40,19 +47,34 @@ def _config_text(farm_id: str, broker_port: int, api_port: int,
         "# Relative paths are relative to this file.",
         "",
         f'farm_id = "{farm_id}"',
-        'data_dir = "data"',
+        f"data_dir = {json.dumps(data_dir)}",
         'device_secrets_file = "credentials/device-secrets.toml"',
         'log_level = "INFO"',
+        '# log_file = "logs/edge.log"   # besides stderr; rotated at log_max_bytes × log_backups',
+        "# log_max_bytes = 10485760",
+        "# log_backups = 10",
         "",
         "[broker]",
         '# "embedded" runs amqtt inside the edge; "external" uses url = "mqtt://host:port".',
         'mode = "embedded"',
         'host = "127.0.0.1"   # 0.0.0.0 to let ESP32s on the LAN connect',
         f"port = {broker_port}",
-        'password_file = "credentials/passwd"',
+        "# Written by the edge (hashes of the device passwords): must be writable by it.",
+        f"password_file = {json.dumps(broker_files + '/passwd')}",
+        "",
+        "[broker.tls]",
+        "# A TLS listener for devices, same logins and ACL; devices trust credentials/tls/ca.crt",
+        "# (`smartfarm edge init --tls` makes the CA and the server certificate).",
+        f"enabled = {json.dumps(tls)}",
+        *([f"host = {json.dumps(tls_host)}"] if tls_host else
+          ["# host = \"0.0.0.0\"   # default: broker.host"]),
+        "port = 8883",
+        'cert_file = "credentials/tls/server.crt"',
+        'key_file = "credentials/tls/server.key"',
+        'ca_file = "credentials/tls/ca.crt"',
         "",
         "[api]",
-        'host = "127.0.0.1"',
+        f"host = {json.dumps(api_host)}",
         f"port = {api_port}",
         'admin_user = "admin"',
         "# The password is read from this file (mode 0600) unless",
@@ -103,15 +125,29 @@ def init_site(
     api_port: int = 8088,
     rooms: tuple[tuple[str, str, str, str], ...] = DEMO_ROOMS,
     force: bool = False,
+    data_dir: Path | None = None,
+    tls_names: Sequence[str] = (),
+    tls_host: str | None = None,
+    api_host: str = "127.0.0.1",
 ) -> tuple[Path, str]:
     """Write a working config, device credentials and an admin password; returns
-    (config path, admin password)."""
+    (config path, admin password). ``data_dir`` (absolute) also holds the files the running edge
+    rewrites (broker password hashes, ACL map), so the config folder may be read-only to it.
+    ``tls_names`` (host names / addresses devices connect to) turn on the TLS listener and make
+    its CA and server certificate."""
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "edge.toml"
     if config_path.exists() and not force:
         raise ConfigError(f"{config_path} exists (use --force to overwrite)")
-    write_atomic(config_path, _config_text(farm_id, broker_port, api_port, rooms), mode=0o644)
+    layout = {"data_dir": "data", "broker_files": "credentials"}
+    if data_dir is not None:
+        layout = {"data_dir": str(data_dir), "broker_files": str(data_dir / "broker")}
+    text = _config_text(farm_id, broker_port, api_port, rooms, **layout,
+                        tls=bool(tls_names), tls_host=tls_host, api_host=api_host)
+    write_atomic(config_path, text, mode=0o644)
     settings = load_config(config_path)
+    if tls_names:
+        ensure_certificates(tls_files(settings), list(tls_names), farm_id=farm_id)
     secrets_path = settings.device_secrets_path
     if force and secrets_path.exists():
         secrets_path.unlink()
@@ -225,10 +261,29 @@ def effective_config(settings: EdgeSettings) -> str:
     return json.dumps(doc, indent=2)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def configure_logging(
+    level: str, *, log_file: Path | None = None, max_bytes: int = 10 * 2**20, backups: int = 10
+) -> None:
+    """Root logging: stderr, plus ``log_file`` rotated at ``max_bytes`` with ``backups`` kept."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=handlers, force=True)
+
+
+def configure_edge_logging(settings: EdgeSettings) -> None:
+    """``configure_logging`` from the log_* keys of the edge config."""
+    configure_logging(
+        settings.log_level,
+        log_file=None if settings.log_file is None else settings.resolve(settings.log_file),
+        max_bytes=settings.log_max_bytes, backups=settings.log_backups,
     )
 
 
@@ -266,6 +321,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-port", type=int, default=1884)
     p.add_argument("--api-port", type=int, default=8088)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--data-dir", type=Path,
+                   help="absolute data folder (database, broker password files)")
+    p.add_argument("--tls", action="store_true",
+                   help="enable the broker's TLS listener (8883) and make its CA + certificate")
+    p.add_argument("--tls-name", action="append", default=[], metavar="NAME",
+                   help="host name or IP devices use for the broker (repeatable; default: this"
+                        " host's name, name.local, localhost, 127.0.0.1)")
+    p.add_argument("--api-host", default="127.0.0.1", metavar="ADDR",
+                   help="address of the local page (0.0.0.0: reachable from the LAN)")
+    p.add_argument("--tls-host", metavar="ADDR",
+                   help="address the TLS listener binds (default: broker.host), e.g. 0.0.0.0")
     p = sub.add_parser("device", help="manage devices")
     dsub = p.add_subparsers(dest="device_command", required=True)
     p = dsub.add_parser("add", help="add a device and print its credentials once")
@@ -280,10 +346,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="the edge token the cloud showed once ('-': read it from stdin)")
     p.add_argument("--edge-id", help="the edge's id in the cloud (default: the farm id)")
     p.add_argument("--config", type=Path, default=Path("edge.toml"))
+    p = sub.add_parser("tls-cert", help="add names to the broker's TLS certificate (keeps the CA)")
+    p.add_argument("--name", action="append", default=[], metavar="NAME",
+                   help="host name or IP devices use (repeatable; default: this host's names)")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"))
     p = sub.add_parser("run", help="run the edge until SIGTERM/SIGINT")
     p.add_argument("--config", type=Path, default=Path("edge.toml"))
     p = sub.add_parser("check-config", help="validate and print the effective config")
     p.add_argument("--config", type=Path, default=Path("edge.toml"))
+    add_backup_arguments(sub)
     return parser
 
 
@@ -291,10 +362,19 @@ def edge_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "init":
+            if args.data_dir is not None and not args.data_dir.is_absolute():
+                raise ConfigError(f"--data-dir {args.data_dir}: must be an absolute path")
+            tls_names = (args.tls_name or default_names()) if args.tls or args.tls_name else []
             path, admin_pw = init_site(args.dir, farm_id=args.farm_id,
                                        broker_port=args.broker_port, api_port=args.api_port,
-                                       force=args.force)
+                                       force=args.force, data_dir=args.data_dir,
+                                       tls_names=tls_names, tls_host=args.tls_host,
+                                       api_host=args.api_host)
             print(f"wrote {path}")
+            if tls_names:
+                tls_cfg = load_config(path).broker.tls
+                print(f"broker TLS on port {tls_cfg.port} for {', '.join(tls_names)};"
+                      f" devices trust {load_config(path).resolve(tls_cfg.ca_file)}")
             print(f"device credentials: {load_config(path).device_secrets_path} (mode 0600)")
             print(f"local page login: admin / {admin_pw}")
             print(f"run it: smartfarm edge run --config {path}")
@@ -316,15 +396,26 @@ def edge_main(argv: list[str]) -> int:
                   f" {settings.cloud.url}")
             print(f"token saved in {token_path} (mode 0600); restart the edge to connect")
             return 0
+        if args.command in ("backup", "restore"):
+            return backup_main(args)
         settings = load_config(args.config)
+        if args.command == "tls-cert":
+            files = tls_files(settings)
+            if ensure_certificates(files, args.name or default_names(), farm_id=settings.farm_id):
+                print(f"wrote {files.cert}; restart the edge to use it (devices keep trusting"
+                      f" {files.ca_cert})")
+            else:
+                print(f"{files.cert} already covers those names; nothing changed")
+            return 0
         if args.command == "check-config":
             print(effective_config(settings))
             return 0
-        configure_logging(settings.log_level)
+        configure_edge_logging(settings)
         tune_malloc()
-        asyncio.run(run_edge(settings))
+        with run_lock(settings.data_path):  # one edge per data dir; restore checks it
+            asyncio.run(run_edge(settings))
         return 0
-    except (ConfigError, CredentialsError) as exc:
+    except (ConfigError, CredentialsError, TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SmartfarmError as exc:

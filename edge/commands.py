@@ -93,6 +93,8 @@ class CommandTracker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._latest_by_device: dict[str, str] = {}
         self.latency_s: list[float] = []
+        # Called with each publish → ack latency (the edge's /metrics histogram listens here).
+        self.latency_observers: list[Callable[[float], None]] = []
         self.stats = CommandStats()
 
     # ---- connection ----
@@ -190,8 +192,11 @@ class CommandTracker:
             # Superseded by a newer command for the same device (already marked in the DB).
             self._waiters.pop(cid, None)
             raise
-        self.latency_s.append(asyncio.get_running_loop().time() - started)
+        latency = asyncio.get_running_loop().time() - started
+        self.latency_s.append(latency)
         del self.latency_s[:-1000]
+        for observe in self.latency_observers:
+            observe(latency)
         if ack.status == "ok":
             await self._finish(cid, command.device_id, "acked", None, ack)
         else:

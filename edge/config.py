@@ -35,6 +35,20 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class BrokerTlsConfig(_Section):
+    """The embedded broker's TLS listener for devices: same logins and ACL as the plain one.
+    ``smartfarm edge init --tls`` writes a private CA and a server certificate signed by it;
+    devices trust ``ca_file``."""
+
+    enabled: bool = False
+    host: str | None = Field(default=None, description="default: broker.host")
+    port: int = Field(default=8883, ge=0, le=65535, description="0 = free port")
+    cert_file: Path = Path("credentials/tls/server.crt")
+    key_file: Path = Path("credentials/tls/server.key")
+    ca_file: Path = Path("credentials/tls/ca.crt")  # what devices trust; the broker never reads it
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+
 class BrokerConfig(_Section):
     mode: Literal["embedded", "external"] = "embedded"
     host: str = "127.0.0.1"
@@ -45,6 +59,7 @@ class BrokerConfig(_Section):
     edge_password: SecretStr | None = None
     password_file: Path = Path("credentials/passwd")
     keepalive_s: int = Field(default=30, ge=5, le=600)
+    tls: BrokerTlsConfig = Field(default_factory=BrokerTlsConfig)
 
 
 class ApiConfig(_Section):
@@ -55,6 +70,9 @@ class ApiConfig(_Section):
     # (mode 0600); the file is read at load time when no password is given otherwise.
     admin_password: SecretStr | None = None
     admin_password_file: Path | None = Path("credentials/admin-password")
+    # GET /metrics: unset = answered to loopback clients only; set = every client must send
+    # "Authorization: Bearer <token>" (prefer SMARTFARM_EDGE_API__METRICS_TOKEN).
+    metrics_token: SecretStr | None = None
 
 
 class AutomationConfig(_Section):
@@ -79,6 +97,13 @@ class StoreConfig(_Section):
     commit_interval_ms: float = Field(default=1_000, ge=0, le=10_000)
     commit_max_items: int = Field(default=2_000, ge=1)
     quarantine_max_payload: int = Field(default=4_096, ge=64)
+
+
+class HomeAssistantConfig(_Section):
+    """MQTT discovery for Home Assistant on the same (external) broker (edge/homeassistant.py)."""
+
+    enabled: bool = False
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[\w-]+(/[\w-]+)*$")
 
 
 IOT_TOPIC_FIELDS = ("farm_id", "edge_id")
@@ -222,12 +247,17 @@ class EdgeSettings(BaseSettings):
     data_dir: Path = Path("data")
     device_secrets_file: Path = Path("credentials/device-secrets.toml")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Besides stderr (journald under systemd): a file rotated at log_max_bytes, log_backups kept.
+    log_file: Path | None = None
+    log_max_bytes: int = Field(default=10 * 2**20, ge=1024)
+    log_backups: int = Field(default=10, ge=1, le=1000)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     cloud: CloudConfig = Field(default_factory=CloudConfig)
+    home_assistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     rooms: list[RoomConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
     config_path: Path | None = Field(default=None, exclude=True)
@@ -257,6 +287,9 @@ class EdgeSettings(BaseSettings):
         for dev in self.devices:
             if dev.room not in room_ids:
                 raise ValueError(f"devices: {dev.id} is in unknown room {dev.room!r}")
+        if self.home_assistant.enabled and self.broker.mode != "external":
+            # The embedded broker admits only the farm's devices and the edge (no HA login).
+            raise ValueError("home_assistant.enabled needs broker.mode = \"external\"")
         return self
 
     # ---- paths resolved against the config file's folder ----

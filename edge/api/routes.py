@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge.api import auth, keys, views
+from edge.api.problems import Forbidden, Unauthorized
 from edge.api.schemas import (
     AlertsQuery,
     CommandBody,
@@ -28,6 +30,7 @@ from edge.api.schemas import (
     parse_query,
 )
 from edge.automation import NotFound
+from edge.metrics import METRICS, scrape_allowed
 from edge.store import alerts as alert_rows
 from edge.store import commands as command_rows
 from edge.store import devices as device_rows
@@ -66,7 +69,9 @@ async def asset(request: web.Request) -> web.FileResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness for systemd/monitoring: never raises, 503 only when the store is closed."""
+    """For container healthchecks and monitoring (no auth, never raises): 503 when the store is
+    closed or stalled, or the edge's MQTT connection has been down past its grace period
+    (``edge.metrics.EdgeMetrics.health``). A cloud that cannot be reached is reported, not 503."""
     body: dict[str, Any] = {"status": "ok"}
     try:
         db = request.app[keys.DB]
@@ -77,12 +82,36 @@ async def health(request: web.Request) -> web.Response:
             time=views.iso(utcnow()),
             pending_commands=request.app[keys.COMMANDS].pending_count(),
         )
-        if not db.is_open:
-            body["status"] = "degraded"
+        healthy = db.is_open
+        if (metrics := request.app.get(METRICS)) is not None:
+            ok, details = metrics.health()
+            body.update(details)
+            healthy = healthy and ok
+        if not healthy:
+            body["status"] = "unhealthy"
     except Exception:
         log.exception("health check failed")
-        body["status"] = "degraded"
+        body["status"] = "unhealthy"
     return web.json_response(body, status=200 if body["status"] == "ok" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format: loopback only, or anyone with ``api.metrics_token``."""
+    token = request.app[keys.SETTINGS].api.metrics_token
+    secret = token.get_secret_value() if token is not None else None
+    if not scrape_allowed(request.remote, request.headers.get("Authorization", ""), secret):
+        if secret is None:
+            raise Forbidden("/metrics answers loopback clients only; set api.metrics_token "
+                            "to scrape it from elsewhere with a bearer token")
+        raise Unauthorized("send Authorization: Bearer <api.metrics_token>",
+                           headers={"WWW-Authenticate": 'Bearer realm="smartfarm-edge-metrics"'})
+    edge_metrics = request.app.get(METRICS)
+    if edge_metrics is None:
+        raise web.HTTPNotFound()
+    await edge_metrics.refresh()
+    response = web.Response(body=generate_latest(edge_metrics.registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
 
 
 async def favicon(request: web.Request) -> web.FileResponse:
@@ -252,6 +281,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/static/{name}", asset)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/api/login", auth.login)
     app.router.add_post("/api/logout", auth.logout)
     app.router.add_get("/api/session", auth.session)

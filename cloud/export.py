@@ -1,0 +1,213 @@
+"""``smartfarm cloud export``: a farm's readings over a time range to CSV or Parquet.
+
+Rows stream from PostgreSQL and never sit in memory all at once: CSV is PostgreSQL's own
+``COPY … TO STDOUT`` written through as it arrives, Parquet is read from a server-side cursor in
+batches, each written as one row group. One row per reading and metric, as stored:
+``time`` (UTC), ``room_id``, ``device_id``, ``metric``, ``value``, ordered by time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal, TextIO
+
+import psycopg
+from psycopg import sql
+
+from cloud.config import CloudSettings
+from shared.errors import SmartfarmError
+
+COLUMNS: Final = ("time", "room_id", "device_id", "metric", "value")
+BATCH_ROWS: Final = 100_000
+_CHUNK_LINES: Final = b"\n"
+
+Format = Literal["csv", "parquet"]
+Progress = Callable[[int, int], None]
+
+
+class ExportError(SmartfarmError):
+    """The export cannot be made as asked; the message names the option."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    farm_id: str
+    start: datetime
+    end: datetime
+    fmt: Format
+    out: Path
+    rooms: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    path: Path
+    rows: int
+    size_bytes: int
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO 8601 date or date-time; without an offset it is UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ExportError(f"{option} {text!r}: not an ISO 8601 date or time"
+                          " (e.g. 2024-05-01 or 2024-05-01T06:00:00Z)") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _selection(conn: psycopg.Connection[Any], req: ExportRequest) -> dict[str, Any]:
+    """Check the request against the database; the query parameters."""
+    if req.start >= req.end:
+        raise ExportError(f"--from {req.start.isoformat()} must be before"
+                          f" --to {req.end.isoformat()}")
+    if conn.execute("SELECT 1 FROM farms WHERE id = %s", (req.farm_id,)).fetchone() is None:
+        raise ExportError(f"--farm {req.farm_id!r}: no such farm")
+    rooms = [r[0] for r in conn.execute(
+        "SELECT id FROM rooms WHERE farm_id = %s ORDER BY id", (req.farm_id,)).fetchall()]
+    unknown = sorted(set(req.rooms) - set(rooms))
+    if unknown:
+        raise ExportError(f"--room {', '.join(unknown)}: not a room of farm {req.farm_id}")
+    return {"rooms": req.rooms or rooms, "start": req.start, "end": req.end,
+            "metrics": req.metrics}
+
+
+def _where(req: ExportRequest) -> sql.Composed:
+    parts = [sql.SQL("room_id = ANY(%(rooms)s) AND time >= %(start)s AND time < %(end)s")]
+    if req.metrics:
+        parts.append(sql.SQL("metric = ANY(%(metrics)s)"))
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts)
+
+
+def count_rows(conn: psycopg.Connection[Any], req: ExportRequest, params: dict[str, Any]) -> int:
+    query = sql.SQL("SELECT count(*) FROM sensor_data") + _where(req)
+    row = conn.execute(query, params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _csv(conn: psycopg.Connection[Any], req: ExportRequest, params: dict[str, Any],
+         dest: Path, progress: Progress, total: int) -> int:
+    # ISO 8601 with a Z, the API's format, whatever the session's time zone.
+    select = sql.SQL(
+        "SELECT to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS time,"
+        " room_id, device_id, metric, value FROM sensor_data"
+    ) + _where(req) + sql.SQL(" ORDER BY 1, room_id, device_id, metric")
+    query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(select)
+    lines = 0
+    with conn.cursor() as cur, cur.copy(query, params) as copy, dest.open("wb") as fh:
+        for chunk in copy:
+            fh.write(chunk)
+            lines += bytes(chunk).count(_CHUNK_LINES)
+            progress(max(0, lines - 1), total)
+    return max(0, lines - 1)
+
+
+def _parquet(conn: psycopg.Connection[Any], req: ExportRequest, params: dict[str, Any],
+             dest: Path, progress: Progress, total: int, batch_rows: int) -> int:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ExportError("--format parquet needs pyarrow (pip install pyarrow)") from None
+    schema = pa.schema([("time", pa.timestamp("us", tz="UTC")), ("room_id", pa.string()),
+                        ("device_id", pa.string()), ("metric", pa.string()),
+                        ("value", pa.float64())])
+    select = sql.SQL("SELECT time, room_id, device_id, metric, value FROM sensor_data") \
+        + _where(req) + sql.SQL(" ORDER BY time, room_id, device_id, metric")
+    done = 0
+    with conn.transaction(), conn.cursor(name="smartfarm_export") as cur, \
+            pq.ParquetWriter(dest, schema, compression="zstd") as writer:
+        cur.itersize = batch_rows
+        cur.execute(select, params)
+        while rows := cur.fetchmany(batch_rows):
+            columns = list(zip(*rows, strict=True))
+            writer.write_batch(pa.record_batch(
+                [pa.array(col, type=schema.field(i).type) for i, col in enumerate(columns)],
+                schema=schema), row_group_size=batch_rows)
+            done += len(rows)
+            progress(done, total)
+    return done
+
+
+def export(dsn: str, req: ExportRequest, *, progress: Progress | None = None,
+           batch_rows: int = BATCH_ROWS) -> ExportResult:
+    """Write the readings ``req`` selects to ``req.out`` (aside first, renamed when complete)."""
+    report = progress or (lambda done, total: None)
+    partial = req.out.with_name(f".{req.out.name}.partial")
+    try:
+        with psycopg.connect(dsn, connect_timeout=10, autocommit=True) as conn:
+            params = _selection(conn, req)
+            total = count_rows(conn, req, params)
+            req.out.parent.mkdir(parents=True, exist_ok=True)
+            if req.fmt == "csv":
+                rows = _csv(conn, req, params, partial, report, total)
+            else:
+                rows = _parquet(conn, req, params, partial, report, total, batch_rows)
+        report(rows, rows)
+        os.replace(partial, req.out)
+    except psycopg.OperationalError as exc:
+        raise ExportError(f"the database is unavailable: {exc}".strip()) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return ExportResult(req.out, rows, req.out.stat().st_size)
+
+
+# ---- `smartfarm cloud export` --------------------------------------------------------------------
+
+def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export", help="readings of a farm over [from, to) to CSV or Parquet")
+    p.add_argument("--farm", required=True)
+    p.add_argument("--from", dest="start", required=True, metavar="ISO",
+                   help="first instant, included (no offset: UTC)")
+    p.add_argument("--to", dest="end", required=True, metavar="ISO", help="end, excluded")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    p.add_argument("--out", type=Path, required=True, metavar="PATH")
+    p.add_argument("--room", action="append", default=[], help="only this room (repeatable)")
+    p.add_argument("--metric", action="append", default=[],
+                   help="only this metric, e.g. humidity_pct (repeatable)")
+
+
+def progress_bar(stream: TextIO, *, every_s: float = 0.2) -> Progress:
+    """A one-line bar, redrawn at most every ``every_s`` and at the end."""
+    state = {"last": 0.0, "ended": False}
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        final = done >= total
+        if state["ended"] or (not final and now - state["last"] < every_s):
+            return
+        state["last"], state["ended"] = now, final
+        share = min(1.0, done / total) if total else 1.0
+        stream.write(f"\r  export [{'#' * int(share * 30):<30}] {done:>11,}/{total:,} rows")
+        if final:
+            stream.write("\n")
+        stream.flush()
+
+    return show
+
+
+async def export_main(settings: CloudSettings, args: argparse.Namespace) -> int:
+    from cloud.app import resolve_dsn
+
+    req = ExportRequest(
+        farm_id=args.farm, start=parse_time(args.start, "--from"),
+        end=parse_time(args.end, "--to"), fmt=args.format, out=args.out,
+        rooms=args.room, metrics=args.metric,
+    )
+    dsn, embedded = await resolve_dsn(settings)
+    try:
+        result = await asyncio.to_thread(export, dsn, req, progress=progress_bar(sys.stderr))
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    print(f"exported {result.rows:,} rows to {result.path} ({result.size_bytes / 1e6:.1f} MB)")
+    return 0
