@@ -335,7 +335,8 @@ def write_mosquitto_password_file(path: Path, passwords: Mapping[str, str]) -> N
     write_password_file(path, {user: mosquitto_hash(pw) for user, pw in passwords.items()})
 
 
-def render_mosquitto_acl(farm_id: str, edge_username: str) -> str:
+def render_mosquitto_acl(farm_id: str, edge_username: str,
+                         ha_discovery_prefix: str | None = None) -> str:
     """The Mosquitto ``acl_file``: each device (username = device id) writes only its own uplink
     topics and reads only its own command topic, in any room; the edge reads/writes the farm.
 
@@ -356,10 +357,13 @@ def render_mosquitto_acl(farm_id: str, edge_username: str) -> str:
         "# The edge process: the whole farm.",
         f"user {edge_username}",
         f"topic readwrite farm/{farm_id}/#",
+        *([f"topic readwrite {ha_discovery_prefix}/#"] if ha_discovery_prefix else []),
         "",
     ]
     return "\n".join(lines)
 
 
-def write_mosquitto_acl(path: Path, farm_id: str, edge_username: str) -> None:
-    write_atomic(path, render_mosquitto_acl(farm_id, edge_username), mode=0o644)
+def write_mosquitto_acl(path: Path, farm_id: str, edge_username: str,
+                        ha_discovery_prefix: str | None = None) -> None:
+    text = render_mosquitto_acl(farm_id, edge_username, ha_discovery_prefix)
+    write_atomic(path, text, mode=0o644)

@@ -196,3 +196,11 @@ async def test_device_added_then_sighup(mosq: Mosq) -> None:
             if loop.time() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+def test_acl_grants_the_edge_the_home_assistant_prefix_only_when_asked() -> None:
+    plain = render_mosquitto_acl("farm-1", EDGE)
+    with_ha = render_mosquitto_acl("farm-1", EDGE, ha_discovery_prefix="homeassistant")
+    assert "homeassistant" not in plain
+    assert with_ha.splitlines()[-1] == "topic readwrite homeassistant/#"
+    assert with_ha.replace("topic readwrite homeassistant/#\n", "") == plain
