@@ -444,6 +444,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--timeout-s", type=float, default=900.0)
     parser.add_argument("--profile", action="store_true", help="py-spy both processes")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (edge log, site, profiles) and say where")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.readings is None:
         args.readings = 100_000 if args.quick else 1_000_000
@@ -453,7 +455,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result = asyncio.run(drain(args, dsn, work))
             result["database"] = {"where": where, "server": server_version(dsn)}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"work directory kept: {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     report(result)
     if result["stored_rows"] != result["expected_rows"] or result["duplicated_keys"]:
         print("ERROR: PostgreSQL does not hold every reading exactly once", flush=True)

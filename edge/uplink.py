@@ -6,8 +6,10 @@ change. The body is the gzip-compressed JSON ``Batch`` (shared/sync.py) with the
 token. The cursor moves only on a ``BatchAck``; a 409 ``GapError`` rewinds it to the cloud's mark;
 network errors, timeouts and 5xx are retried forever with exponential backoff and jitter. The same
 batch (same seqs, same records) is resent until the cloud answers, so the cloud's high-water mark
-makes every retry, replay and overlap safe. One batch is in flight at a time; while it is, a
-backlog's next full batch is read, encoded and given its seqs, so it leaves as the answer comes.
+makes every retry, replay and overlap safe. While a backlog drains, two batches are in flight:
+the next full batch is read and given its seqs while the one before is on its way, and sent at
+once. Answers are handled in seq order; a 409 for the later batch while the earlier one is not
+yet stored is sent again once it is. After a full batch, the rest goes without waiting for age.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import gzip
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,12 +49,38 @@ PROGRESS_LOG_S: Final = 60.0
 AUTH_ALERT: Final = "sync:auth"
 REFUSED_ALERT: Final = "sync:refused"
 CLOCK_WARN_S: Final = 60.0
+# Batches in flight at once during a backlog drain: the cloud decodes one while it stores the one
+# before (its per-edge lock keeps them in seq order; a 409 for the later one is resent).
+WINDOW: Final = 2
 # An ack held for the next batch's write is stored on its own after this long without one.
 ACK_FLUSH_S: Final = 5.0
 
 # What /api/stats shows under "sync" (set by edge/app.py on the local API app).
 SyncStatusSource = Callable[[], Awaitable[dict[str, Any]]]
 SYNC_STATUS: web.AppKey[SyncStatusSource] = web.AppKey("sync_status")
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A batch on its way: the task sending it, and whether its answer has been handled."""
+
+    batch: Prepared
+    task: asyncio.Task[BatchAck | GapError]
+    settled: asyncio.Event
+
+    @property
+    def last_seq(self) -> int:
+        return self.batch.last_seq
+
+
+async def _cancel(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel ``tasks`` and wait until they are done (their outcome no longer matters)."""
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 class UploadError(Exception):
@@ -155,38 +184,76 @@ class Uplink:
 
     async def _upload_loop(self, session: aiohttp.ClientSession) -> None:
         cfg = self._cloud
-        ahead: Prepared | None = None
-        while True:
-            batch = None
-            # The batch prepared while the last one was in flight, if it is still the next one
-            # (a 409 rewind or a partial answer sends from the cloud's mark instead).
-            if ahead is not None and ahead.first_seq == (await self._outbox.marks()).acked_seq + 1:
-                batch = ahead
-            ahead = None
-            if batch is None:
-                batch = await self._outbox.next_batch(
-                    cfg.batch_max_records, cfg.batch_max_bytes, new=False
-                )
-            if batch is None:
-                await self._wait_for_records()
-                batch = await self._outbox.next_batch(cfg.batch_max_records, cfg.batch_max_bytes)
-                if batch is None:
+        flights: deque[_Flight] = deque()
+        preparing: asyncio.Task[Prepared | None] | None = None
+        tried_after = 0  # the last seq after which the next full batch was looked for
+        draining = False  # the last batch was full: the rest goes without waiting for its age
+        try:
+            while True:
+                if not flights and preparing is not None:
+                    # The batch prepared after the last one answered: it leaves next.
+                    following, preparing = await preparing, None
+                    if following is not None:
+                        flights.append(self._launch(session, following, None))
+                if not flights:
+                    batch = await self._outbox.next_batch(
+                        cfg.batch_max_records, cfg.batch_max_bytes, new=draining
+                    )
+                    if batch is None:
+                        await self._wait_for_records()
+                        batch = await self._outbox.next_batch(
+                            cfg.batch_max_records, cfg.batch_max_bytes
+                        )
+                        if batch is None:
+                            continue
+                    flights.append(self._launch(session, batch, None))
+                newest = flights[-1]
+                if preparing is None and len(flights) < WINDOW and tried_after != newest.last_seq:
+                    # The batch after the newest one in flight, given its seqs now (only when a
+                    # full one waits: ordinary batching, by age, is left alone).
+                    tried_after = newest.last_seq
+                    preparing = asyncio.create_task(
+                        self._outbox.next_after(
+                            newest.batch, cfg.batch_max_records, cfg.batch_max_bytes
+                        ),
+                        name="uplink-prepare-ahead",
+                    )
+                head = flights[0]
+                waits: set[asyncio.Future[Any]] = {head.task}
+                if preparing is not None:
+                    waits.add(preparing)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if preparing is not None and preparing.done():
+                    following, preparing = preparing.result(), None
+                    if following is not None:
+                        flights.append(self._launch(session, following, flights[-1].settled))
+                if not head.task.done():
                     continue
-            following = asyncio.create_task(
-                self._outbox.next_after(batch, cfg.batch_max_records, cfg.batch_max_bytes),
-                name="uplink-prepare-ahead",
-            )
-            try:
-                await self.upload(session, batch)
-            except BaseException:
-                # Cancelled (shutting down) or failed hard: a preparation cut short may still
-                # have given out its seqs; they are resent from the stored segment like any
-                # batch in flight.
-                following.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await following
-                raise
-            ahead = await following
+                flights.popleft()
+                answer = head.task.result()  # a hard failure propagates (and ends the rest)
+                if not await self._answered(head.batch, answer):
+                    # A gap, or an answer behind this edge's cursor: everything after it is
+                    # sent again from the cloud's mark (the cursor was moved accordingly).
+                    await _cancel(preparing, *(f.task for f in flights))
+                    flights.clear()
+                    preparing, tried_after, draining = None, 0, False
+                else:
+                    draining = len(head.batch.records) >= cfg.batch_max_records
+                head.settled.set()
+        finally:
+            # Cancelled (shutting down) or failed hard: a preparation cut short may still have
+            # given out its seqs; they are resent from the stored segment like any batch in
+            # flight.
+            await _cancel(preparing, *(f.task for f in flights))
+
+    def _launch(
+        self, session: aiohttp.ClientSession, batch: Prepared, before: asyncio.Event | None
+    ) -> _Flight:
+        settled = asyncio.Event()
+        task = asyncio.create_task(
+            self._deliver(session, batch, before), name=f"uplink-batch-{batch.first_seq}"
+        )
+        return _Flight(batch, task, settled)
 
     async def _wait_for_records(self) -> None:
         """Until a batch is due: full, old enough, or holding something urgent."""
@@ -222,26 +289,43 @@ class Uplink:
             await asyncio.sleep(self._cloud.prune_interval_s)
 
     # ---- one batch ----
-    async def upload(self, session: aiohttp.ClientSession, batch: Prepared) -> None:
-        """Send one batch until the cloud answers it, then move the cursor accordingly."""
+    async def _deliver(
+        self, session: aiohttp.ClientSession, batch: Prepared, before: asyncio.Event | None
+    ) -> BatchAck | GapError:
+        """Send one batch until the cloud answers it. ``before`` is set once the batch in flight
+        ahead of this one is settled: a 409 naming a seq ahead of this batch may only mean the
+        cloud has not stored that one yet, so this batch is sent again once it has."""
         cfg = self._cloud
-        retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(
-                initial=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.backoff_initial_s
-            ),
-            retry=retry_if_exception_type(UploadError),
-            before_sleep=functools.partial(self._failed, batch),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                answer = await self._post(session, batch)
+        while True:
+            retrying = AsyncRetrying(
+                wait=wait_exponential_jitter(
+                    initial=cfg.backoff_initial_s, max=cfg.backoff_max_s,
+                    jitter=cfg.backoff_initial_s,
+                ),
+                retry=retry_if_exception_type(UploadError),
+                before_sleep=functools.partial(self._failed, batch),
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    answer = await self._post(session, batch)
+            if isinstance(answer, GapError) and before is not None:
+                log.debug("seqs %d..%d arrived before the batch ahead of them was stored:"
+                          " sending them again once it is", batch.first_seq, batch.last_seq)
+                await before.wait()
+                before = None
+                continue
+            return answer
+
+    async def _answered(self, batch: Prepared, answer: BatchAck | GapError) -> bool:
+        """Move the cursor on the cloud's answer to ``batch``; False when what was sent after
+        it must be sent again (a 409 gap, or an answer behind this edge's cursor)."""
         if isinstance(answer, GapError):
             self.stats.gaps += 1
             if not await self._outbox.rewind(answer.expected_seq):
-                await asyncio.sleep(cfg.backoff_max_s)  # stuck: an alert is up; try again slowly
-            return
-        await self._succeeded(batch, answer)
+                await asyncio.sleep(self._cloud.backoff_max_s)  # stuck: an alert is up
+            return False
+        return await self._succeeded(batch, answer)
 
     def body(self, batch: Prepared) -> bytes:
         """The gzip-compressed Batch JSON; sent_at is the edge clock at this attempt."""
@@ -305,14 +389,21 @@ class Uplink:
                 message=f"the cloud refuses batch seq {batch.first_seq}..{batch.last_seq}: {exc}",
             )
 
-    async def _succeeded(self, batch: Prepared, ack: BatchAck) -> None:
+    async def _succeeded(self, batch: Prepared, ack: BatchAck) -> bool:
         if ack.clock_offset_s is not None:
             if abs(ack.clock_offset_s) > CLOCK_WARN_S and (
                 self.clock_offset_s is None or abs(self.clock_offset_s) <= CLOCK_WARN_S
             ):
                 log.warning("the edge clock is %.0f s off the cloud's", -ack.clock_offset_s)
             self.clock_offset_s = ack.clock_offset_s
-        outcome = await self._outbox.confirmed(batch, ack.acked_seq, ack.clock_offset_s)
+        if ack.acked_seq != batch.last_seq and (
+            await self._outbox.marks()
+        ).acked_seq >= batch.last_seq:
+            # The answer to the batch before this one already named a mark past this batch
+            # (it was resent after this one was stored): nothing left to confirm.
+            outcome = "ok"
+        else:
+            outcome = await self._outbox.confirmed(batch, ack.acked_seq, ack.clock_offset_s)
         if outcome == "stale":
             # An answer that confirms nothing of this batch: the cloud is behind this edge's
             # cursor without saying 409. Resend from its mark rather than loop on this batch.
@@ -322,7 +413,7 @@ class Uplink:
             if ack.acked_seq < batch.first_seq - 1:
                 await self._outbox.rewind(ack.acked_seq + 1)
             await asyncio.sleep(self._cloud.backoff_max_s)
-            return
+            return False
         stats = self.stats
         if stats.failures_in_row:
             log.info("cloud reachable again after %d failed attempt(s)", stats.failures_in_row)
@@ -343,6 +434,7 @@ class Uplink:
                      stats.records - records, stats.batches - batches,
                      time.monotonic() - since, ack.acked_seq)
             self._progress = (time.monotonic(), stats.batches, stats.records)
+        return outcome != "rebased"  # renumbered: what was in flight is sent again
 
     # ---- for the local page ----
     async def status(self) -> dict[str, Any]:

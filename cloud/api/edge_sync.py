@@ -12,7 +12,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloud import appkeys
-from cloud.api.routing import Call, Route, bearer_token, field_errors
+from cloud.api.routing import JSON_TYPE, Call, Route, bearer_token, field_errors
 from cloud.api.schemas import In, Out
 from cloud.auth.tokens import token_hash
 from cloud.db import downlink
@@ -26,10 +26,12 @@ from cloud.errors import (
     ValidationFailed,
 )
 from cloud.middleware import problem
+from cloud.sync.decode import decode_batch
 from cloud.sync.ingest import store_batch
+from cloud.sync.iot_acks import REPLY_HEADER, confirm_destination, is_confirmation
 from cloud.sync.link import EdgeLink
 from cloud.sync.service import EDGE_SYNC
-from shared.sync import PROTOCOL_VERSION, Batch, BatchAck, DownMessage, Hello, UpMessage
+from shared.sync import PROTOCOL_VERSION, BatchAck, DownMessage, Hello, UpMessage
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,56 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
     Stores each seq exactly once: seqs at or below the edge's high-water mark count as
     duplicates; a batch starting past mark + 1 is refused with 409 and `expected_seq`; a batch
     naming another farm's rooms, devices or commands is refused with 403 and nothing is stored.
+    Through an AWS IoT topic rule (header `X-Smartfarm-Reply-Topic`), the answer is also
+    published on the edge's acks topic; AWS IoT's destination confirmation is logged (200).
     """
+    if is_confirmation(call.request):  # AWS IoT confirming the topic rule's destination
+        return await confirm_destination(call.request)
     received_at = time.time()
     edge = await authenticate_edge(call)
+    reply_topic = call.request.headers.get(REPLY_HEADER)
+    if reply_topic is None:
+        return await _ingest(call, edge, received_at)
+    # Through an AWS IoT topic rule: whatever the answer, the edge hears it on its acks topic.
+    try:
+        answer = await _ingest(call, edge, received_at)
+    except CloudError as exc:
+        answer = _problem(exc, call.request.path)
+    if isinstance(answer, BatchAck):
+        answer = web.Response(body=answer.model_dump_json().encode(), content_type=JSON_TYPE)
+    sync = call.app[EDGE_SYNC]
+    assert isinstance(answer.body, bytes)
+    if sync.iot_acks is not None:
+        await sync.iot_acks.publish(edge, answer.body, reply_topic)
+    elif edge["id"] not in sync.iot_unanswered:  # once per edge, not per batch
+        sync.iot_unanswered.add(edge["id"])
+        log.warning("edge %s sends batches through AWS IoT, but sync.iot_data_endpoint is not"
+                    " set: the answers cannot reach it", edge["id"])
+    return answer
+
+
+def _problem(exc: CloudError, path: str) -> web.Response:
+    """The problem response the middleware would make of ``exc``."""
+    extra: dict[str, Any] = dict(exc.extra)
+    errors = getattr(exc, "errors", None)
+    if errors is not None:
+        extra["errors"] = errors
+    return problem(exc.status, exc.title, exc.detail, slug=exc.slug, instance=path,
+                   headers=exc.headers, **extra)
+
+
+async def confirm_iot_destination(call: Call) -> web.Response:
+    """Take AWS IoT's topic rule destination confirmation (logged for an operator)
+
+    AWS IoT posts it to `{confirmationUrl}/?confirmationToken=…`; with the batches URL as the
+    confirmation URL, that is this path.
+    """
+    return await confirm_destination(call.request)
+
+
+async def _ingest(
+    call: Call, edge: dict[str, Any], received_at: float
+) -> BatchAck | web.Response:
     settings = call.app[appkeys.SETTINGS].sync
     try:
         raw = await read_body(call.request, settings.max_batch_bytes)
@@ -90,7 +139,7 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
         response.force_close()
         return response
     try:
-        batch = Batch.model_validate_json(raw)
+        batch = decode_batch(raw)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise BadRequest("malformed JSON body") from None
@@ -235,6 +284,14 @@ ROUTES = [
         response=BatchAck,
         tag="edge sync",
         errors=(400, 401, 403, 409, 413, 415, 422, 503),
+    ),
+    Route(
+        "POST",
+        _BASE + "/batches/",
+        confirm_iot_destination,
+        "public",
+        tag="edge sync",
+        errors=(422,),
     ),
     Route("GET", _BASE + "/stream", stream, "public", tag="edge sync", errors=(400, 401)),
     Route(

@@ -22,6 +22,7 @@ from cloud.db import sync as sync_db
 from cloud.db.database import Database
 from cloud.errors import Conflict, Forbidden, Unauthorized
 from cloud.sync.clock import ClockCorrection
+from cloud.sync.decode import DecodedBatch
 from cloud.sync.records import (
     AckItem,
     AlertItem,
@@ -31,8 +32,8 @@ from cloud.sync.records import (
     ReadingItem,
     StatusItem,
 )
-from cloud.sync.writer import BatchWriter, Counts, Parsed, parse_records
-from shared.sync import Batch, BatchAck
+from cloud.sync.writer import BatchWriter, Counts, ParsedRecord
+from shared.sync import BatchAck
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,16 @@ class _Refs:
     maybe_commands: set[str] = field(default_factory=set)
 
 
-def _references(parsed: list[Parsed]) -> _Refs:
+def _references(parsed: list[ParsedRecord]) -> _Refs:
     refs = _Refs()
     rooms, devices, commands = refs.rooms, refs.devices, refs.commands
     for p in parsed:
         item = p.item
-        if isinstance(item, ReadingItem | StatusItem | CommandItem):
+        if item.__class__ is ReadingItem:  # most records: the cheapest test first
+            rooms.add(item.room_id)
+            devices.add(item.device_id)
+            continue
+        if isinstance(item, StatusItem | CommandItem):
             rooms.add(item.room_id)
             devices.add(item.device_id)
         elif isinstance(item, AckItem):
@@ -105,7 +110,7 @@ def _foreign(owners: dict[str, dict[str, str]], refs: _Refs, farm_id: str) -> di
 async def store_batch(
     db: Database,
     edge: dict[str, Any],
-    batch: Batch,
+    batch: DecodedBatch,
     *,
     received_at: float | None = None,
     clock_threshold_s: float = 300,
@@ -118,7 +123,7 @@ async def store_batch(
         raise ForeignReference(wrong)
     received = time.time() if received_at is None else received_at
     clock = ClockCorrection.measure(received, batch.sent_at, clock_threshold_s)
-    parsed = parse_records(batch.records)
+    parsed = batch.parsed
     try:
         async with db.transaction() as cur:
             row = await sync_db.lock_edge(cur, edge_id)
@@ -169,7 +174,7 @@ async def store_batch(
 
 
 async def _report(
-    db: Database, edge: dict[str, Any], batch: Batch, foreign: dict[str, list[str]]
+    db: Database, edge: dict[str, Any], batch: DecodedBatch, foreign: dict[str, list[str]]
 ) -> None:
     log.warning(
         "refused batch %d-%d from edge %s (farm %s): it names %s",

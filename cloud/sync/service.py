@@ -17,6 +17,7 @@ from cloud import appkeys
 from cloud.db import downlink
 from cloud.db.database import Database
 from cloud.sync.hub import EdgeHub
+from cloud.sync.iot_acks import IotAckPublisher
 from cloud.sync.link import DownMsg, EdgeLink, UpMsg
 from cloud.sync.settings import SyncConfig
 from cloud.sync.writer import Counts
@@ -65,6 +66,9 @@ class EdgeSync:
         self.config = config
         self.hub = EdgeHub(db.dsn)
         self.metrics = SyncMetrics(registry, self.hub.streams)
+        # Answers to batches that came through AWS IoT Core (None: not configured).
+        self.iot_acks = IotAckPublisher.from_config(config)
+        self.iot_unanswered: set[str] = set()  # edges told about a missing publisher (logged)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:

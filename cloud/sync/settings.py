@@ -24,3 +24,9 @@ class SyncConfig(BaseModel):
     hello_timeout_s: float = Field(default=10, gt=0, le=120)
     # How often each instance marks stale pending commands expired (idempotent across instances).
     expiry_sweep_s: float = Field(default=30, gt=0)
+    # AWS IoT Core: the account's IoT Data endpoint (``aws iot describe-endpoint --endpoint-type
+    # iot:Data-ATS``, as https://…-ats.iot.REGION.amazonaws.com). When set, a batch that came
+    # through the topic rule (header X-Smartfarm-Reply-Topic) gets its answer published on the
+    # edge's acks topic. Credentials: boto3's usual chain.
+    iot_data_endpoint: str | None = Field(default=None, pattern=r"^https://\S+$")
+    iot_region: str | None = Field(default=None, max_length=64)

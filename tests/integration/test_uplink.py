@@ -17,7 +17,7 @@ import stat
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,6 +98,11 @@ class StandInCloud:
     answers: list[Any] = field(default_factory=list)
     hellos: list[Hello] = field(default_factory=list)
     arrived: dict[int, float] = field(default_factory=dict)  # seq -> monotonic time stored
+    gaps_answered: list[int] = field(default_factory=list)  # first seqs answered with a 409
+    in_flight: int = 0
+    most_in_flight: int = 0
+    # Awaited with each parsed batch before it is stored (a test holds one back with it).
+    gate: Callable[[Batch], Awaitable[None]] | None = None
     url: str = ""
 
     def _authorized(self, request: web.Request) -> bool:
@@ -120,10 +125,18 @@ class StandInCloud:
             await asyncio.sleep(self.slow_s)  # the edge gives up; this request still commits
             self.late_commits += 1
         batch = Batch.model_validate_json(gzip.decompress(await request.read()))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate(batch)
+        finally:
+            self.in_flight -= 1
         if (batch.edge_id, batch.farm_id) != (self.edge_id, self.farm_id):
             self.refused.append(f"batch for {batch.edge_id}/{batch.farm_id}")
             return web.json_response({"detail": "not yours"}, status=403)
         if batch.first_seq > self.mark + 1:
+            self.gaps_answered.append(batch.first_seq)
             gap = GapError(detail="gap", expected_seq=self.mark + 1)
             return web.Response(body=gap.model_dump_json(), status=409,
                                 content_type="application/json")
@@ -401,6 +414,37 @@ async def test_edge_restarts_mid_upload_resume_from_the_stored_cursor(
         assert total == fed  # stale readings (2023) never make the automation act
         cloud.assert_exactly_once(total)
         assert cloud.stored == await edge_records(edge, total)
+    finally:
+        await close_edge(edge)
+
+
+async def test_a_backlog_goes_two_batches_at_a_time_in_seq_order(
+    cloud: StandInCloud, tmp_path: Path
+) -> None:
+    """While a backlog drains, the next batch is sent before the answer to the one ahead of it.
+    When it reaches the cloud first (a 409: the batch ahead is not stored yet) it is sent again
+    once that one is, without rewinding the cursor: nothing lost, nothing stored twice."""
+    first_held = asyncio.Event()
+
+    async def hold_the_first(batch: Batch) -> None:
+        if batch.first_seq == 1 and not first_held.is_set():
+            first_held.set()
+            # Until the batch behind it has come, been refused as a gap, and been answered.
+            await until(lambda: cloud.gaps_answered, 5, "the second batch refused as a gap")
+
+    cloud.gate = hold_the_first
+    edge = await build_edge(cloud_settings(cloud, tmp_path), tmp_path / "edge.db")
+    await feed(edge, 1_000)  # five full batches wait before the uplink starts
+    uplink = Uplink(edge.settings, edge.outbox)
+    try:
+        async with running(uplink.run()):
+            total = await drained(edge, cloud, 20)
+        cloud.assert_exactly_once(total)
+        assert cloud.stored == await edge_records(edge, total)
+        assert cloud.most_in_flight == 2
+        assert cloud.gaps_answered == [201]  # the second batch, refused once
+        assert uplink.stats.gaps == 0  # and no rewind: the cursor never went back
+        assert max(cloud.offered.values()) == 1  # stored once each, the 409 stored nothing
     finally:
         await close_edge(edge)
 
