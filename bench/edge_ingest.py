@@ -9,6 +9,9 @@ Mosquitto with the edge in external mode) and per round it times, from "go":
 Raw and edge runs alternate so that background noise on the machine hits both alike. Once every
 reading is evaluated the bench flushes the store's current group (an urgent no-op write) rather
 than wait out store.commit_interval_ms, so the rate is not diluted by the group-commit timer.
+Both runs use the same publisher processes, payloads and QoS. "cpu us/msg" is this process's CPU
+time (all threads: broker when embedded, subscriber or whole edge) per message: on a shared
+machine it is steadier than the rates.
 
     .venv/bin/python -m bench.edge_ingest [--quick] [--rounds N] [--profile]
 """
@@ -86,6 +89,7 @@ async def drive(site: Site, port: int, count: int, counters: dict[str, Any],
     expected = sum(len(s.sensors) for s in specs) * count
     with Workers([Worker(run_load, s, name=s.name) for s in specs]) as workers:
         await workers.ready()
+        cpu0 = time.process_time()
         go = workers.go()
         reached = {}
         for name, read in counters.items():
@@ -93,12 +97,14 @@ async def drive(site: Site, port: int, count: int, counters: dict[str, Any],
             if flush is not None:
                 await flush()
                 flush = None
+        cpu = time.process_time() - cpu0  # this process: broker (embedded) + subscriber / edge
         results = await workers.results(timeout=IDLE_TIMEOUT_S * 3)
     sent = sum(r["sent"] for r in results)
     last_sent = max((r["last_at"] for r in results if r["last_at"]), default=go)
     out: dict[str, Any] = {
         "messages": expected, "sent": sent, "publish_errors": sum(r["errors"] for r in results),
         "publish_rate": sent / (last_sent - go) if last_sent > go else None,
+        "cpu_us_per_message": 1e6 * cpu / expected,
     }
     for name, (at, value) in reached.items():
         out[f"{name}_count"] = value
@@ -241,14 +247,14 @@ def print_result(result: dict[str, Any]) -> None:
     rows = [
         [r["broker"], r["kind"], r["round"], r["messages"], r.get("received_count")
          or r.get("committed_count"), r.get("received_s") or r.get("committed_s"), r["rate"],
-         r.get("evaluated_rate"), r["publish_rate"]]
+         r.get("evaluated_rate"), r["publish_rate"], r.get("cpu_us_per_message")]
         for r in result["runs"]
     ]
     print_table(
         f"Edge ingest, QoS 1: {p['publishers']} publisher processes x {p['sensors']} sensors x "
         f"{p['count']} readings",
         ["broker", "run", "round", "sent", "done", "seconds", "readings/s", "evaluated/s",
-         "publish/s"],
+         "publish/s", "cpu us/msg"],
         rows,
     )
     summary = [

@@ -74,6 +74,9 @@ class Automation:
         self.rooms: dict[str, RoomRuntime] = {}
         # Latest reading per (room, metric), grouped by room: an evaluation looks at one room.
         self._readings: dict[str, dict[tuple[str, str], Reading]] = {}
+        # Newer (value, at) not yet made Readings: a burst of readings between two evaluations
+        # builds one model per metric, not one per metric per message.
+        self._fresh: dict[str, dict[tuple[str, str], tuple[float, datetime]]] = {}
         self._devices_key: tuple[int, int] | None = None
         self._by_id: dict[str, DeviceConfig] = {}
         self._room_actuators: dict[str, list[DeviceConfig]] = {}
@@ -114,7 +117,12 @@ class Automation:
         return list(self._room_actuators.get(room_id, ()))
 
     def _room_readings(self, room_id: str) -> dict[tuple[str, str], Reading]:
-        return self._readings.setdefault(room_id, {})
+        readings = self._readings.setdefault(room_id, {})
+        fresh = self._fresh.pop(room_id, None)
+        if fresh:
+            for key, (value, at) in fresh.items():
+                readings[key] = Reading(value=value, at=at)
+        return readings
 
     def safety_of(self, device: DeviceConfig) -> Safety:
         assert device.actuator is not None
@@ -201,12 +209,18 @@ class Automation:
         # A device clock running ahead must not pin a reading in the future (later readings,
         # stamped on receipt, would look older and be ignored): never later than now.
         at = min(telemetry.timestamp or now, now)
-        readings = self._room_readings(room_id)
+        readings = self._readings.setdefault(room_id, {})
+        fresh = self._fresh.setdefault(room_id, {})
         for metric, value in telemetry.data.items():
             key = (room_id, metric)
+            pending = fresh.get(key)
+            if pending is not None:
+                if pending[1] <= at:
+                    fresh[key] = (value, at)
+                continue
             current = readings.get(key)
             if current is None or current.at <= at:
-                readings[key] = Reading(value=value, at=at)
+                fresh[key] = (value, at)
         self._seen[telemetry.device_id] = max(at, self._seen.get(telemetry.device_id, at))
         await self._evaluate_soon(room_id)
 

@@ -133,10 +133,9 @@ def store_telemetry(
     conn: sqlite3.Connection, tel: Telemetry, room_id: str, received_at: float, touch: bool
 ) -> bool:
     """Everything one accepted reading writes, in one savepoint; True if it was new."""
-    new = readings.insert_reading(conn, tel, room_id, received_at) is not None
     if touch:
         devices.touch(conn, tel.device_id, room_id, received_at)
-    return new
+    return readings.insert_reading(conn, tel, room_id, received_at) is not None  # last: see there
 
 
 def _as_bytes(payload: Any) -> bytes:
@@ -254,20 +253,18 @@ class Ingest:
             self.stats.duplicates += 1
             return
         at = received.timestamp()
-        future = self._db.submit(store_telemetry, tel, room_id, at, self._touch_due(tel.device_id))
-        future.add_done_callback(self._stored)
+        self._db.submit_callback(
+            store_telemetry, tel, room_id, at, self._touch_due(tel.device_id), on_done=self._stored
+        )
         self.stats.readings += 1
         # The automation sees the reading now; the commit follows within one group interval.
         await self._call(self._on_reading, room_id, tel)
 
-    def _stored(self, future: asyncio.Future[bool]) -> None:
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
+    def _stored(self, ok: bool, result: Any) -> None:
+        if not ok:
             self.stats.write_errors += 1
-            log.error("storing a reading failed: %r", exc)
-        elif future.result():
+            log.error("storing a reading failed: %r", result)
+        elif result:
             self.stats.stored += 1
         else:  # the database already had it: a redelivery older than the memory window
             self.stats.duplicates += 1

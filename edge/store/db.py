@@ -18,44 +18,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import re
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
-from shared.errors import SmartfarmError
+from edge.store.migrations import Migration, StoreError, load_migrations, migrate
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Database", "DatabaseStats", "Migration", "StoreError", "load_migrations", "migrate"]
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS: Final = 5_000
-# 1 KiB pages (new files only): a group commit appends every page it dirtied to the WAL, and at
-# edge rates a group dirties ~5-10 pages whatever its size, so smaller pages halve the bytes written
-# per reading (measured: 40 readings/group, 200 devices: 331 B vs 721 B with 4 KiB pages), while
-# the file itself grows by the same ~75 B per reading.
-PAGE_SIZE: Final = 1_024
+# 512-byte pages (new files only; existing ones keep theirs): a group commit appends every page it
+# dirtied to the WAL, and at edge rates a group dirties a handful of pages whatever its size (the
+# last, partly filled page of each b-tree, its parent, the header page), so small pages cut the
+# bytes written per reading (simulated, 37 readings per group: 4 KiB 520 B, 1 KiB 240 B, 512 B
+# 200 B, WAL plus checkpoint), while the file grows by the same ~60 B per reading.
+PAGE_SIZE: Final = 512
 # Checkpoint every ~4 MiB of WAL (SQLite's default size in bytes), not every 1000 pages.
 WAL_AUTOCHECKPOINT_PAGES: Final = 4_000
-_MIGRATION_RE: Final = re.compile(r"^-- migration (\d+): (.+)$", re.MULTILINE)
 
 
-class StoreError(SmartfarmError):
-    """The edge store cannot do what was asked (closed, newer schema, broken migration)."""
+class WriterConnection(sqlite3.Connection):
+    """The writer thread's connection. ``cache`` is where repository modules keep what they
+    learned of the data (series keys, recent reading keys…); the writer empties it whenever a
+    write is rolled back, so it never remembers a row that is not there."""
 
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    title: str
-    sql: str
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cache: dict[str, Any] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,44 +69,8 @@ class DatabaseStats:
     max_batch: int
 
 
-def load_migrations(text: str | None = None) -> list[Migration]:
-    """Split schema.sql into its ordered migrations; raise StoreError if numbering is off."""
-    if text is None:
-        text = resources.files("edge.store").joinpath("schema.sql").read_text(encoding="utf-8")
-    marks = list(_MIGRATION_RE.finditer(text))
-    out: list[Migration] = []
-    for i, mark in enumerate(marks):
-        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        version = int(mark.group(1))
-        if version != i + 1:
-            raise StoreError(f"schema.sql: migration {version} found where {i + 1} was expected")
-        out.append(Migration(version, mark.group(2).strip(), text[mark.end() : end].strip()))
-    if not out:
-        raise StoreError("schema.sql has no `-- migration N: title` sections")
-    return out
-
-
-def migrate(conn: sqlite3.Connection, migrations: list[Migration]) -> int:
-    """Apply the migrations newer than the file's user_version; return the resulting version."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    latest = migrations[-1].version
-    if current > latest:
-        raise StoreError(
-            f"database schema version {current} is newer than this code's {latest}:"
-            " upgrade smartfarm"
-        )
-    for mig in migrations[current:]:
-        log.info("applying store migration %d: %s", mig.version, mig.title)
-        # One transaction per migration, the version bump included: a crash leaves it undone.
-        # The version is an int from our own file, not user input.
-        script = f"BEGIN IMMEDIATE;\n{mig.sql}\n;PRAGMA user_version = {mig.version:d};\nCOMMIT;"
-        try:
-            conn.executescript(script)
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"store migration {mig.version} ({mig.title}) failed: {exc}") from exc
-    return latest
+# Where a write's outcome goes: a future, or a callback(ok, result or exception).
+_Target = asyncio.Future[Any] | Callable[[bool, Any], None]
 
 
 @dataclass(slots=True)
@@ -117,7 +80,7 @@ class _Item:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     loop: asyncio.AbstractEventLoop | None
-    future: asyncio.Future[Any] | None
+    target: _Target | None
     urgent: bool
     durable: bool = False
 
@@ -132,19 +95,32 @@ class _Checkpoint:
 _STOP: Final = object()
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    """Runs on the event loop: resolve the futures of one committed group."""
-    for future, ok, value in outcomes:
-        if future.done():  # the awaiting task was cancelled; the write still happened
+def _settle(outcomes: list[tuple[_Target, bool, Any]]) -> None:
+    """Runs on the event loop: resolve the futures and call the callbacks of one group."""
+    for target, ok, value in outcomes:
+        if not isinstance(target, asyncio.Future):
+            try:
+                target(ok, value)
+            except Exception:
+                log.exception("store write callback %r failed", target)
+            continue
+        if target.done():  # the awaiting task was cancelled; the write still happened
             continue
         if ok:
-            future.set_result(value)
+            target.set_result(value)
         else:
-            future.set_exception(value)
+            target.set_exception(value)
 
 
 class Database:
-    """The SQLite file, its single writer thread (group commit) and its reader threads."""
+    """The SQLite file, its single writer thread (group commit) and its reader threads.
+
+    Writes reach the writer through a deque, not a queue.Queue: appending costs the event loop no
+    lock and no thread wake-up. The writer is woken (a threading.Event) only when it is idle, an
+    urgent or control item arrives, or a group is full; otherwise it sleeps out the commit
+    interval and takes the whole group at once. Waking it per write cost a lock, a futex wake
+    and a GIL hand-over per reading.
+    """
 
     def __init__(
         self,
@@ -158,7 +134,11 @@ class Database:
         self.commit_interval_s = max(0.0, commit_interval_ms / 1000)
         self.commit_max_items = max(1, commit_max_items)
         self._readers = max(1, readers)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # _Item, _Checkpoint or _STOP in submission order; appended by the event loop thread,
+        # popped by the writer (deque's append/popleft are atomic).
+        self._pending: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._writer_idle = False  # the writer waits for a first item: wake it on the next
         self._writer: threading.Thread | None = None
         self._read_pool: ThreadPoolExecutor | None = None
         self._read_local = threading.local()
@@ -196,7 +176,7 @@ class Database:
         if not self._open:
             return
         self._open = False  # new writes are refused from here on; queued ones still run
-        self._queue.put(_STOP)
+        self._put(_STOP, wake=True)
         assert self._writer is not None
         await asyncio.to_thread(self._writer.join)
         await asyncio.sleep(0)  # let the last group's futures settle before returning
@@ -235,8 +215,23 @@ class Database:
         self._check_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Item(fn, args, loop, future, False))
+        self._put(_Item(fn, args, loop, future, False), wake=False)
         return future
+
+    def submit_callback(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        on_done: Callable[[bool, Any], None],
+    ) -> None:
+        """Queue fn(conn, *args) for the next group; once the group is committed (or failed),
+        ``on_done(True, result)`` or ``on_done(False, exception)`` runs on this event loop.
+
+        The cheapest way to learn a write's outcome: no future, one loop callback per group.
+        """
+        self._check_open()
+        self._put(_Item(fn, args, asyncio.get_running_loop(), on_done, False), wake=False)
 
     async def write(
         self,
@@ -257,7 +252,7 @@ class Database:
         self._check_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Item(fn, args, loop, future, urgent, durable))
+        self._put(_Item(fn, args, loop, future, urgent, durable), wake=urgent)
         return await future
 
     def write_nowait(
@@ -269,7 +264,7 @@ class Database:
         """Fire and forget: queue fn(conn, *args); it is committed before close() returns.
         A failure is logged and counted (``stats.failed_items``), never raised."""
         self._check_open()
-        self._queue.put(_Item(fn, args, None, None, False))
+        self._put(_Item(fn, args, None, None, False), wake=False)
 
     async def checkpoint(
         self, mode: Literal["PASSIVE", "FULL", "RESTART", "TRUNCATE"] = "PASSIVE"
@@ -281,7 +276,7 @@ class Database:
             raise ValueError(f"unknown checkpoint mode {mode!r}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, int, int]] = loop.create_future()
-        self._queue.put(_Checkpoint(mode, loop, future))
+        self._put(_Checkpoint(mode, loop, future), wake=True)
         return await future
 
     # ---- reads ----
@@ -319,7 +314,7 @@ class Database:
             transactions=self._transactions,
             items=self._items,
             failed_items=self._failed,
-            queue_depth=self._queue.qsize(),
+            queue_depth=len(self._pending),
             last_batch=self._last_batch,
             max_batch=self._max_batch,
         )
@@ -329,13 +324,36 @@ class Database:
         if not self._open:
             raise StoreError(f"database {self.path} is not open")
 
+    def _put(self, item: Any, *, wake: bool) -> None:
+        self._pending.append(item)
+        # Read after the append: the writer sets _writer_idle before its last look at the deque,
+        # so either it sees this item or we see it idle (and wake it).
+        if (
+            wake or self._writer_idle or len(self._pending) >= self.commit_max_items
+        ) and not self._wake.is_set():  # set() takes a lock: not on every write of a backlog
+            self._wake.set()
+
+    def _next(self) -> Any:
+        """Writer thread: the oldest queued item, waiting for one if need be."""
+        pending = self._pending
+        while not pending:
+            self._wake.clear()
+            self._writer_idle = True
+            if not pending:
+                self._wake.wait()
+            self._writer_idle = False
+        return pending.popleft()
+
     def _connect(self, *, read_only: bool) -> sqlite3.Connection:
         if read_only:
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA query_only = ON")
         else:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False,
+                factory=WriterConnection,
+            )
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
         return conn
@@ -369,7 +387,7 @@ class Database:
 
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
         while True:
-            first = self._queue.get()
+            first = self._next()
             if first is _STOP:
                 return
             if isinstance(first, _Checkpoint):
@@ -388,18 +406,18 @@ class Database:
         first (or, once an urgent item is in, until the queue is momentarily empty). Returns the
         control item (stop / checkpoint) that ended collection, if any."""
         deadline = time.monotonic() + self.commit_interval_s
+        pending = self._pending
         while len(batch) < self.commit_max_items:
-            try:
-                if urgent:
-                    item = self._queue.get_nowait()
-                else:
-                    timeout = deadline - time.monotonic()
-                    if timeout > 0:
-                        item = self._queue.get(timeout=timeout)
-                    else:
-                        item = self._queue.get_nowait()
-            except queue.Empty:
-                return None
+            if not pending:
+                timeout = deadline - time.monotonic()
+                if urgent or timeout <= 0:
+                    return None
+                # Sleep until the deadline unless _put wakes us (urgent, control item, full).
+                self._wake.clear()
+                if not pending:
+                    self._wake.wait(timeout)
+                continue
+            item = pending.popleft()
             if item is _STOP or isinstance(item, _Checkpoint):
                 return item
             batch.append(item)
@@ -423,6 +441,7 @@ class Database:
             log.error("store group of %d writes failed and was rolled back: %s", len(batch), exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            _forget(conn)
             outcomes = [(False, exc)] * len(batch)
         else:
             self._transactions += 1
@@ -442,6 +461,7 @@ class Database:
         except Exception as exc:
             # If SQLite already rolled back the whole transaction (e.g. SQLITE_FULL), this raises
             # and _run_group fails the group.
+            _forget(conn)
             conn.execute("ROLLBACK TO item")
             conn.execute("RELEASE item")
             return False, exc
@@ -449,12 +469,12 @@ class Database:
         return True, result
 
     def _report(self, batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Target, bool, Any]]] = {}
         for item, (ok, value) in zip(batch, outcomes, strict=True):
             if not ok:
                 self._failed += 1
-            if item.future is not None and item.loop is not None:
-                by_loop.setdefault(item.loop, []).append((item.future, ok, value))
+            if item.target is not None and item.loop is not None:
+                by_loop.setdefault(item.loop, []).append((item.target, ok, value))
             elif not ok:  # a nowait write: nobody else will hear of it
                 log.error(
                     "store write %s failed: %r",
@@ -478,6 +498,12 @@ class Database:
             request.loop.call_soon_threadsafe(_settle, [(request.future, *outcome)])
         except RuntimeError:
             log.debug("event loop closed before the checkpoint settled")
+
+
+def _forget(conn: sqlite3.Connection) -> None:
+    cache = getattr(conn, "cache", None)
+    if cache is not None:
+        cache.clear()
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:

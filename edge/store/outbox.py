@@ -551,6 +551,10 @@ def prune(conn: sqlite3.Connection, cutoff: float, chunk: int = 20_000) -> Prune
     if ids:
         conn.executemany("DELETE FROM readings WHERE id = ?", [(i,) for i in ids])
         conn.executemany("DELETE FROM reading_means WHERE reading_id = ?", [(i,) for i in ids])
+        # Time blocks left with no reading (the newest reading is never pruned: min(id) exists).
+        conn.execute(
+            "DELETE FROM reading_blocks WHERE block < (SELECT min(id) FROM readings) >> 10"
+        )
     return Pruned(segments, outbox_rows, len(ids), len(ids) == chunk)
 
 

@@ -1,20 +1,44 @@
 """Telemetry readings in SQLite: insert once per message, latest per device or room, time ranges.
 
 Layout (see schema.sql): a reading row holds a small series key, ts, the receive offset and the
-values as a JSON array; the series row holds device, room and the metric names. Every function takes
-a ``sqlite3.Connection`` and runs inside the caller's transaction (Database.write / read).
+values as a JSON array; the series row holds device, room and the metric names. Readings have no
+index but their id: ``reading_blocks`` bounds the ts of each 1024 ids, which is how time ranges
+are found, and the writer remembers the (series, ts) of recent readings to refuse a redelivery
+(older ones are looked up through the blocks). Every function takes a ``sqlite3.Connection`` and
+runs inside the caller's transaction (Database.write / read).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from shared.models import Telemetry
 
 DEFAULT_LIMIT = 10_000
+BLOCK_SHIFT = 10  # reading_blocks.block = readings.id >> 10 (the trigger in schema.sql)
+# Per series the writer remembers the ts of its last SEEN_PER_SERIES readings (at start, those of
+# the last SEEN_WINDOW_S): a reading older than that is checked against the database instead.
+SEEN_WINDOW_S = 600.0
+SEEN_PER_SERIES = 32  # a redelivery follows within seconds; ~1 KB per series
+
+# Every query below finds readings with ts in [:since, :until) the same way: the blocks whose
+# bounds overlap the range (reading_blocks_max_ts), then their id ranges of readings.
+_SEED_SQL = (
+    "SELECT r.series, r.ts FROM reading_blocks b JOIN readings r"
+    " ON r.id >= b.block << 10 AND r.id < (b.block + 1) << 10"
+    " WHERE b.max_ts > :since AND b.min_ts < :until AND r.ts >= :since AND r.ts < :until"
+)
+_STORED_SQL = (
+    "SELECT 1 FROM reading_blocks b JOIN readings r"
+    " ON r.id >= b.block << 10 AND r.id < (b.block + 1) << 10"
+    " WHERE b.max_ts > :since AND b.min_ts < :until AND r.ts >= :since AND r.ts < :until"
+    " AND r.series = :key LIMIT 1"
+)
 
 
 class Latest(NamedTuple):
@@ -36,14 +60,77 @@ class StoredReading:
     data: dict[str, float]
 
 
-def _compact(value: float) -> float | int:
+def _number(value: float) -> str:
     # 850.0 is stored as 850: two bytes less per integral value, read back as a float.
-    return int(value) if value.is_integer() and abs(value) < 1e15 else value
+    value = float(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if not math.isfinite(value):
+        raise ValueError(f"{value!r} cannot be stored as a reading value")
+    return repr(value)  # what json.dumps writes: the shortest form that round-trips
 
 
 def encode_values(values: list[float]) -> str:
     """A JSON array, no spaces; floats keep Python's shortest round-trip form (lossless)."""
-    return json.dumps([_compact(v) for v in values], separators=(",", ":"), allow_nan=False)
+    return "[" + ",".join([_number(v) for v in values]) + "]"
+
+
+@dataclass(slots=True)
+class _Seen:
+    """One series: every stored reading with ts >= ``floor`` has its ts in ``ts``."""
+
+    floor: float
+    ts: deque[float] = field(default_factory=deque)  # a short scan beats a set's memory
+
+    def add(self, ts: float) -> None:
+        if ts < self.floor:
+            return  # below the floor the database is asked anyway
+        self.ts.append(ts)
+        if len(self.ts) > SEEN_PER_SERIES:
+            self.floor = max(self.floor, math.nextafter(self.ts.popleft(), math.inf))
+
+
+@dataclass(slots=True)
+class _Memory:
+    """What the writer connection learned of the readings: series keys, and per series the ts of
+    its recent readings (from ``floor`` on, once seeded from the database). Lives in the writer
+    connection's cache, which the writer empties when a write is rolled back."""
+
+    series: dict[tuple[str, str, tuple[str, ...]], int] = field(default_factory=dict)
+    seen: dict[int, _Seen] = field(default_factory=dict)
+    floor: float | None = None
+
+    def seed(self, conn: sqlite3.Connection, floor: float) -> None:
+        self.floor = floor
+        rows = conn.execute(_SEED_SQL, {"since": floor, "until": math.inf}).fetchall()
+        for key, ts in sorted(rows, key=lambda row: row[1]):
+            self.of(int(key)).add(float(ts))
+
+    def of(self, key: int) -> _Seen:
+        seen = self.seen.get(key)
+        if seen is None:
+            assert self.floor is not None
+            seen = self.seen[key] = _Seen(self.floor)
+        return seen
+
+
+def _memory(conn: sqlite3.Connection) -> _Memory | None:
+    """The writer connection's memory (Database's writer has a ``cache``); None elsewhere."""
+    cache: dict[str, Any] | None = getattr(conn, "cache", None)
+    if cache is None:
+        return None
+    memory = cache.get(__name__)
+    if memory is None:
+        memory = cache[__name__] = _Memory()
+    return memory  # type: ignore[no-any-return]
+
+
+def _stored(conn: sqlite3.Connection, key: int, ts: float) -> bool:
+    """Whether series ``key`` already has a reading at ``ts`` (through the blocks)."""
+    row = conn.execute(
+        _STORED_SQL, {"since": ts, "until": math.nextafter(ts, math.inf), "key": key}
+    ).fetchone()
+    return row is not None
 
 
 def decode_values(text: str) -> list[float]:
@@ -54,6 +141,19 @@ def series_key(
     conn: sqlite3.Connection, device_id: str, room_id: str, metrics: list[str], now: float
 ) -> int:
     """The key of (device, room, sorted metric names), created (at ``now``) on first use."""
+    memory = _memory(conn)
+    if memory is not None:
+        ident = (device_id, room_id, tuple(metrics))
+        found = memory.series.get(ident)
+        if found is None:
+            found = memory.series[ident] = _series_key(conn, device_id, room_id, metrics, now)
+        return found
+    return _series_key(conn, device_id, room_id, metrics, now)
+
+
+def _series_key(
+    conn: sqlite3.Connection, device_id: str, room_id: str, metrics: list[str], now: float
+) -> int:
     names = json.dumps(metrics, separators=(",", ":"))
     row = conn.execute(
         "SELECT key FROM series WHERE device_id = ? AND room_id = ? AND metrics = ?",
@@ -74,6 +174,7 @@ def insert_reading(
 ) -> int | None:
     """Store one telemetry message (received_at in unix seconds); return its row id, or None if
     the same device already sent the same metrics with the same timestamp (a QoS 1 redelivery).
+    Call it last in a write: once it returns an id, the writer's memory counts the row as stored.
 
     No "latest" row is kept up to date here: the automation holds the latest values in memory,
     and upserting one per reading cost ~210 bytes written per reading (its pages are rewritten
@@ -82,16 +183,26 @@ def insert_reading(
     names = sorted(tel.data)
     key = series_key(conn, tel.device_id, room_id, names, received_at)
     ts = tel.timestamp.timestamp() if tel.timestamp is not None else received_at
+    memory = _memory(conn)
+    seen = None
+    if memory is not None:
+        if memory.floor is None:
+            memory.seed(conn, min(ts, received_at) - SEEN_WINDOW_S)
+        seen = memory.of(key)
+    if seen is not None and ts >= seen.floor:
+        if ts in seen.ts:
+            return None
+    elif _stored(conn, key, ts):
+        return None
     vals = encode_values([tel.data[n] for n in names])
     cur = conn.execute(
-        "INSERT INTO readings (series, ts, recv_ms, ts_replaced, vals) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (ts, series) DO NOTHING",
+        "INSERT INTO readings (series, ts, recv_ms, ts_replaced, vals) VALUES (?, ?, ?, ?, ?)",
         (key, ts, round((received_at - ts) * 1000), int(tel.timestamp_replaced), vals),
     )
-    if cur.rowcount != 1:
-        return None
     reading_id = cur.lastrowid
     assert reading_id is not None
+    if seen is not None:
+        seen.add(ts)
     return reading_id
 
 
@@ -105,33 +216,41 @@ def _merge_latest(rows: list[sqlite3.Row]) -> dict[str, Latest]:
     return out
 
 
-# The newest reading of each series within LATEST_LOOKBACK_S of the newest reading overall:
-# an index range at the end of (ts, series), so a series silent for longer is not searched for.
+# The newest reading of each series within LATEST_LOOKBACK_S of the newest reading overall (the
+# blocks that may hold that last hour), so a series silent for longer is not searched for.
 LATEST_LOOKBACK_S = 3600.0
 
+# The newest reading per series in the lookback (SQLite's bare column next to max()).
 _LATEST_SQL = (
-    "SELECT s.device_id, s.metrics, r.ts, r.vals FROM series s"
-    " JOIN readings r ON r.id = (SELECT r2.id FROM readings r2"
-    "  WHERE r2.series = s.key AND r2.ts >= ? ORDER BY r2.ts DESC LIMIT 1)"
-    " WHERE s.{column} = ?"
+    "SELECT s.device_id, s.metrics, r.ts, r.vals FROM series s JOIN ("
+    "  SELECT r.series, max(r.ts) AS ts, r.vals FROM reading_blocks b JOIN readings r"
+    "  ON r.id >= b.block << 10 AND r.id < (b.block + 1) << 10"
+    "  WHERE b.max_ts > :since AND b.min_ts < :until AND r.ts >= :since AND r.ts < :until"
+    "  GROUP BY r.series) r ON r.series = s.key"
+    " WHERE s.{column} = :match"
 )
 
 
 def _lookback(conn: sqlite3.Connection) -> float:
-    newest = conn.execute("SELECT max(ts) FROM readings").fetchone()[0]
-    return (newest or 0.0) - LATEST_LOOKBACK_S
+    # max_ts is a bound above the newest ts (by up to two minutes): look back that much further.
+    newest = conn.execute("SELECT max(max_ts) FROM reading_blocks").fetchone()[0]
+    return (newest or 0.0) - LATEST_LOOKBACK_S - 120.0
+
+
+def _latest(conn: sqlite3.Connection, column: str, match: str) -> dict[str, Latest]:
+    sql = _LATEST_SQL.format(column=column)
+    params = {"since": _lookback(conn), "until": math.inf, "match": match}
+    return _merge_latest(conn.execute(sql, params).fetchall())
 
 
 def latest_by_room(conn: sqlite3.Connection, room_id: str) -> dict[str, Latest]:
     """For each metric reported in the room recently, its newest value, time and device."""
-    sql = _LATEST_SQL.format(column="room_id")
-    return _merge_latest(conn.execute(sql, (_lookback(conn), room_id)).fetchall())
+    return _latest(conn, "room_id", room_id)
 
 
 def latest_by_device(conn: sqlite3.Connection, device_id: str) -> dict[str, Latest]:
     """For each metric the device reported recently (in any room), its newest value and time."""
-    sql = _LATEST_SQL.format(column="device_id")
-    return _merge_latest(conn.execute(sql, (_lookback(conn), device_id)).fetchall())
+    return _latest(conn, "device_id", device_id)
 
 
 def readings_between(
@@ -150,13 +269,16 @@ def readings_between(
     """
     rows = conn.execute(
         "SELECT r.id, r.ts, r.recv_ms, r.ts_replaced, r.vals, s.device_id, s.room_id, s.metrics"
-        " FROM readings r JOIN series s ON s.key = r.series"
-        " WHERE r.ts >= :since AND r.ts < :until AND r.series IN ("
+        " FROM reading_blocks b JOIN readings r"
+        " ON r.id >= b.block << 10 AND r.id < (b.block + 1) << 10"
+        " JOIN series s ON s.key = r.series"
+        " WHERE b.max_ts > :since AND b.min_ts < :until AND r.ts >= :since AND r.ts < :until"
+        " AND r.series IN ("
         "   SELECT key FROM series WHERE room_id = :room"
         "   AND (:device IS NULL OR device_id = :device)"
         "   AND (:metric IS NULL OR EXISTS ("
         "     SELECT 1 FROM json_each(series.metrics) WHERE json_each.value = :metric)))"
-        " ORDER BY r.ts LIMIT :limit",
+        " ORDER BY r.ts, r.id LIMIT :limit",
         {
             "since": since,
             "until": until,

@@ -193,6 +193,69 @@ async def test_duplicate_readings_are_stored_once(db: Database) -> None:
     assert await db.read(readings.count) == 2
 
 
+async def test_redeliveries_are_refused_across_a_restart_and_below_the_memory(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "edge.db"
+    async with Database(path, commit_interval_ms=10) as d:
+        assert await d.write(readings.insert_reading, tel("s1", T0, ph=6.1), "r1", T0) is not None
+        old = tel("s1", T0 - 7200, ph=6.0)  # buffered: two hours before the writer's memory
+        assert await d.write(readings.insert_reading, old, "r1", T0 + 1) is not None
+        assert await d.write(readings.insert_reading, old, "r1", T0 + 2) is None  # via blocks
+        for i in range(1, readings.SEEN_PER_SERIES + 5):  # push T0 out of the series' memory
+            await d.write(readings.insert_reading, tel("s1", T0 + i, ph=6.2), "r1", T0 + i)
+        assert await d.write(readings.insert_reading, tel("s1", T0, ph=6.1), "r1", T0 + 200) is None
+    async with Database(path, commit_interval_ms=10) as d:  # a fresh memory, seeded from disk
+        again = tel("s1", T0 + 3, ph=6.2)
+        assert await d.write(readings.insert_reading, again, "r1", T0 + 300) is None
+        assert await d.write(readings.insert_reading, old, "r1", T0 + 300) is None
+        assert await d.read(readings.count) == readings.SEEN_PER_SERIES + 6
+        blocks = await d.read(lambda c: c.execute("SELECT * FROM reading_blocks").fetchall())
+        assert len(blocks) == 1 and blocks[0][0] == 0  # ids 1… are in block 0
+        assert blocks[0][1] <= T0 - 7200 and blocks[0][2] > T0 + readings.SEEN_PER_SERIES + 4
+
+
+async def test_a_rolled_back_reading_is_not_remembered(db: Database) -> None:
+    def insert_then_fail(conn: sqlite3.Connection) -> None:
+        readings.insert_reading(conn, tel("s1", T0, ph=6.1), "r1", T0)
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await db.write(insert_then_fail)
+    assert await db.write(readings.insert_reading, tel("s1", T0, ph=6.1), "r1", T0) is not None
+    assert await db.read(readings.count) == 1
+
+
+async def test_migration_4_indexes_existing_readings_by_block(tmp_path: Path) -> None:
+    path = tmp_path / "edge.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    from edge.store.db import migrate
+
+    migrate(conn, load_migrations()[:3])
+    conn.execute("INSERT INTO series VALUES (1, 's1', 'r1', '[\"ph\"]', 0)")
+    conn.executemany(
+        "INSERT INTO readings (id, series, ts, recv_ms, ts_replaced, vals) VALUES (?, 1, ?, 0, 0,"
+        " '[6]')",
+        [(i, T0 + i) for i in range(1, 1500)],
+    )
+    conn.close()
+    async with Database(path) as d:
+        blocks = await d.read(lambda c: c.execute("SELECT * FROM reading_blocks").fetchall())
+        assert [b[0] for b in blocks] == [0, 1]
+        rows = await d.read(readings.readings_between, "r1", T0 + 1000, T0 + 1100)
+        assert [r.id for r in rows] == list(range(1000, 1100))
+        assert await d.write(readings.insert_reading, tel("s1", T0 + 5, ph=6.0), "r1", T0) is None
+
+
+async def test_submit_callback_reports_on_the_loop(db: Database) -> None:
+    outcomes: list[tuple[bool, object]] = []
+    db.submit_callback(put, "x", "1", on_done=lambda ok, value: outcomes.append((ok, value)))
+    db.submit_callback(put, "x", "2", on_done=lambda ok, value: outcomes.append((ok, value)))
+    await db.write(put, "y", "1", urgent=True)
+    assert outcomes[0] == (True, 1)
+    assert not outcomes[1][0] and isinstance(outcomes[1][1], sqlite3.IntegrityError)
+
+
 async def test_latest_by_room_and_device(db: Database) -> None:
     await db.write(
         readings.insert_reading, tel("s1", T0, temperature_c=18.0, co2_ppm=900), "r1", T0
