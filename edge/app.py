@@ -183,13 +183,16 @@ class EdgeApp:
 
     async def _drain_ingest(self, quiet_s: float = 0.3, max_s: float = 5.0) -> None:
         """Keep ingesting until the flow pauses: messages a device saw acknowledged by the
-        broker are still on their way to our subscriber and must be stored, not dropped."""
+        broker are still on their way to our subscriber and must be stored, not dropped. With
+        the embedded broker, also until it has nothing left to deliver (a loaded Pi can pause
+        longer than ``quiet_s`` between deliveries)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_s
         last = -1
         while loop.time() < deadline and self.broker_connected.is_set():
             received = self.ingest.stats.received
-            if received == last:
+            pending = self.broker.pending_deliveries() if self.broker is not None else 0
+            if received == last and pending == 0:
                 return
             last = received
             await asyncio.sleep(quiet_s)

@@ -220,6 +220,15 @@ class EmbeddedBroker:
             if session.transitions.state == "connected" and session.username != self.edge_username
         )
 
+    def pending_deliveries(self) -> int:
+        """Messages accepted from a publisher but not yet handed to every subscriber (queued for
+        broadcast, or a delivery still in flight): what a clean shutdown must wait for."""
+        broker = self._broker
+        if broker is None:
+            return 0
+        queued = broker._broadcast_queue.qsize()  # amqtt 0.12 internals: no public accessor
+        return queued + sum(1 for task in broker._tasks_queue if not task.done())
+
     async def start(self) -> None:
         if self._broker is not None:
             raise BrokerError("embedded broker already started")
