@@ -15,7 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from aiohttp import web
@@ -30,7 +30,6 @@ from edge.credentials import edge_login, sync_broker_files
 from edge.downlink import Downlink
 from edge.homeassistant import HomeAssistantBridge
 from edge.ingest import Ingest
-from edge.iot_uplink import IotUplink
 from edge.metrics import METRICS, EdgeMetrics
 from edge.outbox import Outbox
 from edge.store import commands as command_rows
@@ -38,6 +37,9 @@ from edge.store.db import Database
 from edge.systemd import Notifier
 from edge.uplink import SYNC_STATUS, Uplink
 from shared.models import utcnow
+
+if TYPE_CHECKING:
+    from edge.iot_uplink import IotUplink
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ class EdgeApp:
                 clock_offset=lambda: None if self.uplink is None else self.uplink.clock_offset_s,
             )
             if settings.cloud.aws_iot.enabled:  # batches over AWS IoT Core instead of HTTPS
+                from edge.iot_uplink import IotUplink  # awscrt: only for IoT Core farms
+
                 self.uplink = IotUplink(settings, self.outbox, handle=self.downlink.handle,
                                         alerts=self.alerts)
             else:

@@ -22,7 +22,7 @@ from edge.credentials import (
     sync_broker_files,
     write_atomic,
 )
-from edge.tls import TlsError, default_names, ensure_certificates, tls_files
+from edge.tls import TlsError, default_names, tls_files
 from shared.errors import SmartfarmError
 from shared.topics import is_valid_id
 
@@ -147,6 +147,7 @@ def init_site(
     write_atomic(config_path, text, mode=0o644)
     settings = load_config(config_path)
     if tls_names:
+        from edge.certs import ensure_certificates  # cryptography: only here
         ensure_certificates(tls_files(settings), list(tls_names), farm_id=farm_id)
     secrets_path = settings.device_secrets_path
     if force and secrets_path.exists():
@@ -401,6 +402,7 @@ def edge_main(argv: list[str]) -> int:
         settings = load_config(args.config)
         if args.command == "tls-cert":
             files = tls_files(settings)
+            from edge.certs import ensure_certificates  # cryptography: only here
             if ensure_certificates(files, args.name or default_names(), farm_id=settings.farm_id):
                 print(f"wrote {files.cert}; restart the edge to use it (devices keep trusting"
                       f" {files.ca_cert})")

@@ -19,10 +19,11 @@ from cryptography import x509
 
 from edge.app import EdgeApp
 from edge.broker import BrokerError, embedded_broker
+from edge.certs import ensure_certificates
 from edge.cli import edge_main, init_site
 from edge.config import EdgeSettings, load_config
 from edge.credentials import DeviceSecrets, write_mosquitto_acl, write_mosquitto_password_file
-from edge.tls import TlsFiles, ensure_certificates
+from edge.tls import TlsFiles
 from shared.models import utcnow
 from tests.conftest import free_port
 from tests.integration.test_broker import assert_silent, next_message
