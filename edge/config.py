@@ -113,10 +113,12 @@ IOT_TOPICS: tuple[IotTopic, ...] = ("batches", "acks", "commands", "replies")
 
 class AwsIotConfig(_Section):
     """The optional AWS IoT Core transport (edge/iot_uplink.py): batches go up over MQTT 5 with
-    an X.509 client certificate instead of HTTPS, and commands come down on the command topic.
+    an X.509 client certificate instead of HTTPS, and commands and config come down on the
+    command topic (the cloud publishes them there when its ``sync.iot_data_endpoint`` is set).
     ``smartfarm cloud provision-device --aws`` makes the thing, certificate and policy and prints
     the endpoint. cloud.url, edge_id and token stay required: the topic rule forwards the token
-    to the same ingest endpoint, and the downlink WebSocket still carries config pushes."""
+    to the same ingest endpoint, and the downlink WebSocket keeps running too (a command that
+    arrives both ways runs once)."""
 
     enabled: bool = False
     endpoint: str | None = Field(default=None, description="xxxx-ats.iot.REGION.amazonaws.com")

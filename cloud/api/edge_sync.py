@@ -16,6 +16,7 @@ from cloud.api.routing import JSON_TYPE, Call, Route, bearer_token, field_errors
 from cloud.api.schemas import In, Out
 from cloud.auth.tokens import token_hash
 from cloud.db import downlink
+from cloud.db import iot_down as iot_down_db
 from cloud.db import sync as sync_db
 from cloud.errors import (
     BadRequest,
@@ -85,6 +86,7 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
     received_at = time.time()
     edge = await authenticate_edge(call)
     reply_topic = call.request.headers.get(REPLY_HEADER)
+    await _note_transport(call, edge, iot=reply_topic is not None)
     if reply_topic is None:
         return await _ingest(call, edge, received_at)
     # Through an AWS IoT topic rule: whatever the answer, the edge hears it on its acks topic.
@@ -103,6 +105,23 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
         log.warning("edge %s sends batches through AWS IoT, but sync.iot_data_endpoint is not"
                     " set: the answers cannot reach it", edge["id"])
     return answer
+
+
+async def _note_transport(call: Call, edge: dict[str, Any], *, iot: bool) -> None:
+    """Remember whether the edge's batches come through AWS IoT (it then listens on its IoT
+    commands topic) or directly over HTTPS; a write only when that changes. Never fails the
+    upload: the flag only adds a faster way down."""
+    if (edge.get("iot_since") is not None) == iot:
+        return
+    try:
+        changed = await iot_down_db.note_transport(call.db, edge["id"], iot=iot)
+    except CloudError as exc:
+        log.warning("edge %s: could not record its uplink transport: %s", edge["id"], exc.detail)
+        return
+    if changed:
+        log.info("edge %s sends its batches %s", edge["id"],
+                 "through AWS IoT: commands and config are also published on its commands topic"
+                 if iot else "over HTTPS (no longer through AWS IoT)")
 
 
 def _problem(exc: CloudError, path: str) -> web.Response:

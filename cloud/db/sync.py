@@ -16,7 +16,7 @@ from cloud.db import audit
 from cloud.db.database import Cursor, Database
 
 AUTHENTICATE = """
-SELECT id, farm_id, name, high_water, config_version, last_seen FROM edges
+SELECT id, farm_id, name, high_water, config_version, last_seen, iot_since FROM edges
 WHERE token_hash = %(hash)s"""
 LOCK_EDGE = """
 SELECT id, farm_id, high_water, clock_offset_s FROM edges WHERE id = %(id)s FOR UPDATE"""

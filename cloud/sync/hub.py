@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,6 +58,8 @@ class EdgeHub:
         self._dsn = dsn
         self._retry_max_s = retry_max_s
         self._queues: dict[str, set[asyncio.Queue[Event]]] = {}
+        # Called with every farm's events (farm None: resynchronise), without blocking.
+        self._watchers: list[Callable[[str | None, Event], None]] = []
         self.listening = asyncio.Event()  # set while LISTEN is active (tests wait for it)
 
     @contextlib.contextmanager
@@ -73,6 +75,10 @@ class EdgeHub:
                 if not subscribers:
                     del self._queues[farm_id]
 
+    def watch(self, watcher: Callable[[str | None, Event], None]) -> None:
+        """Also hand every event of every farm to ``watcher`` (the AWS IoT publisher)."""
+        self._watchers.append(watcher)
+
     def streams(self) -> int:
         """Edge streams open on this instance."""
         return sum(len(queues) for queues in self._queues.values())
@@ -80,6 +86,8 @@ class EdgeHub:
     def publish(self, farm_id: str, event: Event) -> None:
         for queue in self._queues.get(farm_id, ()):
             self._put(queue, event)
+        for watcher in self._watchers:
+            watcher(farm_id, event)
 
     def _put(self, queue: asyncio.Queue[Event], event: Event) -> None:
         try:
@@ -94,6 +102,8 @@ class EdgeHub:
         for queues in self._queues.values():
             for queue in queues:
                 self._put(queue, RESYNC)
+        for watcher in self._watchers:
+            watcher(None, RESYNC)
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with jittered exponential backoff."""

@@ -43,6 +43,25 @@ def acks_topic(farm_id: str, edge_id: str) -> str:
     return f"smartfarm/{farm_id}/edge/{edge_id}/acks"
 
 
+def iot_data_client(config: SyncConfig) -> Any | None:
+    """The boto3 ``iot-data`` client when ``sync.iot_data_endpoint`` is set (None otherwise);
+    credentials from boto3's chain. Short timeouts and one retry: a publish is awaited by the
+    rule's request (acks) or by the publishing queue (commands), never worth a minute."""
+    if not config.iot_data_endpoint:
+        return None
+    import boto3  # only for clouds that use AWS IoT; boto3 is slow to import
+    from botocore.config import Config
+
+    region = config.iot_region
+    if region is None:  # https://abc-ats.iot.eu-west-1.amazonaws.com names its region
+        found = re.search(r"\.iot\.([a-z0-9-]+)\.amazonaws\.", config.iot_data_endpoint)
+        region = found.group(1) if found else None
+    timeouts = Config(connect_timeout=5, read_timeout=10,
+                      retries={"max_attempts": 2, "mode": "standard"})
+    return boto3.client("iot-data", endpoint_url=config.iot_data_endpoint, region_name=region,
+                        config=timeouts)
+
+
 class IotAckPublisher:
     """Publishes answers on edges' acks topics through an ``iot-data`` boto3 client."""
 
@@ -54,18 +73,8 @@ class IotAckPublisher:
     @classmethod
     def from_config(cls, config: SyncConfig) -> IotAckPublisher | None:
         """A publisher when ``sync.iot_data_endpoint`` is set (credentials: boto3's chain)."""
-        if not config.iot_data_endpoint:
-            return None
-        import boto3  # only for clouds that use AWS IoT; boto3 is slow to import
-
-        region = config.iot_region
-        if region is None:  # https://abc-ats.iot.eu-west-1.amazonaws.com names its region
-            found = re.search(r"\.iot\.([a-z0-9-]+)\.amazonaws\.", config.iot_data_endpoint)
-            region = found.group(1) if found else None
-        client = boto3.client(
-            "iot-data", endpoint_url=config.iot_data_endpoint, region_name=region
-        )
-        return cls(client)
+        client = iot_data_client(config)
+        return None if client is None else cls(client)
 
     async def publish(self, edge: dict[str, Any], body: bytes, claimed: str) -> bool:
         """Publish ``body`` (an answer to a batch of ``edge``) on the edge's acks topic; False

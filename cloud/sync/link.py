@@ -68,6 +68,20 @@ def build_config(snap: downlink.ConfigSnapshot) -> ConfigPush:
     return ConfigPush(version=snap.version, rooms=rooms, devices=devices)
 
 
+def cloud_command(row: dict[str, Any], ttl_s: float) -> CloudCommand:
+    """The CloudCommand of a pending command row (also what AWS IoT edges are sent)."""
+    value = row["value"]
+    return CloudCommand(
+        command_id=row["id"],
+        device_id=row["device_id"],
+        room_id=row["room_id"],
+        action=row["action"],
+        value=value if isinstance(value, int | float | bool) else None,
+        created_at=row["created_at"],
+        expires_at=row["created_at"] + timedelta(seconds=ttl_s),
+    )
+
+
 class EdgeLink:
     def __init__(
         self, db: Database, edge: dict[str, Any], config: SyncConfig, *, config_version: int
@@ -118,22 +132,10 @@ class EdgeLink:
                 "expired %d stale command(s) of farm %s: %s", len(expired), self.farm_id, expired
             )
         out = []
-        ttl = timedelta(seconds=self._ttl)
         for row in rows:
             if row["id"] in self._sent_commands:
                 continue
-            value = row["value"]
-            out.append(
-                CloudCommand(
-                    command_id=row["id"],
-                    device_id=row["device_id"],
-                    room_id=row["room_id"],
-                    action=row["action"],
-                    value=value if isinstance(value, int | float | bool) else None,
-                    created_at=row["created_at"],
-                    expires_at=row["created_at"] + ttl,
-                )
-            )
+            out.append(cloud_command(row, self._ttl))
             self._sent_commands.add(row["id"])
         return out
 

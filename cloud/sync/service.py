@@ -16,8 +16,9 @@ from pydantic import TypeAdapter, ValidationError
 from cloud import appkeys
 from cloud.db import downlink
 from cloud.db.database import Database
-from cloud.sync.hub import EdgeHub
-from cloud.sync.iot_acks import IotAckPublisher
+from cloud.sync.hub import RESYNC, EdgeHub
+from cloud.sync.iot_acks import IotAckPublisher, iot_data_client
+from cloud.sync.iot_down import IotDownPublisher
 from cloud.sync.link import DownMsg, EdgeLink, UpMsg
 from cloud.sync.settings import SyncConfig
 from cloud.sync.writer import Counts
@@ -66,14 +67,21 @@ class EdgeSync:
         self.config = config
         self.hub = EdgeHub(db.dsn)
         self.metrics = SyncMetrics(registry, self.hub.streams)
-        # Answers to batches that came through AWS IoT Core (None: not configured).
-        self.iot_acks = IotAckPublisher.from_config(config)
+        # AWS IoT Core (None: not configured): answers to batches that came through it, and
+        # commands and config published to the edges on it.
+        client = iot_data_client(config)
+        self.iot_acks = None if client is None else IotAckPublisher(client)
+        self.iot_down = None if client is None else IotDownPublisher(db, client, config, registry)
+        if self.iot_down is not None:
+            self.hub.watch(self.iot_down.notify)
         self.iot_unanswered: set[str] = set()  # edges told about a missing publisher (logged)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.hub.run(), name="edge-sync-listen")
             tasks.create_task(self._sweep(), name="edge-sync-expiry")
+            if self.iot_down is not None:
+                tasks.create_task(self.iot_down.run(), name="edge-sync-iot-down")
 
     async def _sweep(self) -> None:
         """Expire stale commands of every farm, so they show as expired while an edge is away."""
@@ -86,6 +94,8 @@ class EdgeSync:
                 continue
             if expired:
                 log.info("expired %d undelivered command(s): %s", len(expired), expired[:20])
+            if self.iot_down is not None:  # republish what AWS IoT edges have not taken yet
+                self.iot_down.notify(None, RESYNC)
 
     async def serve(self, ws: web.WebSocketResponse, edge: dict[str, Any], hello: Hello) -> None:
         """Push what the edge needs and apply its answers until the socket closes."""

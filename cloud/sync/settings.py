@@ -30,3 +30,8 @@ class SyncConfig(BaseModel):
     # edge's acks topic. Credentials: boto3's usual chain.
     iot_data_endpoint: str | None = Field(default=None, pattern=r"^https://\S+$")
     iot_region: str | None = Field(default=None, max_length=64)
+    # With iot_data_endpoint set, commands and config are also published on the commands topic
+    # of each edge on AWS IoT; one still pending (or a config not applied) this long after it was
+    # published is published again by the expiry sweep: AWS IoT drops a QoS 1 message for an
+    # edge that is offline, and an edge without a WebSocket hears nothing else.
+    iot_republish_s: float = Field(default=60, gt=0, le=86_400)

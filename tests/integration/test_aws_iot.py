@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cloud.sync.service import EDGE_SYNC
 from edge.config import AwsIotConfig, ConfigError, load_config
 from edge.ingest import store_telemetry
 from edge.iot_uplink import IotUplink, OversizedRecord, Part, Problem, parse_answer, split
@@ -228,12 +229,15 @@ class TopicRule:
     """The IoT topic rule's HTTPS action plus the cloud's answer on the acks topic.
 
     ``fault(n)`` for the n-th batch message (from 1) may say "drop" (the HTTPS action failed),
-    "lose_ack" (stored, but the answer never reaches the edge) or "twice" (delivered twice)."""
+    "lose_ack" (stored, but the answer never reaches the edge) or "twice" (delivered twice).
+    With ``cloud_answers`` the rule adds the ``X-Smartfarm-Reply-Topic`` header as the real rule
+    does and leaves the answer to the cloud's own publisher (``MosquittoIotData``)."""
 
     broker: Broker
     pki: Pki
     cloud_url: str
     fault: Callable[[int], str | None] = lambda n: None
+    cloud_answers: bool = False
     offered: Counter[int] = field(default_factory=Counter)  # seq -> times posted to the cloud
     faults: Counter[str] = field(default_factory=Counter)
     messages: int = 0
@@ -297,6 +301,8 @@ class TopicRule:
             if fault == "drop":
                 continue
             headers["Content-Encoding"] = encoding
+            if self.cloud_answers:
+                headers["X-Smartfarm-Reply-Topic"] = f"smartfarm/{farm_id}/edge/{edge_id}/acks"
             for _ in range(2 if fault == "twice" else 1):
                 async with session.post(self.cloud_url + "/api/edge/v1/batches", data=payload,
                                         headers=headers) as resp:
@@ -304,9 +310,28 @@ class TopicRule:
                     self.statuses[resp.status] += 1
                 if resp.status == 200:
                     self.offered.update(range(batch.first_seq, batch.last_seq + 1))
-                if fault != "lose_ack":
+                if fault != "lose_ack" and not self.cloud_answers:
                     await client.publish(f"smartfarm/{farm_id}/edge/{edge_id}/acks", answer,
                                          qos=1)
+
+
+class MosquittoIotData:
+    """Test-only stand-in for the cloud's boto3 ``iot-data`` client: the same ``publish(topic=,
+    qos=, payload=)``, delivered to the local Mosquitto over the rule's connection. The cloud calls
+    it from a worker thread (``asyncio.to_thread``), as it calls boto3."""
+
+    def __init__(self, rule: TopicRule, loop: asyncio.AbstractEventLoop) -> None:
+        self.rule = rule
+        self.loop = loop
+        self.sent: list[tuple[str, bytes]] = []
+
+    def publish(self, *, topic: str, qos: int, payload: bytes) -> dict[str, Any]:
+        assert self.rule.client is not None
+        done = asyncio.run_coroutine_threadsafe(
+            self.rule.client.publish(topic, payload, qos=qos), self.loop)
+        done.result(10)
+        self.sent.append((topic, payload))
+        return {}
 
 
 # ---- the site -----------------------------------------------------------------------------------
@@ -432,15 +457,23 @@ async def test_broker_restart_mid_upload_loses_and_doubles_nothing(
 
 @pytest.mark.postgres
 @pytest.mark.mosquitto
-async def test_a_command_on_the_command_topic_reaches_the_actuator_and_is_answered(
+async def test_the_clouds_commands_and_config_reach_the_actuator_over_the_command_topic(
     cloud: Any, broker: Broker, pki: Pki, tmp_path: Path, farm_id: str, edge_app: Any,
 ) -> None:
-    the_cloud: Cloud = await cloud(command_ttl_s=60)
+    # The cloud's IoT Data publisher is on (the endpoint is never reached: the client is
+    # replaced by MosquittoIotData below); no catch-up sweep during the test.
+    the_cloud: Cloud = await cloud(command_ttl_s=60, expiry_sweep_s=3600,
+                                   iot_data_endpoint="https://example-ats.iot.us-east-1.amazonaws.com")
     config = make_site(tmp_path / "site", farm_id)
     reg = await the_cloud.provision(load_config(config), EDGE_ID)
     # AWS IoT only: no WebSocket, so whatever comes down comes over the command topic.
     iot_site(tmp_path, the_cloud, reg, broker, pki, config, downlink_stream=False)
-    rule = TopicRule(broker, pki, the_cloud.url)
+    rule = TopicRule(broker, pki, the_cloud.url, cloud_answers=True)
+    sync = the_cloud.runners[the_cloud.url].app[EDGE_SYNC]
+    assert sync.iot_acks is not None and sync.iot_down is not None
+    iot_data = MosquittoIotData(rule, asyncio.get_running_loop())
+    sync.iot_acks.client = sync.iot_down.client = iot_data
+    commands_topic = f"smartfarm/{farm_id}/edge/{EDGE_ID}/commands"
     settings = fast_settings(config)
     async with rule.running():
         run = await edge_app(settings)
@@ -452,35 +485,48 @@ async def test_a_command_on_the_command_topic_reaches_the_actuator_and_is_answer
             await until(lambda: farm.actuators and all(a.received for a in farm.actuators.values())
                         and not edge.commands.pending_count(), 20, "the actuators online")
             assert edge.downlink is not None and edge.downlink.stats.mode == "off"
+
+            async def on_iot() -> bool:  # its batches came through the rule: the cloud knows
+                found = await the_cloud.rows("SELECT iot_since FROM edges WHERE id = %s",
+                                             (EDGE_ID,))
+                return bool(found and found[0]["iot_since"] is not None)
+
+            await until(on_iot, 15, "the cloud to see the edge on AWS IoT")
+            assert any(topic.endswith("/acks") for topic, _ in iot_data.sent)
             heater = farm.actuators["room-a-heater"]
             before = len(heater.received)
             made = await the_cloud.api("POST", "/api/rooms/room-a/commands",
                                        {"device_id": "room-a-heater", "action": "on"})
-            # The cloud's publisher: what is pending for this edge, onto its command topic.
-            async with aiohttp.ClientSession() as session, session.get(
-                the_cloud.url + "/api/edge/v1/pending", params={"edge_id": EDGE_ID},
-                headers={"Authorization": f"Bearer {reg.token}"},
-            ) as resp:
-                assert resp.status == 200, await resp.text()
-                pending = (await resp.json())["messages"]
-            assert any(m.get("command_id") == made["id"] for m in pending), pending
-            for message in pending:
-                await rule.publish_command(farm_id, message)
             path = f"/api/rooms/room-a/commands/{made['id']}"
 
             async def acked() -> bool:
                 return bool((await the_cloud.api("GET", path))["status"] == "acked")
 
-            # Device ack ▶ edge outbox ▶ AWS IoT ▶ rule ▶ cloud: the command's state is "acked".
+            # Cloud ▶ IoT Data publish ▶ command topic ▶ edge ▶ actuator; device ack ▶ edge
+            # outbox ▶ AWS IoT ▶ rule ▶ cloud: the command's state is "acked".
             await until(acked, 15, "the command acked in the cloud")
             assert len(heater.received) > before and heater.level > 0
+            sent = [json.loads(p) for t, p in iot_data.sent if t == commands_topic]
+            assert [m["command_id"] for m in sent if m["type"] == "command"] == [made["id"]]
             # Published again (AWS IoT delivers at least once): answered, not executed twice.
-            sent = len(heater.received)
-            for message in pending:
-                await rule.publish_command(farm_id, message)
+            received = len(heater.received)
+            await rule.publish_command(farm_id, sent[0])
             await until(lambda: edge.downlink.stats.redelivered >= 1, 10, "the redelivery")
             await asyncio.sleep(0.5)
-            assert len(heater.received) == sent
+            assert len(heater.received) == received
+            # A config edit in the cloud reaches the edge the same way and is applied.
+            applied = edge.downlink.stats.configs_applied
+            await the_cloud.api("PATCH", "/api/rooms/room-a", {"name": "Nursery"})
+            version = (await the_cloud.rows(
+                "SELECT version FROM farm_config WHERE farm_id = %s", (farm_id,)))[0]["version"]
+
+            async def config_applied() -> bool:
+                found = await the_cloud.rows("SELECT config_version FROM edges WHERE id = %s",
+                                             (EDGE_ID,))
+                return bool(found[0]["config_version"] >= version)
+
+            await until(config_applied, 15, "the config applied on the edge")
+            assert edge.downlink.stats.configs_applied > applied
         finally:
             stop.set()
             with contextlib.suppress(Exception):
@@ -490,10 +536,12 @@ async def test_a_command_on_the_command_topic_reaches_the_actuator_and_is_answer
     answers = [m for reply in rule.replies for m in reply["messages"]]
     accepted = [m for m in answers if m.get("command_id") == made["id"]]
     assert accepted and {m["state"] for m in accepted} == {"delivered"}, answers
+    assert any(m.get("type") == "config_applied" for m in answers), answers
     kept = await the_cloud.rows(
         "SELECT source, state FROM edge_commands WHERE cloud_command_id = %s", (made["id"],))
     assert [(r["source"], r["state"]) for r in kept] == [("cloud", "acked")]
     assert isinstance(edge.uplink, IotUplink) and edge.uplink.commands >= 2
+    assert sync.iot_down.failed == 0 and sync.iot_acks.failed == 0
     counted = await tally(the_cloud, settings.db_path, EDGE_ID, reg.farm_id)
     counted.assert_exactly_once()
 
