@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+import edge.metrics as edge_metrics
 from edge.app import EdgeApp
 from edge.config import EdgeSettings
 from edge.credentials import DeviceSecrets
@@ -161,7 +163,7 @@ async def test_metrics_follow_ingest_quarantine_commands_and_broker(
 
 
 async def test_health_reports_broker_store_and_uplink(
-    tmp_path: Path, farm_id: str, start_edge: StartEdge
+    tmp_path: Path, farm_id: str, start_edge: StartEdge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = await start_edge(site(tmp_path, farm_id))
     url = f"http://127.0.0.1:{app.api_port}/health"
@@ -176,13 +178,35 @@ async def test_health_reports_broker_store_and_uplink(
         assert body["store"]["open"] is True
         assert body["uplink"] == {"enabled": False}
         assert body["problems"] == []
-        # The store closes under the running edge (what a dead SD card looks like): 503.
-        await app.db.close()
+        # The writer stops committing (what a dying SD card looks like): another connection
+        # holds the write lock, writes queue up behind it, and /health turns 503 once the
+        # stall outlasts STORE_STALL_S (shortened here).
+        monkeypatch.setattr(edge_metrics, "STORE_STALL_S", 0.5)
+        lock = sqlite3.connect(app.settings.db_path, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            first = asyncio.ensure_future(app.db.write(_noop))
+            await asyncio.sleep(0.2)  # the writer has taken it and waits for the lock
+            queued = [asyncio.ensure_future(app.db.write(_noop)) for _ in range(2)]
+            async with http.get(url) as resp:
+                await resp.read()
+            await asyncio.sleep(1.0)
+            async with http.get(url) as resp:
+                body = await resp.json()
+                assert resp.status == 503, body
+            assert body["status"] == "unhealthy"
+            assert "store" in body["problems"]
+            assert body["store"]["queue_depth"] >= 1
+        finally:
+            lock.rollback()
+            lock.close()
+        await asyncio.gather(first, *queued, return_exceptions=True)
         async with http.get(url) as resp:
-            body = await resp.json()
-            assert resp.status == 503
-        assert body["status"] == "unhealthy"
-        assert "store" in body["problems"]
+            assert resp.status == 200, await resp.text()
+
+
+def _noop(conn: object) -> None:
+    """A write that changes nothing."""
 
 
 async def test_metrics_token(tmp_path: Path, farm_id: str, start_edge: StartEdge) -> None:
