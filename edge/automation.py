@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -202,9 +202,11 @@ class Automation:
         await self._persist()
 
     # ---- inputs ----
-    async def on_reading(self, room_id: str, telemetry: Telemetry) -> None:
+    def on_reading(self, room_id: str, telemetry: Telemetry) -> Awaitable[None] | None:
+        """Take one reading in. Returns the room's evaluation, for the caller to await, when one
+        is due now (see _evaluate_soon), else None: a plain function, as it runs per reading."""
         if room_id not in self.rooms:
-            return
+            return None
         now = self._clock()
         # A device clock running ahead must not pin a reading in the future (later readings,
         # stamped on receipt, would look older and be ignored): never later than now.
@@ -222,22 +224,24 @@ class Automation:
             if current is None or current.at <= at:
                 fresh[key] = (value, at)
         self._seen[telemetry.device_id] = max(at, self._seen.get(telemetry.device_id, at))
-        await self._evaluate_soon(room_id)
+        return self._evaluate_soon(room_id)
 
-    async def _evaluate_soon(self, room_id: str) -> None:
-        """Evaluate a room now, unless it was evaluated less than EVAL_MIN_INTERVAL_S ago:
-        then once at the end of that interval, with every reading that arrived meanwhile. A
-        room's first reading after a quiet spell acts at once; a burst costs one evaluation."""
+    def _evaluate_soon(self, room_id: str) -> Awaitable[None] | None:
+        """The room's evaluation to run now, unless it was evaluated less than
+        EVAL_MIN_INTERVAL_S ago: then None, and one is scheduled at the end of that interval,
+        with every reading that arrived meanwhile. A room's first reading after a quiet spell
+        acts at once; a burst costs one evaluation."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         wait = self._last_eval.get(room_id, -1e9) + EVAL_MIN_INTERVAL_S - now
         if wait <= 0:
             self._last_eval[room_id] = now
-            await self.evaluate_room(room_id)
-        elif room_id not in self._trailing:
+            return self.evaluate_room(room_id)
+        if room_id not in self._trailing:
             self._trailing[room_id] = loop.create_task(
                 self._evaluate_later(room_id, wait), name=f"evaluate-{room_id}"
             )
+        return None
 
     async def _evaluate_later(self, room_id: str, wait: float) -> None:
         try:

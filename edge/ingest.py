@@ -15,7 +15,7 @@ import random
 import sqlite3
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -43,6 +43,9 @@ BURST_WINDOW_S: Final = 10.0
 # each touch dirties a page of device_status, ~90 bytes written per reading at 1/min with 200
 # devices. The automation and the local page keep the exact last-seen time in memory.
 TOUCH_INTERVAL_S: Final = 300.0
+
+# Messages handled from aiomqtt's queue between two waits on ``client.messages`` (see messages()).
+DRAIN_BATCH: Final = 64
 
 ReadingCallback = Callable[[str, Telemetry], Awaitable[None] | None]
 AckCallback = Callable[[Topic, Ack], Awaitable[None] | None]
@@ -138,12 +141,49 @@ def store_telemetry(
     return readings.insert_reading(conn, tel, room_id, received_at) is not None  # last: see there
 
 
+def store_telemetry_many(
+    conn: sqlite3.Connection, batch: list[tuple[Telemetry, str, float, bool]]
+) -> list[bool]:
+    """``store_telemetry`` for consecutive items of a group (see Database: ``fn.many``); the
+    readings go in with multi-row INSERTs, not one statement (and GIL hand-over) each."""
+    for tel, room_id, received_at, touch in batch:
+        if touch:
+            devices.touch(conn, tel.device_id, room_id, received_at)
+    return readings.insert_readings(conn, [(tel, room, at) for tel, room, at, _ in batch])
+
+
+store_telemetry.many = store_telemetry_many  # type: ignore[attr-defined]
+
+
 def _as_bytes(payload: Any) -> bytes:
     if isinstance(payload, bytes | bytearray):
         return bytes(payload)
     if payload is None:
         return b""
     return str(payload).encode()
+
+
+async def messages(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message]:
+    """Every message ``client`` receives, like ``async for m in client.messages``, but cheaper
+    under load: aiomqtt's iterator costs a task and an ``asyncio.wait`` per message (~10 µs) even
+    when its queue already holds the next one. Here, after each wait, up to DRAIN_BATCH queued
+    messages are taken without one; the next wait yields to the loop and ends the iteration
+    with aiomqtt.MqttError on a disconnect, as aiomqtt's does. The bench's null subscriber
+    uses this too."""
+    iterator = client.messages
+    queue = getattr(client, "_queue", None)  # aiomqtt 2.x; without it, plain iteration
+    if not isinstance(queue, asyncio.Queue):
+        async for message in iterator:
+            yield message
+        return
+    while True:
+        yield await anext(iterator)
+        for _ in range(DRAIN_BATCH):
+            try:
+                message = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            yield message
 
 
 class Ingest:
@@ -190,7 +230,13 @@ class Ingest:
         try:
             parsed, room_id = self._route(topic, payload)
             if parsed.kind == "telemetry":
-                await self._telemetry(parsed, room_id, payload, received)
+                tel = self._telemetry(parsed, room_id, payload, received)
+                # The automation sees the reading now; the commit follows within one group
+                # interval. Called inline (no coroutine per reading unless it evaluates).
+                if tel is not None and self._on_reading is not None:
+                    pending = self._invoke(self._on_reading, room_id, tel)
+                    if pending is not None:
+                        await self._finish(self._on_reading, pending)
             elif parsed.kind == "status":
                 status = parse_status(payload, expected_device=parsed.device_id)
                 self._db.write_nowait(devices.upsert_status, status, room_id, received.timestamp())
@@ -239,9 +285,10 @@ class Ingest:
             )
         return parsed, room_id
 
-    async def _telemetry(
+    def _telemetry(
         self, topic: Topic, room_id: str, payload: bytes, received: datetime
-    ) -> None:
+    ) -> Telemetry | None:
+        """Validate and queue one reading for the store; the reading, or None if a duplicate."""
         tel = parse_telemetry(payload, received_at=received, expected_device=topic.device_id)
         now = time.monotonic()
         if tel.timestamp_replaced:
@@ -251,14 +298,13 @@ class Ingest:
             dup = self._recent_ts.check_and_add(key, now)
         if dup:
             self.stats.duplicates += 1
-            return
+            return None
         at = received.timestamp()
         self._db.submit_callback(
             store_telemetry, tel, room_id, at, self._touch_due(tel.device_id), on_done=self._stored
         )
         self.stats.readings += 1
-        # The automation sees the reading now; the commit follows within one group interval.
-        await self._call(self._on_reading, room_id, tel)
+        return tel
 
     def _stored(self, ok: bool, result: Any) -> None:
         if not ok:
@@ -304,15 +350,30 @@ class Ingest:
         # Callbacks run inline (ordered, with back-pressure): they must be quick or spawn tasks.
         if callback is None:
             return
+        pending = self._invoke(callback, *args)
+        if pending is not None:
+            await self._finish(callback, pending)
+
+    def _invoke(self, callback: Callable[..., Any], *args: Any) -> Awaitable[Any] | None:
+        """Call ``callback``; what it returned if that is to be awaited (see _finish)."""
         try:
             result = callback(*args)
-            if inspect.isawaitable(result):
-                await result
+        except Exception:
+            self._callback_failed(callback)
+            return None
+        return result if result is not None and inspect.isawaitable(result) else None
+
+    async def _finish(self, callback: Callable[..., Any], pending: Awaitable[Any]) -> None:
+        try:
+            await pending
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.stats.callback_errors += 1
-            log.exception("ingest callback %s failed", getattr(callback, "__qualname__", callback))
+            self._callback_failed(callback)
+
+    def _callback_failed(self, callback: Callable[..., Any]) -> None:
+        self.stats.callback_errors += 1
+        log.exception("ingest callback %s failed", getattr(callback, "__qualname__", callback))
 
     # ---- on a connection ----
     async def run(self, client: aiomqtt.Client) -> None:
@@ -323,7 +384,7 @@ class Ingest:
         ticker = asyncio.create_task(self._flush_bursts(), name="ingest-burst-log")
         self.subscribed.set()
         try:
-            async for message in client.messages:
+            async for message in messages(client):
                 await self.handle(message.topic.value, _as_bytes(message.payload))
         finally:
             self.subscribed.clear()

@@ -41,11 +41,13 @@ METRIC_LIMITS: Final[dict[str, tuple[float, float]]] = {
     "battery_v": (0.0, 6.0),
 }
 KNOWN_METRICS: Final[tuple[str, ...]] = tuple(METRIC_LIMITS)
+_OTHER_LIMITS: Final = (-1e9, 1e9)  # any other snake_case metric
 
 # A device timestamp is trusted only inside this window around the edge's receive time: an ESP32
 # without an RTC reports 1970, a drifting one may be minutes off; buffered ones may be a day old.
 MAX_PAST: Final = timedelta(days=1)
 MAX_FUTURE: Final = timedelta(minutes=5)
+_ZERO: Final = timedelta(0)
 
 
 def _check_id(value: str) -> str:
@@ -83,7 +85,14 @@ class Telemetry(_Wire):
     @field_validator("timestamp", mode="after")
     @classmethod
     def _tz(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _aware(value)
+        if value is None:
+            return None
+        if value.tzinfo is not UTC and value.utcoffset() in (None, _ZERO):
+            # pydantic's own UTC tzinfo makes every comparison with datetime.UTC times (the
+            # edge's clock) call utcoffset() on both: 10x slower, and the automation compares
+            # reading times a lot. Same instant, same offset.
+            return value.replace(tzinfo=UTC)
+        return value
 
     @field_validator("data", mode="before")
     @classmethod
@@ -96,18 +105,25 @@ class Telemetry(_Wire):
             raise ValueError(f"data has more than {MAX_METRICS} metrics")
         out: dict[str, float] = {}
         for name, raw in value.items():
-            if not isinstance(name, str) or not METRIC_RE.fullmatch(name):
-                raise ValueError(f"metric name {str(name)[:40]!r} is not snake_case")
-            # bool is an int in Python; a device sending true for a temperature is broken.
-            if isinstance(raw, bool) or not isinstance(raw, int | float):
-                raise ValueError(f"{name} must be a number, got {type(raw).__name__}")
-            try:
-                number = float(raw)
-            except OverflowError:  # a JSON integer of hundreds of digits
-                raise ValueError(f"{name} is too large") from None
+            # Per message on the ingest path: known names skip the regex, floats the conversion.
+            limits = METRIC_LIMITS.get(name)
+            if limits is None:
+                if not isinstance(name, str) or not METRIC_RE.fullmatch(name):
+                    raise ValueError(f"metric name {str(name)[:40]!r} is not snake_case")
+                limits = _OTHER_LIMITS
+            if type(raw) is float:
+                number = raw
+            else:
+                # bool is an int in Python; a device sending true for a temperature is broken.
+                if isinstance(raw, bool) or not isinstance(raw, int | float):
+                    raise ValueError(f"{name} must be a number, got {type(raw).__name__}")
+                try:
+                    number = float(raw)
+                except OverflowError:  # a JSON integer of hundreds of digits
+                    raise ValueError(f"{name} is too large") from None
             if not math.isfinite(number):
                 raise ValueError(f"{name} is not finite")
-            low, high = METRIC_LIMITS.get(name, (-1e9, 1e9))
+            low, high = limits
             if not low <= number <= high:
                 raise ValueError(f"{name}={number:g} outside physical range [{low:g}, {high:g}]")
             out[name] = number
@@ -199,7 +215,17 @@ def parse_telemetry(
 ) -> Telemetry:
     """Validate a telemetry payload; stamp ``received_at`` when the device time is missing or
     implausible (and flag it); refuse a payload whose device_id differs from its topic's."""
-    tel: Telemetry = _validate(Telemetry, payload)
+    tel: Telemetry | None = None
+    if type(payload) is bytes and len(payload) <= MAX_PAYLOAD_BYTES:
+        # Fast path, per reading: pydantic's own JSON parser validates as it parses (~2 µs less
+        # than json.loads + model_validate). Anything it refuses goes the usual way below, which
+        # then accepts or refuses it with the usual reason.
+        try:
+            tel = Telemetry.model_validate_json(payload)
+        except ValidationError:
+            pass
+    if tel is None:
+        tel = _validate(Telemetry, payload)
     if expected_device is not None and tel.device_id != expected_device:
         raise PayloadError(
             f"device_id {tel.device_id!r} does not match topic device {expected_device!r}",

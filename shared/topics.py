@@ -49,8 +49,25 @@ def build_topic(farm_id: str, room_id: str, kind: Kind, device_id: str) -> str:
     return f"farm/{farm_id}/room/{room_id}/{kind}/{device_id}"
 
 
+# Topics parsed before (a farm has a few hundred devices): Topic is frozen, so the same instance
+# serves every message on that topic. Only valid topics are kept; emptied when full.
+_PARSED: dict[str, Topic] = {}
+_PARSED_MAX: Final = 4096
+
+
 def parse_topic(topic: str) -> Topic:
     """Parse a concrete topic; raise TopicError naming what is wrong."""
+    found = _PARSED.get(topic) if type(topic) is str else None
+    if found is not None:
+        return found
+    parsed = _parse_topic(topic)
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[topic] = parsed
+    return parsed
+
+
+def _parse_topic(topic: str) -> Topic:
     if not isinstance(topic, str):
         raise TopicError("topic is not a string")
     if len(topic) > 512:

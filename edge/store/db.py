@@ -432,8 +432,7 @@ class Database:
             if durable:
                 conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                outcomes.append(self._run_item(conn, item))
+            outcomes = self._run_items(conn, batch)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The group as a whole failed (disk full, I/O error, lock timeout): nothing of it is
@@ -452,6 +451,51 @@ class Database:
         self._last_batch = len(batch)
         self._max_batch = max(self._max_batch, len(batch))
         self._report(batch, outcomes)
+
+    def _run_items(self, conn: sqlite3.Connection, batch: list[_Item]) -> list[tuple[bool, Any]]:
+        """Run a group's items in the open transaction; each failing item is undone alone.
+
+        Optimistic: first without a savepoint per item. Those cost two statements per item and,
+        since the sqlite3 module lets go of the GIL for every statement, as many GIL hand-overs
+        with a busy event loop (the edge ingest: ~10 µs of CPU per reading, both threads). Should
+        any item fail, the whole transaction is rolled back and the group run again, a savepoint
+        per item (items are database writes: running one again after a rollback is safe; what
+        they cache on the connection is forgotten with the rollback).
+        """
+        if len(batch) > 1:
+            try:
+                return self._run_optimistic(conn, batch)
+            except Exception:  # found again, and reported, item by item below
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                _forget(conn)
+                conn.execute("BEGIN IMMEDIATE")
+        return [self._run_item(conn, item) for item in batch]
+
+    @staticmethod
+    def _run_optimistic(conn: sqlite3.Connection, batch: list[_Item]) -> list[tuple[bool, Any]]:
+        """Every item, no savepoints; raises on the first failure. A run of consecutive items
+        whose function has a ``many`` attribute goes to it at once: ``fn.many(conn, [args, …])``
+        returns their results in order, as ``fn`` would have one by one (the ingest's readings:
+        multi-row INSERTs)."""
+        outcomes: list[tuple[bool, Any]] = []
+        i, n = 0, len(batch)
+        while i < n:
+            fn = batch[i].fn
+            many = getattr(fn, "many", None)
+            if many is None:
+                outcomes.append((True, fn(conn, *batch[i].args)))
+                i += 1
+                continue
+            j = i + 1
+            while j < n and batch[j].fn is fn:
+                j += 1
+            results = many(conn, [item.args for item in batch[i:j]])
+            if len(results) != j - i:
+                raise RuntimeError(f"{fn!r}.many returned {len(results)} results for {j - i}")
+            outcomes.extend((True, result) for result in results)
+            i = j
+        return outcomes
 
     def _run_item(self, conn: sqlite3.Connection, item: _Item) -> tuple[bool, Any]:
         # A savepoint per item: one failing write is undone alone, the group goes on.

@@ -10,6 +10,7 @@ runs inside the caller's transaction (Database.write / read).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
@@ -169,20 +170,28 @@ def _series_key(
     return int(row[0])
 
 
-def insert_reading(
-    conn: sqlite3.Connection, tel: Telemetry, room_id: str, received_at: float
-) -> int | None:
-    """Store one telemetry message (received_at in unix seconds); return its row id, or None if
-    the same device already sent the same metrics with the same timestamp (a QoS 1 redelivery).
-    Call it last in a write: once it returns an id, the writer's memory counts the row as stored.
+_INSERT_SQL = "INSERT INTO readings (series, ts, recv_ms, ts_replaced, vals) VALUES "
+_ROW_SQL = "(?, ?, ?, ?, ?)"
+MANY_CHUNK = 500  # rows per multi-row INSERT (5 variables each; SQLite allows 32 766)
 
-    No "latest" row is kept up to date here: the automation holds the latest values in memory,
-    and upserting one per reading cost ~210 bytes written per reading (its pages are rewritten
-    by every group commit). ``latest_by_room`` reads them from the readings index instead.
-    """
+
+def _row(
+    conn: sqlite3.Connection,
+    tel: Telemetry,
+    room_id: str,
+    received_at: float,
+    pending: set[tuple[int, float]] | None = None,
+) -> tuple[tuple[Any, ...], _Seen | None, float] | None:
+    """The readings row for ``tel`` (with its series' memory and ts), or None if stored (or in
+    ``pending``: rows about to be inserted, which the database cannot see yet; ``tel``'s is
+    added to it)."""
     names = sorted(tel.data)
     key = series_key(conn, tel.device_id, room_id, names, received_at)
     ts = tel.timestamp.timestamp() if tel.timestamp is not None else received_at
+    if pending is not None:
+        if (key, ts) in pending:
+            return None
+        pending.add((key, ts))
     memory = _memory(conn)
     seen = None
     if memory is not None:
@@ -195,15 +204,64 @@ def insert_reading(
     elif _stored(conn, key, ts):
         return None
     vals = encode_values([tel.data[n] for n in names])
-    cur = conn.execute(
-        "INSERT INTO readings (series, ts, recv_ms, ts_replaced, vals) VALUES (?, ?, ?, ?, ?)",
-        (key, ts, round((received_at - ts) * 1000), int(tel.timestamp_replaced), vals),
-    )
+    return (key, ts, round((received_at - ts) * 1000), int(tel.timestamp_replaced), vals), seen, ts
+
+
+def insert_reading(
+    conn: sqlite3.Connection, tel: Telemetry, room_id: str, received_at: float
+) -> int | None:
+    """Store one telemetry message (received_at in unix seconds); return its row id, or None if
+    the same device already sent the same metrics with the same timestamp (a QoS 1 redelivery).
+    Call it last in a write: once it returns an id, the writer's memory counts the row as stored.
+
+    No "latest" row is kept up to date here: the automation holds the latest values in memory,
+    and upserting one per reading cost ~210 bytes written per reading (its pages are rewritten
+    by every group commit). ``latest_by_room`` reads them from the readings index instead.
+    """
+    found = _row(conn, tel, room_id, received_at)
+    if found is None:
+        return None
+    row, seen, ts = found
+    cur = conn.execute(_INSERT_SQL + _ROW_SQL, row)
     reading_id = cur.lastrowid
     assert reading_id is not None
     if seen is not None:
         seen.add(ts)
     return reading_id
+
+
+def insert_readings(
+    conn: sqlite3.Connection, batch: list[tuple[Telemetry, str, float]]
+) -> list[bool]:
+    """``insert_reading`` for many (telemetry, room, received_at), in order, with multi-row
+    INSERTs: whether each was new. Ids are given in order, as one by one. On the writer's
+    connection only (its memory catches a redelivery within the batch); if it raises, the
+    caller must roll the transaction back (the writer then forgets its memory)."""
+    if _memory(conn) is None:
+        return [insert_reading(conn, *args) is not None for args in batch]
+    rows: list[Any] = []
+    out: list[bool] = []
+    pending: set[tuple[int, float]] = set()
+    for tel, room_id, received_at in batch:
+        found = _row(conn, tel, room_id, received_at, pending)
+        out.append(found is not None)
+        if found is not None:
+            row, seen, ts = found
+            rows.extend(row)
+            if seen is not None:
+                seen.add(ts)  # now, so that a duplicate further on is caught
+    start, left = 0, len(rows) // 5
+    while left:
+        # Chunks of MANY_CHUNK, then powers of two: few distinct statements to cache.
+        n = MANY_CHUNK if left >= MANY_CHUNK else 1 << (left.bit_length() - 1)
+        conn.execute(_many_sql(n), rows[start : start + 5 * n])
+        start, left = start + 5 * n, left - n
+    return out
+
+
+@functools.cache
+def _many_sql(n: int) -> str:
+    return _INSERT_SQL + ",".join([_ROW_SQL] * n)
 
 
 def _merge_latest(rows: list[sqlite3.Row]) -> dict[str, Latest]:

@@ -379,3 +379,56 @@ def test_valid_telemetry_always_parses(data: dict[str, float], ts: datetime) -> 
     assert not tel.timestamp_replaced
     assert tel.timestamp is not None
     assert abs(tel.timestamp - NOW) <= timedelta(days=1)
+
+
+def outcome(payload: bytes | bytearray) -> Any:
+    try:
+        return parse_telemetry(payload, received_at=NOW, expected_device="sensor-1")
+    except PayloadError as exc:
+        return f"refused: {exc}"
+
+
+def same_either_way(payload: bytes) -> None:
+    # bytes take pydantic's JSON parser first; a bytearray goes json.loads + model_validate.
+    assert outcome(payload) == outcome(bytearray(payload))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        telemetry(),
+        b"\xef\xbb\xbf" + telemetry(),  # UTF-8 BOM
+        telemetry().decode().encode("utf-16"),
+        b'{"device_id":"sensor-1","data":{"temperature_c":NaN}}',
+        b'{"device_id":"sensor-1","data":{"temperature_c":Infinity}}',
+        b'{"device_id":"sensor-1","data":{"temperature_c":1e400}}',
+        b'{"device_id":"sensor-1","data":{"co2_ppm":' + b"9" * 5000 + b"}}",
+        b'{"device_id":"sensor-1","data":{"temperature_c":20,"temperature_c":21.5}}',
+        b'{"device_id":"sensor-1","device_id":"other","data":{"temperature_c":20}}',
+        b'{"device_id":"sensor-\\ud800","data":{"temperature_c":20}}',
+        b'{"device_id":"sensor-1","data":{"temperature_c":20}} ',
+        b'{"device_id":"sensor-1","data":{"temperature_c":20}}x',
+        b'{"device_id":"sensor-1","timestamp":1717243170,"data":{"temperature_c":20}}',
+        b'{"device_id":"sensor-1","timestamp_replaced":true,"data":{"temperature_c":20}}',
+        b'{"device_id":"sensor-1","data":{"temperature_c":"20"}}',
+        b'{"device_id":"sensor-1","data":{"temperature_c":true}}',
+        b'{"device_id":"sensor-1","data":{"Bad-Name":1}}',
+        b'{"device_id":"sensor-1","data":{"temperature_c":20}',
+        b"[]",
+        b"\xff\xfe",
+    ],
+)
+def test_fast_and_usual_telemetry_parsing_agree(payload: bytes) -> None:
+    same_either_way(payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(near_miss)
+def test_fast_and_usual_telemetry_parsing_agree_on_garbage(doc: dict[str, Any]) -> None:
+    same_either_way(json.dumps(doc).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_fast_and_usual_telemetry_parsing_agree_on_bytes(payload: bytes) -> None:
+    same_either_way(payload)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.ingest import store_telemetry
 from edge.store import Database, StoreError, devices, load_migrations, quarantine, readings
 from shared.models import Status, Telemetry
 
@@ -224,6 +225,57 @@ async def test_a_rolled_back_reading_is_not_remembered(db: Database) -> None:
         await db.write(insert_then_fail)
     assert await db.write(readings.insert_reading, tel("s1", T0, ph=6.1), "r1", T0) is not None
     assert await db.read(readings.count) == 1
+
+
+async def test_a_failing_item_neither_undoes_nor_repeats_its_group(db: Database) -> None:
+    # Groups run optimistically without per-item savepoints, then again with them on a failure.
+    def fail(conn: sqlite3.Connection) -> None:
+        put(conn, "bad", "1")
+        raise ValueError("boom")
+
+    first, failed, second = await asyncio.gather(
+        db.write(readings.insert_reading, tel("s1", T0, ph=6.1), "r1", T0),
+        db.write(fail),
+        db.write(readings.insert_reading, tel("s1", T0 + 1, ph=6.2), "r1", T0 + 1),
+        return_exceptions=True,
+    )
+    assert isinstance(first, int) and isinstance(second, int) and second == first + 1
+    assert isinstance(failed, ValueError)
+    assert db.stats.transactions == 1
+    assert await db.read(keys) == []
+    assert await db.read(readings.count) == 2
+    # The writer's memory of the group survived the retry: a redelivery is refused.
+    assert await db.write(readings.insert_reading, tel("s1", T0, ph=6.1), "r1", T0) is None
+
+
+async def test_consecutive_readings_of_a_group_go_in_together_in_order(db: Database) -> None:
+    # store_telemetry has a batch form (multi-row INSERTs): same outcomes, same ids, same rows.
+    batch = [
+        (tel("s1", T0 + i, ph=6.0 + i / 100), "r1", T0 + i, i == 0) for i in range(1200)
+    ]
+    batch.insert(700, batch[3])  # a redelivery within the group
+    outcomes = await asyncio.gather(*(db.write(store_telemetry, *args) for args in batch))
+    assert db.stats.transactions == 1
+    assert outcomes.count(False) == 1 and outcomes[700] is False
+    rows = await db.read(lambda c: c.execute("SELECT id, ts, vals FROM readings ORDER BY id")
+                         .fetchall())
+    assert [r["ts"] for r in rows] == [T0 + i for i in range(1200)]
+    assert [r["id"] for r in rows] == list(range(rows[0]["id"], rows[0]["id"] + 1200))
+    assert rows[5]["vals"] == "[6.05]"
+    assert await db.write(store_telemetry, *batch[0]) is False  # remembered after the group
+
+
+async def test_a_failing_item_amid_batched_readings_fails_alone(db: Database) -> None:
+    def fail(conn: sqlite3.Connection) -> None:
+        raise ValueError("boom")
+
+    writes = [db.write(store_telemetry, tel("s1", T0 + i, ph=6.1), "r1", T0 + i, False)
+              for i in range(10)]
+    writes.insert(5, db.write(fail))
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(outcomes.pop(5), ValueError)
+    assert outcomes == [True] * 10
+    assert await db.read(readings.count) == 10
 
 
 async def test_migration_4_indexes_existing_readings_by_block(tmp_path: Path) -> None:

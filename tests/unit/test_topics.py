@@ -141,3 +141,16 @@ def test_garbage_segments_raise_only_topic_errors(segments: list[str]) -> None:
         return
     assert str(parsed) == topic
     assert "+" not in topic and "#" not in topic
+
+
+def test_parsed_topics_are_remembered_but_bad_ones_always_refused() -> None:
+    topic = "farm/f1/room/r1/telemetry/s1"
+    first = parse_topic(topic)
+    assert parse_topic(topic) is first  # the same frozen instance
+    with pytest.raises(TopicError):
+        parse_topic("farm/f1/room/r1/telemetry/s 1")
+    with pytest.raises(TopicError):
+        parse_topic("farm/f1/room/r1/telemetry/s 1")  # not remembered
+    for n in range(5000):  # the memory is bounded
+        parse_topic(f"farm/f1/room/r1/telemetry/s{n}")
+    assert parse_topic(topic) == first
