@@ -4,19 +4,25 @@ database built once and a cheap ``CREATE DATABASE … TEMPLATE`` copy per test."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+if TYPE_CHECKING:
+    from edge.app import EdgeApp
+    from edge.config import EdgeSettings
 
 
 def free_port() -> int:
@@ -125,3 +131,54 @@ def db_dsn(databases: Databases, template_db: str) -> Iterator[str]:
     name = databases.create(template=template_db)
     yield databases.dsn(name)
     databases.drop(name)
+
+
+class Edges:
+    """EdgeApps started in-process (``edges`` fixture); each is stopped cleanly, at the latest
+    at teardown."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+
+    async def start(self, settings: EdgeSettings) -> EdgeApp:
+        from edge.app import EdgeApp
+
+        app = EdgeApp(settings)
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.run(stop), name="test-edge")
+        self.running[id(app)] = (stop, task)
+        waiter = asyncio.create_task(app.broker_connected.wait())
+        done, _ = await asyncio.wait({waiter, task}, timeout=20,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # raises the start-up error
+        if waiter not in done:
+            waiter.cancel()
+            raise AssertionError("edge did not connect to its broker within 20 s")
+        return app
+
+    async def stop(self, app: EdgeApp) -> None:
+        stop, task = self.running.pop(id(app))
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+    async def stop_all(self) -> None:
+        running, self.running = list(self.running.values()), {}
+        for stop, _task in running:
+            stop.set()
+        for _stop, task in running:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def edges() -> AsyncIterator[Edges]:
+    edges = Edges()
+    yield edges
+    await edges.stop_all()
+
+
+@pytest.fixture
+def running_edge(edges: Edges) -> Any:
+    """``await running_edge(settings)``: an EdgeApp running in-process until teardown."""
+    return edges.start

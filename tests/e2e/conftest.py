@@ -3,15 +3,11 @@ run in-process or as processes, against the embedded amqtt broker."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from edge.app import EdgeApp
 from edge.cli import init_site
 from edge.config import EdgeSettings, load_config
 from shared.rules import Safety
@@ -64,31 +60,3 @@ async def wait_for(predicate: Callable[[], object], timeout: float, what: str) -
             return result
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-@pytest.fixture
-async def running_edge() -> AsyncIterator[Callable[[EdgeSettings], asyncio.Future[EdgeApp]]]:
-    """Start EdgeApps in-process; each is stopped cleanly at teardown."""
-    started: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
-
-    async def start(settings: EdgeSettings) -> EdgeApp:
-        app = EdgeApp(settings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(app.run(stop), name="test-edge")
-        started.append((stop, task))
-        waiter = asyncio.create_task(app.broker_connected.wait())
-        done, _ = await asyncio.wait({waiter, task}, timeout=20,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()  # raises the start-up error
-        if waiter not in done:
-            waiter.cancel()
-            raise AssertionError("edge did not connect to its broker within 20 s")
-        return app
-
-    yield start  # type: ignore[misc]
-    for stop, _task in started:
-        stop.set()
-    for _, task in started:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, timeout=15)

@@ -22,6 +22,7 @@ from edge.credentials import DeviceSecrets
 from edge.metrics import scrape_allowed
 from shared.models import utcnow
 from shared.topics import build_topic
+from tests.conftest import Edges
 from tests.e2e.conftest import fast_settings, make_site, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -29,28 +30,8 @@ StartEdge = Callable[[EdgeSettings], Awaitable[EdgeApp]]
 
 
 @pytest.fixture
-async def start_edge() -> AsyncIterator[StartEdge]:
-    started: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
-
-    async def start(settings: EdgeSettings) -> EdgeApp:
-        app = EdgeApp(settings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(app.run(stop), name="test-edge")
-        started.append((stop, task))
-        waiter = asyncio.create_task(app.broker_connected.wait())
-        done, _ = await asyncio.wait({waiter, task}, timeout=20,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-        assert waiter in done, "edge did not connect to its broker"
-        return app
-
-    yield start
-    for stop, _ in started:
-        stop.set()
-    for _, task in started:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, timeout=15)
+def start_edge(edges: Edges) -> StartEdge:
+    return edges.start
 
 
 def site(tmp_path: Path, farm_id: str) -> EdgeSettings:

@@ -8,58 +8,19 @@ import contextlib
 import gzip
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from edge.app import EdgeApp
 from edge.backup import BackupError, backup_database, run_lock
 from edge.cli import edge_main
-from edge.config import EdgeSettings
 from edge.store import readings
 from firmware_sim.farm import build_farm
 from shared.models import Telemetry
 from tests.e2e.conftest import fast_settings, make_site, query, wait_for
 
 SENSOR = "room-a-sensor"
-
-
-class Edges:
-    """EdgeApps started in-process; each is stopped cleanly (at the latest at teardown)."""
-
-    def __init__(self) -> None:
-        self.running: dict[int, tuple[asyncio.Event, asyncio.Task[None]]] = {}
-
-    async def start(self, settings: EdgeSettings) -> EdgeApp:
-        app = EdgeApp(settings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(app.run(stop))
-        self.running[id(app)] = (stop, task)
-        waiter = asyncio.create_task(app.broker_connected.wait())
-        done, _ = await asyncio.wait({waiter, task}, timeout=20,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-        assert waiter in done, "edge did not connect to its broker"
-        return app
-
-    async def stop(self, app: EdgeApp) -> None:
-        stop, task = self.running.pop(id(app))
-        stop.set()
-        await asyncio.wait_for(task, 15)
-
-
-@pytest.fixture
-async def edges() -> AsyncIterator[Edges]:
-    edges = Edges()
-    yield edges
-    for app_id in list(edges.running):
-        stop, task = edges.running.pop(app_id)
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 15)
 
 
 def _fill(conn: sqlite3.Connection, start: float, n: int) -> None:
