@@ -45,7 +45,6 @@ from edge.iot_client import IotConnection, PublishError
 from edge.outbox import Outbox
 from edge.store.outbox import Prepared
 from edge.uplink import (
-    ACK_FLUSH_S,
     AUTH_ALERT,
     CLOCK_WARN_S,
     GZIP_LEVEL,
@@ -208,29 +207,13 @@ class IotUplink:
         connection.start()
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._maintain_loop(), name="iot-uplink-maintenance")
+                tasks.create_task(self._outbox.maintain_forever(self._cloud.prune_interval_s),
+                                  name="iot-uplink-maintenance")
                 tasks.create_task(self._upload_loop(), name="iot-uplink-upload")
                 tasks.create_task(self._command_loop(), name="iot-uplink-commands")
         finally:
-            await asyncio.shield(self._store_ack())
+            await asyncio.shield(self._outbox.flush_quietly())
             await asyncio.shield(connection.stop())
-
-    async def _store_ack(self) -> None:
-        try:
-            await self._outbox.flush()
-        except Exception:  # the store is closing: the cloud will see that batch again
-            log.debug("held ack not stored", exc_info=True)
-
-    async def _maintain_loop(self) -> None:
-        while True:
-            try:
-                await self._outbox.maintain()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox maintenance failed; next try in %.0f s",
-                              self._cloud.prune_interval_s)
-            await asyncio.sleep(self._cloud.prune_interval_s)
 
     async def _upload_loop(self) -> None:
         cfg = self._cloud
@@ -239,30 +222,12 @@ class IotUplink:
         while True:
             batch = await self._outbox.next_batch(cfg.batch_max_records, read_bytes, new=False)
             if batch is None:
-                await self._wait_for_records()
+                await self._outbox.wait_for_batch(
+                    cfg.batch_max_records, cfg.batch_max_age_s, cfg.poll_interval_s)
                 batch = await self._outbox.next_batch(cfg.batch_max_records, read_bytes)
                 if batch is None:
                     continue
             await self.send(batch)
-
-    async def _wait_for_records(self) -> None:
-        """Until a batch is due: full, old enough, or holding something urgent."""
-        cfg = self._cloud
-        first_seen: float | None = None
-        idle_since = time.monotonic()
-        while True:
-            probe = await self._outbox.probe()
-            now = time.monotonic()
-            if self._outbox.holding_ack and now - idle_since >= ACK_FLUSH_S:
-                await self._outbox.flush()
-            if probe.unassigned:
-                first_seen = now if first_seen is None else first_seen
-                if (probe.urgent or probe.unassigned >= cfg.batch_max_records
-                        or now - first_seen >= cfg.batch_max_age_s):
-                    return
-            else:
-                first_seen = None
-            await asyncio.sleep(cfg.poll_interval_s)
 
     async def _command_loop(self) -> None:
         while True:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ EXACT_COUNT_LIMIT: Final = 200_000
 CAP_ALERT: Final = "sync:backlog_cap"
 FULL_ALERT: Final = "sync:backlog_full"
 GAP_ALERT: Final = "sync:gap"
+# An ack held for the next batch's write is stored on its own after this long without one.
+ACK_FLUSH_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +219,34 @@ class Outbox:
     def holding_ack(self) -> bool:
         return self._held_ack is not None
 
+    async def flush_quietly(self) -> None:
+        """``flush`` at shutdown: if the store is already closing, the cloud sees that batch
+        again (it answers a replay with the same ack), so nothing is lost."""
+        try:
+            await self.flush()
+        except Exception:
+            log.debug("held ack not stored", exc_info=True)
+
+    async def wait_for_batch(self, max_records: int, max_age_s: float, poll_s: float) -> None:
+        """Until a batch is due for an uploader: ``max_records`` unsent, the oldest unsent seen
+        ``max_age_s`` ago, or something urgent. An ack held meanwhile is stored after
+        ACK_FLUSH_S idle."""
+        first_seen: float | None = None
+        idle_since = time.monotonic()
+        while True:
+            probe = await self.probe()
+            now = time.monotonic()
+            if self.holding_ack and now - idle_since >= ACK_FLUSH_S:
+                await self.flush()
+            if probe.unassigned:
+                first_seen = now if first_seen is None else first_seen
+                if (probe.urgent or probe.unassigned >= max_records
+                        or now - first_seen >= max_age_s):
+                    return
+            else:
+                first_seen = None
+            await asyncio.sleep(poll_s)
+
     async def rewind(self, expected_seq: int) -> bool:
         """The cloud's mark is ``expected_seq - 1`` (a 409): send again from there. False when
         those records were already pruned here (an alert says so; nothing can fix it but a
@@ -255,6 +286,17 @@ class Outbox:
         return await self._db.read(run)
 
     # ---- bounded disk ----
+    async def maintain_forever(self, interval_s: float) -> None:
+        """``maintain`` every ``interval_s`` until cancelled; a failure is logged, not fatal."""
+        while True:
+            try:
+                await self.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox maintenance failed; next try in %.0f s", interval_s)
+            await asyncio.sleep(interval_s)
+
     async def maintain(self) -> None:
         """Prune what retention allows, then enforce the cap (see the module docstring)."""
         cutoff = self._now() - self._retention_s

@@ -52,8 +52,6 @@ CLOCK_WARN_S: Final = 60.0
 # Batches in flight at once during a backlog drain: the cloud decodes one while it stores the one
 # before (its per-edge lock keeps them in seq order; a 409 for the later one is resent).
 WINDOW: Final = 2
-# An ack held for the next batch's write is stored on its own after this long without one.
-ACK_FLUSH_S: Final = 5.0
 
 # What /api/stats shows under "sync" (set by edge/app.py on the local API app).
 SyncStatusSource = Callable[[], Awaitable[dict[str, Any]]]
@@ -171,16 +169,11 @@ class Uplink:
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._maintain_loop(), name="uplink-maintenance")
+                    tasks.create_task(self._outbox.maintain_forever(self._cloud.prune_interval_s),
+                                      name="uplink-maintenance")
                     tasks.create_task(self._upload_loop(session), name="uplink-upload")
         finally:
-            await asyncio.shield(self._store_ack())
-
-    async def _store_ack(self) -> None:
-        try:
-            await self._outbox.flush()
-        except Exception:  # the store is closing: the cloud will see that batch again
-            log.debug("held ack not stored", exc_info=True)
+            await asyncio.shield(self._outbox.flush_quietly())
 
     async def _upload_loop(self, session: aiohttp.ClientSession) -> None:
         cfg = self._cloud
@@ -200,7 +193,8 @@ class Uplink:
                         cfg.batch_max_records, cfg.batch_max_bytes, new=draining
                     )
                     if batch is None:
-                        await self._wait_for_records()
+                        await self._outbox.wait_for_batch(
+                            cfg.batch_max_records, cfg.batch_max_age_s, cfg.poll_interval_s)
                         batch = await self._outbox.next_batch(
                             cfg.batch_max_records, cfg.batch_max_bytes
                         )
@@ -254,39 +248,6 @@ class Uplink:
             self._deliver(session, batch, before), name=f"uplink-batch-{batch.first_seq}"
         )
         return _Flight(batch, task, settled)
-
-    async def _wait_for_records(self) -> None:
-        """Until a batch is due: full, old enough, or holding something urgent."""
-        cfg = self._cloud
-        first_seen: float | None = None
-        idle_since = time.monotonic()
-        while True:
-            probe = await self._outbox.probe()
-            now = time.monotonic()
-            if self._outbox.holding_ack and now - idle_since >= ACK_FLUSH_S:
-                await self._outbox.flush()
-            if probe.unassigned:
-                first_seen = now if first_seen is None else first_seen
-                if (
-                    probe.urgent
-                    or probe.unassigned >= cfg.batch_max_records
-                    or now - first_seen >= cfg.batch_max_age_s
-                ):
-                    return
-            else:
-                first_seen = None
-            await asyncio.sleep(cfg.poll_interval_s)
-
-    async def _maintain_loop(self) -> None:
-        while True:
-            try:
-                await self._outbox.maintain()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox maintenance failed; next try in %.0f s",
-                              self._cloud.prune_interval_s)
-            await asyncio.sleep(self._cloud.prune_interval_s)
 
     # ---- one batch ----
     async def _deliver(
