@@ -143,6 +143,10 @@ class EdgeApp:
                 log.info("embedded MQTT broker on %s:%d", self.broker.host, self.broker.port)
             await self._start_api()
             self.notifier.ready(f"broker and local page up (farm {settings.farm_id})")
+            # What start-up allocated (modules, settings, the automation's state) lives as long as
+            # the process: keep it out of the collector's full passes, which the ingest's allocation
+            # rate triggers every few seconds (~50 ms each otherwise).
+            gc.freeze()
             async with asyncio.TaskGroup() as tasks:
                 workers = [
                     tasks.create_task(self._mqtt_loop(), name="edge-mqtt"),
@@ -243,10 +247,6 @@ class EdgeApp:
         """One connection for ingest and commands; on every (re)connect, re-assert actuators."""
         host, port = self.mqtt_address()
         username, password = edge_login(self.settings)
-        # What start-up allocated (modules, settings, the automation's state) lives as long as
-        # the process: keep it out of the collector's full passes, which the ingest's allocation
-        # rate triggers every few seconds (~50 ms each otherwise).
-        gc.freeze()
         failures = 0
         while True:
             try:
