@@ -145,6 +145,22 @@ class _SnapshotDict(dict[str, Any]):
         return list(super().items())
 
 
+class _DeliveringBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
+    """amqtt 0.12 drops what a client published just before it disconnected: messages already
+    acknowledged (PUBACK) but still queued for broadcast died with the client's message loop. A
+    device that saw its PUBACK must not lose the reading, so they go out first, through the same
+    checks (topic, ACL) as any other publish."""
+
+    async def _handle_disconnect(self, client_session: Any, handler: Any,
+                                 disconnect_waiter: asyncio.Future[Any]) -> None:
+        queue = client_session.delivered_message_queue
+        while not queue.empty():
+            delivered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            delivered.set_result(queue.get_nowait())
+            await self._handle_message_delivery(client_session, handler, delivered)
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+
+
 class EmbeddedBroker:
     """amqtt with per-device credentials and ACL, minimal plugins (no $SYS, no packet logger)."""
 
@@ -239,7 +255,7 @@ class EmbeddedBroker:
             )
         if self._quiet_logs:
             quiet_amqtt_logs()
-        broker = Broker(self._config())
+        broker = _DeliveringBroker(self._config())
         broker._subscriptions = _SnapshotDict(broker._subscriptions)
         await broker.start()
         host, port = self.host, self.port
