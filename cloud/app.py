@@ -15,7 +15,7 @@ from cloud.api.routing import register
 from cloud.api.system import add_system_routes
 from cloud.auth.cognito import CognitoVerifier
 from cloud.auth.passwords import Passwords
-from cloud.auth.ratelimit import SlidingWindow
+from cloud.auth.ratelimit import SlidingWindow, TokenBucket
 from cloud.auth.tokens import AccessTokens, load_jwt_secret
 from cloud.config import CloudSettings, mask_dsn
 from cloud.db.database import Database
@@ -35,6 +35,8 @@ from cloud.page import add_page_routes
 from cloud.sync.service import edge_sync_ctx
 
 log = logging.getLogger(__name__)
+
+CONFIRMATIONS_LOGGED_PER_HOUR = 10
 
 
 def version() -> str:
@@ -94,6 +96,12 @@ def init_app(settings: CloudSettings) -> web.Application:
         login_ip=SlidingWindow(auth.login_per_ip, auth.login_window_s),
         login_account=SlidingWindow(auth.login_per_account, auth.login_window_s),
         api_token=SlidingWindow(auth.api_per_token, 60),
+        unauthenticated=TokenBucket(
+            auth.unauthenticated_per_min, auth.unauthenticated_per_min / 60
+        ),
+        # A real destination confirmation comes once per topic rule destination: a few an hour
+        # in the log is plenty, and bounds it whatever the number of addresses sending them.
+        confirmations=SlidingWindow(CONFIRMATIONS_LOGGED_PER_HOUR, 3600),
     )
     if auth.cognito.enabled:
         app[appkeys.COGNITO] = CognitoVerifier(auth.cognito)

@@ -102,6 +102,12 @@ class AuthConfig(_Section):
     login_per_ip: int = Field(default=20, ge=1, description="login attempts per window")
     login_window_s: float = Field(default=300, gt=0)
     api_per_token: int = Field(default=1_200, ge=1, description="API requests per minute")
+    unauthenticated_per_min: int = Field(
+        default=30,
+        ge=1,
+        description="per client address: bad edge tokens and AWS IoT destination confirmations"
+        " a minute (bursts up to this many)",
+    )
     cognito: CognitoConfig = Field(default_factory=CognitoConfig)
 
 

@@ -12,7 +12,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloud import appkeys
-from cloud.api.routing import JSON_TYPE, Call, Route, bearer_token, field_errors
+from cloud.api.routing import JSON_TYPE, Call, Route, bearer_token, client_ip, field_errors
 from cloud.api.schemas import In, Out
 from cloud.auth.tokens import token_hash
 from cloud.db import downlink
@@ -29,7 +29,12 @@ from cloud.errors import (
 from cloud.middleware import problem
 from cloud.sync.decode import decode_batch
 from cloud.sync.ingest import store_batch
-from cloud.sync.iot_acks import REPLY_HEADER, confirm_destination, is_confirmation
+from cloud.sync.iot_acks import (
+    REPLY_HEADER,
+    is_confirmation,
+    log_confirmation,
+    read_confirmation,
+)
 from cloud.sync.link import EdgeLink
 from cloud.sync.service import EDGE_SYNC
 from shared.sync import PROTOCOL_VERSION, BatchAck, DownMessage, Hello, UpMessage
@@ -41,14 +46,33 @@ MAX_WS_MESSAGE = 1024 * 1024
 
 
 async def authenticate_edge(call: Call) -> dict[str, Any]:
-    """The edge whose token this is (401 otherwise; user tokens are not edge tokens)."""
+    """The edge whose token this is (401 otherwise; user tokens are not edge tokens). Failures
+    take from the caller's address's budget of unauthenticated requests: past it, 429. A right
+    token is never throttled, so an attacker sharing an edge's address cannot cut it off."""
     token = bearer_token(call.request)
-    if token is None:
-        raise Unauthorized("an edge token is required")
-    edge = await sync_db.edge_by_token(call.db, token_hash(token))
+    edge = None
+    if token is not None:
+        edge = await sync_db.edge_by_token(call.db, token_hash(token))
     if edge is None:
-        raise Unauthorized("unknown or revoked edge token")
+        call.app[appkeys.LIMITS].unauthenticated.take(client_ip(call.request))
+        raise Unauthorized(
+            "an edge token is required" if token is None else "unknown or revoked edge token"
+        )
     return edge
+
+
+async def confirm_destination(request: web.Request) -> web.Response:
+    """AWS IoT's destination confirmation: unauthenticated, so limited per client address
+    (every request) and in the log (a few an hour whatever the addresses); values of any other
+    shape than AWS's are refused (422) and never logged."""
+    limits = request.app[appkeys.LIMITS]
+    limits.unauthenticated.take(client_ip(request))
+    found = await read_confirmation(request)
+    limits.confirmations.take("logged")
+    log_confirmation(found)
+    return web.json_response(
+        {"status": "logged", "detail": "the confirmation URL is logged for an operator to open"}
+    )
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -79,7 +103,8 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
     duplicates; a batch starting past mark + 1 is refused with 409 and `expected_seq`; a batch
     naming another farm's rooms, devices or commands is refused with 403 and nothing is stored.
     Through an AWS IoT topic rule (header `X-Smartfarm-Reply-Topic`), the answer is also
-    published on the edge's acks topic; AWS IoT's destination confirmation is logged (200).
+    published on the edge's acks topic; AWS IoT's destination confirmation is logged (200;
+    422 for values not of AWS's shape, 429 past the limits of unauthenticated requests).
     """
     if is_confirmation(call.request):  # AWS IoT confirming the topic rule's destination
         return await confirm_destination(call.request)
@@ -213,7 +238,7 @@ async def _hello(ws: web.WebSocketResponse, edge: dict[str, Any], wait_s: float)
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"expected hello")
         return None
     if hello.edge_id != edge["id"] or hello.protocol != PROTOCOL_VERSION:
-        log.warning("edge %s said hello as %s/%d", edge["id"], hello.edge_id, hello.protocol)
+        log.warning("edge %s said hello as %r/%d", edge["id"], hello.edge_id[:100], hello.protocol)
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"wrong edge id or protocol")
         return None
     return hello
@@ -302,7 +327,7 @@ ROUTES = [
         "public",
         response=BatchAck,
         tag="edge sync",
-        errors=(400, 401, 403, 409, 413, 415, 422, 503),
+        errors=(400, 401, 403, 409, 413, 415, 422, 429, 503),
     ),
     Route(
         "POST",
@@ -310,9 +335,9 @@ ROUTES = [
         confirm_iot_destination,
         "public",
         tag="edge sync",
-        errors=(422,),
+        errors=(422, 429),
     ),
-    Route("GET", _BASE + "/stream", stream, "public", tag="edge sync", errors=(400, 401)),
+    Route("GET", _BASE + "/stream", stream, "public", tag="edge sync", errors=(400, 401, 429)),
     Route(
         "GET",
         _BASE + "/pending",
@@ -321,7 +346,7 @@ ROUTES = [
         query=PendingQuery,
         response=PendingOut,
         tag="edge sync",
-        errors=(401, 422),
+        errors=(401, 422, 429),
     ),
     Route(
         "POST",
@@ -331,6 +356,6 @@ ROUTES = [
         body=EdgeMessagesIn,
         status=204,
         tag="edge sync",
-        errors=(401,),
+        errors=(401, 429),
     ),
 ]

@@ -1,4 +1,5 @@
-"""In-process sliding-window rate limits (per account, per IP, per token).
+"""In-process rate limits: sliding windows (per IP, per token), token buckets (unauthenticated
+requests per client address) and progressive login delays (per account and address).
 
 Per instance: with N cloud instances a client gets at most N× the limit, which is still a hard
 bound against password guessing; a shared store can replace this class behind the same interface.
@@ -55,3 +56,34 @@ class SlidingWindow:
 
     def reset(self, key: str) -> None:
         self._hits.pop(key, None)
+
+
+class TokenBucket:
+    """Per key, a bucket of ``capacity`` tokens refilled at ``per_s`` a second; each request
+    takes one. Bursts up to ``capacity`` pass, a steady flood gets ``per_s`` a second."""
+
+    def __init__(self, capacity: int, per_s: float) -> None:
+        self.capacity = capacity
+        self.per_s = per_s
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, as of)
+
+    def _level(self, key: str, now: float) -> float:
+        tokens, since = self._buckets.get(key, (float(self.capacity), now))
+        return min(float(self.capacity), tokens + (now - since) * self.per_s)
+
+    def take(self, key: str, *, now: float | None = None) -> None:
+        """Take a token for ``key``, or raise RateLimited (Retry-After: until one is back)."""
+        now = time.monotonic() if now is None else now
+        tokens = self._level(key, now)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            raise RateLimited((1 - tokens) / self.per_s)
+        if key not in self._buckets and len(self._buckets) >= _MAX_KEYS:
+            self._evict(now)
+        self._buckets[key] = (tokens - 1, now)
+
+    def _evict(self, now: float) -> None:
+        for key in [k for k in self._buckets if self._level(k, now) >= self.capacity]:
+            del self._buckets[key]
+        if len(self._buckets) >= _MAX_KEYS:
+            self._buckets.clear()

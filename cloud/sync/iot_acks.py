@@ -13,7 +13,8 @@ Before a rule may post anywhere, AWS IoT sends its destination a confirmation re
 ``x-amz-rules-engine-message-type: DestinationConfirmation``, JSON body with ``arn``,
 ``confirmationToken`` and ``enableUrl``). The cloud logs the URL and the token for the operator
 (``aws iot confirm-topic-rule-destination --confirmation-token …``) and answers 200; it never
-fetches the URL itself.
+fetches the URL itself. The request is unauthenticated: values not of AWS's shape are refused
+(422), and the route limits how many are taken and logged (cloud/api/edge_sync.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import json
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
@@ -99,32 +101,74 @@ def is_confirmation(request: web.Request) -> bool:
     return request.headers.get(MESSAGE_TYPE_HEADER, "").lower() == CONFIRMATION.lower()
 
 
-async def confirm_destination(request: web.Request) -> web.Response:
-    """Log AWS IoT's destination confirmation (the URL that enables the destination) and
-    answer 200. A body that is not the expected JSON is answered 400, never 500."""
+@dataclass(frozen=True)
+class Confirmation:
+    token: str
+    enable_url: str | None
+    arn: str | None
+
+
+# The shapes AWS sends (anything else is refused: these values end up in the log). Tokens are
+# base64-like; the enable URL is AWS's own confirmdestination URL for that very token.
+_TOKEN = re.compile(r"[A-Za-z0-9_+/=.-]{16,2048}")
+_ENABLE_URL = re.compile(
+    r"https://iot\.[a-z0-9-]{1,32}\.amazonaws\.com(?:\.cn)?/confirmdestination/(?P<token>[^/?#]+)"
+)
+_ARN = re.compile(
+    r"arn:aws[a-z-]{0,16}:iot:[a-z0-9-]{1,32}:[0-9]{12}:ruledestination/http/[A-Za-z0-9_-]{1,64}"
+)
+ARN_HEADER: Final = "x-amz-rules-engine-destination-arn"
+
+
+def _refuse(field: str, message: str, kind: str = "value_error") -> ValidationFailed:
+    return ValidationFailed([{"field": field, "message": message, "type": kind}])
+
+
+def _arn(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ARN.fullmatch(value):
+        raise _refuse(field, "not a topic rule destination ARN")
+    return value
+
+
+async def read_confirmation(request: web.Request) -> Confirmation:
+    """AWS IoT's destination confirmation, every value checked for the shape AWS sends (422
+    naming the field otherwise, never a 500): the token in the JSON body (with its enableUrl) or,
+    when the body is not that JSON, in the query."""
     raw = await request.content.read(MAX_CONFIRMATION_BYTES + 1)
     try:
         doc = json.loads(raw) if len(raw) <= MAX_CONFIRMATION_BYTES else None
     except ValueError:
         doc = None
-    token = doc.get("confirmationToken") if isinstance(doc, dict) else None
-    url = doc.get("enableUrl") if isinstance(doc, dict) else None
-    if not isinstance(token, str) or not isinstance(url, str):
-        token = request.query.get("confirmationToken")
-        if not isinstance(token, str) or not token:
-            raise ValidationFailed([{
-                "field": "body.confirmationToken",
-                "message": "a destination confirmation carries confirmationToken and enableUrl",
-                "type": "missing",
-            }])
-        url = None
-    arn = doc.get("arn") if isinstance(doc, dict) else None
-    arn = request.headers.get("x-amz-rules-engine-destination-arn", arn)
-    log.warning(
-        "AWS IoT topic rule destination %s asks to be confirmed: open %s or run `aws iot"
-        " confirm-topic-rule-destination --confirmation-token %s`",
-        str(arn)[:300], str(url)[:2000], token[:2000],
-    )
-    return web.json_response({"status": "logged", "detail": "the confirmation URL is logged for"
-                              " an operator to open"})
+    if not isinstance(doc, dict):
+        doc = {}
+    token, url = doc.get("confirmationToken"), doc.get("enableUrl")
+    if isinstance(token, str) and isinstance(url, str):
+        if not _TOKEN.fullmatch(token):
+            raise _refuse("body.confirmationToken", "not an AWS IoT confirmation token")
+        found = _ENABLE_URL.fullmatch(url)
+        if found is None or found["token"] != token:
+            raise _refuse("body.enableUrl", "not AWS IoT's confirmdestination URL for this token")
+    else:
+        token, url = request.query.get("confirmationToken"), None
+        if not token:
+            raise _refuse(
+                "body.confirmationToken",
+                "a destination confirmation carries confirmationToken and enableUrl",
+                "missing",
+            )
+        if not _TOKEN.fullmatch(token):
+            raise _refuse("query.confirmationToken", "not an AWS IoT confirmation token")
+    arn = _arn(doc.get("arn"), "body.arn")
+    arn = _arn(request.headers.get(ARN_HEADER), f"header.{ARN_HEADER}") or arn
+    return Confirmation(token=token, enable_url=url, arn=arn)
 
+
+def log_confirmation(found: Confirmation) -> None:
+    """Tell the operator how to confirm (values already checked, still quoted with %r)."""
+    log.warning(
+        "AWS IoT topic rule destination %r asks to be confirmed: open %r or run `aws iot"
+        " confirm-topic-rule-destination --confirmation-token %r`",
+        found.arn, found.enable_url, found.token[:2048],
+    )

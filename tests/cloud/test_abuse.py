@@ -1,0 +1,127 @@
+"""Abuse and robustness (issue 11), over real HTTP against real PostgreSQL: unauthenticated
+requests cannot flood or forge the log, a login attacker cannot lock a user out, notification
+targets are validated and their failures shown to the user, and SIGTERM is not held up by open
+edge streams."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from tests.cloud.test_edge_sync import EDGE, batch, problem, reading, upload
+
+pytestmark = pytest.mark.postgres
+
+PROBLEM = "application/problem+json"
+
+# ---- 1. unauthenticated requests: AWS IoT destination confirmations, bad edge tokens -----------
+
+CONFIRM = {
+    "x-amz-rules-engine-message-type": "DestinationConfirmation",
+    "Content-Type": "application/json",
+}
+ARN = "arn:aws:iot:eu-west-1:123456789012:ruledestination/http/7a280e37-b9c6-47a2-a751-0703693f46e4"
+
+
+def confirmation(token: str, *, url: str | None = None, arn: str = ARN) -> bytes:
+    enable = url if url is not None else f"https://iot.eu-west-1.amazonaws.com/confirmdestination/{token}"
+    return json.dumps({"arn": arn, "confirmationToken": token, "enableUrl": enable,
+                       "messageType": "DestinationConfirmation"}).encode()
+
+
+def cloud_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("cloud")]
+
+
+async def test_confirmation_values_of_the_wrong_shape_are_refused_naming_the_field(  # type: ignore[no-untyped-def]
+    world_client, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="cloud")
+    token = "AYADeMXLrPrNY2wqJAKsFNn-NBJndA"
+    forged = token + "\n2024-01-01 00:00:00 CRITICAL cloud.auth: admin password reset"
+    cases = [
+        (confirmation(forged), "body.confirmationToken"),
+        (confirmation("x" * 5000), "body.confirmationToken"),
+        (confirmation(token, url=f"https://evil.example/confirmdestination/{token}"),
+         "body.enableUrl"),
+        (confirmation(token, url="https://iot.eu-west-1.amazonaws.com/confirmdestination/other"
+                                 "TokenThanTheBodys"), "body.enableUrl"),
+        (confirmation(token, arn="arn:aws:iot:eu-west-1:1:thing/\nforged"), "body.arn"),
+    ]
+    for path in ("/api/edge/v1/batches", "/api/edge/v1/batches/"):
+        for body, field in cases:
+            found = await problem(await world_client.post(path, data=body, headers=CONFIRM), 422)
+            assert found["errors"][0]["field"] == field, (body[:80], found)
+    resp = await world_client.post(
+        "/api/edge/v1/batches/?confirmationToken=" + "%0Aforged" * 3, data=b"", headers=CONFIRM
+    )
+    assert (await problem(resp, 422))["errors"][0]["field"] == "query.confirmationToken"
+    assert not [m for m in cloud_log(caplog) if "forged" in m or "evil" in m]
+    # The real shape is still logged for the operator, on one line.
+    resp = await world_client.post("/api/edge/v1/batches", data=confirmation(token),
+                                   headers=CONFIRM)
+    assert resp.status == 200, await resp.text()
+    (line,) = [m for m in cloud_log(caplog) if token in m]
+    assert "\n" not in line and ARN in line
+
+
+async def test_a_flood_of_confirmations_is_rate_limited_and_the_log_stays_bounded(  # type: ignore[no-untyped-def]
+    world_client, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="cloud")
+    statuses: dict[int, int] = {}
+    for n in range(2000):
+        token = f"AYADeMXLrPrNY2wqJAKsFNn{n:08d}" + "x" * 40
+        if n % 2:  # every other one tries to forge a log line
+            token += "\nCRITICAL cloud.auth: forged"
+        path = "/api/edge/v1/batches" if n % 3 else "/api/edge/v1/batches/"
+        resp = await world_client.post(path, data=confirmation(token), headers=CONFIRM)
+        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        if resp.status == 429:
+            assert resp.content_type == PROBLEM and int(resp.headers["Retry-After"]) >= 1
+        else:
+            await resp.read()
+    assert statuses.get(429, 0) >= 1900, statuses
+    assert set(statuses) <= {200, 422, 429}, statuses
+    logged = cloud_log(caplog)
+    assert sum(len(m) for m in logged) < 16_000, (len(logged), logged[:3])
+    assert not [m for m in logged if "\n" in m or "forged" in m]
+
+
+async def test_failed_edge_tokens_are_rate_limited_and_the_real_edge_is_not(  # type: ignore[no-untyped-def]
+    world_client,
+) -> None:
+    statuses = []
+    for _ in range(200):
+        resp = await world_client.post("/api/edge/v1/batches", json=batch([reading(1)]),
+                                       headers={"Authorization": "Bearer guessed"})
+        statuses.append(resp.status)
+        if resp.status == 429:
+            assert resp.content_type == PROBLEM and int(resp.headers["Retry-After"]) >= 1
+        await resp.read()
+        resp = await world_client.get("/api/edge/v1/pending",
+                                      headers={"Authorization": "Bearer guessed"})
+        statuses.append(resp.status)
+        await resp.read()
+    assert statuses.count(429) >= 300 and set(statuses) == {401, 429}
+    # The edge whose token is right is answered as ever, from the same address.
+    resp = await upload(world_client, batch([reading(1)]), headers=EDGE)
+    assert resp.status == 200, await resp.text()
+
+
+def test_the_token_bucket_lets_a_burst_through_then_refills() -> None:
+    from cloud.auth.ratelimit import TokenBucket
+    from cloud.errors import RateLimited
+
+    bucket = TokenBucket(2, 0.5)  # 2 at once, then one every 2 s
+    bucket.take("a", now=0)
+    bucket.take("a", now=0)
+    with pytest.raises(RateLimited) as refused:
+        bucket.take("a", now=0.5)
+    assert refused.value.headers["Retry-After"] == "2"  # 0.75 of a token short at 0.5 / s
+    bucket.take("b", now=0.5)  # another address has its own bucket
+    bucket.take("a", now=2.1)
+    with pytest.raises(RateLimited):
+        bucket.take("a", now=2.2)
