@@ -15,7 +15,7 @@ from cloud.api.routing import register
 from cloud.api.system import add_system_routes
 from cloud.auth.cognito import CognitoVerifier
 from cloud.auth.passwords import Passwords
-from cloud.auth.ratelimit import SlidingWindow, TokenBucket
+from cloud.auth.ratelimit import LoginThrottle, SlidingWindow, TokenBucket
 from cloud.auth.tokens import AccessTokens, load_jwt_secret
 from cloud.config import CloudSettings, mask_dsn
 from cloud.db.database import Database
@@ -37,6 +37,7 @@ from cloud.sync.service import edge_sync_ctx
 log = logging.getLogger(__name__)
 
 CONFIRMATIONS_LOGGED_PER_HOUR = 10
+LOGIN_FORGET_S = 86_400  # failed logins of an account from an address count for a day
 
 
 def version() -> str:
@@ -94,7 +95,9 @@ def init_app(settings: CloudSettings) -> web.Application:
     )
     app[appkeys.LIMITS] = appkeys.Limits(
         login_ip=SlidingWindow(auth.login_per_ip, auth.login_window_s),
-        login_account=SlidingWindow(auth.login_per_account, auth.login_window_s),
+        login_failures=LoginThrottle(
+            auth.login_per_account, max_delay_s=auth.login_window_s, forget_s=LOGIN_FORGET_S
+        ),
         api_token=SlidingWindow(auth.api_per_token, 60),
         unauthenticated=TokenBucket(
             auth.unauthenticated_per_min, auth.unauthenticated_per_min / 60

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from cloud.auth.cognito import CognitoVerifier
 from cloud.auth.passwords import Passwords
-from cloud.auth.ratelimit import SlidingWindow, TokenBucket
+from cloud.auth.ratelimit import LoginThrottle, SlidingWindow, TokenBucket
 from cloud.auth.tokens import AccessTokens
 from cloud.config import CloudSettings
 from cloud.db.database import Database
@@ -19,11 +19,12 @@ from cloud.metrics import Metrics
 
 @dataclass
 class Limits:
-    """Login attempts per IP, failed logins per account, API requests per token; unauthenticated
-    requests per client address and destination confirmations logged (all addresses)."""
+    """Login attempts per IP, failed logins per account and IP, API requests per token;
+    unauthenticated requests per client address and destination confirmations logged (all
+    addresses)."""
 
     login_ip: SlidingWindow
-    login_account: SlidingWindow
+    login_failures: LoginThrottle
     api_token: SlidingWindow
     unauthenticated: TokenBucket
     confirmations: SlidingWindow

@@ -98,9 +98,13 @@ class AuthConfig(_Section):
     # argon2id cost; OWASP's second recommended setting (19 MiB, t=2). Tests lower it.
     argon2_time_cost: int = Field(default=2, ge=1, le=10)
     argon2_memory_kib: int = Field(default=19_456, ge=8, le=1_048_576)
-    login_per_account: int = Field(default=5, ge=1, description="failed logins per window")
+    login_per_account: int = Field(
+        default=5, ge=1, description="failed logins per account and IP before delays start"
+    )
     login_per_ip: int = Field(default=20, ge=1, description="login attempts per window")
-    login_window_s: float = Field(default=300, gt=0)
+    login_window_s: float = Field(
+        default=300, gt=0, description="the per-IP window; also the longest login delay"
+    )
     api_per_token: int = Field(default=1_200, ge=1, description="API requests per minute")
     unauthenticated_per_min: int = Field(
         default=30,

@@ -54,20 +54,22 @@ async def issue_tokens(call: Call, user_id: int) -> TokenOut:
 
 async def login(call: Call) -> TokenOut:
     """Log in with email and password
-    Limited per IP (all attempts) and per account (failures); over the limit answers 429 with
-    Retry-After."""
+    Limited per IP (all attempts, any account) and per account and IP (failures: after a few,
+    each further attempt waits twice as long as the last, up to minutes); over a limit answers
+    429 with Retry-After. The account is never locked: its owner logs in from elsewhere."""
     body: LoginIn = call.body
     limits = call.app[appkeys.LIMITS]
     account = body.email.strip().lower()
-    limits.login_ip.take(client_ip(call.request))
-    limits.login_account.check(account)
+    address = client_ip(call.request)
+    limits.login_ip.take(address)
+    limits.login_failures.check((account, address))
     row = await users_db.by_email(call.db, account)
     stored = row["password_hash"] if row else None
     ok = await call.app[appkeys.PASSWORDS].verify(stored, body.password)
     if not ok or row is None or not row["is_active"]:
-        limits.login_account.hit(account)
+        limits.login_failures.fail((account, address))
         raise Unauthorized("wrong email or password")
-    limits.login_account.reset(account)
+    limits.login_failures.reset((account, address))
     return await issue_tokens(call, row["id"])
 
 

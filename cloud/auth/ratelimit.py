@@ -87,3 +87,50 @@ class TokenBucket:
             del self._buckets[key]
         if len(self._buckets) >= _MAX_KEYS:
             self._buckets.clear()
+
+
+class LoginThrottle:
+    """Failed logins per (account, client address): the first ``free`` are answered at once,
+    then each further attempt from there waits 1 s after the last failure, doubling per failure
+    up to ``max_delay_s``; a success forgets the pair, and so does ``forget_s`` without a
+    failure. Keyed by the pair, never by the account alone: a guesser slows only themselves,
+    and the account's owner, from another address, gets in at once."""
+
+    def __init__(self, free: int, *, max_delay_s: float, forget_s: float) -> None:
+        self.free = free
+        self.max_delay_s = max_delay_s
+        self.forget_s = forget_s
+        self._failures: dict[tuple[str, str], tuple[int, float]] = {}  # -> (count, last)
+
+    def check(self, key: tuple[str, str], *, now: float | None = None) -> None:
+        """Raise RateLimited (Retry-After: the rest of the wait) while ``key`` must wait."""
+        now = time.monotonic() if now is None else now
+        found = self._failures.get(key)
+        if found is None:
+            return
+        count, last = found
+        if now - last >= self.forget_s:
+            del self._failures[key]
+            return
+        if count < self.free:
+            return
+        wait = min(self.max_delay_s, 2.0 ** (count - self.free))
+        if now < last + wait:
+            raise RateLimited(last + wait - now, "too many failed logins from this address;"
+                              " wait before trying again")
+
+    def fail(self, key: tuple[str, str], *, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if key not in self._failures and len(self._failures) >= _MAX_KEYS:
+            self._evict(now)
+        count, _ = self._failures.get(key, (0, now))
+        self._failures[key] = (count + 1, now)
+
+    def reset(self, key: tuple[str, str]) -> None:
+        self._failures.pop(key, None)
+
+    def _evict(self, now: float) -> None:
+        for key in [k for k, (_, last) in self._failures.items() if now - last >= self.forget_s]:
+            del self._failures[key]
+        if len(self._failures) >= _MAX_KEYS:
+            self._failures.clear()

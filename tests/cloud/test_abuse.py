@@ -10,6 +10,9 @@ import logging
 
 import pytest
 
+from cloud.app import init_app
+from tests.cloud import world as w
+from tests.cloud.conftest import auth_settings, make_settings
 from tests.cloud.test_edge_sync import EDGE, batch, problem, reading, upload
 
 pytestmark = pytest.mark.postgres
@@ -125,3 +128,78 @@ def test_the_token_bucket_lets_a_burst_through_then_refills() -> None:
     bucket.take("a", now=2.1)
     with pytest.raises(RateLimited):
         bucket.take("a", now=2.2)
+
+
+# ---- 2. login: throttled per account and address, never a lock-out -------------------------------
+
+
+async def _login(client, email: str, password: str, address: str):  # type: ignore[no-untyped-def]
+    return await client.post(
+        "/api/auth/login",
+        json={"email": email, "password": password},
+        headers={"X-Forwarded-For": address},
+    )
+
+
+@pytest.fixture
+async def login_client(aiohttp_client, world_dsn, tmp_path):  # type: ignore[no-untyped-def]
+    """An app behind a trusted proxy (the client address is X-Forwarded-For's)."""
+    settings = make_settings(
+        world_dsn, tmp_path, trust_forwarded_for=True, auth=auth_settings(login_per_account=3)
+    )
+    return await aiohttp_client(init_app(settings))
+
+
+async def test_an_attacker_cannot_lock_the_owner_out(login_client) -> None:  # type: ignore[no-untyped-def]
+    owner = "owner@example.com"
+    for _ in range(3):
+        assert (await _login(login_client, owner, "guess", "203.0.113.66")).status == 401
+    # The attacker's address now waits before each further guess (even a right one)…
+    for password in ("guess", w.PASSWORD):
+        resp = await _login(login_client, owner, password, "203.0.113.66")
+        assert resp.status == 429 and resp.content_type == PROBLEM
+        assert int(resp.headers["Retry-After"]) >= 1
+    # … while the owner, from their own address, gets in at once with the right password.
+    resp = await _login(login_client, owner, w.PASSWORD, "198.51.100.7")
+    assert resp.status == 200, await resp.text()
+    # Wrong guesses from the owner's address do not carry over to the attacker's count either.
+    assert (await _login(login_client, owner, "typo", "198.51.100.7")).status == 401
+    assert (await _login(login_client, owner, w.PASSWORD, "198.51.100.7")).status == 200
+
+
+async def test_one_address_guessing_many_accounts_is_throttled(login_client) -> None:  # type: ignore[no-untyped-def]
+    statuses = [
+        (await _login(login_client, f"user{n}@example.com", "guess", "203.0.113.99")).status
+        for n in range(30)
+    ]
+    assert statuses[0] == 401 and statuses[-1] == 429, statuses
+    # Others are not affected.
+    resp = await _login(login_client, "viewer@example.com", w.PASSWORD, "198.51.100.8")
+    assert resp.status == 200
+
+
+def test_the_login_delay_doubles_per_failure_and_a_success_clears_it() -> None:
+    from cloud.auth.ratelimit import LoginThrottle
+    from cloud.errors import RateLimited
+
+    throttle = LoginThrottle(free=2, max_delay_s=8, forget_s=3600)
+    key = ("owner@example.com", "203.0.113.66")
+    now = 0.0
+    for _ in range(2):  # the free failures: no wait
+        throttle.check(key, now=now)
+        throttle.fail(key, now=now)
+    waits = []
+    for _ in range(6):
+        with pytest.raises(RateLimited) as refused:
+            throttle.check(key, now=now)
+        waits.append(refused.value.retry_after_s)
+        now += refused.value.retry_after_s
+        throttle.check(key, now=now)  # the wait is over: one more try
+        throttle.fail(key, now=now)
+    assert waits == [1, 2, 4, 8, 8, 8]
+    throttle.check(("owner@example.com", "198.51.100.7"), now=now)  # another address: at once
+    throttle.reset(key)
+    throttle.check(key, now=now)
+    throttle.fail(key, now=now)
+    throttle.fail(key, now=now)
+    throttle.check(key, now=now + 3600)  # forgotten after forget_s without a failure
