@@ -22,6 +22,7 @@ from edge.credentials import (
     sync_broker_files,
     write_atomic,
 )
+from edge.registration import check_identity, fetch_identity
 from edge.tls import TlsError, default_names, tls_files
 from shared.errors import SmartfarmError
 from shared.topics import is_valid_id
@@ -200,19 +201,31 @@ def add_device(config_path: Path, device_id: str, room: str, kind: str,
 _TABLE_RE = re.compile(r"^\s*\[")
 
 
-def register_cloud(config_path: Path, url: str, token: str, edge_id: str | None = None) -> Path:
+def register_cloud(config_path: Path, url: str, token: str, edge_id: str | None = None, *,
+                   check: bool = True) -> Path:
     """Point the edge at a cloud: write the `[cloud]` section (url, edge_id, token_file) and the
-    token file (mode 0600); returns the token file. The edge id defaults to the farm id and must
-    be the id the edge was registered under in the cloud."""
+    token file (mode 0600); returns the token file.
+
+    With ``check`` (the default) the cloud is asked first whom the token belongs to: another
+    edge or farm than this config's, an unknown token or an unreachable cloud raise
+    RegistrationError and nothing is written; the edge id defaults to the token's. Without it
+    (``--offline``) the edge id defaults to the farm id, unchecked."""
     settings = load_config(config_path)
-    edge_id = edge_id or settings.farm_id
-    if not is_valid_id(edge_id):
+    if edge_id is not None and not is_valid_id(edge_id):
         raise ConfigError(f"edge id {edge_id!r}: use letters, digits, '_' or '-'")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"--cloud {url!r}: must start with http:// or https://")
     token = token.strip()
     if not token or any(c.isspace() for c in token):
         raise ConfigError("--token: empty or contains whitespace")
+    if check:
+        identity = fetch_identity(url, token)
+        check_identity(identity, edge_id=edge_id, farm_id=settings.farm_id,
+                       config_name=config_path.name)
+        edge_id = identity.edge_id
+    edge_id = edge_id or settings.farm_id
+    if not is_valid_id(edge_id):
+        raise ConfigError(f"edge id {edge_id!r}: use letters, digits, '_' or '-'")
     token_file = settings.cloud.token_file or Path("credentials/cloud-token")
     section = [
         "[cloud]",
@@ -345,7 +358,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cloud", required=True, metavar="URL", help="e.g. https://farm.example.com")
     p.add_argument("--token", required=True,
                    help="the edge token the cloud showed once ('-': read it from stdin)")
-    p.add_argument("--edge-id", help="the edge's id in the cloud (default: the farm id)")
+    p.add_argument("--edge-id", help="the edge's id in the cloud (default: the one the cloud"
+                                     " names for the token; with --offline, the farm id)")
+    p.add_argument("--offline", action="store_true",
+                   help="write the config without asking the cloud whom the token belongs to"
+                        " (a cloud not reachable yet)")
     p.add_argument("--config", type=Path, default=Path("edge.toml"))
     p = sub.add_parser("tls-cert", help="add names to the broker's TLS certificate (keeps the CA)")
     p.add_argument("--name", action="append", default=[], metavar="NAME",
@@ -391,10 +408,12 @@ def edge_main(argv: list[str]) -> int:
             return 0
         if args.command == "register":
             token = sys.stdin.readline() if args.token == "-" else args.token  # noqa: S105
-            token_path = register_cloud(args.config, args.cloud, token, args.edge_id)
+            token_path = register_cloud(args.config, args.cloud, token, args.edge_id,
+                                        check=not args.offline)
             settings = load_config(args.config)
+            checked = "unchecked (--offline)" if args.offline else "the cloud confirmed the token"
             print(f"edge {settings.cloud.edge_id} of farm {settings.farm_id} will sync with"
-                  f" {settings.cloud.url}")
+                  f" {settings.cloud.url} ({checked})")
             print(f"token saved in {token_path} (mode 0600); restart the edge to connect")
             return 0
         if args.command in ("backup", "restore"):

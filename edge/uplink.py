@@ -89,6 +89,28 @@ class UploadError(Exception):
         self.status = status
 
 
+def problem_detail(raw: bytes) -> str:
+    """The ``detail`` of a problem+json answer, else the start of the body."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("detail"), str):
+        return str(doc["detail"])[:500]
+    return raw[:300].decode("utf-8", "replace")
+
+
+def refusal_message(status: int, exc: BaseException | None) -> str:
+    """The alert for a 401/403 answer to an upload. A 401 is the token itself (unknown or
+    revoked); a 403 is a known token used for what it may not write (another edge's id or farm
+    in this edge's config, or another farm's rooms), which the cloud names in its detail."""
+    if status == 401:
+        return ("the cloud does not know this edge's token (HTTP 401, unknown or revoked):"
+                " register the edge again with a valid token (smartfarm edge register)")
+    detail = str(exc).removeprefix(f"HTTP {status}: ") if exc is not None else ""
+    return f"the cloud refuses this edge's batches (HTTP {status}): {detail}"
+
+
 @dataclass(slots=True)
 class UplinkStats:
     batches: int = 0
@@ -321,8 +343,7 @@ class Uplink:
                 return GapError.model_validate_json(raw)
         except ValidationError as exc:
             raise UploadError(f"HTTP {status} with an unreadable body", status) from exc
-        detail = raw[:300].decode("utf-8", "replace")
-        raise UploadError(f"HTTP {status}: {detail}", status)
+        raise UploadError(f"HTTP {status}: {problem_detail(raw)}", status)
 
     async def _failed(self, batch: Prepared, state: RetryCallState) -> None:
         outcome = state.outcome
@@ -342,7 +363,7 @@ class Uplink:
         if status in (401, 403):
             await self._alerts.raise_alert(
                 AUTH_ALERT, kind="sync_auth", severity="critical",
-                message=f"the cloud refuses this edge's token (HTTP {status}): re-register it",
+                message=refusal_message(status, exc),
             )
         elif 400 <= status < 500 and status not in (408, 429):
             await self._alerts.raise_alert(

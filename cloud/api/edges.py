@@ -1,4 +1,5 @@
-"""Edge gateways: register one per site, rotate its upload token (shown once)."""
+"""Edge gateways: register one per site, rotate its upload token (shown once); and, for an edge
+holding a token, whom that token belongs to (checked by `smartfarm edge register`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from cloud.api.edge_sync import authenticate_edge
 from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import In, Out
@@ -15,6 +17,7 @@ from cloud.db import audit
 from cloud.db import edges as edges_db
 from cloud.errors import NotFound
 from shared.models import Id
+from shared.sync import PROTOCOL_VERSION
 
 TOKEN_PREFIX = "sfe_"  # noqa: S105 - a prefix that makes leaked tokens easy to grep for
 
@@ -36,6 +39,13 @@ class EdgeOut(Out):
 
 class EdgeTokenOut(EdgeOut):
     token: str = Field(description="shown once; configure it on the edge (only a hash is kept)")
+
+
+class EdgeIdentityOut(Out):
+    edge_id: str = Field(description="the edge this token belongs to")
+    farm_id: str = Field(description="the farm that edge writes to")
+    name: str
+    protocol: int = Field(description="the sync protocol version this cloud speaks")
 
 
 def new_token() -> str:
@@ -98,6 +108,18 @@ async def delete_edge(call: Call) -> None:
     )
 
 
+async def whoami(call: Call) -> EdgeIdentityOut:
+    """Whom an edge token belongs to (edge token)
+
+    `smartfarm edge register` asks before it writes the edge's config: an edge configured with
+    another edge's id or farm would have every upload refused.
+    """
+    edge = await authenticate_edge(call)
+    return EdgeIdentityOut(
+        edge_id=edge["id"], farm_id=edge["farm_id"], name=edge["name"], protocol=PROTOCOL_VERSION
+    )
+
+
 ROUTES = [
     Route(
         "GET",
@@ -135,5 +157,14 @@ ROUTES = [
     ),
     Route(
         "DELETE", "/api/edges/{edge_id}", delete_edge, "edge", role="owner", status=204, tag="edges"
+    ),
+    Route(
+        "GET",
+        "/api/edge/v1/whoami",
+        whoami,
+        "public",  # the handler authenticates the edge token itself
+        response=EdgeIdentityOut,
+        tag="edge sync",
+        errors=(401,),
     ),
 ]

@@ -55,9 +55,9 @@ class ForeignReference(Forbidden):
 
     slug = "foreign-reference"
 
-    def __init__(self, foreign: dict[str, list[str]]) -> None:
+    def __init__(self, foreign: dict[str, list[str]], detail: str | None = None) -> None:
         named = "; ".join(f"{kind}s {', '.join(ids[:5])}" for kind, ids in foreign.items())
-        super().__init__(f"this edge's token may not write to {named}", foreign=foreign)
+        super().__init__(detail or f"this edge's token may not write to {named}", foreign=foreign)
         self.foreign = foreign
 
 
@@ -120,7 +120,13 @@ async def store_batch(
     if batch.edge_id != edge_id or batch.farm_id != farm_id:
         wrong = {"edge": [batch.edge_id]} if batch.edge_id != edge_id else {"farm": [batch.farm_id]}
         await _report(db, edge, batch, wrong)
-        raise ForeignReference(wrong)
+        # Said in full: the edge shows it in its alert, and the fix is in the edge's config.
+        raise ForeignReference(
+            wrong,
+            f"this token belongs to edge {edge_id} of farm {farm_id}, not edge {batch.edge_id}"
+            f" of farm {batch.farm_id}: set the edge's cloud.edge_id (and farm_id) to match, or"
+            " give it the token of the edge it is configured as",
+        )
     received = time.time() if received_at is None else received_at
     clock = ClockCorrection.measure(received, batch.sent_at, clock_threshold_s)
     parsed = batch.parsed

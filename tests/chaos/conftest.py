@@ -248,10 +248,13 @@ FAST_CLOUD = {
 
 
 def register_edge(config: Path, url: str, reg: Registration, **cloud: Any) -> EdgeSettings:
-    """``smartfarm edge register --cloud URL --token … --edge-id …``, then the extra [cloud] keys
-    (the section is the file's last, so appended keys land in it); the site's settings."""
+    """``smartfarm edge register --cloud URL --token … --edge-id … --offline``, then the extra
+    [cloud] keys (the section is the file's last, so appended keys land in it); the site's
+    settings. ``--offline``: the cloud (or the proxy in front of it) serves on the caller's event
+    loop, which this synchronous call blocks; the token check itself is tested against a real
+    cloud in tests/integration/test_setup_checks.py."""
     argv = ["register", "--cloud", url, "--token", reg.token, "--edge-id", reg.edge_id,
-            "--config", str(config)]
+            "--offline", "--config", str(config)]
     assert edge_main(argv) == 0
     extra = {**FAST_CLOUD, **cloud}
     with config.open("a") as fh:

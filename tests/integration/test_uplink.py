@@ -687,9 +687,11 @@ async def test_the_edge_app_syncs_when_a_cloud_is_registered(
     cloud: StandInCloud, tmp_path: Path
 ) -> None:
     config = make_site(tmp_path / "site", cloud.farm_id)
-    token_file = register_cloud(config, cloud.url, TOKEN, EDGE_ID)
+    # Unchecked: the stand-in cloud serves on this loop, which a synchronous check would block
+    # (the check against a real cloud: tests/integration/test_setup_checks.py).
+    token_file = register_cloud(config, cloud.url, TOKEN, EDGE_ID, check=False)
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    register_cloud(config, cloud.url, TOKEN, EDGE_ID)  # again: the section is replaced
+    register_cloud(config, cloud.url, TOKEN, EDGE_ID, check=False)  # again: the section is replaced
     assert config.read_text().count("[cloud]") == 1
     settings = fast_settings(config)
     assert settings.cloud.enabled and settings.cloud.token is not None
@@ -721,7 +723,7 @@ def test_register_and_cloud_config_validation(
         CloudConfig(url="ftp://x")
     config = make_site(tmp_path, "farm-x")
     argv = ["register", "--cloud", "https://cloud.example/", "--token", "sfe_secret-1",
-            "--edge-id", "edge-x", "--config", str(config)]
+            "--edge-id", "edge-x", "--offline", "--config", str(config)]
     assert edge_main(argv) == 0
     settings = load_config(config)
     assert (settings.cloud.url, settings.cloud.edge_id) == ("https://cloud.example", "edge-x")
@@ -730,7 +732,7 @@ def test_register_and_cloud_config_validation(
     assert "sfe_secret-1" not in shown and "sfe_secret-1" not in config.read_text()
     assert "edge-x" in capsys.readouterr().out
     assert edge_main([*argv[:3], "--token", "two words", *argv[5:]]) == 2  # refused, one line
-    token_file = register_cloud(config, "https://cloud.example", "tok")
+    token_file = register_cloud(config, "https://cloud.example", "tok", check=False)
     assert load_config(config).cloud.edge_id == "farm-x"  # the default: the farm id
     token_file.chmod(0o644)
     with pytest.raises(ConfigError, match="readable by others"):
