@@ -275,6 +275,18 @@ class BatchWriter:
             state = "acked" if item.status == "ok" else "failed"
             await self._cloud_state(cloud_id, item.command_id, state, item.error, at)
         elif isinstance(item, AlertItem):
+            # An alert about a room or device the farm does not have (an edge still running
+            # `edge init`'s demo rooms, say) would page users about rooms they cannot see.
+            unknown = [
+                f"{kind} {ident}"
+                for kind, ident in (("room", item.room_id), ("device", item.device_id))
+                if ident is not None and not self._ours(kind, ident)
+            ]
+            if unknown:
+                self._reject(
+                    record, f"alert {item.key}: {' and '.join(unknown)} not registered in this farm"
+                )
+                return
             at = self._time(item.at, record)
             await sync_db.alert(self.cur, {**base, **item.model_dump(exclude={"at"}), "at": at})
         elif isinstance(item, StatusItem):
