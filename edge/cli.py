@@ -202,14 +202,15 @@ _TABLE_RE = re.compile(r"^\s*\[")
 
 
 def register_cloud(config_path: Path, url: str, token: str, edge_id: str | None = None, *,
-                   check: bool = True) -> Path:
+                   check: bool = False) -> Path:
     """Point the edge at a cloud: write the `[cloud]` section (url, edge_id, token_file) and the
     token file (mode 0600); returns the token file.
 
-    With ``check`` (the default) the cloud is asked first whom the token belongs to: another
-    edge or farm than this config's, an unknown token or an unreachable cloud raise
-    RegistrationError and nothing is written; the edge id defaults to the token's. Without it
-    (``--offline``) the edge id defaults to the farm id, unchecked."""
+    With ``check`` (what `smartfarm edge register` does unless --offline) the cloud is asked
+    first whom the token belongs to: another edge or farm than this config's, an unknown token
+    or an unreachable cloud raise RegistrationError and nothing is written; the edge id defaults
+    to the token's. The check blocks (urllib): callers on an event loop that also serves the
+    cloud (the all-in-one demo) leave it off. Unchecked, the edge id defaults to the farm id."""
     settings = load_config(config_path)
     if edge_id is not None and not is_valid_id(edge_id):
         raise ConfigError(f"edge id {edge_id!r}: use letters, digits, '_' or '-'")
