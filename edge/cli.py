@@ -99,6 +99,13 @@ def _config_text(farm_id: str, broker_port: int, api_port: int,
         "commit_max_items = 2000",
         "",
     ]
+    if not rooms:
+        lines += [
+            "# No rooms or devices here: a cloud-managed edge gets them from the cloud's config",
+            "# (`smartfarm edge register`); otherwise add [[rooms]] tables below and devices with",
+            "# `smartfarm edge device add`.",
+            "",
+        ]
     for room_id, name, species, stage in rooms:
         lines += [
             "[[rooms]]",
@@ -222,7 +229,7 @@ def register_cloud(config_path: Path, url: str, token: str, edge_id: str | None 
     if check:
         identity = fetch_identity(url, token)
         check_identity(identity, edge_id=edge_id, farm_id=settings.farm_id,
-                       config_name=config_path.name)
+                       farm_source=f"farm_id in {config_path.name}")
         edge_id = identity.edge_id
     edge_id = edge_id or settings.farm_id
     if not is_valid_id(edge_id):
@@ -327,12 +334,46 @@ async def run_edge(settings: EdgeSettings) -> None:
     await EdgeApp(settings).run(stop)
 
 
+def _init_cloud(args: argparse.Namespace) -> tuple[str, tuple[str, str, str | None] | None]:
+    """`init --cloud URL --token T`: (farm id, (url, token, edge id)), the token checked with the
+    cloud before anything is written (unless --offline); the farm and edge ids default to the
+    token's. Without --cloud: (farm id or demo-farm, None)."""
+    if args.cloud is None:
+        if args.token or args.edge_id or args.offline:
+            raise ConfigError("--token, --edge-id and --offline go with --cloud URL")
+        return args.farm_id or "demo-farm", None
+    if not args.token:
+        raise ConfigError("--cloud needs --token (the edge token the cloud showed once)")
+    if not args.cloud.startswith(("http://", "https://")):
+        raise ConfigError(f"--cloud {args.cloud!r}: must start with http:// or https://")
+    token = (sys.stdin.readline() if args.token == "-" else args.token).strip()  # noqa: S105
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError("--token: empty or contains whitespace")
+    if args.offline:
+        if not args.farm_id:
+            raise ConfigError("--offline: give --farm-id (the cloud cannot be asked for it)")
+        return args.farm_id, (args.cloud, token, args.edge_id)
+    identity = fetch_identity(args.cloud, token)
+    farm_id = args.farm_id or identity.farm_id
+    check_identity(identity, edge_id=args.edge_id, farm_id=farm_id, farm_source="--farm-id")
+    return farm_id, (args.cloud, token, identity.edge_id)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartfarm edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("init", help="write an example config and credentials into DIR")
+    p = sub.add_parser("init", help="write a config and credentials into DIR (by default with"
+                                     " two demo rooms and their devices)")
     p.add_argument("dir", type=Path)
-    p.add_argument("--farm-id", default="demo-farm")
+    p.add_argument("--farm-id", help="default: demo-farm, or with --cloud the token's farm")
+    p.add_argument("--empty", action="store_true",
+                   help="no demo rooms or devices (a cloud-managed edge gets them from the cloud)")
+    p.add_argument("--cloud", metavar="URL",
+                   help="register with this cloud too (implies --empty; see `register`)")
+    p.add_argument("--token", help="with --cloud: the edge token ('-': read it from stdin)")
+    p.add_argument("--edge-id", help="with --cloud: the edge's id (default: the token's)")
+    p.add_argument("--offline", action="store_true",
+                   help="with --cloud: do not ask the cloud whom the token belongs to")
     p.add_argument("--broker-port", type=int, default=1884)
     p.add_argument("--api-port", type=int, default=8088)
     p.add_argument("--force", action="store_true")
@@ -384,12 +425,20 @@ def edge_main(argv: list[str]) -> int:
             if args.data_dir is not None and not args.data_dir.is_absolute():
                 raise ConfigError(f"--data-dir {args.data_dir}: must be an absolute path")
             tls_names = (args.tls_name or default_names()) if args.tls or args.tls_name else []
-            path, admin_pw = init_site(args.dir, farm_id=args.farm_id,
+            farm_id, cloud = _init_cloud(args)
+            path, admin_pw = init_site(args.dir, farm_id=farm_id,
                                        broker_port=args.broker_port, api_port=args.api_port,
+                                       rooms=() if args.empty or cloud else DEMO_ROOMS,
                                        force=args.force, data_dir=args.data_dir,
                                        tls_names=tls_names, tls_host=args.tls_host,
                                        api_host=args.api_host)
-            print(f"wrote {path}")
+            print(f"wrote {path}" + (" (no rooms or devices)" if args.empty or cloud else
+                                     " (two demo rooms and their devices; --empty: none)"))
+            if cloud is not None:
+                url, token, edge_id = cloud
+                register_cloud(path, url, token, edge_id)  # checked above unless --offline
+                print(f"edge {edge_id or farm_id} of farm {farm_id} will sync with {url}; the"
+                      " cloud's config brings its rooms and devices")
             if tls_names:
                 tls_cfg = load_config(path).broker.tls
                 print(f"broker TLS on port {tls_cfg.port} for {', '.join(tls_names)};"

@@ -312,20 +312,31 @@ def sync_broker_files(
     secrets_ = secrets_ or DeviceSecrets.load_or_create(
         settings.device_secrets_path, edge_username=settings.broker.edge_username
     )
+    rooms = {d.id: d.room for d in settings.devices}
+    # A device removed from the config (by hand, or by the cloud's config sync, which shrinks
+    # settings.devices before calling here) loses its account: its secret, its password entry
+    # (the file is rebuilt from the secrets) and its ACL entry. Pruned before the edge password
+    # may be replaced by the environment's below, which must never reach the file.
+    if removed := sorted(set(secrets_.devices) - set(rooms)):
+        for device_id in removed:
+            del secrets_.devices[device_id]
+        secrets_.save()
+        log.info("broker accounts of devices no longer in the config removed: %s",
+                 ", ".join(removed))
     _, edge_password = edge_login(settings, secrets_)
     if edge_password != secrets_.edge_password:
         # The environment supplied the edge password: hash that one, keep the file untouched.
         secrets_ = replace(secrets_, edge_password=edge_password)
     extra = dict(extra_hashes or {})
+    if unplaced := sorted(set(extra) - set(rooms)):
+        # A login with no topics is no use to anyone: no account for it.
+        log.warning("password hashes for devices not in the config ignored: %s",
+                    ", ".join(unplaced))
+        extra = {user: hashed for user, hashed in extra.items() if user in rooms}
     sync_password_file(settings.password_file_path, secrets_, extra_hashes=extra)
-    rooms = {d.id: d.room for d in settings.devices}
     write_device_acl(device_acl_path(settings), rooms)
-    # Either side alone is harmless (no login, or a login with no topics) but surely a mistake.
     if missing := sorted(set(rooms) - set(secrets_.devices) - set(extra)):
         log.warning("devices without credentials (cannot log in): %s", ", ".join(missing))
-    if unplaced := sorted((set(secrets_.devices) | set(extra)) - set(rooms)):
-        log.warning("credentials for devices not in the config (no topics): %s",
-                    ", ".join(unplaced))
 
 
 # ---- external Mosquitto -----------------------------------------------------------------------

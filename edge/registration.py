@@ -80,16 +80,16 @@ def fetch_identity(url: str, token: str, *, timeout_s: float = 10.0) -> EdgeIden
 
 
 def check_identity(identity: EdgeIdentity, *, edge_id: str | None, farm_id: str,
-                   config_name: str = "edge.toml") -> None:
+                   farm_source: str = "farm_id in edge.toml") -> None:
     """RegistrationError naming exactly what differs between the token's owner and this edge's
-    ``edge_id`` (None: take the token's) and ``farm_id`` (the config's)."""
+    ``edge_id`` (None: take the token's) and ``farm_id`` (where it comes from: ``farm_source``)."""
     owner = f"the token belongs to edge {identity.edge_id} of farm {identity.farm_id}"
     wrong_farm = identity.farm_id != farm_id
     wrong_edge = edge_id is not None and edge_id != identity.edge_id
     if wrong_farm:
         named = f"edge {edge_id} of farm {farm_id}" if wrong_edge else f"farm {farm_id}"
         raise RegistrationError(
-            f"{owner}, not {named} (farm_id in {config_name}): use the token of an edge"
+            f"{owner}, not {named} ({farm_source}): use the token of an edge"
             f" registered in farm {farm_id}, or set farm_id = \"{identity.farm_id}\""
         )
     if wrong_edge:
