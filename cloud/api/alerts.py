@@ -1,11 +1,12 @@
 """Alerts and how they reach people: a farm's alert episodes, the caller's unread count, their
-notification preferences (email, webhook, severity, quiet hours, hourly cap) and deliveries."""
+notification preferences (email, webhook, severity, quiet hours, hourly cap, and how each
+channel is doing) and deliveries."""
 
 from __future__ import annotations
 
 import secrets
 from datetime import datetime, time
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -14,8 +15,10 @@ from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import Email, In, Out
 from cloud.db import alerts as alerts_db
+from cloud.db import notifications as notes_db
 from cloud.db import notify as notify_db
 from cloud.notify import policy
+from cloud.notify.webhook import check_url
 
 Severity = Literal["info", "warning", "critical"]
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
@@ -65,6 +68,11 @@ class PreferencesIn(In):
     timezone: str = Field(default="UTC", max_length=64)
     max_per_hour: int = Field(default=10, ge=1, le=1000)
 
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value)
+
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
@@ -83,6 +91,16 @@ class PreferencesIn(In):
         return self
 
 
+class ChannelHealthOut(Out):
+    failures: int = Field(description="deliveries in a row that failed after their retries")
+    last_error: str | None
+    last_error_at: datetime | None
+    last_success_at: datetime | None
+
+
+_HEALTHY = {"failures": 0, "last_error": None, "last_error_at": None, "last_success_at": None}
+
+
 class PreferencesOut(Out):
     email_enabled: bool
     email: str | None
@@ -98,6 +116,8 @@ class PreferencesOut(Out):
     timezone: str
     max_per_hour: int
     updated_at: datetime | None
+    email_health: ChannelHealthOut
+    webhook_health: ChannelHealthOut
 
 
 class DeliveryOut(Out):
@@ -117,7 +137,9 @@ def _hhmm(value: time | None) -> str | None:
     return None if value is None else value.strftime("%H:%M")
 
 
-def _out(row: dict[str, object], secret: str | None = None) -> PreferencesOut:
+def _out(
+    row: dict[str, object], health: dict[str, dict[str, Any]], secret: str | None = None
+) -> PreferencesOut:
     prefs = policy.with_defaults(row)
     return PreferencesOut(
         email_enabled=prefs["email_enabled"],
@@ -132,6 +154,8 @@ def _out(row: dict[str, object], secret: str | None = None) -> PreferencesOut:
         timezone=prefs["timezone"],
         max_per_hour=prefs["max_per_hour"],
         updated_at=row.get("updated_at"),  # type: ignore[arg-type]
+        email_health=ChannelHealthOut.model_validate(health.get("email", _HEALTHY)),
+        webhook_health=ChannelHealthOut.model_validate(health.get("webhook", _HEALTHY)),
     )
 
 
@@ -162,13 +186,16 @@ async def get_preferences(call: Call) -> PreferencesOut:
     """The caller's notification preferences"""
     row = await notify_db.preferences(call.db, call.user_id)
     assert row is not None  # the caller exists: authentication just read it
-    return _out(row)
+    return _out(row, await notes_db.channel_health(call.db, call.user_id))
 
 
 async def set_preferences(call: Call) -> PreferencesOut:
     """Replace the caller's notification preferences
-    A webhook gets a signing secret: the one given, else the one it had, else a new one (shown
-    in this response only). Deliveries are signed with HMAC-SHA256 (see the webhook docs)."""
+    The webhook URL must be http(s) with a host, a port from 1 to 65535 if any, and no
+    credentials (422 naming body.webhook_url otherwise). A webhook gets a signing secret: the
+    one given, else the one it had, else a new one (shown in this response only). Deliveries
+    are signed with HMAC-SHA256 (see the webhook docs). `webhook_health` and `email_health`
+    show failed deliveries in a row; a new URL or address starts afresh."""
     body: PreferencesIn = call.body
     current = await notify_db.preferences(call.db, call.user_id) or {}
     secret = body.webhook_secret or current.get("webhook_secret")
@@ -182,9 +209,15 @@ async def set_preferences(call: Call) -> PreferencesOut:
         quiet_end=time.fromisoformat(body.quiet_end) if body.quiet_end else None,
     )
     await notify_db.set_preferences(call.db, call.user_id, values)
+    # A new target starts with a clean record (the old one's failures are not its own).
+    if body.webhook_url != current.get("webhook_url"):
+        await notes_db.reset_channel(call.db, call.user_id, "webhook")
+    if body.email != current.get("email"):
+        await notes_db.reset_channel(call.db, call.user_id, "email")
     row = await notify_db.preferences(call.db, call.user_id)
     assert row is not None
-    return _out(row, secret=generated)
+    health = await notes_db.channel_health(call.db, call.user_id)
+    return _out(row, health, secret=generated)
 
 
 async def list_deliveries(call: Call) -> Page[DeliveryOut]:

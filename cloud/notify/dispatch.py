@@ -3,6 +3,10 @@
 A delivery held back by quiet hours is dropped when its episode resolved in the meantime (the
 night's alert and its "resolved" both stay in the app, nobody is woken for a closed case), and a
 "resolved" goes only where the alert itself went.
+
+A delivery that fails for good (its last attempt, or a failure no retry can fix) is counted on
+the user's channel, shown with their preferences; the first such failure in a row also becomes
+an in-app notification, so a broken webhook or mailbox does not go unnoticed.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from cloud.db import notifications as notes_db
 from cloud.db import notify as notify_db
 from cloud.db.database import Database
 from cloud.notify import policy
@@ -82,14 +87,17 @@ async def send_notification(
         await notify_db.finish(db, delivery_id, status="skipped", reason=skip, tried=0)
         return "skipped"
     prefs = policy.with_defaults(row)
+    if row["channel"] == "webhook" and not (prefs["webhook_url"] and prefs["webhook_secret"]):
+        # The user removed the webhook meanwhile: nothing is broken, there is nowhere to send.
+        reason = "the webhook was removed"
+        await notify_db.finish(db, delivery_id, status="skipped", reason=reason, tried=0)
+        return "skipped"
     notice = _notice(row, config)
     try:
         if row["channel"] == "email":
             to = prefs["email"] or row["account_email"]
             await send_email(config.smtp, to, notice)
         else:
-            if not prefs["webhook_url"] or not prefs["webhook_secret"]:
-                raise DeliveryFailed("no webhook URL or secret any more", transient=False)
             await send_webhook(
                 prefs["webhook_url"],
                 prefs["webhook_secret"],
@@ -102,8 +110,36 @@ async def send_notification(
             await notify_db.tried(db, delivery_id, str(exc))
             log.info("delivery %d (%s) failed, will retry: %s", delivery_id, row["channel"], exc)
             raise
-        await notify_db.finish(db, delivery_id, status="failed", error=str(exc))
-        log.warning("delivery %d (%s) failed: %s", delivery_id, row["channel"], exc)
+        await _failed(db, row, str(exc))
+        return "failed"
+    except Exception as exc:
+        # A bug in a channel must not leave the delivery pending, to be queued again forever.
+        log.exception("delivery %d (%s) crashed", delivery_id, row["channel"])
+        await _failed(db, row, f"internal error ({type(exc).__name__})")
         return "failed"
     await notify_db.finish(db, delivery_id, status="sent")
+    await notes_db.channel_ok(db, row["user_id"], row["channel"])
     return "sent"
+
+
+CHANNEL_NAMES = {"email": "Email", "webhook": "Webhook"}
+
+
+async def _failed(db: Database, row: dict[str, Any], error: str) -> None:
+    """The delivery failed for good: mark it, count it on the channel, and on the first failure
+    in a row tell the user in the app."""
+    channel = row["channel"]
+    if not await notify_db.finish(db, row["id"], status="failed", error=error):
+        return  # finished meanwhile (a duplicate run of the job): already counted
+    log.warning("delivery %d (%s) failed: %s", row["id"], channel, error)
+    failures = await notes_db.channel_failed(db, row["user_id"], channel, error)
+    if failures == 1:
+        where = "the webhook URL" if channel == "webhook" else "the email address"
+        await notes_db.add(
+            db,
+            user_id=row["user_id"],
+            kind="delivery_failed",
+            title=f"{CHANNEL_NAMES.get(channel, channel)} notifications are failing",
+            body=f"The last one failed after its retries: {error[:300]}. Check {where} in your"
+            " notification settings; alerts stay in the app meanwhile.",
+        )

@@ -5,9 +5,10 @@ sha256=<hex>`` where the digest is HMAC-SHA256(secret, "<timestamp>." + body). A
 recomputes it over the raw body, compares in constant time and rejects old timestamps (replay).
 ``X-Smartfarm-Delivery`` is the same on retries of one delivery, for de-duplication.
 
-2xx is delivered; 408, 425, 429, 5xx, timeouts and connection errors are retried with backoff;
-other answers are final. Loopback, private and link-local targets are refused unless
-``notify.allow_private_webhooks`` (a user's URL must not reach the cloud's own network).
+2xx is delivered; 408, 425, 429, 5xx, timeouts and connection errors are retried with backoff
+(``jobs.max_attempts`` in all); other answers, and URLs that ``check_url`` refuses, are final.
+Loopback, private and link-local targets are refused unless ``notify.allow_private_webhooks`` (a
+user's URL must not reach the cloud's own network).
 """
 
 from __future__ import annotations
@@ -26,6 +27,31 @@ import aiohttp
 from cloud.notify.delivery import DeliveryFailed, Notice
 
 RETRY_STATUS = frozenset({408, 425, 429})
+MAX_URL = 2000
+
+
+def check_url(url: str) -> str:
+    """``url`` if it can be a webhook target: http(s), a host, a port from 1 to 65535 when
+    given, no credentials (the signing secret authenticates deliveries), no spaces or control
+    characters, at most MAX_URL characters. ValueError saying what is wrong otherwise."""
+    if len(url) > MAX_URL:
+        raise ValueError(f"a webhook URL has at most {MAX_URL} characters")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("a webhook URL has no spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a valid URL (is the port a number from 1 to 65535?)") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("a webhook URL is http:// or https://")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("no credentials in a webhook URL: deliveries are signed instead")
+    if not parts.hostname:
+        raise ValueError("a webhook URL names a host")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("the port of a webhook URL is from 1 to 65535")
+    return url
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -39,9 +65,11 @@ def verify(secret: str, timestamp: str, body: bytes, header: str) -> bool:
 
 
 async def _check_target(url: str, allow_private: bool) -> None:
+    try:  # stored before the API checked URLs, or since edited in the database
+        check_url(url)
+    except ValueError as exc:
+        raise DeliveryFailed(f"webhook URL refused: {exc}", transient=False) from None
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise DeliveryFailed("webhook URL must be http(s)://host/…", transient=False)
     if allow_private:
         return
     try:

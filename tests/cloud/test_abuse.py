@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from cloud.app import init_app
 from tests.cloud import world as w
 from tests.cloud.conftest import auth_settings, make_settings
+from tests.cloud.jobs_env import jobs_env_fixture  # noqa: F401
 from tests.cloud.test_edge_sync import EDGE, batch, problem, reading, upload
+from tests.cloud.test_notifications import QUICK, edge_alert, set_prefs
 
 pytestmark = pytest.mark.postgres
 
@@ -203,3 +207,114 @@ def test_the_login_delay_doubles_per_failure_and_a_success_clears_it() -> None:
     throttle.fail(key, now=now)
     throttle.fail(key, now=now)
     throttle.check(key, now=now + 3600)  # forgotten after forget_s without a failure
+
+
+# ---- 3. notification targets: validated at the API, failures bounded and shown to the user -------
+
+PREFS = "/api/users/me/notification-preferences"
+
+
+async def test_webhook_urls_are_validated_naming_the_field(world_client, auth) -> None:  # type: ignore[no-untyped-def]
+    for url in (
+        "https://hooks.example.com:99999/x",
+        "https://hooks.example.com:0/x",
+        "https://hooks.example.com:80a/x",
+        "http://user:secret@hooks.example.com/x",
+        "https://:443/x",
+        "https:///x",
+        "ftp://hooks.example.com/x",
+        "https://hooks.example.com/" + "x" * 2100,
+        "https://hooks.example.com/a\nb",
+        "https://hooks.example.com/a\x7fb",
+    ):
+        resp = await world_client.put(PREFS, json={"webhook_url": url}, headers=auth("viewer"))
+        found = await problem(resp, 422)
+        assert found["errors"][0]["field"] == "body.webhook_url", (url, found)
+    for url in (
+        "https://hooks.example.com",
+        "https://hooks.example.com:8443/x?y=1",
+        "http://[2001:db8::1]:8080/hook",
+    ):
+        resp = await world_client.put(PREFS, json={"webhook_url": url}, headers=auth("viewer"))
+        assert resp.status == 200, (url, await resp.text())
+
+
+@pytest.fixture
+async def failing_hook(aiohttp_server):  # type: ignore[no-untyped-def]
+    """A webhook receiver that always answers 500."""
+    received: list[bytes] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/hook")), received
+
+
+async def _health(client, headers) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    resp = await client.get(PREFS, headers=headers)
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["webhook_health"]  # type: ignore[no-any-return]
+
+
+async def _failure_notices(client, headers) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    resp = await client.get("/api/notifications", headers=headers)
+    assert resp.status == 200, await resp.text()
+    return [n for n in (await resp.json())["items"] if n["kind"] == "delivery_failed"]
+
+
+@pytest.mark.parametrize("target", ["refused", "500"])
+async def test_a_failing_webhook_is_retried_a_bounded_number_of_times_and_the_user_sees_it(  # type: ignore[no-untyped-def]
+    target, jobs_env, world_client, auth, port, failing_hook
+) -> None:
+    url, received = failing_hook
+    if target == "refused":
+        url = f"http://127.0.0.1:{port}/hook"  # nothing listens there
+    env = await jobs_env(notify={**QUICK, "allow_private_webhooks": True})
+    owner = auth("owner")
+    resp = await world_client.put(PREFS, json={"webhook_url": url}, headers=owner)
+    assert resp.status == 200, await resp.text()
+    assert (await _health(world_client, owner))["failures"] == 0
+    await edge_alert(env, "band:wf-b:humidity_pct", "active")
+    await env.work()
+    attempts = env.settings.jobs.max_attempts
+    (row,) = await env.db.fetch_all("SELECT status, attempts FROM notification_deliveries")
+    assert row == {"status": "failed", "attempts": attempts}
+    assert len(received) == (attempts if target == "500" else 0)
+    assert not await env.jobs("send_notification", "todo")
+    health = await _health(world_client, owner)
+    assert health["failures"] == 1 and health["last_error_at"] is not None
+    assert ("unreachable" if target == "refused" else "answered 500") in health["last_error"]
+    (notice,) = await _failure_notices(world_client, owner)
+    assert "webhook" in notice["title"].lower()
+    # The next failure counts, but the user is told once, not once per alert.
+    await edge_alert(env, "band:wf-b:co2_ppm", "active")
+    await env.work()
+    assert (await _health(world_client, owner))["failures"] == 2
+    assert len(await _failure_notices(world_client, owner)) == 1
+    # A new URL starts afresh.
+    resp = await world_client.put(PREFS, json={"webhook_url": url + "2"}, headers=owner)
+    assert (await resp.json())["webhook_health"]["failures"] == 0
+
+
+async def test_a_stored_url_with_a_bad_port_fails_once_not_forever(  # type: ignore[no-untyped-def]
+    jobs_env, world, world_client, auth
+) -> None:
+    env = await jobs_env(notify=QUICK)  # as in production: private targets refused
+    # Stored before the API validated URLs.
+    await set_prefs(env, "owner", world, webhook_url="https://hooks.example.com:99999/x",
+                    webhook_secret="k" * 20)
+    await edge_alert(env, "band:wf-b:humidity_pct", "active")
+    await env.work()
+    (row,) = await env.db.fetch_all(
+        "SELECT status, attempts, last_error FROM notification_deliveries"
+    )
+    assert row["status"] == "failed" and row["attempts"] == 1, row
+    assert "port" in row["last_error"]
+    assert not await env.jobs("send_notification", "failed")  # the job itself did its work
+    health = await _health(world_client, auth("owner"))
+    assert health["failures"] == 1 and "port" in health["last_error"]
+
