@@ -25,6 +25,7 @@ from cloud.jobs.worker import jobs_ctx
 from cloud.live.service import setup_live
 from cloud.metrics import Metrics
 from cloud.middleware import (
+    OpenSockets,
     add_security_headers,
     cors_middleware,
     metrics_middleware,
@@ -118,4 +119,7 @@ def init_app(settings: CloudSettings) -> web.Application:
     app.cleanup_ctx.append(jobs_ctx)  # needs the database
     setup_live(app)  # needs the database
     app.on_response_prepare.append(add_security_headers)
+    sockets = OpenSockets()  # edge streams and dashboards: closed at shutdown, not waited for
+    app.on_response_prepare.append(sockets.track)
+    app.on_shutdown.append(sockets.close_all)
     return app

@@ -1,16 +1,20 @@
 """Every error becomes ``application/problem+json`` (RFC 9457); every response gets security
-headers; every request is timed for Prometheus."""
+headers; every request is timed for Prometheus; every WebSocket still open at shutdown is
+closed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from cloud import appkeys
 from cloud.errors import CloudError
@@ -150,3 +154,35 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
         response.headers.setdefault(name, value)
     if request.path.startswith("/api/"):
         response.headers.setdefault("Cache-Control", "no-store")
+
+
+class OpenSockets:
+    """The app's WebSockets (edge streams, dashboards), seen as they are prepared, closed with
+    1001 (going away) when the server shuts down. aiohttp waits for every handler to return
+    before it stops, and a socket handler returns only when its socket closes: an edge holding
+    its stream kept SIGTERM waiting half a minute. Its peer reconnects, to another instance."""
+
+    CLOSE_TIMEOUT_S = 2.0  # for the peer's close frame; then the connection is dropped
+
+    def __init__(self) -> None:
+        self._open: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+
+    async def track(self, request: web.Request, response: web.StreamResponse) -> None:
+        """An ``on_response_prepare`` hook."""
+        if isinstance(response, web.WebSocketResponse):
+            self._open.add(response)
+
+    async def close_all(self, app: web.Application) -> None:
+        """An ``on_shutdown`` hook."""
+        sockets = [ws for ws in self._open if not ws.closed]
+        if sockets:
+            log.info("closing %d WebSocket(s) for shutdown", len(sockets))
+            await asyncio.gather(*(self._close(ws) for ws in sockets))
+
+    async def _close(self, ws: web.WebSocketResponse) -> None:
+        # A close cut short by the timeout drops the connection (aiohttp closes the transport).
+        with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+            await asyncio.wait_for(
+                ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down"),
+                self.CLOSE_TIMEOUT_S,
+            )

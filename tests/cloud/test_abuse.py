@@ -5,16 +5,26 @@ edge streams."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from cloud.app import init_app
 from tests.cloud import world as w
-from tests.cloud.conftest import auth_settings, make_settings
+from tests.cloud.conftest import JWT_SECRET, auth_settings, make_settings
 from tests.cloud.jobs_env import jobs_env_fixture  # noqa: F401
 from tests.cloud.test_edge_sync import EDGE, batch, problem, reading, upload
 from tests.cloud.test_notifications import QUICK, edge_alert, set_prefs
@@ -318,3 +328,92 @@ async def test_a_stored_url_with_a_bad_port_fails_once_not_forever(  # type: ign
     health = await _health(world_client, auth("owner"))
     assert health["failures"] == 1 and "port" in health["last_error"]
 
+
+# ---- 4. SIGTERM: open edge streams and dashboard sockets do not hold the process up ------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spawn_cloud(dsn: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """``smartfarm cloud serve`` as a real process (as tests/chaos's Cloud.spawn does)."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "SMARTFARM_CLOUD_PORT": str(port),
+        "SMARTFARM_CLOUD_HOST": "127.0.0.1",
+        "SMARTFARM_CLOUD_DATA_DIR": str(data_dir),
+        "SMARTFARM_CLOUD_MIGRATE_ON_START": "false",
+        "SMARTFARM_CLOUD_LOG_LEVEL": "WARNING",
+        "SMARTFARM_CLOUD_AUTH__JWT_SECRET": JWT_SECRET,
+        "SMARTFARM_CLOUD_JOBS__PERIODIC": "false",
+        "SMARTFARM_CLOUD_DATABASE__POOL_MAX": "4",
+    }
+    with (data_dir / "cloud.log").open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "smartfarm_cli", "cloud", "serve"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        )
+
+
+async def _metric(session: aiohttp.ClientSession, base: str, name: str) -> float | None:
+    with contextlib.suppress(aiohttp.ClientError, OSError):
+        async with session.get(base + "/metrics") as resp:
+            for line in (await resp.text()).splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+    return None
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"{what} not within {timeout:g} s"
+        await asyncio.sleep(0.1)
+
+
+async def _close_of(sock: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+    """The message that ends ``sock`` (what came before it is skipped)."""
+    while True:
+        msg = await sock.receive(timeout=5)
+        if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            return msg
+
+
+@pytest.mark.timeout(90)
+async def test_sigterm_stops_the_cloud_within_5_s_while_an_edge_holds_its_stream(  # type: ignore[no-untyped-def]
+    world_dsn, world, tokens, tmp_path, port
+) -> None:
+    proc = spawn_cloud(world_dsn, tmp_path, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def up() -> bool:
+                return await _metric(session, base, "smartfarm_sync_streams") is not None
+
+            await _until(up, "the cloud", 30)
+            edge = await session.ws_connect(base + "/api/edge/v1/stream", headers=EDGE)
+            await edge.send_json({"type": "hello", "edge_id": w.EDGE, "config_version": 0,
+                                  "acked_seq": 0})
+            user = tokens.issue(world.user_ids["owner"], ttl_s=600)
+            dashboard = await session.ws_connect(f"{base}/api/ws?token={user}")
+
+            async def streaming() -> bool:
+                return await _metric(session, base, "smartfarm_sync_streams") == 1
+
+            await _until(streaming, "the edge stream", 10)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 60)
+            took = time.monotonic() - started
+            # The edge hears "going away" (and reconnects, to another instance if there is one).
+            closed = [await _close_of(sock) for sock in (edge, dashboard)]
+        log = (tmp_path / "cloud.log").read_text(errors="replace")
+        assert took < 5, f"SIGTERM took {took:.1f} s\n{log[-3000:]}"
+        assert code == 0, log[-3000:]
+        for msg in closed:
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+        assert closed[0].data in (1001, None), closed[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
