@@ -22,6 +22,7 @@ from tenacity.wait import wait_exponential_jitter
 
 from edge.store import commands as command_rows
 from edge.store import outbox as outbox_rows
+from edge.store import quarantine as quarantine_rows
 from edge.store.db import Database
 from shared.models import Ack, Command, dump, utcnow
 from shared.topics import build_topic
@@ -48,6 +49,7 @@ class CommandStats:
     failed: int = 0
     timed_out: int = 0
     retries: int = 0
+    wrong_device_acks: int = 0  # acks for a command sent to another device (quarantined)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,11 @@ class CommandOutcome:
 
 
 OutcomeHandler = Callable[[CommandOutcome], Awaitable[None]]
+
+
+def _wrong_device_reason(ack: Ack, device_id: str, sent_to: str) -> str:
+    return (f"ack for command {ack.command_id} from device {device_id}, which was sent to"
+            f" {sent_to}")
 
 
 def _ack_record(conn: Any, device_id: str, ack: Ack, at: float) -> None:
@@ -90,6 +97,7 @@ class CommandTracker:
         self._clock = clock
         self._publisher: Publisher | None = None
         self._waiters: dict[str, asyncio.Future[Ack]] = {}
+        self._sent_to: dict[str, str] = {}  # command id -> device, while its ack is awaited
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._latest_by_device: dict[str, str] = {}
         self.latency_s: list[float] = []
@@ -152,6 +160,7 @@ class CommandTracker:
         if previous and previous in self._tasks:
             self._tasks[previous].cancel()
         self._waiters[cid] = asyncio.get_running_loop().create_future()
+        self._sent_to[cid] = device_id
         task = asyncio.create_task(
             self._deliver(command, room_id), name=f"command-{device_id}-{cid}"
         )
@@ -191,6 +200,7 @@ class CommandTracker:
         except asyncio.CancelledError:
             # Superseded by a newer command for the same device (already marked in the DB).
             self._waiters.pop(cid, None)
+            self._sent_to.pop(cid, None)
             raise
         latency = asyncio.get_running_loop().time() - started
         self.latency_s.append(latency)
@@ -221,6 +231,7 @@ class CommandTracker:
         self, cid: str, device_id: str, state: str, error: str | None, ack: Ack | None = None
     ) -> None:
         self._waiters.pop(cid, None)
+        self._sent_to.pop(cid, None)
         at = self._clock().timestamp()
 
         def settle(conn: Any) -> bool:
@@ -242,20 +253,51 @@ class CommandTracker:
                 log.exception("command outcome handler failed for %s", cid)
 
     # ---- acks from ingest ----
-    async def on_ack(self, device_id: str, ack: Ack) -> None:
+    async def on_ack(self, device_id: str, ack: Ack, *, topic: str = "") -> None:
+        """An ack from ``device_id`` (the device of the topic it came on, which the broker lets
+        only that device publish on). It settles a command only if that command was sent to
+        this device; otherwise it is quarantined (``topic`` recorded with it) and counted, and
+        the command keeps waiting for its own device."""
+        sent_to = self._sent_to.get(ack.command_id)
+        if sent_to is not None and sent_to != device_id:
+            self._wrong_device(device_id, sent_to, ack, topic)
+            return
         waiter = self._waiters.get(ack.command_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(ack)
             return
-        # A late ack (after a retry or a restart): record it if the command is still open.
+        # A late ack (after a retry or a restart): record it if the command is still open and
+        # was sent to this device (the stored command says which).
         state = "acked" if ack.status == "ok" else "failed"
         at = self._clock().timestamp()
 
-        def settle(conn: Any) -> None:
+        def settle(conn: Any) -> str | None:
+            row = command_rows.get(conn, ack.command_id)
+            if row is not None and row["device_id"] != device_id:
+                quarantine_rows.insert(conn, topic, dump(ack),
+                                       _wrong_device_reason(ack, device_id, row["device_id"]), at)
+                return str(row["device_id"])
             _ack_record(conn, device_id, ack, at)
             command_rows.set_state(conn, ack.command_id, state, at, error=ack.error)
+            return None
 
-        self._db.write_nowait(settle)
+        def counted(ok: bool, sent_to: Any) -> None:
+            if ok and sent_to is not None:
+                self._count_wrong_device(device_id, sent_to, ack)
+
+        self._db.submit_callback(settle, on_done=counted)
+
+    def _wrong_device(self, device_id: str, sent_to: str, ack: Ack, topic: str) -> None:
+        reason = _wrong_device_reason(ack, device_id, sent_to)
+        self._db.write_nowait(
+            quarantine_rows.insert, topic, dump(ack), reason, self._clock().timestamp()
+        )
+        self._count_wrong_device(device_id, sent_to, ack)
+
+    def _count_wrong_device(self, device_id: str, sent_to: str, ack: Ack) -> None:
+        self.stats.wrong_device_acks += 1
+        log.warning("ack for command %s from device %s, which was sent to %s: quarantined",
+                    ack.command_id, device_id, sent_to)
 
     def pending_count(self) -> int:
         return len(self._tasks)
