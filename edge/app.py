@@ -31,6 +31,7 @@ from edge.credentials import edge_login, sync_broker_files
 from edge.downlink import Downlink
 from edge.homeassistant import HomeAssistantBridge
 from edge.ingest import Ingest
+from edge.intake import Intake
 from edge.metrics import METRICS, EdgeMetrics
 from edge.outbox import Outbox
 from edge.store import commands as command_rows
@@ -77,6 +78,11 @@ class EdgeApp:
             on_ack=self._on_ack,
             on_status=self.automation.on_status,
             quarantine_max_payload=store.quarantine_max_payload,
+        )
+        # Embedded broker: devices' messages come to the ingest in-process, acknowledged once
+        # committed (edge.intake); with an external broker the edge subscribes to them.
+        self.intake: Intake | None = (
+            Intake(self.ingest, self.db) if settings.broker.mode == "embedded" else None
         )
         self.outbox: Outbox | None = None
         self.uplink: Uplink | IotUplink | None = None
@@ -127,6 +133,7 @@ class EdgeApp:
         settings = self.settings
         settings.data_path.mkdir(parents=True, exist_ok=True)
         await self.db.open()
+        intake_task: asyncio.Task[None] | None = None
         try:
             expired = await self.db.write(command_rows.expire_pending_on_boot, utcnow().timestamp())
             if expired:
@@ -134,11 +141,14 @@ class EdgeApp:
             if self.downlink is not None:
                 await self.downlink.restore()  # the cloud's rooms and devices over the TOML's
             await self.automation.load()
-            if settings.broker.mode == "embedded":
+            if self.intake is not None:
+                # Running before the listener opens; a message that comes in earlier simply
+                # waits in the intake (unacknowledged) until it is stored.
+                intake_task = asyncio.create_task(self.intake.run(), name="edge-intake")
                 sync_broker_files(settings)
                 if self.downlink is not None:
                     self.downlink.write_credentials()
-                self.broker = embedded_broker(settings)
+                self.broker = embedded_broker(settings, self.intake)
                 await self.broker.start()
                 log.info("embedded MQTT broker on %s:%d", self.broker.host, self.broker.port)
             await self._start_api()
@@ -171,11 +181,19 @@ class EdgeApp:
                 await stop.wait()
                 self.notifier.stopping("draining and closing the store")
                 log.info("stopping edge: draining messages the broker already accepted")
-                await self._drain_ingest()
+                if self.intake is not None and self.broker is not None:
+                    await self.broker.stop()  # no new messages; in-flight ones are queued
+                    await self.intake.drain()
+                else:
+                    await self._drain_ingest()
                 for worker in workers:
                     worker.cancel()
         finally:
             await self._shutdown()
+            if intake_task is not None:
+                intake_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await intake_task
 
     async def healthy(self, within_s: float) -> bool:
         """For the systemd watchdog: this coroutine running proves the event loop turns; a
@@ -213,6 +231,8 @@ class EdgeApp:
             await self.api_runner.cleanup()
         if self.broker is not None:
             await self.broker.stop()
+        if self.intake is not None:
+            await self.intake.drain()  # what came in before the broker stopped is committed
         if self.db.is_open:
             await self.db.close()
         log.info("edge stopped; store closed cleanly")
@@ -258,7 +278,9 @@ class EdgeApp:
                 ) as client:
                     failures = 0
                     log.info("edge connected to MQTT broker %s:%d", host, port)
-                    ingest = asyncio.create_task(self.ingest.run(client), name="edge-ingest")
+                    ingest = asyncio.create_task(
+                        self.ingest.run(client, subscribe=self.intake is None),
+                        name="edge-ingest")
                     self.commands.attach(client)
                     self.broker_connected.set()
                     try:

@@ -11,32 +11,44 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
-from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
-from amqtt.contexts import BrokerConfig, ListenerConfig, ListenerType
+from amqtt.contexts import Action, BrokerConfig, ListenerConfig, ListenerType
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt.connect import ConnectPacket
+from amqtt.mqtt.constants import QOS_0, QOS_1
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.puback import PubackPacket
+from amqtt.session import INCOMING
 
 from edge.broker_acl import DeviceAuthPlugin, DeviceTopicPlugin
 from edge.config import ConfigError
 from edge.credentials import device_acl_path
+from edge.store import StoreError
 from edge.tls import TlsError, server_context
 from shared.errors import SmartfarmError
 
 if TYPE_CHECKING:
     from edge.config import EdgeSettings
+    from edge.intake import Intake
 
 log = logging.getLogger(__name__)
 
 _LISTENER = "default"
 _STOP_GRACE_S = 5.0
-_CONNECT_TIMEOUT_S = 10.0
+# A socket must send its CONNECT within this; and at most _MAX_PENDING sockets may be waiting to
+# (the oldest of the busiest address is dropped for a newcomer), so idle sockets cannot use up
+# the connections devices need.
+_CONNECT_TIMEOUT_S = 5.0
+_MAX_PENDING = 64
+_SERVER_UNAVAILABLE = 0x03
 _CONNECT_TYPE = 1
 _CONNACK_BYTE = 0x20
 _MQTT_311 = 4
@@ -61,27 +73,89 @@ class _EdgeBrokerConfig(BrokerConfig):  # type: ignore[misc]  # amqtt is untyped
     max_qos: int = 1
 
 
-class _BoundedReader(StreamReaderAdapter):  # type: ignore[misc]
-    """Refuses any single read above the limit: amqtt reads a PUBLISH payload in one call sized
-    from the client's own length header, so this stops a 256 MB claim before it is buffered.
-    ``replay`` is served first: the CONNECT packet we already read to vet the client."""
+# What is kept of an oversize payload in its quarantine row (the rest is read and discarded).
+_OVERSIZE_HEAD = 4 * 1024
+_DISCARD_CHUNK = 64 * 1024
+_PUBLISH_TYPE = 3
+_PUBACK_BYTE = 0x40
 
-    def __init__(self, reader: asyncio.StreamReader, limit: int, replay: bytes = b"") -> None:
-        super().__init__(reader)
+# Oversize PUBLISH: (topic, head of its payload, original payload size); awaited before the
+# PUBACK, as for any publish (edge.intake).
+OversizeHook = Callable[[str, bytes, int], Awaitable[None]]
+
+
+async def _read_remaining_length(reader: asyncio.StreamReader, raw: bytearray) -> int:
+    length, multiplier = 0, 1
+    for _ in range(4):  # the remaining length takes at most 4 bytes
+        byte = (await reader.readexactly(1))[0]
+        raw.append(byte)
+        length += (byte & 0x7F) * multiplier
+        if not byte & 0x80:
+            return length
+        multiplier *= 128
+    raise _BadConnect("malformed remaining length")
+
+
+class _FramedReader(ReaderAdapter):  # type: ignore[misc]
+    """amqtt's reader, one whole MQTT packet at a time, none larger than ``limit``.
+
+    amqtt reads a PUBLISH payload in one call sized from the client's own length header, so a
+    claim of 256 MB would be buffered whole; here a packet's length is known before its body
+    is read. A PUBLISH over the limit never reaches amqtt: its payload is read in chunks and
+    discarded but for its head, ``on_oversize`` quarantines it, and at QoS 1 it is acknowledged
+    so the device does not send it again forever; the connection goes on. Any other oversize
+    packet closes the connection. ``replay`` is served first: the CONNECT packet already read
+    to vet the client.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int,
+                 replay: bytes = b"", on_oversize: OversizeHook | None = None) -> None:
+        self._reader = reader
+        self._writer = writer
         self._limit = limit
-        self._replay = bytearray(replay)
+        self._packet = memoryview(replay)
+        self._on_oversize = on_oversize
 
     async def read(self, n: int = -1) -> bytes:
-        if n < 0 or n > self._limit:
-            # Not an IncompleteReadError: amqtt would turn that into "no data" and keep reading
-            # the same stream mid-packet; an unexpected exception makes it close the connection.
-            raise PacketTooLarge(f"packet of {n} bytes exceeds the {self._limit}-byte limit")
-        if self._replay:
-            head = bytes(self._replay[:n])
-            del self._replay[:n]
-            return head + (await super().read(n - len(head)) if len(head) < n else b"")
-        data: bytes = await super().read(n)
-        return data
+        if not self._packet:
+            self._packet = memoryview(await self._next_packet())
+        n = len(self._packet) if n < 0 else n
+        head, self._packet = self._packet[:n], self._packet[n:]
+        return bytes(head)  # amqtt reads within one packet: never fewer bytes than asked
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+    async def _next_packet(self) -> bytes:
+        while True:
+            raw = bytearray(await self._reader.readexactly(1))
+            length = await _read_remaining_length(self._reader, raw)
+            if length <= self._limit:
+                raw += await self._reader.readexactly(length)
+                return bytes(raw)
+            if raw[0] >> 4 != _PUBLISH_TYPE or self._on_oversize is None:
+                raise PacketTooLarge(f"packet of {length} bytes exceeds the {self._limit}-byte "
+                                     "limit")
+            await self._skip_publish(raw[0], length)
+
+    async def _skip_publish(self, first: int, length: int) -> None:
+        qos = (first >> 1) & 0x03
+        topic_len = int.from_bytes(await self._reader.readexactly(2))
+        topic = (await self._reader.readexactly(topic_len)).decode("utf-8", "replace")
+        packet_id = await self._reader.readexactly(2) if qos else b""
+        size = left = length - 2 - topic_len - len(packet_id)
+        if left < 0:
+            raise PacketTooLarge("malformed oversize PUBLISH")
+        head = await self._reader.readexactly(min(left, _OVERSIZE_HEAD))
+        left -= len(head)
+        while left:
+            left -= len(await self._reader.readexactly(min(left, _DISCARD_CHUNK)))
+        assert self._on_oversize is not None
+        await self._on_oversize(topic, head, size)
+        if qos == 1:
+            self._writer.write(bytes((_PUBACK_BYTE, 2)) + packet_id)
+        elif qos > 1:
+            raise PacketTooLarge(f"QoS {qos} PUBLISH of {length} bytes exceeds the limit")
 
 
 class _BytesReader(ReaderAdapter):  # type: ignore[misc]
@@ -108,16 +182,7 @@ async def _read_connect(reader: asyncio.StreamReader, limit: int) -> bytes:
     raw = bytearray(await reader.readexactly(1))
     if raw[0] >> 4 != _CONNECT_TYPE:
         raise _BadConnect("first packet is not CONNECT")
-    length, multiplier = 0, 1
-    for _ in range(4):  # the remaining length takes at most 4 bytes
-        byte = (await reader.readexactly(1))[0]
-        raw.append(byte)
-        length += (byte & 0x7F) * multiplier
-        if not byte & 0x80:
-            break
-        multiplier *= 128
-    else:
-        raise _BadConnect("malformed remaining length")
+    length = await _read_remaining_length(reader, raw)
     if length > limit:
         raise PacketTooLarge(f"CONNECT of {length} bytes exceeds the {limit}-byte limit")
     raw += await reader.readexactly(length)
@@ -133,6 +198,44 @@ def quiet_amqtt_logs(level: int = logging.WARNING) -> None:
             logger.setLevel(level)
 
 
+class EventLog:
+    """Connection events (a flood's refusals, drops, timeouts) logged as one WARNING summary
+    per window, with counts by kind and the busiest addresses, not a line per socket."""
+
+    def __init__(self, logger: logging.Logger, window_s: float = 10.0) -> None:
+        self._log = logger
+        self.window_s = window_s
+        self._opened: float | None = None
+        self._counts: dict[str, int] = {}
+        self._hosts: dict[str, int] = {}
+        self.total = 0
+
+    def note(self, what: str, host: str) -> None:
+        self.total += 1
+        now = asyncio.get_running_loop().time()
+        if self._opened is not None and now - self._opened >= self.window_s:
+            self.flush()
+        if self._opened is None:
+            self._opened = now
+            self._log.warning("MQTT listener: %s from %s (further events summarised every "
+                              "%.0f s)", what, host, self.window_s)
+            return
+        self._counts[what] = self._counts.get(what, 0) + 1
+        if host in self._hosts or len(self._hosts) < 64:
+            self._hosts[host] = self._hosts.get(host, 0) + 1
+
+    def flush(self) -> None:
+        if self._counts:
+            kinds = ", ".join(f"{n} {what}" for what, n in sorted(self._counts.items()))
+            hosts = ", ".join(f"{h} ({n})" for h, n in
+                              sorted(self._hosts.items(), key=lambda i: -i[1])[:5])
+            self._log.warning("MQTT listener, last %.0f s: %s; from %s", self.window_s, kinds,
+                              hosts)
+        self._opened = None
+        self._counts.clear()
+        self._hosts.clear()
+
+
 class _SnapshotDict(dict[str, Any]):
     """amqtt 0.12 iterates its subscription map across awaits (broadcast, retained replay): a
     client subscribing meanwhile raised "dictionary changed size during iteration" and the
@@ -145,11 +248,68 @@ class _SnapshotDict(dict[str, Any]):
         return list(super().items())
 
 
+class _GatedHandler(BrokerProtocolHandler):  # type: ignore[misc]
+    """amqtt's per-client protocol handler, with every incoming PUBLISH passed through the
+    broker's gate *before* the acknowledgement (amqtt itself sends PUBACK as soon as the message
+    is queued for broadcast, and checks the ACL only later, dropping a denied message after it
+    was acknowledged)."""
+
+    gate: Callable[[Any, Any], Awaitable[bool]]
+
+    async def _handle_message_flow(self, app_message: Any) -> None:
+        if app_message.direction != INCOMING or self.session is None:
+            await super()._handle_message_flow(app_message)
+            return
+        try:
+            deliver = await self.gate(self.session, app_message)
+        except StoreError:
+            # Not on disk: no acknowledgement. Dropping the connection makes the device send it
+            # again (unacknowledged QoS 1 messages are resent on reconnect).
+            if self.writer is not None:
+                await self.writer.close()
+            return
+        if deliver:
+            await super()._handle_message_flow(app_message)
+        elif app_message.qos == QOS_1:  # refused and quarantined: acknowledged, not delivered
+            puback = PubackPacket.build(app_message.packet_id)
+            await self._send_packet(puback)
+            app_message.puback_packet = puback
+        elif app_message.qos != QOS_0:
+            await super()._handle_message_flow(app_message)  # amqtt's own ACL drops it
+
+
 class _DeliveringBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt 0.12 drops what a client published just before it disconnected: messages already
-    acknowledged (PUBACK) but still queued for broadcast died with the client's message loop. A
-    device that saw its PUBACK must not lose the reading, so they go out first, through the same
-    checks (topic, ACL) as any other publish."""
+    """amqtt 0.12 with the edge's intake in front of every acknowledgement (``intake``; see
+    _GatedHandler and edge.intake) and one fix: it dropped what a client published just before
+    it disconnected (messages already acknowledged but still queued for broadcast died with the
+    client's message loop). A device that saw its PUBACK must not lose the reading, so they go
+    out first, through the same checks (topic, ACL) as any other publish."""
+
+    intake: Intake | None = None
+
+    async def _initialize_client_session(self, *args: Any) -> Any:
+        handler, session = await super()._initialize_client_session(*args)
+        if self.intake is not None:
+            handler.__class__ = _GatedHandler  # same state, one method more
+            handler.gate = self._gate
+        return handler, session
+
+    async def _gate(self, session: Any, message: Any) -> bool:
+        """Hand one incoming PUBLISH to the intake and wait until what it wrote is committed;
+        whether to deliver it (False: refused by the ACL, quarantined)."""
+        assert self.intake is not None
+        topic = message.topic or ""
+        permitted = bool(topic) and bool(
+            await self._topic_filtering(session, topic=topic, action=Action.PUBLISH))
+        packet = message.publish_packet
+        done = self.intake.admit(
+            topic, bytes(message.data or b""), permitted=permitted,
+            redelivery=bool(packet is not None and packet.dup_flag), wait=message.qos != QOS_0,
+            username=session.username,
+        )
+        if done is not None:
+            await done
+        return permitted
 
     async def _handle_disconnect(self, client_session: Any, handler: Any,
                                  disconnect_waiter: asyncio.Future[Any]) -> None:
@@ -175,6 +335,8 @@ class EmbeddedBroker:
         edge_username: str,
         max_message_bytes: int = 64 * 1024,
         max_connections: int = 1024,
+        max_pending: int = _MAX_PENDING,
+        intake: Intake | None = None,
         acl_reload_interval_s: float = 1.0,
         quiet_logs: bool = True,
         tls: ssl.SSLContext | None = None,
@@ -191,13 +353,18 @@ class EmbeddedBroker:
         self.farm_id = farm_id
         self.edge_username = edge_username
         self.max_message_bytes = max_message_bytes
-        self.max_connections = max_connections
+        self.max_connections = max_connections  # logged-in clients
+        self.max_pending = max(1, max_pending)  # sockets yet to log in
+        self.intake = intake
         self._acl_reload_interval_s = acl_reload_interval_s
         self._quiet_logs = quiet_logs
         self._broker: Broker | None = None
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        # Sockets that have not logged in yet, oldest first: their writer and peer address.
+        self._pending: dict[asyncio.Task[Any], tuple[asyncio.StreamWriter, str]] = {}
+        self._events = EventLog(log)
 
     def _config(self) -> BrokerConfig:
         auth = f"{DeviceAuthPlugin.__module__}.{DeviceAuthPlugin.__qualname__}"
@@ -257,6 +424,7 @@ class EmbeddedBroker:
             quiet_amqtt_logs()
         broker = _DeliveringBroker(self._config())
         broker._subscriptions = _SnapshotDict(broker._subscriptions)
+        broker.intake = self.intake
         await broker.start()
         host, port = self.host, self.port
         try:
@@ -289,32 +457,58 @@ class EmbeddedBroker:
     ) -> None:
         broker = self._broker
         peer = writer.get_extra_info("peername")
-        if broker is None or len(self._connections) >= self.max_connections:
-            log.warning("MQTT connection from %s refused: %s", peer,
-                        "broker stopping" if broker is None else "too many connections")
+        if broker is None:
             writer.close()
             return
         task = asyncio.current_task()
         assert task is not None
+        self._make_room()
         self._connections.add(task)
+        self._pending[task] = (writer, str(peer[0]) if peer else "?")
         try:
             raw = await self._admit(broker, reader, writer)
+            self._pending.pop(task, None)
             if raw is not None:
                 await broker.external_connected(
-                    _BoundedReader(reader, self.max_message_bytes, replay=raw),
+                    _FramedReader(reader, writer, self.max_message_bytes, replay=raw,
+                                  on_oversize=self._oversize if self.intake else None),
                     StreamWriterAdapter(writer),
                     _LISTENER,
                 )
         except PacketTooLarge as exc:
             log.warning("MQTT client %s dropped: %s", peer, exc)
         except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client went away mid-handshake; nothing to clean beyond the socket
+            pass  # the client went away (or was dropped) mid-handshake
         except Exception:
             # amqtt must not take the edge down because of one client.
             log.exception("MQTT connection handler failed")
         finally:
+            self._pending.pop(task, None)
             self._connections.discard(task)
             writer.close()
+
+    def _make_room(self) -> None:
+        """At most max_pending sockets wait for their login: drop the oldest socket of the
+        address holding the most, so one flooding host cannot keep devices out."""
+        if len(self._pending) < self.max_pending:
+            return
+        by_host: dict[str, int] = {}
+        for _writer, host in self._pending.values():
+            by_host[host] = by_host.get(host, 0) + 1
+        busiest = max(by_host, key=by_host.__getitem__)
+        for task, (writer, host) in self._pending.items():
+            if host == busiest:
+                del self._pending[task]
+                writer.transport.abort()
+                self._events.note("idle socket dropped for a newcomer (before CONNECT)", host)
+                return
+
+    async def _oversize(self, topic: str, head: bytes, size: int) -> None:
+        assert self.intake is not None
+        reason = f"payload of {size} bytes exceeds the broker's {self.max_message_bytes}-byte limit"
+        done = self.intake.refuse(topic, head, "oversize", reason, size)
+        if done is not None:
+            await done
 
     async def _admit(
         self, broker: Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -322,18 +516,20 @@ class EmbeddedBroker:
         """Read and vet CONNECT before amqtt sees it; the raw packet to replay, or None.
 
         amqtt 0.12.1 discards an existing session with the same client id *before* it
-        authenticates, so without this anyone who knows a device's client id could wipe its
-        command subscription with a bad password, and any account could take over another's
-        session. Here a client must log in first and may not reuse another account's client id.
+        authenticates, and keys sessions by client id alone: anyone who knows a device's
+        client id could wipe its session with a bad password, or (with a login of their own)
+        take it over or leave a persistent session under it that locks the device out. Here a
+        client must log in first, and the session amqtt sees is named ``<username>/<client id>``:
+        every account has its own client-id space, so no device can touch another's session.
         It also bounds how long a silent socket may sit before its CONNECT.
         """
+        host = str((writer.get_extra_info("peername") or ("?",))[0])
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT_S):
                 raw = await _read_connect(reader, self.max_message_bytes)
             connect = await ConnectPacket.from_stream(_BytesReader(raw))
         except (TimeoutError, _BadConnect, AMQTTError, MQTTError, NoDataError, ValueError) as exc:
-            log.info("MQTT client %s dropped before CONNECT: %s", writer.get_extra_info("peername"),
-                     exc or type(exc).__name__)
+            self._events.note(f"dropped before CONNECT ({type(exc).__name__})", host)
             return None
         if connect.proto_level != _MQTT_311:
             return raw  # amqtt answers "unacceptable protocol version" itself
@@ -342,13 +538,14 @@ class EmbeddedBroker:
         if not await self._auth(broker).check(username, password):
             await self._refuse(writer, _NOT_AUTHORIZED)
             return None
-        holder = broker.sessions.get(connect.client_id) if not connect.client_id_is_random else None
-        if holder is not None and holder[0].username != username:
-            log.warning("MQTT client id %r of user %r refused: it belongs to another account",
-                        connect.client_id[:80], username)
-            await self._refuse(writer, _IDENTIFIER_REJECTED)
+        if len(self._connections) - len(self._pending) >= self.max_connections:
+            self._events.note("refused: too many clients connected", host)
+            await self._refuse(writer, _SERVER_UNAVAILABLE)
             return None
-        return raw
+        if connect.client_id_is_random:
+            return raw  # amqtt names the session itself (clean session only)
+        connect.payload.client_id = f"{username}/{connect.client_id}"
+        return bytes(connect.to_bytes())
 
     @staticmethod
     async def _refuse(writer: asyncio.StreamWriter, code: int) -> None:
@@ -422,9 +619,10 @@ def broker_address(settings: EdgeSettings) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def embedded_broker(settings: EdgeSettings) -> EmbeddedBroker:
-    """An EmbeddedBroker configured from the edge settings (files from sync_broker_files);
-    BrokerError naming the key if the TLS certificate or key cannot be loaded."""
+def embedded_broker(settings: EdgeSettings, intake: Intake | None = None) -> EmbeddedBroker:
+    """An EmbeddedBroker configured from the edge settings (files from sync_broker_files),
+    acknowledging devices' messages through ``intake`` when given; BrokerError naming the key
+    if the TLS certificate or key cannot be loaded."""
     cfg = settings.broker
     tls = None
     if cfg.tls.enabled:
@@ -443,4 +641,5 @@ def embedded_broker(settings: EdgeSettings) -> EmbeddedBroker:
         tls=tls,
         tls_host=cfg.tls.host,
         tls_port=cfg.tls.port,
+        intake=intake,
     )

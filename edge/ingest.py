@@ -133,23 +133,48 @@ class BurstLog:
 
 
 def store_telemetry(
-    conn: sqlite3.Connection, tel: Telemetry, room_id: str, received_at: float, touch: bool
-) -> bool:
-    """Everything one accepted reading writes, in one savepoint; True if it was new."""
+    conn: sqlite3.Connection, tel: Telemetry, room_id: str, received_at: float, touch: bool,
+    topic: str = "", payload: bytes = b"", max_payload: int = quarantine.DEFAULT_MAX_PAYLOAD,
+) -> readings.Outcome:
+    """Everything one accepted reading writes, in one savepoint: the reading, or (if another
+    reading holds its timestamp) a quarantine row for it, in the same transaction."""
     if touch:
         devices.touch(conn, tel.device_id, room_id, received_at)
-    return readings.insert_reading(conn, tel, room_id, received_at) is not None  # last: see there
+    try:
+        # Last: once it returns, the writer's memory counts the row as stored (see there).
+        new = readings.insert_reading(conn, tel, room_id, received_at) is not None
+    except readings.ReadingConflict as exc:
+        store_telemetry_conflict(conn, exc, tel, room_id, received_at, touch, topic, payload,
+                                 max_payload)
+        return "conflict"
+    return "new" if new else "duplicate"
 
 
 def store_telemetry_many(
-    conn: sqlite3.Connection, batch: list[tuple[Telemetry, str, float, bool]]
-) -> list[bool]:
+    conn: sqlite3.Connection, batch: list[tuple[Any, ...]]
+) -> list[readings.Outcome]:
     """``store_telemetry`` for consecutive items of a group (see Database: ``fn.many``); the
     readings go in with multi-row INSERTs, not one statement (and GIL hand-over) each."""
-    for tel, room_id, received_at, touch in batch:
+    for tel, room_id, received_at, touch, *_ in batch:
         if touch:
             devices.touch(conn, tel.device_id, room_id, received_at)
-    return readings.insert_readings(conn, [(tel, room, at) for tel, room, at, _ in batch])
+
+    def conflict(index: int, exc: readings.ReadingConflict) -> None:
+        store_telemetry_conflict(conn, exc, *batch[index])
+
+    return readings.insert_readings(
+        conn, [(args[0], args[1], args[2]) for args in batch], conflict
+    )
+
+
+def store_telemetry_conflict(
+    conn: sqlite3.Connection, exc: readings.ReadingConflict, tel: Telemetry, room_id: str,
+    received_at: float, touch: bool, topic: str = "", payload: bytes = b"",
+    max_payload: int = quarantine.DEFAULT_MAX_PAYLOAD,
+) -> None:
+    """The quarantine row of a reading refused for ReadingConflict (store_telemetry's args)."""
+    quarantine.insert(conn, topic or f"(reading of {tel.device_id} in {room_id})", payload,
+                      f"conflict: {exc}", received_at, max_payload)
 
 
 store_telemetry.many = store_telemetry_many  # type: ignore[attr-defined]
@@ -223,14 +248,17 @@ class Ingest:
         self.subscribed = asyncio.Event()
 
     # ---- one message ----
-    async def handle(self, topic: str, payload: bytes) -> None:
-        """Validate, store and dispatch one message; never raises (except cancellation)."""
+    async def handle(self, topic: str, payload: bytes, *, redelivery: bool = False) -> None:
+        """Validate, store and dispatch one message; never raises (except cancellation).
+
+        ``redelivery``: the broker marked it a resend (MQTT DUP flag), which is what lets a
+        reading without a usable timestamp be told from a new one with the same values."""
         self.stats.received += 1
         received = self._clock()
         try:
             parsed, room_id = self._route(topic, payload)
             if parsed.kind == "telemetry":
-                tel = self._telemetry(parsed, room_id, payload, received)
+                tel = self._telemetry(topic, parsed, room_id, payload, received, redelivery)
                 # The automation sees the reading now; the commit follows within one group
                 # interval. Called inline (no coroutine per reading unless it evaluates).
                 if tel is not None and self._on_reading is not None:
@@ -286,13 +314,17 @@ class Ingest:
         return parsed, room_id
 
     def _telemetry(
-        self, topic: Topic, room_id: str, payload: bytes, received: datetime
+        self, raw_topic: str, topic: Topic, room_id: str, payload: bytes, received: datetime,
+        redelivery: bool,
     ) -> Telemetry | None:
         """Validate and queue one reading for the store; the reading, or None if a duplicate."""
         tel = parse_telemetry(payload, received_at=received, expected_device=topic.device_id)
         now = time.monotonic()
         if tel.timestamp_replaced:
-            dup = self._recent_payloads.check_and_add((tel.device_id, hash(payload)), now)
+            # Stamped with the receive time: the same values again are a new reading (a sensor
+            # without a clock reporting a steady room), unless the broker says it is a resend.
+            seen = self._recent_payloads.check_and_add((tel.device_id, hash(payload)), now)
+            dup = seen and redelivery
         else:
             key = (tel.device_id, tel.timestamp, hash(payload))
             dup = self._recent_ts.check_and_add(key, now)
@@ -301,7 +333,8 @@ class Ingest:
             return None
         at = received.timestamp()
         self._db.submit_callback(
-            store_telemetry, tel, room_id, at, self._touch_due(tel.device_id), on_done=self._stored
+            store_telemetry, tel, room_id, at, self._touch_due(tel.device_id), raw_topic,
+            payload, self._max_payload, on_done=self._stored,
         )
         self.stats.readings += 1
         return tel
@@ -310,8 +343,13 @@ class Ingest:
         if not ok:
             self.stats.write_errors += 1
             log.error("storing a reading failed: %r", result)
-        elif result:
+        elif result == "new":
             self.stats.stored += 1
+        elif result == "conflict":  # store_telemetry wrote its quarantine row
+            self.stats.quarantined += 1
+            self.stats.quarantined_by_reason["conflict"] += 1
+            self._burst.note(time.monotonic(), "conflict", "(telemetry)",
+                             "a different reading holds its timestamp")
         else:  # the database already had it: a redelivery older than the memory window
             self.stats.duplicates += 1
 
@@ -327,8 +365,18 @@ class Ingest:
         if self._touch_due(device_id):
             self._db.write_nowait(devices.touch, device_id, room_id, at)
 
+    def refuse(
+        self, topic: str, payload: bytes, kind: str, reason: str, *,
+        original_size: int | None = None,
+    ) -> None:
+        """Quarantine a message refused before the ingest saw it (the broker's ACL, an oversize
+        packet of which ``payload`` is the head); counted like the ingest's own refusals."""
+        self.stats.received += 1
+        self._quarantine(topic, payload, kind, reason, self._clock(), original_size)
+
     def _quarantine(
-        self, topic: str, payload: bytes, kind: str, reason: str, received: datetime
+        self, topic: str, payload: bytes, kind: str, reason: str, received: datetime,
+        original_size: int | None = None,
     ) -> None:
         self.stats.quarantined += 1
         self.stats.quarantined_by_reason[kind] += 1
@@ -341,6 +389,7 @@ class Ingest:
                 f"{kind}: {reason}",
                 received.timestamp(),
                 self._max_payload,
+                original_size,
             )
         except Exception:
             self.stats.write_errors += 1
@@ -376,11 +425,14 @@ class Ingest:
         log.exception("ingest callback %s failed", getattr(callback, "__qualname__", callback))
 
     # ---- on a connection ----
-    async def run(self, client: aiomqtt.Client) -> None:
+    async def run(self, client: aiomqtt.Client, *, subscribe: bool = True) -> None:
         """Subscribe (QoS 1) to this farm's telemetry, status and ack topics and handle every
-        message until the connection drops (aiomqtt.MqttError) or the task is cancelled."""
-        for kind in UPLINK_KINDS:
-            await client.subscribe(subscription(self.farm_id, kind), qos=1)  # type: ignore[arg-type]
+        message until the connection drops (aiomqtt.MqttError) or the task is cancelled.
+        ``subscribe=False``: the embedded broker hands devices' messages over in-process
+        (edge.intake); this only handles what the client was sent otherwise."""
+        if subscribe:
+            for kind in UPLINK_KINDS:
+                await client.subscribe(subscription(self.farm_id, kind), qos=1)  # type: ignore[arg-type]
         ticker = asyncio.create_task(self._flush_bursts(), name="ingest-burst-log")
         self.subscribed.set()
         try:

@@ -206,16 +206,20 @@ class Database:
         fn: Callable[..., T],
         /,
         *args: Any,
+        urgent: bool = False,
     ) -> asyncio.Future[T]:
         """Queue fn(conn, *args) for the next group; the future settles once it is committed.
 
         Non-blocking (call from the event loop): for hot paths that want the outcome later
-        without waiting for it now (``future.add_done_callback``).
+        without waiting for it now (``future.add_done_callback``). Writes are committed in the
+        order they were queued, so once this future settles every write queued before it is
+        committed too (the embedded broker's intake acknowledges messages that way). ``urgent``
+        as for ``write``.
         """
         self._check_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._put(_Item(fn, args, loop, future, False), wake=False)
+        self._put(_Item(fn, args, loop, future, urgent), wake=urgent)
         return future
 
     def submit_callback(

@@ -33,8 +33,10 @@ def insert(
     reason: str,
     received_at: float,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
+    original_size: int | None = None,
 ) -> int:
-    """Record one refused message; return its row id."""
+    """Record one refused message; return its row id. ``original_size`` when ``payload`` is
+    only the head of it (a packet too large to keep whole)."""
     raw = bytes(payload)
     cur = conn.execute(
         "INSERT INTO quarantine (received_at, topic, payload, original_size, reason)"
@@ -43,7 +45,7 @@ def insert(
             received_at,
             _text(topic, TOPIC_MAX_CHARS),
             raw[: max(0, max_payload)],
-            len(raw),
+            len(raw) if original_size is None else original_size,
             _text(reason, REASON_MAX_CHARS),
         ),
     )

@@ -15,8 +15,9 @@ import json
 import math
 import sqlite3
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from shared.models import Telemetry
 
@@ -35,11 +36,27 @@ _SEED_SQL = (
     " WHERE b.max_ts > :since AND b.min_ts < :until AND r.ts >= :since AND r.ts < :until"
 )
 _STORED_SQL = (
-    "SELECT 1 FROM reading_blocks b JOIN readings r"
+    "SELECT r.vals FROM reading_blocks b JOIN readings r"
     " ON r.id >= b.block << 10 AND r.id < (b.block + 1) << 10"
     " WHERE b.max_ts > :since AND b.min_ts < :until AND r.ts >= :since AND r.ts < :until"
     " AND r.series = :key LIMIT 1"
 )
+
+
+class ReadingConflict(Exception):
+    """The series already holds a reading at this timestamp, with other values: not a
+    redelivery but a device (or a forger) contradicting what was stored. Never overwritten."""
+
+    def __init__(self, ts: float, stored: str, offered: str) -> None:
+        super().__init__(
+            f"a reading at {ts!r} with values {stored} is stored; this one has {offered}"
+        )
+        self.ts = ts
+
+
+# What storing one reading did: a new row, nothing (the same reading again: a redelivery), or
+# nothing because a different reading holds its timestamp (the caller quarantines it).
+Outcome = Literal["new", "duplicate", "conflict"]
 
 
 class Latest(NamedTuple):
@@ -126,12 +143,12 @@ def _memory(conn: sqlite3.Connection) -> _Memory | None:
     return memory  # type: ignore[no-any-return]
 
 
-def _stored(conn: sqlite3.Connection, key: int, ts: float) -> bool:
-    """Whether series ``key`` already has a reading at ``ts`` (through the blocks)."""
+def _stored(conn: sqlite3.Connection, key: int, ts: float) -> str | None:
+    """The values series ``key`` holds at ``ts`` (through the blocks), or None."""
     row = conn.execute(
         _STORED_SQL, {"since": ts, "until": math.nextafter(ts, math.inf), "key": key}
     ).fetchone()
-    return row is not None
+    return None if row is None else str(row[0])
 
 
 def decode_values(text: str) -> list[float]:
@@ -180,39 +197,49 @@ def _row(
     tel: Telemetry,
     room_id: str,
     received_at: float,
-    pending: set[tuple[int, float]] | None = None,
+    pending: dict[tuple[int, float], str] | None = None,
 ) -> tuple[tuple[Any, ...], _Seen | None, float] | None:
-    """The readings row for ``tel`` (with its series' memory and ts), or None if stored (or in
-    ``pending``: rows about to be inserted, which the database cannot see yet; ``tel``'s is
-    added to it)."""
+    """The readings row for ``tel`` (with its series' memory and ts), or None if the same
+    reading is stored (or in ``pending``: rows about to be inserted, which the database cannot
+    see yet; ``tel``'s is added to it). ReadingConflict if another reading holds its ts."""
     names = sorted(tel.data)
     key = series_key(conn, tel.device_id, room_id, names, received_at)
     ts = tel.timestamp.timestamp() if tel.timestamp is not None else received_at
+    vals = encode_values([tel.data[n] for n in names])
     if pending is not None:
-        if (key, ts) in pending:
-            return None
-        pending.add((key, ts))
+        held = pending.get((key, ts))
+        if held is not None:
+            return _same(ts, held, vals)
     memory = _memory(conn)
     seen = None
     if memory is not None:
         if memory.floor is None:
             memory.seed(conn, min(ts, received_at) - SEEN_WINDOW_S)
         seen = memory.of(key)
-    if seen is not None and ts >= seen.floor:
-        if ts in seen.ts:
-            return None
-    elif _stored(conn, key, ts):
-        return None
-    vals = encode_values([tel.data[n] for n in names])
+    if seen is None or ts < seen.floor or ts in seen.ts:
+        # Possibly stored (the memory knows it is, or cannot tell): the database decides.
+        stored = _stored(conn, key, ts)
+        if stored is not None:
+            return _same(ts, stored, vals)
+    if pending is not None:
+        pending[(key, ts)] = vals
     return (key, ts, round((received_at - ts) * 1000), int(tel.timestamp_replaced), vals), seen, ts
+
+
+def _same(ts: float, stored: str, offered: str) -> None:
+    """A reading found at ``ts`` again: a redelivery (None) if its values are the same."""
+    if stored != offered:
+        raise ReadingConflict(ts, stored, offered)
+    return None
 
 
 def insert_reading(
     conn: sqlite3.Connection, tel: Telemetry, room_id: str, received_at: float
 ) -> int | None:
     """Store one telemetry message (received_at in unix seconds); return its row id, or None if
-    the same device already sent the same metrics with the same timestamp (a QoS 1 redelivery).
-    Call it last in a write: once it returns an id, the writer's memory counts the row as stored.
+    the same device already sent the same metrics with the same timestamp and values (a QoS 1
+    redelivery); ReadingConflict if that timestamp holds other values. Call it last in a write:
+    once it returns an id, the writer's memory counts the row as stored.
 
     No "latest" row is kept up to date here: the automation holds the latest values in memory,
     and upserting one per reading cost ~210 bytes written per reading (its pages are rewritten
@@ -231,20 +258,33 @@ def insert_reading(
 
 
 def insert_readings(
-    conn: sqlite3.Connection, batch: list[tuple[Telemetry, str, float]]
-) -> list[bool]:
+    conn: sqlite3.Connection,
+    batch: list[tuple[Telemetry, str, float]],
+    on_conflict: Callable[[int, ReadingConflict], None] | None = None,
+) -> list[Outcome]:
     """``insert_reading`` for many (telemetry, room, received_at), in order, with multi-row
-    INSERTs: whether each was new. Ids are given in order, as one by one. On the writer's
-    connection only (its memory catches a redelivery within the batch); if it raises, the
-    caller must roll the transaction back (the writer then forgets its memory)."""
-    if _memory(conn) is None:
-        return [insert_reading(conn, *args) is not None for args in batch]
+    INSERTs: what became of each (a conflict stores nothing: ``on_conflict(index, error)`` is
+    told instead of raising). Ids are given in
+    order, as one by one. On the writer's connection only (its memory catches a redelivery
+    within the batch); if it raises, the caller must roll the transaction back (the writer then
+    forgets its memory)."""
+    memory = _memory(conn)
     rows: list[Any] = []
-    out: list[bool] = []
-    pending: set[tuple[int, float]] = set()
-    for tel, room_id, received_at in batch:
-        found = _row(conn, tel, room_id, received_at, pending)
-        out.append(found is not None)
+    out: list[Outcome] = []
+    pending: dict[tuple[int, float], str] = {}
+    for index, (tel, room_id, received_at) in enumerate(batch):
+        try:
+            if memory is None:
+                out.append("new" if insert_reading(conn, tel, room_id, received_at) else
+                           "duplicate")
+                continue
+            found = _row(conn, tel, room_id, received_at, pending)
+        except ReadingConflict as exc:
+            out.append("conflict")
+            if on_conflict is not None:
+                on_conflict(index, exc)
+            continue
+        out.append("duplicate" if found is None else "new")
         if found is not None:
             row, seen, ts = found
             rows.extend(row)

@@ -321,19 +321,24 @@ async def test_rotated_password_replaces_the_old_one(farm: Farm) -> None:
 
 
 async def test_client_id_cannot_be_hijacked(farm: Farm) -> None:
-    """A bad login, or another account, reusing a device's client id leaves its session alone."""
+    """A bad login, or another account, reusing a device's client id leaves its session alone:
+    bad logins are refused; another account gets a session of its own (client ids are per
+    account), never the device's."""
     dev_pw = farm.secrets.devices["dev-a"]
     async with farm.client(EDGE) as edge, aiomqtt.Client(
         "127.0.0.1", farm.broker.port, username="dev-a", password=dev_pw,
         identifier="dev-a-node", timeout=5,
     ) as dev:
         await dev.subscribe(farm.topic("command", "dev-a"), qos=1)
-        for username, password in [("dev-a", "wrong"), ("nobody", "x"),
-                                   ("dev-b", farm.secrets.devices["dev-b"])]:
+        for username, password in [("dev-a", "wrong"), ("nobody", "x")]:
             with pytest.raises(aiomqtt.MqttError):
                 async with aiomqtt.Client("127.0.0.1", farm.broker.port, username=username,
                                           password=password, identifier="dev-a-node", timeout=5):
                     pass
+        async with aiomqtt.Client("127.0.0.1", farm.broker.port, username="dev-b",
+                                  password=farm.secrets.devices["dev-b"],
+                                  identifier="dev-a-node", clean_session=False, timeout=5):
+            pass
         await edge.publish(farm.topic("command", "dev-a"), b"still-here", qos=1)
         message = await next_message(dev)
         assert message.payload == b"still-here"

@@ -142,8 +142,10 @@ async def test_redeliveries_are_stored_once(db: Database, farm_id: str) -> None:
     t = topic(farm_id, "room-a", "telemetry", "s1")
     stamped = telemetry("s1", datetime.now(UTC) - timedelta(minutes=1), humidity_pct=91.5)
     unstamped = telemetry("s1", None, humidity_pct=90.25)
-    for payload in (stamped, unstamped, stamped, unstamped):
+    for payload in (stamped, unstamped):
         await ingest.handle(t, payload)
+    for payload in (stamped, unstamped):  # the broker's resends (MQTT DUP flag)
+        await ingest.handle(t, payload, redelivery=True)
     await settle(db)
     # A fresh ingest (an edge restart) has no memory: the database refuses the stamped one again.
     restarted = make_ingest(db, farm_id, Calls())
@@ -159,6 +161,11 @@ async def test_redeliveries_are_stored_once(db: Database, farm_id: str) -> None:
         True,
         False,
     ]
+    # Without the DUP flag the same values again, unstamped, are a new reading (a sensor with
+    # no clock in a steady room): stamped with their own receive time, not dropped.
+    await ingest.handle(t, unstamped)
+    await settle(db)
+    assert ingest.stats.stored == 3
 
 
 async def test_failing_callback_loses_nothing(db: Database, farm_id: str, caplog) -> None:
@@ -330,7 +337,9 @@ def build_traffic(farm: str, rnd: random.Random) -> tuple[list[tuple[str, bytes,
             data["ph"] = 6.5  # unknown metrics are kept
         valid.append((t, telemetry(device, stamp, **data)))
     out += [(t, p, "stored") for t, p in valid]
-    out += [(t, p, "duplicate") for t, p in rnd.sample(valid, 40)]
+    # Resent with its device timestamp: a duplicate. (The same values again without a usable
+    # timestamp are a new reading unless the broker flags a resend: see test_edge_boundary.)
+    out += [(t, p, "duplicate") for t, p in rnd.sample(valid[::3], 40)]
     for i in range(20):
         out.append(
             (

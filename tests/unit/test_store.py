@@ -254,15 +254,21 @@ async def test_consecutive_readings_of_a_group_go_in_together_in_order(db: Datab
         (tel("s1", T0 + i, ph=6.0 + i / 100), "r1", T0 + i, i == 0) for i in range(1200)
     ]
     batch.insert(700, batch[3])  # a redelivery within the group
+    # …and a reading contradicting one of the group (same time, other value): quarantined.
+    batch.insert(900, (tel("s1", T0 + 5, ph=9.9), "r1", T0 + 5, False, "t/s1", b"{}"))
     outcomes = await asyncio.gather(*(db.write(store_telemetry, *args) for args in batch))
     assert db.stats.transactions == 1
-    assert outcomes.count(False) == 1 and outcomes[700] is False
+    assert outcomes.count("duplicate") == 1 and outcomes[700] == "duplicate"
+    assert outcomes.count("conflict") == 1 and outcomes[900] == "conflict"
+    [(topic, reason)] = await db.read(
+        lambda c: c.execute("SELECT topic, reason FROM quarantine").fetchall())
+    assert topic == "t/s1" and reason.startswith("conflict: a reading at")
     rows = await db.read(lambda c: c.execute("SELECT id, ts, vals FROM readings ORDER BY id")
                          .fetchall())
     assert [r["ts"] for r in rows] == [T0 + i for i in range(1200)]
     assert [r["id"] for r in rows] == list(range(rows[0]["id"], rows[0]["id"] + 1200))
     assert rows[5]["vals"] == "[6.05]"
-    assert await db.write(store_telemetry, *batch[0]) is False  # remembered after the group
+    assert await db.write(store_telemetry, *batch[0]) == "duplicate"  # remembered after it
 
 
 async def test_a_failing_item_amid_batched_readings_fails_alone(db: Database) -> None:
@@ -274,7 +280,7 @@ async def test_a_failing_item_amid_batched_readings_fails_alone(db: Database) ->
     writes.insert(5, db.write(fail))
     outcomes = await asyncio.gather(*writes, return_exceptions=True)
     assert isinstance(outcomes.pop(5), ValueError)
-    assert outcomes == [True] * 10
+    assert outcomes == ["new"] * 10
     assert await db.read(readings.count) == 10
 
 

@@ -1,0 +1,179 @@
+"""Embedded-broker intake: what devices publish reaches the ingest in-process, and the broker
+acknowledges a message (PUBACK) only once everything the ingest wrote for it is committed.
+
+The broker (edge.broker) hands each device PUBLISH to ``admit`` before it acknowledges it and
+awaits the future it gets back. One consumer task (``run``) feeds the queued messages to the
+ingest in arrival order, as the MQTT subscriber did; after each run of messages it queues a
+barrier (an urgent no-op write) in the store's writer queue, which is first in, first out, so
+the barrier settles once every write before it is committed, and then so do those messages'
+futures. Group commit is kept: a barrier ends the group early instead of waiting out
+``store.commit_interval_ms``, and one barrier covers every message taken since the last.
+
+So a device that saw its PUBACK never loses the reading: not at a restart (a message that
+arrives before the consumer runs simply waits), not at a SIGKILL (it is in the WAL). What the
+edge refuses (the ACL, an oversize packet) is a committed quarantine row before the PUBACK.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from functools import partial
+from typing import Final
+
+from edge.ingest import DRAIN_BATCH, Ingest
+from edge.store import Database, StoreError
+from shared.topics import UPLINK_KINDS
+
+log = logging.getLogger(__name__)
+
+# A run of at most this many messages shares one barrier (one group commit).
+BARRIER_EVERY: Final = DRAIN_BATCH
+
+
+@dataclass(slots=True)
+class _Message:
+    topic: str
+    payload: bytes
+    redelivery: bool
+    # Set for a refused message: (counter class, reason, size of the original payload).
+    refusal: tuple[str, str, int] | None
+    done: asyncio.Future[None] | None
+
+
+class Intake:
+    """The queue between the embedded broker's PUBLISH handling and the ingest."""
+
+    def __init__(self, ingest: Ingest, db: Database) -> None:
+        self._ingest = ingest
+        self._db = db
+        self._prefix = f"farm/{ingest.farm_id}/room/"
+        self._queue: deque[_Message] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._unsettled = 0  # messages taken whose barrier has not settled yet
+        self.accepted = 0
+        self.refused = 0
+
+    # ---- called by the broker, per PUBLISH ----
+    def admit(
+        self, topic: str, payload: bytes, *, permitted: bool, redelivery: bool, wait: bool,
+        username: str | None,
+    ) -> asyncio.Future[None] | None:
+        """Take one PUBLISH from ``username``; the future settles when its writes (reading,
+        status, ack, or quarantine row) are committed, None if there is nothing to wait for
+        (not an uplink message, or ``wait`` is false: QoS 0)."""
+        if not permitted:
+            reason = f"{username or '(anonymous)'} may not publish on this topic"
+            return self.refuse(topic, payload, "acl", reason, len(payload), wait=wait)
+        if not self._is_uplink(topic):
+            return None  # the edge's own commands, or another client's traffic: not ours
+        self.accepted += 1
+        return self._put(_Message(topic, payload, redelivery, None, None), wait)
+
+    def refuse(
+        self, topic: str, head: bytes, kind: str, reason: str, original_size: int, *,
+        wait: bool = True,
+    ) -> asyncio.Future[None] | None:
+        """Quarantine a message the broker will not deliver (``head``: what was kept of it)."""
+        self.refused += 1
+        return self._put(_Message(topic, head, False, (kind, reason, original_size), None), wait)
+
+    def _is_uplink(self, topic: str) -> bool:
+        if not topic.startswith(self._prefix):
+            return False
+        parts = topic.split("/")
+        return len(parts) == 6 and parts[4] in UPLINK_KINDS
+
+    def _put(self, message: _Message, wait: bool) -> asyncio.Future[None] | None:
+        if wait:
+            message.done = asyncio.get_running_loop().create_future()
+        self._queue.append(message)
+        self._idle.clear()
+        self._wake.set()
+        return message.done
+
+    # ---- the consumer ----
+    @property
+    def pending(self) -> int:
+        """Messages queued or not yet committed."""
+        return len(self._queue) + self._unsettled
+
+    async def run(self) -> None:
+        """Feed queued messages to the ingest until cancelled."""
+        queue = self._queue
+        while True:
+            if not queue:
+                self._wake.clear()
+                if self._unsettled == 0:
+                    self._idle.set()
+                await self._wake.wait()
+                continue
+            waiting: list[asyncio.Future[None]] = []
+            for _ in range(BARRIER_EVERY):
+                if not queue:
+                    break
+                message = queue.popleft()
+                await self._handle(message)
+                if message.done is not None:
+                    waiting.append(message.done)
+            if waiting:
+                self._barrier(waiting)
+
+    async def _handle(self, message: _Message) -> None:
+        if message.refusal is None:
+            await self._ingest.handle(message.topic, message.payload,
+                                      redelivery=message.redelivery)
+        else:
+            kind, reason, size = message.refusal
+            self._ingest.refuse(message.topic, message.payload, kind, reason, original_size=size)
+
+    def _barrier(self, waiting: list[asyncio.Future[None]]) -> None:
+        self._unsettled += len(waiting)
+        try:
+            barrier = self._db.submit(_commit_point, urgent=True)
+        except StoreError as exc:
+            self._settle(waiting, exc)
+            return
+        barrier.add_done_callback(partial(self._barrier_done, waiting))
+
+    def _barrier_done(self, waiting: list[asyncio.Future[None]],
+                      barrier: asyncio.Future[None]) -> None:
+        self._settle(waiting, None if barrier.cancelled() else barrier.exception())
+
+    def _settle(self, waiting: list[asyncio.Future[None]], error: BaseException | None) -> None:
+        self._unsettled -= len(waiting)
+        if error is not None:
+            log.error("%d message(s) could not be committed; their publishers get no "
+                      "acknowledgement and will send them again: %s", len(waiting), error)
+        for future in waiting:
+            if future.done():
+                continue  # the publisher went away meanwhile
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(StoreError(str(error)))
+        if self._unsettled == 0 and not self._queue:
+            self._idle.set()
+
+    async def drain(self, max_s: float = 10.0) -> bool:
+        """Wait until everything queued is handled and committed (at shutdown, after the broker
+        stopped taking messages); False if that took longer than ``max_s``."""
+        try:
+            async with asyncio.timeout(max_s):
+                while self.pending:
+                    self._idle.clear()
+                    self._wake.set()
+                    await self._idle.wait()
+        except TimeoutError:
+            log.error("%d accepted message(s) still not committed after %.0f s", self.pending,
+                      max_s)
+            return False
+        return True
+
+
+def _commit_point(conn: object) -> None:
+    """The barrier: a write that changes nothing (no page is dirtied)."""
+
