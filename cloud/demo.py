@@ -94,18 +94,19 @@ async def provision(app: web.Application, url: str, edge: EdgeSettings) -> dict[
                                     {"email": DEMO_EMAIL, "password": DEMO_PASSWORD})
         rest.token = tokens["access_token"]
         farm = edge.farm_id
+        in_farm = f"?farm_id={farm}"  # room and device ids are per farm
         await rest.ensure(f"/api/farms/{farm}", "/api/farms",
                           {"id": farm, "name": "Demo mushroom farm"})
         for room in edge.rooms:
-            await rest.ensure(f"/api/rooms/{room.id}", f"/api/farms/{farm}/rooms",
+            await rest.ensure(f"/api/rooms/{room.id}{in_farm}", f"/api/farms/{farm}/rooms",
                               {"id": room.id, "name": room.name, "species": room.species,
                                "stage": room.stage})
         for device in edge.devices:
             body: dict[str, Any] = {"id": device.id, "kind": device.kind, "name": device.id}
             if device.actuator:
                 body["actuator"] = device.actuator
-            await rest.ensure(f"/api/devices/{device.id}", f"/api/rooms/{device.room}/devices",
-                              body)
+            await rest.ensure(f"/api/devices/{device.id}{in_farm}",
+                              f"/api/rooms/{device.room}/devices{in_farm}", body)
             if device.actuator == "exhaust_fan":
                 # A user rule to show in the editor; a backstop above the profile's own CO₂ rule
                 # (which the edge derives from the stage, and which stays in charge).
@@ -113,8 +114,8 @@ async def provision(app: web.Application, url: str, edge: EdgeSettings) -> dict[
                         "room_id": device.room, "actuator": device.id, "metric": "co2_ppm",
                         "on_above": 1800, "off_below": 1400, "for_s": 60,
                         "description": "backstop: vent hard above 1800 ppm"}
-                await rest.ensure(f"/api/rooms/{device.room}/automation/{rule['id']}",
-                                  f"/api/rooms/{device.room}/automation", rule)
+                await rest.ensure(f"/api/rooms/{device.room}/automation/{rule['id']}{in_farm}",
+                                  f"/api/rooms/{device.room}/automation{in_farm}", rule)
         done["history"] = await _backfill(app, edge)
         done["edge"] = await _register_edge(rest, edge, url)
     return done
@@ -127,13 +128,13 @@ async def _backfill(app: web.Application, edge: EdgeSettings) -> int:
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     added = 0
     for device in edge.devices:
-        if device.kind != "sensor" or await devices_db.latest(db, device.id):
+        if device.kind != "sensor" or await devices_db.latest(db, edge.farm_id, device.id):
             continue
         room = edge.room(device.room)
         assert room is not None
         rows = list(readings(device.room, device.id, _means(room.species, room.stage),
                              end - HISTORY, end))
-        added += await telemetry_db.insert_readings(db, rows)
+        added += await telemetry_db.insert_readings(db, edge.farm_id, rows)
     return added
 
 

@@ -77,12 +77,14 @@ def _selection(conn: psycopg.Connection[Any], req: ExportRequest) -> dict[str, A
     unknown = sorted(set(req.rooms) - set(rooms))
     if unknown:
         raise ExportError(f"--room {', '.join(unknown)}: not a room of farm {req.farm_id}")
-    return {"rooms": req.rooms or rooms, "start": req.start, "end": req.end,
-            "metrics": req.metrics}
+    return {"farm_id": req.farm_id, "rooms": req.rooms or rooms, "start": req.start,
+            "end": req.end, "metrics": req.metrics}
 
 
 def _where(req: ExportRequest) -> sql.Composed:
-    parts = [sql.SQL("room_id = ANY(%(rooms)s) AND time >= %(start)s AND time < %(end)s")]
+    # Room ids are per farm: the farm is always part of the selection.
+    parts = [sql.SQL("farm_id = %(farm_id)s AND room_id = ANY(%(rooms)s)"
+                     " AND time >= %(start)s AND time < %(end)s")]
     if req.metrics:
         parts.append(sql.SQL("metric = ANY(%(metrics)s)"))
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(parts)

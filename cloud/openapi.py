@@ -9,7 +9,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from cloud.api.routing import Route
+from cloud.api.routing import FARM_PARAM, Route
 from shared.models import Id
 from shared.topics import ID_RE
 
@@ -85,9 +85,21 @@ def _path_params(route: Route) -> list[dict[str, Any]]:
     return out
 
 
+# Scopes whose path id is unique only within a farm (routing.FARM_PARAM picks the farm).
+FARM_SCOPED_IDS = ("room", "device", "edge")
+FARM_PARAM_DOC = {
+    "name": FARM_PARAM,
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
+    "description": "the farm of the id in the path; needed only when the id is in more than one"
+    " of your farms (ids are per farm), else a 409 asks for it",
+}
+
+
 def _query_params(route: Route, components: dict[str, Any]) -> list[dict[str, Any]]:
     if route.query is None:
-        return []
+        return [FARM_PARAM_DOC] if route.scope in FARM_SCOPED_IDS else []
     schema = route.query.model_json_schema(
         ref_template=REF, mode="validation", schema_generator=_Schemas
     )
@@ -104,6 +116,8 @@ def _query_params(route: Route, components: dict[str, Any]) -> list[dict[str, An
         if "description" in prop:
             param["description"] = prop["description"]
         params.append(param)
+    if route.scope in FARM_SCOPED_IDS and FARM_PARAM not in schema.get("properties", {}):
+        params.append(FARM_PARAM_DOC)
     return params
 
 
@@ -114,6 +128,8 @@ def _error_statuses(route: Route) -> list[int]:
         statuses |= {401, 429}
     if route.scope not in ("public", "user"):
         statuses |= {403, 404}
+    if route.scope in FARM_SCOPED_IDS:
+        statuses |= {409}  # the id is in several of the caller's farms: say which (farm_id)
     if route.body is not None:
         statuses |= {400, 413, 415, 422}
     if route.query is not None or "{" in route.path:

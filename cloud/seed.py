@@ -127,7 +127,7 @@ async def seed(
     rule_adapter = TypeAdapter(Rule)
     plan: list[tuple[str, str, tuple[float, float, float], datetime]] = []
     for room_id, name, species, stage, means in ROOMS:
-        if await rooms_db.get(db, room_id) is None:
+        if await rooms_db.get(db, FARM_ID, room_id) is None:
             await rooms_db.create(
                 db,
                 room_id=room_id,
@@ -142,10 +142,11 @@ async def seed(
             (f"{room_id}-{role}", "actuator", role) for role in ACTUATORS
         ]
         for device_id, kind, role in devices:
-            if await devices_db.get(db, device_id) is None:
+            if await devices_db.get(db, FARM_ID, device_id) is None:
                 await devices_db.create(
                     db,
                     device_id=device_id,
+                    farm_id=FARM_ID,
                     room_id=room_id,
                     name=device_id,
                     kind=kind,
@@ -156,9 +157,9 @@ async def seed(
                 added["devices"] += 1
         for body in _rules(room_id, means[1]):
             rule = rule_adapter.validate_python(body)
-            if await rules_db.ensure(db, room_id, rule.id, rule.model_dump(mode="json")):
+            if await rules_db.ensure(db, FARM_ID, room_id, rule.id, rule.model_dump(mode="json")):
                 added["rules"] += 1
-        latest = await devices_db.latest(db, f"{room_id}-sensor")
+        latest = await devices_db.latest(db, FARM_ID, f"{room_id}-sensor")
         start = now - timedelta(days=days)
         if latest:
             start = max(start, max(r["time"] for r in latest) + STEP)
@@ -171,12 +172,12 @@ async def seed(
         for row in readings(room_id, device_id, means, start, now):
             batch.append(row)
             if len(batch) >= BATCH_ROWS:
-                done += await telemetry_db.insert_readings(db, batch)
+                done += await telemetry_db.insert_readings(db, FARM_ID, batch)
                 batch = []
                 if progress:
                     progress(done, total)
         if batch:
-            done += await telemetry_db.insert_readings(db, batch)
+            done += await telemetry_db.insert_readings(db, FARM_ID, batch)
         if progress:
             progress(done, total)
     added["readings"] = done

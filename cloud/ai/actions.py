@@ -22,15 +22,17 @@ from shared.errors import SmartfarmError
 from shared.rules import Rule
 
 RULE: TypeAdapter[Any] = TypeAdapter(Rule)  # type: ignore[arg-type]  # an annotated union
-DEVICES = "SELECT id, kind, actuator FROM devices WHERE room_id = %(room_id)s ORDER BY id"
+DEVICES = """
+SELECT id, kind, actuator FROM devices WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+ORDER BY id"""
 
 
 class ActionRejected(SmartfarmError):
     """The action does not fit the room (any more): unknown device, invalid rule."""
 
 
-async def room_devices(db: Database, room_id: str) -> list[dict[str, Any]]:
-    return await db.fetch_all(DEVICES, {"room_id": room_id})
+async def room_devices(db: Database, farm_id: str, room_id: str) -> list[dict[str, Any]]:
+    return await db.fetch_all(DEVICES, {"farm_id": farm_id, "room_id": room_id})
 
 
 def checked(
@@ -78,7 +80,7 @@ async def apply(
     recommendation_id: int,
 ) -> dict[str, Any]:
     """Carry out a stored action (re-checked: the room may have changed since); what was done."""
-    devices = await room_devices(db, room_id)
+    devices = await room_devices(db, farm_id, room_id)
     parsed: CommandAction | RuleAction = (
         CommandAction.model_validate(action)
         if action.get("kind") == "command"
@@ -92,6 +94,7 @@ async def apply(
         await commands_db.create(
             db,
             command_id=command_id,
+            farm_id=farm_id,
             room_id=room_id,
             device_id=concrete["device_id"],
             action=concrete["action"],
@@ -109,10 +112,13 @@ async def apply(
         return {"kind": "command", "command_id": command_id}
     rule = concrete["rule"]
     verb, row = "rule.update", None
-    if await rules_db.get(db, room_id, rule["id"]) is not None:
-        row = await rules_db.update(db, room_id, rule["id"], rule, version=None, user_id=user_id)
+    if await rules_db.get(db, farm_id, room_id, rule["id"]) is not None:
+        row = await rules_db.update(
+            db, farm_id, room_id, rule["id"], rule, version=None, user_id=user_id
+        )
     if row is None:  # new (or deleted between the two statements)
-        verb, row = "rule.create", await rules_db.create(db, room_id, rule["id"], rule, user_id)
+        row = await rules_db.create(db, farm_id, room_id, rule["id"], rule, user_id)
+        verb = "rule.create"
     await audit.record(
         db,
         user_id=user_id,

@@ -93,16 +93,17 @@ def _status_on(state: Any) -> bool | None:
 
 
 async def build_context(
-    db: Database, room_id: str, *, now: datetime, window_hours: float
+    db: Database, farm_id: str, room_id: str, *, now: datetime, window_hours: float
 ) -> RoomContext | None:
     """None when the room does not exist."""
     start = now - timedelta(hours=window_hours)
-    data = await context_db.read(db, room_id, start=start, end=now)
+    data = await context_db.read(db, farm_id, room_id, start=start, end=now)
     if not data:
         return None
     room = data["room"]
     profile = profile_for(room["species"], room["stage"])
-    minutes, _ = by_minute(await derived_db.minute_means(db, room_id, start=start, end=now))
+    means = await derived_db.minute_means(db, farm_id, room_id, start=start, end=now)
+    minutes, _ = by_minute(means)
     summary = summarize(minutes, profile)
     metrics: dict[str, MetricStats] = {}
     for row in data["stats"]:

@@ -25,17 +25,19 @@ async def generate(
     config: AiConfig,
     room_id: str,
     *,
+    farm_id: str,
     trigger: str,
     requested_by: int | None,
     now: datetime,
 ) -> dict[str, Any]:
     """Advise one room now and store the result. A ProviderError propagates (``transient``
     ones are worth a retry) unless the built-in advisor stands in for a failed Bedrock."""
-    ctx = await build_context(db, room_id, now=now, window_hours=config.window_hours)
+    ctx = await build_context(db, farm_id, room_id, now=now, window_hours=config.window_hours)
     if ctx is None:
-        return {"room_id": room_id, "skipped": "room not found"}
+        return {"farm_id": farm_id, "room_id": room_id, "skipped": "room not found"}
     run_id = await recs_db.start_run(
         db,
+        farm_id,
         room_id,
         provider=provider.name,
         model=provider.model,
@@ -60,7 +62,7 @@ async def generate(
                 "output_tokens": exc.output_tokens,
             }
         )
-    devices = await room_devices(db, room_id)
+    devices = await room_devices(db, farm_id, room_id)
     items = []
     for suggestion in advice.suggestions:
         reason = suggestion.reason
@@ -78,9 +80,12 @@ async def generate(
                 "action": action,
             }
         )
-    rows = await recs_db.store(db, room_id, source=advice.provider, run_id=run_id, items=items)
+    rows = await recs_db.store(
+        db, farm_id, room_id, source=advice.provider, run_id=run_id, items=items
+    )
     await _finish(db, run_id, advice, None, status="succeeded", error=note, count=len(rows))
     return {
+        "farm_id": farm_id,
         "room_id": room_id,
         "run_id": run_id,
         "provider": advice.provider,

@@ -86,19 +86,23 @@ def predict(
 
 async def predict_room(db: Database, room: dict[str, Any], *, now: datetime) -> dict[str, Any]:
     """Store today's prediction for the room's coming flush; the stored row."""
-    substrate = await harvests_db.substrate(db, room["id"])
+    farm_id = room["farm_id"]
+    substrate = await harvests_db.substrate(db, farm_id, room["id"])
     assert substrate is not None
-    done = await harvests_db.flushes(db, room["id"], since=substrate["loaded_at"])
+    done = await harvests_db.flushes(db, farm_id, room["id"], since=substrate["loaded_at"])
     flush = (max(f["flush"] for f in done) + 1) if done else 1
     flush_start = max(
         [substrate["loaded_at"], room["stage_started"], *(f["last_at"] for f in done)]
     )
     flush_start = max(flush_start, now - timedelta(days=MAX_FLUSH_DAYS))
-    tib, minutes = await derived_db.time_in_band(db, room["id"], start=flush_start, end=now)
+    tib, minutes = await derived_db.time_in_band(
+        db, farm_id, room["id"], start=flush_start, end=now
+    )
     figures = predict(room["species"], substrate["dry_mass_kg"], flush, tib)
     return await harvests_db.store_prediction(
         db,
         {
+            "farm_id": farm_id,
             "room_id": room["id"],
             "flush": flush,
             "day": now.date(),
@@ -116,27 +120,32 @@ async def predict_room(db: Database, room: dict[str, Any], *, now: datetime) -> 
     )
 
 
-async def predict_yield(db: Database, *, now: datetime, room_id: str | None = None) -> int:
-    """Predict every room in pinning or fruiting with a substrate (or just ``room_id``)."""
+async def predict_yield(
+    db: Database, *, now: datetime, room_id: str | None = None, farm_id: str | None = None
+) -> int:
+    """Predict every room in pinning or fruiting with a substrate (or just ``room_id`` of
+    ``farm_id``; a room id alone names that room in every farm)."""
     count = 0
     for room in await harvests_db.growing_rooms(db):
         if room_id is not None and room["id"] != room_id:
+            continue
+        if farm_id is not None and room["farm_id"] != farm_id:
             continue
         await predict_room(db, room, now=now)
         count += 1
     return count
 
 
-async def report(db: Database, room_id: str) -> dict[str, Any]:
+async def report(db: Database, farm_id: str, room_id: str) -> dict[str, Any]:
     """The substrate, the current prediction, and each harvested flush against its prediction."""
-    substrate = await harvests_db.substrate(db, room_id)
+    substrate = await harvests_db.substrate(db, farm_id, room_id)
     if substrate is None:
         return {"model": MODEL, "substrate": None, "current": None, "flushes": []}
     since = substrate["loaded_at"]
     flushes = []
-    for done in await harvests_db.flushes(db, room_id, since=since):
+    for done in await harvests_db.flushes(db, farm_id, room_id, since=since):
         judged = await harvests_db.prediction_for(
-            db, room_id, flush=done["flush"], day=done["first_at"].date(), since=since
+            db, farm_id, room_id, flush=done["flush"], day=done["first_at"].date(), since=since
         )
         actual = float(done["actual_kg"])
         entry: dict[str, Any] = {"flush": done["flush"], "actual_kg": round(actual, 3)}
@@ -156,7 +165,7 @@ async def report(db: Database, room_id: str) -> dict[str, Any]:
     return {
         "model": MODEL,
         "substrate": substrate,
-        "current": await harvests_db.latest_prediction(db, room_id, since=since),
+        "current": await harvests_db.latest_prediction(db, farm_id, room_id, since=since),
         "flushes": flushes,
         "mean_abs_error_pct": round(sum(errors) / len(errors), 1) if errors else None,
     }

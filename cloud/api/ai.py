@@ -78,8 +78,9 @@ async def recommend(call: Call) -> RecommendJobOut:
     room_id = call.param("room_id")
     queued = await call.app[appkeys.JOBS].defer_once(
         "generate_ai_recommendations",
-        key=f"ai:{room_id}",
+        key=f"ai:{call.farm_id}:{room_id}",
         room_id=room_id,
+        farm_id=call.farm_id,
         trigger="request",
         requested_by=call.user_id,
     )
@@ -97,6 +98,7 @@ async def list_recommendations(call: Call) -> Page[RecommendationOut]:
     after = decode_cursor(q.cursor, int)
     rows = await recs_db.list_recommendations(
         call.db,
+        call.farm_id,
         call.param("room_id"),
         status=q.status,
         after=after[0] if after else None,
@@ -112,7 +114,7 @@ async def _open(call: Call) -> dict[str, Any]:
     raw = call.param("recommendation_id")
     row = None
     if raw.isdigit() and len(raw) < 19:
-        row = await recs_db.get(call.db, call.param("room_id"), int(raw))
+        row = await recs_db.get(call.db, call.farm_id, call.param("room_id"), int(raw))
     if row is None:
         raise NotFound("recommendation not found")
     if row["status"] != "open":
@@ -141,7 +143,13 @@ async def accept(call: Call) -> RecommendationOut:
                 detail=f"the suggested action cannot be applied: {exc}",
             ) from None
     decided = await recs_db.decide(
-        call.db, room_id, row["id"], status="accepted", user_id=call.user_id, applied=applied
+        call.db,
+        call.farm_id,
+        room_id,
+        row["id"],
+        status="accepted",
+        user_id=call.user_id,
+        applied=applied,
     )
     if decided is None:
         raise Conflict("the recommendation was decided meanwhile")
@@ -153,6 +161,7 @@ async def dismiss(call: Call) -> RecommendationOut:
     row = await _open(call)
     decided = await recs_db.decide(
         call.db,
+        call.farm_id,
         call.param("room_id"),
         row["id"],
         status="dismissed",
@@ -166,7 +175,7 @@ async def dismiss(call: Call) -> RecommendationOut:
 
 async def list_runs(call: Call) -> RunList:
     """The room's last 20 recommendation runs, with provider, attempts and token usage"""
-    rows = await recs_db.runs(call.db, call.param("room_id"))
+    rows = await recs_db.runs(call.db, call.farm_id, call.param("room_id"))
     return RunList(items=[RunOut.model_validate(r) for r in rows])
 
 

@@ -48,7 +48,7 @@ async def _check_actuator(call: Call, rule: Any, room_id: str) -> None:
         raise ValidationFailed(
             [{"field": "body.room_id", "message": "must be this room", "type": "value_error"}]
         )
-    device = await devices_db.get(call.db, rule.actuator)
+    device = await devices_db.get(call.db, call.farm_id, rule.actuator)
     if device is None or device["room_id"] != room_id or device["kind"] != "actuator":
         raise ValidationFailed(
             [
@@ -66,7 +66,11 @@ async def list_rules(call: Call) -> Page[RuleOut]:
     q: PageQuery = call.query
     after = decode_cursor(q.cursor, str)
     rows = await rules_db.list_rules(
-        call.db, call.param("room_id"), after=after[0] if after else None, limit=q.limit + 1
+        call.db,
+        call.farm_id,
+        call.param("room_id"),
+        after=after[0] if after else None,
+        limit=q.limit + 1,
     )
     rows, cursor = paginate(rows, q.limit, lambda r: [r["id"]])
     return Page[RuleOut](items=[_out(r) for r in rows], next_cursor=cursor)
@@ -78,7 +82,7 @@ async def create_rule(call: Call) -> RuleOut:
     room_id = call.param("room_id")
     await _check_actuator(call, rule, room_id)
     body = rule.model_dump(mode="json")
-    row = await rules_db.create(call.db, room_id, rule.id, body, call.user_id)
+    row = await rules_db.create(call.db, call.farm_id, room_id, rule.id, body, call.user_id)
     await audit.record(
         call.db,
         user_id=call.user_id,
@@ -92,7 +96,7 @@ async def create_rule(call: Call) -> RuleOut:
 
 async def get_rule(call: Call) -> RuleOut:
     """Read one automation rule"""
-    row = await rules_db.get(call.db, call.param("room_id"), call.param("rule_id"))
+    row = await rules_db.get(call.db, call.farm_id, call.param("room_id"), call.param("rule_id"))
     if row is None:
         raise NotFound("rule not found")
     return _out(row)
@@ -102,7 +106,7 @@ async def update_rule(call: Call) -> RuleOut:
     """Change fields of a rule (merged, then validated as a whole; version bumps)"""
     patch: RulePatch = call.body
     room_id, rule_id = call.param("room_id"), call.param("rule_id")
-    row = await rules_db.get(call.db, room_id, rule_id)
+    row = await rules_db.get(call.db, call.farm_id, room_id, rule_id)
     if row is None:
         raise NotFound("rule not found")
     if "id" in patch.changes or "room_id" in patch.changes:
@@ -122,7 +126,7 @@ async def update_rule(call: Call) -> RuleOut:
     await _check_actuator(call, rule, room_id)
     body = rule.model_dump(mode="json")
     updated = await rules_db.update(
-        call.db, room_id, rule_id, body, version=patch.version, user_id=call.user_id
+        call.db, call.farm_id, room_id, rule_id, body, version=patch.version, user_id=call.user_id
     )
     if updated is None:
         raise Conflict("the rule changed since you read it (version mismatch)")
@@ -140,7 +144,7 @@ async def update_rule(call: Call) -> RuleOut:
 async def delete_rule(call: Call) -> None:
     """Delete an automation rule"""
     room_id, rule_id = call.param("room_id"), call.param("rule_id")
-    if not await rules_db.delete(call.db, room_id, rule_id):
+    if not await rules_db.delete(call.db, call.farm_id, room_id, rule_id):
         raise NotFound("rule not found")
     await audit.record(
         call.db,

@@ -58,7 +58,7 @@ async def create_command(call: Call) -> CommandOut:
     """Send a command to an actuator in this room (stored pending with an id)"""
     body: CommandIn = call.body
     room_id = call.param("room_id")
-    device = await devices_db.get(call.db, body.device_id)
+    device = await devices_db.get(call.db, call.farm_id, body.device_id)
     if device is None or device["room_id"] != room_id:
         raise ValidationFailed(
             [
@@ -77,6 +77,7 @@ async def create_command(call: Call) -> CommandOut:
     row = await commands_db.create(
         call.db,
         command_id=command_id,
+        farm_id=call.farm_id,
         room_id=room_id,
         device_id=body.device_id,
         action=body.action,
@@ -99,7 +100,12 @@ async def list_commands(call: Call) -> Page[CommandOut]:
     q: CommandQuery = call.query
     after = decode_cursor(q.cursor, datetime, str)
     rows = await commands_db.list_commands(
-        call.db, call.param("room_id"), status=q.status, after=after, limit=q.limit + 1
+        call.db,
+        call.farm_id,
+        call.param("room_id"),
+        status=q.status,
+        after=after,
+        limit=q.limit + 1,
     )
     rows, cursor = paginate(rows, q.limit, lambda r: [r["created_at"], r["id"]])
     return Page[CommandOut](items=[CommandOut.model_validate(r) for r in rows], next_cursor=cursor)
@@ -107,7 +113,9 @@ async def list_commands(call: Call) -> Page[CommandOut]:
 
 async def get_command(call: Call) -> CommandOut:
     """Read one command and its delivery state"""
-    row = await commands_db.get(call.db, call.param("room_id"), call.param("command_id"))
+    row = await commands_db.get(
+        call.db, call.farm_id, call.param("room_id"), call.param("command_id")
+    )
     if row is None:
         raise NotFound("command not found")
     return CommandOut.model_validate(row)

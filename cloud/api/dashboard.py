@@ -129,7 +129,7 @@ async def farm_overview(call: Call) -> OverviewOut:
     assert access is not None
     only = sorted(access.room_ids) if access.room_ids is not None else None
     rooms = await live_db.rooms(call.db, call.farm_id, only)
-    latest = await live_db.room_latest(call.db, [r["id"] for r in rooms])
+    latest = await live_db.room_latest(call.db, call.farm_id, [r["id"] for r in rooms])
     by_room: dict[str, list[dict[str, Any]]] = {}
     for item in latest:
         by_room.setdefault(item["room_id"], []).append(item)
@@ -169,8 +169,8 @@ async def room_live(call: Call) -> RoomLiveOut:
     rooms = await live_db.rooms(call.db, call.farm_id, [room_id])
     if not rooms:
         raise NotFound("room not found")
-    latest = await live_db.room_latest(call.db, [room_id])
-    devices = await live_db.room_devices(call.db, room_id)
+    latest = await live_db.room_latest(call.db, call.farm_id, [room_id])
+    devices = await live_db.room_devices(call.db, call.farm_id, room_id)
     return RoomLiveOut(
         role=access.role,
         room=room_now(rooms[0], latest, datetime.now(UTC)),

@@ -80,7 +80,11 @@ async def list_devices(call: Call) -> Page[DeviceOut]:
     q: PageQuery = call.query
     after = decode_cursor(q.cursor, str)
     rows = await devices_db.list_devices(
-        call.db, call.param("room_id"), after=after[0] if after else None, limit=q.limit + 1
+        call.db,
+        call.farm_id,
+        call.param("room_id"),
+        after=after[0] if after else None,
+        limit=q.limit + 1,
     )
     rows, cursor = paginate(rows, q.limit, lambda r: [r["id"]])
     return Page[DeviceOut](items=[DeviceOut.model_validate(r) for r in rows], next_cursor=cursor)
@@ -96,6 +100,7 @@ async def register_device(call: Call) -> RegisteredDeviceOut:
     row = await devices_db.create(
         call.db,
         device_id=device_id,
+        farm_id=call.farm_id,
         room_id=room_id,
         name=body.name,
         kind=body.kind,
@@ -123,7 +128,7 @@ async def register_device(call: Call) -> RegisteredDeviceOut:
 
 async def get_device(call: Call) -> DeviceOut:
     """Read one device"""
-    row = await devices_db.get(call.db, call.param("device_id"))
+    row = await devices_db.get(call.db, call.farm_id, call.param("device_id"))
     if row is None:
         raise NotFound("device not found")
     return DeviceOut.model_validate(row)
@@ -133,7 +138,11 @@ async def update_device(call: Call) -> DeviceOut:
     """Rename a device or change its capabilities"""
     body: DevicePatch = call.body
     row = await devices_db.update(
-        call.db, call.param("device_id"), name=body.name, capabilities=body.capabilities
+        call.db,
+        call.farm_id,
+        call.param("device_id"),
+        name=body.name,
+        capabilities=body.capabilities,
     )
     if row is None:
         raise NotFound("device not found")
@@ -143,7 +152,7 @@ async def update_device(call: Call) -> DeviceOut:
 async def delete_device(call: Call) -> None:
     """Delete a device (its readings stay in the history)"""
     device_id = call.param("device_id")
-    if not await devices_db.delete(call.db, device_id):
+    if not await devices_db.delete(call.db, call.farm_id, device_id):
         raise NotFound("device not found")
     await audit.record(
         call.db,
@@ -157,7 +166,7 @@ async def delete_device(call: Call) -> None:
 async def latest(call: Call) -> LatestOut:
     """Latest value of every metric a device reported"""
     device_id = call.param("device_id")
-    rows = await devices_db.latest(call.db, device_id)
+    rows = await devices_db.latest(call.db, call.farm_id, device_id)
     assert call.access is not None and call.access.room_id is not None
     readings = [Reading.model_validate(r) for r in rows]
     newest = max((r.time for r in readings), default=None)

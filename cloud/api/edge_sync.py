@@ -139,7 +139,9 @@ async def _note_transport(call: Call, edge: dict[str, Any], *, iot: bool) -> Non
     if (edge.get("iot_since") is not None) == iot:
         return
     try:
-        changed = await iot_down_db.note_transport(call.db, edge["id"], iot=iot)
+        changed = await iot_down_db.note_transport(
+            call.db, edge["farm_id"], edge["id"], iot=iot
+        )
     except CloudError as exc:
         log.warning("edge %s: could not record its uplink transport: %s", edge["id"], exc.detail)
         return
@@ -301,7 +303,7 @@ async def pending(call: Call) -> PendingOut:
     version = q.config_version if q.config_version is not None else edge["config_version"]
     link = EdgeLink(call.db, edge, call.app[EDGE_SYNC].config, config_version=version)
     messages = await link.catch_up()
-    await downlink.touch(call.db, edge["id"])
+    await downlink.touch(call.db, edge["farm_id"], edge["id"])
     return PendingOut(messages=messages)
 
 
@@ -314,7 +316,7 @@ async def answer_pending(call: Call) -> None:
     )
     for message in body.messages:
         await link.receive(message)
-    await downlink.touch(call.db, edge["id"])
+    await downlink.touch(call.db, edge["farm_id"], edge["id"])
 
 
 _BASE = "/api/edge/v1"

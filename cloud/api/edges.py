@@ -79,7 +79,7 @@ async def register_edge(call: Call) -> EdgeTokenOut:
 
 async def get_edge(call: Call) -> EdgeOut:
     """Read one edge gateway"""
-    row = await edges_db.get(call.db, call.param("edge_id"))
+    row = await edges_db.get(call.db, call.farm_id, call.param("edge_id"))
     if row is None:
         raise NotFound("edge not found")
     return EdgeOut.model_validate(row)
@@ -89,7 +89,7 @@ async def rotate_token(call: Call) -> EdgeTokenOut:
     """Replace an edge's token; the old one stops working at once"""
     edge_id = call.param("edge_id")
     token = new_token()
-    row = await edges_db.rotate(call.db, edge_id, token_hash(token))
+    row = await edges_db.rotate(call.db, call.farm_id, edge_id, token_hash(token))
     if row is None:
         raise NotFound("edge not found")
     await audit.record(
@@ -101,7 +101,7 @@ async def rotate_token(call: Call) -> EdgeTokenOut:
 async def delete_edge(call: Call) -> None:
     """Remove an edge gateway (its token stops working)"""
     edge_id = call.param("edge_id")
-    if not await edges_db.delete(call.db, edge_id):
+    if not await edges_db.delete(call.db, call.farm_id, edge_id):
         raise NotFound("edge not found")
     await audit.record(
         call.db, user_id=call.user_id, farm_id=call.farm_id, action="edge.delete", target=edge_id

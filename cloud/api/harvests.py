@@ -105,7 +105,9 @@ class YieldOut(Out):
 
 
 async def _predict_soon(call: Call, room_id: str) -> None:
-    await call.app[appkeys.JOBS].defer("predict_yield", room_id=room_id)
+    await call.app[appkeys.JOBS].defer(
+        "predict_yield", room_id=room_id, farm_id=call.farm_id
+    )
 
 
 async def set_substrate(call: Call) -> SubstrateOut:
@@ -114,6 +116,7 @@ async def set_substrate(call: Call) -> SubstrateOut:
     room_id = call.param("room_id")
     row = await harvests_db.set_substrate(
         call.db,
+        call.farm_id,
         room_id,
         dry_mass_kg=round(body.dry, 4),
         wet_mass_kg=body.wet_mass_kg,
@@ -139,12 +142,13 @@ async def add_harvest(call: Call) -> HarvestOut:
     room_id = call.param("room_id")
     flush = body.flush
     if flush is None:
-        substrate = await harvests_db.substrate(call.db, room_id)
+        substrate = await harvests_db.substrate(call.db, call.farm_id, room_id)
         since = substrate["loaded_at"] if substrate else EPOCH
-        done = await harvests_db.flushes(call.db, room_id, since=since)
+        done = await harvests_db.flushes(call.db, call.farm_id, room_id, since=since)
         flush = max((f["flush"] for f in done), default=0) + 1
     row = await harvests_db.add_harvest(
         call.db,
+        call.farm_id,
         room_id,
         flush=min(flush, 20),
         weight_kg=body.weight_kg,
@@ -169,7 +173,11 @@ async def list_harvests(call: Call) -> Page[HarvestOut]:
     q: PageQuery = call.query
     after = decode_cursor(q.cursor, int)
     rows = await harvests_db.list_harvests(
-        call.db, call.param("room_id"), after=after[0] if after else None, limit=q.limit + 1
+        call.db,
+        call.farm_id,
+        call.param("room_id"),
+        after=after[0] if after else None,
+        limit=q.limit + 1,
     )
     rows, cursor = paginate(rows, q.limit, lambda r: [r["id"]])
     return Page[HarvestOut](items=[HarvestOut.model_validate(r) for r in rows], next_cursor=cursor)
@@ -177,7 +185,7 @@ async def list_harvests(call: Call) -> Page[HarvestOut]:
 
 async def get_yield(call: Call) -> YieldOut:
     """Predicted yield of the coming flush, and past predictions against the harvests"""
-    return YieldOut.model_validate(await report(call.db, call.param("room_id")))
+    return YieldOut.model_validate(await report(call.db, call.farm_id, call.param("room_id")))
 
 
 _ROOM = "/api/rooms/{room_id}"

@@ -75,7 +75,7 @@ async def create_room(call: Call) -> RoomOut:
 
 async def get_room(call: Call) -> RoomOut:
     """Read one room"""
-    row = await rooms_db.get(call.db, call.param("room_id"))
+    row = await rooms_db.get(call.db, call.farm_id, call.param("room_id"))
     if row is None:
         raise NotFound("room not found")
     return RoomOut.model_validate(row)
@@ -85,7 +85,8 @@ async def update_room(call: Call) -> RoomOut:
     """Rename a room or change its species or grow stage"""
     body: RoomPatch = call.body
     room_id = call.param("room_id")
-    row = await rooms_db.update(call.db, room_id, **body.model_dump(exclude_none=True))
+    fields = body.model_dump(exclude_none=True)
+    row = await rooms_db.update(call.db, call.farm_id, room_id, **fields)
     if row is None:
         raise NotFound("room not found")
     await audit.record(
@@ -102,7 +103,7 @@ async def update_room(call: Call) -> RoomOut:
 async def delete_room(call: Call) -> None:
     """Delete a room with its devices, rules and commands"""
     room_id = call.param("room_id")
-    if not await rooms_db.delete(call.db, room_id):
+    if not await rooms_db.delete(call.db, call.farm_id, room_id):
         raise NotFound("room not found")
     await audit.record(
         call.db, user_id=call.user_id, farm_id=call.farm_id, action="room.delete", target=room_id

@@ -26,6 +26,7 @@ from cloud.db import users as users_db
 from cloud.db.database import Database
 from cloud.errors import (
     BadRequest,
+    Conflict,
     NotFound,
     Unauthorized,
     UnsupportedMediaType,
@@ -36,6 +37,9 @@ from shared.topics import is_valid_id
 log = logging.getLogger(__name__)
 
 Scope = Literal["public", "user", "farm", "room", "device", "edge"]
+# Room, device and edge ids are per farm: when one names a resource in more than one of the
+# caller's farms, the query parameter ``farm_id`` says which (otherwise a 409 asks for it).
+FARM_PARAM = "farm_id"
 # The path parameter that names the resource a scope is checked against.
 SCOPE_PARAM: dict[str, str] = {
     "farm": "farm_id",
@@ -194,17 +198,49 @@ async def authorize(request: web.Request, route: Route, user: User) -> Access | 
     param = SCOPE_PARAM[route.scope]
     resource_id = request.match_info[param]
     what = route.scope
-    row = await access_db.locate(request.app[appkeys.DB], route.scope, resource_id, user.id)
+    farm_id = None if route.scope == "farm" else request.query.get(FARM_PARAM)
+    if farm_id is not None and not is_valid_id(farm_id):
+        raise NotFound(f"{what} not found")
+    rows = await access_db.locate_all(
+        request.app[appkeys.DB],
+        route.scope,
+        resource_id,
+        user.id,
+        farm_id=farm_id,
+        is_admin=user.is_admin,
+    )
+    if len(rows) > 1:
+        # Ids are per farm: this one is in several of the caller's farms. Only those where the
+        # caller may see it count; more than one of those, and the caller must say which.
+        rows = [row for row in rows if _visible(what, row, user)]
+        if len(rows) > 1:
+            farms = ", ".join(row["farm_id"] for row in rows)
+            raise Conflict(
+                f"{what} {resource_id} is in more than one of your farms ({farms}):"
+                f" add ?{FARM_PARAM}= to say which"
+            )
+    return _decide(what, rows[0] if rows else None, user, route.role)
+
+
+def _decide(what: str, row: dict[str, Any] | None, user: User, needed: Role) -> Access:
     return decide(
         what=what,
         farm_id=row["farm_id"] if row else None,
         role=row["role"] if row else None,
         is_admin=user.is_admin,
-        needed=route.role,
+        needed=needed,
         room_id=row["room_id"] if row else None,
         all_rooms=bool(row["all_rooms"]) if row else True,
         granted_rooms=frozenset(row["granted"] or ()) if row else frozenset(),
     )
+
+
+def _visible(what: str, row: dict[str, Any], user: User) -> bool:
+    try:
+        _decide(what, row, user, "viewer")
+    except NotFound:
+        return False
+    return True
 
 
 def _parse_query(request: web.Request, route: Route) -> Any:

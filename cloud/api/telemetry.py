@@ -134,7 +134,9 @@ async def room_telemetry(call: Call) -> TelemetryOut | web.StreamResponse:
     }
     as_csv = _wants_csv(call, q)
     if q.bucket is not None:
-        rows = await telemetry_db.buckets(call.db, room_id, bucket=BUCKETS[q.bucket], **span)
+        rows = await telemetry_db.buckets(
+            call.db, call.farm_id, room_id, bucket=BUCKETS[q.bucket], **span
+        )
         if as_csv:
             response = await _csv_response(call, ["bucket", "device_id", "metric", q.agg, "count"])
             values = [
@@ -160,12 +162,14 @@ async def room_telemetry(call: Call) -> TelemetryOut | web.StreamResponse:
         )
     if as_csv:
         response = await _csv_response(call, ["time", "device_id", "metric", "value"])
-        async for batch in telemetry_db.stream_raw(call.db, room_id, **span):
+        async for batch in telemetry_db.stream_raw(call.db, call.farm_id, room_id, **span):
             await response.write(_csv_chunk(batch))
         await response.write_eof()
         return response
     after = decode_cursor(q.cursor, datetime, str, str)
-    rows = await telemetry_db.raw(call.db, room_id, after=after, limit=q.limit + 1, **span)
+    rows = await telemetry_db.raw(
+        call.db, call.farm_id, room_id, after=after, limit=q.limit + 1, **span
+    )
     cursor = None
     if len(rows) > q.limit:
         rows = rows[: q.limit]

@@ -15,26 +15,25 @@ ROOMS = """
 SELECT id, name, species, stage, stage_started, disabled_rules FROM rooms
 WHERE farm_id = %(farm_id)s ORDER BY id"""
 RULES = """
-SELECT ar.room_id, ar.id, ar.body FROM automation_rules ar JOIN rooms r ON r.id = ar.room_id
-WHERE r.farm_id = %(farm_id)s ORDER BY ar.room_id, ar.id"""
+SELECT ar.room_id, ar.id, ar.body FROM automation_rules ar
+WHERE ar.farm_id = %(farm_id)s ORDER BY ar.room_id, ar.id"""
 DEVICES = """
 SELECT d.id, d.room_id, d.kind, d.actuator, d.credentials_hash
-FROM devices d JOIN rooms r ON r.id = d.room_id
-WHERE r.farm_id = %(farm_id)s ORDER BY d.id"""
+FROM devices d
+WHERE d.farm_id = %(farm_id)s ORDER BY d.id"""
 
 # Not delivered within the TTL: expired instead of sent (all farms when farm_id is NULL).
 EXPIRE = """
 UPDATE commands c SET status = 'expired', updated_at = now(),
     error = 'not delivered within ' || %(ttl)s::float8::text || ' s'
-FROM rooms r
-WHERE r.id = c.room_id AND c.status = 'pending'
+WHERE c.status = 'pending'
   AND c.created_at < now() - make_interval(secs => %(ttl)s)
-  AND (%(farm_id)s::text IS NULL OR r.farm_id = %(farm_id)s)
+  AND (%(farm_id)s::text IS NULL OR c.farm_id = %(farm_id)s)
 RETURNING c.id"""
 PENDING = """
 SELECT c.id, c.room_id, c.device_id, c.action, c.value, c.created_at
-FROM commands c JOIN rooms r ON r.id = c.room_id
-WHERE c.status = 'pending' AND r.farm_id = %(farm_id)s
+FROM commands c
+WHERE c.status = 'pending' AND c.farm_id = %(farm_id)s
   AND (%(id)s::text IS NULL OR c.id = %(id)s)
 ORDER BY c.created_at, c.id LIMIT %(limit)s"""
 # The edge's answer to a command it was sent. Its id mapping is kept even when a batch already
@@ -48,11 +47,12 @@ UPDATE commands c SET
     edge_id = coalesce(c.edge_id, %(edge_id)s),
     edge_command_id = coalesce(c.edge_command_id, %(edge_command_id)s),
     updated_at = now()
-FROM rooms r
-WHERE c.id = %(id)s AND r.id = c.room_id AND r.farm_id = %(farm_id)s
+WHERE c.farm_id = %(farm_id)s AND c.id = %(id)s
 RETURNING c.status"""
-APPLIED = "UPDATE edges SET config_version = %(version)s, last_seen = now() WHERE id = %(id)s"
-TOUCH = "UPDATE edges SET last_seen = now() WHERE id = %(id)s"
+APPLIED = """
+UPDATE edges SET config_version = %(version)s, last_seen = now()
+WHERE farm_id = %(farm_id)s AND id = %(id)s"""
+TOUCH = "UPDATE edges SET last_seen = now() WHERE farm_id = %(farm_id)s AND id = %(id)s"
 PRESENCE = """
 SELECT count(*) AS total,
     count(*) FILTER (WHERE last_seen > now() - make_interval(secs => %(window)s)) AS online
@@ -131,12 +131,12 @@ async def accept(
     return row["status"] if row else None
 
 
-async def set_applied_version(db: Database, edge_id: str, version: int) -> None:
-    await db.execute(APPLIED, {"id": edge_id, "version": version})
+async def set_applied_version(db: Database, farm_id: str, edge_id: str, version: int) -> None:
+    await db.execute(APPLIED, {"farm_id": farm_id, "id": edge_id, "version": version})
 
 
-async def touch(db: Database, edge_id: str) -> None:
-    await db.execute(TOUCH, {"id": edge_id})
+async def touch(db: Database, farm_id: str, edge_id: str) -> None:
+    await db.execute(TOUCH, {"farm_id": farm_id, "id": edge_id})
 
 
 async def presence(db: Database, *, window_s: float) -> dict[str, int]:

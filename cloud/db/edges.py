@@ -11,18 +11,19 @@ SELECT id, farm_id, name, high_water, last_seen, rotated_at, created_at FROM edg
     = %(farm_id)s
   AND (%(after)s::text IS NULL OR id > %(after)s) ORDER BY id LIMIT %(limit)s"""
 GET = """
-SELECT id, farm_id, name, high_water, last_seen, rotated_at, created_at FROM edges WHERE id =
-    %(id)s"""
+SELECT id, farm_id, name, high_water, last_seen, rotated_at, created_at FROM edges
+WHERE farm_id = %(farm_id)s AND id = %(id)s"""
 CREATE = """
 INSERT INTO edges (id, farm_id, name, token_hash) VALUES (%(id)s, %(farm_id)s, %(name)s, %(hash)s)
 RETURNING id, farm_id, name, high_water, last_seen, rotated_at, created_at"""
 ROTATE = """
-UPDATE edges SET token_hash = %(hash)s, rotated_at = now() WHERE id = %(id)s RETURNING id,
-    farm_id, name, high_water, last_seen, rotated_at, created_at"""
-DELETE = "DELETE FROM edges WHERE id = %(id)s"
+UPDATE edges SET token_hash = %(hash)s, rotated_at = now()
+WHERE farm_id = %(farm_id)s AND id = %(id)s
+RETURNING id, farm_id, name, high_water, last_seen, rotated_at, created_at"""
+DELETE = "DELETE FROM edges WHERE farm_id = %(farm_id)s AND id = %(id)s"
 AUTHENTICATE = """
-SELECT id, farm_id, name, high_water, last_seen, rotated_at, created_at FROM edges WHERE id =
-    %(id)s AND token_hash = %(hash)s"""
+SELECT id, farm_id, name, high_water, last_seen, rotated_at, created_at FROM edges
+WHERE farm_id = %(farm_id)s AND id = %(id)s AND token_hash = %(hash)s"""
 
 
 async def list_edges(
@@ -31,8 +32,8 @@ async def list_edges(
     return await db.fetch_all(LIST, {"farm_id": farm_id, "after": after, "limit": limit})
 
 
-async def get(db: Database, edge_id: str) -> dict[str, Any] | None:
-    return await db.fetch_one(GET, {"id": edge_id})
+async def get(db: Database, farm_id: str, edge_id: str) -> dict[str, Any] | None:
+    return await db.fetch_one(GET, {"farm_id": farm_id, "id": edge_id})
 
 
 async def create(
@@ -44,14 +45,19 @@ async def create(
     return row
 
 
-async def rotate(db: Database, edge_id: str, token_hash: str) -> dict[str, Any] | None:
-    return await db.fetch_one(ROTATE, {"id": edge_id, "hash": token_hash})
+async def rotate(
+    db: Database, farm_id: str, edge_id: str, token_hash: str
+) -> dict[str, Any] | None:
+    return await db.fetch_one(ROTATE, {"farm_id": farm_id, "id": edge_id, "hash": token_hash})
 
 
-async def delete(db: Database, edge_id: str) -> bool:
-    return await db.execute(DELETE, {"id": edge_id}) > 0
+async def delete(db: Database, farm_id: str, edge_id: str) -> bool:
+    return await db.execute(DELETE, {"farm_id": farm_id, "id": edge_id}) > 0
 
 
-async def by_token(db: Database, edge_id: str, token_hash: str) -> dict[str, Any] | None:
+async def by_token(
+    db: Database, farm_id: str, edge_id: str, token_hash: str
+) -> dict[str, Any] | None:
     """For the sync issue's ingest: the edge whose token this is, or None."""
-    return await db.fetch_one(AUTHENTICATE, {"id": edge_id, "hash": token_hash})
+    params = {"farm_id": farm_id, "id": edge_id, "hash": token_hash}
+    return await db.fetch_one(AUTHENTICATE, params)

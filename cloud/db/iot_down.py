@@ -7,8 +7,12 @@ from typing import Any
 
 from cloud.db.database import Database
 
-MARK = "UPDATE edges SET iot_since = now() WHERE id = %(id)s AND iot_since IS NULL"
-UNMARK = "UPDATE edges SET iot_since = NULL WHERE id = %(id)s AND iot_since IS NOT NULL"
+MARK = """
+UPDATE edges SET iot_since = now()
+WHERE farm_id = %(farm_id)s AND id = %(id)s AND iot_since IS NULL"""
+UNMARK = """
+UPDATE edges SET iot_since = NULL
+WHERE farm_id = %(farm_id)s AND id = %(id)s AND iot_since IS NOT NULL"""
 IOT_EDGES = """
 SELECT id, farm_id FROM edges
 WHERE iot_since IS NOT NULL AND (%(farm_id)s::text IS NULL OR farm_id = %(farm_id)s)
@@ -19,8 +23,8 @@ ORDER BY farm_id, id"""
 # latest row version, let only one of several instances claim a command.
 CLAIM_COMMANDS = """
 WITH due AS (
-    SELECT c.id FROM commands c JOIN rooms r ON r.id = c.room_id
-    WHERE r.farm_id = ANY(%(farms)s) AND c.status = 'pending'
+    SELECT c.farm_id, c.id FROM commands c
+    WHERE c.farm_id = ANY(%(farms)s) AND c.status = 'pending'
       AND c.created_at >= now() - make_interval(secs => %(ttl)s)
       AND (%(id)s::text IS NULL OR c.id = %(id)s)
       AND (c.iot_published_at IS NULL
@@ -29,9 +33,9 @@ WITH due AS (
     FOR UPDATE OF c SKIP LOCKED
 )
 UPDATE commands c SET iot_published_at = now()
-FROM due, rooms r
-WHERE c.id = due.id AND r.id = c.room_id
-RETURNING c.id, r.farm_id, c.room_id, c.device_id, c.action, c.value, c.created_at"""
+FROM due
+WHERE c.farm_id = due.farm_id AND c.id = due.id
+RETURNING c.id, c.farm_id, c.room_id, c.device_id, c.action, c.value, c.created_at"""
 
 # IoT edges of a farm that have neither applied nor been sent `version` (or were sent it longer
 # than `again` seconds ago without applying it), marked as sent it.
@@ -53,10 +57,10 @@ WHERE e.iot_since IS NOT NULL
 ORDER BY e.farm_id"""
 
 
-async def note_transport(db: Database, edge_id: str, *, iot: bool) -> bool:
+async def note_transport(db: Database, farm_id: str, edge_id: str, *, iot: bool) -> bool:
     """Record that the edge's batches come through AWS IoT (or, ``iot=False``, directly over
     HTTPS); True when that changed."""
-    return await db.execute(MARK if iot else UNMARK, {"id": edge_id}) > 0
+    return await db.execute(MARK if iot else UNMARK, {"farm_id": farm_id, "id": edge_id}) > 0
 
 
 async def iot_edges(db: Database, farm_id: str | None = None) -> list[dict[str, Any]]:

@@ -20,27 +20,27 @@ MAX_PAYLOAD = 7000
 NOTIFY = "SELECT pg_notify('smartfarm_live', p) FROM unnest(%(payloads)s::text[]) AS p"
 
 COMMAND = """
-SELECT c.id, c.room_id, r.farm_id, c.device_id, c.action, c.value, c.status, c.error,
+SELECT c.id, c.room_id, c.farm_id, c.device_id, c.action, c.value, c.status, c.error,
     c.created_at, c.updated_at
-FROM commands c JOIN rooms r ON r.id = c.room_id WHERE c.id = %(id)s"""
+FROM commands c WHERE c.farm_id = %(farm_id)s AND c.id = %(id)s"""
 STATUS = """
-SELECT s.device_id, d.room_id, r.farm_id, s.online, s.state, s.at
-FROM device_status s JOIN devices d ON d.id = s.device_id JOIN rooms r ON r.id = d.room_id
-WHERE s.device_id = %(id)s"""
+SELECT s.device_id, d.room_id, s.farm_id, s.online, s.state, s.at
+FROM device_status s JOIN devices d ON d.farm_id = s.farm_id AND d.id = s.device_id
+WHERE s.farm_id = %(farm_id)s AND s.device_id = %(id)s"""
 ALERT = """
 SELECT id, farm_id, room_id, device_id, source, kind, severity, message, state, started_at,
     last_at, resolved_at
 FROM alert_episodes WHERE id = %(id)s"""
 RECOMMENDATION = """
-SELECT x.id, x.room_id, r.farm_id, x.source, x.severity, x.title, x.reason, x.status,
+SELECT x.id, x.room_id, x.farm_id, x.source, x.severity, x.title, x.reason, x.status,
     x.created_at
-FROM recommendations x JOIN rooms r ON r.id = x.room_id WHERE x.id = %(id)s"""
+FROM recommendations x WHERE x.id = %(id)s"""
 NOTIFICATION = """
 SELECT id, user_id, farm_id, room_id, kind, title, body, severity, created_at
 FROM notifications WHERE id = %(id)s"""
 LATEST_OF = """
-SELECT l.device_id, l.room_id, r.farm_id, l.metric, l.time, l.value
-FROM sensor_latest l JOIN rooms r ON r.id = l.room_id WHERE l.device_id = ANY(%(ids)s)"""
+SELECT l.device_id, l.room_id, l.farm_id, l.metric, l.time, l.value
+FROM sensor_latest l WHERE l.farm_id = %(farm_id)s AND l.device_id = ANY(%(ids)s)"""
 EDGES = """
 SELECT id, farm_id, name, last_seen,
     coalesce(last_seen > now() - make_interval(secs => %(window)s), false) AS online
@@ -52,23 +52,25 @@ WHERE farm_id = %(farm_id)s AND (%(only)s::text[] IS NULL OR id = ANY(%(only)s))
 ORDER BY id"""
 ROOM_LATEST = """
 SELECT DISTINCT ON (d.room_id, l.metric) d.room_id, l.metric, l.device_id, l.time, l.value
-FROM devices d JOIN sensor_latest l ON l.device_id = d.id
-WHERE d.room_id = ANY(%(rooms)s)
+FROM devices d JOIN sensor_latest l ON l.farm_id = d.farm_id AND l.device_id = d.id
+WHERE d.farm_id = %(farm_id)s AND d.room_id = ANY(%(rooms)s)
 ORDER BY d.room_id, l.metric, l.time DESC"""
 ROOM_DEVICES = """
 SELECT d.id, d.name, d.kind, d.actuator, d.last_seen, s.online, s.state, s.at AS status_at,
     coalesce((SELECT json_object_agg(l.metric, json_build_object('value', l.value, 'time', l.time))
-              FROM sensor_latest l WHERE l.device_id = d.id), '{}') AS latest,
+              FROM sensor_latest l WHERE l.farm_id = d.farm_id AND l.device_id = d.id),
+             '{}') AS latest,
     c.id AS command_id, c.action AS command_action, c.value AS command_value,
     c.status AS command_status, c.error AS command_error, c.created_at AS command_created_at,
     c.updated_at AS command_updated_at
 FROM devices d
-LEFT JOIN device_status s ON s.device_id = d.id
+LEFT JOIN device_status s ON s.farm_id = d.farm_id AND s.device_id = d.id
 LEFT JOIN LATERAL (
     SELECT id, action, value, status, error, created_at, updated_at FROM commands
-    WHERE room_id = d.room_id AND device_id = d.id ORDER BY created_at DESC, id DESC LIMIT 1
+    WHERE farm_id = d.farm_id AND room_id = d.room_id AND device_id = d.id
+    ORDER BY created_at DESC, id DESC LIMIT 1
 ) c ON true
-WHERE d.room_id = %(room_id)s ORDER BY d.kind DESC, d.id"""
+WHERE d.farm_id = %(farm_id)s AND d.room_id = %(room_id)s ORDER BY d.kind DESC, d.id"""
 
 
 def reading_payloads(
@@ -123,12 +125,12 @@ async def notify(db: Database, payloads: list[str]) -> None:
     await db.execute(NOTIFY, {"payloads": payloads})
 
 
-async def command(db: Database, command_id: str) -> dict[str, Any] | None:
-    return await db.fetch_one(COMMAND, {"id": command_id})
+async def command(db: Database, farm_id: str, command_id: str) -> dict[str, Any] | None:
+    return await db.fetch_one(COMMAND, {"farm_id": farm_id, "id": command_id})
 
 
-async def status(db: Database, device_id: str) -> dict[str, Any] | None:
-    return await db.fetch_one(STATUS, {"id": device_id})
+async def status(db: Database, farm_id: str, device_id: str) -> dict[str, Any] | None:
+    return await db.fetch_one(STATUS, {"farm_id": farm_id, "id": device_id})
 
 
 async def alert(db: Database, episode_id: int) -> dict[str, Any] | None:
@@ -143,8 +145,8 @@ async def notification(db: Database, notification_id: int) -> dict[str, Any] | N
     return await db.fetch_one(NOTIFICATION, {"id": notification_id})
 
 
-async def latest_of(db: Database, device_ids: list[str]) -> list[dict[str, Any]]:
-    return await db.fetch_all(LATEST_OF, {"ids": device_ids})
+async def latest_of(db: Database, farm_id: str, device_ids: list[str]) -> list[dict[str, Any]]:
+    return await db.fetch_all(LATEST_OF, {"farm_id": farm_id, "ids": device_ids})
 
 
 async def edges(db: Database, farm_ids: list[str], *, window_s: float) -> list[dict[str, Any]]:
@@ -155,9 +157,9 @@ async def rooms(db: Database, farm_id: str, only: list[str] | None) -> list[dict
     return await db.fetch_all(ROOMS, {"farm_id": farm_id, "only": only})
 
 
-async def room_latest(db: Database, room_ids: list[str]) -> list[dict[str, Any]]:
-    return await db.fetch_all(ROOM_LATEST, {"rooms": room_ids})
+async def room_latest(db: Database, farm_id: str, room_ids: list[str]) -> list[dict[str, Any]]:
+    return await db.fetch_all(ROOM_LATEST, {"farm_id": farm_id, "rooms": room_ids})
 
 
-async def room_devices(db: Database, room_id: str) -> list[dict[str, Any]]:
-    return await db.fetch_all(ROOM_DEVICES, {"room_id": room_id})
+async def room_devices(db: Database, farm_id: str, room_id: str) -> list[dict[str, Any]]:
+    return await db.fetch_all(ROOM_DEVICES, {"farm_id": farm_id, "room_id": room_id})

@@ -15,32 +15,38 @@ from cloud.db.database import Database
 COLUMNS = """id, room_id, source, key, severity, title, reason, action, status, run_id, created_at,
     updated_at, decided_by, decided_at, applied"""
 UPSERT = f"""
-INSERT INTO recommendations AS r (room_id, source, key, severity, title, reason, action, run_id)
-VALUES (%(room_id)s, %(source)s, %(key)s, %(severity)s, %(title)s, %(reason)s, %(action)s,
-        %(run_id)s)
-ON CONFLICT (room_id, source, key) WHERE status = 'open' DO UPDATE SET
+INSERT INTO recommendations AS r
+    (farm_id, room_id, source, key, severity, title, reason, action, run_id)
+VALUES (%(farm_id)s, %(room_id)s, %(source)s, %(key)s, %(severity)s, %(title)s, %(reason)s,
+        %(action)s, %(run_id)s)
+ON CONFLICT (farm_id, room_id, source, key) WHERE status = 'open' DO UPDATE SET
     severity = excluded.severity, title = excluded.title, reason = excluded.reason,
     action = excluded.action, run_id = excluded.run_id, updated_at = now()
 RETURNING {COLUMNS}"""  # noqa: S608 - COLUMNS is a constant
 RESOLVE_OTHERS = """
 UPDATE recommendations SET status = 'resolved', updated_at = now()
-WHERE room_id = %(room_id)s AND source = %(source)s AND status = 'open' AND key IS NOT NULL
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s AND source = %(source)s
+  AND status = 'open' AND key IS NOT NULL
   AND NOT key = ANY(%(keys)s::text[])"""
 LIST = f"""
 SELECT {COLUMNS} FROM recommendations
-WHERE room_id = %(room_id)s AND (%(status)s::text IS NULL OR status = %(status)s)
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(after)s::bigint IS NULL OR id < %(after)s)
 ORDER BY id DESC LIMIT %(limit)s"""  # noqa: S608
-GET = f"SELECT {COLUMNS} FROM recommendations WHERE room_id = %(room_id)s AND id = %(id)s"  # noqa: S608
+GET = f"""
+SELECT {COLUMNS} FROM recommendations
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s AND id = %(id)s"""  # noqa: S608
 DECIDE = f"""
 UPDATE recommendations SET status = %(status)s, decided_by = %(user_id)s, decided_at = now(),
     updated_at = now(), applied = %(applied)s
-WHERE room_id = %(room_id)s AND id = %(id)s AND status = 'open'
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s AND id = %(id)s AND status = 'open'
 RETURNING {COLUMNS}"""  # noqa: S608
 
 START_RUN = """
-INSERT INTO ai_runs (room_id, provider, model, trigger, requested_by)
-VALUES (%(room_id)s, %(provider)s, %(model)s, %(trigger)s, %(requested_by)s) RETURNING id"""
+INSERT INTO ai_runs (farm_id, room_id, provider, model, trigger, requested_by)
+VALUES (%(farm_id)s, %(room_id)s, %(provider)s, %(model)s, %(trigger)s, %(requested_by)s)
+RETURNING id"""
 FINISH_RUN = """
 UPDATE ai_runs SET status = %(status)s, attempts = %(attempts)s, input_tokens = %(input_tokens)s,
     output_tokens = %(output_tokens)s, recommendations = %(recommendations)s, error = %(error)s,
@@ -49,11 +55,15 @@ WHERE id = %(id)s"""
 RUNS = """
 SELECT id, room_id, provider, model, trigger, requested_by, status, attempts, input_tokens,
        output_tokens, recommendations, error, started_at, finished_at
-FROM ai_runs WHERE room_id = %(room_id)s ORDER BY id DESC LIMIT %(limit)s"""
+FROM ai_runs WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+ORDER BY id DESC LIMIT %(limit)s"""
 
 
 async def store(
-    db: Database, room_id: str, *, source: str, run_id: int | None, items: list[dict[str, Any]]
+    db: Database,
+    farm_id: str,
+    room_id: str,
+    *, source: str, run_id: int | None, items: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Upsert a run's suggestions by key and resolve the source's open ones it did not repeat."""
     out = []
@@ -61,6 +71,7 @@ async def store(
         for item in items:
             params = {
                 **item,
+                "farm_id": farm_id,
                 "room_id": room_id,
                 "source": source,
                 "run_id": run_id,
@@ -71,23 +82,36 @@ async def store(
             assert row is not None
             out.append(row)
         keys = [item["key"] for item in items]
-        await cur.execute(RESOLVE_OTHERS, {"room_id": room_id, "source": source, "keys": keys})
+        params = {"farm_id": farm_id, "room_id": room_id, "source": source, "keys": keys}
+        await cur.execute(RESOLVE_OTHERS, params)
     return out
 
 
 async def list_recommendations(
-    db: Database, room_id: str, *, status: str | None, after: int | None, limit: int
+    db: Database,
+    farm_id: str,
+    room_id: str, *, status: str | None, after: int | None, limit: int
 ) -> list[dict[str, Any]]:
-    params = {"room_id": room_id, "status": status, "after": after, "limit": limit}
+    params = {
+        "farm_id": farm_id,
+        "room_id": room_id,
+        "status": status,
+        "after": after,
+        "limit": limit,
+    }
     return await db.fetch_all(LIST, params)
 
 
-async def get(db: Database, room_id: str, recommendation_id: int) -> dict[str, Any] | None:
-    return await db.fetch_one(GET, {"room_id": room_id, "id": recommendation_id})
+async def get(
+    db: Database, farm_id: str, room_id: str, recommendation_id: int
+) -> dict[str, Any] | None:
+    params = {"farm_id": farm_id, "room_id": room_id, "id": recommendation_id}
+    return await db.fetch_one(GET, params)
 
 
 async def decide(
     db: Database,
+    farm_id: str,
     room_id: str,
     recommendation_id: int,
     *,
@@ -97,6 +121,7 @@ async def decide(
 ) -> dict[str, Any] | None:
     """Accept or dismiss an open recommendation; None when it is not open (any more)."""
     params = {
+        "farm_id": farm_id,
         "room_id": room_id,
         "id": recommendation_id,
         "status": status,
@@ -108,6 +133,7 @@ async def decide(
 
 async def start_run(
     db: Database,
+    farm_id: str,
     room_id: str,
     *,
     provider: str,
@@ -118,6 +144,7 @@ async def start_run(
     row = await db.fetch_one(
         START_RUN,
         {
+            "farm_id": farm_id,
             "room_id": room_id,
             "provider": provider,
             "model": model,
@@ -154,5 +181,7 @@ async def finish_run(
     )
 
 
-async def runs(db: Database, room_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
-    return await db.fetch_all(RUNS, {"room_id": room_id, "limit": limit})
+async def runs(
+    db: Database, farm_id: str, room_id: str, *, limit: int = 20
+) -> list[dict[str, Any]]:
+    return await db.fetch_all(RUNS, {"farm_id": farm_id, "room_id": room_id, "limit": limit})

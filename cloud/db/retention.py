@@ -12,12 +12,12 @@ SELECT coalesce((SELECT max(day) FROM sensor_daily),
                 (SELECT min(hour) FROM sensor_hourly)) AS at"""
 # Whole days are recomputed from their hours (not added to), so folding again is idempotent.
 FOLD_DAYS = """
-INSERT INTO sensor_daily AS d (room_id, metric, day, device_id, count, sum, min, max)
-SELECT room_id, metric, date_bin('1 day', hour, TIMESTAMPTZ '2000-01-01 00:00:00+00'), device_id,
-       sum(count), sum(sum), min(min), max(max)
+INSERT INTO sensor_daily AS d (farm_id, room_id, metric, day, device_id, count, sum, min, max)
+SELECT farm_id, room_id, metric, date_bin('1 day', hour, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+       device_id, sum(count), sum(sum), min(min), max(max)
 FROM sensor_hourly WHERE hour >= %(start)s AND hour < %(end)s
-GROUP BY 1, 2, 3, 4
-ON CONFLICT (room_id, metric, day, device_id) DO UPDATE
+GROUP BY 1, 2, 3, 4, 5
+ON CONFLICT (farm_id, room_id, metric, day, device_id) DO UPDATE
 SET count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max"""
 # Batched by ctid so one run never holds a huge delete (and its WAL) in one statement.
 DELETE_RAW = """

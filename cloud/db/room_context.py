@@ -9,54 +9,67 @@ from typing import Any
 from cloud.db.database import Database
 
 ROOM = """
-SELECT id, farm_id, name, species, stage, stage_started FROM rooms WHERE id = %(room_id)s"""
+SELECT id, farm_id, name, species, stage, stage_started FROM rooms
+WHERE farm_id = %(farm_id)s AND id = %(room_id)s"""
 # Raw min/max, mean, and the mean of each half of the window (a simple trend).
 STATS = """
 SELECT metric, avg(value) AS mean, min(value) AS min, max(value) AS max, count(*) AS count,
        avg(value) FILTER (WHERE time < %(mid)s) AS first_half_mean,
        avg(value) FILTER (WHERE time >= %(mid)s) AS last_half_mean
 FROM sensor_data
-WHERE room_id = %(room_id)s AND metric = ANY(%(metrics)s) AND time >= %(start)s AND time < %(end)s
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s AND metric = ANY(%(metrics)s)
+  AND time >= %(start)s AND time < %(end)s
 GROUP BY metric ORDER BY metric"""
-METRICS = "SELECT DISTINCT metric FROM sensor_hourly WHERE room_id = %(room_id)s"
+METRICS = """
+SELECT DISTINCT metric FROM sensor_hourly WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s"""
 ACTUATORS = """
 SELECT d.id, d.actuator, s.online, s.state, s.at AS status_at
-FROM devices d LEFT JOIN device_status s ON s.device_id = d.id
-WHERE d.room_id = %(room_id)s AND d.kind = 'actuator' ORDER BY d.id"""
+FROM devices d
+LEFT JOIN device_status s ON s.farm_id = d.farm_id AND s.device_id = d.id
+WHERE d.farm_id = %(farm_id)s AND d.room_id = %(room_id)s AND d.kind = 'actuator' ORDER BY d.id"""
 # Commands the edge carried out (acknowledged by the device): the switching history from which
 # duty cycles are computed. One day before the window gives each actuator's starting state.
 SWITCHES = """
 SELECT device_id, action, value, coalesce(acked_at, created_at) AS at
 FROM edge_commands
-WHERE room_id = %(room_id)s AND coalesce(acked_at, created_at) >= %(since)s
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND coalesce(acked_at, created_at) >= %(since)s
   AND coalesce(acked_at, created_at) < %(end)s
   AND (ack_status = 'ok' OR state = 'acked') AND action IN ('on', 'off', 'set')
 ORDER BY at, command_id"""
 EDGE_ALERTS = """
 SELECT kind, severity, message, state, device_id, last_at AS at FROM edge_alerts
-WHERE room_id = %(room_id)s AND (state = 'active' OR resolved_at >= %(start)s)
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND (state = 'active' OR resolved_at >= %(start)s)
 ORDER BY last_at DESC LIMIT 20"""
 CLOUD_ALERTS = """
 SELECT kind, severity, message, state, device_id, last_at AS at FROM alert_episodes
-WHERE room_id = %(room_id)s AND source = 'cloud' AND (state = 'active' OR resolved_at >= %(start)s)
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s AND source = 'cloud'
+  AND (state = 'active' OR resolved_at >= %(start)s)
 ORDER BY last_at DESC LIMIT 20"""
 RECENT_ACTIONS = """
 (SELECT device_id, action, value, source, state, coalesce(acked_at, created_at) AS at
- FROM edge_commands WHERE room_id = %(room_id)s AND created_at >= %(start)s
+ FROM edge_commands WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND created_at >= %(start)s
  AND coalesce(source, '') <> 'automation'
  ORDER BY created_at DESC LIMIT 20)
 UNION ALL
 (SELECT device_id, action, value, 'cloud' AS source, status AS state, created_at AS at
- FROM commands WHERE room_id = %(room_id)s AND created_at >= %(start)s
+ FROM commands WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s AND created_at >= %(start)s
  ORDER BY created_at DESC LIMIT 20)
 ORDER BY at DESC LIMIT 20"""
-RULES = "SELECT body FROM automation_rules WHERE room_id = %(room_id)s ORDER BY id"
+RULES = """
+SELECT body FROM automation_rules WHERE farm_id = %(farm_id)s
+  AND room_id = %(room_id)s ORDER BY id"""
 
 
-async def read(db: Database, room_id: str, *, start: datetime, end: datetime) -> dict[str, Any]:
+async def read(
+    db: Database, farm_id: str, room_id: str, *, start: datetime, end: datetime
+) -> dict[str, Any]:
     """Everything ``cloud.ai.context`` folds into a RoomContext (an empty dict: no such room)."""
     mid = start + (end - start) / 2
     params = {
+        "farm_id": farm_id,
         "room_id": room_id,
         "start": start,
         "end": end,

@@ -14,7 +14,8 @@ WHERE farm_id = %(farm_id)s
   AND (%(after)s::text IS NULL OR id > %(after)s)
 ORDER BY id LIMIT %(limit)s"""
 GET = """
-SELECT id, farm_id, name, species, stage, stage_started, created_at FROM rooms WHERE id = %(id)s"""
+SELECT id, farm_id, name, species, stage, stage_started, created_at FROM rooms
+WHERE farm_id = %(farm_id)s AND id = %(id)s"""
 CREATE = """
 INSERT INTO rooms (id, farm_id, name, species, stage, stage_started)
 VALUES (%(id)s, %(farm_id)s, %(name)s, %(species)s, %(stage)s, coalesce(%(stage_started)s, now()))
@@ -29,8 +30,9 @@ UPDATE rooms SET
         WHEN %(stage)s::text IS NOT NULL AND %(stage)s <> stage THEN now()
         ELSE stage_started END,
     stage = coalesce(%(stage)s, stage)
-WHERE id = %(id)s RETURNING id, farm_id, name, species, stage, stage_started, created_at"""
-DELETE = "DELETE FROM rooms WHERE id = %(id)s"
+WHERE farm_id = %(farm_id)s AND id = %(id)s
+RETURNING id, farm_id, name, species, stage, stage_started, created_at"""
+DELETE = "DELETE FROM rooms WHERE farm_id = %(farm_id)s AND id = %(id)s"
 
 
 async def list_rooms(
@@ -40,8 +42,8 @@ async def list_rooms(
     return await db.fetch_all(LIST, params)
 
 
-async def get(db: Database, room_id: str) -> dict[str, Any] | None:
-    return await db.fetch_one(GET, {"id": room_id})
+async def get(db: Database, farm_id: str, room_id: str) -> dict[str, Any] | None:
+    return await db.fetch_one(GET, {"farm_id": farm_id, "id": room_id})
 
 
 async def create(
@@ -69,11 +71,20 @@ async def create(
     return row
 
 
-async def update(db: Database, room_id: str, **fields: Any) -> dict[str, Any] | None:
-    params = {"id": room_id, "name": None, "species": None, "stage": None, "stage_started": None}
+async def update(
+    db: Database, farm_id: str, room_id: str, **fields: Any
+) -> dict[str, Any] | None:
+    params = {
+        "farm_id": farm_id,
+        "id": room_id,
+        "name": None,
+        "species": None,
+        "stage": None,
+        "stage_started": None,
+    }
     params.update(fields)
     return await db.fetch_one(UPDATE, params)
 
 
-async def delete(db: Database, room_id: str) -> bool:
-    return await db.execute(DELETE, {"id": room_id}) > 0
+async def delete(db: Database, farm_id: str, room_id: str) -> bool:
+    return await db.execute(DELETE, {"farm_id": farm_id, "id": room_id}) > 0

@@ -19,32 +19,33 @@ AUTHENTICATE = """
 SELECT id, farm_id, name, high_water, config_version, last_seen, iot_since FROM edges
 WHERE token_hash = %(hash)s"""
 LOCK_EDGE = """
-SELECT id, farm_id, high_water, clock_offset_s FROM edges WHERE id = %(id)s FOR UPDATE"""
+SELECT id, farm_id, high_water, clock_offset_s FROM edges
+WHERE farm_id = %(farm_id)s AND id = %(id)s FOR UPDATE"""
 FINISH = """
 UPDATE edges SET high_water = %(high_water)s, last_seen = now(), clock_offset_s = %(offset)s
-WHERE id = %(id)s"""
+WHERE farm_id = %(farm_id)s AND id = %(id)s"""
+# Ids are per farm: only the edge's own farm is looked at (another farm's ids are unknown here).
 OWNERS = """
-SELECT 'room' AS kind, id, farm_id FROM rooms WHERE id = ANY(%(rooms)s)
+SELECT 'room' AS kind, id, farm_id FROM rooms WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s)
 UNION ALL
-SELECT 'device', d.id, r.farm_id FROM devices d JOIN rooms r ON r.id = d.room_id
-WHERE d.id = ANY(%(devices)s)
+SELECT 'device', id, farm_id FROM devices WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s)
 UNION ALL
-SELECT 'command', c.id, r.farm_id FROM commands c JOIN rooms r ON r.id = c.room_id
-WHERE c.id = ANY(%(commands)s)"""
+SELECT 'command', id, farm_id FROM commands
+WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s)"""
 
 QUARANTINE = """
 INSERT INTO edge_quarantine
     (edge_id, seq, farm_id, origin, received_at, topic, reason, payload, original_size)
 VALUES (%(edge_id)s, %(seq)s, %(farm_id)s, %(origin)s, %(received_at)s, %(topic)s, %(reason)s,
         %(payload)s, %(original_size)s)
-ON CONFLICT (edge_id, seq) DO NOTHING"""
+ON CONFLICT (farm_id, edge_id, seq) DO NOTHING"""
 
 EDGE_COMMAND = """
 INSERT INTO edge_commands (edge_id, command_id, farm_id, room_id, device_id, action, value, source,
     reason, created_at, updated_at, cloud_command_id)
 VALUES (%(edge_id)s, %(command_id)s, %(farm_id)s, %(room_id)s, %(device_id)s, %(action)s,
         %(value)s, %(source)s, %(reason)s, %(at)s, %(at)s, %(cloud_command_id)s)
-ON CONFLICT (edge_id, command_id) DO UPDATE SET
+ON CONFLICT (farm_id, edge_id, command_id) DO UPDATE SET
     room_id = excluded.room_id, device_id = excluded.device_id, action = excluded.action,
     value = excluded.value, source = excluded.source, reason = excluded.reason,
     created_at = excluded.created_at,
@@ -55,7 +56,7 @@ INSERT INTO edge_commands
     (edge_id, command_id, farm_id, state, attempts, error, updated_at, cloud_command_id)
 VALUES (%(edge_id)s, %(command_id)s, %(farm_id)s, %(state)s, %(attempts)s, %(error)s, %(at)s,
         %(cloud_command_id)s)
-ON CONFLICT (edge_id, command_id) DO UPDATE SET
+ON CONFLICT (farm_id, edge_id, command_id) DO UPDATE SET
     state = excluded.state, attempts = greatest(edge_commands.attempts, excluded.attempts),
     error = coalesce(excluded.error, edge_commands.error), updated_at = excluded.updated_at,
     cloud_command_id = coalesce(edge_commands.cloud_command_id, excluded.cloud_command_id)
@@ -65,13 +66,14 @@ INSERT INTO edge_commands
     (edge_id, command_id, farm_id, device_id, ack_status, acked_at, error, updated_at)
 VALUES (%(edge_id)s, %(command_id)s, %(farm_id)s, %(device_id)s, %(status)s, %(at)s, %(error)s,
         %(at)s)
-ON CONFLICT (edge_id, command_id) DO UPDATE SET
+ON CONFLICT (farm_id, edge_id, command_id) DO UPDATE SET
     ack_status = excluded.ack_status, acked_at = excluded.acked_at,
     error = coalesce(excluded.error, edge_commands.error),
     updated_at = greatest(edge_commands.updated_at, excluded.updated_at)
 RETURNING cloud_command_id"""
 CLOUD_ID_OF = """
-SELECT id FROM commands WHERE edge_id = %(edge_id)s AND edge_command_id = %(command_id)s
+SELECT id FROM commands
+WHERE farm_id = %(farm_id)s AND edge_id = %(edge_id)s AND edge_command_id = %(command_id)s
 LIMIT 1"""
 # The edge's word on a cloud command. Only within the edge's farm; "delivered" never overrides
 # an outcome (a late "published" record must not undo "acked").
@@ -80,8 +82,7 @@ UPDATE commands c SET status = %(status)s, error = coalesce(%(error)s, c.error),
     updated_at = now(), edge_id = coalesce(c.edge_id, %(edge_id)s),
     edge_command_id = coalesce(c.edge_command_id, %(edge_command_id)s),
     delivered_at = coalesce(c.delivered_at, %(at)s)
-FROM rooms r
-WHERE c.id = %(id)s AND r.id = c.room_id AND r.farm_id = %(farm_id)s
+WHERE c.farm_id = %(farm_id)s AND c.id = %(id)s
   AND c.status <> %(status)s AND (%(status)s <> 'delivered' OR c.status = 'pending')"""
 
 ALERT_ACTIVE = """
@@ -89,13 +90,13 @@ INSERT INTO edge_alerts (edge_id, farm_id, key, kind, severity, message, room_id
     state, first_at, last_at)
 VALUES (%(edge_id)s, %(farm_id)s, %(key)s, %(kind)s, %(severity)s, %(message)s, %(room_id)s,
         %(device_id)s, 'active', %(at)s, %(at)s)
-ON CONFLICT (edge_id, key) WHERE state = 'active' DO UPDATE SET
+ON CONFLICT (farm_id, edge_id, key) WHERE state = 'active' DO UPDATE SET
     kind = excluded.kind, severity = excluded.severity, message = excluded.message,
     last_at = greatest(edge_alerts.last_at, excluded.last_at), count = edge_alerts.count + 1"""
 ALERT_RESOLVE = """
 UPDATE edge_alerts SET state = 'resolved', resolved_at = %(at)s,
     last_at = greatest(last_at, %(at)s)
-WHERE edge_id = %(edge_id)s AND key = %(key)s AND state = 'active'"""
+WHERE farm_id = %(farm_id)s AND edge_id = %(edge_id)s AND key = %(key)s AND state = 'active'"""
 ALERT_RESOLVED_NEW = """
 INSERT INTO edge_alerts (edge_id, farm_id, key, kind, severity, message, room_id, device_id,
     state, first_at, last_at, resolved_at)
@@ -103,14 +104,14 @@ VALUES (%(edge_id)s, %(farm_id)s, %(key)s, %(kind)s, %(severity)s, %(message)s, 
         %(device_id)s, 'resolved', %(at)s, %(at)s, %(at)s)"""
 
 STATUS = """
-INSERT INTO device_status (device_id, edge_id, online, state, at)
-VALUES (%(device_id)s, %(edge_id)s, %(online)s, %(state)s, %(at)s)
-ON CONFLICT (device_id) DO UPDATE SET edge_id = excluded.edge_id, online = excluded.online,
+INSERT INTO device_status (farm_id, device_id, edge_id, online, state, at)
+VALUES (%(farm_id)s, %(device_id)s, %(edge_id)s, %(online)s, %(state)s, %(at)s)
+ON CONFLICT (farm_id, device_id) DO UPDATE SET edge_id = excluded.edge_id, online = excluded.online,
     state = excluded.state, at = excluded.at
 WHERE excluded.at >= device_status.at"""
 DEVICE_SEEN = """
 UPDATE devices SET last_seen = %(at)s
-WHERE id = %(device_id)s AND (last_seen IS NULL OR last_seen < %(at)s)"""
+WHERE farm_id = %(farm_id)s AND id = %(device_id)s AND (last_seen IS NULL OR last_seen < %(at)s)"""
 
 FARM_VERSION = """
 SELECT coalesce((SELECT version FROM farm_config WHERE farm_id = %(farm_id)s), 0) AS version"""
@@ -120,43 +121,54 @@ WHERE id = %(room_id)s AND farm_id = %(farm_id)s FOR UPDATE"""
 # Config rows changed in this transaction are marked as this edge's edits (see 0004_edge_sync).
 SET_ORIGIN = "SELECT set_config('smartfarm.config_origin', %(edge_id)s, true)"
 ROOM_IDS = "SELECT id FROM rooms WHERE farm_id = %(farm_id)s ORDER BY id"
-SET_STAGE = "UPDATE rooms SET stage = %(stage)s, stage_started = %(at)s WHERE id = %(room_id)s"
-SET_DISABLED = "UPDATE rooms SET disabled_rules = %(ids)s WHERE id = %(room_id)s"
+SET_STAGE = """
+UPDATE rooms SET stage = %(stage)s, stage_started = %(at)s
+WHERE farm_id = %(farm_id)s AND id = %(room_id)s"""
+SET_DISABLED = """
+UPDATE rooms SET disabled_rules = %(ids)s WHERE farm_id = %(farm_id)s AND id = %(room_id)s"""
 RULES_FOR_UPDATE = """
 SELECT ar.room_id, ar.id, ar.body, ar.config_version, ar.config_origin
-FROM automation_rules ar JOIN rooms r ON r.id = ar.room_id
-WHERE r.farm_id = %(farm_id)s AND ar.id = %(rule_id)s
+FROM automation_rules ar
+WHERE ar.farm_id = %(farm_id)s AND ar.id = %(rule_id)s
   AND (%(room_id)s::text IS NULL OR ar.room_id = %(room_id)s)
 ORDER BY ar.room_id FOR UPDATE OF ar"""
 SET_RULE_BODY = """
 UPDATE automation_rules SET body = %(body)s, version = version + 1, updated_by = NULL,
     updated_at = now()
-WHERE room_id = %(room_id)s AND id = %(rule_id)s"""
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s AND id = %(rule_id)s"""
 
 
 async def edge_by_token(db: Database, token_hash: str) -> dict[str, Any] | None:
     return await db.fetch_one(AUTHENTICATE, {"hash": token_hash})
 
 
-async def lock_edge(cur: Cursor, edge_id: str) -> dict[str, Any] | None:
+async def lock_edge(cur: Cursor, farm_id: str, edge_id: str) -> dict[str, Any] | None:
     """The edge's row, locked until the transaction ends: one batch per edge at a time."""
-    await cur.execute(LOCK_EDGE, {"id": edge_id})
+    await cur.execute(LOCK_EDGE, {"farm_id": farm_id, "id": edge_id})
     return await cur.fetchone()
 
 
-async def finish(cur: Cursor, edge_id: str, *, high_water: int, offset_s: float) -> None:
-    await cur.execute(FINISH, {"id": edge_id, "high_water": high_water, "offset": offset_s})
+async def finish(
+    cur: Cursor, farm_id: str, edge_id: str, *, high_water: int, offset_s: float
+) -> None:
+    params = {"farm_id": farm_id, "id": edge_id, "high_water": high_water, "offset": offset_s}
+    await cur.execute(FINISH, params)
 
 
 async def owners(
-    cur: Cursor, *, rooms: Iterable[str], devices: Iterable[str], commands: Iterable[str]
+    cur: Cursor,
+    farm_id: str,
+    *,
+    rooms: Iterable[str],
+    devices: Iterable[str],
+    commands: Iterable[str],
 ) -> dict[str, dict[str, str]]:
-    """``{"room"|"device"|"command": {id: farm_id}}`` for the ids that exist (anywhere)."""
+    """``{"room"|"device"|"command": {id: farm_id}}`` for the ids the farm has."""
     out: dict[str, dict[str, str]] = {"room": {}, "device": {}, "command": {}}
     params = {"rooms": list(rooms), "devices": list(devices), "commands": list(commands)}
     if not any(params.values()):
         return out
-    await cur.execute(OWNERS, params)
+    await cur.execute(OWNERS, {**params, "farm_id": farm_id})
     for row in await cur.fetchall():
         out[row["kind"]][row["id"]] = row["farm_id"]
     return out
@@ -187,9 +199,10 @@ async def edge_ack(cur: Cursor, params: dict[str, Any]) -> str | None:
     return row["cloud_command_id"] if row else None
 
 
-async def cloud_id_of(cur: Cursor, edge_id: str, command_id: str) -> str | None:
+async def cloud_id_of(cur: Cursor, farm_id: str, edge_id: str, command_id: str) -> str | None:
     """The cloud command an edge accepted under ``command_id`` (see CommandAccepted)."""
-    await cur.execute(CLOUD_ID_OF, {"edge_id": edge_id, "command_id": command_id})
+    params = {"farm_id": farm_id, "edge_id": edge_id, "command_id": command_id}
+    await cur.execute(CLOUD_ID_OF, params)
     row = await cur.fetchone()
     return row["id"] if row else None
 
@@ -253,12 +266,13 @@ async def room_for_update(cur: Cursor, farm_id: str, room_id: str) -> dict[str, 
     return await cur.fetchone()
 
 
-async def set_stage(cur: Cursor, room_id: str, stage: str, at: datetime) -> None:
-    await cur.execute(SET_STAGE, {"room_id": room_id, "stage": stage, "at": at})
+async def set_stage(cur: Cursor, farm_id: str, room_id: str, stage: str, at: datetime) -> None:
+    params = {"farm_id": farm_id, "room_id": room_id, "stage": stage, "at": at}
+    await cur.execute(SET_STAGE, params)
 
 
-async def set_disabled_rules(cur: Cursor, room_id: str, ids: list[str]) -> None:
-    await cur.execute(SET_DISABLED, {"room_id": room_id, "ids": ids})
+async def set_disabled_rules(cur: Cursor, farm_id: str, room_id: str, ids: list[str]) -> None:
+    await cur.execute(SET_DISABLED, {"farm_id": farm_id, "room_id": room_id, "ids": ids})
 
 
 async def rules_for_update(
@@ -269,8 +283,11 @@ async def rules_for_update(
     return await cur.fetchall()
 
 
-async def set_rule_body(cur: Cursor, room_id: str, rule_id: str, body: dict[str, Any]) -> None:
-    await cur.execute(SET_RULE_BODY, {"room_id": room_id, "rule_id": rule_id, "body": Jsonb(body)})
+async def set_rule_body(
+    cur: Cursor, farm_id: str, room_id: str, rule_id: str, body: dict[str, Any]
+) -> None:
+    params = {"farm_id": farm_id, "room_id": room_id, "rule_id": rule_id, "body": Jsonb(body)}
+    await cur.execute(SET_RULE_BODY, params)
 
 
 async def audit_entry(

@@ -10,23 +10,27 @@ from cloud.db.database import Cursor, Database
 
 Reading = tuple[datetime, str, str, str, float]  # time, room_id, device_id, metric, value
 
-COPY_IN = "COPY sensor_data (time, room_id, device_id, metric, value) FROM STDIN (FORMAT BINARY)"
-COPY_TYPES = ("timestamptz", "text", "text", "text", "float8")
+# Rows are (farm_id, *Reading): room and device ids are per farm (migration 0011).
+COPY_IN = (
+    "COPY sensor_data (farm_id, time, room_id, device_id, metric, value)"
+    " FROM STDIN (FORMAT BINARY)"
+)
+COPY_TYPES = ("text", "timestamptz", "text", "text", "text", "float8")
 # Fold a freshly copied batch into the latest table: newest row per (device, metric) wins.
 UPSERT_LATEST = """
-INSERT INTO sensor_latest (device_id, metric, room_id, time, value)
-SELECT DISTINCT ON (device_id, metric) device_id, metric, room_id, time, value
+INSERT INTO sensor_latest (farm_id, device_id, metric, room_id, time, value)
+SELECT DISTINCT ON (device_id, metric) %(farm_id)s, device_id, metric, room_id, time, value
 FROM unnest(%(time)s::timestamptz[], %(room)s::text[], %(device)s::text[], %(metric)s::text[],
             %(value)s::float8[]) AS b(time, room_id, device_id, metric, value)
 ORDER BY device_id, metric, time DESC
-ON CONFLICT (device_id, metric) DO UPDATE
+ON CONFLICT (farm_id, device_id, metric) DO UPDATE
 SET time = excluded.time, value = excluded.value, room_id = excluded.room_id
 WHERE excluded.time >= sensor_latest.time"""
 
 RAW = """
 SELECT time, device_id, metric, value FROM sensor_data
 WHERE
-room_id = %(room_id)s AND time >= %(start)s AND time < %(end)s
+farm_id = %(farm_id)s AND room_id = %(room_id)s AND time >= %(start)s AND time < %(end)s
 AND metric = ANY(%(metrics)s)
 AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
   AND (%(after_time)s::timestamptz IS NULL
@@ -34,7 +38,7 @@ AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 ORDER BY time, device_id, metric LIMIT %(limit)s"""
 RAW_ALL = """
 SELECT time, device_id, metric, value FROM sensor_data WHERE
-room_id = %(room_id)s AND time >= %(start)s AND time < %(end)s
+farm_id = %(farm_id)s AND room_id = %(room_id)s AND time >= %(start)s AND time < %(end)s
 AND metric = ANY(%(metrics)s)
 AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 ORDER BY time, device_id, metric"""
@@ -44,7 +48,7 @@ SELECT date_bin(%(bucket)s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucke
        device_id, metric, avg(value) AS avg, min(value) AS min, max(value) AS max,
        count(*) AS count
 FROM sensor_data WHERE
-room_id = %(room_id)s AND time >= %(start)s AND time < %(end)s
+farm_id = %(farm_id)s AND room_id = %(room_id)s AND time >= %(start)s AND time < %(end)s
 AND metric = ANY(%(metrics)s)
 AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
@@ -56,7 +60,8 @@ WITH parts AS (
 SELECT date_bin(%(bucket)s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, device_id,
        metric, count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max
 FROM sensor_data
-WHERE room_id = %(room_id)s AND time >= %(start)s AND time < %(first_hour)s
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND time >= %(start)s AND time < %(first_hour)s
   AND metric = ANY(%(metrics)s)
   AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 GROUP BY 1, 2, 3
@@ -64,7 +69,8 @@ UNION ALL
 SELECT date_bin(%(bucket)s, hour, TIMESTAMPTZ '2000-01-01 00:00:00+00'), device_id, metric,
        sum(count), sum(sum), min(min), max(max)
 FROM sensor_hourly
-WHERE room_id = %(room_id)s AND hour >= %(first_hour)s AND hour < %(last_hour)s
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND hour >= %(first_hour)s AND hour < %(last_hour)s
   AND metric = ANY(%(metrics)s)
   AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 GROUP BY 1, 2, 3
@@ -72,7 +78,8 @@ UNION ALL
 SELECT date_bin(%(bucket)s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, device_id,
        metric, count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max
 FROM sensor_data
-WHERE room_id = %(room_id)s AND time >= %(last_hour)s AND time < %(end)s
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND time >= %(last_hour)s AND time < %(end)s
   AND metric = ANY(%(metrics)s)
   AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 GROUP BY 1, 2, 3
@@ -86,21 +93,24 @@ HOURLY_BUCKETS = """
 SELECT date_bin(%(bucket)s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, device_id,
        metric, avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count
 FROM sensor_data
-WHERE room_id = %(room_id)s AND time >= %(start)s AND time < %(first_hour)s
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND time >= %(start)s AND time < %(first_hour)s
   AND metric = ANY(%(metrics)s)
   AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 GROUP BY 1, 2, 3
 UNION ALL
 SELECT hour, device_id, metric, sum / count, min, max, count
 FROM sensor_hourly
-WHERE room_id = %(room_id)s AND hour >= %(first_hour)s AND hour < %(last_hour)s
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND hour >= %(first_hour)s AND hour < %(last_hour)s
   AND metric = ANY(%(metrics)s)
   AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 UNION ALL
 SELECT date_bin(%(bucket)s, time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket, device_id,
        metric, avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS count
 FROM sensor_data
-WHERE room_id = %(room_id)s AND time >= %(last_hour)s AND time < %(end)s
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND time >= %(last_hour)s AND time < %(end)s
   AND metric = ANY(%(metrics)s)
   AND (%(device_id)s::text IS NULL OR device_id = %(device_id)s)
 GROUP BY 1, 2, 3
@@ -119,22 +129,26 @@ def _floor_hour(at: datetime) -> datetime:
 # walk the room's whole history.
 ROOM_METRICS = """
 WITH RECURSIVE m(metric) AS (
-    (SELECT metric FROM sensor_hourly WHERE room_id = %(room_id)s ORDER BY metric LIMIT 1)
+    (SELECT metric FROM sensor_hourly WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+     ORDER BY metric LIMIT 1)
     UNION ALL
     SELECT (SELECT h.metric FROM sensor_hourly h
-            WHERE h.room_id = %(room_id)s AND h.metric > m.metric ORDER BY h.metric LIMIT 1)
+            WHERE h.farm_id = %(farm_id)s AND h.room_id = %(room_id)s AND h.metric > m.metric
+            ORDER BY h.metric LIMIT 1)
     FROM m WHERE m.metric IS NOT NULL
 )
 SELECT metric FROM m WHERE metric IS NOT NULL"""
 
 
-async def room_metrics(db: Database, room_id: str) -> list[str]:
+async def room_metrics(db: Database, farm_id: str, room_id: str) -> list[str]:
     """Every metric the room has readings of (any time), sorted."""
-    return [row["metric"] for row in await db.fetch_all(ROOM_METRICS, {"room_id": room_id})]
+    rows = await db.fetch_all(ROOM_METRICS, {"farm_id": farm_id, "room_id": room_id})
+    return [row["metric"] for row in rows]
 
 
 async def _params(
     db: Database,
+    farm_id: str,
     room_id: str,
     start: datetime,
     end: datetime,
@@ -142,33 +156,35 @@ async def _params(
     device_id: str | None,
 ) -> dict[str, Any]:
     return {
+        "farm_id": farm_id,
         "room_id": room_id,
         "start": start,
         "end": end,
-        "metrics": metrics or await room_metrics(db, room_id),
+        "metrics": metrics or await room_metrics(db, farm_id, room_id),
         "device_id": device_id,
     }
 
 
-async def insert_readings(db: Database, rows: Iterable[Reading]) -> int:
-    """COPY a batch into sensor_data and update sensor_latest, in one transaction."""
+async def insert_readings(db: Database, farm_id: str, rows: Iterable[Reading]) -> int:
+    """COPY a batch of one farm's readings into sensor_data and update sensor_latest, in one
+    transaction."""
     batch = list(rows)
     if not batch:
         return 0
     async with db.transaction() as cur:
-        await copy_readings(cur, batch)
+        await copy_readings(cur, farm_id, batch)
     return len(batch)
 
 
-async def copy_readings(cur: Cursor, batch: list[Reading]) -> None:
-    """COPY rows and fold them into sensor_latest inside the caller's transaction (the edge sync
-    stores readings together with its high-water mark)."""
+async def copy_readings(cur: Cursor, farm_id: str, batch: list[Reading]) -> None:
+    """COPY one farm's rows and fold them into sensor_latest inside the caller's transaction
+    (the edge sync stores readings together with its high-water mark)."""
     if not batch:
         return
     async with cur.copy(COPY_IN) as copy:
         copy.set_types(COPY_TYPES)
         for row in batch:
-            await copy.write_row(row)
+            await copy.write_row((farm_id, *row))
     # Newest row per (device, metric) picked here: a batch has tens of thousands of rows but only
     # a few dozen series, so the upsert gets a few dozen rows instead of sorting them all.
     newest: dict[tuple[str, str], Reading] = {}
@@ -180,12 +196,20 @@ async def copy_readings(cur: Cursor, batch: list[Reading]) -> None:
     cols = [list(col) for col in zip(*newest.values(), strict=True)]  # lists adapt as arrays
     await cur.execute(
         UPSERT_LATEST,
-        {"time": cols[0], "room": cols[1], "device": cols[2], "metric": cols[3], "value": cols[4]},
+        {
+            "farm_id": farm_id,
+            "time": cols[0],
+            "room": cols[1],
+            "device": cols[2],
+            "metric": cols[3],
+            "value": cols[4],
+        },
     )
 
 
 async def raw(
     db: Database,
+    farm_id: str,
     room_id: str,
     *,
     start: datetime,
@@ -195,7 +219,7 @@ async def raw(
     after: tuple[datetime, str, str] | None,
     limit: int,
 ) -> list[dict[str, Any]]:
-    params = await _params(db, room_id, start, end, metrics, device_id)
+    params = await _params(db, farm_id, room_id, start, end, metrics, device_id)
     params.update(
         after_time=after[0] if after else None,
         after_device=after[1] if after else None,
@@ -207,6 +231,7 @@ async def raw(
 
 async def stream_raw(
     db: Database,
+    farm_id: str,
     room_id: str,
     *,
     start: datetime,
@@ -216,7 +241,7 @@ async def stream_raw(
     batch: int = 5_000,
 ) -> AsyncIterator[list[tuple[Any, ...]]]:
     """Every raw row in range, in batches, from a server-side cursor (constant memory)."""
-    params = await _params(db, room_id, start, end, metrics, device_id)
+    params = await _params(db, farm_id, room_id, start, end, metrics, device_id)
     async with db.pool.connection() as conn, conn.transaction():
         cur = conn.cursor(name="telemetry_csv")
         try:
@@ -229,6 +254,7 @@ async def stream_raw(
 
 async def buckets(
     db: Database,
+    farm_id: str,
     room_id: str,
     *,
     start: datetime,
@@ -238,7 +264,7 @@ async def buckets(
     device_id: str | None,
 ) -> list[dict[str, Any]]:
     """Per bucket, device and metric: avg, min, max and count, aligned to 2000-01-01 UTC."""
-    params = await _params(db, room_id, start, end, metrics, device_id)
+    params = await _params(db, farm_id, room_id, start, end, metrics, device_id)
     params["bucket"] = bucket
     if bucket % HOUR:
         return await db.fetch_all(BUCKETS, params)
@@ -256,14 +282,15 @@ SELECT metric, avg(value) AS avg, min(value) AS min, max(value) AS max, count(*)
        avg(value) FILTER (WHERE time < %(mid)s) AS first_avg,
        avg(value) FILTER (WHERE time >= %(mid)s) AS last_avg
 FROM sensor_data
-WHERE room_id = %(room_id)s AND metric = ANY(%(metrics)s) AND time >= %(start)s AND time < %(end)s
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
+  AND metric = ANY(%(metrics)s) AND time >= %(start)s AND time < %(end)s
 GROUP BY metric ORDER BY metric"""
 
 
 async def room_stats(
-    db: Database, room_id: str, *, start: datetime, end: datetime
+    db: Database, farm_id: str, room_id: str, *, start: datetime, end: datetime
 ) -> list[dict[str, Any]]:
     """Per-metric statistics over a window, with the mean of each half (a crude trend)."""
-    params = await _params(db, room_id, start, end, None, None)
+    params = await _params(db, farm_id, room_id, start, end, None, None)
     params["mid"] = start + (end - start) / 2
     return await db.fetch_all(STATS, params)

@@ -29,18 +29,21 @@ log = logging.getLogger(__name__)
 SOURCE = "cloud"
 EDGES = "SELECT id, farm_id, last_seen FROM edges ORDER BY id"
 ROOMS = "SELECT id, farm_id, species, stage FROM rooms ORDER BY id"
+# Room ids are per farm: rooms are named by (farm, room) pairs, the two arrays side by side.
 MEANS = """
-SELECT room_id, metric, avg(value) AS mean, count(*) AS n FROM sensor_data
-WHERE room_id = ANY(%(rooms)s) AND metric = ANY(%(metrics)s) AND time >= %(since)s
-GROUP BY room_id, metric"""
+SELECT farm_id, room_id, metric, avg(value) AS mean, count(*) AS n FROM sensor_data
+WHERE (farm_id, room_id) IN (SELECT * FROM unnest(%(farms)s::text[], %(rooms)s::text[]))
+  AND metric = ANY(%(metrics)s) AND time >= %(since)s
+GROUP BY farm_id, room_id, metric"""
 LAST_READING = """
-SELECT room_id, max(time) AS at FROM sensor_latest WHERE room_id = ANY(%(rooms)s)
-GROUP BY room_id"""
+SELECT farm_id, room_id, max(time) AS at FROM sensor_latest
+WHERE (farm_id, room_id) IN (SELECT * FROM unnest(%(farms)s::text[], %(rooms)s::text[]))
+GROUP BY farm_id, room_id"""
 ORPHAN_RULES = """
-SELECT r.room_id, r.id, r.body->>'actuator' AS actuator, rm.farm_id
+SELECT r.room_id, r.id, r.body->>'actuator' AS actuator, r.farm_id
 FROM automation_rules r
-JOIN rooms rm ON rm.id = r.room_id
-LEFT JOIN devices d ON d.id = r.body->>'actuator' AND d.room_id = r.room_id AND d.kind = 'actuator'
+LEFT JOIN devices d ON d.farm_id = r.farm_id AND d.id = r.body->>'actuator'
+    AND d.room_id = r.room_id AND d.kind = 'actuator'
 WHERE d.id IS NULL AND coalesce((r.body->>'enabled')::boolean, true)"""
 KINDS = {"edge": "edge_offline", "band": "out_of_band", "silent": "sensor_silent"}
 
@@ -67,18 +70,22 @@ async def check_automation_rules(
                 "on its own, but the cloud gets no readings and cannot send commands",
             }
     rooms = [r for r in await db.fetch_all(ROOMS) if r["farm_id"] not in connected]
-    ids = [r["id"] for r in rooms]
+    pairs = {"farms": [r["farm_id"] for r in rooms], "rooms": [r["id"] for r in rooms]}
     since = now - timedelta(seconds=config.band_window_s)
     means = await db.fetch_all(
-        MEANS, {"rooms": ids, "metrics": list(BANDED_METRICS), "since": since}
+        MEANS, {**pairs, "metrics": list(BANDED_METRICS), "since": since}
     )
-    last = {r["room_id"]: r["at"] for r in await db.fetch_all(LAST_READING, {"rooms": ids})}
-    by_room: dict[str, dict[str, float]] = {}
+    last = {
+        (r["farm_id"], r["room_id"]): r["at"] for r in await db.fetch_all(LAST_READING, pairs)
+    }
+    by_room: dict[tuple[str, str], dict[str, float]] = {}
     for row in means:
-        by_room.setdefault(row["room_id"], {})[row["metric"]] = float(row["mean"])
+        by_room.setdefault((row["farm_id"], row["room_id"]), {})[row["metric"]] = float(
+            row["mean"]
+        )
     for room in rooms:
         profile = profile_for(room["species"], room["stage"])
-        for metric, mean in by_room.get(room["id"], {}).items():
+        for metric, mean in by_room.get((room["farm_id"], room["id"]), {}).items():
             band = profile.band(metric)
             if band is not None and not band.contains(mean):
                 wanted[(room["farm_id"], f"band:{room['id']}:{metric}")] = {
@@ -90,7 +97,7 @@ async def check_automation_rules(
                     f"{band.max if band.max is not None else '-'}] (checked in the cloud: no "
                     "edge connected)",
                 }
-        seen = last.get(room["id"])
+        seen = last.get((room["farm_id"], room["id"]))
         stale = seen is not None and now - seen > timedelta(seconds=config.stale_after_s)
         if stale and room["farm_id"] not in with_edges:
             assert seen is not None

@@ -134,14 +134,16 @@ async def process_sensor_data(
     rooms = hours = 0
     for room in await derived_db.rooms(db):
         profile = profile_for(room["species"], room["stage"])
-        current, stored = await derived_db.hour_counts(db, room["id"], start=start, end=end)
+        current, stored = await derived_db.hour_counts(
+            db, room["farm_id"], room["id"], start=start, end=end
+        )
         changed = sorted(h for h, n in current.items() if stored.get(h) != n)
         if not changed:
             continue
         rooms += 1
         # One read for the changed span, then split by hour.
         rows = await derived_db.minute_means(
-            db, room["id"], start=changed[0], end=changed[-1] + HOUR
+            db, room["farm_id"], room["id"], start=changed[0], end=changed[-1] + HOUR
         )
         per_hour: dict[datetime, list[dict[str, Any]]] = {}
         for row in rows:
@@ -153,7 +155,8 @@ async def process_sensor_data(
             # time; both count the same readings.
             summary.samples = current[hour] if minutes else samples
             row = summary.as_row()
-            row.update(room_id=room["id"], hour=hour, species=room["species"], stage=room["stage"])
+            row.update(farm_id=room["farm_id"], room_id=room["id"], hour=hour)
+            row.update(species=room["species"], stage=room["stage"])
             await derived_db.store_hour(db, row)
             hours += 1
     if hours:

@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 # A worker's heartbeat is refreshed every 10 s: two minutes without one means it is gone.
 STALLED_S = 120
 ACTIVE_ROOMS = """
-SELECT DISTINCT room_id FROM sensor_latest WHERE time > now() - interval '24 hours'
-ORDER BY room_id"""
+SELECT DISTINCT farm_id, room_id FROM sensor_latest WHERE time > now() - interval '24 hours'
+ORDER BY farm_id, room_id"""
 
 
 class TransientError(Exception):
@@ -87,12 +87,13 @@ async def schedule_ai_recommendations(context: JobContext, timestamp: int | None
     s = services_of(context)
     queued = 0
     for row in await s.db.fetch_all(ACTIVE_ROOMS):
-        key = f"ai:{row['room_id']}"
+        key = f"ai:{row['farm_id']}:{row['room_id']}"
         job = await s.queue.defer(
             "generate_ai_recommendations",
             lock=key,
             queueing_lock=key,
             room_id=row["room_id"],
+            farm_id=row["farm_id"],
             trigger="schedule",
         )
         queued += job is not None
@@ -100,7 +101,11 @@ async def schedule_ai_recommendations(context: JobContext, timestamp: int | None
 
 
 async def generate_ai_recommendations(
-    context: JobContext, room_id: str, trigger: str = "request", requested_by: int | None = None
+    context: JobContext,
+    room_id: str,
+    trigger: str = "request",
+    requested_by: int | None = None,
+    farm_id: str = "",  # room ids are per farm; a job queued before migration 0011 has none
 ) -> Any:
     s = services_of(context)
     try:
@@ -109,6 +114,7 @@ async def generate_ai_recommendations(
             s.provider,
             s.settings.ai,
             room_id,
+            farm_id=farm_id,
             trigger=trigger,
             requested_by=requested_by,
             now=datetime.now(UTC),
@@ -148,10 +154,14 @@ async def cleanup_old_data(context: JobContext, timestamp: int | None = None) ->
 
 
 async def predict_yield(
-    context: JobContext, timestamp: int | None = None, room_id: str | None = None
+    context: JobContext,
+    timestamp: int | None = None,
+    room_id: str | None = None,
+    farm_id: str | None = None,
 ) -> Any:
     s = services_of(context)
-    return {"rooms": await predict_all(s.db, now=datetime.now(UTC), room_id=room_id)}
+    now = datetime.now(UTC)
+    return {"rooms": await predict_all(s.db, now=now, room_id=room_id, farm_id=farm_id)}
 
 
 async def retry_stalled_jobs(context: JobContext, timestamp: int | None = None) -> Any:

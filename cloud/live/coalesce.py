@@ -36,12 +36,13 @@ class Coalescer:
     def __init__(self, rate_hz: float, emit: Callable[[DeviceReading], None]) -> None:
         self.interval = 1.0 / rate_hz
         self._emit = emit
-        self._last: dict[str, float] = {}  # device → loop time of its last message
-        self._pending: dict[str, DeviceReading] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # (farm, device) → loop time of its last message: device ids are per farm
+        self._last: dict[tuple[str, str], float] = {}
+        self._pending: dict[tuple[str, str], DeviceReading] = {}
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     def offer(self, reading: DeviceReading) -> None:
-        key = reading.device_id
+        key = (reading.farm_id, reading.device_id)
         pending = self._pending.get(key)
         if pending is not None:
             pending.merge(reading)
@@ -56,7 +57,7 @@ class Coalescer:
         self._pending[key] = reading
         self._timers[key] = loop.call_at(last + self.interval, self._flush, key)
 
-    def _flush(self, key: str) -> None:
+    def _flush(self, key: tuple[str, str]) -> None:
         self._timers.pop(key, None)
         reading = self._pending.pop(key, None)
         if reading is not None:

@@ -66,9 +66,12 @@ def parse_notice(channel: str, payload: str) -> Notice | None:
         doc = json.loads(payload)
         if not isinstance(doc, dict):
             raise ValueError("not an object")
-        if channel == ROOM:  # {"room_id", "recommendation"} (migration 0008)
+        if channel == ROOM:  # {"farm_id", "room_id", "recommendation"} (migrations 0008, 0011)
             return Notice(
-                "recommendation", room_id=str(doc["room_id"]), ident=int(doc["recommendation"])
+                "recommendation",
+                farm_id=_str(doc, "farm_id"),
+                room_id=str(doc["room_id"]),
+                ident=int(doc["recommendation"]),
             )
         if channel == USER:  # {"user_id", "notification"} (migration 0008)
             return Notice(

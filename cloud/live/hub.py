@@ -42,13 +42,15 @@ from cloud.live.settings import LiveConfig
 log = logging.getLogger(__name__)
 
 FETCH_QUEUE = 10_000
-# The row a notice names, by kind (None when it is gone by the time it is read).
-ROW_FETCHERS: dict[str, Callable[[Database, Any], Awaitable[dict[str, Any] | None]]] = {
-    "command": lambda db, ident: live_db.command(db, str(ident)),
-    "status": lambda db, ident: live_db.status(db, str(ident)),
-    "alert": lambda db, ident: live_db.alert(db, int(ident)),
-    "recommendation": lambda db, ident: live_db.recommendation(db, int(ident)),
-    "notification": lambda db, ident: live_db.notification(db, int(ident)),
+# The row a notice names, by kind (None when it is gone by the time it is read). Commands and
+# devices are named by id within their farm (ids are per farm).
+Fetcher = Callable[[Database, str, Any], Awaitable[dict[str, Any] | None]]
+ROW_FETCHERS: dict[str, Fetcher] = {
+    "command": lambda db, farm, ident: live_db.command(db, farm, str(ident)),
+    "status": lambda db, farm, ident: live_db.status(db, farm, str(ident)),
+    "alert": lambda db, farm, ident: live_db.alert(db, int(ident)),
+    "recommendation": lambda db, farm, ident: live_db.recommendation(db, int(ident)),
+    "notification": lambda db, farm, ident: live_db.notification(db, int(ident)),
 }
 
 
@@ -119,8 +121,23 @@ class LiveHub:
             raise ValidationFailed(
                 [{"field": "farm_id", "message": "give farm_id or room_id", "type": "missing"}]
             )
-        row = await access_db.locate(self.db, what, ident, user.id)
-        access = _decide(what, row, user.is_admin)
+        rows = await access_db.locate_all(
+            self.db, what, ident, user.id, farm_id=farm_id, is_admin=user.is_admin
+        )
+        if len(rows) > 1:  # a room id in several of the caller's farms (ids are per farm)
+            rows = [r for r in rows if _visible(what, r, user.is_admin)]
+            if len(rows) > 1:
+                raise ValidationFailed(
+                    [
+                        {
+                            "field": "farm_id",
+                            "message": "this room id is in more than one of your farms:"
+                            " give farm_id",
+                            "type": "missing",
+                        }
+                    ]
+                )
+        access = _decide(what, rows[0] if rows else None, user.is_admin)
         if farm_id is not None and access.farm_id != farm_id:
             raise NotFound("room not found")
         sub = client.subs.get(access.farm_id) or FarmSubscription()
@@ -270,7 +287,7 @@ class LiveHub:
         if kind == "readings":
             await self._fetch_readings(notice)
         elif kind in ROW_FETCHERS:
-            row = await ROW_FETCHERS[kind](self.db, notice.ident)
+            row = await ROW_FETCHERS[kind](self.db, notice.farm_id or "", notice.ident)
             if row is None:
                 return
             text = row_message(kind, row, notice.status)
@@ -289,7 +306,7 @@ class LiveHub:
     async def _fetch_readings(self, notice: Notice) -> None:
         """A device whose values did not fit in a NOTIFY: its newest reading from
         sensor_latest (the metrics stamped with its newest time, not older ones)."""
-        rows = await live_db.latest_of(self.db, list(notice.fetch))
+        rows = await live_db.latest_of(self.db, notice.farm_id or "", list(notice.fetch))
         newest: dict[str, Any] = {}
         for row in rows:
             newest[row["device_id"]] = max(row["time"], newest.get(row["device_id"], row["time"]))
@@ -393,6 +410,14 @@ def _decide(what: str, row: dict[str, Any] | None, is_admin: bool) -> Access:
         all_rooms=bool(row["all_rooms"]) if row else True,
         granted_rooms=frozenset(row["granted"] or ()) if row else frozenset(),
     )
+
+
+def _visible(what: str, row: dict[str, Any], is_admin: bool) -> bool:
+    try:
+        _decide(what, row, is_admin)
+    except NotFound:
+        return False
+    return True
 
 
 def _discard(index: dict[Any, set[LiveClient]], key: Any, client: LiveClient) -> None:

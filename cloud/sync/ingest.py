@@ -2,11 +2,11 @@
 
 In one transaction: lock the edge's row, skip the records at or below its high-water mark
 (duplicates of an earlier, answered or unanswered, upload), refuse a batch that starts past the
-mark + 1 (a gap: the edge resends from ``expected_seq``), refuse a batch naming another farm's
-rooms, devices or commands (nothing stored; reported in the audit log), then store every new record
+mark + 1 (a gap: the edge resends from ``expected_seq``), then store every new record
 — readings by binary COPY, the rest into their tables, config edits last — and move the mark.
-Records the cloud cannot use (malformed, or naming a room or device this farm does not have) are
-kept in ``edge_quarantine`` with the reason: they count as stored, so one bad record never stalls
+Records the cloud cannot use (malformed, or naming a room or device this farm does not have: ids
+are per farm, so another farm's ids are simply unknown here) are kept in ``edge_quarantine`` with
+the reason: they count as stored, so one bad record never stalls
 an edge's outbox.
 """
 
@@ -51,7 +51,7 @@ class SeqGap(Conflict):
 
 
 class ForeignReference(Forbidden):
-    """403: the batch names rooms, devices or commands of another farm; nothing was stored."""
+    """403: the batch names another edge or farm than its token's; nothing was stored."""
 
     slug = "foreign-reference"
 
@@ -63,8 +63,8 @@ class ForeignReference(Forbidden):
 
 @dataclass
 class _Refs:
-    """Ids the records name. Every room, device and ``commands`` id must not be another farm's;
-    ``maybe_commands`` are edge command ids that may be cloud ids (source "cloud")."""
+    """Ids the records name, looked up in the edge's farm; ``maybe_commands`` are edge command
+    ids that may be cloud ids (source "cloud")."""
 
     rooms: set[str] = field(default_factory=set)
     devices: set[str] = field(default_factory=set)
@@ -98,15 +98,6 @@ def _references(parsed: list[ParsedRecord]) -> _Refs:
     return refs
 
 
-def _foreign(owners: dict[str, dict[str, str]], refs: _Refs, farm_id: str) -> dict[str, list[str]]:
-    named = {"room": refs.rooms, "device": refs.devices, "command": refs.commands}
-    out = {
-        kind: sorted(i for i in named[kind] if owners[kind].get(i, farm_id) != farm_id)
-        for kind in named
-    }
-    return {kind: ids for kind, ids in out.items() if ids}
-
-
 async def store_batch(
     db: Database,
     edge: dict[str, Any],
@@ -132,7 +123,7 @@ async def store_batch(
     parsed = batch.parsed
     try:
         async with db.transaction() as cur:
-            row = await sync_db.lock_edge(cur, edge_id)
+            row = await sync_db.lock_edge(cur, farm_id, edge_id)
             if row is None:
                 raise Unauthorized("this edge has been removed")
             high_water = int(row["high_water"])
@@ -145,13 +136,11 @@ async def store_batch(
                 refs = _references(fresh)
                 owners = await sync_db.owners(
                     cur,
+                    farm_id,
                     rooms=refs.rooms,
                     devices=refs.devices,
                     commands=refs.commands | refs.maybe_commands,
                 )
-                foreign = _foreign(owners, refs, farm_id)
-                if foreign:
-                    raise ForeignReference(foreign)
                 writer = BatchWriter(
                     cur, edge_id=edge_id, farm_id=farm_id, owners=owners, clock=clock
                 )
@@ -159,7 +148,9 @@ async def store_batch(
                 counts.duplicates = len(parsed) - len(fresh)
                 counts.inserted = len(fresh)
             acked = max(high_water, batch.last_seq)
-            await sync_db.finish(cur, edge_id, high_water=acked, offset_s=clock.offset_s)
+            await sync_db.finish(
+                cur, farm_id, edge_id, high_water=acked, offset_s=clock.offset_s
+            )
     except ForeignReference as exc:
         await _report(db, edge, batch, exc.foreign)
         raise

@@ -143,7 +143,7 @@ class EdgeLink:
         """Apply one edge → cloud message."""
         if isinstance(msg, ConfigApplied):
             self.applied_version = msg.version
-            await downlink.set_applied_version(self._db, self.edge_id, msg.version)
+            await downlink.set_applied_version(self._db, self.farm_id, self.edge_id, msg.version)
             log.info("edge %s applied config version %d", self.edge_id, msg.version)
         elif isinstance(msg, CommandAccepted):
             status = ACCEPTED_STATUS[msg.state]

@@ -60,7 +60,7 @@ class Reconciler:
             return await self._note("conflict", change.room_id, item, seq, winner=room)
         if room["stage"] == change.stage:
             return "unchanged"
-        await sync_db.set_stage(self._cur, change.room_id, change.stage, at)
+        await sync_db.set_stage(self._cur, self.farm_id, change.room_id, change.stage, at)
         return await self._note("applied", change.room_id, item, seq)
 
     async def _rule_enabled(
@@ -92,7 +92,7 @@ class Reconciler:
         wanted = disabled - {change.rule_id} if change.enabled else disabled | {change.rule_id}
         if wanted == disabled:
             return "unchanged"
-        await sync_db.set_disabled_rules(self._cur, room_id, sorted(wanted))
+        await sync_db.set_disabled_rules(self._cur, self.farm_id, room_id, sorted(wanted))
         return await self._note("applied", room_id, item, seq)
 
     async def _cloud_rule(
@@ -104,7 +104,7 @@ class Reconciler:
         if rule["body"].get("enabled", True) == change.enabled:
             return "unchanged"
         body = {**rule["body"], "enabled": change.enabled}
-        await sync_db.set_rule_body(self._cur, rule["room_id"], rule["id"], body)
+        await sync_db.set_rule_body(self._cur, self.farm_id, rule["room_id"], rule["id"], body)
         return await self._note("applied", target, item, seq)
 
     def _lost(self, row: dict[str, Any], item: ConfigChangeItem) -> bool:

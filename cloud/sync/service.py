@@ -107,14 +107,16 @@ class EdgeSync:
                 hello.acked_seq,
                 edge["high_water"],
             )
-        await downlink.touch(self.db, edge["id"])
+        await downlink.touch(self.db, edge["farm_id"], edge["id"])
         # Subscribe before catching up: an event in between is then seen twice, never missed.
         with self.hub.subscribe(edge["farm_id"]) as queue:
             await _send(ws, await link.catch_up())
             tasks = [
                 asyncio.create_task(self._read(ws, link), name="edge-stream-read"),
                 asyncio.create_task(self._write(ws, link, queue), name="edge-stream-write"),
-                asyncio.create_task(self._keep_seen(edge["id"]), name="edge-stream-seen"),
+                asyncio.create_task(
+                    self._keep_seen(edge["farm_id"], edge["id"]), name="edge-stream-seen"
+                ),
             ]
             try:
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -126,7 +128,7 @@ class EdgeSync:
                 if isinstance(result, Exception) and not isinstance(result, ConnectionError):
                     log.warning("edge %s stream ended: %r", edge["id"], result)
         with contextlib.suppress(Exception):
-            await downlink.touch(self.db, edge["id"])
+            await downlink.touch(self.db, edge["farm_id"], edge["id"])
 
     async def _read(self, ws: web.WebSocketResponse, link: EdgeLink) -> None:
         async for msg in ws:
@@ -147,10 +149,10 @@ class EdgeSync:
             event = await queue.get()
             await _send(ws, await link.on_event(event))
 
-    async def _keep_seen(self, edge_id: str) -> None:
+    async def _keep_seen(self, farm_id: str, edge_id: str) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_s)
-            await downlink.touch(self.db, edge_id)
+            await downlink.touch(self.db, farm_id, edge_id)
 
 
 async def _send(ws: web.WebSocketResponse, messages: list[DownMsg]) -> None:

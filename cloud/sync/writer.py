@@ -190,7 +190,7 @@ class BatchWriter:
                 later.append(p)
         if n_readings:
             kinds["reading"] = kinds.get("reading", 0) + n_readings
-        await copy_readings(self.cur, readings)
+        await copy_readings(self.cur, self.farm_id, readings)
         self.counts.readings = len(readings)
         for p in later:
             await self._guarded(p.record, self._other(p.record, p.item))
@@ -309,7 +309,9 @@ class BatchWriter:
         if status is None:
             return
         if cloud_id is None:
-            cloud_id = await sync_db.cloud_id_of(self.cur, self.edge_id, edge_command_id)
+            cloud_id = await sync_db.cloud_id_of(
+                self.cur, self.farm_id, self.edge_id, edge_command_id
+            )
             if cloud_id is None:
                 return
         if state == "superseded" and error is None:

@@ -361,7 +361,7 @@ async def test_a_bedrock_run_stores_checked_advice_and_its_token_usage(jobs_env)
     }
     with Stubber(client) as stub:
         stub.add_response("converse", _answer(json.dumps(answer), inputs=2000, outputs=250))
-        await env.queue.defer("generate_ai_recommendations", room_id=w.ROOM_B)
+        await env.queue.defer("generate_ai_recommendations", room_id=w.ROOM_B, farm_id=w.FARM)
         await env.work()
     (run,) = await _runs(env)
     assert (run["provider"], run["status"], run["input_tokens"], run["output_tokens"]) == (
@@ -390,7 +390,7 @@ async def test_bedrock_down_falls_back_to_the_builtin_advisor_or_retries(jobs_en
     with Stubber(client) as stub:
         for _ in range(3):
             stub.add_client_error("converse", "ThrottlingException", "slow down", 429)
-        await env.queue.defer("generate_ai_recommendations", room_id=w.ROOM_B)
+        await env.queue.defer("generate_ai_recommendations", room_id=w.ROOM_B, farm_id=w.FARM)
         await env.work()
     (run,) = await _runs(env)
     assert run["status"] == "succeeded" and "built-in advisor answered" in run["error"]
@@ -409,7 +409,7 @@ async def test_bedrock_down_falls_back_to_the_builtin_advisor_or_retries(jobs_en
     with Stubber(client) as stub:
         stub.add_client_error("converse", "ThrottlingException", "slow down", 429)
         stub.add_response("converse", _answer(json.dumps(GOOD)))
-        await env2.queue.defer("generate_ai_recommendations", room_id=w.ROOM_A)
+        await env2.queue.defer("generate_ai_recommendations", room_id=w.ROOM_A, farm_id=w.FARM)
         await env2.work()
     runs = [r for r in await _runs(env2) if r["room_id"] == w.ROOM_A]
     assert [r["status"] for r in runs] == ["failed", "succeeded"]
@@ -421,7 +421,7 @@ async def test_bedrock_down_falls_back_to_the_builtin_advisor_or_retries(jobs_en
 async def test_the_builtin_advisor_on_the_world_room_from_its_data(jobs_env) -> None:  # type: ignore[no-untyped-def]
     env = await jobs_env()
     now = datetime.now(UTC)
-    ctx = await build_context(env.db, w.ROOM_B, now=now, window_hours=24)
+    ctx = await build_context(env.db, w.FARM, w.ROOM_B, now=now, window_hours=24)
     assert ctx is not None
     # Room B: two hours at ~18 °C and ~80.6 % RH (oyster fruiting wants 85-90 %).
     assert ctx.metrics["humidity_pct"].mean == pytest.approx(80.6, abs=0.05)
@@ -429,8 +429,8 @@ async def test_the_builtin_advisor_on_the_world_room_from_its_data(jobs_env) -> 
     assert ctx.metrics["temperature_c"].time_in_band == 1.0
     assert [a.device_id for a in ctx.actuators] == [w.ACTUATOR_B]
     assert ctx.rules[0]["id"] == w.RULE_B
-    assert await build_context(env.db, "nope", now=now, window_hours=24) is None
-    await env.queue.defer("generate_ai_recommendations", room_id=w.ROOM_B)
+    assert await build_context(env.db, w.FARM, "nope", now=now, window_hours=24) is None
+    await env.queue.defer("generate_ai_recommendations", room_id=w.ROOM_B, farm_id=w.FARM)
     await env.work()
     recs = await env.db.fetch_all(
         "SELECT key, status, action FROM recommendations WHERE room_id = %s ORDER BY id",
@@ -445,8 +445,8 @@ async def test_the_builtin_advisor_on_the_world_room_from_its_data(jobs_env) -> 
         for m in range(0, 600, 2)
     ]
     await env.db.execute("DELETE FROM sensor_data WHERE metric = 'humidity_pct'")
-    await telemetry_db.insert_readings(env.db, fresh)
-    await env.queue.defer("generate_ai_recommendations", room_id=w.ROOM_B)
+    await telemetry_db.insert_readings(env.db, w.FARM, fresh)
+    await env.queue.defer("generate_ai_recommendations", room_id=w.ROOM_B, farm_id=w.FARM)
     await env.work()
     statuses = await env.db.fetch_all(
         "SELECT key, status FROM recommendations WHERE room_id = %s ORDER BY id", (w.ROOM_B,)
@@ -552,6 +552,7 @@ async def test_accepting_a_rule_suggestion_creates_or_replaces_the_rule(
     }
     (rec,) = await recs_db.store(
         env.db,
+        w.FARM,
         w.ROOM_B,
         source="bedrock",
         run_id=None,

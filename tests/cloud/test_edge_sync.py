@@ -236,31 +236,36 @@ async def test_body_encoding_limits_and_auth_are_problems(sync_client, auth) -> 
         await problem(resp, 401)
 
 
-async def test_another_farms_room_or_device_is_refused_and_reported(  # type: ignore[no-untyped-def]
+async def test_another_farms_room_or_device_is_unknown_here(  # type: ignore[no-untyped-def]
     sync_client, world_dsn
 ) -> None:
+    """Ids are per farm: another farm's room or device ids name nothing in this edge's farm, so
+    those readings are quarantined like any unknown id (nothing says the ids exist elsewhere)."""
     client = await sync_client()
+    before = len(await readings_of(world_dsn, w.SENSOR_B))
     foreign = batch([reading(1), reading(2, device=w.OTHER_DEVICE, room=w.OTHER_ROOM)])
-    body = await problem(await upload(client, foreign), 403)
-    assert body["foreign"] == {"room": [w.OTHER_ROOM], "device": [w.OTHER_DEVICE]}
-    # Another farm's device claimed to be in one of ours is refused too.
-    sneaky = batch([reading(1, device=w.OTHER_DEVICE)])
-    assert (await problem(await upload(client, sneaky), 403))["foreign"] == {
-        "device": [w.OTHER_DEVICE]
-    }
-    # The edge may not speak for another farm at all.
-    await problem(await upload(client, batch([reading(1)], farm_id=w.OTHER_FARM)), 403)
-    edge = await rows(world_dsn, "SELECT high_water FROM edges WHERE id = %s", (w.EDGE,))
-    assert edge[0]["high_water"] == 0  # nothing stored, not even the good record
+    ack = await ok(await upload(client, foreign))
+    assert ack["acked_seq"] == 2
+    # Another farm's device claimed to be in one of ours: unknown here too.
+    ack = await ok(await upload(client, batch([reading(3, device=w.OTHER_DEVICE)])))
+    assert ack["acked_seq"] == 3
     assert await readings_of(world_dsn, w.OTHER_DEVICE) == []
+    assert len(await readings_of(world_dsn, w.SENSOR_B)) == before + 2  # seq 1, two metrics
+    kept = await rows(
+        world_dsn, "SELECT seq, farm_id, reason FROM edge_quarantine ORDER BY seq"
+    )
+    assert [(q["seq"], q["farm_id"]) for q in kept] == [(2, w.FARM), (3, w.FARM)]
+    assert all("not registered in this farm" in q["reason"] for q in kept)
+    # The edge may not speak for another farm at all.
+    await problem(await upload(client, batch([reading(4)], farm_id=w.OTHER_FARM)), 403)
+    edge = await rows(world_dsn, "SELECT high_water FROM edges WHERE id = %s", (w.EDGE,))
+    assert edge[0]["high_water"] == 3
     audit = await rows(
         world_dsn,
         "SELECT farm_id, target, detail FROM audit_log WHERE action = 'edge.batch_refused'",
     )
-    assert len(audit) == 3 and all(a["farm_id"] == w.FARM for a in audit)
-    assert audit[0]["detail"]["foreign"]["device"] == [w.OTHER_DEVICE]
-    ack = await ok(await upload(client, batch([reading(1)])))
-    assert ack["acked_seq"] == 1
+    assert len(audit) == 1 and audit[0]["farm_id"] == w.FARM
+    assert audit[0]["detail"]["foreign"] == {"farm": [w.OTHER_FARM]}
 
 
 async def test_unusable_records_are_quarantined_and_the_flow_goes_on(

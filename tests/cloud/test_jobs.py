@@ -112,7 +112,8 @@ async def test_process_sensor_data_stores_derived_metrics_per_hour(jobs_env, wor
     await env.queue.defer("process_sensor_data")
     await env.work()
     late = rows[0]["hour"] + timedelta(minutes=59, seconds=30)
-    await telemetry_db.insert_readings(env.db, [(late, w.ROOM_B, w.SENSOR_B, "humidity_pct", 95.0)])
+    late_row = (late, w.ROOM_B, w.SENSOR_B, "humidity_pct", 95.0)
+    await telemetry_db.insert_readings(env.db, w.FARM, [late_row])
     before = {r["hour"]: r["computed_at"] for r in rows}
     await env.queue.defer("process_sensor_data")
     await env.work()
@@ -134,7 +135,7 @@ async def test_cleanup_folds_days_and_expires_raw_readings(jobs_env) -> None:  #
         (old_day + timedelta(minutes=10 * i), w.ROOM_B, w.SENSOR_B, "temperature_c", 15.0 + i)
         for i in range(6)
     ]
-    await telemetry_db.insert_readings(env.db, old)
+    await telemetry_db.insert_readings(env.db, w.FARM, old)
     await env.queue.defer("cleanup_old_data")
     await env.work()
     raw_old = await env.db.fetch_one(
@@ -178,6 +179,7 @@ async def test_cloud_checks_watch_rooms_without_a_connected_edge(jobs_env) -> No
     # An orphaned rule (its actuator is in another room), found whatever the edges do.
     await rules_db.create(
         env.db,
+        w.FARM,
         w.ROOM_B,
         "orphan",
         {
@@ -197,7 +199,7 @@ async def test_cloud_checks_watch_rooms_without_a_connected_edge(jobs_env) -> No
     rows = [
         (now - timedelta(minutes=m), w.ROOM_B, w.SENSOR_B, "humidity_pct", 70.0) for m in range(5)
     ]
-    await telemetry_db.insert_readings(env.db, rows)
+    await telemetry_db.insert_readings(env.db, w.FARM, rows)
     await env.queue.defer("check_automation_rules")
     await env.work()
     started = {

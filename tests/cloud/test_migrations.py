@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from cloud.db.migrate import Migration, MigrationError, load_migrations, migrate
+from cloud.db.migrate import MIGRATIONS_DIR, Migration, MigrationError, load_migrations, migrate
 from tests.conftest import Databases
 
 pytestmark = pytest.mark.postgres
@@ -138,3 +138,36 @@ async def test_down_refuses_an_irreversible_migration(empty_dsn: str, tmp_path) 
     with pytest.raises(MigrationError, match="not reversible"):
         await migrate(empty_dsn, down=1, folder=tmp_path)
     assert "t_one" in _tables(empty_dsn)
+
+
+async def test_per_farm_ids_convert_existing_rows_in_place(empty_dsn: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """0011 gives every existing row its room's farm; readings of long-deleted rooms go."""
+    for path in MIGRATIONS_DIR.glob("00*.sql"):
+        if int(path.name[:4]) < 11:
+            (tmp_path / path.name).write_text(path.read_text())
+    await migrate(empty_dsn, folder=tmp_path)
+    with psycopg.connect(empty_dsn) as conn:
+        conn.execute("INSERT INTO farms (id, name) VALUES ('f1', 'one')")
+        conn.execute("INSERT INTO rooms (id, farm_id, species, stage) "
+                     "VALUES ('r1', 'f1', 'oyster', 'fruiting')")
+        conn.execute("INSERT INTO devices (id, room_id, kind, actuator, credentials_hash) "
+                     "VALUES ('d1', 'r1', 'actuator', 'humidifier', 'x')")
+        conn.execute("INSERT INTO commands (id, room_id, device_id, action) "
+                     "VALUES ('c1', 'r1', 'd1', 'on')")
+        conn.execute("INSERT INTO automation_rules (room_id, id, body) VALUES ('r1', 'x', '{}')")
+        conn.execute("INSERT INTO sensor_data (time, room_id, device_id, metric, value) "
+                     "VALUES (now(), 'r1', 'd1', 'humidity_pct', 90), "
+                     "(now(), 'gone', 'd9', 'humidity_pct', 50)")
+    await migrate(empty_dsn)
+    with psycopg.connect(empty_dsn) as conn:
+        for table in ("devices", "commands", "automation_rules", "sensor_hourly"):
+            farms = conn.execute(f"SELECT DISTINCT farm_id FROM {table}").fetchall()
+            assert farms == [("f1",)], table
+        readings = conn.execute("SELECT farm_id, room_id FROM sensor_data").fetchall()
+        assert readings == [("f1", "r1")]
+        # The same ids in a second farm are now allowed.
+        conn.execute("INSERT INTO farms (id, name) VALUES ('f2', 'two')")
+        conn.execute("INSERT INTO rooms (id, farm_id, species, stage) "
+                     "VALUES ('r1', 'f2', 'oyster', 'fruiting')")
+        conn.execute("INSERT INTO devices (id, farm_id, room_id, kind, credentials_hash) "
+                     "VALUES ('d1', 'f2', 'r1', 'sensor', 'x')")

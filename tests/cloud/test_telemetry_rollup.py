@@ -39,10 +39,11 @@ async def db(db_dsn: str) -> AsyncIterator[Database]:
 
 async def _raw_buckets(db: Database, **kwargs) -> list[dict]:  # type: ignore[no-untyped-def, type-arg]
     params = {
+        "farm_id": "f",
         "room_id": "r",
         "start": kwargs["start"],
         "end": kwargs["end"],
-        "metrics": kwargs.get("metrics") or await telemetry.room_metrics(db, "r"),
+        "metrics": kwargs.get("metrics") or await telemetry.room_metrics(db, "f", "r"),
         "device_id": kwargs.get("device_id"),
         "bucket": kwargs["bucket"],
     }
@@ -71,12 +72,13 @@ RANGES = [
 async def test_rollup_buckets_equal_raw_buckets(db: Database, start, end) -> None:  # type: ignore[no-untyped-def]
     # Several statements, overlapping hours: the trigger must merge into existing rollup rows.
     for seed in range(4):
-        await telemetry.insert_readings(db, _readings(seed, 3_000))
+        await telemetry.insert_readings(db, "f", _readings(seed, 3_000))
     for bucket in (timedelta(hours=1), timedelta(days=1)):
         for filters in ({}, {"metrics": ["co2_ppm"]}, {"device_id": "d2"}):
             span = {"start": start, "end": end, "bucket": bucket, **filters}
             rollup = await telemetry.buckets(
                 db,
+                "f",
                 "r",
                 start=start,
                 end=end,
@@ -88,18 +90,25 @@ async def test_rollup_buckets_equal_raw_buckets(db: Database, start, end) -> Non
 
 
 async def test_whole_hours_come_from_the_rollup_and_edges_from_raw_rows(db: Database) -> None:
-    await telemetry.insert_readings(db, _readings(9, 6_000))
+    await telemetry.insert_readings(db, "f", _readings(9, 6_000))
     # Mark the rollup: only answers that read it can show this maximum.
     await db.execute("UPDATE sensor_hourly SET max = 1e9")
     start, end = T0 + timedelta(minutes=30), T0 + timedelta(hours=5)
     rows = await telemetry.buckets(
-        db, "r", start=start, end=end, bucket=timedelta(hours=1), metrics=None, device_id=None
+        db, "f", "r", start=start, end=end, bucket=timedelta(hours=1), metrics=None, device_id=None
     )
     from_rollup = {r["bucket"] for r in rows if r["max"] == 1e9}
     assert from_rollup == {T0 + timedelta(hours=h) for h in range(1, 5)}
     assert all(r["max"] < 1e9 for r in rows if r["bucket"] == T0)  # the partial first hour
     minutes = await telemetry.buckets(
-        db, "r", start=start, end=end, bucket=timedelta(minutes=5), metrics=None, device_id=None
+        db,
+        "f",
+        "r",
+        start=start,
+        end=end,
+        bucket=timedelta(minutes=5),
+        metrics=None,
+        device_id=None,
     )
     assert minutes and all(r["max"] < 1e9 for r in minutes)  # sub-hour buckets: raw rows
 
@@ -111,6 +120,10 @@ async def test_the_migration_rolls_up_existing_readings(databases) -> None:  # t
     await migrate(dsn, down=len(later))  # as before 0006
     rows = _readings(3, 2_000)
     with psycopg.connect(dsn) as conn:
+        # Readings of an existing room (0011 drops readings of rooms that no longer exist).
+        conn.execute("INSERT INTO farms (id, name) VALUES ('f', 'f')")
+        conn.execute("INSERT INTO rooms (id, farm_id, species, stage)"
+                     " VALUES ('r', 'f', 'oyster', 'fruiting')")
         with conn.cursor().copy(
             "COPY sensor_data (time, room_id, device_id, metric, value) FROM STDIN"
         ) as copy:
@@ -124,13 +137,13 @@ async def test_the_migration_rolls_up_existing_readings(databases) -> None:  # t
 
 
 async def test_a_room_without_readings_has_no_metrics_and_no_rows(db: Database) -> None:
-    assert await telemetry.room_metrics(db, "empty") == []
+    assert await telemetry.room_metrics(db, "f", "empty") == []
     span = {"start": T0, "end": T0 + timedelta(days=1), "metrics": None, "device_id": None}
-    assert await telemetry.buckets(db, "empty", bucket=timedelta(hours=1), **span) == []
-    assert await telemetry.raw(db, "empty", after=None, limit=10, **span) == []
-    assert await telemetry.room_stats(db, "empty", start=T0, end=T0 + timedelta(days=1)) == []
+    assert await telemetry.buckets(db, "f", "empty", bucket=timedelta(hours=1), **span) == []
+    assert await telemetry.raw(db, "f", "empty", after=None, limit=10, **span) == []
+    assert await telemetry.room_stats(db, "f", "empty", start=T0, end=T0 + timedelta(days=1)) == []
 
 
 async def test_room_metrics_lists_each_metric_once(db: Database) -> None:
-    await telemetry.insert_readings(db, _readings(1, 500))
-    assert await telemetry.room_metrics(db, "r") == ["co2_ppm", "humidity_pct"]
+    await telemetry.insert_readings(db, "f", _readings(1, 500))
+    assert await telemetry.room_metrics(db, "f", "r") == ["co2_ppm", "humidity_pct"]

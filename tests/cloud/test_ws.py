@@ -375,7 +375,7 @@ async def test_commands_status_alerts_recommendations_and_notifications_are_push
                 "INSERT INTO alert_episodes (farm_id, source, key, kind, severity, message,"
                 " room_id, state, started_at, last_at) VALUES (%s, 'cloud', 'rh-low', 'band',"
                 " 'warning', 'RH low', %s, 'active', now(), now())", (w.FARM, w.ROOM_B))
-        (rec,) = await recs_db.store(db, w.ROOM_B, source="builtin", run_id=None, items=[{
+        (rec,) = await recs_db.store(db, w.FARM, w.ROOM_B, source="builtin", run_id=None, items=[{
             "key": "co2-high", "severity": "info", "title": "Ventilate", "reason": "CO2 up",
             "action": None}])
         await notifications_db.add(db, user_id=world.user_ids["operator"], kind="alert",

@@ -102,7 +102,8 @@ async def test_substrate_harvests_and_prediction_error_through_the_api(  # type:
 async def test_rooms_without_substrate_or_outside_fruiting_are_not_predicted(jobs_env) -> None:  # type: ignore[no-untyped-def]
     env = await jobs_env()
     await env.db.execute(
-        "INSERT INTO room_substrate (room_id, dry_mass_kg) VALUES (%s, 10)", (w.ROOM_A,)
+        "INSERT INTO room_substrate (farm_id, room_id, dry_mass_kg) VALUES (%s, %s, 10)",
+        (w.FARM, w.ROOM_A),
     )
     await env.db.execute("UPDATE rooms SET stage = 'spawn_run' WHERE id = %s", (w.ROOM_A,))
     await env.queue.defer("predict_yield")

@@ -84,15 +84,16 @@ async def build_world(db: Database) -> World:
     await farms.set_member(db, FARM, ids["viewer"], role="viewer", room_ids=None)
     await farms.set_member(db, FARM, ids["limited"], role="operator", room_ids=[ROOM_A])
     await farms.set_member(db, FARM, ids["cognito"], role="operator", room_ids=None)
-    for device_id, room_id, kind, actuator in (
-        (SENSOR_B, ROOM_B, "sensor", None),
-        (ACTUATOR_B, ROOM_B, "actuator", "humidifier"),
-        (ACTUATOR_A, ROOM_A, "actuator", "humidifier"),
-        (OTHER_DEVICE, OTHER_ROOM, "sensor", None),
+    for device_id, farm_id, room_id, kind, actuator in (
+        (SENSOR_B, FARM, ROOM_B, "sensor", None),
+        (ACTUATOR_B, FARM, ROOM_B, "actuator", "humidifier"),
+        (ACTUATOR_A, FARM, ROOM_A, "actuator", "humidifier"),
+        (OTHER_DEVICE, OTHER_FARM, OTHER_ROOM, "sensor", None),
     ):
         await devices.create(
             db,
             device_id=device_id,
+            farm_id=farm_id,
             room_id=room_id,
             name=device_id,
             kind=kind,
@@ -102,6 +103,7 @@ async def build_world(db: Database) -> World:
         )
     await rules.create(
         db,
+        FARM,
         ROOM_B,
         RULE_B,
         {
@@ -118,6 +120,7 @@ async def build_world(db: Database) -> World:
     await commands.create(
         db,
         command_id=COMMAND_B,
+        farm_id=FARM,
         room_id=ROOM_B,
         device_id=ACTUATOR_B,
         action="on",
@@ -132,6 +135,7 @@ async def build_world(db: Database) -> World:
         world.notification_ids[role] = note["id"]
     (rec,) = await recommendations.store(
         db,
+        FARM,
         ROOM_B,
         source="builtin",
         run_id=None,
@@ -152,5 +156,5 @@ async def build_world(db: Database) -> World:
         for i in range(120)
         for metric, value in (("temperature_c", 18.0), ("humidity_pct", 80.0))
     ]
-    await telemetry.insert_readings(db, rows)
+    await telemetry.insert_readings(db, FARM, rows)
     return world

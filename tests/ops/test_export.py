@@ -28,14 +28,14 @@ def farm_db(db_dsn: str) -> str:
             for room in rooms:
                 conn.execute("INSERT INTO rooms (id, farm_id, species, stage)"
                              " VALUES (%s, %s, 'oyster', 'fruiting')", (room, farm))
-        with conn.cursor() as cur, cur.copy(
-                "COPY sensor_data (time, room_id, device_id, metric, value) FROM STDIN") as copy:
+        with conn.cursor() as cur, cur.copy("COPY sensor_data"
+                " (farm_id, time, room_id, device_id, metric, value) FROM STDIN") as copy:
             for minute in range(600):
                 at = T0 + timedelta(minutes=minute)
-                for room in ("x-a", "x-b", "y-a"):
+                for farm, room in (("farm-x", "x-a"), ("farm-x", "x-b"), ("farm-y", "y-a")):
                     for dev in (1, 2):
                         for k, metric in enumerate(METRICS):
-                            copy.write_row((at, room, f"{room}-s{dev}", metric,
+                            copy.write_row((farm, at, room, f"{room}-s{dev}", metric,
                                             minute / 7 + k * 100.1 + dev / 3))
     return db_dsn
 
