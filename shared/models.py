@@ -132,6 +132,44 @@ class Telemetry(_Wire):
 
 CommandAction = Literal["on", "off", "set"]
 
+# The seed's (the original Flask design's) command forms: `set_<quantity>` with a value. Each
+# names the quantity an actuator moves, and means the model's `set` on that actuator — a level of
+# 0–100 % of its output, not a target in the quantity's unit (a target is an automation rule).
+SetForm = Literal["set_humidity", "set_temperature", "set_co2", "set_light"]
+SET_FORM_ROLES: Final[dict[str, str]] = {
+    "set_humidity": "humidifier",
+    "set_temperature": "heater",
+    "set_co2": "exhaust_fan",
+    "set_light": "light",
+}
+CommandForm = Literal["on", "off", "set", "set_humidity", "set_temperature", "set_co2", "set_light"]
+COMMAND_FORMS_HELP: Final = (
+    "on, off, set (value: level 0-100), or the seed's set_humidity, set_temperature, set_co2,"
+    " set_light (value: level 0-100 of the room's humidifier, heater, exhaust_fan, light)"
+)
+
+
+def canonical_action(form: str) -> tuple[CommandAction, str | None]:
+    """The model's action for a command form, and the actuator role a `set_<quantity>` form
+    names (None for the model's own forms). ValueError for anything else."""
+    if form in ("on", "off", "set"):
+        return form, None  # type: ignore[return-value]
+    role = SET_FORM_ROLES.get(form)
+    if role is None:
+        raise ValueError(f"unknown action {form[:40]!r}: use {COMMAND_FORMS_HELP}")
+    return "set", role
+
+
+def command_value_error(action: CommandAction, value: object) -> str | None:
+    """Why ``value`` does not fit ``action`` (None when it does): `set` needs a level 0-100."""
+    if action != "set":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "`set` (and set_<quantity>) needs a numeric value: a level 0-100"
+    if not 0 <= value <= 100:
+        return "value must be a level within 0-100"
+    return None
+
 
 class Command(_Wire):
     """A command to one actuator node: ``on``/``off``, or ``set`` with a level 0–100."""

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge.api import auth, keys, views
-from edge.api.problems import Forbidden, Unauthorized
+from edge.api.problems import Forbidden, Unauthorized, ValidationFailed
 from edge.api.schemas import (
     AlertsQuery,
     CommandBody,
@@ -29,14 +29,14 @@ from edge.api.schemas import (
     parse_body,
     parse_query,
 )
-from edge.automation import NotFound
+from edge.automation import Automation, InvalidRequest, NotFound
 from edge.metrics import METRICS, scrape_allowed
 from edge.store import alerts as alert_rows
 from edge.store import commands as command_rows
 from edge.store import devices as device_rows
 from edge.store import quarantine as quarantine_rows
 from edge.uplink import SYNC_STATUS
-from shared.models import utcnow
+from shared.models import canonical_action, command_value_error, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -185,20 +185,61 @@ async def list_commands(request: web.Request) -> web.Response:
     return web.json_response([views.command_view(r) for r in rows])
 
 
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed([{"field": field, "message": message, "type": "value_error"}])
+
+
+def _command_device(automation: Automation, body: CommandBody, role: str | None) -> str:
+    """The device a command goes to: ``device_id`` (of the form's role, if it names one), or the
+    one actuator of that role (in ``room_id`` when given)."""
+    if body.device_id is not None:
+        device = automation.device(body.device_id)
+        if device is not None and role is not None and device.actuator != role:
+            raise _invalid("device_id", f"{body.action} drives a {role}; {body.device_id} is"
+                                        f" a {device.actuator or device.kind}")
+        return body.device_id  # unknown or a sensor: refused below like any command
+    if role is None:
+        raise _invalid("device_id", f"required with action {body.action!r}")
+    fitting = [d.id for d in automation.devices()
+               if d.kind == "actuator" and d.actuator == role and body.room_id in (None, d.room)]
+    if len(fitting) != 1:
+        where = f"room {body.room_id}" if body.room_id else "this edge"
+        raise _invalid("device_id" if fitting else "action",
+                       f"{body.action} drives a {role}: {where} has {len(fitting)} of them"
+                       + ("; name one in device_id (or room_id)" if fitting else ""))
+    return fitting[0]
+
+
 async def send_command(request: web.Request) -> web.Response:
     body = await parse_body(request, CommandBody)
+    action, role = canonical_action(body.action)  # the body's Literal admits only known forms
+    if (problem := command_value_error(action, body.value)) is not None:
+        raise _invalid("value", problem)
     automation = request.app[keys.AUTOMATION]
-    command_id = await automation.manual_command(
-        body.device_id, body.action, value=body.value, hold_minutes=body.hold_minutes,
-        by=request[keys.IDENTITY].user,
-    )
-    state = automation.actuators.get(body.device_id)
-    override = state.override if state is not None else None
+    device_id = _command_device(automation, body, role)
+    user = request[keys.IDENTITY].user
+    if action == "set":
+        # A level goes to the device as such (as a cloud `set` does); on/off hold an override.
+        device = automation.device(device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id!r}")
+        if device.kind != "actuator":
+            raise InvalidRequest(f"{device_id} is a sensor; only actuators take commands")
+        command_id = await request.app[keys.COMMANDS].send(
+            device_id=device_id, room_id=device.room, action=action, value=body.value,
+            source="manual", reason=f"set by {user}" + (f" ({body.action})" if role else ""),
+        )
+    else:
+        command_id = await automation.manual_command(
+            device_id, action, value=body.value, hold_minutes=body.hold_minutes, by=user,
+        )
+    state = automation.actuators.get(device_id)
+    override = state.override if state is not None and action != "set" else None
     return web.json_response(
         {
             "command_id": command_id,
-            "device_id": body.device_id,
-            "action": body.action,
+            "device_id": device_id,
+            "action": action,
             "override_until": views.iso(override.until) if override is not None else None,
         },
         status=202,

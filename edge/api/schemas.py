@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from edge.api.problems import BadRequest, UnsupportedMediaType, ValidationFailed
-from shared.models import Id
+from shared.models import CommandForm, Id
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -35,8 +35,13 @@ class LoginBody(_Body):
 
 
 class CommandBody(_Body):
-    device_id: Id
-    action: Literal["on", "off"]
+    """``on`` / ``off`` (an override of the automation), ``set`` with a level 0-100, or the seed's
+    ``set_<quantity>`` forms: ``set`` on that quantity's actuator (``device_id`` may then be
+    omitted: the one of that role, in ``room_id`` if given)."""
+
+    device_id: Id | None = None
+    room_id: Id | None = None
+    action: CommandForm
     hold_minutes: float | None = Field(
         default=None, gt=0, le=24 * 60, description="how long the override holds (default: config)"
     )
