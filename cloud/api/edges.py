@@ -165,6 +165,6 @@ ROUTES = [
         "public",  # the handler authenticates the edge token itself
         response=EdgeIdentityOut,
         tag="edge sync",
-        errors=(401,),
+        errors=(401, 429),  # bad tokens take from the address's unauthenticated budget
     ),
 ]
