@@ -74,6 +74,9 @@ def tokens() -> AccessTokens:
     return AccessTokens(JWT_SECRET.encode(), issuer=ISSUER, ttl_s=86_400)
 
 
+FARM_ID = "bench-farm"
+
+
 @dataclass
 class BenchFarm:
     user_id: int
@@ -90,7 +93,7 @@ async def make_farm(
 ) -> BenchFarm:
     """An owner, a farm, rooms ``bench-r<i>`` and sensors ``bench-r<i>-s<j>``."""
     owner = await users.create(db, email="bench@example.com", password_hash=password_hash)
-    farm_id = "bench-farm"
+    farm_id = FARM_ID
     await farms.create(db, farm_id=farm_id, name="Bench", timezone="UTC", user_id=owner["id"])
     room_ids, device_ids = [], []
     for r in range(rooms_count):
@@ -110,6 +113,7 @@ async def make_farm(
             await devices.create(
                 db,
                 device_id=device_id,
+                farm_id=farm_id,
                 room_id=room_id,
                 name=device_id,
                 kind="sensor",

@@ -54,7 +54,7 @@ async def seed(dsn: str) -> BenchFarm:
             for device in farm.device_ids
             for i, metric in enumerate(METRICS)
         ]
-        await telemetry.insert_readings(db, rows)
+        await telemetry.insert_readings(db, farm.farm_id, rows)
         return farm
     finally:
         await db.close()

@@ -33,6 +33,7 @@ import psycopg
 from aiohttp import web
 
 from bench.cloud_database import (
+    FARM_ID,
     BenchFarm,
     app_settings,
     bench_database,
@@ -99,7 +100,7 @@ def load(dsn: str, rows: Iterator[tuple[Any, ...]]) -> tuple[int, float]:
                 copy.set_types(list(telemetry.COPY_TYPES))
                 count = 0
                 for row in rows:
-                    copy.write_row(row)
+                    copy.write_row((FARM_ID, *row))
                     count += 1
                     if count == BATCH_ROWS:
                         break
@@ -156,12 +157,14 @@ async def query_latencies(
     try:
         results: dict[str, Any] = {}
         for label, metrics in (("all 6 metrics", None), ("1 metric", ["humidity_pct"])):
-            rows = await telemetry.buckets(db, room, metrics=metrics, **span)
+            rows = await telemetry.buckets(db, farm.farm_id, room, metrics=metrics, **span)
             samples = await timed(
-                lambda m=metrics: telemetry.buckets(db, room, metrics=m, **span), iterations
+                lambda m=metrics: telemetry.buckets(db, farm.farm_id, room, metrics=m, **span),
+                iterations,
             )
             results[f"rollup, {label}"] = {"rows": len(rows), "ms": summarize(samples)}
-        raw_params = {"room_id": room, "metrics": [m[0] for m in METRICS], **span}
+        metric_names = [m[0] for m in METRICS]
+        raw_params = {"farm_id": farm.farm_id, "room_id": room, "metrics": metric_names, **span}
         rows = await db.fetch_all(telemetry.BUCKETS, raw_params)
         samples = await timed(
             lambda: db.fetch_all(telemetry.BUCKETS, raw_params), raw_iterations, 1

@@ -84,7 +84,7 @@ async def make_world(dsn: str, n_farms: int) -> tuple[int, list[Farm]]:
                                    species="oyster", stage="fruiting", stage_started=None)
                 for s in range(SENSORS_PER_ROOM):
                     device_id = f"{room_id}-s{s}"
-                    await devices.create(db, device_id=device_id, room_id=room_id,
+                    await devices.create(db, device_id=device_id, farm_id=farm_id, room_id=room_id,
                                          name=device_id, kind="sensor", actuator=None,
                                          capabilities=[], credentials_hash="x")
                     farm.devices.append((device_id, room_id))

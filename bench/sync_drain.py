@@ -147,7 +147,8 @@ async def register(dsn: str, settings: EdgeSettings) -> None:
                                species=room.species, stage=room.stage, stage_started=None)
         hashed = hash_password("not-a-real-device-password")
         for device in settings.devices:
-            await devices.create(db, device_id=device.id, room_id=device.room, name=device.id,
+            await devices.create(db, device_id=device.id, farm_id=FARM_ID, room_id=device.room,
+                                 name=device.id,
                                  kind=device.kind, actuator=device.actuator, capabilities=[],
                                  credentials_hash=hashed)
         await edges.create(db, edge_id=EDGE_ID, farm_id=FARM_ID, name="bench",
@@ -168,7 +169,7 @@ async def raw_copy(dsn: str, db_path: Path) -> tuple[int, float]:
                 for chunk in stored_rows(db_path):
                     started = time.perf_counter()
                     for row in chunk:
-                        await copy.write_row(row)
+                        await copy.write_row((FARM_ID, *row))  # as the ingest writes them
                     spent += time.perf_counter() - started
                     rows += len(chunk)
                 started = time.perf_counter()
