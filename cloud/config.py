@@ -109,8 +109,8 @@ class AuthConfig(_Section):
     unauthenticated_per_min: int = Field(
         default=30,
         ge=1,
-        description="per client address: bad edge tokens and AWS IoT destination confirmations"
-        " a minute (bursts up to this many)",
+        description="per client address: bad edge and refresh tokens and AWS IoT destination"
+        " confirmations a minute (bursts up to this many)",
     )
     cognito: CognitoConfig = Field(default_factory=CognitoConfig)
 

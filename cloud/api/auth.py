@@ -75,10 +75,13 @@ async def login(call: Call) -> TokenOut:
 
 async def refresh(call: Call) -> TokenOut:
     """Trade a refresh token for a new access and refresh token
-    The presented refresh token is spent; replaying a spent one revokes all of the user's."""
+    The presented refresh token is spent; replaying a spent one revokes all of the user's.
+    Refused tokens take from the client address's budget of unauthenticated requests (429
+    past it)."""
     body: RefreshIn = call.body
     user_id = await users_db.spend_refresh(call.db, token_hash(body.refresh_token))
     if user_id is None:
+        call.app[appkeys.LIMITS].unauthenticated.take(client_ip(call.request))
         raise Unauthorized("refresh token invalid, expired or revoked")
     user = await users_db.by_id(call.db, user_id)
     if user is None or not user["is_active"]:
@@ -123,7 +126,7 @@ ROUTES = [
         body=RefreshIn,
         response=TokenOut,
         tag="auth",
-        errors=(401,),
+        errors=(401, 429),
     ),
     Route("POST", "/api/auth/logout", logout, "public", body=RefreshIn, status=204, tag="auth"),
     Route(

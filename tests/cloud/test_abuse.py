@@ -128,6 +128,18 @@ async def test_failed_edge_tokens_are_rate_limited_and_the_real_edge_is_not(  # 
     assert resp.status == 200, await resp.text()
 
 
+async def test_guessed_refresh_tokens_are_rate_limited(world_client) -> None:  # type: ignore[no-untyped-def]
+    statuses = []
+    for n in range(60):
+        resp = await world_client.post("/api/auth/refresh",
+                                       json={"refresh_token": f"sfr_guess{n:020d}"})
+        statuses.append(resp.status)
+        if resp.status == 429:
+            assert resp.content_type == PROBLEM and "Retry-After" in resp.headers
+        await resp.read()
+    assert statuses[0] == 401 and statuses.count(429) >= 20, statuses
+
+
 def test_the_token_bucket_lets_a_burst_through_then_refills() -> None:
     from cloud.auth.ratelimit import TokenBucket
     from cloud.errors import RateLimited
