@@ -38,7 +38,8 @@ from edge.store import commands as command_rows
 from edge.store.db import Database
 from edge.systemd import Notifier
 from edge.uplink import SYNC_STATUS, Uplink
-from shared.models import utcnow
+from shared.models import Ack, utcnow
+from shared.topics import Topic
 
 if TYPE_CHECKING:
     from edge.iot_uplink import IotUplink
@@ -125,8 +126,8 @@ class EdgeApp:
             self._devices_map = {d.id: d.room for d in devices}
         return self._devices_map
 
-    async def _on_ack(self, topic: object, ack: object) -> None:
-        await self.commands.on_ack(topic.device_id, ack)  # type: ignore[attr-defined]
+    async def _on_ack(self, topic: Topic, ack: Ack) -> None:
+        await self.commands.on_ack(topic.device_id, ack, topic=str(topic))
 
     # ---- lifecycle ----
     async def run(self, stop: asyncio.Event) -> None:

@@ -389,6 +389,11 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._server is not None
 
+    @property
+    def refused_connections(self) -> int:
+        """Sockets refused or dropped before they logged in, since start."""
+        return self._events.total
+
     def connected_clients(self) -> int | None:
         """Device sessions connected now (the edge's own excluded); None while stopped."""
         broker = self._broker

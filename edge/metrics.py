@@ -88,9 +88,16 @@ class _EdgeCollector(Collector):
         quarantined = CounterMetricFamily(
             prefix + "quarantined", "messages quarantined since start, by reason", labels=["reason"]
         )
-        for reason, count in sorted(stats.quarantined_by_reason.items()):
+        by_reason = dict(stats.quarantined_by_reason)
+        if app.commands.stats.wrong_device_acks:  # quarantined by the command tracker
+            by_reason["wrong_device_ack"] = app.commands.stats.wrong_device_acks
+        for reason, count in sorted(by_reason.items()):
             quarantined.add_metric([reason], float(count))
         yield quarantined
+        if app.intake is not None:
+            yield _gauge(prefix + "intake_pending",
+                         "device messages received, not yet committed (so not yet acknowledged)",
+                         app.intake.pending)
         figures = self._metrics.db_figures
         yield _gauge(prefix + "quarantine_rows", "rows in the quarantine table",
                      figures.quarantine_rows)
@@ -113,6 +120,10 @@ class _EdgeCollector(Collector):
         if clients is not None:  # embedded broker only: an external one does not tell us
             yield _gauge(prefix + "broker_clients", "devices connected to the embedded broker",
                          clients)
+        if app.broker is not None:
+            yield _counter(prefix + "broker_connections_refused",
+                           "sockets refused or dropped before login (floods, timeouts, garbage)",
+                           app.broker.refused_connections)
         # ---- store ----
         dstats = app.db.stats
         yield _gauge(prefix + "store_open", "the SQLite store is open (1/0)",
