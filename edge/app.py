@@ -82,8 +82,9 @@ class EdgeApp:
         )
         # Embedded broker: devices' messages come to the ingest in-process, acknowledged once
         # committed (edge.intake); with an external broker the edge subscribes to them.
+        embedded = settings.broker.mode == "embedded"
         self.intake: Intake | None = (
-            Intake(self.ingest, self.db) if settings.broker.mode == "embedded" else None
+            Intake(self.ingest, self.db) if embedded and settings.broker.durable_acks else None
         )
         self.outbox: Outbox | None = None
         self.uplink: Uplink | IotUplink | None = None
@@ -142,10 +143,11 @@ class EdgeApp:
             if self.downlink is not None:
                 await self.downlink.restore()  # the cloud's rooms and devices over the TOML's
             await self.automation.load()
-            if self.intake is not None:
-                # Running before the listener opens; a message that comes in earlier simply
-                # waits in the intake (unacknowledged) until it is stored.
-                intake_task = asyncio.create_task(self.intake.run(), name="edge-intake")
+            if settings.broker.mode == "embedded":
+                if self.intake is not None:
+                    # Running before the listener opens; a message that comes in earlier simply
+                    # waits in the intake (unacknowledged) until it is stored.
+                    intake_task = asyncio.create_task(self.intake.run(), name="edge-intake")
                 sync_broker_files(settings)
                 if self.downlink is not None:
                     self.downlink.write_credentials()

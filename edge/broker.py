@@ -241,11 +241,25 @@ class _SnapshotDict(dict[str, Any]):
     client subscribing meanwhile raised "dictionary changed size during iteration" and the
     message being broadcast was lost. Iterating a snapshot keeps every delivery."""
 
+    version = 0  # bumped on every change of the map (see _DeliveringBroker.unheard)
+
     def __iter__(self) -> Any:
         return iter(list(super().keys()))
 
     def items(self) -> Any:
         return list(super().items())
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.version += 1
+        return super().pop(key, *default)
 
 
 class _GatedHandler(BrokerProtocolHandler):  # type: ignore[misc]
@@ -255,6 +269,7 @@ class _GatedHandler(BrokerProtocolHandler):  # type: ignore[misc]
     was acknowledged)."""
 
     gate: Callable[[Any, Any], Awaitable[bool]]
+    unheard: Callable[[str], bool]
 
     async def _handle_message_flow(self, app_message: Any) -> None:
         if app_message.direction != INCOMING or self.session is None:
@@ -268,9 +283,12 @@ class _GatedHandler(BrokerProtocolHandler):  # type: ignore[misc]
             if self.writer is not None:
                 await self.writer.close()
             return
-        if deliver:
+        if deliver and (app_message.publish_packet is None
+                        or app_message.publish_packet.retain_flag
+                        or not self.unheard(app_message.topic)):
             await super()._handle_message_flow(app_message)
-        elif app_message.qos == QOS_1:  # refused and quarantined: acknowledged, not delivered
+        elif app_message.qos == QOS_1:  # refused (quarantined), or stored and nobody else
+            # subscribes to it: acknowledged, not queued for a broadcast to no one
             puback = PubackPacket.build(app_message.packet_id)
             await self._send_packet(puback)
             app_message.puback_packet = puback
@@ -286,13 +304,36 @@ class _DeliveringBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     out first, through the same checks (topic, ACL) as any other publish."""
 
     intake: Intake | None = None
+    _unheard: dict[str, bool]
+    _unheard_version = -1
 
     async def _initialize_client_session(self, *args: Any) -> Any:
         handler, session = await super()._initialize_client_session(*args)
         if self.intake is not None:
             handler.__class__ = _GatedHandler  # same state, one method more
             handler.gate = self._gate
+            handler.unheard = self.unheard
         return handler, session
+
+    def unheard(self, topic: str) -> bool:
+        """No subscription matches ``topic`` (so a broadcast would reach no one). The answer per
+        topic is kept until the subscription map changes: amqtt's broadcast costs a task, a
+        wait and a match against every filter per message, for readings nobody but the
+        intake (which already has them) takes."""
+        subscriptions = self._subscriptions
+        version = getattr(subscriptions, "version", None)
+        if version is None:
+            return False
+        if version != self._unheard_version:
+            self._unheard.clear()
+            self._unheard_version = version
+        found = self._unheard.get(topic)
+        if found is None:
+            if len(self._unheard) >= 4096:
+                self._unheard.clear()
+            found = self._unheard[topic] = not any(
+                self._matches(topic, a_filter) for a_filter in subscriptions)
+        return found
 
     async def _gate(self, session: Any, message: Any) -> bool:
         """Hand one incoming PUBLISH to the intake and wait until what it wrote is committed;
@@ -429,6 +470,7 @@ class EmbeddedBroker:
             quiet_amqtt_logs()
         broker = _DeliveringBroker(self._config())
         broker._subscriptions = _SnapshotDict(broker._subscriptions)
+        broker._unheard = {}
         broker.intake = self.intake
         await broker.start()
         host, port = self.host, self.port

@@ -60,6 +60,11 @@ class BrokerConfig(_Section):
     password_file: Path = Path("credentials/passwd")
     keepalive_s: int = Field(default=30, ge=5, le=600)
     tls: BrokerTlsConfig = Field(default_factory=BrokerTlsConfig)
+    # Embedded: acknowledge a device's message (PUBACK) only once it is committed to SQLite. Off,
+    # the broker acknowledges on receipt (as before) and a SIGKILL can lose up to one
+    # store.commit_interval_ms of readings the devices already deleted; it exists to measure
+    # that trade-off (bench/edge_ingest.py), not to be turned off on a farm.
+    durable_acks: bool = True
 
 
 class ApiConfig(_Section):

@@ -203,3 +203,31 @@ async def test_readings_without_timestamp_are_stamped_not_dropped(site, running_
     await wait_for(lambda: stored_readings(settings.db_path) == 12, 5, "12 stamped readings")
     stamped = rows(settings.db_path, "SELECT count(*) FROM readings WHERE ts_replaced = 1")
     assert stamped == [(12,)]
+
+
+async def test_other_subscribers_still_get_what_devices_publish(site, running_edge):
+    """The intake stores a reading before it is acknowledged; a client that subscribes to it
+    (a tool logged in as the edge) still receives it, and a retained status stays retained."""
+    from edge.credentials import edge_login
+
+    settings, secrets = site
+    await running_edge(settings)
+    user, password = edge_login(settings)
+    telemetry = build_topic(settings.farm_id, "room-a", "telemetry", SENSOR)
+    status = build_topic(settings.farm_id, "room-a", "status", OTHER)
+    async with device(settings, secrets, OTHER) as actuator:
+        await actuator.publish(status, json.dumps({"device_id": OTHER, "online": True}),
+                               qos=1, retain=True)
+    async with aiomqtt.Client("127.0.0.1", settings.broker.port, username=user,
+                              password=password, identifier="watcher", timeout=10) as watcher:
+        await watcher.subscribe(f"farm/{settings.farm_id}/room/+/+/+", qos=1)
+        async with device(settings, secrets, SENSOR) as client:
+            await client.publish(telemetry, reading(SENSOR, datetime.now(UTC)), qos=1)
+        got: dict[str, bool] = {}
+        async with asyncio.timeout(10):
+            async for message in watcher.messages:
+                got[message.topic.value] = message.retain
+                if telemetry in got and status in got:
+                    break
+    assert got == {telemetry: False, status: True}
+    assert stored_readings(settings.db_path) == 1
