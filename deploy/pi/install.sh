@@ -14,7 +14,8 @@
 # SMARTFARM_DRY_RUN=1), which prints useradd/chown/systemctl/apt-get instead of running them and
 # runs `smartfarm edge init` as the calling user. SYSTEMCTL overrides the systemctl command.
 # Other options: --farm-id ID, --api-host ADDR (default 0.0.0.0), --tls-name NAME (repeatable),
-# --python PY. pip honours PIP_* variables (PIP_INDEX_URL, PIP_NO_DEPS, …).
+# --python PY, --empty (no example rooms and devices: for an edge the cloud will manage).
+# pip honours PIP_* variables (PIP_INDEX_URL, PIP_NO_DEPS, …).
 set -euo pipefail
 
 SERVICE=smartfarm-edge.service
@@ -28,6 +29,7 @@ PURGE=0
 DRY=${SMARTFARM_DRY_RUN:-0}
 PYTHON=${PYTHON:-python3}
 FARM_ID=""
+EMPTY=0
 API_HOST=0.0.0.0
 TLS_NAMES=()
 
@@ -44,6 +46,7 @@ while (($#)); do
         --purge) PURGE=1 ;;
         --python) PYTHON=${2:?--python needs an interpreter}; shift ;;
         --farm-id) FARM_ID=${2:?--farm-id needs an id}; shift ;;
+        --empty) EMPTY=1 ;;
         --api-host) API_HOST=${2:?--api-host needs an address}; shift ;;
         --tls-name) TLS_NAMES+=("${2:?--tls-name needs a name}"); shift ;;
         -h|--help) usage; exit 0 ;;
@@ -177,6 +180,7 @@ install_edge() {
         local args=(edge init "$ETC" --farm-id "$farm" --broker-port 1884 --api-port 8080
                     --api-host "$API_HOST" --data-dir "$DATA" --tls --tls-host 0.0.0.0)
         for name in "${TLS_NAMES[@]}"; do args+=(--tls-name "$name"); done
+        if ((EMPTY)); then args+=(--empty); fi
         log "writing $ETC/edge.toml (farm $farm), device credentials, TLS CA and certificate"
         as_user "$VENV/bin/smartfarm" "${args[@]}" >/dev/null
         if [[ -n $ROOT ]]; then  # the config names the paths as the running system sees them

@@ -217,3 +217,12 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
     result = subprocess.run(["bash", str(SCRIPT), "--root", str(tmp_path)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "--dry-run-systemd" in result.stderr
+
+
+def test_empty_install_has_no_example_rooms(wheel: Path, tmp_path: Path) -> None:
+    """--empty: an edge the cloud will manage starts with no rooms or devices (the example ones
+    would raise alerts for rooms the farm does not have)."""
+    done = run(tmp_path, "--empty", wheel=wheel)
+    assert done.returncode == 0, done.stderr + done.stdout
+    config = tomllib.loads((tmp_path / "etc/smartfarm/edge.toml").read_text())
+    assert config.get("rooms", []) == [] and config.get("devices", []) == []
