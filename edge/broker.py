@@ -315,6 +315,13 @@ class _DeliveringBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             handler.unheard = self.unheard
         return handler, session
 
+    def _acl(self) -> DeviceTopicPlugin:
+        acl = self.__dict__.get("_acl_plugin")
+        if acl is None:
+            acl = self.__dict__["_acl_plugin"] = next(
+                p for p in self.plugins_manager.plugins if isinstance(p, DeviceTopicPlugin))
+        return acl  # type: ignore[no-any-return]
+
     def unheard(self, topic: str) -> bool:
         """No subscription matches ``topic`` (so a broadcast would reach no one). The answer per
         topic is kept until the subscription map changes: amqtt's broadcast costs a task, a
@@ -340,8 +347,8 @@ class _DeliveringBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         whether to deliver it (False: refused by the ACL, quarantined)."""
         assert self.intake is not None
         topic = message.topic or ""
-        permitted = bool(topic) and bool(
-            await self._topic_filtering(session, topic=topic, action=Action.PUBLISH))
+        # Synchronous, so that a client's messages reach the intake in the order they came.
+        permitted = self._acl().allowed(session.username, topic, Action.PUBLISH)
         packet = message.publish_packet
         done = self.intake.admit(
             topic, bytes(message.data or b""), permitted=permitted,

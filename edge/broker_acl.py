@@ -207,7 +207,11 @@ class DeviceTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
         topic: str | None = None,
         action: Action | None = None,
     ) -> bool:
-        username = session.username if session else None
+        return self.allowed(session.username if session else None, topic, action)
+
+    def allowed(self, username: str | None, topic: str | None, action: Action | None) -> bool:
+        """The ACL decision itself, synchronous (the broker's intake checks each PUBLISH with
+        it without yielding, so one client's messages keep their order)."""
         if not username or not topic:
             return False
         if username == self._edge:
