@@ -28,7 +28,7 @@ from cloud.errors import (
 )
 from cloud.middleware import problem
 from cloud.sync.decode import decode_batch
-from cloud.sync.ingest import store_batch
+from cloud.sync.ingest import ForeignReference, store_batch
 from cloud.sync.iot_acks import (
     REPLY_HEADER,
     is_confirmation,
@@ -37,6 +37,7 @@ from cloud.sync.iot_acks import (
 )
 from cloud.sync.link import EdgeLink
 from cloud.sync.service import EDGE_SYNC
+from shared.models import Id
 from shared.sync import PROTOCOL_VERSION, BatchAck, DownMessage, Hello, UpMessage
 
 log = logging.getLogger(__name__)
@@ -286,6 +287,12 @@ class PendingQuery(BaseModel):
     config_version: int | None = Field(
         default=None, ge=0, description="the version the edge has applied (default: last reported)"
     )
+    edge_id: Id | None = Field(
+        default=None, description="the id the edge is configured as (403 if not the token's)"
+    )
+    farm_id: Id | None = Field(
+        default=None, description="the farm the edge is configured for (403 if not the token's)"
+    )
 
 
 class PendingOut(Out):
@@ -297,14 +304,36 @@ class EdgeMessagesIn(In):
 
 
 async def pending(call: Call) -> PendingOut:
-    """Poll for the stream's messages (edge token): the config if behind, pending commands"""
+    """Poll for the stream's messages (edge token): the config if behind, pending commands
+
+    An `edge_id` or `farm_id` that is not the token's edge is refused with 403 naming both, as a
+    batch upload is.
+    """
     edge = await authenticate_edge(call)
     q: PendingQuery = call.query
+    _check_identity(edge, q)
     version = q.config_version if q.config_version is not None else edge["config_version"]
     link = EdgeLink(call.db, edge, call.app[EDGE_SYNC].config, config_version=version)
     messages = await link.catch_up()
     await downlink.touch(call.db, edge["farm_id"], edge["id"])
     return PendingOut(messages=messages)
+
+
+def _check_identity(edge: dict[str, Any], q: PendingQuery) -> None:
+    """An edge polling under another id than its token's would poll "fine" while each of its
+    uploads is refused: refuse the poll too, in the words the batch upload uses."""
+    claimed_edge = q.edge_id if q.edge_id is not None else edge["id"]
+    claimed_farm = q.farm_id if q.farm_id is not None else edge["farm_id"]
+    if claimed_edge == edge["id"] and claimed_farm == edge["farm_id"]:
+        return
+    wrong = {"edge": [claimed_edge]} if claimed_edge != edge["id"] else {"farm": [claimed_farm]}
+    said = f"edge {claimed_edge}" + (f" of farm {q.farm_id}" if q.farm_id is not None else "")
+    raise ForeignReference(
+        wrong,
+        f"this token belongs to edge {edge['id']} of farm {edge['farm_id']}, not {said}:"
+        " set the edge's cloud.edge_id (and farm_id) to match, or give it the token of the edge"
+        " it is configured as",
+    )
 
 
 async def answer_pending(call: Call) -> None:
@@ -348,7 +377,7 @@ ROUTES = [
         query=PendingQuery,
         response=PendingOut,
         tag="edge sync",
-        errors=(401, 422, 429),
+        errors=(401, 403, 422, 429),
     ),
     Route(
         "POST",
