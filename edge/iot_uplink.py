@@ -50,6 +50,7 @@ from edge.uplink import (
     GZIP_LEVEL,
     REFUSED_ALERT,
     UplinkStats,
+    refusal_message,
     sync_progress,
 )
 from shared.models import utcnow
@@ -360,7 +361,9 @@ class IotUplink:
         if status in (401, 403):
             await self._alerts.raise_alert(
                 AUTH_ALERT, kind="sync_auth", severity="critical",
-                message=f"the cloud refuses this edge's token (HTTP {status}): re-register it",
+                # 401: an unknown token; 403: a good one used as another edge or farm, which
+                # the cloud's detail names. Worded as the HTTPS uplink words it.
+                message=refusal_message(status, PermissionError(problem.detail)),
             )
         elif 400 <= status < 500 and status not in (408, 429):
             await self._alerts.raise_alert(
