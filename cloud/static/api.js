@@ -139,6 +139,12 @@ export class Api {
   }
 }
 
+// Room, device, edge, rule and command ids are unique only within a farm: a call that names one
+// names its farm too, or the API answers 409 when the id is in more than one of the user's farms.
+export function inFarm(url, farmId) {
+  return `${url}${url.includes('?') ? '&' : '?'}farm_id=${encodeURIComponent(farmId)}`;
+}
+
 export function path(strings, ...values) {
   // A template tag that escapes every interpolated path segment or query value.
   return strings.reduce((out, part, i) =>

@@ -1,6 +1,6 @@
 // The dashboard shell: sign-in state, the live socket, and a hash router over the views
-// (#/ farms, #/farm/{id} overview, #/room/{id} room). Each view gets a context and returns a
-// cleanup function that the router calls before showing the next one.
+// (#/ farms, #/farm/{id} overview, #/farm/{id}/room/{id} room: room ids are per farm). Each view
+// gets a context and returns a cleanup function that the router calls before showing the next.
 
 import { Api } from './api.js';
 import { Live } from './live.js';
@@ -46,8 +46,12 @@ function route() {
   const hash = location.hash || '#/';
   const parts = hash.slice(2).split('/').map(decodeURIComponent);
   if (parts[0] === 'login') return { view: loginView, args: [] };
+  if (parts[0] === 'farm' && parts[1] && parts[2] === 'room' && parts[3]) {
+    return { view: roomView, args: [parts[1], parts[3]] };
+  }
   if (parts[0] === 'farm' && parts[1]) return { view: farmView, args: [parts[1]] };
-  if (parts[0] === 'room' && parts[1]) return { view: roomView, args: [parts[1]] };
+  // A link from before room ids were per farm: the room view finds its farm.
+  if (parts[0] === 'room' && parts[1]) return { view: roomView, args: [null, parts[1]] };
   return { view: farmsView, args: [] };
 }
 

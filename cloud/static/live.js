@@ -37,7 +37,8 @@ export class Live extends EventTarget {
     this._setState('offline');
   }
 
-  // sub: {farm_id} or {room_id}; kept across reconnects until unsubscribed.
+  // sub: {farm_id} or {farm_id, room_id} (room ids are per farm); kept across reconnects until
+  // unsubscribed.
   subscribe(sub) {
     const key = JSON.stringify(sub);
     if (this.subs.has(key)) return;
@@ -95,6 +96,9 @@ export class Live extends EventTarget {
       if (again) this.dispatchEvent(new CustomEvent('resync', { detail: msg }));
     } else if (msg.type === 'pong') {
       this._pongBy = 0;
+    } else if (msg.type === 'error') {
+      // A refused request (a subscription that failed): the view would silently stop updating.
+      console.warn('live:', msg.status, msg.detail, msg.request || '');
     }
     this.dispatchEvent(new CustomEvent(msg.type, { detail: msg }));
   }

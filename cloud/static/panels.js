@@ -1,7 +1,7 @@
 // Side panels kept current over the live socket: active alerts (farm or one room) and the AI
 // recommendations of a room.
 
-import { path } from './api.js';
+import { inFarm, path } from './api.js';
 import { h, clear, ago, words } from './dom.js';
 
 function listen(live, type, handler) {
@@ -46,7 +46,8 @@ export function alertsPanel({ api, live }, farmId, roomId = null) {
   return { el, load, dispose: stop };
 }
 
-export function recommendationsPanel({ api, live }, roomId, canOperate) {
+export function recommendationsPanel({ api, live }, farmId, roomId, canOperate) {
+  const roomUrl = (rest) => inFarm(path`/api/rooms/${roomId}` + rest, farmId);
   const list = h('ul', { class: 'items' });
   const status = h('p', { class: 'muted small', role: 'status' });
   const ask = h('button', { type: 'button', text: 'Ask for advice', hidden: !canOperate });
@@ -57,7 +58,7 @@ export function recommendationsPanel({ api, live }, roomId, canOperate) {
   async function decide(rec, verdict) {
     try {
       const done = await api.request('POST',
-        path`/api/rooms/${roomId}/ai/recommendations/${rec.id}/` + verdict);
+        roomUrl(path`/ai/recommendations/${rec.id}/${verdict}`));
       recs.delete(done.id);
       status.textContent = `${words(verdict === 'accept' ? 'accepted' : 'dismissed')}: ${rec.title}`;
       render();
@@ -84,7 +85,7 @@ export function recommendationsPanel({ api, live }, roomId, canOperate) {
   ask.addEventListener('click', async () => {
     ask.disabled = true;
     try {
-      const job = await api.request('POST', path`/api/rooms/${roomId}/ai/recommend`);
+      const job = await api.request('POST', roomUrl('/ai/recommend'));
       status.textContent = job.deduplicated ? 'Already thinking about this room…' : 'Asked; advice appears here.';
     } catch (err) {
       status.textContent = `Could not ask: ${err.message}`;
@@ -94,7 +95,7 @@ export function recommendationsPanel({ api, live }, roomId, canOperate) {
   });
 
   async function load() {
-    const answer = await api.get(path`/api/rooms/${roomId}/ai/recommendations?status=open&limit=20`);
+    const answer = await api.get(roomUrl('/ai/recommendations?status=open&limit=20'));
     recs.clear();
     for (const rec of answer.items) recs.set(rec.id, rec);
     render();
@@ -102,7 +103,7 @@ export function recommendationsPanel({ api, live }, roomId, canOperate) {
 
   const stop = listen(live, 'recommendation', (event) => {
     const rec = event.detail.recommendation;
-    if (rec.room_id !== roomId) return;
+    if (event.detail.farm_id !== farmId || rec.room_id !== roomId) return;
     if (rec.status === 'open') recs.set(rec.id, { ...recs.get(rec.id), ...rec });
     else recs.delete(rec.id);
     render();

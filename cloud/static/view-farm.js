@@ -22,11 +22,12 @@ export async function farmsView({ api, main, setCrumbs }) {
   return null;
 }
 
-function roomCard(room) {
+function roomCard(farmId, room) {
   const metrics = new Map();
   const status = h('span', { class: 'state' });
   const stage = h('span', { class: 'stage', text: words(room.stage) });
-  const el = h('a', { class: 'card room', href: `#/room/${encodeURIComponent(room.id)}`, dataset: { room: room.id } },
+  const href = `#/farm/${encodeURIComponent(farmId)}/room/${encodeURIComponent(room.id)}`;
+  const el = h('a', { class: 'card room', href, dataset: { room: room.id, farm: farmId } },
     h('div', { class: 'row' }, h('h2', { text: room.name || room.id }), status),
     h('p', { class: 'muted small' }, `${words(room.species)} · `, stage),
     h('dl', { class: 'now' }, BANDED.map((metric) => {
@@ -93,7 +94,7 @@ export async function farmView(ctx, farmId) {
     cards.clear();
     clear(grid, snapshot.rooms.length
       ? snapshot.rooms.map((room) => {
-        const card = roomCard(room);
+        const card = roomCard(farmId, room);
         cards.set(room.id, card);
         return card.el;
       })

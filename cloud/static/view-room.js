@@ -3,7 +3,7 @@
 // that shows the command's life (pending → delivered → acked/failed), the stage, the rules,
 // alerts and recommendations, and a CSV download of the shown range.
 
-import { path } from './api.js';
+import { inFarm, path } from './api.js';
 import { LineChart } from './chart.js';
 import { h, clear, BANDED, STAGES, METRICS, formatValue, metricInfo, inBand, bandText, words, ago,
   clock } from './dom.js';
@@ -20,7 +20,7 @@ const RANGES = [
 const FINAL = ['acked', 'failed', 'timed_out', 'expired'];
 const ACTUATOR_LABEL = { exhaust_fan: 'fan', humidifier: 'humidifier', heater: 'heater', light: 'light' };
 
-function deviceRow(ctx, roomId, device, canOperate) {
+function deviceRow(ctx, farmId, roomId, device, canOperate) {
   const label = device.actuator ? ACTUATOR_LABEL[device.actuator] || device.actuator : 'sensor';
   const dot = h('span', { class: 'dot' });
   const state = h('span', { class: 'state' });
@@ -34,8 +34,8 @@ function deviceRow(ctx, roomId, device, canOperate) {
   async function send(action) {
     error.hidden = true;
     try {
-      const made = await ctx.api.request('POST', path`/api/rooms/${roomId}/commands`,
-        { device_id: device.id, action });
+      const url = inFarm(path`/api/rooms/${roomId}/commands`, farmId);
+      const made = await ctx.api.request('POST', url, { device_id: device.id, action });
       command(made);
     } catch (err) {
       error.textContent = `${label} ${action}: ${err.message}`;
@@ -140,12 +140,27 @@ function nowCard(metric, band, value) {
   return { el, set };
 }
 
-export async function roomView(ctx, roomId) {
+export async function roomView(ctx, farmId, roomId) {
   const { api, live, main, setCrumbs } = ctx;
-  let snap = await api.get(path`/api/rooms/${roomId}/live`);
-  const roomInfo = await api.get(path`/api/rooms/${roomId}`);
-  const farmId = roomInfo.farm_id;
-  const farm = await api.get(path`/api/farms/${farmId}`);
+  if (!farmId) {
+    // An old #/room/{id} link names no farm: the room's, or the farm list when several of the
+    // user's farms have a room of this id (the API's 409).
+    try {
+      const found = await api.get(path`/api/rooms/${roomId}`);
+      location.replace(`#/farm/${encodeURIComponent(found.farm_id)}/room/${encodeURIComponent(roomId)}`);
+    } catch (err) {
+      if (err.status !== 409) throw err;
+      location.replace('#/');
+    }
+    return null;
+  }
+  // Every call about this room (or its devices, rules, commands) names its farm.
+  const roomUrl = (rest = '') => inFarm(path`/api/rooms/${roomId}` + rest, farmId);
+  const [farm, first] = await Promise.all([
+    api.get(path`/api/farms/${farmId}`),
+    api.get(roomUrl('/live')),
+  ]);
+  let snap = first;
   const canOperate = snap.role === 'operator' || snap.role === 'owner';
   setCrumbs({ label: 'Farms', href: '#/' },
     { label: farm.name || farmId, href: `#/farm/${encodeURIComponent(farmId)}` },
@@ -171,8 +186,8 @@ export async function roomView(ctx, roomId) {
   let cards = new Map();
   let range = { key: '24h', from: Date.now() - 86400e3, to: Date.now(), live: true, bucket: '5m' };
   const alerts = alertsPanel(ctx, farmId, roomId);
-  const recs = recommendationsPanel(ctx, roomId, canOperate);
-  const rules = rulesSection(ctx, roomId, snap.devices, canOperate);
+  const recs = recommendationsPanel(ctx, farmId, roomId, canOperate);
+  const rules = rulesSection(ctx, farmId, roomId, snap.devices, canOperate);
 
   function renderRoom() {
     const room = snap.room;
@@ -193,7 +208,7 @@ export async function roomView(ctx, roomId) {
   function renderDevices() {
     rows.clear();
     clear(deviceList, snap.devices.map((device) => {
-      const row = deviceRow(ctx, roomId, device, canOperate);
+      const row = deviceRow(ctx, farmId, roomId, device, canOperate);
       rows.set(device.id, row);
       return row.el;
     }));
@@ -202,7 +217,7 @@ export async function roomView(ctx, roomId) {
   function telemetryUrl(format) {
     const from = new Date(range.from).toISOString();
     const to = new Date(range.live ? Date.now() + 60e3 : range.to).toISOString();
-    let url = path`/api/rooms/${roomId}/telemetry?from=${from}&to=${to}`;
+    let url = roomUrl(path`/telemetry?from=${from}&to=${to}`);
     for (const metric of BANDED) url += path`&metric=${metric}`;
     if (format === 'csv') {
       // ≤ 24 h: every reading; longer: the buckets the chart shows (a month raw is too big).
@@ -258,7 +273,7 @@ export async function roomView(ctx, roomId) {
       const blob = await api.blob(telemetryUrl('csv'), 'text/csv');
       const url = URL.createObjectURL(blob);
       const stamp = new Date(range.from).toISOString().slice(0, 16).replace(':', '');
-      const link = h('a', { href: url, download: `${roomId}-${stamp}-${range.key}.csv` });
+      const link = h('a', { href: url, download: `${farmId}-${roomId}-${stamp}-${range.key}.csv` });
       document.body.append(link);
       link.click();
       link.remove();
@@ -274,8 +289,8 @@ export async function roomView(ctx, roomId) {
     event.preventDefault();
     stageMsg.textContent = '';
     try {
-      await api.request('PATCH', path`/api/rooms/${roomId}`, { stage: stageSelect.value });
-      snap = await api.get(path`/api/rooms/${roomId}/live`);
+      await api.request('PATCH', roomUrl(), { stage: stageSelect.value });
+      snap = await api.get(roomUrl('/live'));
       renderRoom();
       for (const chart of charts.values()) chart.render();
       stageMsg.textContent = 'Stage changed; the edge applies it within seconds.';
@@ -299,10 +314,12 @@ export async function roomView(ctx, roomId) {
     rules.el);
   await Promise.all([loadCharts(), alerts.load(), recs.load(), rules.load()]);
 
+  // Another farm may have a room of this id: a message is about this room if both match.
+  const here = (msg) => msg.farm_id === farmId && msg.room_id === roomId;
   const handlers = {
     reading: (event) => {
       const msg = event.detail;
-      if (msg.room_id !== roomId) return;
+      if (!here(msg)) return;
       for (const [metric, value] of Object.entries(msg.values)) {
         const card = cards.get(metric);
         if (card) card.set(value, msg.time);
@@ -314,29 +331,29 @@ export async function roomView(ctx, roomId) {
     },
     status: (event) => {
       const row = rows.get(event.detail.device_id);
-      if (event.detail.room_id === roomId && row) row.status(event.detail);
+      if (here(event.detail) && row) row.status(event.detail);
     },
     command: (event) => {
-      const { room_id: room, command } = event.detail;
+      const { command } = event.detail;
       const row = rows.get(command.device_id);
-      if (room === roomId && row) row.command(command);
+      if (here(event.detail) && row) row.command(command);
     },
     room: async (event) => {
       // Renamed or a new stage (by anyone, or on the edge): new name and bands.
-      if (event.detail.room_id !== roomId) return;
-      snap = await api.get(path`/api/rooms/${roomId}/live`);
+      if (!here(event.detail)) return;
+      snap = await api.get(roomUrl('/live'));
       renderRoom();
       for (const chart of charts.values()) chart.render();
     },
     resync: async () => {
-      snap = await api.get(path`/api/rooms/${roomId}/live`);
+      snap = await api.get(roomUrl('/live'));
       renderRoom();
       renderDevices();
       await Promise.all([loadCharts(), alerts.load(), recs.load(), rules.load()]);
     },
   };
   for (const [type, handler] of Object.entries(handlers)) live.addEventListener(type, handler);
-  live.subscribe({ room_id: roomId });
+  live.subscribe({ farm_id: farmId, room_id: roomId });
   const ticker = setInterval(() => { for (const row of rows.values()) row.refresh(); }, 15000);
   return () => {
     clearInterval(ticker);

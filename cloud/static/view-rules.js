@@ -1,7 +1,7 @@
 // A room's automation rules: the list, and an editor whose validation errors (the API's
 // problem+json field list) are shown next to the field they are about.
 
-import { path } from './api.js';
+import { inFarm, path } from './api.js';
 import { h, clear, words } from './dom.js';
 
 const COMMON_TAIL = [
@@ -188,7 +188,8 @@ function ruleForm({ rule, type, actuators, onSave, onCancel }) {
   return form;
 }
 
-export function rulesSection({ api }, roomId, devices, canOperate) {
+export function rulesSection({ api }, farmId, roomId, devices, canOperate) {
+  const rulesUrl = (rest = '') => inFarm(path`/api/rooms/${roomId}/automation` + rest, farmId);
   const actuators = devices.filter((d) => d.kind === 'actuator');
   const list = h('ul', { class: 'items rules' });
   const editor = h('div', { class: 'editor' });
@@ -214,8 +215,7 @@ export function rulesSection({ api }, roomId, devices, canOperate) {
           if (JSON.stringify(value) !== JSON.stringify(rule[name] ?? null)) changes[name] = value;
         }
         if (!Object.keys(changes).length) { close(); return; }
-        await api.request('PATCH', path`/api/rooms/${roomId}/automation/${rule.id}`,
-          { changes, version: item.version });
+        await api.request('PATCH', rulesUrl(path`/${rule.id}`), { changes, version: item.version });
         close();
         await load();
       },
@@ -231,7 +231,7 @@ export function rulesSection({ api }, roomId, devices, canOperate) {
       onSave: async (values) => {
         const body = { type, room_id: roomId };
         for (const [name, value] of Object.entries(values)) if (value !== null) body[name] = value;
-        await api.request('POST', path`/api/rooms/${roomId}/automation`, body);
+        await api.request('POST', rulesUrl(), body);
         close();
         await load();
       },
@@ -240,7 +240,7 @@ export function rulesSection({ api }, roomId, devices, canOperate) {
 
   async function remove(item) {
     if (!window.confirm(`Delete rule ${item.id}?`)) return;
-    await api.request('DELETE', path`/api/rooms/${roomId}/automation/${item.id}`);
+    await api.request('DELETE', rulesUrl(path`/${item.id}`));
     await load();
   }
 
@@ -257,7 +257,7 @@ export function rulesSection({ api }, roomId, devices, canOperate) {
   }
 
   async function load() {
-    rules = await api.all(path`/api/rooms/${roomId}/automation?limit=100`, 5);
+    rules = await api.all(rulesUrl('?limit=100'), 5);
     render();
   }
 
