@@ -259,7 +259,11 @@ async def stream(call: Call) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=sync.config.heartbeat_s, max_msg_size=MAX_WS_MESSAGE)
     if not ws.can_prepare(call.request).ok:
         raise BadRequest("this endpoint is a WebSocket; send an Upgrade request")
-    await ws.prepare(call.request)
+    try:
+        await ws.prepare(call.request)
+    except ConnectionError:  # the edge hung up mid-handshake: nobody to answer
+        log.info("edge %s left during the stream handshake", edge["id"])
+        return ws
     # From here on the answer is the socket: errors close it (the edge reconnects with backoff)
     # instead of becoming a problem response.
     code = WSCloseCode.OK
