@@ -11,27 +11,27 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
-from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
+from amqtt.adapters import StreamWriterAdapter
 from amqtt.broker import Broker
-from amqtt.contexts import Action, BrokerConfig, ListenerConfig, ListenerType
+from amqtt.contexts import BrokerConfig, ListenerConfig, ListenerType
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt.connect import ConnectPacket
-from amqtt.mqtt.constants import QOS_0, QOS_1
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.puback import PubackPacket
-from amqtt.session import INCOMING
 
+from edge.amqtt_patches import (
+    EdgeBrokerConfig,
+    PatchedBroker,
+    check_amqtt_version,
+    pending_deliveries,
+)
 from edge.broker_acl import DeviceAuthPlugin, DeviceTopicPlugin
 from edge.config import ConfigError
 from edge.credentials import device_acl_path
-from edge.store import StoreError
+from edge.mqtt_framing import BadConnect, BytesReader, FramedReader, PacketTooLarge, read_connect
 from edge.tls import TlsError, server_context
 from shared.errors import SmartfarmError
 
@@ -49,7 +49,6 @@ _STOP_GRACE_S = 5.0
 _CONNECT_TIMEOUT_S = 5.0
 _MAX_PENDING = 64
 _SERVER_UNAVAILABLE = 0x03
-_CONNECT_TYPE = 1
 _CONNACK_BYTE = 0x20
 _MQTT_311 = 4
 _IDENTIFIER_REJECTED = 0x02
@@ -61,132 +60,6 @@ _SESSION_EXPIRY_S = 3600
 
 class BrokerError(SmartfarmError):
     """The embedded broker cannot start (missing credentials, port in use, …)."""
-
-
-class PacketTooLarge(Exception):
-    """A client announced a packet bigger than the broker accepts; the connection is dropped."""
-
-
-@dataclass
-class _EdgeBrokerConfig(BrokerConfig):  # type: ignore[misc]  # amqtt is untyped
-    # amqtt reads `max-qos` through BrokerConfig.get(); the stock dataclass has no such field.
-    max_qos: int = 1
-
-
-# What is kept of an oversize payload in its quarantine row (the rest is read and discarded).
-_OVERSIZE_HEAD = 4 * 1024
-_DISCARD_CHUNK = 64 * 1024
-_PUBLISH_TYPE = 3
-_PUBACK_BYTE = 0x40
-
-# Oversize PUBLISH: (topic, head of its payload, original payload size); awaited before the
-# PUBACK, as for any publish (edge.intake).
-OversizeHook = Callable[[str, bytes, int], Awaitable[None]]
-
-
-async def _read_remaining_length(reader: asyncio.StreamReader, raw: bytearray) -> int:
-    length, multiplier = 0, 1
-    for _ in range(4):  # the remaining length takes at most 4 bytes
-        byte = (await reader.readexactly(1))[0]
-        raw.append(byte)
-        length += (byte & 0x7F) * multiplier
-        if not byte & 0x80:
-            return length
-        multiplier *= 128
-    raise _BadConnect("malformed remaining length")
-
-
-class _FramedReader(ReaderAdapter):  # type: ignore[misc]
-    """amqtt's reader, one whole MQTT packet at a time, none larger than ``limit``.
-
-    amqtt reads a PUBLISH payload in one call sized from the client's own length header, so a
-    claim of 256 MB would be buffered whole; here a packet's length is known before its body
-    is read. A PUBLISH over the limit never reaches amqtt: its payload is read in chunks and
-    discarded but for its head, ``on_oversize`` quarantines it, and at QoS 1 it is acknowledged
-    so the device does not send it again forever; the connection goes on. Any other oversize
-    packet closes the connection. ``replay`` is served first: the CONNECT packet already read
-    to vet the client.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int,
-                 replay: bytes = b"", on_oversize: OversizeHook | None = None) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._limit = limit
-        self._packet = memoryview(replay)
-        self._on_oversize = on_oversize
-
-    async def read(self, n: int = -1) -> bytes:
-        if not self._packet:
-            self._packet = memoryview(await self._next_packet())
-        n = len(self._packet) if n < 0 else n
-        head, self._packet = self._packet[:n], self._packet[n:]
-        return bytes(head)  # amqtt reads within one packet: never fewer bytes than asked
-
-    def feed_eof(self) -> None:
-        self._reader.feed_eof()
-
-    async def _next_packet(self) -> bytes:
-        while True:
-            raw = bytearray(await self._reader.readexactly(1))
-            length = await _read_remaining_length(self._reader, raw)
-            if length <= self._limit:
-                raw += await self._reader.readexactly(length)
-                return bytes(raw)
-            if raw[0] >> 4 != _PUBLISH_TYPE or self._on_oversize is None:
-                raise PacketTooLarge(f"packet of {length} bytes exceeds the {self._limit}-byte "
-                                     "limit")
-            await self._skip_publish(raw[0], length)
-
-    async def _skip_publish(self, first: int, length: int) -> None:
-        qos = (first >> 1) & 0x03
-        topic_len = int.from_bytes(await self._reader.readexactly(2))
-        topic = (await self._reader.readexactly(topic_len)).decode("utf-8", "replace")
-        packet_id = await self._reader.readexactly(2) if qos else b""
-        size = left = length - 2 - topic_len - len(packet_id)
-        if left < 0:
-            raise PacketTooLarge("malformed oversize PUBLISH")
-        head = await self._reader.readexactly(min(left, _OVERSIZE_HEAD))
-        left -= len(head)
-        while left:
-            left -= len(await self._reader.readexactly(min(left, _DISCARD_CHUNK)))
-        assert self._on_oversize is not None
-        await self._on_oversize(topic, head, size)
-        if qos == 1:
-            self._writer.write(bytes((_PUBACK_BYTE, 2)) + packet_id)
-        elif qos > 1:
-            raise PacketTooLarge(f"QoS {qos} PUBLISH of {length} bytes exceeds the limit")
-
-
-class _BytesReader(ReaderAdapter):  # type: ignore[misc]
-    """amqtt's packet parser over bytes already in hand; reading past the end yields short."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
-
-    async def read(self, n: int = -1) -> bytes:
-        n = len(self._data) if n < 0 else n
-        head, self._data = bytes(self._data[:n]), self._data[n:]
-        return head
-
-    def feed_eof(self) -> None:
-        pass
-
-
-class _BadConnect(Exception):
-    """The first packet is not a well-formed CONNECT."""
-
-
-async def _read_connect(reader: asyncio.StreamReader, limit: int) -> bytes:
-    """The raw first packet, which MQTT requires to be CONNECT (fixed header + body)."""
-    raw = bytearray(await reader.readexactly(1))
-    if raw[0] >> 4 != _CONNECT_TYPE:
-        raise _BadConnect("first packet is not CONNECT")
-    length = await _read_remaining_length(reader, raw)
-    if length > limit:
-        raise PacketTooLarge(f"CONNECT of {length} bytes exceeds the {limit}-byte limit")
-    raw += await reader.readexactly(length)
-    return bytes(raw)
 
 
 def quiet_amqtt_logs(level: int = logging.WARNING) -> None:
@@ -234,139 +107,6 @@ class EventLog:
         self._opened = None
         self._counts.clear()
         self._hosts.clear()
-
-
-class _SnapshotDict(dict[str, Any]):
-    """amqtt 0.12 iterates its subscription map across awaits (broadcast, retained replay): a
-    client subscribing meanwhile raised "dictionary changed size during iteration" and the
-    message being broadcast was lost. Iterating a snapshot keeps every delivery."""
-
-    version = 0  # bumped on every change of the map (see _DeliveringBroker.unheard)
-
-    def __iter__(self) -> Any:
-        return iter(list(super().keys()))
-
-    def items(self) -> Any:
-        return list(super().items())
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.version += 1
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        self.version += 1
-        super().__delitem__(key)
-
-    def pop(self, key: str, *default: Any) -> Any:
-        self.version += 1
-        return super().pop(key, *default)
-
-
-class _GatedHandler(BrokerProtocolHandler):  # type: ignore[misc]
-    """amqtt's per-client protocol handler, with every incoming PUBLISH passed through the
-    broker's gate *before* the acknowledgement (amqtt itself sends PUBACK as soon as the message
-    is queued for broadcast, and checks the ACL only later, dropping a denied message after it
-    was acknowledged)."""
-
-    gate: Callable[[Any, Any], Awaitable[bool]]
-    unheard: Callable[[str], bool]
-
-    async def _handle_message_flow(self, app_message: Any) -> None:
-        if app_message.direction != INCOMING or self.session is None:
-            await super()._handle_message_flow(app_message)
-            return
-        try:
-            deliver = await self.gate(self.session, app_message)
-        except StoreError:
-            # Not on disk: no acknowledgement. Dropping the connection makes the device send it
-            # again (unacknowledged QoS 1 messages are resent on reconnect).
-            if self.writer is not None:
-                await self.writer.close()
-            return
-        if deliver and (app_message.publish_packet is None
-                        or app_message.publish_packet.retain_flag
-                        or not self.unheard(app_message.topic)):
-            await super()._handle_message_flow(app_message)
-        elif app_message.qos == QOS_1:  # refused (quarantined), or stored and nobody else
-            # subscribes to it: acknowledged, not queued for a broadcast to no one
-            puback = PubackPacket.build(app_message.packet_id)
-            await self._send_packet(puback)
-            app_message.puback_packet = puback
-        elif app_message.qos != QOS_0:
-            await super()._handle_message_flow(app_message)  # amqtt's own ACL drops it
-
-
-class _DeliveringBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt 0.12 with the edge's intake in front of every acknowledgement (``intake``; see
-    _GatedHandler and edge.intake) and one fix: it dropped what a client published just before
-    it disconnected (messages already acknowledged but still queued for broadcast died with the
-    client's message loop). A device that saw its PUBACK must not lose the reading, so they go
-    out first, through the same checks (topic, ACL) as any other publish."""
-
-    intake: Intake | None = None
-    _unheard: dict[str, bool]
-    _unheard_version = -1
-
-    async def _initialize_client_session(self, *args: Any) -> Any:
-        handler, session = await super()._initialize_client_session(*args)
-        if self.intake is not None:
-            handler.__class__ = _GatedHandler  # same state, one method more
-            handler.gate = self._gate
-            handler.unheard = self.unheard
-        return handler, session
-
-    def _acl(self) -> DeviceTopicPlugin:
-        acl = self.__dict__.get("_acl_plugin")
-        if acl is None:
-            acl = self.__dict__["_acl_plugin"] = next(
-                p for p in self.plugins_manager.plugins if isinstance(p, DeviceTopicPlugin))
-        return acl  # type: ignore[no-any-return]
-
-    def unheard(self, topic: str) -> bool:
-        """No subscription matches ``topic`` (so a broadcast would reach no one). The answer per
-        topic is kept until the subscription map changes: amqtt's broadcast costs a task, a
-        wait and a match against every filter per message, for readings nobody but the
-        intake (which already has them) takes."""
-        subscriptions = self._subscriptions
-        version = getattr(subscriptions, "version", None)
-        if version is None:
-            return False
-        if version != self._unheard_version:
-            self._unheard.clear()
-            self._unheard_version = version
-        found = self._unheard.get(topic)
-        if found is None:
-            if len(self._unheard) >= 4096:
-                self._unheard.clear()
-            found = self._unheard[topic] = not any(
-                self._matches(topic, a_filter) for a_filter in subscriptions)
-        return found
-
-    async def _gate(self, session: Any, message: Any) -> bool:
-        """Hand one incoming PUBLISH to the intake and wait until what it wrote is committed;
-        whether to deliver it (False: refused by the ACL, quarantined)."""
-        assert self.intake is not None
-        topic = message.topic or ""
-        # Synchronous, so that a client's messages reach the intake in the order they came.
-        permitted = self._acl().allowed(session.username, topic, Action.PUBLISH)
-        packet = message.publish_packet
-        done = self.intake.admit(
-            topic, bytes(message.data or b""), permitted=permitted,
-            redelivery=bool(packet is not None and packet.dup_flag), wait=message.qos != QOS_0,
-            username=session.username,
-        )
-        if done is not None:
-            await done
-        return permitted
-
-    async def _handle_disconnect(self, client_session: Any, handler: Any,
-                                 disconnect_waiter: asyncio.Future[Any]) -> None:
-        queue = client_session.delivered_message_queue
-        while not queue.empty():
-            delivered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            delivered.set_result(queue.get_nowait())
-            await self._handle_message_delivery(client_session, handler, delivered)
-        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
 
 
 class EmbeddedBroker:
@@ -417,7 +157,7 @@ class EmbeddedBroker:
     def _config(self) -> BrokerConfig:
         auth = f"{DeviceAuthPlugin.__module__}.{DeviceAuthPlugin.__qualname__}"
         topics = f"{DeviceTopicPlugin.__module__}.{DeviceTopicPlugin.__qualname__}"
-        return _EdgeBrokerConfig(
+        return EdgeBrokerConfig(
             # EXTERNAL: we accept connections ourselves; `bind` is informative only.
             listeners={_LISTENER: ListenerConfig(type=ListenerType.EXTERNAL,
                                                  bind=f"{self.host}:{self.port}")},
@@ -462,8 +202,7 @@ class EmbeddedBroker:
         broker = self._broker
         if broker is None:
             return 0
-        queued = broker._broadcast_queue.qsize()  # amqtt 0.12 internals: no public accessor
-        return queued + sum(1 for task in broker._tasks_queue if not task.done())
+        return pending_deliveries(broker)
 
     async def start(self) -> None:
         if self._broker is not None:
@@ -475,10 +214,8 @@ class EmbeddedBroker:
             )
         if self._quiet_logs:
             quiet_amqtt_logs()
-        broker = _DeliveringBroker(self._config())
-        broker._subscriptions = _SnapshotDict(broker._subscriptions)
-        broker._unheard = {}
-        broker.intake = self.intake
+        check_amqtt_version()
+        broker = PatchedBroker(self._config(), intake=self.intake)
         await broker.start()
         host, port = self.host, self.port
         try:
@@ -524,7 +261,7 @@ class EmbeddedBroker:
             self._pending.pop(task, None)
             if raw is not None:
                 await broker.external_connected(
-                    _FramedReader(reader, writer, self.max_message_bytes, replay=raw,
+                    FramedReader(reader, writer, self.max_message_bytes, replay=raw,
                                   on_oversize=self._oversize if self.intake else None),
                     StreamWriterAdapter(writer),
                     _LISTENER,
@@ -580,9 +317,9 @@ class EmbeddedBroker:
         host = str((writer.get_extra_info("peername") or ("?",))[0])
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-                raw = await _read_connect(reader, self.max_message_bytes)
-            connect = await ConnectPacket.from_stream(_BytesReader(raw))
-        except (TimeoutError, _BadConnect, AMQTTError, MQTTError, NoDataError, ValueError) as exc:
+                raw = await read_connect(reader, self.max_message_bytes)
+            connect = await ConnectPacket.from_stream(BytesReader(raw))
+        except (TimeoutError, BadConnect, AMQTTError, MQTTError, NoDataError, ValueError) as exc:
             self._events.note(f"dropped before CONNECT ({type(exc).__name__})", host)
             return None
         if connect.proto_level != _MQTT_311:

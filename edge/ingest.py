@@ -12,7 +12,6 @@ import contextlib
 import inspect
 import logging
 import random
-import sqlite3
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
@@ -22,7 +21,9 @@ from typing import Any, Final
 
 import aiomqtt
 
-from edge.store import Database, StoreError, devices, quarantine, readings
+from edge.burst_log import BurstLog
+from edge.store import Database, StoreError, devices, quarantine
+from edge.store.telemetry import store_telemetry
 from shared.errors import PayloadError, TopicError
 from shared.models import (
     MAX_PAYLOAD_BYTES,
@@ -38,7 +39,6 @@ from shared.topics import UPLINK_KINDS, Topic, parse_topic, subscription
 
 log = logging.getLogger(__name__)
 
-BURST_WINDOW_S: Final = 10.0
 # last_seen from telemetry/acks is written at most this often per device (status always writes):
 # each touch dirties a page of device_status, ~90 bytes written per reading at 1/min with 200
 # devices. The automation and the local page keep the exact last-seen time in memory.
@@ -99,85 +99,6 @@ class RecentKeys:
 
     def __len__(self) -> int:
         return len(self._seen)
-
-
-class BurstLog:
-    """Log the first refused message of a burst at WARNING, then one summary per window."""
-
-    def __init__(self, window_s: float = BURST_WINDOW_S) -> None:
-        self.window_s = window_s
-        self._opened: float | None = None
-        self._suppressed: Counter[str] = Counter()
-
-    def note(self, now: float, kind: str, topic: str, reason: str) -> None:
-        if self._opened is not None and now - self._opened < self.window_s:
-            self._suppressed[kind] += 1
-            return
-        self.flush()
-        self._opened = now
-        log.warning("quarantined a message on %.200r (%s): %s", topic, kind, reason)
-
-    def flush(self, now: float | None = None) -> None:
-        """Log the summary of the window (if it has closed, when ``now`` is given)."""
-        if now is not None and self._opened is not None and now - self._opened < self.window_s:
-            return
-        total = sum(self._suppressed.values())
-        if total:
-            detail = ", ".join(f"{k}: {n}" for k, n in self._suppressed.most_common())
-            log.warning(
-                "%d more messages quarantined in the last %.0f s (%s)", total, self.window_s, detail
-            )
-        self._suppressed.clear()
-        if now is not None:
-            self._opened = None
-
-
-def store_telemetry(
-    conn: sqlite3.Connection, tel: Telemetry, room_id: str, received_at: float, touch: bool,
-    topic: str = "", payload: bytes = b"", max_payload: int = quarantine.DEFAULT_MAX_PAYLOAD,
-) -> readings.Outcome:
-    """Everything one accepted reading writes, in one savepoint: the reading, or (if another
-    reading holds its timestamp) a quarantine row for it, in the same transaction."""
-    if touch:
-        devices.touch(conn, tel.device_id, room_id, received_at)
-    try:
-        # Last: once it returns, the writer's memory counts the row as stored (see there).
-        new = readings.insert_reading(conn, tel, room_id, received_at) is not None
-    except readings.ReadingConflict as exc:
-        store_telemetry_conflict(conn, exc, tel, room_id, received_at, touch, topic, payload,
-                                 max_payload)
-        return "conflict"
-    return "new" if new else "duplicate"
-
-
-def store_telemetry_many(
-    conn: sqlite3.Connection, batch: list[tuple[Any, ...]]
-) -> list[readings.Outcome]:
-    """``store_telemetry`` for consecutive items of a group (see Database: ``fn.many``); the
-    readings go in with multi-row INSERTs, not one statement (and GIL hand-over) each."""
-    for tel, room_id, received_at, touch, *_ in batch:
-        if touch:
-            devices.touch(conn, tel.device_id, room_id, received_at)
-
-    def conflict(index: int, exc: readings.ReadingConflict) -> None:
-        store_telemetry_conflict(conn, exc, *batch[index])
-
-    return readings.insert_readings(
-        conn, [(args[0], args[1], args[2]) for args in batch], conflict
-    )
-
-
-def store_telemetry_conflict(
-    conn: sqlite3.Connection, exc: readings.ReadingConflict, tel: Telemetry, room_id: str,
-    received_at: float, touch: bool, topic: str = "", payload: bytes = b"",
-    max_payload: int = quarantine.DEFAULT_MAX_PAYLOAD,
-) -> None:
-    """The quarantine row of a reading refused for ReadingConflict (store_telemetry's args)."""
-    quarantine.insert(conn, topic or f"(reading of {tel.device_id} in {room_id})", payload,
-                      f"conflict: {exc}", received_at, max_payload)
-
-
-store_telemetry.many = store_telemetry_many  # type: ignore[attr-defined]
 
 
 def _as_bytes(payload: Any) -> bytes:

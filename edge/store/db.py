@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
+from edge.store.groups import STOP, Checkpoint, GroupCommitter, Item, WriterConnection
 from edge.store.migrations import Migration, StoreError, load_migrations, migrate
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,6 @@ PAGE_SIZE: Final = 512
 WAL_AUTOCHECKPOINT_PAGES: Final = 4_000
 
 
-class WriterConnection(sqlite3.Connection):
-    """The writer thread's connection. ``cache`` is where repository modules keep what they
-    learned of the data (series keys, recent reading keys…); the writer empties it whenever a
-    write is rolled back, so it never remembers a row that is not there."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.cache: dict[str, Any] = {}
-
-
 @dataclass(frozen=True, slots=True)
 class DatabaseStats:
     """Writer counters (plain numbers; the app exposes them as metrics)."""
@@ -67,49 +58,6 @@ class DatabaseStats:
     queue_depth: int
     last_batch: int
     max_batch: int
-
-
-# Where a write's outcome goes: a future, or a callback(ok, result or exception).
-_Target = asyncio.Future[Any] | Callable[[bool, Any], None]
-
-
-@dataclass(slots=True)
-class _Item:
-    """One queued write: fn(conn, *args), and where to report its outcome (None = nowait)."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    loop: asyncio.AbstractEventLoop | None
-    target: _Target | None
-    urgent: bool
-    durable: bool = False
-
-
-@dataclass(slots=True)
-class _Checkpoint:
-    mode: str
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-
-
-_STOP: Final = object()
-
-
-def _settle(outcomes: list[tuple[_Target, bool, Any]]) -> None:
-    """Runs on the event loop: resolve the futures and call the callbacks of one group."""
-    for target, ok, value in outcomes:
-        if not isinstance(target, asyncio.Future):
-            try:
-                target(ok, value)
-            except Exception:
-                log.exception("store write callback %r failed", target)
-            continue
-        if target.done():  # the awaiting task was cancelled; the write still happened
-            continue
-        if ok:
-            target.set_result(value)
-        else:
-            target.set_exception(value)
 
 
 class Database:
@@ -134,7 +82,7 @@ class Database:
         self.commit_interval_s = max(0.0, commit_interval_ms / 1000)
         self.commit_max_items = max(1, commit_max_items)
         self._readers = max(1, readers)
-        # _Item, _Checkpoint or _STOP in submission order; appended by the event loop thread,
+        # _Item, _Checkpoint or STOP in submission order; appended by the event loop thread,
         # popped by the writer (deque's append/popleft are atomic).
         self._pending: deque[Any] = deque()
         self._wake = threading.Event()
@@ -146,12 +94,7 @@ class Database:
         self._read_lock = threading.Lock()
         self._open = False
         self.schema_version = 0
-        # Written by the writer thread only.
-        self._transactions = 0
-        self._items = 0
-        self._failed = 0
-        self._last_batch = 0
-        self._max_batch = 0
+        self._groups = GroupCommitter()  # runs each group; the writer's counters
 
     # ---- lifecycle ----
     async def open(self) -> None:
@@ -176,7 +119,7 @@ class Database:
         if not self._open:
             return
         self._open = False  # new writes are refused from here on; queued ones still run
-        self._put(_STOP, wake=True)
+        self._put(STOP, wake=True)
         assert self._writer is not None
         await asyncio.to_thread(self._writer.join)
         await asyncio.sleep(0)  # let the last group's futures settle before returning
@@ -219,7 +162,7 @@ class Database:
         self._check_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._put(_Item(fn, args, loop, future, urgent), wake=urgent)
+        self._put(Item(fn, args, loop, future, urgent), wake=urgent)
         return future
 
     def submit_callback(
@@ -235,7 +178,7 @@ class Database:
         The cheapest way to learn a write's outcome: no future, one loop callback per group.
         """
         self._check_open()
-        self._put(_Item(fn, args, asyncio.get_running_loop(), on_done, False), wake=False)
+        self._put(Item(fn, args, asyncio.get_running_loop(), on_done, False), wake=False)
 
     async def write(
         self,
@@ -256,7 +199,7 @@ class Database:
         self._check_open()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._put(_Item(fn, args, loop, future, urgent, durable), wake=urgent)
+        self._put(Item(fn, args, loop, future, urgent, durable), wake=urgent)
         return await future
 
     def write_nowait(
@@ -268,7 +211,7 @@ class Database:
         """Fire and forget: queue fn(conn, *args); it is committed before close() returns.
         A failure is logged and counted (``stats.failed_items``), never raised."""
         self._check_open()
-        self._put(_Item(fn, args, None, None, False), wake=False)
+        self._put(Item(fn, args, None, None, False), wake=False)
 
     async def checkpoint(
         self, mode: Literal["PASSIVE", "FULL", "RESTART", "TRUNCATE"] = "PASSIVE"
@@ -280,7 +223,7 @@ class Database:
             raise ValueError(f"unknown checkpoint mode {mode!r}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, int, int]] = loop.create_future()
-        self._put(_Checkpoint(mode, loop, future), wake=True)
+        self._put(Checkpoint(mode, loop, future), wake=True)
         return await future
 
     # ---- reads ----
@@ -315,12 +258,12 @@ class Database:
     @property
     def stats(self) -> DatabaseStats:
         return DatabaseStats(
-            transactions=self._transactions,
-            items=self._items,
-            failed_items=self._failed,
+            transactions=self._groups.transactions,
+            items=self._groups.items,
+            failed_items=self._groups.failed,
             queue_depth=len(self._pending),
-            last_batch=self._last_batch,
-            max_batch=self._max_batch,
+            last_batch=self._groups.last_batch,
+            max_batch=self._groups.max_batch,
         )
 
     # ---- internals ----
@@ -392,20 +335,20 @@ class Database:
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
         while True:
             first = self._next()
-            if first is _STOP:
+            if first is STOP:
                 return
-            if isinstance(first, _Checkpoint):
-                self._run_checkpoint(conn, first)
+            if isinstance(first, Checkpoint):
+                self._groups.run_checkpoint(conn, first)
                 continue
-            batch: list[_Item] = [first]
+            batch: list[Item] = [first]
             stop = self._collect(batch, first.urgent)
-            self._run_group(conn, batch)
-            if stop is _STOP:
+            self._groups.run_group(conn, batch)
+            if stop is STOP:
                 return
             if stop is not None:  # a checkpoint request ended the group
-                self._run_checkpoint(conn, stop)
+                self._groups.run_checkpoint(conn, stop)
 
-    def _collect(self, batch: list[_Item], urgent: bool) -> Any:
+    def _collect(self, batch: list[Item], urgent: bool) -> Any:
         """Add queued items to batch until it is full or commit_interval_s has passed since the
         first (or, once an urgent item is in, until the queue is momentarily empty). Returns the
         control item (stop / checkpoint) that ended collection, if any."""
@@ -422,137 +365,11 @@ class Database:
                     self._wake.wait(timeout)
                 continue
             item = pending.popleft()
-            if item is _STOP or isinstance(item, _Checkpoint):
+            if item is STOP or isinstance(item, Checkpoint):
                 return item
             batch.append(item)
             urgent = urgent or item.urgent
         return None
-
-    def _run_group(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        # SQLite refuses to change the safety level inside a transaction: set it around this one.
-        durable = any(item.durable for item in batch)
-        try:
-            if durable:
-                conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            outcomes = self._run_items(conn, batch)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            # The group as a whole failed (disk full, I/O error, lock timeout): nothing of it is
-            # on disk, so every item fails with that error.
-            log.error("store group of %d writes failed and was rolled back: %s", len(batch), exc)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            _forget(conn)
-            outcomes = [(False, exc)] * len(batch)
-        else:
-            self._transactions += 1
-        finally:
-            if durable:
-                conn.execute("PRAGMA synchronous = NORMAL")
-        self._items += len(batch)
-        self._last_batch = len(batch)
-        self._max_batch = max(self._max_batch, len(batch))
-        self._report(batch, outcomes)
-
-    def _run_items(self, conn: sqlite3.Connection, batch: list[_Item]) -> list[tuple[bool, Any]]:
-        """Run a group's items in the open transaction; each failing item is undone alone.
-
-        Optimistic: first without a savepoint per item. Those cost two statements per item and,
-        since the sqlite3 module lets go of the GIL for every statement, as many GIL hand-overs
-        with a busy event loop (the edge ingest: ~10 µs of CPU per reading, both threads). Should
-        any item fail, the whole transaction is rolled back and the group run again, a savepoint
-        per item (items are database writes: running one again after a rollback is safe; what
-        they cache on the connection is forgotten with the rollback).
-        """
-        if len(batch) > 1:
-            try:
-                return self._run_optimistic(conn, batch)
-            except Exception:  # found again, and reported, item by item below
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                _forget(conn)
-                conn.execute("BEGIN IMMEDIATE")
-        return [self._run_item(conn, item) for item in batch]
-
-    @staticmethod
-    def _run_optimistic(conn: sqlite3.Connection, batch: list[_Item]) -> list[tuple[bool, Any]]:
-        """Every item, no savepoints; raises on the first failure. A run of consecutive items
-        whose function has a ``many`` attribute goes to it at once: ``fn.many(conn, [args, …])``
-        returns their results in order, as ``fn`` would have one by one (the ingest's readings:
-        multi-row INSERTs)."""
-        outcomes: list[tuple[bool, Any]] = []
-        i, n = 0, len(batch)
-        while i < n:
-            fn = batch[i].fn
-            many = getattr(fn, "many", None)
-            if many is None:
-                outcomes.append((True, fn(conn, *batch[i].args)))
-                i += 1
-                continue
-            j = i + 1
-            while j < n and batch[j].fn is fn:
-                j += 1
-            results = many(conn, [item.args for item in batch[i:j]])
-            if len(results) != j - i:
-                raise RuntimeError(f"{fn!r}.many returned {len(results)} results for {j - i}")
-            outcomes.extend((True, result) for result in results)
-            i = j
-        return outcomes
-
-    def _run_item(self, conn: sqlite3.Connection, item: _Item) -> tuple[bool, Any]:
-        # A savepoint per item: one failing write is undone alone, the group goes on.
-        conn.execute("SAVEPOINT item")
-        try:
-            result = item.fn(conn, *item.args)
-        except Exception as exc:
-            # If SQLite already rolled back the whole transaction (e.g. SQLITE_FULL), this raises
-            # and _run_group fails the group.
-            _forget(conn)
-            conn.execute("ROLLBACK TO item")
-            conn.execute("RELEASE item")
-            return False, exc
-        conn.execute("RELEASE item")
-        return True, result
-
-    def _report(self, batch: list[_Item], outcomes: list[tuple[bool, Any]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Target, bool, Any]]] = {}
-        for item, (ok, value) in zip(batch, outcomes, strict=True):
-            if not ok:
-                self._failed += 1
-            if item.target is not None and item.loop is not None:
-                by_loop.setdefault(item.loop, []).append((item.target, ok, value))
-            elif not ok:  # a nowait write: nobody else will hear of it
-                log.error(
-                    "store write %s failed: %r",
-                    getattr(item.fn, "__qualname__", item.fn),
-                    value,
-                    exc_info=value,
-                )
-        for loop, settled in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_settle, settled)
-            except RuntimeError:  # that loop is closed: nobody is waiting any more
-                log.debug("event loop closed before %d writes settled", len(settled))
-
-    def _run_checkpoint(self, conn: sqlite3.Connection, request: _Checkpoint) -> None:
-        try:
-            row = conn.execute(f"PRAGMA wal_checkpoint({request.mode})").fetchone()
-            outcome: tuple[bool, Any] = (True, (int(row[0]), int(row[1]), int(row[2])))
-        except sqlite3.Error as exc:
-            outcome = (False, exc)
-        try:
-            request.loop.call_soon_threadsafe(_settle, [(request.future, *outcome)])
-        except RuntimeError:
-            log.debug("event loop closed before the checkpoint settled")
-
-
-def _forget(conn: sqlite3.Connection) -> None:
-    cache = getattr(conn, "cache", None)
-    if cache is not None:
-        cache.clear()
-
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():

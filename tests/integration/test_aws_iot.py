@@ -40,8 +40,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cloud.sync.service import EDGE_SYNC
 from edge.config import AwsIotConfig, ConfigError, load_config
-from edge.ingest import store_telemetry
 from edge.iot_uplink import IotUplink, OversizedRecord, Part, Problem, parse_answer, split
+from edge.store.telemetry import store_telemetry
 from firmware_sim.farm import build_farm
 from shared.models import Telemetry
 from shared.sync import Batch, BatchAck, GapError

@@ -22,7 +22,8 @@ from amqtt.broker import Broker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.ingest import BurstLog, Ingest
+from edge.burst_log import BurstLog
+from edge.ingest import Ingest
 from edge.store import Database, quarantine, readings
 from shared.models import Ack, Status, Telemetry
 from shared.topics import Topic

@@ -20,11 +20,12 @@ from edge.alerts import AlertMonitor
 from edge.automation import Automation
 from edge.commands import CommandTracker
 from edge.config import ApiConfig, CloudConfig, DeviceConfig, EdgeSettings, RoomConfig
-from edge.ingest import Ingest, store_telemetry
+from edge.ingest import Ingest
 from edge.outbox import CAP_ALERT, FULL_ALERT, Outbox
 from edge.store import commands as command_rows
 from edge.store import outbox as rows
 from edge.store.db import Database
+from edge.store.telemetry import store_telemetry
 from shared.models import Telemetry, utcnow
 from shared.sync import Batch
 from shared.topics import build_topic

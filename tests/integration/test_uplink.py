@@ -42,8 +42,8 @@ from edge.credentials import (
     sync_broker_files,
 )
 from edge.downlink import Downlink
-from edge.ingest import store_telemetry
 from edge.store import outbox as rows
+from edge.store.telemetry import store_telemetry
 from edge.uplink import Uplink
 from shared.models import utcnow
 from shared.sync import (

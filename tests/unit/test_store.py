@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.ingest import store_telemetry
 from edge.store import Database, StoreError, devices, load_migrations, quarantine, readings
+from edge.store.telemetry import store_telemetry
 from shared.models import Status, Telemetry
 
 T0 = 1_700_000_000.0
