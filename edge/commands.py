@@ -25,6 +25,7 @@ from edge.store import outbox as outbox_rows
 from edge.store import quarantine as quarantine_rows
 from edge.store.db import Database
 from shared.models import Ack, Command, dump, utcnow
+from shared.sync import AckData
 from shared.topics import build_topic
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,9 @@ def _wrong_device_reason(ack: Ack, device_id: str, sent_to: str) -> str:
 
 
 def _ack_record(conn: Any, device_id: str, ack: Ack, at: float) -> None:
-    data: dict[str, Any] = {
-        "command_id": ack.command_id, "device_id": device_id, "status": ack.status, "at": at,
-    }
-    if ack.error is not None:
-        data["error"] = ack.error
-    outbox_rows.append(conn, "ack", data, at)
+    data = AckData(command_id=ack.command_id, device_id=device_id, status=ack.status, at=at,
+                   error=ack.error)
+    outbox_rows.append(conn, data, at)
 
 
 class CommandTracker:

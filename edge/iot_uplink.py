@@ -26,7 +26,6 @@ on ``replies_topic`` as ``{"messages": [...]}``, the body ``POST /api/edge/v1/pe
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import logging
 import random
@@ -40,6 +39,7 @@ from awscrt import mqtt5
 from pydantic import TypeAdapter, ValidationError
 
 from edge.alerts import AlertMonitor
+from edge.batch_body import BatchEncoder
 from edge.config import IOT_TOPICS, EdgeSettings
 from edge.iot_client import IotConnection, PublishError
 from edge.outbox import Outbox
@@ -47,7 +47,6 @@ from edge.store.outbox import Prepared
 from edge.uplink import (
     AUTH_ALERT,
     CLOCK_WARN_S,
-    GZIP_LEVEL,
     REFUSED_ALERT,
     UplinkStats,
     refusal_message,
@@ -55,7 +54,6 @@ from edge.uplink import (
 )
 from shared.models import utcnow
 from shared.sync import (
-    PROTOCOL_VERSION,
     BatchAck,
     CloudCommand,
     CommandAccepted,
@@ -89,7 +87,7 @@ class Part:
     """A contiguous run of one batch's records that fits in one message."""
 
     first_seq: int
-    records: Sequence[str]
+    records: Sequence[bytes]
 
     @property
     def last_seq(self) -> int:
@@ -105,7 +103,7 @@ class Problem:
 
 
 def split(
-    first_seq: int, records: Sequence[str], size_of: Callable[[Part], int], limit: int
+    first_seq: int, records: Sequence[bytes], size_of: Callable[[Part], int], limit: int
 ) -> list[Part]:
     """Cut ``records`` (seqs from ``first_seq``) into parts whose encoded size is at most
     ``limit``; the first guess for each part is the size of the one before."""
@@ -169,7 +167,6 @@ class IotUplink:
         self._settings = settings
         self._cloud = cloud
         self._iot = iot
-        self._farm_id = settings.farm_id
         self._edge_id = cloud.edge_id
         self._client_id = iot.client_id or cloud.edge_id
         self.topics = {name: iot.topic(name, settings.farm_id, cloud.edge_id)
@@ -178,6 +175,7 @@ class IotUplink:
             mqtt5.UserProperty(AUTH_PROPERTY, f"Bearer {cloud.token.get_secret_value()}"),
             mqtt5.UserProperty(ENCODING_PROPERTY, "gzip" if iot.compress else "identity"),
         ]
+        self._encoder = BatchEncoder(cloud.edge_id, settings.farm_id, clock)
         self._outbox = outbox
         self._handle = handle
         self._alerts = alerts
@@ -264,18 +262,7 @@ class IotUplink:
     # ---- one batch ----
     def encode(self, part: Part) -> bytes:
         """The part as a Batch document (gzip unless compress is off); sent_at is now."""
-        head = {
-            "protocol": PROTOCOL_VERSION,
-            "edge_id": self._edge_id,
-            "farm_id": self._farm_id,
-            "first_seq": part.first_seq,
-            "last_seq": part.last_seq,
-            "sent_at": self._clock().isoformat(),
-        }
-        text = json.dumps(head, separators=(",", ":"))[:-1]
-        text += ',"records":[' + ",".join(part.records) + "]}"
-        raw = text.encode()
-        return gzip.compress(raw, compresslevel=GZIP_LEVEL, mtime=0) if self._iot.compress else raw
+        return self._encoder.body(part.first_seq, part.records, compress=self._iot.compress)
 
     async def send(self, batch: Prepared) -> None:
         """Deliver one outbox batch (in parts that fit a message) until the cloud has it all,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gzip
 import json
 import logging
 import time
@@ -34,17 +33,16 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_exponential_jitter
 
 from edge.alerts import AlertMonitor
+from edge.batch_body import BatchEncoder
 from edge.config import EdgeSettings
 from edge.outbox import Outbox
 from edge.store.outbox import Prepared
 from shared.models import utcnow
-from shared.sync import PROTOCOL_VERSION, BatchAck, GapError
+from shared.sync import BatchAck, GapError
 
 log = logging.getLogger(__name__)
 
 BATCHES_PATH: Final = "/api/edge/v1/batches"
-# gzip level 5: JSON readings shrink ~8x; higher levels cost a Pi far more CPU for a few % less.
-GZIP_LEVEL: Final = 5
 PROGRESS_LOG_S: Final = 60.0
 AUTH_ALERT: Final = "sync:auth"
 REFUSED_ALERT: Final = "sync:refused"
@@ -166,7 +164,6 @@ class Uplink:
             raise ValueError("the uplink needs cloud.url, cloud.edge_id and a cloud token")
         assert cloud.edge_id is not None and cloud.token is not None
         self._cloud = cloud
-        self._farm_id = settings.farm_id
         self._edge_id = cloud.edge_id
         self._url = cloud.endpoint(BATCHES_PATH)
         self._headers = {
@@ -178,6 +175,7 @@ class Uplink:
         self._outbox = outbox
         self._alerts = alerts
         self._clock = clock
+        self._encoder = BatchEncoder(cloud.edge_id, settings.farm_id, clock)
         self.stats = UplinkStats()
         self.clock_offset_s: float | None = None
         self._progress = (time.monotonic(), 0, 0)  # (since, batches, records) for the log
@@ -312,17 +310,7 @@ class Uplink:
 
     def body(self, batch: Prepared) -> bytes:
         """The gzip-compressed Batch JSON; sent_at is the edge clock at this attempt."""
-        head = {
-            "protocol": PROTOCOL_VERSION,
-            "edge_id": self._edge_id,
-            "farm_id": self._farm_id,
-            "first_seq": batch.first_seq,
-            "last_seq": batch.last_seq,
-            "sent_at": self._clock().isoformat(),
-        }
-        text = json.dumps(head, separators=(",", ":"))[:-1]
-        text += ',"records":[' + ",".join(batch.records) + "]}"
-        return gzip.compress(text.encode(), compresslevel=GZIP_LEVEL, mtime=0)
+        return self._encoder.body(batch.first_seq, batch.records)
 
     async def _post(
         self, session: aiohttp.ClientSession, batch: Prepared

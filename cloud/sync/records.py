@@ -1,10 +1,11 @@
 """The data of each outbox record kind, checked before anything is stored.
 
-``shared.sync.OutboxRecord.data`` is a free-form dict (its shape per kind is documented there);
-here it becomes a typed item. A record whose data does not fit raises ``RecordError`` and is kept
-in the cloud's quarantine with the reason, never failing the batch: one bad record must not stall
-an edge's whole outbox. Readings, by far the most numerous, are checked by hand (no pydantic per
-record) to keep a 5,000-record batch cheap.
+``shared.sync.OutboxRecord.data`` is a free-form dict (its shape per kind is the kind's data type
+there, ``shared.sync.RECORD_DATA``); here it becomes a typed item with the same fields, checked
+further (ids, lengths, times as ISO 8601 too). A record whose data does not fit raises
+``RecordError`` and is kept in the cloud's quarantine with the reason, never failing the batch:
+one bad record must not stall an edge's whole outbox. Readings, by far the most numerous, are
+checked by hand (no pydantic per record) to keep a 5,000-record batch cheap.
 
 Times are unix seconds (what the edge stores) or ISO 8601 strings; an ISO time without an offset
 is UTC.
@@ -17,7 +18,6 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-import msgspec
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -29,10 +29,10 @@ from pydantic import (
 )
 
 from shared.models import Id
+from shared.sync import MAX_METRICS, ReadingData
 from shared.topics import is_valid_id
 
 METRIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-MAX_METRICS = 64
 
 
 class RecordError(ValueError):
@@ -72,19 +72,10 @@ Seconds = Annotated[float, BeforeValidator(_seconds)]
 Text = Annotated[str, Field(max_length=4000)]
 
 
-class ReadingItem(msgspec.Struct, gc=False):
-    """One reading: values per metric of one device at one time. A msgspec struct: the batch
-    decoder's fast path decodes a reading's data straight into it (unknown keys, such as
-    ``downsampled``, are ignored, as ``parse_reading`` does; msgspec refuses NaN, infinities
-    and out-of-range numbers, and the decoder checks ids and metric names once per batch).
-    Not tracked by the garbage collector (``gc=False``): it holds no containers but its values
-    dict, and thousands are made per batch."""
-
-    device_id: str
-    room_id: str
-    ts: float
-    values: Annotated[dict[str, float], msgspec.Meta(min_length=1, max_length=MAX_METRICS)]
-    ts_replaced: bool = False
+# One reading, as the edge encodes it and the batch decoder's fast path decodes its data (unknown
+# keys, such as ``downsampled``, are ignored, as ``parse_reading`` does; msgspec refuses NaN,
+# infinities and out-of-range numbers, and the decoder checks ids and metric names once per batch).
+ReadingItem = ReadingData
 
 
 def _reading_id(data: dict[str, Any], name: str, valid_ids: set[str]) -> str:
@@ -249,14 +240,19 @@ class ConfigChangeItem(_Data):
     at: Seconds
 
 
+# The typed item of each kind of shared.sync (tests hold the two to the same kinds and fields).
+ITEMS: dict[str, type[Any]] = {
+    "reading": ReadingItem,
+    "quarantine": QuarantineItem,
+    "command": CommandItem,
+    "command_state": CommandStateItem,
+    "ack": AckItem,
+    "alert": AlertItem,
+    "status": StatusItem,
+    "config_change": ConfigChangeItem,
+}
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
-    "quarantine": TypeAdapter(QuarantineItem),
-    "command": TypeAdapter(CommandItem),
-    "command_state": TypeAdapter(CommandStateItem),
-    "ack": TypeAdapter(AckItem),
-    "alert": TypeAdapter(AlertItem),
-    "status": TypeAdapter(StatusItem),
-    "config_change": TypeAdapter(ConfigChangeItem),
+    kind: TypeAdapter(item) for kind, item in ITEMS.items() if kind != "reading"
 }
 
 Item = (

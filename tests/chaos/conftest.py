@@ -37,6 +37,7 @@ from edge.app import EdgeApp
 from edge.cli import edge_main
 from edge.config import EdgeSettings, load_config
 from edge.store import outbox as outbox_rows
+from shared.sync import KIND_NAMES
 from tests.cloud.conftest import JWT_SECRET, auth_settings, make_settings
 from tests.conftest import free_port
 from tests.e2e.conftest import fast_settings, make_site
@@ -411,7 +412,7 @@ def edge_seq_kinds(db_path: Path) -> tuple[dict[int, str], list[tuple[str, int, 
             seq = first
             for (code,) in conn.execute("SELECT kind FROM outbox WHERE id BETWEEN ? AND ?"
                                         " ORDER BY id", (o_from, o_to)):
-                kinds[seq] = outbox_rows.KIND_NAMES[code]
+                kinds[seq] = KIND_NAMES[code]
                 seq += 1
             found = conn.execute("SELECT series, ts, vals FROM readings WHERE id BETWEEN ? AND ?"
                                  " ORDER BY id", (r_from, r_to)).fetchall()
