@@ -32,7 +32,7 @@ from edge.downlink import Downlink
 from edge.homeassistant import HomeAssistantBridge
 from edge.ingest import Ingest
 from edge.intake import Intake
-from edge.metrics import METRICS, EdgeMetrics
+from edge.metrics import METRICS, EdgeMetrics, EdgeParts
 from edge.outbox import Outbox
 from edge.store import commands as command_rows
 from edge.store.db import Database
@@ -109,7 +109,11 @@ class EdgeApp:
         self.api_runner: web.AppRunner | None = None
         self.api_port: int | None = None
         self.broker_connected = asyncio.Event()
-        self.metrics = EdgeMetrics(self)  # GET /metrics and /health
+        self.metrics = EdgeMetrics(EdgeParts(  # GET /metrics and /health
+            settings=settings, db=self.db, ingest=self.ingest, intake=self.intake,
+            commands=self.commands, automation=self.automation, alerts=self.alerts,
+            outbox=self.outbox, uplink=self.uplink, broker=lambda: self.broker,
+        ))
         self.home_assistant: HomeAssistantBridge | None = None
         if settings.home_assistant.enabled:
             self.home_assistant = HomeAssistantBridge(settings, self.automation, self.mqtt_address)
