@@ -29,7 +29,6 @@ import asyncio
 import gzip
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from edge.uplink import (
     refusal_message,
     sync_progress,
 )
+from shared.backoff import Backoff
 from shared.models import utcnow
 from shared.sync import (
     PROTOCOL_VERSION,
@@ -302,7 +302,7 @@ class IotUplink:
         """Publish the part until an answer settles it: an ack of its last seq, or a gap."""
         assert self.connection is not None
         connection = self.connection
-        failures = 0
+        backoff = Backoff(self._cloud.backoff_initial_s, self._cloud.backoff_max_s)
         while True:
             await connection.ready.wait()
             payload = self.encode(part)
@@ -316,10 +316,9 @@ class IotUplink:
                 answer = Problem(None, str(exc))
             if isinstance(answer, BatchAck | GapError):
                 return answer
-            failures += 1
-            await self._failed(part, answer, failures)
-            cap = min(self._cloud.backoff_max_s, self._cloud.backoff_initial_s * 2 ** failures)
-            await asyncio.sleep(random.uniform(cap / 2, cap))  # noqa: S311 (jitter)
+            delay = backoff.delay()
+            await self._failed(part, answer, backoff.failures)
+            await asyncio.sleep(delay)
 
     async def _answer(self, part: Part) -> BatchAck | GapError | Problem:
         """The first answer that settles ``part`` or reports a failure; answers about earlier
