@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from importlib import metadata
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from cloud import appkeys
 from cloud.api import all_routes
@@ -75,7 +76,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 def init_app(settings: CloudSettings) -> web.Application:
-    middlewares = [metrics_middleware, problem_middleware]
+    middlewares: list[Middleware] = [metrics_middleware, problem_middleware]
     if settings.cors_origins:
         middlewares.insert(1, cors_middleware(settings.cors_origins))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)

