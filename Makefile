@@ -27,12 +27,13 @@ demo: $(STAMP)
 
 test: $(TSTAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(TSTAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check . || true
-	$(BIN)/mypy shared
+	$(BIN)/mypy
 
 bench: $(TSTAMP)
 	$(BIN)/python -m bench

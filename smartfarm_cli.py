@@ -23,15 +23,16 @@ def main(argv: list[str] | None = None) -> int:
 
         return edge_main(rest)
     if command == "sim":
+        from edge.config import load_config
         from firmware_sim.farm import sim_main
 
-        return sim_main(rest)
+        return sim_main(rest, load_config)
     if command == "cloud":
         from cloud.cli import cloud_main
 
         return cloud_main(rest)
     if command == "demo":
-        from cloud.demo import demo_main
+        from demo.with_cloud import demo_main
 
         return demo_main(rest)
     print(f"smartfarm: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

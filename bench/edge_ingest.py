@@ -39,7 +39,7 @@ from edge.app import EdgeApp
 from edge.broker import embedded_broker
 from edge.config import load_config
 from edge.credentials import edge_login
-from edge.ingest import messages
+from edge.ingest import Inbox, messages
 from shared.topics import UPLINK_KINDS, subscription
 
 log = logging.getLogger(__name__)
@@ -119,14 +119,17 @@ async def raw_run(site: Site, host: str, port: int, count: int) -> dict[str, Any
     username, password = edge_login(site.settings)
     received = [0]
 
+    inbox = Inbox()
+
     async def null_subscriber(client: aiomqtt.Client) -> None:
-        async for message in messages(client):  # the edge's own receive loop, minus the work
+        async for message in messages(client, inbox):  # the edge's receive loop, minus the work
             if "/telemetry/" in message.topic.value:
                 received[0] += 1
 
     async with aiomqtt.Client(host, port, username=username, password=password,
                               identifier=f"bench-null-{uuid.uuid4().hex[:8]}",
-                              clean_session=False, keepalive=30) as client:
+                              clean_session=False, keepalive=30,
+                              queue_type=inbox.queue_type) as client:
         for kind in UPLINK_KINDS:
             await client.subscribe(subscription(site.farm_id, kind), qos=1)  # type: ignore[arg-type]
         task = asyncio.create_task(null_subscriber(client))

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from importlib import metadata
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from cloud import appkeys
 from cloud.api import all_routes
@@ -19,7 +20,7 @@ from cloud.auth.ratelimit import LoginThrottle, SlidingWindow, TokenBucket
 from cloud.auth.tokens import AccessTokens, load_jwt_secret
 from cloud.config import CloudSettings, mask_dsn
 from cloud.db.database import Database
-from cloud.db.embedded import EmbeddedPostgres, start_embedded
+from cloud.db.embedded import resolve_dsn
 from cloud.db.migrate import migrate
 from cloud.jobs.worker import jobs_ctx
 from cloud.live.service import setup_live
@@ -46,14 +47,6 @@ def version() -> str:
         return metadata.version("smartfarm")
     except metadata.PackageNotFoundError:
         return "0.0.0"
-
-
-async def resolve_dsn(settings: CloudSettings) -> tuple[str, EmbeddedPostgres | None]:
-    """DATABASE_URL when set, else the embedded server in the data dir (started here)."""
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value(), None
-    embedded = await asyncio.to_thread(start_embedded, settings.data_path)
-    return embedded.dsn, embedded
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -83,7 +76,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 def init_app(settings: CloudSettings) -> web.Application:
-    middlewares = [metrics_middleware, problem_middleware]
+    middlewares: list[Middleware] = [metrics_middleware, problem_middleware]
     if settings.cors_origins:
         middlewares.insert(1, cors_middleware(settings.cors_origins))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)

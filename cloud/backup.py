@@ -213,7 +213,7 @@ def _target(out: str | None, settings: CloudSettings) -> Path:
 
 
 async def backup_main(settings: CloudSettings, args: argparse.Namespace) -> int:
-    from cloud.app import resolve_dsn
+    from cloud.db.embedded import resolve_dsn
 
     dsn, embedded = await resolve_dsn(settings)
     try:

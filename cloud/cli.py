@@ -80,9 +80,9 @@ def _progress(stream: TextIO) -> Callable[[int, int], None]:
 
 
 async def _with_db(settings: CloudSettings, job: str, args: argparse.Namespace) -> int:
-    from cloud.app import resolve_dsn
     from cloud.auth.passwords import Passwords
     from cloud.db.database import Database
+    from cloud.db.embedded import resolve_dsn
     from cloud.db.migrate import migrate
 
     dsn, embedded = await resolve_dsn(settings)

@@ -198,7 +198,7 @@ def progress_bar(stream: TextIO, *, every_s: float = 0.2) -> Progress:
 
 
 async def export_main(settings: CloudSettings, args: argparse.Namespace) -> int:
-    from cloud.app import resolve_dsn
+    from cloud.db.embedded import resolve_dsn
 
     req = ExportRequest(
         farm_id=args.farm, start=parse_time(args.start, "--from"),

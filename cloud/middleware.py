@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, web
+from aiohttp.typedefs import Middleware
 
 from cloud import appkeys
 from cloud.errors import CloudError
@@ -127,7 +128,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         ).observe(time.perf_counter() - started)
 
 
-def cors_middleware(origins: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+def cors_middleware(origins: list[str]) -> Middleware:
     """Allow the listed origins (CORS is off when the list is empty)."""
     allowed = set(origins)
 
@@ -142,7 +143,7 @@ def cors_middleware(origins: list[str]) -> Callable[..., Awaitable[web.StreamRes
         else:
             response = await handler(request)
         if origin in allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin  # type: ignore[assignment]
+            response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
         return response
 

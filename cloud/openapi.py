@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -58,7 +58,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
-_ID_CHECK = Id.__metadata__[0].func
+_ID_CHECK = get_args(Id)[1].func  # Annotated[str, AfterValidator(check)]
 
 
 class _Schemas(GenerateJsonSchema):

@@ -143,7 +143,7 @@ class PatchedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     def __init__(self, config: BrokerConfig, *, intake: Intake | None = None) -> None:
         super().__init__(config)
-        self._subscriptions = SnapshotDict(self._subscriptions)
+        self._subscriptions: SnapshotDict = SnapshotDict(self._subscriptions)
         self.intake = intake
         self._unheard: dict[str, bool] = {}
         self._unheard_version = -1

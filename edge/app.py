@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -30,14 +29,15 @@ from edge.config import EdgeSettings, load_config
 from edge.credentials import edge_login, sync_broker_files
 from edge.downlink import Downlink
 from edge.homeassistant import HomeAssistantBridge
-from edge.ingest import Ingest
+from edge.ingest import Inbox, Ingest
 from edge.intake import Intake
-from edge.metrics import METRICS, EdgeMetrics
+from edge.metrics import METRICS, EdgeMetrics, EdgeParts
 from edge.outbox import Outbox
 from edge.store import commands as command_rows
 from edge.store.db import Database
 from edge.systemd import Notifier
 from edge.uplink import SYNC_STATUS, Uplink
+from shared.backoff import Backoff
 from shared.models import Ack, utcnow
 from shared.topics import Topic
 
@@ -109,7 +109,11 @@ class EdgeApp:
         self.api_runner: web.AppRunner | None = None
         self.api_port: int | None = None
         self.broker_connected = asyncio.Event()
-        self.metrics = EdgeMetrics(self)  # GET /metrics and /health
+        self.metrics = EdgeMetrics(EdgeParts(  # GET /metrics and /health
+            settings=settings, db=self.db, ingest=self.ingest, intake=self.intake,
+            commands=self.commands, automation=self.automation, alerts=self.alerts,
+            outbox=self.outbox, uplink=self.uplink, broker=lambda: self.broker,
+        ))
         self.home_assistant: HomeAssistantBridge | None = None
         if settings.home_assistant.enabled:
             self.home_assistant = HomeAssistantBridge(settings, self.automation, self.mqtt_address)
@@ -270,19 +274,20 @@ class EdgeApp:
         """One connection for ingest and commands; on every (re)connect, re-assert actuators."""
         host, port = self.mqtt_address()
         username, password = edge_login(self.settings)
-        failures = 0
+        backoff = Backoff(0.5, 30.0)
         while True:
+            inbox = Inbox()
             try:
                 async with aiomqtt.Client(
                     host, port, username=username, password=password,
                     identifier=f"smartfarm-edge-{self.settings.farm_id}",
                     clean_session=False, keepalive=self.settings.broker.keepalive_s,
-                    max_queued_outgoing_messages=10_000,
+                    max_queued_outgoing_messages=10_000, queue_type=inbox.queue_type,
                 ) as client:
-                    failures = 0
+                    backoff.reset()
                     log.info("edge connected to MQTT broker %s:%d", host, port)
                     ingest = asyncio.create_task(
-                        self.ingest.run(client, subscribe=self.intake is None),
+                        self.ingest.run(client, subscribe=self.intake is None, inbox=inbox),
                         name="edge-ingest")
                     self.commands.attach(client)
                     self.broker_connected.set()
@@ -303,9 +308,7 @@ class EdgeApp:
                         with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                             await ingest
             except aiomqtt.MqttError as exc:
-                cap = min(30.0, 0.5 * 2**failures)
-                delay = random.uniform(cap / 2, cap)  # noqa: S311 (jitter, not crypto)
-                failures = min(failures + 1, 16)
+                delay = backoff.delay()
                 log.warning("MQTT connection to %s:%d lost (%s); retrying in %.1f s",
                             host, port, exc, delay)
                 await asyncio.sleep(delay)

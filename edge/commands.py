@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -163,7 +164,7 @@ class CommandTracker:
             self._deliver(command, room_id), name=f"command-{device_id}-{cid}"
         )
         self._tasks[cid] = task
-        task.add_done_callback(lambda t, c=cid: self._done(c, t))
+        task.add_done_callback(functools.partial(self._done, cid))
         self.stats.sent += 1
         log.info("command %s → %s %s (%s: %s)", cid, device_id, action, source, reason)
         return cid

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from edge.credentials import CredentialsError, sync_broker_files
 from edge.store import outbox as sync_rows
 from edge.store import state as state_rows
 from edge.store.db import Database
+from shared.backoff import Backoff
 from shared.models import utcnow
 from shared.sync import (
     CloudCommand,
@@ -54,7 +54,9 @@ PENDING_PATH: Final = "/api/edge/v1/pending"
 WS_RETRY_S: Final = 60.0
 STABLE_S: Final = 10.0
 CONFIG_ALERT: Final = "sync:config_rejected"
-_DOWN: Final[TypeAdapter[CloudCommand | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type]
+# mypy 1.20 loses the TypeForm of an Annotated union alias read from its cache (arg-type
+# there, none without a cache): ignore it either way.
+_DOWN: Final[TypeAdapter[CloudCommand | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type,unused-ignore]
 
 
 class ConfigRejected(ValueError):
@@ -336,7 +338,7 @@ class Downlink:
     async def run(self) -> None:
         """Keep the stream up (reconnecting with backoff); poll while it keeps failing."""
         cloud = self._cloud
-        failures = 0
+        backoff = Backoff(cloud.backoff_initial_s, cloud.backoff_max_s)
         # Bound the connect, not the stream: the stream stays open for days.
         timeout = aiohttp.ClientTimeout(total=None, connect=cloud.request_timeout_s,
                                         sock_connect=cloud.request_timeout_s)
@@ -348,14 +350,13 @@ class Downlink:
                 # A stream the cloud drops at once (refused after Hello, a crashing instance)
                 # counts as a failure, or the edge would reconnect in a tight loop.
                 if connected and asyncio.get_running_loop().time() - started >= STABLE_S:
-                    failures = 0
-                else:
-                    failures += 1
-                if failures >= cloud.ws_failures_before_poll:
+                    backoff.reset()
+                # The end of a stable stream counts as the first failure of a new run.
+                delay = backoff.delay()
+                if backoff.failures > cloud.ws_failures_before_poll:
                     await self._poll_for(session, WS_RETRY_S)
                     continue
-                cap = min(cloud.backoff_max_s, cloud.backoff_initial_s * 2 ** failures)
-                await asyncio.sleep(random.uniform(cap / 2, cap))  # noqa: S311 (jitter)
+                await asyncio.sleep(delay)
 
     async def _hello(self) -> Hello:
         marks = await self._db.read(sync_rows.marks)

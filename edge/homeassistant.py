@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -26,6 +25,7 @@ import aiomqtt
 from edge.automation import Automation, InvalidRequest, NotFound
 from edge.config import DeviceConfig, EdgeSettings
 from edge.credentials import edge_login
+from shared.backoff import Backoff
 from shared.models import KNOWN_METRICS
 from shared.topics import build_topic
 
@@ -171,7 +171,7 @@ class HomeAssistantBridge:
         self.commands_forwarded = 0
 
     async def run(self) -> None:
-        failures = 0
+        backoff = Backoff(0.5, 30.0)
         d = self.discovery
         while True:
             host, port = self._address()
@@ -183,7 +183,7 @@ class HomeAssistantBridge:
                     will=aiomqtt.Will(d.availability, b"offline", qos=1, retain=True),
                     clean_session=True, keepalive=self.settings.broker.keepalive_s,
                 ) as client:
-                    failures = 0
+                    backoff.reset()
                     try:
                         await self._session(client)
                     except asyncio.CancelledError:  # the edge stops: say so before leaving
@@ -198,9 +198,7 @@ class HomeAssistantBridge:
                 log.warning("Home Assistant discovery: MQTT %s:%d lost (%s)", host, port, exc)
             except Exception:  # never take the farm down for an integration
                 log.exception("Home Assistant discovery failed")
-            cap = min(30.0, 0.5 * 2**failures)
-            delay = random.uniform(cap / 2, cap)  # noqa: S311 (jitter, not crypto)
-            failures = min(failures + 1, 16)
+            delay = backoff.delay()
             log.info("Home Assistant discovery: reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import random
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
@@ -24,6 +23,7 @@ import aiomqtt
 from edge.burst_log import BurstLog
 from edge.store import Database, StoreError, devices, quarantine
 from edge.store.telemetry import store_telemetry
+from shared.backoff import Backoff
 from shared.errors import PayloadError, TopicError
 from shared.models import (
     MAX_PAYLOAD_BYTES,
@@ -109,16 +109,35 @@ def _as_bytes(payload: Any) -> bytes:
     return str(payload).encode()
 
 
-async def messages(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message]:
+class Inbox:
+    """A client's incoming-message queue, kept where ``messages`` can drain it. aiomqtt makes the
+    queue itself from the class passed as ``Client(queue_type=inbox.queue_type)`` (its public way
+    to choose one); that class records the instance here. One Inbox per client."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[aiomqtt.Message] | None = None
+        inbox = self
+
+        class _Queue(asyncio.Queue[aiomqtt.Message]):
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                inbox.queue = self
+
+        self.queue_type: type[asyncio.Queue[aiomqtt.Message]] = _Queue
+
+
+async def messages(
+    client: aiomqtt.Client, inbox: Inbox | None = None
+) -> AsyncIterator[aiomqtt.Message]:
     """Every message ``client`` receives, like ``async for m in client.messages``, but cheaper
     under load: aiomqtt's iterator costs a task and an ``asyncio.wait`` per message (~10 µs) even
     when its queue already holds the next one. Here, after each wait, up to DRAIN_BATCH queued
-    messages are taken without one; the next wait yields to the loop and ends the iteration
-    with aiomqtt.MqttError on a disconnect, as aiomqtt's does. The bench's null subscriber
-    uses this too."""
+    messages are taken from ``inbox`` (the client's queue) without one; the next wait yields to
+    the loop and ends the iteration with aiomqtt.MqttError on a disconnect, as aiomqtt's does.
+    Without an inbox, plain iteration. The bench's null subscriber uses this too."""
     iterator = client.messages
-    queue = getattr(client, "_queue", None)  # aiomqtt 2.x; without it, plain iteration
-    if not isinstance(queue, asyncio.Queue):
+    queue = inbox.queue if inbox is not None else None
+    if queue is None:
         async for message in iterator:
             yield message
         return
@@ -346,18 +365,21 @@ class Ingest:
         log.exception("ingest callback %s failed", getattr(callback, "__qualname__", callback))
 
     # ---- on a connection ----
-    async def run(self, client: aiomqtt.Client, *, subscribe: bool = True) -> None:
+    async def run(
+        self, client: aiomqtt.Client, *, subscribe: bool = True, inbox: Inbox | None = None
+    ) -> None:
         """Subscribe (QoS 1) to this farm's telemetry, status and ack topics and handle every
         message until the connection drops (aiomqtt.MqttError) or the task is cancelled.
         ``subscribe=False``: the embedded broker hands devices' messages over in-process
-        (edge.intake); this only handles what the client was sent otherwise."""
+        (edge.intake); this only handles what the client was sent otherwise. ``inbox``: the
+        client's (made with ``queue_type=inbox.queue_type``), drained in batches."""
         if subscribe:
             for kind in UPLINK_KINDS:
                 await client.subscribe(subscription(self.farm_id, kind), qos=1)  # type: ignore[arg-type]
         ticker = asyncio.create_task(self._flush_bursts(), name="ingest-burst-log")
         self.subscribed.set()
         try:
-            async for message in messages(client):
+            async for message in messages(client, inbox):
                 await self.handle(message.topic.value, _as_bytes(message.payload))
         finally:
             self.subscribed.clear()
@@ -388,8 +410,9 @@ class Ingest:
         messages for us while we reconnect; their redelivery is deduplicated.
         """
         client_id = identifier or f"smartfarm-ingest-{self.farm_id}"
-        failures = 0
+        backoff = Backoff(0.5, backoff_max_s)
         while True:
+            inbox = Inbox()
             try:
                 async with aiomqtt.Client(
                     host,
@@ -399,15 +422,14 @@ class Ingest:
                     identifier=client_id,
                     clean_session=False,
                     keepalive=keepalive,
+                    queue_type=inbox.queue_type,
                 ) as client:
                     log.info("ingest connected to %s:%d as %s", host, port, client_id)
-                    failures = 0
-                    await self.run(client)
+                    backoff.reset()
+                    await self.run(client, inbox=inbox)
             except aiomqtt.MqttError as exc:
-                # Full jitter keeps a farm's reconnecting clients from stampeding the broker.
-                cap = min(backoff_max_s, 0.5 * 2**failures)
-                delay = random.uniform(cap / 2, cap)  # noqa: S311 (jitter, not crypto)
-                failures = min(failures + 1, 16)
+                # Jitter keeps a farm's reconnecting clients from stampeding the broker.
+                delay = backoff.delay()
                 log.warning(
                     "ingest MQTT connection to %s:%d failed (%s); retrying in %.1f s",
                     host,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from edge.uplink import (
     refusal_message,
     sync_progress,
 )
+from shared.backoff import Backoff
 from shared.models import utcnow
 from shared.sync import (
     BatchAck,
@@ -73,7 +73,9 @@ READ_FACTOR: Final = 8
 # MQTT 5 user properties the topic rule makes HTTP headers of (deploy/aws/topic-rule-*.json).
 AUTH_PROPERTY: Final = "authorization"
 ENCODING_PROPERTY: Final = "content-encoding"
-_DOWN: Final[TypeAdapter[CloudCommand | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type]
+# mypy 1.20 loses the TypeForm of an Annotated union alias read from its cache (arg-type
+# there, none without a cache): ignore it either way.
+_DOWN: Final[TypeAdapter[CloudCommand | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type,unused-ignore]
 
 Handle = Callable[[CloudCommand | ConfigPush], Awaitable[CommandAccepted | ConfigApplied | None]]
 
@@ -289,7 +291,7 @@ class IotUplink:
         """Publish the part until an answer settles it: an ack of its last seq, or a gap."""
         assert self.connection is not None
         connection = self.connection
-        failures = 0
+        backoff = Backoff(self._cloud.backoff_initial_s, self._cloud.backoff_max_s)
         while True:
             await connection.ready.wait()
             payload = self.encode(part)
@@ -303,10 +305,9 @@ class IotUplink:
                 answer = Problem(None, str(exc))
             if isinstance(answer, BatchAck | GapError):
                 return answer
-            failures += 1
-            await self._failed(part, answer, failures)
-            cap = min(self._cloud.backoff_max_s, self._cloud.backoff_initial_s * 2 ** failures)
-            await asyncio.sleep(random.uniform(cap / 2, cap))  # noqa: S311 (jitter)
+            delay = backoff.delay()
+            await self._failed(part, answer, backoff.failures)
+            await asyncio.sleep(delay)
 
     async def _answer(self, part: Part) -> BatchAck | GapError | Problem:
         """The first answer that settles ``part`` or reports a failure; answers about earlier

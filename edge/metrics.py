@@ -15,7 +15,7 @@ import hmac
 import ipaddress
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,7 +28,17 @@ from edge.store import quarantine as quarantine_rows
 from edge.uplink import UplinkStats
 
 if TYPE_CHECKING:
-    from edge.app import EdgeApp
+    from edge.alerts import AlertMonitor
+    from edge.automation import Automation
+    from edge.broker import EmbeddedBroker
+    from edge.commands import CommandTracker
+    from edge.config import EdgeSettings
+    from edge.ingest import Ingest
+    from edge.intake import Intake
+    from edge.iot_uplink import IotUplink
+    from edge.outbox import Outbox
+    from edge.store.db import Database
+    from edge.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,23 @@ class _DbFigures:
     backlog_records: float = 0.0
     backlog_oldest_age_s: float = 0.0
     quarantine_rows: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeParts:
+    """The components the metrics read, handed over by the composition root (``edge.app``)
+    rather than the app itself. The embedded broker starts later than the rest, hence a getter."""
+
+    settings: EdgeSettings
+    db: Database
+    ingest: Ingest
+    intake: Intake | None
+    commands: CommandTracker
+    automation: Automation
+    alerts: AlertMonitor
+    outbox: Outbox | None
+    uplink: Uplink | IotUplink | None
+    broker: Callable[[], EmbeddedBroker | None]
 
 
 def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:
@@ -68,7 +95,8 @@ class _EdgeCollector(Collector):
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        app = self._metrics.app
+        app = self._metrics.parts
+        broker = app.broker()
         prefix = "smartfarm_edge_"
         yield _gauge(prefix + "info", "this edge (always 1)", 1,
                      {"farm_id": app.settings.farm_id, "broker_mode": app.settings.broker.mode})
@@ -116,14 +144,14 @@ class _EdgeCollector(Collector):
         # ---- broker ----
         yield _gauge(prefix + "broker_connected", "the edge's own MQTT connection is up (1/0)",
                      1 if commands.connected else 0)
-        clients = _broker_clients(app)
+        clients = broker.connected_clients() if broker is not None else None
         if clients is not None:  # embedded broker only: an external one does not tell us
             yield _gauge(prefix + "broker_clients", "devices connected to the embedded broker",
                          clients)
-        if app.broker is not None:
+        if broker is not None:
             yield _counter(prefix + "broker_connections_refused",
                            "sockets refused or dropped before login (floods, timeouts, garbage)",
-                           app.broker.refused_connections)
+                           broker.refused_connections)
         # ---- store ----
         dstats = app.db.stats
         yield _gauge(prefix + "store_open", "the SQLite store is open (1/0)",
@@ -162,16 +190,11 @@ class _EdgeCollector(Collector):
                      ustats.last_success_at or 0)
 
 
-def _broker_clients(app: EdgeApp) -> int | None:
-    """Connected device sessions of the embedded broker (None with an external broker)."""
-    return app.broker.connected_clients() if app.broker is not None else None
-
-
 class EdgeMetrics:
     """The edge's registry (``GET /metrics``) and health probe (``GET /health``)."""
 
-    def __init__(self, app: EdgeApp) -> None:
-        self.app = app
+    def __init__(self, parts: EdgeParts) -> None:
+        self.parts = parts
         self.registry = CollectorRegistry()
         self.command_latency = Histogram(
             "smartfarm_edge_command_latency_seconds",
@@ -179,7 +202,7 @@ class EdgeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        app.commands.latency_observers.append(self.command_latency.observe)
+        parts.commands.latency_observers.append(self.command_latency.observe)
         self.db_figures = _DbFigures()
         self.registry.register(_EdgeCollector(self))
         self._disconnected_since: float | None = None
@@ -188,7 +211,7 @@ class EdgeMetrics:
 
     async def refresh(self) -> None:
         """Read the figures that live in the database (once per scrape, off the event loop)."""
-        app = self.app
+        app = self.parts
         if not app.db.is_open:
             return
         try:
@@ -209,7 +232,8 @@ class EdgeMetrics:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, details): broker connection, store writer, cloud uplink. The uplink never
         makes the edge unhealthy: the farm runs offline by design, and a restart fixes no WAN."""
-        app = self.app
+        app = self.parts
+        embedded = app.broker()
         now = time.monotonic()
         connected = app.commands.connected
         if connected:
@@ -220,11 +244,11 @@ class EdgeMetrics:
         broker: dict[str, Any] = {
             "mode": app.settings.broker.mode, "connected": connected, "down_s": round(down_s, 1),
         }
-        if app.broker is not None:
-            broker["embedded_running"] = app.broker.running
-            broker["clients"] = _broker_clients(app)
+        if embedded is not None:
+            broker["embedded_running"] = embedded.running
+            broker["clients"] = embedded.connected_clients()
         broker_ok = (connected or down_s < BROKER_GRACE_S) and (
-            app.broker is None or app.broker.running
+            embedded is None or embedded.running
         )
         dstats = app.db.stats
         if dstats.items != self._store_items or dstats.queue_depth == 0:

@@ -1,5 +1,5 @@
-"""The simulator runner: a whole farm from the edge's config — one physics model per room, one
-simulated ESP32 per device — and the ``smartfarm sim`` command line.
+"""The simulator runner: a whole farm from a site (the edge's config) — one physics model per
+room, one simulated ESP32 per device — and the ``smartfarm sim`` command line.
 """
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import logging
 import random
 import signal
 import sys
-import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge.config import ConfigError, EdgeSettings, load_config
 from firmware_sim.clock import Clock, make_clock
 from firmware_sim.closed_loop import initial_state, scenario_params
 from firmware_sim.faults import FaultPlan
 from firmware_sim.nodes import ActuatorNode, Node, SensorNode
 from firmware_sim.physics import ActuatorBank, Room, RoomParams, RoomState
+from firmware_sim.site import Site, SiteError, read_device_secrets
+from shared.errors import SmartfarmError
 from shared.profiles import profile_for
 
 log = logging.getLogger(__name__)
@@ -31,27 +31,8 @@ PHYSICS_STEP_S = 5.0  # simulated seconds per physics step, whatever the message
 REPORT_EVERY_S = 600.0  # simulated seconds between room summaries in the log
 
 
-def read_device_secrets(path: Path) -> dict[str, str]:
-    """Device id → password from the device secrets file (``[devices.<id>] password``)."""
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        log.warning("device secrets file %s not found: devices connect without a password", path)
-        return {}
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    devices = doc.get("devices", {})
-    if not isinstance(devices, dict):
-        raise ConfigError(f"{path}: [devices] must be a table")
-    return {
-        dev_id: str(entry["password"])
-        for dev_id, entry in devices.items()
-        if isinstance(entry, dict) and "password" in entry
-    }
-
-
 def broker_address(
-    settings: EdgeSettings, host: str | None = None, port: int | None = None
+    settings: Site, host: str | None = None, port: int | None = None
 ) -> tuple[str, int]:
     """Where the devices connect: the external broker's URL, or the edge's embedded listener."""
     broker = settings.broker
@@ -64,7 +45,7 @@ def broker_address(
             cfg_host = "127.0.0.1"
     host, port = host or cfg_host, port if port is not None else cfg_port
     if port == 0:
-        raise ConfigError("broker.port is 0 (a free port chosen at start): pass the real port")
+        raise SiteError("broker.port is 0 (a free port chosen at start): pass the real port")
     return host, port
 
 
@@ -128,7 +109,7 @@ class SimFarm:
 
 
 def build_farm(
-    settings: EdgeSettings,
+    settings: Site,
     *,
     speed: float = 1.0,
     seed: int = 1,
@@ -178,7 +159,7 @@ def build_farm(
                 room=farm.rooms[dev.room], interval_s=telemetry_interval_s, faults=faults, **common
             )
         else:
-            assert dev.actuator is not None  # EdgeSettings guarantees a role for actuators
+            assert dev.actuator is not None  # the site's config guarantees a role for actuators
             farm.actuators[dev.id] = ActuatorNode(
                 role=dev.actuator, bank=farm.banks[dev.room], **common
             )
@@ -186,7 +167,7 @@ def build_farm(
 
 
 async def run_farm(
-    settings: EdgeSettings,
+    settings: Site,
     *,
     speed: float = 1.0,
     seed: int = 1,
@@ -235,16 +216,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sim_main(argv: Sequence[str]) -> int:
+def sim_main(argv: Sequence[str], load_site: Callable[[Path], Site]) -> int:
     """``smartfarm sim --config FILE [--speed N] [--seed N] [--interval S]``; returns the exit
-    status."""
+    status. ``load_site`` reads the config (the edge's loader: its file, its environment
+    overrides, its validation), raising a SmartfarmError with one clear line."""
     args = _parser().parse_args(list(argv))
     if args.speed <= 0 or args.interval <= 0 or not 0 <= args.faults <= 1:
         print("smartfarm sim: --speed, --interval > 0 and --faults in 0..1", file=sys.stderr)
         return 2
     try:
-        settings = load_config(args.config)
-    except ConfigError as exc:
+        settings = load_site(args.config)
+    except SmartfarmError as exc:
         print(f"smartfarm sim: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -267,13 +249,10 @@ def sim_main(argv: Sequence[str]) -> int:
 
     try:
         asyncio.run(main())
-    except ConfigError as exc:
+    except SmartfarmError as exc:
         print(f"smartfarm sim: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         pass
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(sim_main(sys.argv[1:]))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from typing import Any
 
 from cloud.ai.models import Advice, RoomContext
 from cloud.ai.prompt import MalformedAnswer, parse_answer, system_prompt, user_message
 from cloud.ai.provider import ProviderError
 from cloud.ai.settings import BedrockConfig
+from shared.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class BedrockAdvisor:
     async def _converse(self, request: dict[str, Any]) -> tuple[dict[str, Any], int]:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        backoff = Backoff(self.config.backoff_base_s, self.config.backoff_max_s)
         attempts = 0
         while True:
             attempts += 1
@@ -135,7 +136,6 @@ class BedrockAdvisor:
                     transient=True,
                     attempts=attempts,
                 )
-            delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempts - 1))
-            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+            delay = backoff.delay()
             log.info("Bedrock %s (attempt %d); retrying in %.1f s", problem, attempts, delay)
             await asyncio.sleep(delay)

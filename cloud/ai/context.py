@@ -15,10 +15,10 @@ from cloud.ai.models import (
     MetricStats,
     RoomContext,
 )
+from cloud.climate import by_minute, summarize
 from cloud.db import derived as derived_db
 from cloud.db import room_context as context_db
 from cloud.db.database import Database
-from cloud.jobs.derived import by_minute, summarize
 from shared.profiles import BANDED_METRICS, profile_for
 
 RECENT = timedelta(hours=6)

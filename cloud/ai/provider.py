@@ -1,12 +1,11 @@
-"""The advisor interface every provider implements, its errors, and the factory that picks one
-from the config."""
+"""The advisor interface every provider implements, and its errors (the one that the config
+asks for is made by ``cloud.ai.configured``)."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from cloud.ai.models import Advice, RoomContext
-from cloud.ai.settings import AiConfig
 from shared.errors import SmartfarmError
 
 
@@ -39,14 +38,3 @@ class Provider(Protocol):
     def model(self) -> str | None: ...
 
     async def advise(self, ctx: RoomContext) -> Advice: ...
-
-
-def make_provider(config: AiConfig, *, client: Any = None) -> Provider:
-    """The configured provider; ``client`` replaces Bedrock's boto3 client (tests)."""
-    if config.provider == "bedrock":
-        from cloud.ai.bedrock import BedrockAdvisor  # boto3 is imported only when used
-
-        return BedrockAdvisor(config.bedrock, max_items=config.max_recommendations, client=client)
-    from cloud.ai.builtin import BuiltinAdvisor
-
-    return BuiltinAdvisor()

@@ -17,7 +17,7 @@ from cloud.db import devices as devices_db
 from cloud.errors import NotFound
 from shared.models import Id
 from shared.rules import ActuatorRole
-from shared.topics import build_topic
+from shared.topics import Kind, build_topic
 
 
 class DeviceIn(In):
@@ -116,7 +116,8 @@ async def register_device(call: Call) -> RegisteredDeviceOut:
         target=device_id,
     )
     farm_id = call.farm_id
-    publish = [build_topic(farm_id, room_id, k, device_id) for k in ("telemetry", "status", "ack")]
+    uplink: tuple[Kind, ...] = ("telemetry", "status", "ack")
+    publish = [build_topic(farm_id, room_id, k, device_id) for k in uplink]
     mqtt = MqttCredentials(
         username=device_id,
         password=password,

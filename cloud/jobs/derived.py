@@ -1,127 +1,20 @@
 """process_sensor_data: per room and UTC hour, the means, vapour-pressure deficit, dew point and
-time in band (``room_hourly``), from minute means of the raw readings.
-
-VPD and dew point are computed per minute (from that minute's temperature and RH) and then
-averaged: both are non-linear, so a VPD of the hour's mean temperature and RH would be biased.
-Saturation vapour pressure by the Tetens equation as in FAO-56 (Allen et al. 1998, eq. 11);
-dew point by the Magnus formula with Alduchov & Eskridge's (1996) coefficients.
+time in band (``room_hourly``), from minute means of the raw readings (the arithmetic is in
+``cloud.climate``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+from cloud.climate import HOUR, by_minute, floor_hour, summarize
 from cloud.db import derived as derived_db
 from cloud.db.database import Database
-from shared.profiles import BANDED_METRICS, Profile, profile_for
+from shared.profiles import profile_for
 
 log = logging.getLogger(__name__)
-
-HOUR = timedelta(hours=1)
-_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
-# room_hourly's in-band column per metric.
-IN_BAND_COLUMN = {
-    "temperature_c": "in_band_temperature",
-    "humidity_pct": "in_band_humidity",
-    "co2_ppm": "in_band_co2",
-}
-
-
-def floor_hour(at: datetime) -> datetime:
-    return at - (at - _ORIGIN) % HOUR
-
-
-def saturation_vapour_pressure_kpa(temperature_c: float) -> float:
-    return 0.6108 * math.exp(17.27 * temperature_c / (temperature_c + 237.3))
-
-
-def vpd_kpa(temperature_c: float, humidity_pct: float) -> float:
-    """Vapour-pressure deficit of air at this temperature and relative humidity."""
-    rh = min(max(humidity_pct, 0.0), 100.0)
-    return saturation_vapour_pressure_kpa(temperature_c) * (1 - rh / 100)
-
-
-def dew_point_c(temperature_c: float, humidity_pct: float) -> float | None:
-    """None for RH 0 (no dew point exists)."""
-    if humidity_pct <= 0:
-        return None
-    a, b = 17.625, 243.04
-    gamma = math.log(min(humidity_pct, 100.0) / 100) + a * temperature_c / (b + temperature_c)
-    return b * gamma / (a - gamma)
-
-
-@dataclass
-class Summary:
-    """Means and time in band over a span of minutes (one hour for room_hourly, 24 h for AI)."""
-
-    minutes: int = 0
-    samples: int = 0
-    means: dict[str, float] = field(default_factory=dict)
-    vpd_kpa: float | None = None
-    dew_point_c: float | None = None
-    in_band: dict[str, float] = field(default_factory=dict)  # metric → share of its minutes
-    in_band_all: float | None = None
-
-    def as_row(self) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "samples": self.samples,
-            "minutes": self.minutes,
-            "vpd_kpa": self.vpd_kpa,
-            "dew_point_c": self.dew_point_c,
-            "in_band_all": self.in_band_all,
-        }
-        for metric in BANDED_METRICS:
-            row[metric] = self.means.get(metric)
-            row[IN_BAND_COLUMN[metric]] = self.in_band.get(metric)
-        return row
-
-
-def by_minute(rows: Iterable[Mapping[str, Any]]) -> tuple[dict[datetime, dict[str, float]], int]:
-    """Minute rows (minute, metric, value, n) → {minute: {metric: mean}}, and the reading count."""
-    out: dict[datetime, dict[str, float]] = {}
-    samples = 0
-    for row in rows:
-        out.setdefault(row["minute"], {})[row["metric"]] = float(row["value"])
-        samples += int(row.get("n", 1))
-    return out, samples
-
-
-def summarize(minutes: Mapping[datetime, Mapping[str, float]], profile: Profile) -> Summary:
-    """Means, VPD, dew point and time in band of minute means against ``profile``'s bands."""
-    out = Summary(minutes=len(minutes))
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    inside: dict[str, int] = {}
-    vpds: list[float] = []
-    dews: list[float] = []
-    all_in = 0
-    for values in minutes.values():
-        every = True
-        for metric, value in values.items():
-            sums[metric] = sums.get(metric, 0.0) + value
-            counts[metric] = counts.get(metric, 0) + 1
-            band = profile.band(metric)
-            ok = band is None or band.contains(value)
-            inside[metric] = inside.get(metric, 0) + ok
-            every = every and ok
-        all_in += every
-        temperature, rh = values.get("temperature_c"), values.get("humidity_pct")
-        if temperature is not None and rh is not None:
-            vpds.append(vpd_kpa(temperature, rh))
-            dew = dew_point_c(temperature, rh)
-            if dew is not None:
-                dews.append(dew)
-    out.means = {m: sums[m] / counts[m] for m in sums}
-    out.in_band = {m: inside[m] / counts[m] for m in counts}
-    out.vpd_kpa = sum(vpds) / len(vpds) if vpds else None
-    out.dew_point_c = sum(dews) / len(dews) if dews else None
-    out.in_band_all = all_in / len(minutes) if minutes else None
-    return out
 
 
 async def process_sensor_data(

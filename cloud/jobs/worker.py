@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from aiohttp import web
 
 from cloud import appkeys
-from cloud.ai.provider import make_provider
+from cloud.ai.configured import make_provider
 from cloud.config import CloudSettings
 from cloud.db.database import Database
 from cloud.jobs.metrics import JobMetrics
@@ -101,7 +101,7 @@ async def worker_main(
     settings: CloudSettings, *, queues: list[str] | None, concurrency: int | None
 ) -> int:
     """``smartfarm cloud worker``: a worker process until SIGINT/SIGTERM (finishing its jobs)."""
-    from cloud.app import resolve_dsn
+    from cloud.db.embedded import resolve_dsn
     from cloud.db.migrate import migrate
 
     unknown = sorted(set(queues or ()) - set(QUEUES))

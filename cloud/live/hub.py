@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +37,7 @@ from cloud.live.events import (
     row_message,
 )
 from cloud.live.settings import LiveConfig
+from shared.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class LiveHub:
     async def _listen(self) -> None:
         """LISTEN until cancelled, reconnecting with jittered exponential backoff; after a
         reconnect every client is told to resync (notices may have been missed meanwhile)."""
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         connected_before = False
         while True:
             try:
@@ -258,15 +258,17 @@ class LiveHub:
                         log.info("live feed listening again; clients resynchronise")
                         self.broadcast(message("resync", reason="live feed reconnected"))
                     connected_before = True
-                    delay = 0.5
+                    backoff.reset()
                     async for notify in conn.notifies():
                         self.on_notify(notify.channel, notify.payload)
             except (psycopg.Error, OSError) as exc:
+                delay = backoff.delay()
                 log.warning("live LISTEN connection lost (%s); retrying in %.1f s", exc, delay)
+            else:
+                delay = backoff.delay()
             finally:
                 self.listening.clear()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(delay)
 
     async def _fetch_loop(self) -> None:
         while True:

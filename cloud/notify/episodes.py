@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from cloud.db import alerts as alerts_db
 from cloud.db import notify as notify_db
 from cloud.db.database import Cursor, Database
 from cloud.errors import DatabaseUnavailable
-from cloud.jobs.queue import JobQueue
 from cloud.notify import policy
 from cloud.notify.settings import NotifyConfig
 
@@ -39,6 +38,21 @@ LABELS = {
     "rule_orphaned": "Rule without its actuator",
 }
 MAX_EVENTS = 1000  # per run; a backlog continues in the next run
+
+
+class JobQueue(Protocol):
+    """What notifications need of the job queue (``cloud.jobs.queue.JobQueue`` is one): jobs
+    run notifications, so notify asks for this shape instead of importing ``cloud.jobs``."""
+
+    async def defer(
+        self,
+        task: str,
+        *,
+        cur: Cursor | None = None,
+        queueing_lock: str | None = None,
+        schedule_at: datetime | None = None,
+        **kwargs: Any,
+    ) -> int | None: ...
 
 
 async def notify_alert(

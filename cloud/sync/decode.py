@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Union, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Union, cast
 
 import msgspec
 
@@ -82,17 +82,20 @@ def _record_struct(kind: str) -> type[_Record]:
     """The fast path's struct of a kind other than readings, made from shared.sync's list of
     kinds: its data stays a dict, checked by the kind's pydantic item (``RecordParser``), which
     gives a bad record its quarantine reason without failing the batch."""
-    made: type[_Record] = msgspec.defstruct(
+    made = msgspec.defstruct(
         f"_{kind}", [("data", dict[str, Any])], bases=(_Record,), tag=kind,
         namespace={"kind": kind}, module=__name__,
     )
-    return made
+    return cast(type[_Record], made)
 
 
 _RECORDS: dict[str, type[_Record]] = {
     kind: _Reading if kind == "reading" else _record_struct(kind) for kind in RECORD_KINDS
 }
-_AnyRecord = Union[tuple(_RECORDS.values())]  # noqa: UP007 (a union made at run time)
+if TYPE_CHECKING:
+    _AnyRecord = _Record  # what every member of the union below is
+else:
+    _AnyRecord = Union[tuple(_RECORDS.values())]  # noqa: UP007 (a union made at run time)
 
 
 class _Batch(msgspec.Struct, forbid_unknown_fields=True):
@@ -101,7 +104,7 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=True):
     first_seq: int
     last_seq: int
     sent_at: datetime
-    records: list[_AnyRecord]  # type: ignore[valid-type]
+    records: list[_AnyRecord]
     protocol: int = PROTOCOL_VERSION
 
 
@@ -128,9 +131,11 @@ def _fast(raw: bytes) -> DecodedBatch:
         or [r.seq for r in records] != list(range(first, batch.last_seq + 1))
     ):
         raise _NotFast
-    parsed: list[ParsedRecord] = [r for r in records if r.__class__ is _Reading]  # type: ignore[misc]
+    readings = [r for r in records if r.__class__ is _Reading]
+    # A _Reading is its own ParsedRecord (its ``record`` is itself, not an OutboxRecord model).
+    parsed: list[ParsedRecord] = list(readings)  # type: ignore[arg-type]
     # Ids and metric names checked once each: a batch has thousands of readings, few names.
-    data = [r.data for r in parsed]  # type: ignore[attr-defined]
+    data = [r.data for r in readings]
     ids = {d.device_id for d in data} | {d.room_id for d in data}
     if not all(map(is_valid_id, ids)) or not all(
         METRIC_RE.match(m) for m in set().union(*(d.values for d in data))
@@ -141,10 +146,11 @@ def _fast(raw: bytes) -> DecodedBatch:
         parsed = []
         for record in records:
             if record.__class__ is _Reading:
-                parsed.append(record)  # type: ignore[arg-type]
+                parsed.append(record)  # type: ignore[arg-type]  # as above
                 continue
+            fields = cast(dict[str, Any], getattr(record, "data", None))
             try:
-                item = parser.parse(record.kind, cast(dict[str, Any], record.data))
+                item = parser.parse(record.kind, fields)
             except RecordError as exc:
                 parsed.append(Parsed(record, None, str(exc)))  # type: ignore[arg-type]
             else:

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import psycopg
+
+from shared.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class EdgeHub:
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with jittered exponential backoff."""
-        delay = 0.5
+        backoff = Backoff(0.5, self._retry_max_s)
         connected_before = False
         while True:
             try:
@@ -121,16 +122,18 @@ class EdgeHub:
                     connected_before = True
                     # Streams opened before LISTEN was active may have missed events.
                     self._resync_all()
-                    delay = 0.5
+                    backoff.reset()
                     async for notify in conn.notifies():
                         parsed = parse_event(notify.payload)
                         if parsed is not None:
                             self.publish(*parsed)
             except (psycopg.Error, OSError) as exc:
+                delay = backoff.delay()
                 log.warning(
                     "LISTEN %s connection lost (%s); retrying in %.1f s", CHANNEL, exc, delay
                 )
+            else:
+                delay = backoff.delay()
             finally:
                 self.listening.clear()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
-            delay = min(delay * 2, self._retry_max_s)
+            await asyncio.sleep(delay)

@@ -98,7 +98,8 @@ def recent(
     room_id: str | None = None,
 ) -> list[dict[str, Any]]:
     sql = "SELECT * FROM commands"
-    where, params = [], []
+    where: list[str] = []
+    params: list[str | int] = []
     if device_id:
         where.append("device_id = ?")
         params.append(device_id)

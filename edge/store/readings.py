@@ -140,7 +140,7 @@ def _memory(conn: sqlite3.Connection) -> _Memory | None:
     memory = cache.get(__name__)
     if memory is None:
         memory = cache[__name__] = _Memory()
-    return memory  # type: ignore[no-any-return]
+    return memory
 
 
 def _stored(conn: sqlite3.Connection, key: int, ts: float) -> str | None:
@@ -209,7 +209,8 @@ def _row(
     if pending is not None:
         held = pending.get((key, ts))
         if held is not None:
-            return _same(ts, held, vals)
+            _same(ts, held, vals)
+            return None
     memory = _memory(conn)
     seen = None
     if memory is not None:
@@ -220,17 +221,18 @@ def _row(
         # Possibly stored (the memory knows it is, or cannot tell): the database decides.
         stored = _stored(conn, key, ts)
         if stored is not None:
-            return _same(ts, stored, vals)
+            _same(ts, stored, vals)
+            return None
     if pending is not None:
         pending[(key, ts)] = vals
     return (key, ts, round((received_at - ts) * 1000), int(tel.timestamp_replaced), vals), seen, ts
 
 
 def _same(ts: float, stored: str, offered: str) -> None:
-    """A reading found at ``ts`` again: a redelivery (None) if its values are the same."""
+    """A reading found at ``ts`` again: a redelivery if its values are the same, else
+    ReadingConflict."""
     if stored != offered:
         raise ReadingConflict(ts, stored, offered)
-    return None
 
 
 def insert_reading(

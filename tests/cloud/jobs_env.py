@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from cloud.ai.provider import Provider, make_provider
+from cloud.ai.configured import make_provider
+from cloud.ai.provider import Provider
 from cloud.config import CloudSettings
 from cloud.db.database import Database
 from cloud.jobs.metrics import JobMetrics

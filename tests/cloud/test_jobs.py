@@ -19,9 +19,9 @@ from procrastinate.periodic import PeriodicDeferrer
 from prometheus_client import CollectorRegistry
 
 from cloud.app import init_app
+from cloud.climate import HOUR, dew_point_c, floor_hour, vpd_kpa
 from cloud.db import rules as rules_db
 from cloud.db import telemetry as telemetry_db
-from cloud.jobs.derived import HOUR, dew_point_c, floor_hour, vpd_kpa
 from cloud.jobs.metrics import JobMetrics
 from cloud.jobs.schema import missing_upstream_migrations, vendored_through
 from cloud.jobs.tasks import TransientError, build_app

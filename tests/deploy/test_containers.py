@@ -222,7 +222,7 @@ def test_dockerignore_keeps_what_the_build_needs_and_nothing_private() -> None:
     assert sources, "the builder copies the sources"
     for source in sources:
         assert not dockerignored(source.rstrip("/"), patterns), source
-    for package in ("shared", "edge", "cloud", "firmware_sim"):
+    for package in ("shared", "edge", "cloud", "firmware_sim", "demo"):
         for file in (REPO / package).rglob("*"):
             rel = file.relative_to(REPO).as_posix()
             if file.is_file() and "__pycache__" not in rel and not rel.endswith(".pyc"):

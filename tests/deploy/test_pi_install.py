@@ -36,7 +36,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md", "smartfarm_cli.py"):
         shutil.copy2(REPO / name, src / name)
-    for package in ("edge", "cloud", "shared", "firmware_sim"):
+    for package in ("edge", "cloud", "shared", "firmware_sim", "demo"):
         shutil.copytree(REPO / package, src / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from edge.config import EdgeSettings
+from edge.config import EdgeSettings, load_config
 from firmware_sim.clock import AcceleratedClock
 from firmware_sim.farm import (
     broker_address,
@@ -322,7 +322,7 @@ def test_runner_reads_secrets_and_broker_address(farm_id: str, tmp_path: Path) -
 
 
 def test_sim_main_refuses_a_missing_config(tmp_path: Path, capsys) -> None:
-    assert sim_main(["--config", str(tmp_path / "nope.toml")]) == 2
+    assert sim_main(["--config", str(tmp_path / "nope.toml")], load_config) == 2
     assert "not found" in capsys.readouterr().err
 
 
@@ -380,7 +380,7 @@ async def test_sim_command_line_runs_and_stops_on_sigterm(farm_id: str, tmp_path
     )
     async with observing(farm_id) as obs:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "firmware_sim.farm", "--config", str(config), "--speed", "60",
+            sys.executable, "-m", "smartfarm_cli", "sim", "--config", str(config), "--speed", "60",
             "--interval", "5", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         try:

@@ -1,4 +1,4 @@
-"""`smartfarm demo`: one command that sets up a demo site and runs the edge with a simulated farm.
+"""`smartfarm demo --edge-only`: sets up a demo site and runs the edge with a simulated farm.
 
 Two rooms (oyster fruiting, lion's mane pinning) on the embedded broker; prints the local page's
 URL and login and runs until Ctrl-C. Ports already taken (1883 by a system Mosquitto, say) are

@@ -30,6 +30,8 @@ from cloud.db import devices as devices_db
 from cloud.db import telemetry as telemetry_db
 from cloud.db import users as users_db
 from cloud.seed import DEMO_EMAIL, DEMO_PASSWORD, readings
+from demo.edge_only import demo_main as edge_demo
+from demo.edge_only import pick_port, prepare
 from edge.config import EdgeSettings, load_config
 
 log = logging.getLogger(__name__)
@@ -174,8 +176,6 @@ def cloud_settings(directory: Path, port: int) -> CloudSettings:
     """The cloud's settings for the demo: the environment (DATABASE_URL, SMARTFARM_CLOUD_…) as
     ever, else data and the embedded cluster in DIR/cloud."""
     settings = load_settings(None, data_dir=(directory / "cloud").resolve(), host="127.0.0.1")
-    from edge.demo import pick_port
-
     settings.port = pick_port(port if port else settings.port, "cloud dashboard")
     return settings
 
@@ -183,7 +183,6 @@ def cloud_settings(directory: Path, port: int) -> CloudSettings:
 async def run_demo(directory: Path, port: int, *, speed: float, interval_s: float) -> None:
     from cloud.app import init_app
     from edge.app import EdgeApp
-    from edge.demo import prepare
     from firmware_sim.farm import run_farm
 
     stop = asyncio.Event()
@@ -251,8 +250,6 @@ def demo_main(argv: list[str]) -> int:
                         help="the edge and simulated farm only (no cloud, no database)")
     args, rest = parser.parse_known_args(argv)
     if args.edge_only:
-        from edge.demo import demo_main as edge_demo
-
         return edge_demo(["--dir", str(args.dir / "edge"), "--speed", str(args.speed),
                           "--interval", str(args.interval), *rest])
     if rest:
