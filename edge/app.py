@@ -118,6 +118,7 @@ class EdgeApp:
         if settings.home_assistant.enabled:
             self.home_assistant = HomeAssistantBridge(settings, self.automation, self.mqtt_address)
         self.notifier = Notifier()  # sd_notify; a no-op outside systemd
+        self._stopping = False
         self._config_mtime: float | None = None
         self._devices_key: tuple[int, int] | None = None
         self._devices_map: dict[str, str] = {}
@@ -186,6 +187,7 @@ class EdgeApp:
                         workers.append(tasks.create_task(_keep_running(name, loop),
                                                          name=f"edge-{name}"))
                 await stop.wait()
+                self._stopping = True
                 self.notifier.stopping("draining and closing the store")
                 log.info("stopping edge: draining messages the broker already accepted")
                 if self.intake is not None and self.broker is not None:
@@ -308,6 +310,8 @@ class EdgeApp:
                         with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                             await ingest
             except aiomqtt.MqttError as exc:
+                if self._stopping:
+                    return  # the embedded broker was stopped first, on purpose
                 delay = backoff.delay()
                 log.warning("MQTT connection to %s:%d lost (%s); retrying in %.1f s",
                             host, port, exc, delay)

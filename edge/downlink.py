@@ -36,6 +36,7 @@ from edge.credentials import CredentialsError, sync_broker_files
 from edge.store import outbox as sync_rows
 from edge.store import state as state_rows
 from edge.store.db import Database
+from edge.uplink import refusal_message
 from shared.backoff import Backoff
 from shared.models import utcnow
 from shared.sync import (
@@ -430,10 +431,15 @@ class Downlink:
         """One poll: fetch pending messages, handle them, post the answers; returns how many."""
         url = self._cloud.endpoint(PENDING_PATH)
         hello = await self._hello()
-        params = {"edge_id": hello.edge_id, "config_version": str(hello.config_version),
+        # The farm too: edge ids are per farm, so the cloud can tell this edge holds another
+        # farm's token for the same edge id.
+        params = {"edge_id": hello.edge_id, "farm_id": self._settings.farm_id,
+                  "config_version": str(hello.config_version),
                   "acked_seq": str(hello.acked_seq)}
         timeout = aiohttp.ClientTimeout(total=self._cloud.request_timeout_s)
         async with session.get(url, params=params, timeout=timeout) as resp:
+            if resp.status in (401, 403):  # say what the cloud says is wrong, not just "403"
+                raise ValueError(refusal_message(resp.status, ValueError(await _detail(resp))))
             resp.raise_for_status()
             doc = await resp.json()
         items = doc.get("messages", []) if isinstance(doc, dict) else doc
@@ -472,3 +478,13 @@ def _aware(value: datetime) -> datetime:
 
 def _nothing(conn: sqlite3.Connection) -> None:
     return None
+
+
+async def _detail(resp: aiohttp.ClientResponse) -> str:
+    """The ``detail`` of a problem+json answer (or its text), bounded."""
+    try:
+        doc = await resp.json(content_type=None)
+    except (ValueError, aiohttp.ClientError):
+        return (await resp.text())[:300]
+    detail = doc.get("detail") if isinstance(doc, dict) else None
+    return str(detail or doc)[:300]
