@@ -7,7 +7,10 @@ import json
 
 import pytest
 
+from cloud.ai.builtin import PINNING_DAYS
+from cloud.ai.yields import BIOLOGICAL_EFFICIENCY
 from edge.homeassistant import SENSORS
+from firmware_sim.closed_loop import SCENARIOS
 from firmware_sim.physics import RESPIRATION_MG_PER_KG_H, ROLES
 from shared.models import KNOWN_METRICS, METRIC_LIMITS, SET_FORM_ROLES
 from shared.profiles import DEFAULT_SAFETY, PROFILES
@@ -40,6 +43,8 @@ def test_every_word_has_a_label_and_no_word_is_spelled_twice() -> None:
 def test_what_is_built_from_the_vocabulary_covers_it() -> None:
     assert set(PROFILES) == set(itertools.product(SPECIES, STAGES))
     assert set(RESPIRATION_MG_PER_KG_H) == set(itertools.product(SPECIES, STAGES))
+    assert set(SCENARIOS) == set(itertools.product(SPECIES, STAGES))
+    assert set(PINNING_DAYS) == set(BIOLOGICAL_EFFICIENCY) == set(SPECIES)
     assert set(DEFAULT_SAFETY) == set(ACTUATOR_ROLES) == set(ROLES)
     assert set(SET_FORM_ROLES.values()) == set(ACTUATOR_ROLES)
     assert KNOWN_METRICS == tuple(METRICS)
