@@ -4,19 +4,19 @@ and the AI context (``cloud.ai.context``).
 
 VPD and dew point are computed per minute (from that minute's temperature and RH) and then
 averaged: both are non-linear, so a VPD of the hour's mean temperature and RH would be biased.
-Saturation vapour pressure by the Tetens equation as in FAO-56 (Allen et al. 1998, eq. 11);
-dew point by the Magnus formula with Alduchov & Eskridge's (1996) coefficients.
+Both formulas are shared's (``shared.vocabulary``: Tetens as in FAO-56 for the saturation
+pressure, Magnus with Alduchov & Eskridge's coefficients for the dew point).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.profiles import BANDED_METRICS, Profile
+from shared.vocabulary import dew_point_c, vpd_kpa
 
 HOUR = timedelta(hours=1)
 _ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
@@ -30,25 +30,6 @@ IN_BAND_COLUMN = {
 
 def floor_hour(at: datetime) -> datetime:
     return at - (at - _ORIGIN) % HOUR
-
-
-def saturation_vapour_pressure_kpa(temperature_c: float) -> float:
-    return 0.6108 * math.exp(17.27 * temperature_c / (temperature_c + 237.3))
-
-
-def vpd_kpa(temperature_c: float, humidity_pct: float) -> float:
-    """Vapour-pressure deficit of air at this temperature and relative humidity."""
-    rh = min(max(humidity_pct, 0.0), 100.0)
-    return saturation_vapour_pressure_kpa(temperature_c) * (1 - rh / 100)
-
-
-def dew_point_c(temperature_c: float, humidity_pct: float) -> float | None:
-    """None for RH 0 (no dew point exists)."""
-    if humidity_pct <= 0:
-        return None
-    a, b = 17.625, 243.04
-    gamma = math.log(min(humidity_pct, 100.0) / 100) + a * temperature_c / (b + temperature_c)
-    return b * gamma / (a - gamma)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from cloud.db import telemetry as telemetry_db
 from cloud.db import users as users_db
 from cloud.db.database import Database
 from shared.rules import Rule
+from shared.vocabulary import ACTUATOR_ROLES
 
 DEMO_EMAIL = "demo@smartfarm.local"
 DEMO_PASSWORD = "smartfarm-demo"  # noqa: S105 - the documented demo login
@@ -34,7 +35,7 @@ ROOMS = (
     ("demo-oyster", "Oyster fruiting", "oyster", "fruiting", (17.0, 88.0, 800.0)),
     ("demo-lions-mane", "Lion's mane pinning", "lions_mane", "pinning", (15.0, 95.0, 700.0)),
 )
-ACTUATORS = ("humidifier", "exhaust_fan", "heater", "light")
+ACTUATORS = ACTUATOR_ROLES
 
 
 def _rules(room_id: str, rh_target: float) -> list[dict[str, Any]]:

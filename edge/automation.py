@@ -26,6 +26,7 @@ from shared.models import Status, Telemetry, utcnow
 from shared.profiles import BANDED_METRICS, default_safety, profile_for, rules_for
 from shared.rules import ActuatorState, Override, Reading, Rule, RuleState, Safety
 from shared.topics import Topic
+from shared.vocabulary import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -476,8 +477,8 @@ class Automation:
 
     async def set_stage(self, room_id: str, stage: str) -> RoomRuntime:
         room = self._room(room_id)
-        if stage not in ("spawn_run", "pinning", "fruiting"):
-            raise InvalidRequest("stage must be spawn_run, pinning or fruiting")
+        if stage not in STAGES:
+            raise InvalidRequest(f"stage must be {', '.join(STAGES[:-1])} or {STAGES[-1]}")
         if stage == room.stage:
             return room
         room.stage = stage

@@ -26,10 +26,10 @@ from edge.registration import check_identity, fetch_identity
 from edge.tls import TlsError, default_names, tls_files
 from shared.errors import SmartfarmError
 from shared.topics import is_valid_id
+from shared.vocabulary import ACTUATOR_ROLES, SPECIES, STAGES
 
 log = logging.getLogger(__name__)
 
-ROLES = ("humidifier", "exhaust_fan", "heater", "light")
 DEMO_ROOMS = (
     ("oyster-a", "Oyster room A", "oyster", "fruiting"),
     ("lions-mane-b", "Lion's mane room B", "lions_mane", "pinning"),
@@ -111,14 +111,14 @@ def _config_text(farm_id: str, broker_port: int, api_port: int,
             "[[rooms]]",
             f'id = "{room_id}"',
             f'name = "{name}"',
-            f'species = "{species}"     # oyster | shiitake | lions_mane',
-            f'stage = "{stage}"     # spawn_run | pinning | fruiting',
+            f'species = "{species}"     # {" | ".join(SPECIES)}',
+            f'stage = "{stage}"     # {" | ".join(STAGES)}',
             "",
         ]
     for room_id, *_ in rooms:
         lines += ["[[devices]]", f'id = "{room_id}-sensor"', f'room = "{room_id}"',
                   'kind = "sensor"', ""]
-        for role in ROLES:
+        for role in ACTUATOR_ROLES:
             short = {"exhaust_fan": "fan"}.get(role, role)
             lines += ["[[devices]]", f'id = "{room_id}-{short}"', f'room = "{room_id}"',
                       'kind = "actuator"', f'actuator = "{role}"', ""]
@@ -183,8 +183,8 @@ def add_device(config_path: Path, device_id: str, room: str, kind: str,
         raise ConfigError(f"device {device_id!r} already exists")
     if settings.room(room) is None:
         raise ConfigError(f"room {room!r} is not in {config_path}")
-    if kind == "actuator" and actuator not in ROLES:
-        raise ConfigError(f"--actuator must be one of {', '.join(ROLES)}")
+    if kind == "actuator" and actuator not in ACTUATOR_ROLES:
+        raise ConfigError(f"--actuator must be one of {', '.join(ACTUATOR_ROLES)}")
     block = ["", "[[devices]]", f'id = "{device_id}"', f'room = "{room}"', f'kind = "{kind}"']
     if kind == "actuator":
         block.append(f'actuator = "{actuator}"')
@@ -394,7 +394,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--room", required=True)
     p.add_argument("--kind", choices=("sensor", "actuator"), required=True)
-    p.add_argument("--actuator", choices=ROLES)
+    p.add_argument("--actuator", choices=ACTUATOR_ROLES)
     p.add_argument("--config", type=Path, default=Path("edge.toml"))
     p = sub.add_parser("register", help="sync this edge with a cloud (writes [cloud] + token)")
     p.add_argument("--cloud", required=True, metavar="URL", help="e.g. https://farm.example.com")

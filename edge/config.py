@@ -23,8 +23,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from shared.errors import SmartfarmError
 from shared.models import Id
-from shared.rules import ActuatorRole, Rule, Safety
+from shared.rules import Rule, Safety
 from shared.sync import MAX_BATCH_RECORDS
+from shared.vocabulary import ACTUATOR_ROLES, ActuatorRole, Species, Stage
 
 
 class ConfigError(SmartfarmError):
@@ -229,7 +230,7 @@ class DeviceConfig(_Section):
     @model_validator(mode="after")
     def _role(self) -> Self:
         if self.kind == "actuator" and self.actuator is None:
-            raise ValueError("an actuator device needs `actuator` (humidifier, exhaust_fan, …)")
+            raise ValueError(f"an actuator device needs `actuator` ({', '.join(ACTUATOR_ROLES)})")
         if self.kind == "sensor" and self.actuator is not None:
             raise ValueError("a sensor device has no `actuator`")
         return self
@@ -238,8 +239,8 @@ class DeviceConfig(_Section):
 class RoomConfig(_Section):
     id: Id
     name: str = ""
-    species: Literal["oyster", "shiitake", "lions_mane"]
-    stage: Literal["spawn_run", "pinning", "fruiting"]
+    species: Species
+    stage: Stage
     stage_started: str | None = None
     # User rules: a rule with the id of a profile rule replaces it; others are added.
     rules: list[Rule] = Field(default_factory=list)

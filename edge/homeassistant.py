@@ -28,21 +28,23 @@ from edge.credentials import edge_login
 from shared.backoff import Backoff
 from shared.models import KNOWN_METRICS
 from shared.topics import build_topic
+from shared.vocabulary import METRICS
 
 log = logging.getLogger(__name__)
 
 ORIGIN: Final = {"name": "smartfarm"}
-# metric → (friendly name, unit, HA device_class); battery is a diagnostic entity.
-SENSORS: Final[dict[str, tuple[str, str | None, str | None]]] = {
-    "temperature_c": ("Temperature", "°C", "temperature"),
-    "humidity_pct": ("Humidity", "%", "humidity"),
-    "co2_ppm": ("CO2", "ppm", "carbon_dioxide"),
-    "light_lux": ("Light", "lx", "illuminance"),
-    "substrate_moisture": ("Substrate moisture", "%", "moisture"),
-    "battery_v": ("Battery", "V", "voltage"),
+# HA's own words for our metrics and roles (its device classes and icons); a metric or role
+# missing here still gets an entity, without a class or with a generic icon.
+DEVICE_CLASSES: Final[dict[str, str]] = {
+    "temperature_c": "temperature", "humidity_pct": "humidity", "co2_ppm": "carbon_dioxide",
+    "light_lux": "illuminance", "substrate_moisture": "moisture", "battery_v": "voltage",
 }
-ICONS: Final = {"humidifier": "mdi:air-humidifier", "exhaust_fan": "mdi:fan",
-                "heater": "mdi:radiator", "light": "mdi:lightbulb"}
+ICONS: Final[dict[str, str]] = {"humidifier": "mdi:air-humidifier", "exhaust_fan": "mdi:fan",
+                                "heater": "mdi:radiator", "light": "mdi:lightbulb"}
+# metric → (friendly name, unit, HA device_class), names and units from shared's vocabulary.
+SENSORS: Final[dict[str, tuple[str, str | None, str | None]]] = {
+    m.name: (m.label, m.unit or None, DEVICE_CLASSES.get(m.name)) for m in METRICS.values()
+}
 SCAN_QUIET_S: Final = 0.5
 SCAN_MAX_S: Final = 5.0
 
@@ -123,7 +125,7 @@ class Discovery:
                         config["unit_of_measurement"] = unit
                     if device_class is not None:
                         config["device_class"] = device_class
-                    if metric == "battery_v":
+                    if not METRICS[metric].room:  # the node's own health, not the room's
                         config["entity_category"] = "diagnostic"
                     out[f"{self.prefix}/sensor/{self.node}/{device.id}_{metric}/config"] = (
                         _dump(config))

@@ -29,9 +29,10 @@ from shared.profiles import (
     rules_for,
 )
 from shared.rules import ActuatorRole, ActuatorState, Reading, RuleState, Safety
+from shared.vocabulary import ACTUATOR_ROLES
 
 ROOM_ID = "room-1"
-ROLES: tuple[ActuatorRole, ...] = ("humidifier", "exhaust_fan", "heater", "light")
+ROLES: tuple[ActuatorRole, ...] = ACTUATOR_ROLES
 DEVICES: Mapping[ActuatorRole, str] = {role: f"{role.replace('_', '-')}-1" for role in ROLES}
 START = datetime(2024, 1, 1, tzinfo=UTC)  # midnight, so clock hours are whole simulated hours
 MAX_SWITCHES_PER_HOUR = 6

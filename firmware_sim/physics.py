@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
-ROLES: Final[tuple[str, ...]] = ("humidifier", "exhaust_fan", "heater", "light")
+from shared.vocabulary import ACTUATOR_ROLES
+
+ROLES: Final[tuple[str, ...]] = ACTUATOR_ROLES
 FailureMode = Literal["no_effect", "stuck_on"]
 
 # Respiration of colonised substrate, mg CO₂ per kg substrate per hour, by species and stage.

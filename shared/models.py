@@ -24,23 +24,17 @@ from pydantic import (
 
 from shared.errors import PayloadError
 from shared.topics import ID_RE, is_valid_id
+from shared.vocabulary import METRIC_NAMES, METRICS, ActuatorRole
 
 MAX_PAYLOAD_BYTES: Final = 16 * 1024
 MAX_METRICS: Final = 32
 METRIC_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
-# Physically possible ranges (inclusive) for the seed's metrics; values outside are rejected.
-# Sensor limits: SHT3x/DS18B20 −40…125 °C (we cap at 85 °C, beyond any grow room), SCD30/SCD4x CO₂
-# 0…40 000 ppm, BH1750 light 0…65 535 lx (sunlight tops out near 120 000 lx), Li-ion cell ≤ 4.35 V.
+# Physically possible ranges (inclusive) for the known metrics; values outside are rejected.
 METRIC_LIMITS: Final[dict[str, tuple[float, float]]] = {
-    "temperature_c": (-40.0, 85.0),
-    "humidity_pct": (0.0, 100.0),
-    "co2_ppm": (0.0, 40_000.0),
-    "light_lux": (0.0, 150_000.0),
-    "substrate_moisture": (0.0, 100.0),
-    "battery_v": (0.0, 6.0),
+    m.name: (m.low, m.high) for m in METRICS.values()
 }
-KNOWN_METRICS: Final[tuple[str, ...]] = tuple(METRIC_LIMITS)
+KNOWN_METRICS: Final[tuple[str, ...]] = METRIC_NAMES
 _OTHER_LIMITS: Final = (-1e9, 1e9)  # any other snake_case metric
 
 # A device timestamp is trusted only inside this window around the edge's receive time: an ESP32
@@ -136,7 +130,7 @@ CommandAction = Literal["on", "off", "set"]
 # names the quantity an actuator moves, and means the model's `set` on that actuator — a level of
 # 0–100 % of its output, not a target in the quantity's unit (a target is an automation rule).
 SetForm = Literal["set_humidity", "set_temperature", "set_co2", "set_light"]
-SET_FORM_ROLES: Final[dict[str, str]] = {
+SET_FORM_ROLES: Final[dict[str, ActuatorRole]] = {
     "set_humidity": "humidifier",
     "set_temperature": "heater",
     "set_co2": "exhaust_fan",

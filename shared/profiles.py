@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Final, Literal, Self
+from typing import Final, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,12 +21,11 @@ from shared.rules import (
     ThresholdRule,
     TimeWindow,
 )
-
-Species = Literal["oyster", "shiitake", "lions_mane"]
-Stage = Literal["spawn_run", "pinning", "fruiting"]
-SPECIES: Final[tuple[Species, ...]] = ("oyster", "shiitake", "lions_mane")
-STAGES: Final[tuple[Stage, ...]] = ("spawn_run", "pinning", "fruiting")
-BANDED_METRICS: Final[tuple[str, ...]] = ("temperature_c", "humidity_pct", "co2_ppm")
+from shared.vocabulary import BANDED_METRICS as BANDED_METRICS
+from shared.vocabulary import SPECIES as SPECIES
+from shared.vocabulary import STAGES as STAGES
+from shared.vocabulary import Species as Species
+from shared.vocabulary import Stage as Stage
 
 
 class _Model(BaseModel):
@@ -63,12 +62,8 @@ class Profile(_Model):
     fresh_air: bool = Field(description="run the periodic fresh-air cycle on the exhaust fan")
 
     def band(self, metric: str) -> Band | None:
-        bands = {
-            "temperature_c": self.temperature_c,
-            "humidity_pct": self.humidity_pct,
-            "co2_ppm": self.co2_ppm,
-        }
-        return bands.get(metric)
+        band: Band | None = getattr(self, metric) if metric in BANDED_METRICS else None
+        return band
 
 
 def _profile(

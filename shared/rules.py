@@ -20,9 +20,9 @@ from pydantic import (
 )
 
 from shared.models import Id
+from shared.vocabulary import ACTUATOR_ROLES as ACTUATOR_ROLES
+from shared.vocabulary import ActuatorRole as ActuatorRole
 
-ActuatorRole = Literal["humidifier", "exhaust_fan", "heater", "light"]
-ACTUATOR_ROLES: tuple[ActuatorRole, ...] = ("humidifier", "exhaust_fan", "heater", "light")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 

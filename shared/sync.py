@@ -20,6 +20,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.models import Id
+from shared.vocabulary import ActuatorRole, Species, Stage
 
 PROTOCOL_VERSION = 1
 MAX_BATCH_RECORDS = 5_000
@@ -309,7 +310,7 @@ class DeviceSpec(_Msg):
     id: Id
     room: Id
     kind: Literal["sensor", "actuator"]
-    actuator: Literal["humidifier", "exhaust_fan", "heater", "light"] | None = None
+    actuator: ActuatorRole | None = None
     # argon2id hash in the format the edge broker verifies; the plaintext never leaves the cloud
     # except once, to the user who registered the device.
     password_hash: str | None = None
@@ -318,8 +319,8 @@ class DeviceSpec(_Msg):
 class RoomSpec(_Msg):
     id: Id
     name: str = ""
-    species: Literal["oyster", "shiitake", "lions_mane"]
-    stage: Literal["spawn_run", "pinning", "fruiting"]
+    species: Species
+    stage: Stage
     stage_started: str | None = None
     rules: list[dict[str, Any]] = Field(default_factory=list, description="shared.rules.Rule")
     disabled_rules: list[str] = Field(default_factory=list)

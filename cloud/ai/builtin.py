@@ -28,6 +28,7 @@ from cloud.ai.models import (
 )
 from shared.profiles import TUNING, profile_for, rules_for
 from shared.rules import ActuatorRole
+from shared.vocabulary import BANDED_METRICS, METRICS
 
 NAME = "builtin"
 # Days of pinning conditions after which missing primordia are worth a warning.
@@ -36,14 +37,15 @@ HIGH_DUTY = 0.8  # "running nearly non-stop" over the last 6 h
 CYCLING_SWITCHES = 8  # switches in the window that count as cycling
 LOW_IN_BAND = 0.7
 LOW_BATTERY_V = 3.4
-LABELS = {"temperature_c": "Temperature", "humidity_pct": "RH", "co2_ppm": "CO₂"}
-UNITS = {"temperature_c": " °C", "humidity_pct": " %", "co2_ppm": " ppm"}
+# The advice's prose says "RH" where the pages say "Humidity".
+LABELS = {m: METRICS[m].label for m in BANDED_METRICS} | {"humidity_pct": "RH"}
+UNITS = {m: f" {METRICS[m].unit}" for m in BANDED_METRICS}
 
 
 def _fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
-    digits = 0 if metric == "co2_ppm" else 1
+    digits = METRICS[metric].decimals if metric in UNITS else 1
     return f"{value:.{digits}f}{UNITS.get(metric, '')}"
 
 

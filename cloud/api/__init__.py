@@ -20,12 +20,14 @@ from cloud.api import (
     system,
     telemetry,
     users,
+    vocabulary,
     ws,
 )
 from cloud.api.routing import Route
 
 MODULES = (
     system,
+    vocabulary,
     auth,
     users,
     farms,

@@ -17,9 +17,9 @@ from pydantic import (
 )
 
 from shared.models import Id
+from shared.vocabulary import Species as Species
+from shared.vocabulary import Stage as Stage
 
-Species = Literal["oyster", "shiitake", "lions_mane"]
-Stage = Literal["spawn_run", "pinning", "fruiting"]
 RoleName = Literal["owner", "operator", "viewer"]
 # Deliberately loose (one @, a dot in the domain): the address is proven by the invitation.
 Email = Annotated[

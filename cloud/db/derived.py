@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from cloud.db.database import Database
+from shared.vocabulary import BANDED_METRICS
 
-BANDED = ["temperature_c", "humidity_pct", "co2_ppm"]
+BANDED = list(BANDED_METRICS)
 
 ROOMS = "SELECT id, farm_id, species, stage, stage_started FROM rooms ORDER BY farm_id, id"
 # Readings per hour from the hourly rollups (0006), compared with what room_hourly was built

@@ -4,7 +4,7 @@
 
 import { Api } from './api.js';
 import { Live } from './live.js';
-import { h, clear } from './dom.js';
+import { h, clear, loadVocabulary } from './dom.js';
 import { loginView } from './view-login.js';
 import { farmsView, farmView } from './view-farm.js';
 import { roomView } from './view-room.js';
@@ -73,6 +73,7 @@ async function show() {
   clear(main, h('p', { class: 'muted', text: 'Loading…' }));
   const ctx = { api, live, main, setCrumbs };
   try {
+    if (view !== loginView) await loadVocabulary(api);
     const done = (await view(ctx, ...args)) || null;
     if (mine === generation) cleanup = done;
     else if (done) done();  // the user moved on while this view loaded

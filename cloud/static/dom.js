@@ -46,16 +46,31 @@ export function clear(el, ...children) {
   return append(el, children);
 }
 
-export const METRICS = {
-  temperature_c: { label: 'Temperature', unit: '°C', digits: 1 },
-  humidity_pct: { label: 'Humidity', unit: '% RH', digits: 1 },
-  co2_ppm: { label: 'CO₂', unit: 'ppm', digits: 0 },
-  light_lux: { label: 'Light', unit: 'lx', digits: 0 },
-  substrate_moisture: { label: 'Substrate', unit: '%', digits: 1 },
-  battery_v: { label: 'Battery', unit: 'V', digits: 2 },
-};
-export const BANDED = ['temperature_c', 'humidity_pct', 'co2_ppm'];
-export const STAGES = ['spawn_run', 'pinning', 'fruiting'];
+// The farm's words come from the cloud (GET /api/vocabulary, i.e. shared.vocabulary), loaded once
+// after sign-in by loadVocabulary(); these containers are filled in place, so importers keep them.
+export const METRICS = {};  // name → { label, unit, digits }
+export const BANDED = [];   // the metrics every grow profile has a band for
+export const STAGES = [];   // stage ids, in grow order
+export const NODE_METRICS = [];  // a sensor node's own health (its battery), not the room's
+const LABELS = { species: {}, stages: {}, actuators: {} };
+let vocabulary = null;
+
+export function loadVocabulary(api) {
+  vocabulary = vocabulary || api.get('/api/vocabulary').then((v) => {
+    for (const m of v.metrics) METRICS[m.name] = { label: m.label, unit: m.unit, digits: m.decimals };
+    BANDED.splice(0, BANDED.length, ...v.metrics.filter((m) => m.banded).map((m) => m.name));
+    STAGES.splice(0, STAGES.length, ...v.stages.map((s) => s.id));
+    NODE_METRICS.splice(0, NODE_METRICS.length, ...v.metrics.filter((m) => !m.room).map((m) => m.name));
+    for (const s of v.species) LABELS.species[s.id] = s.label;
+    for (const s of v.stages) LABELS.stages[s.id] = s.label;
+    for (const r of v.actuator_roles) LABELS.actuators[r.id] = r.label;
+  }).catch((err) => { vocabulary = null; throw err; });
+  return vocabulary;
+}
+
+export const speciesLabel = (id) => LABELS.species[id] || words(id);
+export const stageLabel = (id) => LABELS.stages[id] || words(id);
+export const actuatorLabel = (role) => LABELS.actuators[role] || words(role);
 
 export function metricInfo(metric) {
   return METRICS[metric] || { label: metric, unit: '', digits: 2 };

@@ -2,7 +2,7 @@
 // stage's band, the edges' online state and the active alerts — all kept live.
 
 import { path } from './api.js';
-import { h, clear, BANDED, formatValue, metricInfo, inBand, bandText, words, ago } from './dom.js';
+import { h, clear, BANDED, formatValue, metricInfo, inBand, bandText, ago, speciesLabel, stageLabel } from './dom.js';
 import { alertsPanel } from './panels.js';
 
 export async function farmsView({ api, main, setCrumbs }) {
@@ -25,11 +25,11 @@ export async function farmsView({ api, main, setCrumbs }) {
 function roomCard(farmId, room) {
   const metrics = new Map();
   const status = h('span', { class: 'state' });
-  const stage = h('span', { class: 'stage', text: words(room.stage) });
+  const stage = h('span', { class: 'stage', text: stageLabel(room.stage) });
   const href = `#/farm/${encodeURIComponent(farmId)}/room/${encodeURIComponent(room.id)}`;
   const el = h('a', { class: 'card room', href, dataset: { room: room.id, farm: farmId } },
     h('div', { class: 'row' }, h('h2', { text: room.name || room.id }), status),
-    h('p', { class: 'muted small' }, `${words(room.species)} · `, stage),
+    h('p', { class: 'muted small' }, `${speciesLabel(room.species)} · `, stage),
     h('dl', { class: 'now' }, BANDED.map((metric) => {
       const dd = h('dd', { text: '–' });
       metrics.set(metric, dd);

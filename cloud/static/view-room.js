@@ -6,7 +6,7 @@
 import { inFarm, path } from './api.js';
 import { LineChart } from './chart.js';
 import { h, clear, BANDED, STAGES, METRICS, formatValue, metricInfo, inBand, bandText, words, ago,
-  clock } from './dom.js';
+  clock, actuatorLabel, NODE_METRICS, speciesLabel, stageLabel } from './dom.js';
 import { alertsPanel, recommendationsPanel } from './panels.js';
 import { rulesSection } from './view-rules.js';
 
@@ -18,10 +18,9 @@ const RANGES = [
   { key: '30d', label: '30 d', ms: 30 * 86400e3, bucket: '1h' },
 ];
 const FINAL = ['acked', 'failed', 'timed_out', 'expired'];
-const ACTUATOR_LABEL = { exhaust_fan: 'fan', humidifier: 'humidifier', heater: 'heater', light: 'light' };
 
 function deviceRow(ctx, farmId, roomId, device, canOperate) {
-  const label = device.actuator ? ACTUATOR_LABEL[device.actuator] || device.actuator : 'sensor';
+  const label = device.actuator ? actuatorLabel(device.actuator) : 'sensor';
   const dot = h('span', { class: 'dot' });
   const state = h('span', { class: 'state' });
   const seen = h('span', { class: 'muted small' });
@@ -54,7 +53,7 @@ function deviceRow(ctx, farmId, roomId, device, canOperate) {
   const el = h('li', { class: 'device', dataset: { device: device.id, kind: device.kind } },
     h('div', { class: 'row' },
       h('span', {}, dot, h('strong', { text: device.name || device.id }),
-        h('span', { class: 'muted small', text: ` ${words(label)}` })),
+        h('span', { class: 'muted small', text: ` ${label}` })),
       state),
     h('div', { class: 'row' }, seen, controls),
     life, error);
@@ -65,8 +64,9 @@ function deviceRow(ctx, farmId, roomId, device, canOperate) {
     let text = info.online === false ? 'offline' : '';
     if (device.kind === 'actuator' && 'on' in st) {
       text = `${st.on ? 'ON' : 'off'}${st.level !== undefined && st.on && st.level < 100 ? ` ${st.level}%` : ''}`;
-    } else if (device.kind === 'sensor' && info.latest && info.latest.battery_v) {
-      text = `battery ${formatValue('battery_v', info.latest.battery_v.value)}`;
+    } else if (device.kind === 'sensor' && info.latest && NODE_METRICS.some((m) => info.latest[m])) {
+      text = NODE_METRICS.filter((m) => info.latest[m])
+        .map((m) => `${metricInfo(m).label.toLowerCase()} ${formatValue(m, info.latest[m].value)}`).join(' · ');
     }
     state.textContent = text;
     el.dataset.on = st.on === true ? 'true' : 'false';
@@ -169,7 +169,7 @@ export async function roomView(ctx, farmId, roomId) {
   const title = h('h1', { text: snap.room.name || roomId });
   const subtitle = h('p', { class: 'muted' });
   const stageSelect = h('select', { id: 'stage', name: 'stage', 'aria-label': 'stage' },
-    STAGES.map((st) => h('option', { value: st, text: words(st) })));
+    STAGES.map((st) => h('option', { value: st, text: stageLabel(st) })));
   const stageMsg = h('span', { class: 'small', role: 'status' });
   const stageForm = h('form', { class: 'inline', hidden: !canOperate },
     h('label', { for: 'stage', text: 'Stage ' }), stageSelect,
@@ -192,7 +192,7 @@ export async function roomView(ctx, farmId, roomId) {
   function renderRoom() {
     const room = snap.room;
     title.textContent = room.name || roomId;
-    clear(subtitle, `${words(room.species)} · `, h('span', { class: 'stage', text: words(room.stage) }),
+    clear(subtitle, `${speciesLabel(room.species)} · `, h('span', { class: 'stage', text: stageLabel(room.stage) }),
       ` since ${clock(room.stage_started)}`);
     stageSelect.value = room.stage;
     cards = new Map();

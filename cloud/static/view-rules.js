@@ -2,7 +2,7 @@
 // problem+json field list) are shown next to the field they are about.
 
 import { inFarm, path } from './api.js';
-import { h, clear, words } from './dom.js';
+import { h, clear, words, actuatorLabel, metricInfo } from './dom.js';
 
 const COMMON_TAIL = [
   { name: 'enabled', kind: 'bool' },
@@ -48,14 +48,14 @@ const NEW_RULE = {
 export function summary(rule) {
   if (rule.type === 'threshold') {
     return rule.on_below !== null && rule.on_below !== undefined
-      ? `${words(rule.metric)}: on below ${rule.on_below}, off above ${rule.off_above}`
-      : `${words(rule.metric)}: on above ${rule.on_above}, off below ${rule.off_below}`;
+      ? `${metricInfo(rule.metric).label}: on below ${rule.on_below}, off above ${rule.off_above}`
+      : `${metricInfo(rule.metric).label}: on above ${rule.on_above}, off below ${rule.off_below}`;
   }
   if (rule.type === 'schedule') {
     if (rule.windows) return `on ${rule.windows.map((w) => `${w.start}–${w.end}`).join(', ')}`;
     return `on ${rule.cycle.on_s} s every ${rule.cycle.every_s} s`;
   }
-  return `${words(rule.metric)} → ${rule.setpoint} (PID)`;
+  return `${metricInfo(rule.metric).label} → ${rule.setpoint} (PID)`;
 }
 
 // The form field an API error is about: the deepest path segment naming a field, else a field
@@ -116,7 +116,7 @@ function ruleForm({ rule, type, actuators, onSave, onCancel }) {
       input = h('input', { id, name: field.name, type: 'checkbox', checked: Boolean(value) });
     } else if (field.kind === 'actuator') {
       input = h('select', { id, name: field.name },
-        actuators.map((a) => h('option', { value: a.id, text: `${a.name || a.id} (${words(a.actuator)})` })));
+        actuators.map((a) => h('option', { value: a.id, text: `${a.name || a.id} (${actuatorLabel(a.actuator)})` })));
       input.value = value || (actuators[0] && actuators[0].id) || '';
     } else {
       input = h('input', {

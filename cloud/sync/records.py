@@ -31,6 +31,7 @@ from pydantic import (
 from shared.models import Id
 from shared.sync import MAX_METRICS, ReadingData
 from shared.topics import is_valid_id
+from shared.vocabulary import Stage
 
 METRIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -207,7 +208,7 @@ class StageChange(_Data):
 
     type: Literal["stage"]
     room_id: Id
-    stage: Literal["spawn_run", "pinning", "fruiting"]
+    stage: Stage
 
 
 class RuleEnabledChange(_Data):

@@ -37,6 +37,7 @@ from edge.store import devices as device_rows
 from edge.store import quarantine as quarantine_rows
 from edge.uplink import SYNC_STATUS
 from shared.models import canonical_action, command_value_error, utcnow
+from shared.vocabulary import vocabulary_document
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,12 @@ async def metrics(request: web.Request) -> web.Response:
     response = web.Response(body=generate_latest(edge_metrics.registry))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
+
+
+async def vocabulary(request: web.Request) -> web.Response:
+    """Species, stages, actuator roles and metrics with labels, units and decimals: the page
+    reads its words from here (``shared.vocabulary``) instead of spelling them again."""
+    return web.json_response(vocabulary_document())
 
 
 async def favicon(request: web.Request) -> web.FileResponse:
@@ -326,6 +333,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/login", auth.login)
     app.router.add_post("/api/logout", auth.logout)
     app.router.add_get("/api/session", auth.session)
+    app.router.add_get("/api/vocabulary", vocabulary)
     app.router.add_get("/api/rooms", list_rooms)
     app.router.add_get("/api/rooms/{room_id}", get_room)
     app.router.add_get("/api/rooms/{room_id}/readings", room_readings)

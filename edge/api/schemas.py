@@ -6,17 +6,17 @@
 from __future__ import annotations
 
 import json
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from edge.api.problems import BadRequest, UnsupportedMediaType, ValidationFailed
 from shared.models import CommandForm, Id
+from shared.vocabulary import Stage
 
 M = TypeVar("M", bound=BaseModel)
 
-Stage = Literal["spawn_run", "pinning", "fruiting"]
 METRIC_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 
 

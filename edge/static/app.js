@@ -8,19 +8,15 @@
   const CHART_MS = 60000;
   const CHART_HOURS = 6;
   const CSRF = { "X-Requested-With": "smartfarm-edge" };
-  const STAGES = [["spawn_run", "Spawn run"], ["pinning", "Pinning"], ["fruiting", "Fruiting"]];
   const HOLDS = [15, 30, 60, 120, 240];
-  const METRICS = {
-    temperature_c: { label: "Temperature", unit: "°C", digits: 1 },
-    humidity_pct: { label: "Humidity", unit: "%", digits: 0 },
-    co2_ppm: { label: "CO₂", unit: "ppm", digits: 0 },
-    light_lux: { label: "Light", unit: "lx", digits: 0 },
-    substrate_moisture: { label: "Substrate", unit: "%", digits: 0 },
-  };
-  const CHARTED = ["temperature_c", "humidity_pct", "co2_ppm"];
-  const ROLES = {
-    humidifier: "Humidifier", exhaust_fan: "Exhaust fan", heater: "Heater", light: "Light",
-  };
+  // The farm's words come from the edge (GET /api/vocabulary, i.e. shared.vocabulary), loaded
+  // once after login: species, stages and actuator roles with their labels; the room's metrics
+  // (not a node's battery) with label, unit and decimals; the banded ones are charted.
+  let STAGES = []; // [[id, label], ...]
+  let SPECIES = {};
+  let METRICS = {};
+  let CHARTED = [];
+  let ROLES = {};
 
   const $ = (id) => document.getElementById(id);
   let pollTimer = null;
@@ -110,6 +106,17 @@
     if (s < 3600) return `${Math.round(s / 60)} min ago`;
     if (s < 86400) return `${Math.round(s / 3600)} h ago`;
     return `${Math.round(s / 86400)} d ago`;
+  }
+
+  async function loadVocabulary() {
+    if (STAGES.length) return;
+    const v = await api("/api/vocabulary");
+    SPECIES = Object.fromEntries(v.species.map((s) => [s.id, s.label]));
+    ROLES = Object.fromEntries(v.actuator_roles.map((r) => [r.id, r.label]));
+    METRICS = Object.fromEntries(v.metrics.filter((m) => m.room)
+      .map((m) => [m.name, { label: m.label, unit: m.unit, digits: m.decimals }]));
+    CHARTED = v.metrics.filter((m) => m.banded).map((m) => m.name);
+    STAGES = v.stages.map((s) => [s.id, s.label]);
   }
 
   const stageName = (stage) => (STAGES.find(([id]) => id === stage) || [stage, stage])[1];
@@ -237,7 +244,7 @@
   function updateRoom(card, room) {
     const r = card.refs;
     r.name.textContent = room.name;
-    r.species.textContent = room.species.replace("_", " ");
+    r.species.textContent = SPECIES[room.species] || room.species.replace("_", " ");
     if (document.activeElement !== r.stage) r.stage.value = room.stage;
     r.since.textContent = room.stage_started ? `since ${room.stage_started}` : "";
     const metrics = Object.keys(METRICS).filter((m) => room.readings[m] || room.bands[m]);
@@ -468,6 +475,7 @@
   // ---- polling ----
   async function refresh() {
     try {
+      await loadVocabulary();
       const [rooms, alerts, commands, rules, quarantine, health] = await Promise.all([
         api("/api/rooms"),
         api("/api/alerts?active=1&limit=20"),

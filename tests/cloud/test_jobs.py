@@ -19,12 +19,13 @@ from procrastinate.periodic import PeriodicDeferrer
 from prometheus_client import CollectorRegistry
 
 from cloud.app import init_app
-from cloud.climate import HOUR, dew_point_c, floor_hour, vpd_kpa
+from cloud.climate import HOUR, floor_hour
 from cloud.db import rules as rules_db
 from cloud.db import telemetry as telemetry_db
 from cloud.jobs.metrics import JobMetrics
 from cloud.jobs.schema import missing_upstream_migrations, vendored_through
 from cloud.jobs.tasks import TransientError, build_app
+from shared.vocabulary import dew_point_c, vpd_kpa
 from tests.cloud import world as w
 from tests.cloud.conftest import make_settings
 from tests.cloud.jobs_env import jobs_env_fixture  # noqa: F401

@@ -27,6 +27,7 @@ from edge.ingest import Ingest
 from edge.store.db import Database
 from shared.models import utcnow
 from shared.topics import build_topic
+from shared.vocabulary import ACTUATOR_ROLES, METRICS, SPECIES, STAGES
 
 PASSWORD = "correct horse battery"
 CSRF = {"X-Requested-With": "smartfarm-edge"}
@@ -283,6 +284,20 @@ async def test_cookie_session_needs_the_csrf_header_to_change_state(admin: TestC
 
 
 # ---- listings ----
+async def test_vocabulary_is_shared_and_needs_auth(client: TestClient) -> None:
+    await problem(await client.get("/api/vocabulary"), 401)
+    resp = await client.get("/api/vocabulary", headers=basic("admin", PASSWORD))
+    assert resp.status == 200
+    body = await resp.json()
+    assert [s["id"] for s in body["species"]] == list(SPECIES)
+    assert [s["id"] for s in body["stages"]] == list(STAGES)
+    assert [r["id"] for r in body["actuator_roles"]] == list(ACTUATOR_ROLES)
+    assert {m["name"]: (m["label"], m["unit"], m["decimals"]) for m in body["metrics"]} == {
+        m.name: (m.label, m.unit, m.decimals) for m in METRICS.values()
+    }
+    assert "co2_ppm" not in (STATIC / "app.js").read_text(), "the page spells no metric names"
+
+
 async def test_rooms_show_readings_bands_and_actuators(edge: Edge, admin: TestClient) -> None:
     await edge.telemetry("sens-a", {"temperature_c": 17.5, "humidity_pct": 60.0, "co2_ppm": 800})
     resp = await admin.get("/api/rooms")
