@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from shared.vocabulary import STAGE_LABELS
 from tests.chaos.conftest import PASSWORD, Cloud, cloud, until
 from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, _chart_point, _need_browser
 
@@ -136,7 +137,7 @@ async def test_a_grower_in_two_farms_sees_each_farms_oyster_a_with_its_own_data(
                 await card.wait_for(timeout=15_000)
                 assert await page.locator("a.room").count() == 1
                 assert await card.locator("dd").first.text_content() == f"{farm.temperature:.1f} °C"
-                assert await card.locator(".stage").text_content() == farm.stage
+                assert await card.locator(".stage").text_content() == STAGE_LABELS[farm.stage]
 
                 await card.click()
                 await page.wait_for_url(f"**/#/farm/{farm.id}/room/{ROOM}")
@@ -144,7 +145,8 @@ async def test_a_grower_in_two_farms_sees_each_farms_oyster_a_with_its_own_data(
                 await page.wait_for_function(
                     "t => document.querySelector('.metric[data-metric=\"temperature_c\"] dd')"
                     "?.textContent === t", arg=f"{farm.temperature:.1f} °C", timeout=10_000)
-                assert await page.locator("p.muted .stage").text_content() == farm.stage
+                assert (await page.locator("p.muted .stage").text_content()
+                        == STAGE_LABELS[farm.stage])
                 sensor = page.locator(f'li.device[data-device="{SENSOR}"]')
                 assert await sensor.locator("strong").text_content() == f"{farm.name} sensor"
                 fan = page.locator(f'li.device[data-device="{FAN}"]')
@@ -185,7 +187,8 @@ async def test_a_grower_in_two_farms_sees_each_farms_oyster_a_with_its_own_data(
                 new_stage = "spawn_run"
                 await page.select_option("#stage", new_stage)
                 await page.click('button:has-text("Change stage")')
-                await page.wait_for_selector('p.muted .stage:has-text("spawn run")', timeout=10_000)
+                await page.wait_for_selector(
+                    f'p.muted .stage:has-text("{STAGE_LABELS[new_stage]}")', timeout=10_000)
                 await page.screenshot(path=str(tmp_path / f"two-farms-{farm.id}.png"),
                                       full_page=True)
 
