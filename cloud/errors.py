@@ -65,18 +65,6 @@ class NotFound(CloudError):
     slug = "not-found"
 
 
-class MethodNotAllowed(CloudError):
-    status = 405
-    title = "Method not allowed"
-    slug = "method-not-allowed"
-
-
-class NotAcceptable(CloudError):
-    status = 406
-    title = "Not acceptable"
-    slug = "not-acceptable"
-
-
 class Conflict(CloudError):
     status = 409
     title = "Conflict"

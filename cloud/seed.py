@@ -125,7 +125,7 @@ async def seed(
             db, farm_id=FARM_ID, name="Demo mushroom farm", timezone="UTC", user_id=user["id"]
         )
         added["farms"] += 1
-    rule_adapter = TypeAdapter(Rule)
+    rule_adapter: TypeAdapter[Any] = TypeAdapter(Rule)  # type: ignore[arg-type,unused-ignore]
     plan: list[tuple[str, str, tuple[float, float, float], datetime]] = []
     for room_id, name, species, stage, means in ROOMS:
         if await rooms_db.get(db, FARM_ID, room_id) is None:

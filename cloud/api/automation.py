@@ -16,7 +16,7 @@ from cloud.db import rules as rules_db
 from cloud.errors import Conflict, NotFound, ValidationFailed
 from shared.rules import Rule
 
-RULE = TypeAdapter(Rule)
+RULE: TypeAdapter[Any] = TypeAdapter(Rule)  # type: ignore[arg-type,unused-ignore]
 
 
 class RulePatch(In):

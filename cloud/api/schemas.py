@@ -16,7 +16,6 @@ from pydantic import (
     StringConstraints,
 )
 
-from shared.models import Id
 from shared.vocabulary import Species as Species
 from shared.vocabulary import Stage as Stage
 
@@ -77,18 +76,6 @@ class In(BaseModel):
 
 class Out(BaseModel):
     model_config = ConfigDict(extra="ignore")
-
-
-class Created(Out):
-    id: str
-
-
-class IdPath(BaseModel):
-    id: Id
-
-
-class Timestamps(Out):
-    created_at: datetime
 
 
 class Message(Out):

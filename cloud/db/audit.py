@@ -11,10 +11,6 @@ from cloud.db.database import Database
 INSERT = """
 INSERT INTO audit_log (user_id, farm_id, action, target, detail)
 VALUES (%(user_id)s, %(farm_id)s, %(action)s, %(target)s, %(detail)s)"""
-LIST = """
-SELECT id, at, user_id, farm_id, action, target, detail FROM audit_log
-WHERE farm_id = %(farm_id)s AND (%(after)s::bigint IS NULL OR id < %(after)s)
-ORDER BY id DESC LIMIT %(limit)s"""
 
 
 async def record(
@@ -37,8 +33,3 @@ async def record(
         },
     )
 
-
-async def list_entries(
-    db: Database, farm_id: str, *, after: int | None, limit: int
-) -> list[dict[str, Any]]:
-    return await db.fetch_all(LIST, {"farm_id": farm_id, "after": after, "limit": limit})

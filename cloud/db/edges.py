@@ -21,9 +21,6 @@ UPDATE edges SET token_hash = %(hash)s, rotated_at = now()
 WHERE farm_id = %(farm_id)s AND id = %(id)s
 RETURNING id, farm_id, name, high_water, last_seen, rotated_at, created_at"""
 DELETE = "DELETE FROM edges WHERE farm_id = %(farm_id)s AND id = %(id)s"
-AUTHENTICATE = """
-SELECT id, farm_id, name, high_water, last_seen, rotated_at, created_at FROM edges
-WHERE farm_id = %(farm_id)s AND id = %(id)s AND token_hash = %(hash)s"""
 
 
 async def list_edges(
@@ -54,10 +51,3 @@ async def rotate(
 async def delete(db: Database, farm_id: str, edge_id: str) -> bool:
     return await db.execute(DELETE, {"farm_id": farm_id, "id": edge_id}) > 0
 
-
-async def by_token(
-    db: Database, farm_id: str, edge_id: str, token_hash: str
-) -> dict[str, Any] | None:
-    """For the sync issue's ingest: the edge whose token this is, or None."""
-    params = {"farm_id": farm_id, "id": edge_id, "hash": token_hash}
-    return await db.fetch_one(AUTHENTICATE, params)

@@ -72,12 +72,6 @@ class IotAckPublisher:
         self.published = 0
         self.failed = 0
 
-    @classmethod
-    def from_config(cls, config: SyncConfig) -> IotAckPublisher | None:
-        """A publisher when ``sync.iot_data_endpoint`` is set (credentials: boto3's chain)."""
-        client = iot_data_client(config)
-        return None if client is None else cls(client)
-
     async def publish(self, edge: dict[str, Any], body: bytes, claimed: str) -> bool:
         """Publish ``body`` (an answer to a batch of ``edge``) on the edge's acks topic; False
         (and a warning) when AWS refuses or cannot be reached: the edge publishes the batch
