@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from edge.alerts import AlertMonitor, Band
+from edge.automation_state import StateSaver, restore
 from edge.commands import CommandOutcome, CommandTracker
 from edge.config import DeviceConfig, EdgeSettings, RoomConfig
 from edge.store import readings as reading_rows
@@ -30,9 +31,6 @@ from shared.vocabulary import STAGES
 
 log = logging.getLogger(__name__)
 
-# PID integrators move on every evaluation; persisting them that often would cost SD-card
-# writes on every reading, so a state whose only change is numeric is saved at most this often.
-_NUMERIC_SAVE_INTERVAL_S = 60.0
 # A room is evaluated at most this often on readings (a trailing evaluation catches the rest):
 # twenty sensors in a room flat out would otherwise evaluate the same state hundreds of times.
 EVAL_MIN_INTERVAL_S = 0.02
@@ -86,8 +84,7 @@ class Automation:
         self.reported: dict[str, dict[str, Any]] = {}
         self._rule_states: dict[str, RuleState] = {}
         self._disabled: set[str] = set()
-        self._saved: dict[str, tuple[str, float]] = {}
-        self._last_state: dict[str, Any] = {}
+        self._saver = StateSaver()
         self._last_eval: dict[str, float] = {}
         self._trailing: dict[str, asyncio.Task[None]] = {}
         self.evaluations = 0
@@ -159,12 +156,11 @@ class Automation:
     # ---- start-up ----
     async def load(self) -> None:
         """Restore persisted state and the latest readings, then build every room's rules."""
-        saved_rooms = await self._db.read(state_rows.load_prefix, "room:")
-        self._disabled = set(await self._db.read(state_rows.load_prefix, "rule_disabled:"))
-        for key, value in (await self._db.read(state_rows.load_prefix, "rule:")).items():
-            self._rule_states[key] = RuleState.model_validate(value)
-        for key, value in (await self._db.read(state_rows.load_prefix, "actuator:")).items():
-            self.actuators[key] = ActuatorState.model_validate(value)
+        saved = await self._db.read(restore)
+        saved_rooms = saved.rooms
+        self._disabled = saved.disabled
+        self._rule_states.update(saved.rules)
+        self.actuators.update(saved.actuators)
         for room in self._settings.rooms:
             saved = saved_rooms.get(room.id, {})
             runtime = RoomRuntime(
@@ -378,33 +374,12 @@ class Automation:
             actuator_ids = [d.id for d in self.actuators_in(room_id)]
         for key in rule_ids:
             if (state := self._rule_states.get(key)) is not None:
-                self._stage_save(items, f"rule:{key}", state, now)
+                self._saver.stage(items, f"rule:{key}", state, now)
         for key in actuator_ids:
             if (actuator := self.actuators.get(key)) is not None:
-                self._stage_save(items, f"actuator:{key}", actuator, now)
+                self._saver.stage(items, f"actuator:{key}", actuator, now)
         if items:
             self._db.write_nowait(state_rows.save_many, items, now)
-
-    def _stage_save(self, items: dict[str, Any], key: str, state: Any, now: float) -> None:
-        last = self._last_state.get(key)
-        if last is state or last == state:
-            return  # nothing changed since it was last saved
-        doc = state.model_dump(mode="json")
-        if isinstance(state, RuleState):
-            # Structural fields decide when a rule's state must be saved at once.
-            shape = f"{doc['active']}|{doc['pending_since']}|{doc['cycle_start']}"
-        else:
-            shape = repr(doc)
-        saved = self._saved.get(key)
-        if saved is not None and saved[0] == shape:
-            if isinstance(state, RuleState) and doc["last_at"] is not None:
-                if now - saved[1] < _NUMERIC_SAVE_INTERVAL_S:
-                    return
-            else:
-                return
-        items[key] = doc
-        self._saved[key] = (shape, now)
-        self._last_state[key] = state
 
     # ---- operator actions (local API, later the cloud) ----
     async def manual_command(
