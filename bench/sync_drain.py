@@ -46,9 +46,10 @@ from cloud.auth.tokens import token_hash
 from cloud.db import devices, edges, farms, rooms, users
 from cloud.db.database import Database
 from cloud.db.telemetry import COPY_IN, COPY_TYPES
-from edge.cli import init_site, register_cloud
 from edge.config import EdgeSettings, load_config
 from edge.credentials import hash_password
+from edge.registration import register_cloud
+from edge.site_init import init_site
 from edge.store import readings as reading_rows
 from edge.store.db import PAGE_SIZE, load_migrations, migrate
 

@@ -14,8 +14,9 @@ import signal
 import socket
 from pathlib import Path
 
-from edge.cli import configure_logging, init_site
 from edge.config import EdgeSettings, load_config
+from edge.logs import configure_logging
+from edge.site_init import init_site
 
 log = logging.getLogger(__name__)
 

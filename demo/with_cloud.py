@@ -142,7 +142,7 @@ async def _backfill(app: web.Application, edge: EdgeSettings) -> int:
 
 async def _register_edge(rest: Rest, edge: EdgeSettings, url: str) -> str:
     """Register the edge (or point it at this cloud's current URL); how, for the banner."""
-    from edge.cli import register_cloud
+    from edge.registration import register_cloud
 
     assert edge.config_path is not None
     status, _ = await rest.call("GET", f"/api/edges/{EDGE_ID}")

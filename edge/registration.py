@@ -1,4 +1,5 @@
-"""Before `smartfarm edge register` writes anything: ask the cloud whom the token belongs to.
+"""`smartfarm edge register`: ask the cloud whom the token belongs to, then write the config's
+`[cloud]` section and the token file.
 
 An edge configured with another edge's id, or for another farm, would poll happily and have every
 upload refused; the cloud's ``GET /api/edge/v1/whoami`` answers for the token, so the mismatch is
@@ -7,12 +8,16 @@ named at set-up instead. Synchronous (urllib): it runs once, from the command li
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from edge.config import ConfigError
+from edge.config import ConfigError, load_config
+from edge.credentials import write_atomic
+from shared.topics import is_valid_id
 
 WHOAMI_PATH = "/api/edge/v1/whoami"
 
@@ -97,3 +102,64 @@ def check_identity(identity: EdgeIdentity, *, edge_id: str | None, farm_id: str,
             f"{owner}, not edge {edge_id}: pass --edge-id {identity.edge_id}, or the token"
             f" that was shown when edge {edge_id} was added"
         )
+
+
+_TABLE_RE = re.compile(r"^\s*\[")
+
+
+def register_cloud(config_path: Path, url: str, token: str, edge_id: str | None = None, *,
+                   check: bool = False) -> Path:
+    """Point the edge at a cloud: write the `[cloud]` section (url, edge_id, token_file) and the
+    token file (mode 0600); returns the token file.
+
+    With ``check`` (what `smartfarm edge register` does unless --offline) the cloud is asked
+    first whom the token belongs to: another edge or farm than this config's, an unknown token
+    or an unreachable cloud raise RegistrationError and nothing is written; the edge id defaults
+    to the token's. The check blocks (urllib): callers on an event loop that also serves the
+    cloud (the all-in-one demo) leave it off. Unchecked, the edge id defaults to the farm id."""
+    settings = load_config(config_path)
+    if edge_id is not None and not is_valid_id(edge_id):
+        raise ConfigError(f"edge id {edge_id!r}: use letters, digits, '_' or '-'")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--cloud {url!r}: must start with http:// or https://")
+    token = token.strip()
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError("--token: empty or contains whitespace")
+    if check:
+        identity = fetch_identity(url, token)
+        check_identity(identity, edge_id=edge_id, farm_id=settings.farm_id,
+                       farm_source=f"farm_id in {config_path.name}")
+        edge_id = identity.edge_id
+    edge_id = edge_id or settings.farm_id
+    if not is_valid_id(edge_id):
+        raise ConfigError(f"edge id {edge_id!r}: use letters, digits, '_' or '-'")
+    token_file = settings.cloud.token_file or Path("credentials/cloud-token")
+    section = [
+        "[cloud]",
+        "# Written by `smartfarm edge register`; the token is read from token_file (mode 0600)",
+        "# or from SMARTFARM_EDGE_CLOUD__TOKEN.",
+        f"url = {json.dumps(url.rstrip('/'))}",
+        f"edge_id = {json.dumps(edge_id)}",
+        f"token_file = {json.dumps(str(token_file))}",
+    ]
+    # Keep every other line of the file (and its comments); replace an existing [cloud] table.
+    kept: list[str] = []
+    skipping = False
+    for line in config_path.read_text().splitlines():
+        if _TABLE_RE.match(line):
+            skipping = line.strip() == "[cloud]"
+        if not skipping:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    text = "\n".join([*kept, "", *section]) + "\n"
+    candidate = config_path.with_suffix(".toml.new")
+    candidate.write_text(text)
+    try:
+        load_config(candidate)
+    finally:
+        candidate.unlink(missing_ok=True)
+    token_path = settings.resolve(token_file)
+    write_atomic(token_path, token + "\n")
+    write_atomic(config_path, text, mode=0o644)
+    return token_path

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.cli import init_site
 from edge.config import EdgeSettings, load_config
+from edge.site_init import init_site
 from shared.rules import Safety
 from tests.conftest import free_port
 

@@ -20,9 +20,10 @@ from cryptography import x509
 from edge.app import EdgeApp
 from edge.broker import BrokerError, embedded_broker
 from edge.certs import ensure_certificates
-from edge.cli import edge_main, init_site
+from edge.cli import edge_main
 from edge.config import EdgeSettings, load_config
 from edge.credentials import DeviceSecrets, write_mosquitto_acl, write_mosquitto_password_file
+from edge.site_init import init_site
 from edge.tls import TlsFiles
 from shared.models import utcnow
 from tests.conftest import free_port

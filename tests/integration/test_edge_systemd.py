@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from edge.app import EdgeApp
-from edge.cli import init_site
 from edge.config import load_config
+from edge.site_init import init_site
 from tests.conftest import free_port
 
 

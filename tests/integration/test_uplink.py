@@ -31,7 +31,7 @@ from pydantic import SecretStr, TypeAdapter
 
 from edge.app import EdgeApp
 from edge.broker import embedded_broker
-from edge.cli import edge_main, effective_config, register_cloud
+from edge.cli import edge_main, effective_config
 from edge.config import CloudConfig, ConfigError, load_config
 from edge.credentials import (
     DeviceSecrets,
@@ -42,6 +42,7 @@ from edge.credentials import (
     sync_broker_files,
 )
 from edge.downlink import Downlink
+from edge.registration import register_cloud
 from edge.store import outbox as rows
 from edge.store.telemetry import store_telemetry
 from edge.uplink import Uplink

@@ -1,5 +1,5 @@
 """Log files rotate at the configured size with the configured number kept, and the configured
-level filters, for the cloud (cloud/logs.py) and the edge (edge/cli.py)."""
+level filters, for the cloud (cloud/logs.py) and the edge (edge/logs.py)."""
 from __future__ import annotations
 
 import logging
@@ -11,8 +11,8 @@ import pytest
 from cloud.config import CloudSettings
 from cloud.config import ConfigError as CloudConfigError
 from cloud.logs import configure_logging
-from edge.cli import configure_edge_logging
 from edge.config import ConfigError, load_config
+from edge.logs import configure_edge_logging
 
 LINE = "x" * 90
 
