@@ -146,7 +146,8 @@ class EdgeApp:
             if expired:
                 log.info("%d command(s) left pending by the last run: superseded", expired)
             if self.downlink is not None:
-                await self.downlink.restore()  # the cloud's rooms and devices over the TOML's
+                # The cloud's rooms and devices over the TOML's.
+                await self.downlink.config_sync.restore()
             await self.automation.load()
             if settings.broker.mode == "embedded":
                 if self.intake is not None:
@@ -155,7 +156,7 @@ class EdgeApp:
                     intake_task = asyncio.create_task(self.intake.run(), name="edge-intake")
                 sync_broker_files(settings)
                 if self.downlink is not None:
-                    self.downlink.write_credentials()
+                    self.downlink.config_sync.write_credentials()
                 self.broker = embedded_broker(settings, self.intake)
                 await self.broker.start()
                 log.info("embedded MQTT broker on %s:%d", self.broker.host, self.broker.port)
@@ -347,13 +348,13 @@ class EdgeApp:
                 continue
             added = {d.id for d in fresh.devices} - {d.id for d in self.settings.devices}
             if self.downlink is not None:
-                self.downlink.rebase_local(fresh)  # keeps cloud-registered devices
+                self.downlink.config_sync.rebase_local(fresh)  # keeps cloud-registered devices
             else:
                 self.settings.devices = fresh.devices
             if self.settings.broker.mode == "embedded":
                 sync_broker_files(self.settings)
                 if self.downlink is not None:
-                    self.downlink.write_credentials()
+                    self.downlink.config_sync.write_credentials()
             await self.automation.reload_devices()
             if added:
                 log.info("config reloaded: new device(s) %s", ", ".join(sorted(added)))

@@ -4,15 +4,10 @@ The edge connects out to ``{cloud.url}/api/edge/v1/stream`` (bearer token), says
 handles what comes: a ``CloudCommand`` is carried out through the automation's manual path (so it
 overrides automation like a command from the local page) with source "cloud", unless it is past
 its ``expires_at`` or older than ``command_ttl_s`` ("expired"); a redelivered command is answered
-again, never executed twice. A ``ConfigPush`` (rooms, stages, rules, devices) is validated whole,
-then applied: stored with its version in one transaction, broker password file and device ACL
-rewritten (a device registered in the cloud can connect about a second later), automation
-reloaded; the edge answers ``ConfigApplied``. After repeated WebSocket failures the edge polls
-``GET /api/edge/v1/pending`` instead (answers: ``POST`` there), and tries the WebSocket again
-every minute.
-
-Cloud config is an overlay on the TOML config: rooms and devices it names replace the file's,
-the file's others stay. The applied overlay is in the database and re-applied at every start.
+again, never executed twice. A ``ConfigPush`` (rooms, stages, rules, devices) goes to
+``edge.config_sync``, which validates it whole and applies it; the edge answers ``ConfigApplied``.
+After repeated WebSocket failures the edge polls ``GET /api/edge/v1/pending`` instead (answers:
+``POST`` there), and tries the WebSocket again every minute.
 """
 
 from __future__ import annotations
@@ -31,10 +26,9 @@ from pydantic import TypeAdapter, ValidationError
 from edge.alerts import AlertMonitor
 from edge.automation import Automation, InvalidRequest, NotFound
 from edge.commands import CommandTracker
-from edge.config import DeviceConfig, EdgeSettings, RoomConfig
-from edge.credentials import CredentialsError, sync_broker_files
+from edge.config import EdgeSettings
+from edge.config_sync import ConfigSync
 from edge.store import outbox as sync_rows
-from edge.store import state as state_rows
 from edge.store.db import Database
 from edge.uplink import refusal_message
 from shared.backoff import Backoff
@@ -54,47 +48,9 @@ STREAM_PATH: Final = "/api/edge/v1/stream"
 PENDING_PATH: Final = "/api/edge/v1/pending"
 WS_RETRY_S: Final = 60.0
 STABLE_S: Final = 10.0
-CONFIG_ALERT: Final = "sync:config_rejected"
 # mypy 1.20 loses the TypeForm of an Annotated union alias read from its cache (arg-type
 # there, none without a cache): ignore it either way.
 _DOWN: Final[TypeAdapter[CloudCommand | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type,unused-ignore]
-
-
-class ConfigRejected(ValueError):
-    """A pushed config that cannot be applied as a whole (nothing of it is applied)."""
-
-
-def overlay(
-    rooms: list[RoomConfig], devices: list[DeviceConfig], push: ConfigPush, edge_username: str
-) -> tuple[list[RoomConfig], list[DeviceConfig]]:
-    """The TOML rooms and devices with the pushed ones put over them (same id: replaced)."""
-    merged_rooms = {r.id: r for r in rooms}
-    merged_devices = {d.id: d for d in devices}
-    try:
-        for room in push.rooms:
-            merged_rooms[room.id] = RoomConfig(
-                id=room.id, name=room.name, species=room.species, stage=room.stage,
-                stage_started=room.stage_started, rules=room.rules,  # type: ignore[arg-type]
-            )
-        for device in push.devices:
-            local = merged_devices.get(device.id)
-            merged_devices[device.id] = DeviceConfig(
-                id=device.id, room=device.room, kind=device.kind, actuator=device.actuator,
-                safety=local.safety if local else None, name=local.name if local else "",
-            )
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise ConfigRejected(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    for merged in merged_devices.values():
-        if merged.room not in merged_rooms:
-            raise ConfigRejected(f"device {merged.id} is in unknown room {merged.room!r}")
-        if merged.id == edge_username:
-            raise ConfigRejected(f"device id {merged.id!r} is the edge's own broker username")
-    for spec in push.devices:
-        hashed = spec.password_hash
-        if hashed is not None and (not hashed.startswith("$argon2") or set(hashed) & {":", "\n"}):
-            raise ConfigRejected(f"device {spec.id}: password_hash is not an argon2 hash")
-    return list(merged_rooms.values()), list(merged_devices.values())
 
 
 @dataclass(slots=True)
@@ -135,67 +91,16 @@ class Downlink:
         self._db = db
         self._automation = automation
         self._commands = commands
-        self._alerts = alerts
         self._clock_offset = clock_offset
         self._clock = clock
-        # The TOML's own rooms and devices, under the cloud overlay.
-        self._base_rooms = list(settings.rooms)
-        self._base_devices = list(settings.devices)
-        self._applied: ConfigPush | None = None
+        # Config pushes: applied over the TOML config (and restored at start) by this.
+        self.config_sync = ConfigSync(settings, db, automation, alerts=alerts, clock=clock)
         self._lock = asyncio.Lock()
         self.stats = DownlinkStats()
 
     @property
     def config_version(self) -> int:
-        return self._applied.version if self._applied is not None else 0
-
-    # ---- the overlay ----
-    async def restore(self) -> None:
-        """At start, before the automation loads: put the last applied cloud config back over the
-        TOML config."""
-        raw = await self._db.read(sync_rows.get_state, "config")
-        if raw is None:
-            return
-        try:
-            push = ConfigPush.model_validate(raw)
-            rooms, devices = overlay(
-                self._base_rooms, self._base_devices, push, self._settings.broker.edge_username
-            )
-        except (ValidationError, ConfigRejected) as exc:
-            log.error("the stored cloud config no longer applies, ignoring it: %s", exc)
-            return
-        self._settings.rooms, self._settings.devices = rooms, devices
-        self._applied = push
-        log.info("cloud config version %d restored", push.version)
-
-    def rebase_local(self, fresh: EdgeSettings) -> None:
-        """The TOML file changed (new devices): keep the cloud overlay on top of its devices."""
-        self._base_devices = list(fresh.devices)
-        devices = fresh.devices
-        if self._applied is not None:
-            _, devices = overlay(self._base_rooms, self._base_devices, self._applied,
-                                 self._settings.broker.edge_username)
-        self._settings.devices = devices
-
-    def cloud_hashes(self) -> dict[str, str]:
-        """{device id: argon2 hash} of the devices registered in the cloud (applied config)."""
-        return {
-            d.id: d.password_hash for d in (self._applied.devices if self._applied else [])
-            if d.password_hash
-        }
-
-    def write_credentials(self) -> None:
-        """Rebuild the broker password file from the secrets file plus the cloud's device hashes,
-        and the ACL map from every device, in one atomic write each: an account the cloud no
-        longer lists (and the secrets file does not have) is gone, a new one can log in about a
-        second later."""
-        hashes = self.cloud_hashes()
-        if self._settings.broker.mode != "embedded":
-            if hashes:
-                log.warning("external broker: %d cloud device password(s) must be installed in"
-                            " it by hand", len(hashes))
-            return
-        sync_broker_files(self._settings, extra_hashes=hashes)
+        return self.config_sync.version
 
     # ---- handling one message ----
     async def handle(
@@ -205,7 +110,11 @@ class Downlink:
         async with self._lock:
             if isinstance(message, CloudCommand):
                 return await self._command(message)
-            return await self._config(message)
+            before = self.config_sync.version
+            answer = await self.config_sync.apply(message)
+            if answer is not None and answer.version > before:
+                self.stats.configs_applied += 1
+            return answer
 
     def _cloud_now(self) -> datetime:
         return self._clock() + timedelta(seconds=self._clock_offset() or 0.0)
@@ -260,80 +169,6 @@ class Downlink:
         log.warning("cloud command %s to %s not executed: %s", cmd.command_id, cmd.device_id,
                     detail)
         return CommandAccepted(command_id=cmd.command_id, state=state, detail=detail)  # type: ignore[arg-type]
-
-    async def _config(self, push: ConfigPush) -> ConfigApplied | None:
-        if push.version <= self.config_version:
-            return ConfigApplied(version=self.config_version)
-        settings = self._settings
-        try:
-            rooms, devices = overlay(self._base_rooms, self._base_devices, push,
-                                     settings.broker.edge_username)
-        except ConfigRejected as exc:
-            log.error("cloud config version %d refused: %s", push.version, exc)
-            if self._alerts is not None:
-                await self._alerts.raise_alert(
-                    CONFIG_ALERT, kind="sync_config", severity="warning",
-                    message=f"cloud config version {push.version} not applied: {exc}",
-                )
-            return None
-        disabled = self._disabled_changes(push)
-        await self._db.write(self._store_config, push, disabled, urgent=True)
-        previous = {r.id for r in settings.rooms}
-        self._applied = push
-        settings.rooms, settings.devices = rooms, devices
-        try:
-            self.write_credentials()
-        except (OSError, CredentialsError) as exc:
-            log.error("cloud config %d: broker credentials not written: %s", push.version, exc)
-        for gone in previous - {r.id for r in rooms}:
-            self._automation.rooms.pop(gone, None)
-        await self._automation.load()
-        for room_id in list(self._automation.rooms):
-            await self._automation.evaluate_room(room_id)
-        if self._alerts is not None:
-            await self._alerts.resolve(CONFIG_ALERT)
-        self.stats.configs_applied += 1
-        log.info("cloud config version %d applied: %d room(s), %d device(s)", push.version,
-                 len(push.rooms), len(push.devices))
-        return ConfigApplied(version=push.version)
-
-    def _disabled_changes(self, push: ConfigPush) -> dict[str, bool]:
-        """rule id -> disabled, for every rule the pushed rooms have or name."""
-        out: dict[str, bool] = {}
-        for spec in push.rooms:
-            ids = {r.id for r in self._automation.rules(spec.id)} if (
-                spec.id in self._automation.rooms) else set()
-            ids |= {str(r.get("id")) for r in spec.rules if r.get("id")}
-            for rule_id in ids | set(spec.disabled_rules):
-                out[rule_id] = rule_id in spec.disabled_rules
-        return out
-
-    def _store_config(
-        self, conn: sqlite3.Connection, push: ConfigPush, disabled: dict[str, bool]
-    ) -> None:
-        """One transaction: the version, the config, stages and disabled rules; flagged so the
-        triggers do not send these writes back up as local changes."""
-        at = self._clock().timestamp()
-        sync_rows.set_state(conn, {"applying_config": True}, at)
-        sync_rows.set_state(conn, {"config_version": push.version,
-                                   "config": push.model_dump(mode="json")}, at)
-        today = self._clock().date().isoformat()
-        stages = {}
-        for spec in push.rooms:
-            runtime = self._automation.rooms.get(spec.id)
-            started = spec.stage_started or (
-                runtime.stage_started if runtime is not None and runtime.stage == spec.stage
-                else today
-            )
-            stages[f"room:{spec.id}"] = {"stage": spec.stage, "stage_started": started}
-        state_rows.save_many(conn, stages, at)
-        state_rows.save_many(
-            conn, {f"rule_disabled:{rule}": True for rule, off in disabled.items() if off}, at
-        )
-        for rule, off in disabled.items():
-            if not off:
-                state_rows.delete(conn, f"rule_disabled:{rule}")
-        sync_rows.delete_state(conn, "applying_config")
 
     # ---- the connection ----
     async def run(self) -> None:

@@ -33,6 +33,7 @@ from edge.app import EdgeApp
 from edge.broker import embedded_broker
 from edge.cli import edge_main, effective_config
 from edge.config import CloudConfig, ConfigError, load_config
+from edge.config_sync import ConfigSync
 from edge.credentials import (
     DeviceSecrets,
     device_acl_path,
@@ -637,9 +638,9 @@ async def test_config_push_is_applied_and_acknowledged(
     fresh = cloud_settings(cloud, tmp_path)
     again = await build_edge(fresh, tmp_path / "edge.db")
     try:
-        restored = Downlink(fresh, again.db, again.automation, again.commands)
+        restored = ConfigSync(fresh, again.db, again.automation)
         await restored.restore()
-        assert restored.config_version == 3
+        assert restored.version == 3
         assert fresh.device("sens-c") is not None and fresh.room("room-c") is not None
     finally:
         await close_edge(again)
