@@ -10,24 +10,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from edge.alerts import AlertMonitor, Band
+from edge.automation_actions import InvalidRequest as InvalidRequest
+from edge.automation_actions import NotFound as NotFound
+from edge.automation_actions import OperatorActions
+from edge.automation_actions import RoomRuntime as RoomRuntime
 from edge.automation_state import StateSaver, restore
 from edge.commands import CommandOutcome, CommandTracker
-from edge.config import DeviceConfig, EdgeSettings, RoomConfig
+from edge.config import DeviceConfig, EdgeSettings
 from edge.store import readings as reading_rows
 from edge.store import state as state_rows
 from edge.store.db import Database
 from shared.automation import apply_switch, evaluate
 from shared.models import Status, Telemetry, utcnow
 from shared.profiles import BANDED_METRICS, default_safety, profile_for, rules_for
-from shared.rules import ActuatorState, Override, Reading, Rule, RuleState, Safety
+from shared.rules import ActuatorState, Reading, RuleState, Safety
 from shared.topics import Topic
-from shared.vocabulary import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +38,7 @@ log = logging.getLogger(__name__)
 EVAL_MIN_INTERVAL_S = 0.02
 
 
-class NotFound(LookupError):
-    """A room, device or rule the caller named does not exist."""
-
-
-class InvalidRequest(ValueError):
-    """A manual command or change the engine refuses (wrong kind of device, bad value)."""
-
-
-@dataclass(slots=True)
-class RoomRuntime:
-    config: RoomConfig
-    stage: str
-    stage_started: str | None
-    rules: list[Rule] = field(default_factory=list)
-
-
-class Automation:
+class Automation(OperatorActions):
     def __init__(
         self,
         settings: EdgeSettings,
@@ -380,93 +366,6 @@ class Automation:
                 self._saver.stage(items, f"actuator:{key}", actuator, now)
         if items:
             self._db.write_nowait(state_rows.save_many, items, now)
-
-    # ---- operator actions (local API, later the cloud) ----
-    async def manual_command(
-        self,
-        device_id: str,
-        action: str,
-        *,
-        value: float | bool | None = None,
-        hold_minutes: float | None = None,
-        by: str = "operator",
-        source: str = "manual",
-        cloud_command_id: str | None = None,
-    ) -> str:
-        """An operator's command wins over automation on that actuator for a set time.
-
-        ``source`` is recorded with the command ("manual" from the local page, "cloud" for a
-        command a cloud user made, then linked to its ``cloud_command_id``)."""
-        device = self.device(device_id)
-        if device is None:
-            raise NotFound(f"no device {device_id!r}")
-        if device.kind != "actuator":
-            raise InvalidRequest(f"{device_id} is a sensor; only actuators take commands")
-        if action not in ("on", "off"):
-            raise InvalidRequest("action must be 'on' or 'off'")
-        on = action == "on"
-        hold = timedelta(minutes=hold_minutes) if hold_minutes else self._override_for
-        now = self._clock()
-        state = self.actuators.get(device_id, ActuatorState())
-        if state.on != on:
-            state = apply_switch(state, on, now)
-        self.actuators[device_id] = state.model_copy(
-            update={"override": Override(on=on, until=now + hold, by=by)}
-        )
-        cid = await self._commands.send(
-            device_id=device_id, room_id=device.room, action=action, value=value,
-            source=source, reason=f"manual by {by} for {hold.total_seconds() / 60:g} min",
-            cloud_command_id=cloud_command_id,
-        )
-        await self._persist()
-        return cid
-
-    async def clear_override(self, device_id: str) -> None:
-        state = self.actuators.get(device_id)
-        if state is None:
-            raise NotFound(f"no actuator {device_id!r}")
-        self.actuators[device_id] = state.model_copy(update={"override": None})
-        device = self.device(device_id)
-        if device is not None:
-            await self.evaluate_room(device.room)
-
-    def rules(self, room_id: str | None = None) -> list[Rule]:
-        return [r for rid, room in self.rooms.items() if room_id in (None, rid) for r in room.rules]
-
-    async def set_rule_enabled(self, rule_id: str, enabled: bool) -> Rule:
-        room = next((r for r in self.rooms.values() if any(x.id == rule_id for x in r.rules)), None)
-        if room is None:
-            raise NotFound(f"no rule {rule_id!r}")
-        if enabled:
-            self._disabled.discard(rule_id)
-            await self._db.write(state_rows.delete, f"rule_disabled:{rule_id}")
-        else:
-            self._disabled.add(rule_id)
-            await self._db.write(
-                state_rows.save_many, {f"rule_disabled:{rule_id}": True}, self._clock().timestamp()
-            )
-        self._build_rules(room)
-        await self.evaluate_room(room.config.id)
-        log.info("rule %s %s", rule_id, "enabled" if enabled else "disabled")
-        return next(r for r in room.rules if r.id == rule_id)
-
-    async def set_stage(self, room_id: str, stage: str) -> RoomRuntime:
-        room = self._room(room_id)
-        if stage not in STAGES:
-            raise InvalidRequest(f"stage must be {', '.join(STAGES[:-1])} or {STAGES[-1]}")
-        if stage == room.stage:
-            return room
-        room.stage = stage
-        room.stage_started = self._clock().date().isoformat()
-        await self._db.write(
-            state_rows.save_many,
-            {f"room:{room_id}": {"stage": stage, "stage_started": room.stage_started}},
-            self._clock().timestamp(),
-        )
-        self._build_rules(room)
-        await self.evaluate_room(room_id)
-        log.info("room %s now in stage %s", room_id, stage)
-        return room
 
     # ---- views ----
     def latest(self, room_id: str) -> dict[str, Reading]:
