@@ -1,68 +1,42 @@
 """The cloud's exception hierarchy; each maps to one HTTP status and an RFC 9457 problem type.
 
-Handlers and repositories raise these; ``cloud.middleware`` turns them into
-``application/problem+json``. Anything else reaching the middleware is a bug: logged with an id,
-answered 500 without details.
+Handlers and repositories raise these; ``cloud.middleware`` answers them with the document
+``shared.problems`` builds (the edge's local API answers the same format). The classes both
+sides have come from there, made ``CloudError``s here so ``except CloudError`` sees them all.
+Anything else reaching the middleware is a bug: logged with an id, answered 500 without details.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-from shared.errors import SmartfarmError
+from shared import problems
 
 
-class CloudError(SmartfarmError):
+class CloudError(problems.Problem):
     """Base: ``status`` and ``title`` are the HTTP answer, the message is the problem's detail."""
 
-    status: ClassVar[int] = 400
-    title: ClassVar[str] = "Bad request"
-    slug: ClassVar[str] = "bad-request"
 
-    def __init__(self, detail: str = "", **extra: Any) -> None:
-        super().__init__(detail or self.title)
-        self.detail = detail or self.title
-        self.extra = extra
-        self.headers: dict[str, str] = {}
-
-
-class BadRequest(CloudError):
+class BadRequest(CloudError, problems.BadRequest):
     pass
 
 
-class ValidationFailed(CloudError):
+class ValidationFailed(CloudError, problems.ValidationFailed):
     """Input that fails validation; ``errors`` lists ``{"field", "message", "type"}``."""
 
-    status = 422
-    title = "Validation failed"
-    slug = "validation-failed"
 
-    def __init__(self, errors: list[dict[str, str]], detail: str = "") -> None:
-        first = errors[0] if errors else {"field": "", "message": ""}
-        super().__init__(detail or f"{first['field'] or 'body'}: {first['message']}")
-        self.errors = errors
-
-
-class Unauthorized(CloudError):
-    status = 401
-    title = "Unauthorized"
-    slug = "unauthorized"
-
+class Unauthorized(CloudError, problems.Unauthorized):
     def __init__(self, detail: str = "") -> None:
-        super().__init__(detail or "missing, invalid or expired credentials")
-        self.headers["WWW-Authenticate"] = 'Bearer realm="smartfarm"'
+        super().__init__(
+            detail or "missing, invalid or expired credentials",
+            headers={"WWW-Authenticate": 'Bearer realm="smartfarm"'},
+        )
 
 
-class Forbidden(CloudError):
-    status = 403
-    title = "Forbidden"
-    slug = "forbidden"
+class Forbidden(CloudError, problems.Forbidden):
+    pass
 
 
-class NotFound(CloudError):
-    status = 404
-    title = "Not found"
-    slug = "not-found"
+class NotFound(CloudError, problems.NotFound):
+    pass
 
 
 class Conflict(CloudError):
@@ -77,10 +51,8 @@ class PayloadTooLarge(CloudError):
     slug = "payload-too-large"
 
 
-class UnsupportedMediaType(CloudError):
-    status = 415
-    title = "Unsupported media type"
-    slug = "unsupported-media-type"
+class UnsupportedMediaType(CloudError, problems.UnsupportedMediaType):
+    pass
 
 
 class RateLimited(CloudError):
@@ -89,9 +61,10 @@ class RateLimited(CloudError):
     slug = "rate-limited"
 
     def __init__(self, retry_after_s: float, detail: str = "") -> None:
-        super().__init__(detail or "rate limit exceeded")
         self.retry_after_s = max(1, round(retry_after_s + 0.4999))
-        self.headers["Retry-After"] = str(self.retry_after_s)
+        super().__init__(
+            detail or "rate limit exceeded", headers={"Retry-After": str(self.retry_after_s)}
+        )
 
 
 class ServiceUnavailable(CloudError):
@@ -104,5 +77,6 @@ class DatabaseUnavailable(ServiceUnavailable):
     """PostgreSQL cannot be reached or the pool is exhausted."""
 
     def __init__(self, detail: str = "") -> None:
-        super().__init__(detail or "the database is unavailable; retry shortly")
-        self.headers["Retry-After"] = "5"
+        super().__init__(
+            detail or "the database is unavailable; retry shortly", headers={"Retry-After": "5"}
+        )

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,10 +17,10 @@ from aiohttp.typedefs import Middleware
 
 from cloud import appkeys
 from cloud.errors import CloudError
+from shared import problems
 
 log = logging.getLogger(__name__)
 
-PROBLEM_TYPE = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SECURITY_HEADERS = {
@@ -38,38 +36,21 @@ SECURITY_HEADERS = {
     ),
     "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
 }
-# aiohttp's own HTTP errors (unknown path, wrong method, body too large) → our problem slugs.
-_HTTP_SLUGS = {
-    404: ("Not found", "not-found"),
-    405: ("Method not allowed", "method-not-allowed"),
-    413: ("Payload too large", "payload-too-large"),
-}
 
 
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    *,
-    slug: str,
-    instance: str,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> web.Response:
-    body = {
-        "type": f"/problems/{slug}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": instance,
-        **extra,
-    }
+def respond(doc: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    """A problem document (``shared.problems``) as the response."""
     return web.Response(
-        status=status,
-        body=json.dumps(body).encode(),
-        content_type=PROBLEM_TYPE,
+        status=doc["status"],
+        body=problems.encode(doc),
+        content_type=problems.PROBLEM_TYPE,
         headers=headers,
     )
+
+
+def problem_response(exc: problems.Problem, instance: str) -> web.Response:
+    """What the middleware answers for ``exc`` (for a handler that answers one itself)."""
+    return respond(exc.document(instance), exc.headers)
 
 
 @web.middleware
@@ -77,39 +58,20 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except CloudError as exc:
-        extra: dict[str, Any] = dict(exc.extra)
-        errors = getattr(exc, "errors", None)
-        if errors is not None:
-            extra["errors"] = errors
-        return problem(
-            exc.status,
-            exc.title,
-            exc.detail,
-            slug=exc.slug,
-            instance=request.path,
-            headers=exc.headers,
-            **extra,
-        )
+        return problem_response(exc, request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        title, slug = _HTTP_SLUGS.get(exc.status, (exc.reason, "http-error"))
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return problem(
-            exc.status, title, exc.reason, slug=slug, instance=request.path, headers=headers
-        )
+        return respond(*problems.http_error(
+            exc.status, exc.reason, exc.headers, instance=request.path
+        ))
     except Exception:
-        error_id = uuid.uuid4().hex[:12]
-        log.exception("unexpected error %s on %s %s", error_id, request.method, request.path)
-        request.app[appkeys.METRICS].errors.inc()
-        return problem(
-            500,
-            "Internal server error",
-            f"an unexpected error occurred; quote error id {error_id}",
-            slug="internal",
-            instance=request.path,
-            error_id=error_id,
+        doc = problems.internal_error(instance=request.path)
+        log.exception(
+            "unexpected error %s on %s %s", doc["error_id"], request.method, request.path
         )
+        request.app[appkeys.METRICS].errors.inc()
+        return respond(doc)
 
 
 @web.middleware

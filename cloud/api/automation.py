@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field, TypeAdapter, ValidationError
 
 from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
-from cloud.api.routing import Call, Route, field_errors
+from cloud.api.routing import Call, Route
 from cloud.api.schemas import In, Out
 from cloud.db import audit
 from cloud.db import devices as devices_db
@@ -122,7 +122,7 @@ async def update_rule(call: Call) -> RuleOut:
     try:
         rule = RULE.validate_python({**row["body"], **patch.changes})
     except ValidationError as exc:
-        raise ValidationFailed(field_errors(exc, "body.changes")) from None
+        raise ValidationFailed.from_pydantic(exc, "body.changes") from None
     await _check_actuator(call, rule, room_id)
     body = rule.model_dump(mode="json")
     updated = await rules_db.update(

@@ -12,7 +12,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloud import appkeys
-from cloud.api.routing import JSON_TYPE, Call, Route, bearer_token, client_ip, field_errors
+from cloud.api.routing import JSON_TYPE, Call, Route, bearer_token, client_ip
 from cloud.api.schemas import In, Out
 from cloud.auth.tokens import token_hash
 from cloud.db import downlink
@@ -26,7 +26,7 @@ from cloud.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from cloud.middleware import problem
+from cloud.middleware import problem_response
 from cloud.sync.decode import decode_batch
 from cloud.sync.ingest import ForeignReference, store_batch
 from cloud.sync.iot_acks import (
@@ -119,7 +119,7 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
     try:
         answer = await _ingest(call, edge, received_at)
     except CloudError as exc:
-        answer = _problem(exc, call.request.path)
+        answer = problem_response(exc, call.request.path)
     if isinstance(answer, BatchAck):
         answer = web.Response(body=answer.model_dump_json().encode(), content_type=JSON_TYPE)
     sync = call.app[EDGE_SYNC]
@@ -152,16 +152,6 @@ async def _note_transport(call: Call, edge: dict[str, Any], *, iot: bool) -> Non
                  if iot else "over HTTPS (no longer through AWS IoT)")
 
 
-def _problem(exc: CloudError, path: str) -> web.Response:
-    """The problem response the middleware would make of ``exc``."""
-    extra: dict[str, Any] = dict(exc.extra)
-    errors = getattr(exc, "errors", None)
-    if errors is not None:
-        extra["errors"] = errors
-    return problem(exc.status, exc.title, exc.detail, slug=exc.slug, instance=path,
-                   headers=exc.headers, **extra)
-
-
 async def confirm_iot_destination(call: Call) -> web.Response:
     """Take AWS IoT's topic rule destination confirmation (logged for an operator)
 
@@ -180,9 +170,7 @@ async def _ingest(
     except (BadRequest, PayloadTooLarge) as exc:
         # The rest of the body is unreadable or unwanted: answer, then drop the connection
         # (aiohttp would otherwise try to drain the body and the client to reuse the socket).
-        response = problem(
-            exc.status, exc.title, exc.detail, slug=exc.slug, instance=call.request.path
-        )
+        response = problem_response(exc, call.request.path)
         response.force_close()
         return response
     try:
@@ -190,7 +178,7 @@ async def _ingest(
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise BadRequest("malformed JSON body") from None
-        raise ValidationFailed(field_errors(exc, "body")) from None
+        raise ValidationFailed.from_pydantic(exc, "body") from None
     if batch.protocol != PROTOCOL_VERSION:
         raise ValidationFailed(
             [

@@ -133,17 +133,6 @@ class Call:
         return self.access.farm_id
 
 
-def field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
-    return [
-        {
-            "field": ".".join([prefix, *(str(p) for p in err["loc"])]),
-            "message": str(err["msg"]),
-            "type": str(err["type"]),
-        }
-        for err in exc.errors(include_url=False, include_context=False, include_input=False)
-    ]
-
-
 def client_ip(request: web.Request) -> str:
     if request.app[appkeys.SETTINGS].trust_forwarded_for:
         forwarded = request.headers.get("X-Forwarded-For", "")
@@ -252,7 +241,7 @@ def _parse_query(request: web.Request, route: Route) -> Any:
     try:
         return route.query.model_validate(data)
     except ValidationError as exc:
-        raise ValidationFailed(field_errors(exc, "query")) from None
+        raise ValidationFailed.from_pydantic(exc, "query") from None
 
 
 async def _parse_body(request: web.Request, route: Route) -> Any:
@@ -274,7 +263,7 @@ async def _parse_body(request: web.Request, route: Route) -> Any:
         # integer); JSON strings still become times, dates and enums.
         return route.body_adapter.validate_json(raw, strict=True)
     except ValidationError as exc:
-        raise ValidationFailed(field_errors(exc, "body")) from None
+        raise ValidationFailed.from_pydantic(exc, "body") from None
 
 
 def _not_json(constant: str) -> Any:

@@ -1,22 +1,21 @@
-"""Every error the local API answers is ``application/problem+json`` (RFC 9457); every response
-carries the security headers, including a CSP that forbids inline scripts."""
+"""Every error the local API answers is ``application/problem+json`` (RFC 9457) in the format
+``shared.problems`` defines for the cloud too; every response carries the security headers,
+including a CSP that forbids inline scripts."""
 
 from __future__ import annotations
 
-import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from edge.automation import InvalidRequest, NotFound
+from edge import automation
+from shared import problems
 
 log = logging.getLogger(__name__)
 
-PROBLEM_TYPE: Final = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SECURITY_HEADERS: Final = {
@@ -34,70 +33,42 @@ SECURITY_HEADERS: Final = {
         "form-action 'self'"
     ),
 }
-# aiohttp's own HTTP errors (unknown path, wrong method, body too large) → titles and slugs.
-_HTTP_SLUGS: Final = {
-    404: ("Not found", "not-found"),
-    405: ("Method not allowed", "method-not-allowed"),
-    413: ("Payload too large", "payload-too-large"),
-}
 
 
-class ApiError(Exception):
-    """An answer other than success: ``status``/``title``/``slug`` say which, the message why."""
-
-    status: ClassVar[int] = 400
-    title: ClassVar[str] = "Bad request"
-    slug: ClassVar[str] = "bad-request"
-
-    def __init__(
-        self, detail: str = "", *, headers: dict[str, str] | None = None, **extra: Any
-    ) -> None:
-        super().__init__(detail or self.title)
-        self.detail = detail or self.title
-        self.headers = headers or {}
-        self.extra = extra
+class ApiError(problems.Problem):
+    """Base of the local API's errors; the format is ``shared.problems``, as the cloud's."""
 
 
-class BadRequest(ApiError):
+class BadRequest(ApiError, problems.BadRequest):
     pass
 
 
-class ValidationFailed(ApiError):
+class ValidationFailed(ApiError, problems.ValidationFailed):
     """``errors`` lists ``{"field", "message", "type"}``, one per offending field."""
 
+
+class Unauthorized(ApiError, problems.Unauthorized):
+    pass
+
+
+class Forbidden(ApiError, problems.Forbidden):
+    pass
+
+
+class NotFound(ApiError, problems.NotFound):
+    """What the automation engine's ``NotFound`` (a room, device or rule) answers."""
+
+
+class RequestRefused(ApiError):
+    """What the automation engine's ``InvalidRequest`` answers."""
+
     status = 422
-    title = "Validation failed"
-    slug = "validation-failed"
-
-    def __init__(self, errors: list[dict[str, str]]) -> None:
-        first = errors[0] if errors else {"field": "body", "message": "invalid"}
-        super().__init__(f"{first['field']}: {first['message']}", errors=errors)
-
-    @classmethod
-    def from_pydantic(cls, exc: ValidationError, *, where: str = "") -> ValidationFailed:
-        errors = []
-        for err in exc.errors(include_url=False, include_input=False, include_context=False):
-            loc = ".".join(str(p) for p in err["loc"]) or where or "body"
-            errors.append({"field": loc, "message": err["msg"], "type": err["type"]})
-        return cls(errors)
+    title = "Request refused"
+    slug = "invalid-request"
 
 
-class Unauthorized(ApiError):
-    status = 401
-    title = "Unauthorized"
-    slug = "unauthorized"
-
-
-class Forbidden(ApiError):
-    status = 403
-    title = "Forbidden"
-    slug = "forbidden"
-
-
-class UnsupportedMediaType(ApiError):
-    status = 415
-    title = "Unsupported media type"
-    slug = "unsupported-media-type"
+class UnsupportedMediaType(ApiError, problems.UnsupportedMediaType):
+    pass
 
 
 class TooManyAttempts(ApiError):
@@ -120,27 +91,18 @@ class LoginNotConfigured(ApiError):
     slug = "login-not-configured"
 
 
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    *,
-    slug: str,
-    instance: str,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> web.Response:
-    body = {
-        "type": f"/problems/{slug}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": instance,
-        **extra,
-    }
+def respond(doc: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    """A problem document (``shared.problems``) as the response."""
     return web.Response(
-        status=status, body=json.dumps(body).encode(), content_type=PROBLEM_TYPE, headers=headers
+        status=doc["status"],
+        body=problems.encode(doc),
+        content_type=problems.PROBLEM_TYPE,
+        headers=headers,
     )
+
+
+def problem_response(exc: problems.Problem, instance: str) -> web.Response:
+    return respond(exc.document(instance), exc.headers)
 
 
 @web.middleware
@@ -149,41 +111,25 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except ApiError as exc:
-        return problem(
-            exc.status, exc.title, exc.detail, slug=exc.slug, instance=request.path,
-            headers=exc.headers, **exc.extra,
-        )
-    except NotFound as exc:
-        return problem(404, "Not found", str(exc), slug="not-found", instance=request.path)
-    except InvalidRequest as exc:
-        return problem(
-            422, "Request refused", str(exc), slug="invalid-request", instance=request.path
-        )
+        return problem_response(exc, request.path)
+    except automation.NotFound as exc:
+        return problem_response(NotFound(str(exc)), request.path)
+    except automation.InvalidRequest as exc:
+        return problem_response(RequestRefused(str(exc)), request.path)
     except ValidationError as exc:  # a model validated outside schemas.parse_* (still bad input)
-        failed = ValidationFailed.from_pydantic(exc)
-        return problem(
-            failed.status, failed.title, failed.detail, slug=failed.slug,
-            instance=request.path, **failed.extra,
-        )
+        return problem_response(ValidationFailed.from_pydantic(exc), request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        title, slug = _HTTP_SLUGS.get(exc.status, (exc.reason, "http-error"))
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return problem(
-            exc.status, title, exc.reason, slug=slug, instance=request.path, headers=headers
-        )
+        return respond(*problems.http_error(
+            exc.status, exc.reason, exc.headers, instance=request.path
+        ))
     except Exception:
-        error_id = uuid.uuid4().hex[:12]
-        log.exception("unexpected error %s on %s %s", error_id, request.method, request.path)
-        return problem(
-            500,
-            "Internal server error",
-            f"an unexpected error occurred; quote error id {error_id} (it is in the edge log)",
-            slug="internal",
-            instance=request.path,
-            error_id=error_id,
+        doc = problems.internal_error(instance=request.path, hint="it is in the edge log")
+        log.exception(
+            "unexpected error %s on %s %s", doc["error_id"], request.method, request.path
         )
+        return respond(doc)
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:

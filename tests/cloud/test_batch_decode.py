@@ -90,7 +90,7 @@ def test_the_fast_path_agrees_with_the_general_path(
     (body([reading(0)]), "body.first_seq"),
 ])
 def test_what_is_not_a_batch_is_refused_naming_the_field(raw: bytes, field: str) -> None:
-    from cloud.api.routing import field_errors
+    from shared.problems import field_errors
 
     with pytest.raises(ValidationError) as caught:
         decode_batch(raw)
