@@ -14,10 +14,12 @@ from importlib import resources
 from typing import Final
 
 from shared.errors import SmartfarmError
+from shared.sync import KIND_CODES
 
 log = logging.getLogger(__name__)
 
 _MIGRATION_RE: Final = re.compile(r"^-- migration (\d+): (.+)$", re.MULTILINE)
+_KIND_RE: Final = re.compile(r"\{kind:([a-z_]+)\}")
 
 
 class StoreError(SmartfarmError):
@@ -32,10 +34,25 @@ class Migration:
 
 
 
+def render_kinds(text: str) -> str:
+    """Put each outbox kind's code (``shared.sync.KIND_CODES``) where schema.sql's triggers say
+    ``{kind:NAME}``: the codes are defined once, in shared, for the edge that writes them and
+    the cloud that reads them."""
+
+    def code(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in KIND_CODES:
+            raise StoreError(f"schema.sql: unknown outbox kind {name!r} in {match.group(0)}")
+        return str(KIND_CODES[name])
+
+    return _KIND_RE.sub(code, text)
+
+
 def load_migrations(text: str | None = None) -> list[Migration]:
     """Split schema.sql into its ordered migrations; raise StoreError if numbering is off."""
     if text is None:
         text = resources.files("edge.store").joinpath("schema.sql").read_text(encoding="utf-8")
+    text = render_kinds(text)
     marks = list(_MIGRATION_RE.finditer(text))
     out: list[Migration] = []
     for i, mark in enumerate(marks):

@@ -186,12 +186,12 @@ CREATE INDEX cloud_commands_command ON cloud_commands (command_id);
 
 CREATE TRIGGER outbox_quarantine AFTER INSERT ON quarantine
 BEGIN
-    INSERT INTO outbox (kind, at, ref) VALUES (1, new.received_at, new.id);
+    INSERT INTO outbox (kind, at, ref) VALUES ({kind:quarantine}, new.received_at, new.id);
 END;
 
 CREATE TRIGGER outbox_command AFTER INSERT ON commands
 BEGIN
-    INSERT INTO outbox (kind, at, data) VALUES (2, new.created_at, json_object(
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:command}, new.created_at, json_object(
         'command_id', new.command_id, 'device_id', new.device_id, 'room_id', new.room_id,
         'action', new.action, 'value', json(coalesce(new.value, 'null')), 'source', new.source,
         'reason', new.reason, 'created_at', new.created_at,
@@ -202,7 +202,7 @@ END;
 CREATE TRIGGER outbox_command_state AFTER UPDATE OF state ON commands
 WHEN new.state IS NOT old.state
 BEGIN
-    INSERT INTO outbox (kind, at, data) VALUES (3, new.updated_at, json_object(
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:command_state}, new.updated_at, json_object(
         'command_id', new.command_id, 'state', new.state, 'at', new.updated_at,
         'error', new.error, 'attempts', new.attempts,
         'cloud_command_id',
@@ -212,7 +212,7 @@ END;
 -- An alert is recorded when raised and when resolved; the bumps in between (count, last_at) not.
 CREATE TRIGGER outbox_alert_raised AFTER INSERT ON alerts
 BEGIN
-    INSERT INTO outbox (kind, at, data) VALUES (5, new.first_at, json_object(
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:alert}, new.first_at, json_object(
         'key', new.key, 'kind', new.kind, 'severity', new.severity, 'message', new.message,
         'room_id', new.room_id, 'device_id', new.device_id, 'state', new.state,
         'at', new.first_at));
@@ -221,7 +221,7 @@ END;
 CREATE TRIGGER outbox_alert_resolved AFTER UPDATE OF state ON alerts
 WHEN new.state = 'resolved' AND old.state IS NOT 'resolved'
 BEGIN
-    INSERT INTO outbox (kind, at, data) VALUES (5, coalesce(new.resolved_at, new.last_at),
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:alert}, coalesce(new.resolved_at, new.last_at),
         json_object(
         'key', new.key, 'kind', new.kind, 'severity', new.severity, 'message', new.message,
         'room_id', new.room_id, 'device_id', new.device_id, 'state', 'resolved',
@@ -232,7 +232,7 @@ END;
 CREATE TRIGGER outbox_status_new AFTER INSERT ON device_status
 WHEN new.status_at IS NOT NULL
 BEGIN
-    INSERT INTO outbox (kind, at, data) VALUES (6, new.status_at, json_object(
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:status}, new.status_at, json_object(
         'device_id', new.device_id, 'room_id', new.room_id,
         'online', json(CASE WHEN new.online THEN 'true' ELSE 'false' END),
         'state', json(new.state), 'at', new.status_at));
@@ -241,7 +241,7 @@ END;
 CREATE TRIGGER outbox_status AFTER UPDATE OF status_at ON device_status
 WHEN new.status_at IS NOT NULL
 BEGIN
-    INSERT INTO outbox (kind, at, data) VALUES (6, new.status_at, json_object(
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:status}, new.status_at, json_object(
         'device_id', new.device_id, 'room_id', new.room_id,
         'online', json(CASE WHEN new.online THEN 'true' ELSE 'false' END),
         'state', json(new.state), 'at', new.status_at));
@@ -255,7 +255,7 @@ CREATE TRIGGER outbox_stage_insert AFTER INSERT ON automation_state
 WHEN substr(new.key, 1, 5) = 'room:'
     AND NOT EXISTS (SELECT 1 FROM sync_state WHERE key = 'applying_config')
 BEGIN
-    INSERT INTO outbox (kind, at, data) VALUES (7, new.updated_at, json_object(
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:config_change}, new.updated_at, json_object(
         'version', NULL,
         'base_version', (SELECT CAST(value AS INTEGER) FROM sync_state
                          WHERE key = 'config_version'),
@@ -269,7 +269,7 @@ CREATE TRIGGER outbox_stage_update AFTER UPDATE OF value ON automation_state
 WHEN substr(new.key, 1, 5) = 'room:' AND new.value IS NOT old.value
     AND NOT EXISTS (SELECT 1 FROM sync_state WHERE key = 'applying_config')
 BEGIN
-    INSERT INTO outbox (kind, at, data) VALUES (7, new.updated_at, json_object(
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:config_change}, new.updated_at, json_object(
         'version', NULL,
         'base_version', (SELECT CAST(value AS INTEGER) FROM sync_state
                          WHERE key = 'config_version'),
@@ -283,7 +283,7 @@ CREATE TRIGGER outbox_rule_disabled AFTER INSERT ON automation_state
 WHEN substr(new.key, 1, 14) = 'rule_disabled:'
     AND NOT EXISTS (SELECT 1 FROM sync_state WHERE key = 'applying_config')
 BEGIN
-    INSERT INTO outbox (kind, at, data) VALUES (7, new.updated_at, json_object(
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:config_change}, new.updated_at, json_object(
         'version', NULL,
         'base_version', (SELECT CAST(value AS INTEGER) FROM sync_state
                          WHERE key = 'config_version'),
@@ -295,7 +295,7 @@ CREATE TRIGGER outbox_rule_enabled AFTER DELETE ON automation_state
 WHEN substr(old.key, 1, 14) = 'rule_disabled:'
     AND NOT EXISTS (SELECT 1 FROM sync_state WHERE key = 'applying_config')
 BEGIN
-    INSERT INTO outbox (kind, at, data) VALUES (7, (julianday('now') - 2440587.5) * 86400.0,
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:config_change}, (julianday('now') - 2440587.5) * 86400.0,
         json_object(
         'version', NULL,
         'base_version', (SELECT CAST(value AS INTEGER) FROM sync_state

@@ -450,3 +450,19 @@ async def test_bytes_per_reading_under_300(tmp_path: Path) -> None:
         written = (written_after - written_before) / n
         print(f", {written:.1f} B/reading written (WAL + checkpoint)")
         assert written < 300
+
+
+def test_outbox_kind_codes_in_the_schema_come_from_shared() -> None:
+    """schema.sql's triggers name their kind ({kind:NAME}); the code is shared.sync's."""
+    import re
+    from importlib import resources
+
+    from edge.store.migrations import render_kinds
+    from shared.sync import KIND_CODES
+
+    text = resources.files("edge.store").joinpath("schema.sql").read_text(encoding="utf-8")
+    assert not re.search(r"INSERT INTO outbox \([^)]*\) VALUES \(\d", text)
+    assert set(re.findall(r"\{kind:([a-z_]+)\}", text)) <= set(KIND_CODES)
+    assert render_kinds("VALUES ({kind:alert}, 1)") == f"VALUES ({KIND_CODES['alert']}, 1)"
+    with pytest.raises(StoreError, match="unknown outbox kind 'nope'"):
+        render_kinds("VALUES ({kind:nope}, 1)")
