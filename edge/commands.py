@@ -284,7 +284,7 @@ class CommandTracker:
             if ok and sent_to is not None:
                 self._count_wrong_device(device_id, sent_to, ack)
 
-        self._db.submit_callback(settle, on_done=counted)
+        self._db.write_nowait(settle, on_done=counted)
 
     def _wrong_device(self, device_id: str, sent_to: str, ack: Ack, topic: str) -> None:
         reason = _wrong_device_reason(ack, device_id, sent_to)

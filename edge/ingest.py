@@ -272,7 +272,7 @@ class Ingest:
             self.stats.duplicates += 1
             return None
         at = received.timestamp()
-        self._db.submit_callback(
+        self._db.write_nowait(
             store_telemetry, tel, room_id, at, self._touch_due(tel.device_id), raw_topic,
             payload, self._max_payload, on_done=self._stored,
         )

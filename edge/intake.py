@@ -133,15 +133,14 @@ class Intake:
     def _barrier(self, waiting: list[asyncio.Future[None]]) -> None:
         self._unsettled += len(waiting)
         try:
-            barrier = self._db.submit(_commit_point, urgent=True)
+            self._db.write_nowait(_commit_point, urgent=True,
+                                  on_done=partial(self._barrier_done, waiting))
         except StoreError as exc:
             self._settle(waiting, exc)
-            return
-        barrier.add_done_callback(partial(self._barrier_done, waiting))
 
-    def _barrier_done(self, waiting: list[asyncio.Future[None]],
-                      barrier: asyncio.Future[None]) -> None:
-        self._settle(waiting, None if barrier.cancelled() else barrier.exception())
+    def _barrier_done(self, waiting: list[asyncio.Future[None]], ok: bool, value: object) -> None:
+        self._settle(waiting, None if ok else value if isinstance(value, BaseException)
+                     else StoreError(str(value)))
 
     def _settle(self, waiting: list[asyncio.Future[None]], error: BaseException | None) -> None:
         self._unsettled -= len(waiting)

@@ -144,42 +144,6 @@ class Database:
         return self._open
 
     # ---- writes ----
-    def submit(
-        self,
-        fn: Callable[..., T],
-        /,
-        *args: Any,
-        urgent: bool = False,
-    ) -> asyncio.Future[T]:
-        """Queue fn(conn, *args) for the next group; the future settles once it is committed.
-
-        Non-blocking (call from the event loop): for hot paths that want the outcome later
-        without waiting for it now (``future.add_done_callback``). Writes are committed in the
-        order they were queued, so once this future settles every write queued before it is
-        committed too (the embedded broker's intake acknowledges messages that way). ``urgent``
-        as for ``write``.
-        """
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._put(Item(fn, args, loop, future, urgent), wake=urgent)
-        return future
-
-    def submit_callback(
-        self,
-        fn: Callable[..., Any],
-        /,
-        *args: Any,
-        on_done: Callable[[bool, Any], None],
-    ) -> None:
-        """Queue fn(conn, *args) for the next group; once the group is committed (or failed),
-        ``on_done(True, result)`` or ``on_done(False, exception)`` runs on this event loop.
-
-        The cheapest way to learn a write's outcome: no future, one loop callback per group.
-        """
-        self._check_open()
-        self._put(Item(fn, args, asyncio.get_running_loop(), on_done, False), wake=False)
-
     async def write(
         self,
         fn: Callable[..., T],
@@ -207,11 +171,24 @@ class Database:
         fn: Callable[..., Any],
         /,
         *args: Any,
+        on_done: Callable[[bool, Any], None] | None = None,
+        urgent: bool = False,
     ) -> None:
-        """Fire and forget: queue fn(conn, *args); it is committed before close() returns.
-        A failure is logged and counted (``stats.failed_items``), never raised."""
+        """Queue fn(conn, *args) for the next group without waiting; it is committed before
+        close() returns. ``on_done(True, result)`` or ``on_done(False, exception)`` then runs on
+        this event loop, once the group is committed (the cheapest way to learn an outcome: no
+        future, one loop callback per group); without it a failure is logged and counted
+        (``stats.failed_items``), never raised. Writes are committed in the order they were
+        queued, so when a write's ``on_done`` runs every write queued before it is committed
+        too (the embedded broker's intake acknowledges messages that way). ``urgent`` as for
+        ``write``.
+
+        With ``write`` (await the outcome) this is the one way in: both queue an item for the
+        writer thread (``_put``), which runs and commits items in order.
+        """
         self._check_open()
-        self._put(Item(fn, args, None, None, False), wake=False)
+        loop = asyncio.get_running_loop() if on_done is not None else None
+        self._put(Item(fn, args, loop, on_done, urgent), wake=urgent)
 
     async def checkpoint(
         self, mode: Literal["PASSIVE", "FULL", "RESTART", "TRUNCATE"] = "PASSIVE"

@@ -1,7 +1,7 @@
 """What one accepted reading writes, in the writer's transaction: the reading (with the device's
 last-seen time now and then), or a quarantine row when another reading holds its timestamp.
 
-``store_telemetry`` runs on the store's writer thread (Database.submit_callback / write); its
+``store_telemetry`` runs on the store's writer thread (Database.write_nowait / write); its
 ``many`` form takes consecutive readings of a group at once (multi-row INSERTs).
 """
 

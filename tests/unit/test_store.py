@@ -152,10 +152,11 @@ async def test_urgent_write_does_not_wait_for_the_interval(tmp_path: Path) -> No
         assert await d.read(keys) == ["now", "queued-before"]
 
 
-async def test_submit_returns_a_future_settled_on_commit(db: Database) -> None:
-    future = db.submit(put, "x", "1")
-    assert not future.done()
-    assert await future == 1
+async def test_write_nowait_reports_the_outcome_once_committed(db: Database) -> None:
+    done: asyncio.Future[tuple[bool, object]] = asyncio.get_running_loop().create_future()
+    db.write_nowait(put, "x", "1", on_done=lambda ok, value: done.set_result((ok, value)))
+    assert not done.done()
+    assert await done == (True, 1)
 
 
 async def test_reads_are_read_only_and_off_the_loop(db: Database) -> None:
@@ -307,8 +308,8 @@ async def test_migration_4_indexes_existing_readings_by_block(tmp_path: Path) ->
 
 async def test_submit_callback_reports_on_the_loop(db: Database) -> None:
     outcomes: list[tuple[bool, object]] = []
-    db.submit_callback(put, "x", "1", on_done=lambda ok, value: outcomes.append((ok, value)))
-    db.submit_callback(put, "x", "2", on_done=lambda ok, value: outcomes.append((ok, value)))
+    db.write_nowait(put, "x", "1", on_done=lambda ok, value: outcomes.append((ok, value)))
+    db.write_nowait(put, "x", "2", on_done=lambda ok, value: outcomes.append((ok, value)))
     await db.write(put, "y", "1", urgent=True)
     assert outcomes[0] == (True, 1)
     assert not outcomes[1][0] and isinstance(outcomes[1][1], sqlite3.IntegrityError)
