@@ -19,6 +19,8 @@ ActuatorRole = Literal["humidifier", "exhaust_fan", "heater", "light"]
 SPECIES: Final[tuple[Species, ...]] = get_args(Species)
 STAGES: Final[tuple[Stage, ...]] = get_args(Stage)
 ACTUATOR_ROLES: Final[tuple[ActuatorRole, ...]] = get_args(ActuatorRole)
+# The stages a room bears a crop in (yield predictions, harvest expectations).
+CROPPING_STAGES: Final[tuple[Stage, ...]] = ("pinning", "fruiting")
 
 SPECIES_LABELS: Final[Mapping[Species, str]] = MappingProxyType({
     "oyster": "Oyster",

@@ -8,6 +8,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from cloud.db.database import Database
+from shared.vocabulary import CROPPING_STAGES
 
 SUBSTRATE_COLUMNS = "room_id, dry_mass_kg, wet_mass_kg, moisture_pct, loaded_at, updated_at"
 SET_SUBSTRATE = f"""
@@ -66,7 +67,7 @@ ORDER BY day DESC, flush DESC LIMIT 1"""  # noqa: S608
 GROWING_ROOMS = """
 SELECT r.farm_id, r.id, r.species, r.stage, r.stage_started FROM rooms r
 JOIN room_substrate s ON s.farm_id = r.farm_id AND s.room_id = r.id
-WHERE r.stage IN ('pinning', 'fruiting') ORDER BY r.farm_id, r.id"""
+WHERE r.stage = ANY(%(stages)s) ORDER BY r.farm_id, r.id"""
 
 
 async def set_substrate(
@@ -161,4 +162,4 @@ async def latest_prediction(
 
 
 async def growing_rooms(db: Database) -> list[dict[str, Any]]:
-    return await db.fetch_all(GROWING_ROOMS)
+    return await db.fetch_all(GROWING_ROOMS, {"stages": list(CROPPING_STAGES)})
