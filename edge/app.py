@@ -84,7 +84,8 @@ class EdgeApp:
         # committed (edge.intake); with an external broker the edge subscribes to them.
         embedded = settings.broker.mode == "embedded"
         self.intake: Intake | None = (
-            Intake(self.ingest, self.db) if embedded and settings.broker.durable_acks else None
+            Intake(self.ingest, self.db, commit_interval_s=store.commit_interval_ms / 1000)
+            if embedded and settings.broker.durable_acks else None
         )
         self.outbox: Outbox | None = None
         self.uplink: Uplink | IotUplink | None = None

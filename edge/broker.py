@@ -297,7 +297,7 @@ class EmbeddedBroker:
     async def _oversize(self, topic: str, head: bytes, size: int) -> None:
         assert self.intake is not None
         reason = f"payload of {size} bytes exceeds the broker's {self.max_message_bytes}-byte limit"
-        done = self.intake.refuse(topic, head, "oversize", reason, size)
+        done = self.intake.refuse(topic, head, "oversize", reason, size)  # sender: see admit
         if done is not None:
             await done
 

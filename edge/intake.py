@@ -9,6 +9,14 @@ the barrier settles once every write before it is committed, and then so do thos
 futures. Group commit is kept: a barrier ends the group early instead of waiting out
 ``store.commit_interval_ms``, and one barrier covers every message taken since the last.
 
+How soon: a device whose previous message came within one commit interval (it is sending a
+run: a backlog, a burst, a bench) is acknowledged as soon as its message is committed, the
+barrier being urgent; a device reporting now and then (one reading every few seconds or minutes,
+the usual case) is acknowledged when the group commit's own timer ends the group, at most
+``store.commit_interval_ms`` later. Committing at once for every lone reading would cost an
+SD-card write of a few pages per reading (measured: 540 B per reading at 200 devices, against
+~200 B when the group collects a second's readings).
+
 So a device that saw its PUBACK never loses the reading: not at a restart (a message that
 arrives before the consumer runs simply waits), not at a SIGKILL (it is in the WAL). What the
 edge refuses (the ACL, an oversize packet) is a committed quarantine row before the PUBACK.
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # A run of at most this many messages shares one barrier (one group commit).
 BARRIER_EVERY: Final = DRAIN_BATCH
+# A client whose previous message came within the commit interval plus this is sending a run.
+RUN_SLACK_S: Final = 0.5
+_SENDERS_MAX: Final = 10_000
 
 
 @dataclass(slots=True)
@@ -40,14 +52,17 @@ class _Message:
     # Set for a refused message: (counter class, reason, size of the original payload).
     refusal: tuple[str, str, int] | None
     done: asyncio.Future[None] | None
+    urgent: bool = False  # its sender is sending a run: commit as soon as it is in
 
 
 class Intake:
     """The queue between the embedded broker's PUBLISH handling and the ingest."""
 
-    def __init__(self, ingest: Ingest, db: Database) -> None:
+    def __init__(self, ingest: Ingest, db: Database, *, commit_interval_s: float = 1.0) -> None:
         self._ingest = ingest
         self._db = db
+        self._run_window_s = commit_interval_s + RUN_SLACK_S
+        self._last_from: dict[str | None, float] = {}  # sender → when its last message came
         self._prefix = f"farm/{ingest.farm_id}/room/"
         self._queue: deque[_Message] = deque()
         self._wake = asyncio.Event()
@@ -67,19 +82,32 @@ class Intake:
         (not an uplink message, or ``wait`` is false: QoS 0)."""
         if not permitted:
             reason = f"{username or '(anonymous)'} may not publish on this topic"
-            return self.refuse(topic, payload, "acl", reason, len(payload), wait=wait)
+            return self.refuse(topic, payload, "acl", reason, len(payload), wait=wait,
+                               username=username)
         if not self._is_uplink(topic):
             return None  # the edge's own commands, or another client's traffic: not ours
         self.accepted += 1
-        return self._put(_Message(topic, payload, redelivery, None, None), wait)
+        return self._put(_Message(topic, payload, redelivery, None, None,
+                                  self._in_a_run(username)), wait)
 
     def refuse(
         self, topic: str, head: bytes, kind: str, reason: str, original_size: int, *,
-        wait: bool = True,
+        wait: bool = True, username: str | None = None,
     ) -> asyncio.Future[None] | None:
         """Quarantine a message the broker will not deliver (``head``: what was kept of it)."""
         self.refused += 1
-        return self._put(_Message(topic, head, False, (kind, reason, original_size), None), wait)
+        message = _Message(topic, head, False, (kind, reason, original_size), None,
+                           self._in_a_run(username))
+        return self._put(message, wait)
+
+    def _in_a_run(self, sender: str | None) -> bool:
+        """Whether ``sender``'s previous message came within the run window (and note this one)."""
+        now = time.monotonic()
+        last = self._last_from.get(sender)
+        if last is None and len(self._last_from) >= _SENDERS_MAX:
+            self._last_from.clear()
+        self._last_from[sender] = now
+        return last is not None and now - last <= self._run_window_s
 
     def _is_uplink(self, topic: str) -> bool:
         if not topic.startswith(self._prefix):
@@ -112,6 +140,7 @@ class Intake:
                 await self._wake.wait()
                 continue
             waiting: list[asyncio.Future[None]] = []
+            urgent = False
             for _ in range(BARRIER_EVERY):
                 if not queue:
                     break
@@ -119,8 +148,9 @@ class Intake:
                 await self._handle(message)
                 if message.done is not None:
                     waiting.append(message.done)
+                    urgent = urgent or message.urgent
             if waiting:
-                self._barrier(waiting)
+                self._barrier(waiting, urgent)
 
     async def _handle(self, message: _Message) -> None:
         if message.refusal is None:
@@ -130,10 +160,10 @@ class Intake:
             kind, reason, size = message.refusal
             self._ingest.refuse(message.topic, message.payload, kind, reason, original_size=size)
 
-    def _barrier(self, waiting: list[asyncio.Future[None]]) -> None:
+    def _barrier(self, waiting: list[asyncio.Future[None]], urgent: bool) -> None:
         self._unsettled += len(waiting)
         try:
-            self._db.write_nowait(_commit_point, urgent=True,
+            self._db.write_nowait(_commit_point, urgent=urgent,
                                   on_done=partial(self._barrier_done, waiting))
         except StoreError as exc:
             self._settle(waiting, exc)

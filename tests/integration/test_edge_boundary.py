@@ -231,3 +231,39 @@ async def test_other_subscribers_still_get_what_devices_publish(site, running_ed
                     break
     assert got == {telemetry: False, status: True}
     assert stored_readings(settings.db_path) == 1
+
+
+async def test_lone_readings_share_a_commit_and_a_run_is_acknowledged_at_once(site, running_edge):
+    """Durable acks without an SD-card write per reading: devices reporting now and then are
+    acknowledged when the group commit's timer ends the group (several readings, one commit);
+    a device sending a run (its previous message within the interval) is acknowledged as soon
+    as its message is committed."""
+    settings, secrets = site
+    settings.store.commit_interval_ms = 1_000
+    app = await running_edge(settings)
+    now = datetime.now(UTC)
+    devices = [d.id for d in settings.devices]
+    clients = [device(settings, secrets, d) for d in devices]
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients:
+            await stack.enter_async_context(client)
+        before = app.db.stats.transactions
+        started = asyncio.get_running_loop().time()
+        # One reading from each device, all within a moment: one group, not one commit each.
+        await asyncio.gather(*(
+            client.publish(build_topic(settings.farm_id, "room-a", "telemetry", d),
+                           reading(d, now), qos=1)
+            for d, client in zip(devices, clients, strict=True)))
+        lone = asyncio.get_running_loop().time() - started
+        assert app.db.stats.transactions - before <= 2
+        assert stored_readings(settings.db_path) == len(devices)
+        assert lone < 2.0  # within about one commit interval
+        # A run from one device: each acknowledged once committed, without the timer's wait.
+        sensor = clients[devices.index(SENSOR)]
+        topic = build_topic(settings.farm_id, "room-a", "telemetry", SENSOR)
+        started = asyncio.get_running_loop().time()
+        for i in range(1, 11):
+            await sensor.publish(topic, reading(SENSOR, now + timedelta(seconds=i)), qos=1)
+        run = asyncio.get_running_loop().time() - started
+    assert stored_readings(settings.db_path) == len(devices) + 10
+    assert run < 1.0 + 10 * 0.2, run  # not ten commit intervals
