@@ -335,6 +335,18 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}"
 
 
+def check_config_text(config_path: Path, text: str) -> None:
+    """Raise ConfigError (naming the key) if ``text`` would not load as ``config_path``: it is
+    written beside it, loaded (relative paths resolve the same) and removed, before anything is
+    replaced on disk."""
+    candidate = config_path.with_suffix(".toml.new")
+    candidate.write_text(text)
+    try:
+        load_config(candidate)
+    finally:
+        candidate.unlink(missing_ok=True)
+
+
 def load_config(path: Path | str, **overrides: Any) -> EdgeSettings:
     """Read the TOML file, apply env overrides, validate; raise ConfigError with one clear line."""
     path = Path(path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.config import ConfigError, load_config
+from edge.config import ConfigError, check_config_text, load_config
 from edge.credentials import write_atomic
 from shared.topics import is_valid_id
 
@@ -153,12 +153,7 @@ def register_cloud(config_path: Path, url: str, token: str, edge_id: str | None 
     while kept and not kept[-1].strip():
         kept.pop()
     text = "\n".join([*kept, "", *section]) + "\n"
-    candidate = config_path.with_suffix(".toml.new")
-    candidate.write_text(text)
-    try:
-        load_config(candidate)
-    finally:
-        candidate.unlink(missing_ok=True)
+    check_config_text(config_path, text)
     token_path = settings.resolve(token_file)
     write_atomic(token_path, token + "\n")
     write_atomic(config_path, text, mode=0o644)

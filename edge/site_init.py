@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge.config import ConfigError, load_config
+from edge.config import ConfigError, check_config_text, load_config
 from edge.credentials import DeviceSecrets, generate_password, sync_broker_files, write_atomic
 from edge.tls import tls_files
 from shared.topics import is_valid_id
@@ -172,12 +172,7 @@ def add_device(config_path: Path, device_id: str, room: str, kind: str,
         block.append(f'actuator = "{actuator}"')
     # Validate the new config before touching anything on disk.
     text = config_path.read_text().rstrip("\n") + "\n" + "\n".join(block) + "\n"
-    candidate = config_path.with_suffix(".toml.new")
-    candidate.write_text(text)
-    try:
-        load_config(candidate)
-    finally:
-        candidate.unlink(missing_ok=True)
+    check_config_text(config_path, text)
     secrets = DeviceSecrets.load_or_create(
         settings.device_secrets_path, edge_username=settings.broker.edge_username
     )
