@@ -1,5 +1,6 @@
 // The dashboard shell: sign-in state, the live socket, and a hash router over the views
-// (#/ farms, #/farm/{id} overview, #/farm/{id}/room/{id} room: room ids are per farm). Each view
+// (#/ farms, #/farm/{id} overview, #/farm/{id}/room/{id} room: room ids are per farm;
+// #/farm/{id}/setup… the farm's set-up, #/farm/{id}/alarms… its alarms and audit, #/account…). Each view
 // gets a context and returns a cleanup function that the router calls before showing the next.
 
 import { Api } from './api.js';
@@ -8,6 +9,9 @@ import { h, clear, loadVocabulary } from './dom.js';
 import { loginView } from './view-login.js';
 import { farmsView, farmView } from './view-farm.js';
 import { roomView } from './view-room.js';
+import { setupView } from './view-setup.js';
+import { alarmsView } from './view-alarms.js';
+import { accountView } from './view-account.js';
 
 const api = new Api();
 const live = new Live(api);
@@ -49,7 +53,10 @@ function route() {
   if (parts[0] === 'farm' && parts[1] && parts[2] === 'room' && parts[3]) {
     return { view: roomView, args: [parts[1], parts[3]] };
   }
+  if (parts[0] === 'farm' && parts[1] && parts[2] === 'setup') return { view: setupView, args: [parts[1], parts.slice(3)] };
+  if (parts[0] === 'farm' && parts[1] && parts[2] === 'alarms') return { view: alarmsView, args: [parts[1], parts.slice(3)] };
   if (parts[0] === 'farm' && parts[1]) return { view: farmView, args: [parts[1]] };
+  if (parts[0] === 'account') return { view: accountView, args: [parts.slice(1)] };
   // A link from before room ids were per farm: the room view finds its farm.
   if (parts[0] === 'room' && parts[1]) return { view: roomView, args: [null, parts[1]] };
   return { view: farmsView, args: [] };

@@ -1,0 +1,7 @@
+"""Chart history beyond readings: actuator on/off intervals."""
+
+from __future__ import annotations
+
+from cloud.api.routing import Route
+
+ROUTES: list[Route] = []
