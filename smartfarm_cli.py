@@ -3,13 +3,23 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: smartfarm {edge,sim,cloud,demo} …
+from shared.about import version_line
+
+USAGE = """usage: smartfarm [-h] [-V] {edge,sim,cloud,demo} …
 
   edge   init a site, add devices, check the config, run the Raspberry Pi edge
   sim    run simulated ESP32 nodes against an edge (smartfarm sim --config edge.toml)
   cloud  the cloud service (serve, migrate, seed-db, create-user, check-config)
   demo   run the whole farm locally: PostgreSQL, cloud dashboard, edge, simulated rooms
+
+options:
+  -h, --help     show this help message and exit
+  -V, --version  print the installed smartfarm version and exit
+
+`smartfarm COMMAND --help` explains each command and its options.
 """
+COMMANDS = ("edge", "sim", "cloud", "demo")
+VERSION_FLAGS = ("-V", "--version")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
+    if args[0] in VERSION_FLAGS:
+        print(version_line())
+        return 0
     command, rest = args[0], args[1:]
+    if command in ("sim", "demo") and rest[:1] and rest[0] in VERSION_FLAGS:
+        print(version_line())  # their parsers (firmware_sim, demo) have no --version of their own
+        return 0
     if command == "edge":
         from edge.cli import edge_main
 

@@ -16,6 +16,7 @@ from edge.logs import configure_edge_logging
 from edge.registration import check_identity, fetch_identity, register_cloud
 from edge.site_init import DEMO_ROOMS, add_device, init_site
 from edge.tls import TlsError, default_names, tls_files
+from shared.about import version_line
 from shared.errors import SmartfarmError
 from shared.vocabulary import ACTUATOR_ROLES
 
@@ -35,6 +36,46 @@ def effective_config(settings: EdgeSettings) -> str:
         "device_secrets_file": str(settings.device_secrets_path),
     }
     return json.dumps(doc, indent=2)
+
+
+def config_summary(settings: EdgeSettings) -> str:
+    """One line for a config that loads: ``OK: /site/edge.toml — 2 rooms, 10 devices …``."""
+    sensors = sum(1 for d in settings.devices if d.kind == "sensor")
+    actuators = len(settings.devices) - sensors
+    rooms = len(settings.rooms)
+    broker = settings.broker
+    where = (f"broker {broker.host}:{broker.port}" if broker.mode == "embedded"
+             else f"external broker {broker.url}")
+    if broker.mode == "embedded" and broker.tls.enabled:
+        where += f" (+TLS :{broker.tls.port})"
+    cloud = (f"syncs with {settings.cloud.url} as edge {settings.cloud.edge_id}"
+             if settings.cloud.enabled else "no cloud sync")
+    return (f"OK: {settings.config_path} — farm {settings.farm_id}, {rooms} room"
+            f"{'s' if rooms != 1 else ''}, {len(settings.devices)} device"
+            f"{'s' if len(settings.devices) != 1 else ''} ({sensors} sensor"
+            f"{'s' if sensors != 1 else ''}, {actuators} actuator"
+            f"{'s' if actuators != 1 else ''}), {where}, local page"
+            f" http://{settings.api.host}:{settings.api.port}/, {cloud}")
+
+
+# Help for the options whose parsers other modules build (edge/backup.py), so that every option
+# of every command explains itself (tests/integration/test_cli.py walks them all).
+EXTRA_HELP: dict[tuple[str, str], str] = {
+    ("backup", "--config"): "the edge's TOML config (default: edge.toml)",
+    ("restore", "--config"): "the edge's TOML config (default: edge.toml)",
+    ("restore", "backup"): "a file `smartfarm edge backup` wrote (gzipped or not)",
+}
+
+
+def fill_help(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+              extra: dict[tuple[str, str], str]) -> None:
+    """Give the options in ``extra`` (subcommand, option or positional name) their help text
+    when the module that added them gave none."""
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            key = action.option_strings[-1] if action.option_strings else action.dest
+            if not action.help and (name, key) in extra:
+                action.help = extra[(name, key)]
 
 
 def tune_malloc() -> None:
@@ -89,10 +130,13 @@ def _init_cloud(args: argparse.Namespace) -> tuple[str, tuple[str, str, str | No
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartfarm edge", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-V", "--version", action="version", version=version_line(),
+                        help="print the installed smartfarm version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "the edge's TOML config (default: edge.toml)"
     p = sub.add_parser("init", help="write a config and credentials into DIR (by default with"
                                      " two demo rooms and their devices)")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help="folder for edge.toml and credentials/ (made if missing)")
     p.add_argument("--farm-id", help="default: demo-farm, or with --cloud the token's farm")
     p.add_argument("--empty", action="store_true",
                    help="no demo rooms or devices (a cloud-managed edge gets them from the cloud)")
@@ -102,9 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-id", help="with --cloud: the edge's id (default: the token's)")
     p.add_argument("--offline", action="store_true",
                    help="with --cloud: do not ask the cloud whom the token belongs to")
-    p.add_argument("--broker-port", type=int, default=1884)
-    p.add_argument("--api-port", type=int, default=8088)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--broker-port", type=int, default=1884, metavar="PORT",
+                   help="MQTT port devices connect to (default: 1884; 1883 is often Mosquitto's)")
+    p.add_argument("--api-port", type=int, default=8088, metavar="PORT",
+                   help="port of the local page (default: 8088)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing edge.toml (new device passwords and admin password)")
     p.add_argument("--data-dir", type=Path,
                    help="absolute data folder (database, broker password files)")
     p.add_argument("--tls", action="store_true",
@@ -119,11 +166,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("device", help="manage devices")
     dsub = p.add_subparsers(dest="device_command", required=True)
     p = dsub.add_parser("add", help="add a device and print its credentials once")
-    p.add_argument("id")
-    p.add_argument("--room", required=True)
-    p.add_argument("--kind", choices=("sensor", "actuator"), required=True)
-    p.add_argument("--actuator", choices=ACTUATOR_ROLES)
-    p.add_argument("--config", type=Path, default=Path("edge.toml"))
+    p.add_argument("id", help="the device's id, also its MQTT user name (letters, digits, _ or -)")
+    p.add_argument("--room", required=True, help="id of the room it is in (a [[rooms]] id)")
+    p.add_argument("--kind", choices=("sensor", "actuator"), required=True,
+                   help="sensor (reports readings) or actuator (switches something)")
+    p.add_argument("--actuator", choices=ACTUATOR_ROLES,
+                   help="with --kind actuator: what it switches")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
     p = sub.add_parser("register", help="sync this edge with a cloud (writes [cloud] + token)")
     p.add_argument("--cloud", required=True, metavar="URL", help="e.g. https://farm.example.com")
     p.add_argument("--token", required=True,
@@ -133,16 +182,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true",
                    help="write the config without asking the cloud whom the token belongs to"
                         " (a cloud not reachable yet)")
-    p.add_argument("--config", type=Path, default=Path("edge.toml"))
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
     p = sub.add_parser("tls-cert", help="add names to the broker's TLS certificate (keeps the CA)")
     p.add_argument("--name", action="append", default=[], metavar="NAME",
                    help="host name or IP devices use (repeatable; default: this host's names)")
-    p.add_argument("--config", type=Path, default=Path("edge.toml"))
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
     p = sub.add_parser("run", help="run the edge until SIGTERM/SIGINT")
-    p.add_argument("--config", type=Path, default=Path("edge.toml"))
-    p = sub.add_parser("check-config", help="validate and print the effective config")
-    p.add_argument("--config", type=Path, default=Path("edge.toml"))
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    p = sub.add_parser("check-config",
+                       help="check the config (file + SMARTFARM_EDGE_* environment): one OK line,"
+                            " or every problem; exit status 2 when there is one")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    p.add_argument("--print", action="store_true", dest="print_config",
+                   help="print the full effective config as JSON (secrets masked)")
     add_backup_arguments(sub)
+    fill_help(sub, EXTRA_HELP)
     return parser
 
 
@@ -207,7 +261,7 @@ def edge_main(argv: list[str]) -> int:
                 print(f"{files.cert} already covers those names; nothing changed")
             return 0
         if args.command == "check-config":
-            print(effective_config(settings))
+            print(effective_config(settings) if args.print_config else config_summary(settings))
             return 0
         configure_edge_logging(settings)
         tune_malloc()

@@ -6,7 +6,10 @@ devices) take JSON. Relative paths are resolved against the config file's folder
 """
 from __future__ import annotations
 
+import json
+import os
 import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -21,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from shared.config_problems import Problem, problems_from_validation, report, toml_lines
 from shared.errors import SmartfarmError
 from shared.models import Id
 from shared.rules import Rule, Safety
@@ -29,7 +33,12 @@ from shared.vocabulary import ACTUATOR_ROLES, ActuatorRole, Species, Stage
 
 
 class ConfigError(SmartfarmError):
-    """The configuration cannot be used; the message names the bad key."""
+    """The configuration cannot be used; the message names the bad key (every problem found, one
+    a line, when there are several: ``problems`` holds them)."""
+
+    def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 class _Section(BaseModel):
@@ -284,20 +293,14 @@ class EdgeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        room_ids = [r.id for r in self.rooms]
-        if len(set(room_ids)) != len(room_ids):
-            raise ValueError("rooms: duplicate room id")
-        dev_ids = [d.id for d in self.devices]
-        if len(set(dev_ids)) != len(dev_ids):
-            raise ValueError("devices: duplicate device id")
-        if self.broker.edge_username in dev_ids:
-            raise ValueError("broker.edge_username must not be a device id")
-        for dev in self.devices:
-            if dev.room not in room_ids:
-                raise ValueError(f"devices: {dev.id} is in unknown room {dev.room!r}")
-        if self.home_assistant.enabled and self.broker.mode != "external":
-            # The embedded broker admits only the farm's devices and the edge (no HA login).
-            raise ValueError("home_assistant.enabled needs broker.mode = \"external\"")
+        problems = cross_problems(
+            [r.id for r in self.rooms], [(d.id, d.room) for d in self.devices],
+            edge_username=self.broker.edge_username,
+            home_assistant=self.home_assistant.enabled, broker_mode=self.broker.mode,
+        )
+        if problems:
+            # One line per problem; load_config reports each (shared.config_problems).
+            raise ValueError("\n".join(problems))
         return self
 
     # ---- paths resolved against the config file's folder ----
@@ -329,10 +332,131 @@ class EdgeSettings(BaseSettings):
         return next((d for d in self.devices if d.id == device_id), None)
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    return f"{loc}: {err['msg']}"
+def cross_problems(
+    room_ids: Sequence[object], devices: Sequence[tuple[object, object]], *,
+    edge_username: object = "smartfarm-edge", home_assistant: object = False,
+    broker_mode: object = "embedded",
+) -> list[str]:
+    """What no single room or device can be checked for alone: unique ids, devices in rooms
+    that exist, the edge's own login not taken by a device. One line per problem."""
+    problems: list[str] = []
+    for room_id in sorted({r for r in room_ids if room_ids.count(r) > 1}, key=str):
+        problems.append(f"room `{room_id}`: {room_ids.count(room_id)} rooms have this id;"
+                        " room ids must be unique")
+    dev_ids = [d for d, _ in devices]
+    for dev_id in sorted({d for d in dev_ids if dev_ids.count(d) > 1}, key=str):
+        problems.append(f"device `{dev_id}`: {dev_ids.count(dev_id)} devices have this id;"
+                        " device ids must be unique")
+    if edge_username in dev_ids:
+        problems.append(f"device `{edge_username}`: this id is the edge's own MQTT login"
+                        " (broker.edge_username); give the device another id")
+    known = ", ".join(str(r) for r in room_ids) or "none"
+    for dev_id, room in devices:
+        if room not in room_ids:
+            problems.append(f"device `{dev_id}`: room {room!r} is not a room of this config"
+                            f" (rooms: {known})")
+    if home_assistant is True and broker_mode != "external":
+        # The embedded broker admits only the farm's devices and the edge (no HA login).
+        problems.append('home_assistant.enabled needs broker.mode = "external"')
+    return problems
+
+
+def _name_item(key: str, item: Any, root: Mapping[str, Any]) -> str | None:
+    """``room `oyster-a```, ``device `fan-1` (room `oyster-a`)``, ``rule `rh-1```."""
+    if not isinstance(item, Mapping) or not isinstance(item.get("id"), str) or not item["id"]:
+        return None
+    if key == "rooms":
+        return f"room `{item['id']}`"
+    if key == "devices":
+        room = item.get("room")
+        return f"device `{item['id']}`" + (f" (room `{room}`)" if isinstance(room, str) else "")
+    if key == "rules":
+        return f"rule `{item['id']}`"
+    return None
+
+
+def _raw_cross_problems(data: Mapping[str, Any]) -> list[str]:
+    """cross_problems on the raw data, for when field errors kept the model from checking."""
+    rooms = data.get("rooms")
+    devices = data.get("devices")
+    room_ids = [r.get("id") for r in rooms if isinstance(r, Mapping)] \
+        if isinstance(rooms, list) else []
+    pairs = [(d.get("id"), d.get("room")) for d in devices if isinstance(d, Mapping)] \
+        if isinstance(devices, list) else []
+    broker = data.get("broker") if isinstance(data.get("broker"), Mapping) else {}
+    ha = data.get("home_assistant") if isinstance(data.get("home_assistant"), Mapping) else {}
+    assert isinstance(broker, Mapping) and isinstance(ha, Mapping)
+    return cross_problems(
+        [r for r in room_ids if isinstance(r, str)],
+        [(d, r) for d, r in pairs if isinstance(d, str) and isinstance(r, str)],
+        edge_username=broker.get("edge_username", "smartfarm-edge"),
+        home_assistant=ha.get("enabled", False), broker_mode=broker.get("mode", "embedded"),
+    )
+
+
+def _env_data(env: Mapping[str, str]) -> dict[str, Any]:
+    """Rooms and devices given as JSON in the environment, for naming problems by id."""
+    out: dict[str, Any] = {}
+    upper = {k.upper(): v for k, v in env.items()}
+    for key in ("rooms", "devices"):
+        raw = upper.get(f"{ENV_PREFIX}{key.upper()}")
+        if raw is not None:
+            try:
+                out[key] = json.loads(raw)
+            except ValueError:
+                continue
+    return out
+
+
+ENV_PREFIX = "SMARTFARM_EDGE_"
+
+
+def validation_problems(
+    exc: ValidationError, data: Mapping[str, Any], text: str | None,
+    env: Mapping[str, str] | None = None,
+) -> list[Problem]:
+    """Every problem of a failed EdgeSettings validation, named by room/device id."""
+    env = dict(os.environ) if env is None else env
+    merged = {**data, **_env_data(env)}
+    problems = problems_from_validation(
+        exc, model=EdgeSettings, data=merged, env=env, env_prefix=ENV_PREFIX, text=text,
+        namer=_name_item,
+    )
+    crossed = any(err["type"] == "value_error" and not err["loc"]
+                  for err in exc.errors(include_url=False))
+    if not crossed:
+        problems += [Problem("", line) for line in _raw_cross_problems(merged)]
+    return problems
+
+
+def _semantic_problems(settings: EdgeSettings, lines: Mapping[tuple[str | int, ...], int],
+                       env: Mapping[str, str]) -> list[Problem]:
+    """Checks the models leave to start-up (so constructing them stays cheap), done up front."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    def where(*path: str) -> str | None:
+        name = ENV_PREFIX + "__".join(p.upper() for p in path)
+        if name in env:
+            return f"from {name}={env[name]}"
+        for size in range(len(path), 0, -1):  # the key, else the table it belongs in
+            if (number := lines.get(path[:size])) is not None:
+                return f"line {number}"
+        return None
+
+    problems: list[Problem] = []
+    tz = settings.automation.timezone
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(Problem("", f"automation.timezone {tz!r} is not a time zone (use a name"
+                                    " such as Europe/Berlin or America/New_York)",
+                                where("automation", "timezone")))
+    broker = settings.broker
+    if broker.mode == "external" and not (broker.url or "").startswith("mqtt://"):
+        given = f"broker.url {broker.url!r}" if broker.url else "broker.url is not set"
+        problems.append(Problem("", f'{given}: broker.mode = "external" needs'
+                                    ' url = "mqtt://host:port"', where("broker", "url")))
+    return problems
 
 
 def check_config_text(config_path: Path, text: str) -> None:
@@ -348,20 +472,27 @@ def check_config_text(config_path: Path, text: str) -> None:
 
 
 def load_config(path: Path | str, **overrides: Any) -> EdgeSettings:
-    """Read the TOML file, apply env overrides, validate; raise ConfigError with one clear line."""
+    """Read the TOML file, apply env overrides, validate; raise ConfigError naming every problem
+    (room and device ids, the value given, the line or environment variable it came from)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except FileNotFoundError:
         hint = "create one with `smartfarm edge init DIR`"
         raise ConfigError(f"config file {path} not found ({hint})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     data.update(overrides)
+    env = dict(os.environ)
     try:
         settings = EdgeSettings(**data, config_path=path.resolve())
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_first_error(exc)}") from None
+        problems = validation_problems(exc, data, text, env)
+        raise ConfigError(report(str(path), problems), problems) from None
+    problems = _semantic_problems(settings, toml_lines(text), env)
+    if problems:
+        raise ConfigError(report(str(path), problems), problems)
     api = settings.api
     if api.admin_password is None and api.admin_password_file is not None:
         pw_path = settings.resolve(api.admin_password_file)

@@ -50,7 +50,8 @@ def _run(argv: list[str], monkeypatch, dsn: str, tmp_path) -> int:  # type: igno
 
 def test_check_config_masks_secrets(monkeypatch, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("SMARTFARM_CLOUD_AUTH__JWT_SECRET", "super-secret-value-" * 3)
-    assert _run(["check-config"], monkeypatch, "postgresql://u:hunter2@db/x", tmp_path) == 0
+    assert _run(["check-config", "--print"], monkeypatch, "postgresql://u:hunter2@db/x",
+                tmp_path) == 0
     out = capsys.readouterr().out
     config = json.loads(out)
     assert "hunter2" not in out and "super-secret-value" not in out
