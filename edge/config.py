@@ -79,7 +79,7 @@ class BrokerConfig(_Section):
 
 class ApiConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: int = Field(default=8088, ge=0, le=65535)  # what `edge init` writes (README)
     admin_user: str = "admin"
     # Prefer the environment (SMARTFARM_EDGE_API__ADMIN_PASSWORD) or the file `edge init` writes
     # (mode 0600); the file is read at load time when no password is given otherwise.
@@ -260,7 +260,7 @@ class EdgeSettings(BaseSettings):
         env_prefix="SMARTFARM_EDGE_", env_nested_delimiter="__", extra="forbid"
     )
 
-    farm_id: Id = "farm-1"
+    farm_id: Id = "demo-farm"  # what `edge init` writes without --farm-id (README)
     data_dir: Path = Path("data")
     device_secrets_file: Path = Path("credentials/device-secrets.toml")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
