@@ -36,7 +36,7 @@ CSRF_HEADER: Final = "X-Requested-With"
 CSRF_VALUE: Final = "smartfarm-edge"
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 # Reachable without logging in: the page, its assets, the health probe and the login itself.
-_PUBLIC_API: Final = frozenset({"/api/login", "/api/logout"})
+_PUBLIC_API: Final = frozenset({"/api/login", "/api/logout", "/api/session/state"})
 
 
 def _same(given: str, expected: str) -> bool:
@@ -158,3 +158,17 @@ async def session(request: web.Request) -> web.Response:
         if identity.expires_at is not None else None
     )
     return web.json_response({"user": identity.user, "via": identity.via, "expires_at": expires})
+
+
+async def session_state(request: web.Request) -> web.Response:
+    """Whether this browser's cookie is a live session, answered 200 either way: the page asks
+    it on load instead of provoking a 401 (which a browser logs as a console error)."""
+    token = request.cookies.get(COOKIE_NAME)
+    identity = request.app[keys.SESSIONS].verify(token) if token is not None else None
+    if identity is None:
+        return web.json_response({"logged_in": False, "user": None, "expires_at": None})
+    expires = (
+        datetime.fromtimestamp(identity.expires_at, UTC).isoformat()
+        if identity.expires_at is not None else None
+    )
+    return web.json_response({"logged_in": True, "user": identity.user, "expires_at": expires})

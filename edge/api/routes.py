@@ -36,6 +36,7 @@ from edge.store import commands as command_rows
 from edge.store import devices as device_rows
 from edge.store import quarantine as quarantine_rows
 from edge.uplink import SYNC_STATUS
+from shared.about import package_version
 from shared.models import canonical_action, command_value_error, utcnow
 from shared.vocabulary import vocabulary_document
 
@@ -80,6 +81,7 @@ async def health(request: web.Request) -> web.Response:
             broker_connected=request.app[keys.COMMANDS].connected,
             db_open=db.is_open,
             farm_id=request.app[keys.SETTINGS].farm_id,
+            version=package_version(),
             time=views.iso(utcnow()),
             pending_commands=request.app[keys.COMMANDS].pending_count(),
         )
@@ -127,19 +129,29 @@ async def favicon(request: web.Request) -> web.FileResponse:
 
 
 # ---- rooms ----
+async def _last_commands(request: web.Request, room_ids: list[str]) -> dict[str, Any]:
+    automation = request.app[keys.AUTOMATION]
+    ids = [d.id for rid in room_ids for d in automation.actuators_in(rid)]
+    result: dict[str, Any] = await request.app[keys.DB].read(views.last_commands, ids)
+    return result
+
+
 async def list_rooms(request: web.Request) -> web.Response:
     automation = request.app[keys.AUTOMATION]
+    commands = await _last_commands(request, list(automation.rooms))
     now = utcnow()
-    return web.json_response(
-        [views.room_view(automation, rid, now, _stale_after(request)) for rid in automation.rooms]
-    )
+    return web.json_response([
+        views.room_view(automation, rid, now, _stale_after(request), commands)
+        for rid in automation.rooms
+    ])
 
 
 async def get_room(request: web.Request) -> web.Response:
     room_id = _room_id(request)
-    return web.json_response(
-        views.room_view(request.app[keys.AUTOMATION], room_id, utcnow(), _stale_after(request))
-    )
+    commands = await _last_commands(request, [room_id])
+    return web.json_response(views.room_view(
+        request.app[keys.AUTOMATION], room_id, utcnow(), _stale_after(request), commands
+    ))
 
 
 async def room_readings(request: web.Request) -> web.Response:
@@ -333,6 +345,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/login", auth.login)
     app.router.add_post("/api/logout", auth.logout)
     app.router.add_get("/api/session", auth.session)
+    app.router.add_get("/api/session/state", auth.session_state)
     app.router.add_get("/api/vocabulary", vocabulary)
     app.router.add_get("/api/rooms", list_rooms)
     app.router.add_get("/api/rooms/{room_id}", get_room)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from edge.automation import Automation
@@ -13,7 +14,9 @@ from edge.config import DeviceConfig
 from edge.store import readings as reading_rows
 from edge.store.devices import DeviceStatus
 from edge.store.quarantine import QuarantinedMessage
-from shared.rules import ActuatorState
+from shared.rules import ActuatorState, Safety
+
+log = logging.getLogger(__name__)
 
 # Time series are read an hour at a time and folded into buckets as they come, so a long window
 # never holds more than one slice of rows in memory.
@@ -34,24 +37,95 @@ def _band(low: float | None, high: float | None) -> dict[str, float | None]:
     return {"low": low, "high": high}
 
 
-def actuator_view(automation: Automation, device: DeviceConfig) -> dict[str, Any]:
+def actuator_view(
+    automation: Automation,
+    device: DeviceConfig,
+    *,
+    safety_hold: dict[str, Any] | None = None,
+    last_command: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     state = automation.actuators.get(device.id, ActuatorState())
     override = state.override
     return {
         "id": device.id,
         "name": device.name or device.id,
         "role": device.actuator,
+        "room_id": device.room,
         "on": state.on,
         "since": iso(state.since),
         "override": None if override is None else {
             "on": override.on, "until": iso(override.until), "by": override.by,
         },
         "reported": automation.reported.get(device.id),
+        # A change the rules (or a manual command) want that a safety limit holds back, with
+        # when the limit lets go if it is a timer (min on/off, rest after a long run).
+        "safety_hold": safety_hold,
+        # Why it is in its state: the last command the edge sent it.
+        "last_command": None if last_command is None else {
+            "source": last_command.get("source"),
+            "reason": last_command.get("reason"),
+            "action": last_command.get("action"),
+            "state": last_command.get("state"),
+            "at": iso(last_command.get("created_at")),
+        },
     }
 
 
+def _hold_until(state: ActuatorState, safety: Safety, reason: str,
+                now: datetime) -> datetime | None:
+    """When a timer limit (min on, min off, rest after max runtime) lets go; None otherwise."""
+    if reason.startswith("resting") and state.on_intervals:
+        end = state.on_intervals[-1][1]
+        return end + timedelta(seconds=safety.min_off_s) if end is not None else None
+    if state.since is None:
+        return None
+    if reason.startswith("min on"):
+        return state.since + timedelta(seconds=safety.min_on_s)
+    if reason.startswith("min off"):
+        return state.since + timedelta(seconds=safety.min_off_s)
+    return None
+
+
+def safety_holds(automation: Automation, room_id: str, now: datetime) -> dict[str, dict[str, Any]]:
+    """Per actuator of the room, what a safety limit holds back right now: the engine's pure
+    evaluation of the room (nothing is switched or stored), its ``blocked`` list."""
+    try:
+        evaluation = automation._evaluate(room_id)
+    except Exception:  # a view must not fail because of it
+        log.exception("evaluating room %s for its safety holds failed", room_id)
+        return {}
+    holds: dict[str, dict[str, Any]] = {}
+    for blocked in getattr(evaluation, "blocked", ()):
+        device = automation.device(blocked.actuator)
+        if device is None:
+            continue
+        state = automation.actuators.get(device.id, ActuatorState())
+        until = _hold_until(state, automation.safety_of(device), blocked.reason, now)
+        holds[blocked.actuator] = {
+            "wanted_on": blocked.wanted_on,
+            "reason": blocked.reason,
+            "until": iso(until) if until is not None and until > now else None,
+        }
+    return holds
+
+
+def last_commands(conn: sqlite3.Connection, device_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The newest command of each device (runs inside one Database.read)."""
+    out: dict[str, dict[str, Any]] = {}
+    for device_id in device_ids:
+        row = conn.execute(
+            "SELECT action, source, reason, state, created_at FROM commands WHERE device_id = ?"
+            " ORDER BY created_at DESC LIMIT 1", (device_id,),
+        ).fetchone()
+        if row is not None:
+            out[device_id] = dict(zip(("action", "source", "reason", "state", "created_at"),
+                                      tuple(row), strict=True))
+    return out
+
+
 def room_view(
-    automation: Automation, room_id: str, now: datetime, stale_after_s: float
+    automation: Automation, room_id: str, now: datetime, stale_after_s: float,
+    commands: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     room = automation.rooms[room_id]
     bands = automation.bands(room_id)
@@ -64,6 +138,8 @@ def room_view(
             "stale": (now - reading.at).total_seconds() > stale_after_s,
             "in_band": in_band.get(metric),
         }
+    holds = safety_holds(automation, room_id, now)
+    last = commands or {}
     return {
         "id": room_id,
         "name": room.config.name or room_id,
@@ -73,7 +149,10 @@ def room_view(
         "readings": readings,
         "bands": {m: _band(b.low, b.high) for m, b in bands.items()},
         "in_band": in_band,
-        "actuators": [actuator_view(automation, d) for d in automation.actuators_in(room_id)],
+        "actuators": [
+            actuator_view(automation, d, safety_hold=holds.get(d.id), last_command=last.get(d.id))
+            for d in automation.actuators_in(room_id)
+        ],
         "rules": [{"id": r.id, "enabled": r.enabled} for r in room.rules],
     }
 

@@ -17,6 +17,10 @@
   let METRICS = {};
   let CHARTED = [];
   let ROLES = {};
+  let ALL_METRICS = {}; // every metric (a node's battery too): name -> {label, unit, digits}
+  let DEVICES = {}; // device id -> {name, role, kind, room_id, status}
+  let ROOM_NAMES = {}; // room id -> name
+  let RULES = {}; // rule id -> rule
 
   const $ = (id) => document.getElementById(id);
   let pollTimer = null;
@@ -91,21 +95,109 @@
     return `target ≤ ${f(band.high)} ${spec.unit}`;
   }
 
-  function fmtTime(iso) {
-    if (!iso) return "—";
-    const d = new Date(iso);
-    const today = new Date().toDateString() === d.toDateString();
-    const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    return today ? time : `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
+  // Dates as a grower reads them: "14:05" today, "yesterday 14:05", "6 Dec 14:05", and
+  // durations "3 min ago", "in 12 min", "1 h 5 min". Never raw ISO strings or epoch numbers.
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  const pad = (n) => String(n).padStart(2, "0");
+  const clock = (d) => `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  const dayStart = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+
+  function toDate(value) {
+    if (value === null || value === undefined || value === "") return null;
+    if (typeof value === "number") return new Date(value * 1000);
+    // A bare date ("2026-12-01", a stage start) is a local calendar day, not UTC midnight.
+    const day = /^(\d{4})-(\d{2})-(\d{2})$/.exec(value);
+    const d = day ? new Date(Number(day[1]), Number(day[2]) - 1, Number(day[3])) : new Date(value);
+    return Number.isNaN(d.getTime()) ? null : d;
   }
 
-  function fmtAgo(iso) {
-    if (!iso) return "never";
-    const s = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
-    if (s < 60) return `${s} s ago`;
-    if (s < 3600) return `${Math.round(s / 60)} min ago`;
-    if (s < 86400) return `${Math.round(s / 3600)} h ago`;
-    return `${Math.round(s / 86400)} d ago`;
+  function fmtDay(value) {
+    const d = toDate(value);
+    if (!d) return "—";
+    const year = d.getFullYear() !== new Date().getFullYear() ? ` ${d.getFullYear()}` : "";
+    return `${d.getDate()} ${MONTHS[d.getMonth()]}${year}`;
+  }
+
+  function fmtTime(value) {
+    const d = toDate(value);
+    if (!d) return "—";
+    const days = Math.round((dayStart(new Date()) - dayStart(d)) / 86400000);
+    if (days === 0) return clock(d);
+    if (days === 1) return `yesterday ${clock(d)}`;
+    return `${fmtDay(d)} ${clock(d)}`;
+  }
+
+  function fmtFull(value) {
+    const d = toDate(value);
+    return d ? `${fmtDay(d)} ${d.getFullYear()} ${clock(d)}:${pad(d.getSeconds())}` : "";
+  }
+
+  function fmtDuration(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return `${s} s`;
+    const m = Math.round(s / 60);
+    if (m < 60) return `${m} min`;
+    const hours = Math.floor(m / 60), rest = m % 60;
+    if (hours < 24) return rest ? `${hours} h ${rest} min` : `${hours} h`;
+    const days = Math.round(hours / 24);
+    return days === 1 ? "1 day" : `${days} days`;
+  }
+
+  function fmtAgo(value) {
+    const d = toDate(value);
+    if (!d) return "never";
+    const s = (Date.now() - d.getTime()) / 1000;
+    if (s < 45) return "just now";
+    if (s >= 86400 * 2) return `${fmtDuration(s)} ago`;
+    if (s >= 86400) return "yesterday";
+    return `${fmtDuration(s)} ago`;
+  }
+
+  function fmtIn(value) {
+    const d = toDate(value);
+    if (!d) return "";
+    const s = (d.getTime() - Date.now()) / 1000;
+    if (s <= 0) return "any moment now";
+    if (s < 60) return "in less than a minute";
+    return `in ${fmtDuration(s)}`;
+  }
+
+  // The engine's reasons, in the page's words: metric labels, rule descriptions, readable
+  // times ("until 2026-12-06 14:30 UTC" -> "until 14:30"), minutes instead of many seconds.
+  function humanize(reason) {
+    if (!reason) return "";
+    let text = String(reason);
+    text = text.replace(/(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}) UTC/g, (_, day, time) => fmtTime(`${day}T${time}:00Z`));
+    text = text.replace(/\(rule ([\w-]+)\)/g, (whole, id) => {
+      const rule = RULES[id];
+      return rule && rule.description ? `(rule: ${rule.description})` : `(rule ${id})`;
+    });
+    text = text.replace(/\b(\d+(?:\.\d+)?) s\b/g, (whole, n) => (Number(n) >= 120 ? fmtDuration(Number(n)) : whole));
+    text = text.replace(/\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b/g, (word) => (ALL_METRICS[word] ? ALL_METRICS[word].label : word));
+    return text;
+  }
+
+  const SOURCES = { automation: "automation", manual: "by hand", boot: "edge start-up", cloud: "the cloud" };
+  const STATES = {
+    pending: "waiting for the device", acked: "done", failed: "refused by the device",
+    timed_out: "no answer", superseded: "replaced by a newer command",
+  };
+
+  function actionWords(action, value) {
+    if (action === "on") return "Switch on";
+    if (action === "off") return "Switch off";
+    if (action === "set") {
+      if (typeof value === "boolean") return value ? "Switch on" : "Switch off";
+      return value === null || value === undefined ? "Set level" : `Set to ${Number(value)} %`;
+    }
+    return String(action).replace(/_/g, " ");
+  }
+
+  function deviceName(id) {
+    const d = DEVICES[id];
+    if (!d) return id;
+    const role = d.role ? (ROLES[d.role] || d.role) : "Sensor";
+    return d.name && d.name !== id ? `${role} · ${d.name}` : `${role} (${ROOM_NAMES[d.room_id] || d.room_id})`;
   }
 
   async function loadVocabulary() {
@@ -114,6 +206,8 @@
     SPECIES = Object.fromEntries(v.species.map((s) => [s.id, s.label]));
     ROLES = Object.fromEntries(v.actuator_roles.map((r) => [r.id, r.label]));
     METRICS = Object.fromEntries(v.metrics.filter((m) => m.room)
+      .map((m) => [m.name, { label: m.label, unit: m.unit, digits: m.decimals }]));
+    ALL_METRICS = Object.fromEntries(v.metrics
       .map((m) => [m.name, { label: m.label, unit: m.unit, digits: m.decimals }]));
     CHARTED = v.metrics.filter((m) => m.banded).map((m) => m.name);
     STAGES = v.stages.map((s) => [s.id, s.label]);
@@ -233,8 +327,9 @@
       refs.metrics = h("div", { class: "metrics" }),
       refs.actHead = h("div", { class: "act-head" },
         h("h3", {}, "Actuators"),
-        h("label", { class: "small" }, "manual hold ",
-          refs.hold = h("select", {}, ...HOLDS.map((m) => h("option", { value: m, selected: m === 30 }, `${m} min`))))),
+        h("label", { class: "small", for: `hold-${room.id}` }, "Hand switching holds for"),
+        refs.hold = h("select", { id: `hold-${room.id}` },
+          ...HOLDS.map((m) => h("option", { value: m, selected: m === 30 }, m < 60 ? `${m} min` : `${m / 60} h`)))),
       refs.actuators = h("ul", { class: "actuators" }),
       refs.noActuators = h("p", { class: "muted small" }, "No actuators in this room: monitoring only."));
     card.refs = refs;
@@ -246,7 +341,8 @@
     r.name.textContent = room.name;
     r.species.textContent = SPECIES[room.species] || room.species.replace("_", " ");
     if (document.activeElement !== r.stage) r.stage.value = room.stage;
-    r.since.textContent = room.stage_started ? `since ${room.stage_started}` : "";
+    r.since.textContent = room.stage_started ? `since ${fmtDay(room.stage_started)}` : "";
+    r.since.title = room.stage_started ? fmtAgo(room.stage_started) : "";
     const metrics = Object.keys(METRICS).filter((m) => room.readings[m] || room.bands[m]);
     reconcile(r.metrics, metrics, (m) => m, createMetric, (node, m) => updateMetric(node, m, room));
     reconcile(r.actuators, room.actuators, (a) => a.id, (a) => createActuator(a, card), updateActuator);
@@ -278,10 +374,10 @@
       if (reading.stale) state = "stale";
       else if (reading.in_band === true) state = "ok";
       else if (reading.in_band === false) state = "bad";
-      r.value.title = `${fmtAgo(reading.at)}${reading.stale ? " (stale: sensor silent)" : ""}`;
+      r.value.title = `read ${fmtAgo(reading.at)} (${fmtTime(reading.at)})${reading.stale ? ", stale: sensor silent" : ""}`;
     }
     setClass(node, "metric", state);
-    r.band.textContent = reading && reading.stale ? `stale · ${fmtAgo(reading.at)}` : fmtBand(metric, band);
+    r.band.textContent = reading && reading.stale ? `no fresh reading · last ${fmtAgo(reading.at)}` : fmtBand(metric, band);
     const points = (series[room.id] || {})[metric];
     const key = points ? `${points.length}:${points.length ? points[points.length - 1][0] : 0}` : "";
     if (CHARTED.includes(metric) && r.chart.dataset.drawn !== key) {
@@ -325,49 +421,98 @@
     const refs = {};
     const node = h("li", { class: "actuator" },
       h("div", { class: "act-info" },
-        refs.name = h("span", { class: "act-name" }),
-        refs.state = h("span", { class: "pill" }),
-        refs.override = h("span", { class: "badge" }),
-        refs.detail = h("div", { class: "muted small" })),
+        h("div", { class: "act-title" },
+          refs.name = h("span", { class: "act-name" }),
+          refs.state = h("span", { class: "pill" })),
+        refs.detail = h("div", { class: "act-detail" }),
+        refs.why = h("div", { class: "act-why muted small" }),
+        refs.override = h("div", { class: "hold manual" },
+          refs.overrideText = h("span"),
+          refs.auto = h("button", { type: "button", class: "auto", onclick: () => onAuto(node) },
+            "Back to auto", refs.autoName = h("span", { class: "sr-only" }))),
+        refs.safety = h("div", { class: "hold safety" }),
+        refs.reported = h("div", { class: "muted small" })),
       h("div", { class: "act-buttons" },
-        refs.on = h("button", { type: "button", onclick: () => onManual(node, card, "on") }, "On"),
-        refs.off = h("button", { type: "button", onclick: () => onManual(node, card, "off") }, "Off"),
-        refs.auto = h("button", { type: "button", class: "auto", onclick: () => onAuto(node) }, "Auto")));
+        refs.on = h("button", { type: "button", onclick: () => onManual(node, card, "on") },
+          "Turn on", refs.onName = h("span", { class: "sr-only" })),
+        refs.off = h("button", { type: "button", onclick: () => onManual(node, card, "off") },
+          "Turn off", refs.offName = h("span", { class: "sr-only" }))));
     node.refs = refs;
     return node;
   }
 
+  function reportedWords(reported) {
+    if (!reported) return "";
+    const parts = [];
+    for (const [key, value] of Object.entries(reported)) {
+      if (key === "role" || value === null || value === undefined) continue;
+      if (key === "on") parts.push(value ? "on" : "off");
+      else if (key === "level") parts.push(`level ${Number(value)} %`);
+      else if (ALL_METRICS[key]) parts.push(`${ALL_METRICS[key].label.toLowerCase()} ${fmtValueOf(key, value)}`);
+      else parts.push(`${key.replace(/_/g, " ")} ${value}`);
+    }
+    return parts.length ? `The device reports: ${parts.join(", ")}` : "";
+  }
+
+  function fmtValueOf(metric, value) {
+    const spec = ALL_METRICS[metric] || { unit: "", digits: 1 };
+    return `${Number(value).toFixed(spec.digits)} ${spec.unit}`.trim();
+  }
+
   function updateActuator(node, a) {
     const r = node.refs;
-    r.name.textContent = `${ROLES[a.role] || a.role} · ${a.name}`;
-    r.state.textContent = a.on ? "ON" : "off";
+    const role = ROLES[a.role] || a.role;
+    r.name.textContent = a.name && a.name !== a.id ? `${role} · ${a.name}` : role;
+    r.name.title = a.id;
+    r.onName.textContent = ` ${role}`;
+    r.offName.textContent = ` ${role}`;
+    r.autoName.textContent = ` for ${role}`;
+    r.state.textContent = a.on ? "On" : "Off";
     setClass(r.state, "pill", a.on ? "on" : "off");
+    r.detail.textContent = a.since
+      ? `${a.on ? "On" : "Off"} for ${fmtDuration((Date.now() - toDate(a.since).getTime()) / 1000)} (since ${fmtTime(a.since)})`
+      : (a.on ? "On" : "Off");
+    const last = a.last_command;
+    if (last && last.reason) {
+      r.why.textContent = `Why: ${SOURCES[last.source] || last.source} — ${humanize(last.reason)} · ${fmtAgo(last.at)}`;
+    } else if (last) {
+      r.why.textContent = `Last switched by ${SOURCES[last.source] || last.source} ${fmtAgo(last.at)}`;
+    } else {
+      r.why.textContent = "";
+    }
+    r.why.hidden = !r.why.textContent;
     if (a.override) {
-      r.override.textContent = `manual ${a.override.on ? "on" : "off"} until ${fmtTime(a.override.until)}`;
+      const until = toDate(a.override.until);
+      const left = until ? fmtDuration((until.getTime() - Date.now()) / 1000) : "";
+      r.overrideText.textContent = `Held ${a.override.on ? "on" : "off"} by hand (${a.override.by}): ${left} left, automation takes over at ${fmtTime(a.override.until)}. `;
+      r.overrideText.title = fmtFull(a.override.until);
       r.override.hidden = false;
     } else {
       r.override.hidden = true;
     }
-    r.auto.disabled = !a.override;
-    const parts = [];
-    if (a.since) parts.push(`${a.on ? "on" : "off"} since ${fmtTime(a.since)}`);
-    if (a.reported) {
-      const said = Object.entries(a.reported).map(([k, v]) => `${k}=${v}`).join(", ");
-      if (said) parts.push(`device says ${said}`);
+    const hold = a.safety_hold;
+    if (hold) {
+      const lets = hold.until ? ` Lets go ${fmtIn(hold.until)} (at ${fmtTime(hold.until)}).` : "";
+      r.safety.textContent = `Held ${hold.wanted_on ? "off" : "on"} by a safety limit (it would be ${hold.wanted_on ? "on" : "off"}): ${humanize(hold.reason)}.${lets}`;
+      r.safety.hidden = false;
+    } else {
+      r.safety.hidden = true;
     }
-    r.detail.textContent = parts.join(" · ");
+    r.reported.textContent = reportedWords(a.reported);
+    r.reported.hidden = !r.reported.textContent;
   }
 
   async function onManual(node, card, action) {
     const a = node.item;
     const hold = Number(card.refs.hold.value);
-    await act(`${a.name}: ${action} for ${hold} min (manual)`, () =>
+    const name = ROLES[a.role] || a.name;
+    await act(`${name} switched ${action} by hand for ${fmtDuration(hold * 60)}`, () =>
       api("/api/commands", { method: "POST", body: { device_id: a.id, action, hold_minutes: hold } }));
   }
 
   async function onAuto(node) {
     const a = node.item;
-    await act(`${a.name}: back to automation`, () =>
+    await act(`${ROLES[a.role] || a.name}: back to automation`, () =>
       api(`/api/overrides/${encodeURIComponent(a.id)}`, { method: "DELETE" }));
   }
 
@@ -397,8 +542,9 @@
       },
       (li, a) => {
         setClass(li, "alert", a.severity);
-        li.refs.msg.textContent = a.message;
-        li.refs.when.textContent = ` since ${fmtTime(a.first_at)}${a.count > 1 ? ` · ×${a.count}` : ""}`;
+        li.refs.msg.textContent = humanize(a.message);
+        li.refs.when.textContent = ` · since ${fmtTime(a.first_at)} (${fmtAgo(a.first_at)})${a.count > 1 ? ` · ${a.count} times` : ""}`;
+        li.refs.when.title = fmtFull(a.first_at);
       });
   }
 
@@ -408,40 +554,48 @@
       () => {
         const refs = {};
         const tr = h("tr", {},
-          refs.time = h("td"), refs.device = h("td"), refs.action = h("td"), refs.source = h("td"),
-          h("td", {}, refs.state = h("span", { class: "pill" })));
+          refs.time = h("td", { class: "c-time" }), refs.device = h("td", { class: "c-device" }),
+          refs.action = h("td", { class: "c-action" }),
+          h("td", { class: "c-by" }, refs.source = h("div"), refs.reason = h("div", { class: "muted small" })),
+          h("td", { class: "c-state" }, refs.state = h("span", { class: "pill" })));
         tr.refs = refs;
         return tr;
       },
       (tr, c) => {
-        tr.refs.time.textContent = fmtTime(c.created_at);
-        tr.refs.device.textContent = c.device_id;
-        tr.refs.action.textContent = c.action;
-        tr.refs.source.textContent = c.source;
-        tr.refs.source.title = c.reason || "";
-        tr.refs.state.textContent = c.state.replace("_", " ");
+        tr.refs.time.textContent = fmtAgo(c.created_at);
+        tr.refs.time.title = fmtFull(c.created_at);
+        tr.refs.device.textContent = deviceName(c.device_id);
+        tr.refs.action.textContent = actionWords(c.action, c.value);
+        tr.refs.source.textContent = SOURCES[c.source] || c.source;
+        tr.refs.reason.textContent = humanize(c.reason);
+        tr.refs.state.textContent = STATES[c.state] || c.state.replace(/_/g, " ");
         tr.refs.state.title = c.error || "";
         setClass(tr.refs.state, "pill", `cmd-${c.state}`);
       });
   }
 
   function renderRules(rules) {
+    RULES = Object.fromEntries(rules.map((r) => [r.id, r]));
     reconcile($("rules"), rules, (r) => r.id,
       (rule) => {
         const refs = {};
+        const id = `rule-${rule.id}`;
         const li = h("li", { class: "rule" },
-          h("label", { class: "switch" },
-            refs.toggle = h("input", { type: "checkbox", onchange: () => onRule(li) }),
+          h("span", { class: "switch" },
+            refs.toggle = h("input", { type: "checkbox", id, role: "switch", onchange: () => onRule(li) }),
             h("span", { class: "track", "aria-hidden": "true" })),
-          h("div", {}, refs.title = h("div", { class: "rule-title" }), refs.desc = h("div", { class: "muted small" })));
-        refs.toggle.setAttribute("aria-label", `enable rule ${rule.id}`);
+          h("label", { for: id, class: "rule-text" },
+            refs.title = h("span", { class: "rule-title" }),
+            refs.desc = h("span", { class: "muted small" })));
         li.refs = refs;
         return li;
       },
       (li, r) => {
         if (!li.busy) li.refs.toggle.checked = r.enabled;
-        li.refs.title.textContent = r.description || `${r.type} rule`;
-        li.refs.desc.textContent = `${r.id} · drives ${r.actuator}${r.enabled ? "" : " · off: automation ignores it"}`;
+        li.refs.title.textContent = r.description || `${r.type} rule ${r.id}`;
+        const where = ROOM_NAMES[r.room_id] || r.room_id;
+        const origin = r.source === "profile" ? "from the grow profile" : "your rule";
+        li.refs.desc.textContent = `${deviceName(r.actuator)} in ${where} · ${origin}${r.enabled ? "" : " · off: automation ignores it"}`;
         setClass(li, "rule", r.enabled ? "" : "disabled");
       });
   }
@@ -450,7 +604,7 @@
     const rule = li.item;
     const enabled = li.refs.toggle.checked;
     li.busy = true;
-    const done = await act(`rule ${rule.id} ${enabled ? "enabled" : "disabled"}`, () =>
+    const done = await act(`rule “${rule.description || rule.id}” ${enabled ? "on" : "off"}`, () =>
       api(`/api/rules/${encodeURIComponent(rule.id)}`, { method: "POST", body: { enabled } }));
     li.busy = false;
     if (done === null) li.refs.toggle.checked = rule.enabled;
@@ -467,8 +621,43 @@
       },
       (li, i) => {
         li.refs.reason.textContent = i.reason;
-        li.refs.meta.textContent = `${fmtTime(i.received_at)} · ${i.topic} · ${i.size} B`;
-        li.refs.meta.title = i.preview;
+        li.refs.meta.textContent = `${fmtAgo(i.received_at)} · ${i.topic} · ${i.size} bytes`;
+        li.refs.meta.title = `${fmtFull(i.received_at)}: ${i.preview}`;
+      });
+  }
+
+  function renderDevices(devices) {
+    DEVICES = Object.fromEntries(devices.map((d) => [d.id, d]));
+    const offline = devices.filter((d) => !d.status.online).length;
+    $("devices-summary").textContent = devices.length === 0 ? "No devices in the config."
+      : offline === 0 ? `All ${devices.length} devices online.` : `${offline} of ${devices.length} devices offline.`;
+    reconcile($("devices"), devices, (d) => d.id,
+      () => {
+        const refs = {};
+        const li = h("li", { class: "device" },
+          h("div", { class: "device-head" },
+            refs.name = h("span", { class: "act-name" }),
+            refs.online = h("span", { class: "pill" })),
+          refs.detail = h("div", { class: "muted small" }));
+        li.refs = refs;
+        return li;
+      },
+      (li, d) => {
+        li.refs.name.textContent = deviceName(d.id);
+        li.refs.name.title = d.id;
+        const st = d.status;
+        li.refs.online.textContent = st.online ? "online" : "offline";
+        setClass(li.refs.online, "pill", st.online ? "on" : "offline");
+        const parts = [ROOM_NAMES[d.room_id] || d.room_id];
+        parts.push(st.last_seen ? `last heard ${fmtAgo(st.last_seen)}` : "never heard from");
+        if (st.state && st.state.battery_v !== undefined && st.state.battery_v !== null) {
+          parts.push(`battery ${fmtValueOf("battery_v", st.state.battery_v)}`);
+        }
+        if (st.rssi_dbm !== null && st.rssi_dbm !== undefined) parts.push(`signal ${Math.round(st.rssi_dbm)} dBm`);
+        if (st.uptime_s) parts.push(`up ${fmtDuration(st.uptime_s)}`);
+        if (st.firmware) parts.push(`firmware ${st.firmware}`);
+        li.refs.detail.textContent = parts.join(" · ");
+        li.refs.detail.title = st.last_seen ? fmtFull(st.last_seen) : "";
       });
   }
 
@@ -476,8 +665,9 @@
   async function refresh() {
     try {
       await loadVocabulary();
-      const [rooms, alerts, commands, rules, quarantine, health] = await Promise.all([
+      const [rooms, devices, alerts, commands, rules, quarantine, health] = await Promise.all([
         api("/api/rooms"),
+        api("/api/devices"),
         api("/api/alerts?active=1&limit=20"),
         api("/api/commands?limit=15"),
         api("/api/rules"),
@@ -485,14 +675,19 @@
         fetch("/health", { credentials: "same-origin" }).then((r) => r.json()),
       ]);
       lastRooms = rooms;
+      ROOM_NAMES = Object.fromEntries(rooms.map((r) => [r.id, r.name]));
+      RULES = Object.fromEntries(rules.map((r) => [r.id, r]));
+      renderDevices(devices);
       reconcile($("rooms"), rooms, (r) => r.id, createRoom, updateRoom);
       renderAlerts(alerts);
       renderCommands(commands);
       renderRules(rules);
       renderQuarantine(quarantine);
-      const time = new Date().toLocaleTimeString();
-      if (health.broker_connected) setStatus("ok", `devices connected · updated ${time}`);
-      else setStatus("warn", `broker not connected · updated ${time}`);
+      const now = new Date();
+      const time = `${clock(now)}:${pad(now.getSeconds())}`;
+      if (health.broker_connected) setStatus("ok", `working · updated ${time}`);
+      else setStatus("warn", `MQTT broker not connected · updated ${time}`);
+      $("about").textContent = `smartfarm edge ${health.version || ""} · farm ${health.farm_id || ""}`;
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) return;
       setStatus("bad", `edge not answering (${err.message}); retrying…`);
@@ -529,13 +724,12 @@
     $("login-form").addEventListener("submit", onLogin);
     $("logout").addEventListener("click", onLogout);
     try {
-      await api("/api/session");
-      showApp();
+      const state = await api("/api/session/state");
+      if (state.logged_in) showApp();
+      else showLogin();
     } catch (err) {
-      if (!(err instanceof ApiError && err.status === 401)) {
-        setStatus("bad", `edge not answering (${err.message})`);
-        showLogin();
-      }
+      setStatus("bad", `edge not answering (${err.message})`);
+      showLogin();
     }
   });
 })();
