@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -426,7 +427,31 @@ def validation_problems(
                   for err in exc.errors(include_url=False))
     if not crossed:
         problems += [Problem("", line) for line in _raw_cross_problems(merged)]
-    return problems
+    return [_located(p, merged, text, env) for p in problems]
+
+
+_NAMED = re.compile(r"^(room|device) `([^`]+)`")
+
+
+def _located(problem: Problem, data: Mapping[str, Any], text: str | None,
+             env: Mapping[str, str]) -> Problem:
+    """A cross-check problem ("device `x`: …") gets the source of the item it names."""
+    if problem.source is not None or problem.where or not (named := _NAMED.match(problem.message)):
+        return problem
+    key = f"{named.group(1)}s"
+    env_name = f"{ENV_PREFIX}{key.upper()}"
+    if any(name.upper() == env_name for name in env):
+        return Problem(problem.where, problem.message, f"from {env_name}")
+    items = data.get(key)
+    if text is None or not isinstance(items, list):
+        return problem
+    lines = toml_lines(text)
+    for index, item in enumerate(items):
+        if isinstance(item, Mapping) and item.get("id") == named.group(2):
+            number = lines.get((key, index, "id")) or lines.get((key, index))
+            if number is not None:
+                return Problem(problem.where, problem.message, f"line {number}")
+    return problem
 
 
 def _semantic_problems(settings: EdgeSettings, lines: Mapping[tuple[str | int, ...], int],

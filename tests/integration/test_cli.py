@@ -144,7 +144,7 @@ def test_every_problem_at_once_named_by_id_with_value_and_source(
         "device `fan-1` (room `oyster-a`): safety.min_on_s -5 must be ≥ 0"
         f" (line {_line_of(site, 'min_on_s = -5')})",
         "device `probe-9`: room 'nowhere' is not a room of this config"
-        " (rooms: oyster-a, lions-mane-b)",
+        f" (rooms: oyster-a, lions-mane-b) (line {_line_of(site, 'probe-9')})",
     ]
     # The same report when the edge is started, with the same exit status and no traceback.
     assert edge_cli.edge_main(["run", "--config", str(site)]) == 2
