@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import errno
 import json
 import signal
 import sys
@@ -76,6 +77,27 @@ def fill_help(sub: argparse._SubParsersAction[argparse.ArgumentParser],
             key = action.option_strings[-1] if action.option_strings else action.dest
             if not action.help and (name, key) in extra:
                 action.help = extra[(name, key)]
+
+
+def start_failure(settings: EdgeSettings, exc: BaseException) -> str:
+    """What to tell the grower when the edge cannot start: a port taken names the setting and
+    the environment variable that change it."""
+    text = str(exc)
+    ports = [("api.port", settings.api.port, "SMARTFARM_EDGE_API__PORT")]
+    if settings.broker.mode == "embedded":
+        ports.append(("broker.port", settings.broker.port, "SMARTFARM_EDGE_BROKER__PORT"))
+        if settings.broker.tls.enabled:
+            ports.append(("broker.tls.port", settings.broker.tls.port,
+                          "SMARTFARM_EDGE_BROKER__TLS__PORT"))
+    in_use = (getattr(exc, "errno", None) == errno.EADDRINUSE or "address already in use" in text
+              or "Address already in use" in text)
+    for key, port, env in ports:
+        if in_use and (f", {port})" in text or f":{port}:" in text or f":{port} " in text):
+            return (f"{key} {port} is already in use (another edge, or another program?): stop it,"
+                    f" or choose another port ({key} in {settings.config_path} or {env}) — {text}")
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
+        return f"permission denied: {text} (does the edge's user own {settings.data_path}?)"
+    return text
 
 
 def tune_malloc() -> None:
@@ -263,10 +285,17 @@ def edge_main(argv: list[str]) -> int:
         if args.command == "check-config":
             print(effective_config(settings) if args.print_config else config_summary(settings))
             return 0
+        from edge.broker import BrokerError  # amqtt: only to run
+
         configure_edge_logging(settings)
         tune_malloc()
-        with run_lock(settings.data_path):  # one edge per data dir; restore checks it
-            asyncio.run(run_edge(settings))
+        try:
+            with run_lock(settings.data_path):  # one edge per data dir; restore checks it
+                asyncio.run(run_edge(settings))
+        except (OSError, BrokerError) as exc:  # a port taken, a folder it may not write
+            print(f"error: the edge could not start: {start_failure(settings, exc)}",
+                  file=sys.stderr)
+            return 2
         return 0
     except (ConfigError, CredentialsError, TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from edge import cli as edge_cli
 from edge.config import ConfigError, load_config
 from edge.site_init import init_site
 from firmware_sim import farm as sim_farm
+from tests.conftest import free_port
 
 VERSION = version("smartfarm")
 
@@ -186,6 +189,27 @@ def test_checks_done_before_start_up(
     assert "(from SMARTFARM_EDGE_AUTOMATION__TIMEZONE=Mars/Olympus)" in err
     assert re.search(r'broker\.url is not set: broker\.mode = "external" needs url = '
                      r'"mqtt://host:port" \(line \d+\)', err), err
+
+
+def test_a_port_in_use_names_the_setting_not_a_traceback(
+    site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SMARTFARM_EDGE_BROKER__PORT", str(free_port()))
+    monkeypatch.setenv("SMARTFARM_EDGE_DATA_DIR", str(site.parent / "data-run"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("SMARTFARM_EDGE_API__PORT", str(port))
+        handlers = logging.root.handlers[:]
+        try:
+            assert edge_cli.edge_main(["run", "--config", str(site)]) == 2
+        finally:
+            logging.root.handlers[:] = handlers
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: the edge could not start: api.port {port} is already in use" in err
+    assert f"(api.port in {site.resolve()} or SMARTFARM_EDGE_API__PORT)" in err
 
 
 def test_bad_toml_and_missing_file_are_one_line(
