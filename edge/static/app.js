@@ -471,7 +471,7 @@
     setClass(r.state, "pill", a.on ? "on" : "off");
     r.detail.textContent = a.since
       ? `${a.on ? "On" : "Off"} for ${fmtDuration((Date.now() - toDate(a.since).getTime()) / 1000)} (since ${fmtTime(a.since)})`
-      : (a.on ? "On" : "Off");
+      : "";
     const last = a.last_command;
     if (last && last.reason) {
       r.why.textContent = `Why: ${SOURCES[last.source] || last.source} — ${humanize(last.reason)} · ${fmtAgo(last.at)}`;
@@ -481,10 +481,11 @@
       r.why.textContent = "";
     }
     r.why.hidden = !r.why.textContent;
+    r.detail.hidden = !r.detail.textContent;
     if (a.override) {
       const until = toDate(a.override.until);
       const left = until ? fmtDuration((until.getTime() - Date.now()) / 1000) : "";
-      r.overrideText.textContent = `Held ${a.override.on ? "on" : "off"} by hand (${a.override.by}): ${left} left, automation takes over at ${fmtTime(a.override.until)}. `;
+      r.overrideText.textContent = `Switched ${a.override.on ? "on" : "off"} by hand (${a.override.by}): ${left} left, then automation takes over (at ${fmtTime(a.override.until)}).`;
       r.overrideText.title = fmtFull(a.override.until);
       r.override.hidden = false;
     } else {

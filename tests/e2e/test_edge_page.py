@@ -161,8 +161,8 @@ async def test_a_grower_runs_the_farm_from_the_edge_page(
             hold = heater_row.locator(".hold.manual")
             await expect(hold).to_be_visible(timeout=10_000)
             await expect(hold).to_contain_text(re.compile(
-                r"Held on by hand \(admin\): 1[45] min left, automation takes over at"
-                r" \d{2}:\d{2}"))
+                r"Switched on by hand \(admin\): 1[45] min left, then automation takes over"
+                r" \(at \d{2}:\d{2}\)\."))
             await expect(page.locator("#commands")).to_contain_text("Switch on")
             await expect(page.locator("#commands")).to_contain_text("by hand")
             await expect(page.locator("#commands")).to_contain_text("manual by admin for 15 min")
@@ -194,6 +194,8 @@ async def test_a_grower_runs_the_farm_from_the_edge_page(
             assert outline[1] != "none" and float(outline[2].removesuffix("px")) >= 2, outline
 
             layout_wide = await _layout_problems(page)
+            if (shots := os.environ.get("SMARTFARM_SCREENSHOTS")):
+                await page.screenshot(path=f"{shots}/edge-page-1366.png", full_page=True)
             axe_wide = await _axe_serious(page) if AXE.exists() else []
 
             # Back to automation: the hold goes.
