@@ -51,6 +51,9 @@ def config_summary(settings: EdgeSettings) -> str:
         where += f" (+TLS :{broker.tls.port})"
     cloud = (f"syncs with {settings.cloud.url} as edge {settings.cloud.edge_id}"
              if settings.cloud.enabled else "no cloud sync")
+    if settings.api.admin_password is None:
+        cloud += ("; no admin password (SMARTFARM_EDGE_API__ADMIN_PASSWORD or"
+                  " api.admin_password_file): the local page cannot be logged into")
     return (f"OK: {settings.config_path} — farm {settings.farm_id}, {rooms} room"
             f"{'s' if rooms != 1 else ''}, {len(settings.devices)} device"
             f"{'s' if len(settings.devices) != 1 else ''} ({sensors} sensor"

@@ -22,7 +22,7 @@ Loc = tuple[str | int, ...]
 # such as "room `oyster-a`", or None for the generic "rooms #2".
 ItemNamer = Callable[[str, Any, Mapping[str, Any]], str | None]
 
-SECRET_WORDS = ("password", "token", "secret", "database_url", "key")
+SECRET_WORDS = ("password", "token", "secret", "database_url", "dsn")
 MASK = "********"
 
 
@@ -102,8 +102,13 @@ def env_name(prefix: str, path: Sequence[str], delimiter: str = "__") -> str:
 
 
 def is_secret(name: str) -> bool:
+    """A setting whose value is never shown: passwords, tokens, secrets, DSNs, keys (not the
+    paths of key files)."""
     lowered = name.lower()
-    return any(word in lowered for word in SECRET_WORDS)
+    if lowered.endswith(("_file", "__file", "_path")):
+        return False
+    return any(word in lowered for word in SECRET_WORDS) or lowered == "key" \
+        or lowered.endswith(("_key", "__key"))
 
 
 def _env_source(loc: Loc, prefix: str, env: Mapping[str, str],

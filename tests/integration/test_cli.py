@@ -99,7 +99,11 @@ def test_a_good_config_is_one_ok_line_and_print_dumps_it_masked(
     assert out.count("\n") == 1
     assert out.startswith(f"OK: {site.resolve()} — farm farm-t, 2 rooms, 10 devices"
                           " (2 sensors, 8 actuators), broker 127.0.0.1:1884")
-    assert "local page http://127.0.0.1:8088/" in out and "no cloud sync" in out
+    assert "local page http://127.0.0.1:8088/" in out and out.rstrip().endswith("no cloud sync")
+
+    (site.parent / "credentials" / "admin-password").unlink()
+    assert edge_cli.edge_main(["check-config", "--config", str(site)]) == 0
+    assert "no admin password" in capsys.readouterr().out
 
     monkeypatch.setenv("SMARTFARM_EDGE_API__ADMIN_PASSWORD", "letmein-secret")
     assert edge_cli.edge_main(["check-config", "--print", "--config", str(site)]) == 0

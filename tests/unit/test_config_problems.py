@@ -129,6 +129,17 @@ def test_sources_are_the_environment_variable_or_the_line() -> None:
     ]
 
 
+def test_secrets_are_masked_but_not_paths_of_key_files() -> None:
+    from shared.config_problems import is_secret
+
+    for name in ("password", "admin_password", "SMARTFARM_EDGE_CLOUD__TOKEN", "jwt_secret",
+                 "database_url", "DATABASE_URL", "api_key", "key"):
+        assert is_secret(name), name
+    for name in ("key_file", "admin_password_file", "token_file", "port", "keepalive_s",
+                 "SMARTFARM_EDGE_BROKER__TLS__KEY_FILE"):
+        assert not is_secret(name), name
+
+
 def test_report_is_one_line_for_one_problem_and_a_list_for_more() -> None:
     one = [Problem("room `a`", "size 0 must be ≥ 1", "line 3")]
     assert report("site.toml", one) == "site.toml: room `a`: size 0 must be ≥ 1 (line 3)"
