@@ -89,10 +89,13 @@ def _hold_until(state: ActuatorState, safety: Safety, reason: str,
 def safety_holds(automation: Automation, room_id: str, now: datetime) -> dict[str, dict[str, Any]]:
     """Per actuator of the room, what a safety limit holds back right now: the engine's pure
     evaluation of the room (nothing is switched or stored), its ``blocked`` list."""
+    evaluate = getattr(automation, "_evaluate", None)
+    if evaluate is None:
+        return {}
     try:
-        evaluation = automation._evaluate(room_id)
+        evaluation = evaluate(room_id)
     except Exception:  # a view must not fail because of it
-        log.exception("evaluating room %s for its safety holds failed", room_id)
+        log.warning("evaluating room %s for its safety holds failed", room_id, exc_info=True)
         return {}
     holds: dict[str, dict[str, Any]] = {}
     for blocked in getattr(evaluation, "blocked", ()):
