@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -224,13 +225,21 @@ def cloud_main(argv: list[str]) -> int:
 
             from cloud.app import init_app
 
-            web.run_app(
-                init_app(settings),
-                host=settings.host,
-                port=settings.port,
-                print=None,
-                access_log=None,
-            )
+            try:
+                web.run_app(
+                    init_app(settings),
+                    host=settings.host,
+                    port=settings.port,
+                    print=None,
+                    access_log=None,
+                )
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                print(f"error: port {settings.port} on {settings.host} is already in use (another"
+                      " cloud, or another program?): stop it, or choose another with --port or"
+                      f" SMARTFARM_CLOUD_PORT — {exc}", file=sys.stderr)
+                return 2
             return 0
         if args.command == "worker":
             from cloud.jobs.worker import worker_main

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,7 +86,7 @@ def test_top_level_help_lists_the_commands_and_the_version_flag(
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("SMARTFARM_EDGE_"):
             monkeypatch.delenv(name)
     path, _ = init_site(tmp_path / "site", farm_id="farm-t")
@@ -250,3 +252,22 @@ def test_cloud_check_config_lists_every_problem_with_its_source(
     assert out.count("\n") == 1 and "hunter2" not in out
     assert out.startswith(f"OK: {config.resolve()} — listens on http://0.0.0.0:8000/,"
                           " database postgresql://u:**********@db/x")
+
+
+@pytest.mark.postgres
+def test_cloud_serve_on_a_port_in_use_is_one_line(tmp_path: Path, databases: Any) -> None:
+    env = {**os.environ, "DATABASE_URL": databases.dsn(databases.create()),
+           "SMARTFARM_CLOUD_DATA_DIR": str(tmp_path / "cloud"),
+           "SMARTFARM_CLOUD_JOBS__IN_PROCESS_WORKER": "false"}
+    root = Path(__file__).resolve().parents[2]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "smartfarm_cli", "cloud", "serve", "--port", str(port)],
+            cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"error: port {port} on 127.0.0.1 is already in use" in done.stderr
+    assert "--port or SMARTFARM_CLOUD_PORT" in done.stderr
