@@ -193,11 +193,14 @@
     return String(action).replace(/_/g, " ");
   }
 
-  function deviceName(id) {
+  // "Heater (Room A)", or "Heater · Left wall (Room A)" when the device has a name of its own;
+  // withRoom false where the room is said anyway.
+  function deviceName(id, withRoom = true) {
     const d = DEVICES[id];
     if (!d) return id;
     const role = d.role ? (ROLES[d.role] || d.role) : "Sensor";
-    return d.name && d.name !== id ? `${role} · ${d.name}` : `${role} (${ROOM_NAMES[d.room_id] || d.room_id})`;
+    const name = d.name && d.name !== id ? `${role} · ${d.name}` : role;
+    return withRoom ? `${name} (${ROOM_NAMES[d.room_id] || d.room_id})` : name;
   }
 
   async function loadVocabulary() {
@@ -596,7 +599,7 @@
         li.refs.title.textContent = r.description || `${r.type} rule ${r.id}`;
         const where = ROOM_NAMES[r.room_id] || r.room_id;
         const origin = r.source === "profile" ? "from the grow profile" : "your rule";
-        li.refs.desc.textContent = `${deviceName(r.actuator)} in ${where} · ${origin}${r.enabled ? "" : " · off: automation ignores it"}`;
+        li.refs.desc.textContent = `${deviceName(r.actuator, false)} in ${where} · ${origin}${r.enabled ? "" : " · off: automation ignores it"}`;
         setClass(li, "rule", r.enabled ? "" : "disabled");
       });
   }

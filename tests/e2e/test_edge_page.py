@@ -142,6 +142,9 @@ async def test_a_grower_runs_the_farm_from_the_edge_page(
             page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
 
             await page.goto(url)
+            await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+            layout_login = await _layout_problems(page)
+            axe_login = await _axe_serious(page) if AXE.exists() else []
             await page.get_by_label("User name").fill("admin")
             await page.get_by_label("Password").fill(password.get_secret_value())
             await page.get_by_role("button", name="Log in").click()
@@ -214,6 +217,8 @@ async def test_a_grower_runs_the_farm_from_the_edge_page(
         finally:
             await browser.close()
 
+    assert layout_login == [], layout_login
+    assert axe_login == [], axe_login
     assert layout_wide == [], layout_wide
     assert layout_phone == [], layout_phone
     assert axe_wide == [], axe_wide
