@@ -216,7 +216,8 @@ def _message(err: ErrorDetails, field: str, secret: bool, model: type[BaseModel]
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"{subject} must be a table"
     if kind == "union_tag_invalid":
-        return f"{field} type {_fmt_value(ctx.get('tag'), False)} is not one of" \
+        where = f"{field}." if field else ""
+        return f"{where}type {_fmt_value(ctx.get('tag'), False)} is not one of" \
                f" {_choices(str(ctx.get('expected_tags', '')))}"
     if kind == "union_tag_not_found":
         return f"{field} needs a `type`" if field else "`type` is missing"

@@ -169,7 +169,8 @@ def test_problems_in_environment_json_and_rules_are_named_by_id(
     rooms = [{"id": "room-a", "species": "oyster", "stage": "fruting"},
              {"id": "room-a", "species": "oyster", "stage": "pinning",
               "rules": [{"id": "rh-1", "room_id": "room-a", "actuator": "x", "type": "threshold",
-                         "metric": "humidity_pct", "for_s": -1}]}]
+                         "metric": "humidity_pct", "for_s": -1},
+                        {"id": "rh-2", "room_id": "room-a", "actuator": "x", "type": "treshold"}]}]
     monkeypatch.setenv("SMARTFARM_EDGE_ROOMS", json.dumps(rooms))
     monkeypatch.setenv("SMARTFARM_EDGE_DEVICES", "[]")
     monkeypatch.setenv("SMARTFARM_EDGE_API__ADMIN_PASSWORD", "x" * 3)
@@ -179,6 +180,8 @@ def test_problems_in_environment_json_and_rules_are_named_by_id(
     assert "room `room-a`: stage 'fruting' is not one of spawn_run, pinning, fruiting" \
            " (from SMARTFARM_EDGE_ROOMS=" in err
     assert "room `room-a`, rule `rh-1`: for_s -1 must be ≥ 0" in err
+    assert "room `room-a`, rule `rh-2`: type 'treshold' is not one of threshold, schedule, pid" \
+           in err
     assert "automation.tick_s 0 must be > 0 (from SMARTFARM_EDGE_AUTOMATION__TICK_S=0)" in err
     assert "room `room-a`: 2 rooms have this id" in err
     assert "xxx" not in err
