@@ -85,13 +85,19 @@ async def run_demo(settings: EdgeSettings, admin_password: str, *, speed: float,
             await edge_task
 
 
-def demo_main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartfarm demo", description=__doc__)
-    parser.add_argument("--dir", type=Path, default=Path(".demo"))
+    parser.add_argument("--dir", type=Path, default=Path(".demo"),
+                        help="folder for the demo's site, database and logs (kept between runs)")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="how much faster than real time the rooms' air evolves")
     parser.add_argument("--interval", type=float, default=5.0,
                         help="seconds between sensor readings (real time)")
+    return parser
+
+
+def demo_main(argv: list[str]) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     settings, password = prepare(args.dir)
     configure_logging(settings.log_level)

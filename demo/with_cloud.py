@@ -236,10 +236,11 @@ def _banner(url: str, edge: Any, settings: EdgeSettings, admin_password: str,
     print(line, flush=True)
 
 
-def demo_main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartfarm demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", type=Path, default=Path(".demo"))
+    parser.add_argument("--dir", type=Path, default=Path(".demo"),
+                        help="folder for the demo's site, database and logs (kept between runs)")
     parser.add_argument("--port", type=int, default=CLOUD_PORT,
                         help=f"dashboard port (default {CLOUD_PORT}; a free one if taken)")
     parser.add_argument("--speed", type=float, default=1.0,
@@ -248,6 +249,11 @@ def demo_main(argv: list[str]) -> int:
                         help="seconds between sensor readings (real time)")
     parser.add_argument("--edge-only", action="store_true",
                         help="the edge and simulated farm only (no cloud, no database)")
+    return parser
+
+
+def demo_main(argv: list[str]) -> int:
+    parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if args.edge_only:
         return edge_demo(["--dir", str(args.dir / "edge"), "--speed", str(args.speed),

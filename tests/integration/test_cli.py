@@ -20,6 +20,8 @@ import pytest
 
 import smartfarm_cli
 from cloud import cli as cloud_cli
+from demo import edge_only as demo_edge_only
+from demo import with_cloud as demo_with_cloud
 from edge import cli as edge_cli
 from edge.config import ConfigError, load_config
 from edge.site_init import init_site
@@ -59,6 +61,8 @@ def test_every_option_of_every_command_has_help() -> None:
         "smartfarm edge": edge_cli._parser(),
         "smartfarm cloud": cloud_cli._parser(),
         "smartfarm sim": sim_farm._parser(),
+        "smartfarm demo": demo_with_cloud._parser(),
+        "smartfarm demo --edge-only": demo_edge_only._parser(),
     }
     missing = []
     seen = 0
