@@ -52,7 +52,8 @@ export async function accountView(ctx) {
   const health = h('ul', { class: 'items health', 'aria-label': 'channel health' });
   const save = h('button', { type: 'submit', class: 'primary', text: 'Save settings' });
   const test = h('button', { type: 'button', text: 'Send test' });
-  const results = h('ul', { class: 'items test-results', 'aria-label': 'test results', 'aria-live': 'polite' });
+  const results = h('ul', { class: 'items test-results', 'aria-label': 'test results', 'aria-live': 'polite' },
+    h('li', { class: 'muted', text: 'No test sent from this page yet: “Send test” sends one now through every channel set up.' }));
 
   function renderHealth(p) {
     const line = (name, hlt, on) => {
@@ -80,8 +81,12 @@ export async function accountView(ctx) {
     h('div', { class: 'actions' }, save, test, saved),
     shownSecret);
 
-  form.addEventListener('submit', async (event) => {
-    event.preventDefault();
+  let dirty = false;
+  form.addEventListener('input', () => { dirty = true; });
+  form.addEventListener('change', () => { dirty = true; });
+
+  // Saves the form; true when saved (errors are shown beside their fields).
+  async function saveSettings() {
     const payload = {
       email_enabled: emailOn.input.checked,
       email: email.input.value.trim() || null,
@@ -93,26 +98,37 @@ export async function accountView(ctx) {
       timezone: tz.input.value,
       max_per_hour: Number(cap.input.value) || cap.input.value,
     };
-    await busy(save, async () => {
-      try {
-        const out = await api.request('PUT', '/api/users/me/notification-preferences', payload);
-        showErrors(fields, general, null);
-        rotate.input.checked = false;
-        saved.textContent = `Saved ${shortDate(out.updated_at || new Date())}`;
-        clear(shownSecret, out.webhook_secret
-          ? h('div', { class: 'card credentials' },
-            h('p', { class: 'warning', text: 'The webhook\'s signing secret, shown only now: your receiver checks X-Smartfarm-Signature with it.' }),
-            secret('Signing secret', out.webhook_secret, { name: 'webhook-secret' }))
-          : null);
-        renderHealth(out);
-      } catch (err) {
-        showErrors(fields, general, err);
-      }
-    });
+    try {
+      const out = await api.request('PUT', '/api/users/me/notification-preferences', payload);
+      dirty = false;
+      showErrors(fields, general, null);
+      rotate.input.checked = false;
+      saved.textContent = `Saved ${shortDate(out.updated_at || new Date())}`;
+      clear(shownSecret, out.webhook_secret
+        ? h('div', { class: 'card credentials' },
+          h('p', { class: 'warning', text: 'The webhook\'s signing secret, shown only now: your receiver checks X-Smartfarm-Signature with it.' }),
+          secret('Signing secret', out.webhook_secret, { name: 'webhook-secret' }))
+        : null);
+      renderHealth(out);
+      return true;
+    } catch (err) {
+      showErrors(fields, general, err);
+      return false;
+    }
+  }
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    await busy(save, saveSettings);
   });
 
+  // The test goes out with the settings as shown: unsaved changes are saved first.
   test.addEventListener('click', async () => {
     await busy(test, async () => {
+      if (dirty && !(await saveSettings())) {
+        clear(results, h('li', { class: 'error', role: 'alert', text: 'Not sent: fix the settings above first.' }));
+        return;
+      }
       clear(results, h('li', { class: 'muted', text: 'Sending…' }));
       try {
         const out = await api.request('POST', '/api/users/me/notification-preferences/test');

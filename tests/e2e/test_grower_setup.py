@@ -37,6 +37,9 @@ from tests.e2e.test_edge_cloud import simulated
 
 pytestmark = [pytest.mark.postgres, pytest.mark.browser]
 FIXTURES = (cloud,)
+# Form fields without a <label> (screen readers would announce them without a name).
+UNLABELLED = """[...document.querySelectorAll('input, select, textarea')]
+  .filter((el) => el.type !== 'hidden' && el.labels.length === 0).map((el) => el.outerHTML)"""
 
 
 async def _sign_in(page: Any, url: str, email: str, password: str) -> None:
@@ -103,6 +106,25 @@ async def test_a_grower_sets_up_a_farm_from_the_web_and_sees_a_new_sensor_report
             assert "since 5 Jan" in (await item.text_content() or "")
             room = await the_cloud.api("GET", f"/api/rooms/{room_id}")
             assert room["name"] == "Fruiting 1" and room["stage"] == "fruiting"
+            assert room["stage_started"].startswith("2026-01-0")  # local midnight, 5 Jan
+
+            # A second room: edited (a new stage), then deleted after a confirmation.
+            await page.get_by_label("Name", exact=True).fill("Spare")
+            await page.get_by_label("Grow stage").select_option("spawn_run")
+            await page.click("button:has-text('Add room')")
+            spare = page.locator("li.setup-item", has_text="Spare")
+            await spare.wait_for()
+            await page.click("button[aria-label='Edit room Spare']")
+            await spare.get_by_label("Grow stage").select_option("pinning")
+            await spare.locator("button:has-text('Save room')").click()
+            await page.wait_for_selector("li.setup-item:has-text('Pinning')")
+            await page.click("button[aria-label='Delete room Spare']")
+            await spare.locator("button:has-text('Cancel')").click()
+            await page.click("button[aria-label='Delete room Spare']")
+            await spare.locator("button:has-text('Delete room')").click()
+            await spare.wait_for(state="detached")
+            rooms = await the_cloud.api("GET", f"/api/farms/{farm_id}/rooms")
+            assert [r["id"] for r in rooms["items"]] == [room_id]
 
             # The edge: register it, and run the set-up command the page shows, on a new site.
             await page.click("nav.tabs >> text=Edge gateways")
@@ -139,7 +161,12 @@ async def test_a_grower_sets_up_a_farm_from_the_web_and_sees_a_new_sensor_report
             await page.click("button:has-text('Save address')")
             await page.wait_for_selector(f"text=devices connect to {host}:{port}")
             await page.get_by_label("Room", exact=True).select_option(room_id)
+            await page.get_by_label("Kind").select_option("actuator")
+            assert await page.get_by_label("Switches").is_visible()
+            assert await page.get_by_label("Minimum on (min)").is_visible()
             await page.get_by_label("Kind").select_option("sensor")
+            assert not await page.get_by_label("Switches").is_visible()  # a sensor has no role
+            assert not await page.get_by_label("Minimum on (min)").is_visible()
             await page.get_by_label("Name", exact=True).fill("Climate probe")
             await page.click("button:has-text('Add device')")
             card = page.locator("section.credentials")
@@ -238,6 +265,8 @@ async def test_a_grower_sets_up_a_farm_from_the_web_and_sees_a_new_sensor_report
                 await phone.wait_for_selector("nav.tabs a[aria-current=page]")
                 await phone.wait_for_selector("section.card")
                 assert await _overflow(phone) <= 1, f"{where} is wider than a phone"
+                unlabelled = await phone.evaluate(UNLABELLED)
+                assert unlabelled == [], f"{where}: fields without a label: {unlabelled}"
             await phone.get_by_label("Email", exact=True).fill("second@example.com")
             await phone.click("button:has-text('Invite')")
             await phone.wait_for_selector("[data-secret=invite-link]")
