@@ -238,7 +238,7 @@ async function devicesSection(env) {
 
   // A new device.
   const roomF = field('Room', select(rooms.map((r) => [r.id, r.name || r.id])), { name: 'room' });
-  const kindF = field('Kind', select([['sensor', 'Sensor node (temperature, humidity, CO₂…)'], ['actuator', 'Actuator (a relay switching something)']], 'sensor'), { name: 'kind' });
+  const kindF = field('Kind', select([['sensor', 'Sensor node'], ['actuator', 'Actuator (relay)']], 'sensor'), { name: 'kind' });
   const roleF = field('Switches', select(vocabulary.actuator_roles.map((r) => [r.id, r.label]), 'humidifier'), { name: 'actuator' });
   const nameF = field('Name', h('input', { type: 'text', maxlength: '100', autocomplete: 'off' }), { name: 'name', hint: 'what you call it, e.g. "Humidifier left"' });
   const idF = field('User name (optional)', h('input', { type: 'text', maxlength: '64', autocomplete: 'off', placeholder: 'generated' }),
