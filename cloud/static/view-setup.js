@@ -99,6 +99,10 @@ async function roomsSection(env) {
 
     function edit() {
       const fields = roomFields(vocabulary, room);
+      // A new stage starts today unless the grower says when it did.
+      fields[2].input.addEventListener('change', () => {
+        fields[3].input.value = fields[2].input.value === room.stage ? isoToDate(room.stage_started) : isoToDate(new Date());
+      });
       const general = errorLine();
       const save = h('button', { type: 'submit', class: 'primary', text: 'Save room' });
       const form = h('form', { class: 'setup-form', 'aria-label': `Edit room ${room.name || room.id}` },
