@@ -4,7 +4,7 @@
 // Routed at #/farm/{farm}/setup/{rooms|devices|edges|members}.
 
 import { inFarm, path } from './api.js';
-import { h, clear, ago, speciesLabel, stageLabel, actuatorLabel } from './dom.js';
+import { h, clear, append, ago, speciesLabel, stageLabel, actuatorLabel } from './dom.js';
 import {
   field, checkbox, select, showErrors, errorLine, busy, secret, confirmIn, shortDate, fromNow,
   dateToIso, isoToDate,
@@ -48,6 +48,16 @@ export async function setupView(ctx, farmId, rest = []) {
   const sections = { rooms: roomsSection, devices: devicesSection, edges: edgesSection, members: membersSection };
   await sections[tab](env);
   return null;
+}
+
+// A card shown once comes into view with its heading focused (screen readers read it out).
+function reveal(slot) {
+  const heading = slot.querySelector('h2');
+  if (heading) {
+    heading.setAttribute('tabindex', '-1');
+    heading.focus({ preventScroll: true });
+  }
+  slot.scrollIntoView({ block: 'start' });
 }
 
 // ---- rooms -------------------------------------------------------------------------------------
@@ -185,13 +195,37 @@ async function devicesSection(env) {
 
   function deviceItem(room, device) {
     const what = device.kind === 'actuator' ? actuatorLabel(device.actuator) : 'Sensor';
-    const li = h('li', { class: 'setup-item', dataset: { device: device.id } },
+    const li = h('li', { class: 'setup-item', dataset: { device: device.id } });
+    const rename = () => {
+      const nameF = field('Name', h('input', { type: 'text', maxlength: '100', value: device.name, autocomplete: 'off' }), { name: 'name' });
+      const general = errorLine();
+      const save = h('button', { type: 'submit', class: 'primary', text: 'Save name' });
+      const form = h('form', { class: 'setup-form', 'aria-label': `Rename ${device.name || device.id}` },
+        nameF.el, general, h('div', { class: 'actions' }, save,
+          h('button', { type: 'button', text: 'Cancel', onclick: () => li.replaceWith(deviceItem(room, device)) })));
+      form.addEventListener('submit', async (event) => {
+        event.preventDefault();
+        await busy(save, async () => {
+          try {
+            const saved = await api.request('PATCH', inFarm(path`/api/devices/${device.id}`, farmId), { name: nameF.input.value.trim() });
+            li.replaceWith(deviceItem(room, { ...device, ...saved }));
+          } catch (err) {
+            showErrors([nameF], general, err);
+          }
+        });
+      });
+      clear(li, form);
+      nameF.input.focus();
+    };
+    append(li, [
       h('div', { class: 'row wrap' },
         h('div', { class: 'grow' },
           h('span', { class: 'name', text: device.name || device.id }),
           h('p', { class: 'muted small', text: `${what} · user name ${device.id} · last heard ${ago(device.last_seen)}` }),
           device.safety ? h('p', { class: 'muted small', text: safetyText(device.safety) }) : null),
         owner ? h('div', { class: 'actions' }, h('button', {
+          type: 'button', text: 'Rename', 'aria-label': `Rename device ${device.name || device.id}`, onclick: rename,
+        }), h('button', {
           type: 'button', class: 'danger', text: 'Delete', 'aria-label': `Delete device ${device.name || device.id}`,
           onclick: async () => {
             const ok = await confirmIn(li, `Delete ${device.name || device.id}? It can no longer log in to the edge; its readings stay in the history.`, 'Delete device');
@@ -203,7 +237,7 @@ async function devicesSection(env) {
               li.append(h('p', { class: 'error', role: 'alert', text: `Could not delete: ${err.message}` }));
             }
           },
-        })) : null));
+        })) : null)]);
     return li;
   }
 
@@ -300,7 +334,7 @@ async function devicesSection(env) {
         idF.input.value = '';
         for (const f of safetyFields) f.input.value = '';
         clear(shown, credentialsCard(made, () => clear(shown)));
-        shown.scrollIntoView({ block: 'start' });
+        reveal(shown);
         await loadDevices();
       } catch (err) {
         showErrors(devFields, devGeneral, err);
@@ -395,6 +429,7 @@ async function edgesSection(env) {
       try {
         const made = await api.request('POST', inFarm(path`/api/edges/${edge.id}/rotate-token`, farmId));
         clear(shown, tokenCard(made, () => clear(shown)));
+        reveal(shown);
         await load();
       } catch (err) {
         li.append(h('p', { class: 'error', role: 'alert', text: err.message }));
@@ -434,6 +469,7 @@ async function edgesSection(env) {
         showErrors(fields, general, null);
         fields.forEach((f) => { f.input.value = ''; });
         clear(shown, tokenCard(made, () => clear(shown)));
+        reveal(shown);
         await load();
       } catch (err) {
         showErrors(fields, general, err);
@@ -570,6 +606,7 @@ async function membersSection(env) {
       try {
         const made = await api.request('POST', path`/api/farms/${farmId}/invites/${inv.user_id}/renew`);
         clear(shown, inviteCard(made.email, made.invite_token, made.invite_expires_at, () => clear(shown)));
+        reveal(shown);
         await load();
       } catch (err) {
         li.append(h('p', { class: 'error', role: 'alert', text: err.message }));
@@ -615,6 +652,7 @@ async function membersSection(env) {
           : h('section', { class: 'card credentials', role: 'status' },
             h('p', { text: `${made.email} already has an account: they see this farm the next time they sign in.` }),
             h('button', { type: 'button', text: 'OK', onclick: () => clear(shown) })));
+        reveal(shown);
         await load();
       } catch (err) {
         showErrors([emailF, roleF, picker.field], general, err);

@@ -192,6 +192,13 @@ async def test_a_grower_sets_up_a_farm_from_the_web_and_sees_a_new_sensor_report
                 title=f"MQTT credentials of device {device_id}", xmldecl=False)
             assert base64.b64decode(src.split(",", 1)[1]) == expected.getvalue()
             await page.screenshot(path=str(tmp_path / "setup-credentials.png"), full_page=True)
+            await page.click("button:has-text('I have saved them')")
+            assert await page.locator("section.credentials").count() == 0  # shown once
+            await page.click("button[aria-label='Rename device Climate probe']")
+            row = page.locator(f"li[data-device='{device_id}']")
+            await row.get_by_label("Name", exact=True).fill("Climate probe north")
+            await page.click("button:has-text('Save name')")
+            await row.locator("text=Climate probe north").wait_for()
 
             # "Flash" them into a simulated node: it logs in to the edge and reports.
             prov = load_provisioning(text)
