@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import Field
 
+from cloud import appkeys
+from cloud.api.edges import cloud_url
 from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import Email, In, Out, RoleName
@@ -17,6 +19,7 @@ from cloud.db import farms as farms_db
 from cloud.db import setup as setup_db
 from cloud.db import users as users_db
 from cloud.errors import Conflict, NotFound, ValidationFailed
+from cloud.setup_mail import InviteEmailOut, send_invite
 from shared.models import Id
 
 INVITE_TTL = timedelta(days=7)
@@ -54,6 +57,12 @@ class InvitedMemberOut(MemberOut):
         description="shown once when a new account was created: POST /api/auth/accept-invite",
     )
     invite_expires_at: datetime | None = None
+    invite_url: str | None = Field(
+        default=None, description="the page where the invitee chooses a password (shown once)"
+    )
+    invite_email: InviteEmailOut | None = Field(
+        default=None, description="whether the link was emailed to the invitee"
+    )
 
 
 class InviteOut(Out):
@@ -67,6 +76,25 @@ class InviteOut(Out):
 
 class RenewedInviteOut(InviteOut):
     invite_token: str = Field(description="shown once: POST /api/auth/accept-invite")
+    invite_url: str
+    invite_email: InviteEmailOut
+
+
+def invite_url(call: Call, token: str) -> str:
+    return f"{cloud_url(call)}/#/invite/{token}"
+
+
+async def _email_invite(call: Call, email: str, token: str, role: str) -> InviteEmailOut:
+    farm = await farms_db.get(call.db, call.farm_id)
+    assert call.user is not None
+    return await send_invite(
+        call.app[appkeys.SETTINGS].notify.smtp,
+        email,
+        link=invite_url(call, token),
+        farm=str(farm["name"]) if farm else call.farm_id,
+        inviter=call.user.email,
+        role=role,
+    )
 
 
 def _user_id(call: Call) -> int:
@@ -126,9 +154,11 @@ async def add_member(call: Call) -> InvitedMemberOut:
     )
     row = await farms_db.get_member(call.db, call.farm_id, user["id"])
     assert row is not None
-    return InvitedMemberOut.model_validate(
-        {**row, "invite_token": invite, "invite_expires_at": expires}
-    )
+    extra: dict[str, object] = {"invite_token": invite, "invite_expires_at": expires}
+    if invite is not None:
+        extra["invite_url"] = invite_url(call, invite)
+        extra["invite_email"] = await _email_invite(call, body.email, invite, body.role)
+    return InvitedMemberOut.model_validate({**row, **extra})
 
 
 async def get_member(call: Call) -> MemberOut:
@@ -211,7 +241,15 @@ async def renew_invite(call: Call) -> RenewedInviteOut:
     row = next(
         r for r in await setup_db.list_invites(call.db, call.farm_id) if r["user_id"] == user_id
     )
-    return RenewedInviteOut.model_validate({**row, "invite_token": invite})
+    mail = await _email_invite(call, row["email"], invite, row["role"])
+    return RenewedInviteOut.model_validate(
+        {
+            **row,
+            "invite_token": invite,
+            "invite_url": invite_url(call, invite),
+            "invite_email": mail,
+        }
+    )
 
 
 async def revoke_invite(call: Call) -> None:

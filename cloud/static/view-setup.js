@@ -597,7 +597,7 @@ async function membersSection(env) {
       h('div', { class: 'row wrap' },
         h('div', { class: 'grow' },
           h('span', { class: 'name', text: inv.email }),
-          h('p', { class: 'muted small', text: `${ROLE_NAMES[inv.role]} · ${inv.role === 'owner' ? 'all rooms' : roomsText(inv.room_ids)} · invited ${shortDate(inv.created_at)} · link ${inv.invite_expires_at ? `expires ${fromNow(inv.invite_expires_at)}` : 'expired'}` })),
+          h('p', { class: 'muted small', text: `${ROLE_NAMES[inv.role]} · ${inv.role === 'owner' ? 'all rooms' : roomsText(inv.room_ids)} · invited ${shortDate(inv.created_at)} · ${inv.invite_expires_at && new Date(inv.invite_expires_at) > Date.now() ? `link expires ${fromNow(inv.invite_expires_at)}` : 'link expired: make a new one'}` })),
         h('div', { class: 'actions' },
           h('button', { type: 'button', text: 'New link', 'aria-label': `New invitation link for ${inv.email}`, onclick: renew }),
           h('button', { type: 'button', class: 'danger', text: 'Revoke', 'aria-label': `Revoke the invitation of ${inv.email}`, onclick: revoke }))));
@@ -605,7 +605,7 @@ async function membersSection(env) {
     async function renew() {
       try {
         const made = await api.request('POST', path`/api/farms/${farmId}/invites/${inv.user_id}/renew`);
-        clear(shown, inviteCard(made.email, made.invite_token, made.invite_expires_at, () => clear(shown)));
+        clear(shown, inviteCard(made, () => clear(shown)));
         reveal(shown);
         await load();
       } catch (err) {
@@ -648,7 +648,7 @@ async function membersSection(env) {
         showErrors([emailF, roleF, picker.field], general, null);
         emailF.input.value = '';
         clear(shown, made.invite_token
-          ? inviteCard(made.email, made.invite_token, made.invite_expires_at, () => clear(shown))
+          ? inviteCard(made, () => clear(shown))
           : h('section', { class: 'card credentials', role: 'status' },
             h('p', { text: `${made.email} already has an account: they see this farm the next time they sign in.` }),
             h('button', { type: 'button', text: 'OK', onclick: () => clear(shown) })));
@@ -666,14 +666,15 @@ async function membersSection(env) {
   await load();
 }
 
-export function inviteLink(token) {
-  return `${location.origin}${location.pathname}#/invite/${encodeURIComponent(token)}`;
-}
-
-function inviteCard(email, token, expires, onDone) {
-  return h('section', { class: 'card credentials', 'aria-labelledby': 'inv-h', dataset: { invite: email } },
-    h('h2', { id: 'inv-h', text: `Invitation for ${email}` }),
-    h('p', { text: `Send ${email} this link. They open it, choose a password and are signed in to the farm. It works once, ${fromNow(expires)} at the latest; “New link” makes another.` }),
-    secret('Invitation link', inviteLink(token), { name: 'invite-link' }),
+function inviteCard(made, onDone) {
+  const mail = made.invite_email || { status: 'off', detail: '' };
+  const how = mail.status === 'sent'
+    ? `We emailed ${made.email} this link.`
+    : `Send ${made.email} this link${mail.status === 'failed' ? ' (the email could not be sent)' : ''}.`;
+  return h('section', { class: 'card credentials', 'aria-labelledby': 'inv-h', dataset: { invite: made.email, mail: mail.status } },
+    h('h2', { id: 'inv-h', text: `Invitation for ${made.email}` }),
+    h('p', { text: `${how} They open it, choose a password and are signed in to the farm. It works once, until ${shortDate(made.invite_expires_at)}; “New link” makes another and stops this one.` }),
+    mail.status === 'failed' ? h('p', { class: 'error small', text: mail.detail }) : null,
+    secret('Invitation link', made.invite_url, { name: 'invite-link' }),
     h('div', { class: 'actions' }, h('button', { type: 'button', class: 'primary', text: 'Done', onclick: onDone })));
 }

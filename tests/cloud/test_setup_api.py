@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+from email import message_from_bytes
+from email.policy import default
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +163,8 @@ async def test_invitations_with_room_grants_are_listed_renewed_revoked_and_accep
     )
     first = picker["invite_token"]
     assert first and picker["activated"] is False and picker["room_ids"] == [w.ROOM_A]
+    assert picker["invite_url"] == f"{str(world_client.make_url('')).rstrip('/')}/#/invite/{first}"
+    assert picker["invite_email"]["status"] == "off"  # no mail server here: copy the link
     bad = await world_client.post(
         members, json={"email": "x@example.com", "role": "owner", "room_ids": [w.ROOM_A]},
         headers=owner,
@@ -187,6 +191,7 @@ async def test_invitations_with_room_grants_are_listed_renewed_revoked_and_accep
         await world_client.post(f"{invites}/{picker['user_id']}/renew", headers=owner)
     )
     assert renewed["invite_token"] != first and renewed["room_ids"] == [w.ROOM_A]
+    assert renewed["invite_url"].endswith(renewed["invite_token"])
     stale = await world_client.post(
         "/api/auth/accept-invite", json={"token": first, "password": "a long new password"}
     )
@@ -290,6 +295,21 @@ async def test_send_test_goes_through_each_configured_channel_and_says_how_it_we
         assert json.loads(body)["kind"] == "test"
         notes = await _json(await client.get("/api/notifications", headers=viewer))
         assert result["notification_id"] in [n["id"] for n in notes["items"]]
+
+        # With a mail server, an invitation is emailed with its link.
+        invited = await _json(
+            await client.post(
+                f"/api/farms/{w.FARM}/members",
+                json={"email": "new.hand@example.com", "role": "viewer"},
+                headers=auth("owner"),
+            ),
+            201,
+        )
+        assert invited["invite_email"]["status"] == "sent"
+        letter = inbox.messages[-1]
+        assert letter.rcpt_tos == ["new.hand@example.com"]
+        text = message_from_bytes(letter.content, policy=default).get_content()
+        assert invited["invite_url"] in text and "World farm" in text
 
         # A receiver that refuses: the test says so, with the answer.
         answer["status"] = 410
