@@ -16,11 +16,8 @@ const TABS = [
   ['edges', 'Edge gateways'],
   ['members', 'Members'],
 ];
-const ROLES = [
-  ['viewer', 'Viewer — sees rooms, charts and alarms'],
-  ['operator', 'Operator — also switches devices and edits rules'],
-  ['owner', 'Owner — also sets up the farm and its members'],
-];
+const ROLES = [['viewer', 'Viewer'], ['operator', 'Operator'], ['owner', 'Owner']];
+const ROLE_HINT = 'viewers see rooms, charts and alarms; operators also switch devices and edit rules; owners also set up the farm and its members';
 const ROLE_NAMES = { owner: 'Owner', operator: 'Operator', viewer: 'Viewer' };
 
 export async function setupView(ctx, farmId, rest = []) {
@@ -545,13 +542,13 @@ async function membersSection(env) {
       h('div', { class: 'row wrap' },
         h('div', { class: 'grow' },
           h('span', { class: 'name', text: m.display_name || m.email }),
-          h('p', { class: 'muted small', text: `${m.email} · ${ROLE_NAMES[m.role]} · ${m.role === 'owner' ? 'all rooms' : roomsText(m.room_ids)}` })),
+          h('p', { class: 'muted small', text: `${m.display_name ? `${m.email} · ` : ''}${ROLE_NAMES[m.role]} · ${m.role === 'owner' ? 'all rooms' : roomsText(m.room_ids)}` })),
         h('div', { class: 'actions' },
           h('button', { type: 'button', text: 'Change', 'aria-label': `Change role of ${m.email}`, onclick: edit }),
           h('button', { type: 'button', class: 'danger', text: 'Remove', 'aria-label': `Remove ${m.email}`, onclick: remove }))));
 
     function edit() {
-      const roleF = field('Role', select(ROLES, m.role), { name: 'role' });
+      const roleF = field('Role', select(ROLES, m.role), { name: 'role', hint: ROLE_HINT });
       const picker = roomPicker(m.role === 'owner' ? null : m.room_ids);
       const syncRole = () => { picker.el.hidden = roleF.input.value === 'owner'; };
       roleF.input.addEventListener('change', syncRole);
@@ -627,7 +624,7 @@ async function membersSection(env) {
   }
 
   const emailF = field('Email', h('input', { type: 'email', required: true, autocomplete: 'off' }), { name: 'email' });
-  const roleF = field('Role', select(ROLES, 'operator'), { name: 'role' });
+  const roleF = field('Role', select(ROLES, 'operator'), { name: 'role', hint: ROLE_HINT });
   const picker = roomPicker(null);
   const syncRole = () => { picker.el.hidden = roleF.input.value === 'owner'; };
   roleF.input.addEventListener('change', syncRole);

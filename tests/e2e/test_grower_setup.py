@@ -278,6 +278,7 @@ async def test_a_grower_sets_up_a_farm_from_the_web_and_sees_a_new_sensor_report
             await phone.click("button:has-text('Invite')")
             await phone.wait_for_selector("[data-secret=invite-link]")
             assert await _overflow(phone) <= 1, "the invitation link is wider than a phone"
+            await phone.screenshot(path=str(tmp_path / "setup-members-phone.png"), full_page=True)
             await phone.goto(f"{the_cloud.url}/#/account")
             await phone.wait_for_selector("text=Alarm notifications")
             assert await _overflow(phone) <= 1, "the account page is wider than a phone"
