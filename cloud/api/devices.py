@@ -8,16 +8,16 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from cloud import appkeys
+from cloud import appkeys, device_setup
 from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import In, Out
 from cloud.db import audit
 from cloud.db import devices as devices_db
+from cloud.db import setup as setup_db
 from cloud.errors import NotFound
 from shared.models import Id
 from shared.rules import ActuatorRole
-from shared.topics import Kind, build_topic
 
 
 class DeviceIn(In):
@@ -51,11 +51,29 @@ class DeviceOut(Out):
     created_at: datetime
 
 
+class BrokerHintOut(Out):
+    host: str | None = Field(
+        description="where devices reach the edge's broker (the farm's device network);"
+        " null until an owner sets it: PUT /api/farms/{farm_id}/device-network"
+    )
+    port: int
+    tls: bool
+
+
 class MqttCredentials(Out):
     username: str
     password: str = Field(description="shown once; only its argon2id hash is stored")
+    client_id: str = Field(description="the MQTT client id to connect with (the device id)")
     publish_topics: list[str]
     subscribe_topics: list[str]
+    broker: BrokerHintOut
+    provisioning: str = Field(
+        description="compact JSON with everything above: the QR code's content, and what"
+        " `smartfarm sim node --provisioning FILE` reads"
+    )
+    qr_svg: str = Field(description="the provisioning text as a QR code: an SVG data: URI")
+    esphome_yaml: str = Field(description="an ESPHome mqtt: block with the topics")
+    sim_command: str = Field(description="shell lines running the device as a simulated node")
 
 
 class RegisteredDeviceOut(DeviceOut):
@@ -115,16 +133,44 @@ async def register_device(call: Call) -> RegisteredDeviceOut:
         action="device.register",
         target=device_id,
     )
+    mqtt = await _credentials(call, room_id, device_id, body, password)
+    return RegisteredDeviceOut.model_validate({**row, "mqtt": mqtt})
+
+
+async def _credentials(
+    call: Call, room_id: str, device_id: str, body: DeviceIn, password: str
+) -> MqttCredentials:
+    """The credentials shown once, with the broker the farm's devices use, a QR code of them
+    and snippets to paste into a node's firmware or the simulator."""
     farm_id = call.farm_id
-    uplink: tuple[Kind, ...] = ("telemetry", "status", "ack")
-    publish = [build_topic(farm_id, room_id, k, device_id) for k in uplink]
-    mqtt = MqttCredentials(
+    network = await setup_db.device_network(call.db, farm_id)
+    broker = device_setup.BrokerHint(
+        host=network["mqtt_host"] if network else None,
+        port=network["mqtt_port"] if network else device_setup.DEFAULT_PORT,
+        tls=bool(network["tls"]) if network else False,
+    )
+    doc = device_setup.provisioning(
+        farm_id=farm_id,
+        room_id=room_id,
+        device_id=device_id,
+        kind=body.kind,
+        actuator=body.actuator,
+        password=password,
+        broker=broker,
+    )
+    text = device_setup.provisioning_text(doc)
+    return MqttCredentials(
         username=device_id,
         password=password,
-        publish_topics=publish,
-        subscribe_topics=[build_topic(farm_id, room_id, "command", device_id)],
+        client_id=device_id,
+        publish_topics=list(doc["publish"].values()),
+        subscribe_topics=list(doc["subscribe"].values()),
+        broker=BrokerHintOut(host=broker.host, port=broker.port, tls=broker.tls),
+        provisioning=text,
+        qr_svg=device_setup.qr_svg_data_uri(text, f"MQTT credentials of device {device_id}"),
+        esphome_yaml=device_setup.esphome_yaml(doc),
+        sim_command=device_setup.sim_command(doc),
     )
-    return RegisteredDeviceOut.model_validate({**row, "mqtt": mqtt})
 
 
 async def get_device(call: Call) -> DeviceOut:

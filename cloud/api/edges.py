@@ -4,10 +4,13 @@ holding a token, whom that token belongs to (checked by `smartfarm edge register
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+import shlex
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import Field
 
+from cloud import appkeys
 from cloud.api.edge_sync import authenticate_edge
 from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
@@ -35,10 +38,17 @@ class EdgeOut(Out):
     last_seen: datetime | None
     rotated_at: datetime
     created_at: datetime
+    online: bool = Field(default=False, description="heard from within the sync online window")
 
 
 class EdgeTokenOut(EdgeOut):
     token: str = Field(description="shown once; configure it on the edge (only a hash is kept)")
+    cloud_url: str = Field(description="this cloud's address as the edge reaches it")
+    init_command: str = Field(
+        description="sets up a new edge (Raspberry Pi) for this farm: rooms and devices come"
+        " from the cloud"
+    )
+    register_command: str = Field(description="points an edge already set up at this cloud")
 
 
 class EdgeIdentityOut(Out):
@@ -52,6 +62,38 @@ def new_token() -> str:
     return opaque_token(TOKEN_PREFIX)
 
 
+def cloud_url(call: Call) -> str:
+    """The address the caller reached this cloud at (behind a trusted proxy: the one it was
+    asked for): the edge reaches the cloud the same way the browser does."""
+    request = call.request
+    scheme, host = request.scheme, request.host
+    if call.app[appkeys.SETTINGS].trust_forwarded_for:
+        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    return f"{scheme}://{host}"
+
+
+def _with_token(call: Call, row: dict[str, Any], token: str) -> EdgeTokenOut:
+    url = cloud_url(call)
+    common = f"--cloud {shlex.quote(url)} --token {shlex.quote(token)}"
+    edge = f"--edge-id {shlex.quote(row['id'])}"
+    return EdgeTokenOut.model_validate(
+        {
+            **_online(call, row),
+            "token": token,
+            "cloud_url": url,
+            "init_command": f"smartfarm edge init /srv/smartfarm {common} {edge}",
+            "register_command": f"smartfarm edge register {common} {edge} --config edge.toml",
+        }
+    )
+
+
+def _online(call: Call, row: dict[str, Any]) -> dict[str, Any]:
+    window = timedelta(seconds=call.app[appkeys.SETTINGS].sync.online_window_s)
+    seen = row.get("last_seen")
+    return {**row, "online": seen is not None and datetime.now(UTC) - seen <= window}
+
+
 async def list_edges(call: Call) -> Page[EdgeOut]:
     """List a farm's edge gateways"""
     q: PageQuery = call.query
@@ -60,7 +102,8 @@ async def list_edges(call: Call) -> Page[EdgeOut]:
         call.db, call.farm_id, after=after[0] if after else None, limit=q.limit + 1
     )
     rows, cursor = paginate(rows, q.limit, lambda r: [r["id"]])
-    return Page[EdgeOut](items=[EdgeOut.model_validate(r) for r in rows], next_cursor=cursor)
+    items = [EdgeOut.model_validate(_online(call, r)) for r in rows]
+    return Page[EdgeOut](items=items, next_cursor=cursor)
 
 
 async def register_edge(call: Call) -> EdgeTokenOut:
@@ -74,7 +117,7 @@ async def register_edge(call: Call) -> EdgeTokenOut:
     await audit.record(
         call.db, user_id=call.user_id, farm_id=call.farm_id, action="edge.register", target=edge_id
     )
-    return EdgeTokenOut.model_validate({**row, "token": token})
+    return _with_token(call, row, token)
 
 
 async def get_edge(call: Call) -> EdgeOut:
@@ -82,7 +125,7 @@ async def get_edge(call: Call) -> EdgeOut:
     row = await edges_db.get(call.db, call.farm_id, call.param("edge_id"))
     if row is None:
         raise NotFound("edge not found")
-    return EdgeOut.model_validate(row)
+    return EdgeOut.model_validate(_online(call, row))
 
 
 async def rotate_token(call: Call) -> EdgeTokenOut:
@@ -95,7 +138,7 @@ async def rotate_token(call: Call) -> EdgeTokenOut:
     await audit.record(
         call.db, user_id=call.user_id, farm_id=call.farm_id, action="edge.rotate", target=edge_id
     )
-    return EdgeTokenOut.model_validate({**row, "token": token})
+    return _with_token(call, row, token)
 
 
 async def delete_edge(call: Call) -> None:

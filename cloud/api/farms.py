@@ -1,4 +1,5 @@
-"""Farms: list the caller's, create (the creator becomes owner), read, rename, delete."""
+"""Farms: list the caller's, create (the creator becomes owner), read, rename, delete; and where
+the farm's devices reach their MQTT broker (shown with every new device's credentials)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cloud.api.routing import Call, Route
 from cloud.api.schemas import In, Out, RoleName
 from cloud.db import audit
 from cloud.db import farms as farms_db
+from cloud.db import setup as setup_db
 from cloud.errors import NotFound
 from shared.models import Id
 
@@ -48,6 +50,29 @@ class FarmOut(Out):
     timezone: str
     created_at: datetime
     role: RoleName | None = Field(default=None, description="the caller's role")
+
+
+# A host name (RFC 1123 labels) or an IPv4/IPv6 address, as a device's firmware takes it.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST = rf"^(\[?[0-9A-Fa-f:.]+\]?|{_LABEL}(\.{_LABEL})*)$"
+
+
+class DeviceNetworkIn(In):
+    mqtt_host: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=HOST,
+        description="the edge's address on the farm network, as devices reach it",
+    )
+    mqtt_port: int = Field(default=1884, ge=1, le=65535)
+    tls: bool = Field(default=False, description="devices connect with TLS (port 8883 usually)")
+
+
+class DeviceNetworkOut(Out):
+    mqtt_host: str | None = Field(description="null: not set yet")
+    mqtt_port: int
+    tls: bool
+    updated_at: datetime | None
 
 
 async def list_farms(call: Call) -> Page[FarmOut]:
@@ -110,6 +135,31 @@ async def delete_farm(call: Call) -> None:
     await audit.record(call.db, user_id=call.user_id, farm_id=call.farm_id, action="farm.delete")
 
 
+async def get_device_network(call: Call) -> DeviceNetworkOut:
+    """Where the farm's devices reach their MQTT broker"""
+    row = await setup_db.device_network(call.db, call.farm_id)
+    if row is None:
+        return DeviceNetworkOut(mqtt_host=None, mqtt_port=1884, tls=False, updated_at=None)
+    return DeviceNetworkOut.model_validate(row)
+
+
+async def set_device_network(call: Call) -> DeviceNetworkOut:
+    """Say where the farm's devices reach their MQTT broker (the edge on the farm network)
+    New devices' credentials, QR code and snippets carry this address."""
+    body: DeviceNetworkIn = call.body
+    row = await setup_db.set_device_network(
+        call.db, call.farm_id, mqtt_host=body.mqtt_host, mqtt_port=body.mqtt_port, tls=body.tls
+    )
+    await audit.record(
+        call.db,
+        user_id=call.user_id,
+        farm_id=call.farm_id,
+        action="farm.device_network",
+        detail=body.model_dump(),
+    )
+    return DeviceNetworkOut.model_validate(row)
+
+
 ROUTES = [
     Route(
         "GET",
@@ -145,5 +195,24 @@ ROUTES = [
     ),
     Route(
         "DELETE", "/api/farms/{farm_id}", delete_farm, "farm", role="owner", status=204, tag="farms"
+    ),
+    Route(
+        "GET",
+        "/api/farms/{farm_id}/device-network",
+        get_device_network,
+        "farm",
+        response=DeviceNetworkOut,
+        tag="farms",
+    ),
+    Route(
+        "PUT",
+        "/api/farms/{farm_id}/device-network",
+        set_device_network,
+        "farm",
+        role="owner",
+        body=DeviceNetworkIn,
+        response=DeviceNetworkOut,
+        tag="farms",
+        errors=(422,),
     ),
 ]

@@ -1,4 +1,6 @@
-"""Farm members and roles; adding an unknown email creates an invited account (users invite)."""
+"""Farm members and roles; adding an unknown email creates an invited account (users invite).
+Open invitations (members who have not set a password yet) are listed, renewed (a new one-time
+token, the old one stops working) and revoked."""
 
 from __future__ import annotations
 
@@ -6,14 +8,18 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import Field
 
+from cloud import appkeys
+from cloud.api.edges import cloud_url
 from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import Email, In, Out, RoleName
 from cloud.auth.tokens import opaque_token, token_hash
 from cloud.db import audit
 from cloud.db import farms as farms_db
+from cloud.db import setup as setup_db
 from cloud.db import users as users_db
-from cloud.errors import NotFound, ValidationFailed
+from cloud.errors import Conflict, NotFound, ValidationFailed
+from cloud.setup_mail import InviteEmailOut, send_invite
 from shared.models import Id
 
 INVITE_TTL = timedelta(days=7)
@@ -51,6 +57,44 @@ class InvitedMemberOut(MemberOut):
         description="shown once when a new account was created: POST /api/auth/accept-invite",
     )
     invite_expires_at: datetime | None = None
+    invite_url: str | None = Field(
+        default=None, description="the page where the invitee chooses a password (shown once)"
+    )
+    invite_email: InviteEmailOut | None = Field(
+        default=None, description="whether the link was emailed to the invitee"
+    )
+
+
+class InviteOut(Out):
+    user_id: int
+    email: str
+    role: RoleName
+    room_ids: list[str] | None = None
+    created_at: datetime
+    invite_expires_at: datetime | None = Field(description="null or past: the link expired")
+
+
+class RenewedInviteOut(InviteOut):
+    invite_token: str = Field(description="shown once: POST /api/auth/accept-invite")
+    invite_url: str
+    invite_email: InviteEmailOut
+
+
+def invite_url(call: Call, token: str) -> str:
+    return f"{cloud_url(call)}/#/invite/{token}"
+
+
+async def _email_invite(call: Call, email: str, token: str, role: str) -> InviteEmailOut:
+    farm = await farms_db.get(call.db, call.farm_id)
+    assert call.user is not None
+    return await send_invite(
+        call.app[appkeys.SETTINGS].notify.smtp,
+        email,
+        link=invite_url(call, token),
+        farm=str(farm["name"]) if farm else call.farm_id,
+        inviter=call.user.email,
+        role=role,
+    )
 
 
 def _user_id(call: Call) -> int:
@@ -110,9 +154,11 @@ async def add_member(call: Call) -> InvitedMemberOut:
     )
     row = await farms_db.get_member(call.db, call.farm_id, user["id"])
     assert row is not None
-    return InvitedMemberOut.model_validate(
-        {**row, "invite_token": invite, "invite_expires_at": expires}
-    )
+    extra: dict[str, object] = {"invite_token": invite, "invite_expires_at": expires}
+    if invite is not None:
+        extra["invite_url"] = invite_url(call, invite)
+        extra["invite_email"] = await _email_invite(call, body.email, invite, body.role)
+    return InvitedMemberOut.model_validate({**row, **extra})
 
 
 async def get_member(call: Call) -> MemberOut:
@@ -163,6 +209,64 @@ async def remove_member(call: Call) -> None:
     )
 
 
+async def list_invites(call: Call) -> list[InviteOut]:
+    """List the farm's open invitations (members who have not set a password yet)"""
+    rows = await setup_db.list_invites(call.db, call.farm_id)
+    return [InviteOut.model_validate(r) for r in rows]
+
+
+async def _pending(call: Call) -> tuple[int, dict[str, object]]:
+    user_id = _user_id(call)
+    account = await setup_db.member_account(call.db, call.farm_id, user_id)
+    if account is None:
+        raise NotFound("invitation not found")
+    if account["activated"]:
+        raise Conflict("this member already accepted the invitation")
+    return user_id, account
+
+
+async def renew_invite(call: Call) -> RenewedInviteOut:
+    """Issue a new invitation token (valid 7 days); the previous one stops working"""
+    user_id, _ = await _pending(call)
+    invite = opaque_token(INVITE_PREFIX)
+    expires = datetime.now(UTC) + INVITE_TTL
+    await users_db.set_invite(call.db, user_id, token_hash(invite), expires)
+    await audit.record(
+        call.db,
+        user_id=call.user_id,
+        farm_id=call.farm_id,
+        action="member.invite_renew",
+        target=str(user_id),
+    )
+    row = next(
+        r for r in await setup_db.list_invites(call.db, call.farm_id) if r["user_id"] == user_id
+    )
+    mail = await _email_invite(call, row["email"], invite, row["role"])
+    return RenewedInviteOut.model_validate(
+        {
+            **row,
+            "invite_token": invite,
+            "invite_url": invite_url(call, invite),
+            "invite_email": mail,
+        }
+    )
+
+
+async def revoke_invite(call: Call) -> None:
+    """Withdraw an invitation: the member leaves the farm and the link stops working"""
+    user_id, _ = await _pending(call)
+    await farms_db.remove_member(call.db, call.farm_id, user_id)
+    await setup_db.forget_invite(call.db, user_id)
+    await audit.record(
+        call.db,
+        user_id=call.user_id,
+        farm_id=call.farm_id,
+        action="member.invite_revoke",
+        target=str(user_id),
+    )
+
+
+_INVITES = "/api/farms/{farm_id}/invites"
 _BASE = "/api/farms/{farm_id}/members"
 ROUTES = [
     Route(
@@ -211,6 +315,35 @@ ROUTES = [
         "DELETE",
         _BASE + "/{user_id}",
         remove_member,
+        "farm",
+        role="owner",
+        status=204,
+        tag="members",
+        errors=(409,),
+    ),
+    Route(
+        "GET",
+        _INVITES,
+        list_invites,
+        "farm",
+        role="owner",
+        response=list[InviteOut],
+        tag="members",
+    ),
+    Route(
+        "POST",
+        _INVITES + "/{user_id}/renew",
+        renew_invite,
+        "farm",
+        role="owner",
+        response=RenewedInviteOut,
+        tag="members",
+        errors=(409,),
+    ),
+    Route(
+        "DELETE",
+        _INVITES + "/{user_id}",
+        revoke_invite,
         "farm",
         role="owner",
         status=204,

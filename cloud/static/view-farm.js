@@ -4,22 +4,54 @@
 import { path } from './api.js';
 import { h, clear, BANDED, formatValue, metricInfo, inBand, bandText, ago, speciesLabel, stageLabel } from './dom.js';
 import { alertsPanel } from './panels.js';
+import { field, select, showErrors, errorLine, busy, timezones, browserZone } from './setup-forms.js';
 
+const ROLE_NAMES = { owner: 'owner', operator: 'operator', viewer: 'viewer' };
+
+// #/ lists the farms (a single farm opens by itself); #/farms always shows the list and the
+// "New farm" form.
 export async function farmsView({ api, main, setCrumbs }) {
   setCrumbs({ label: 'Farms' });
   const farms = await api.all('/api/farms?limit=100', 5);
-  if (farms.length === 1) {
+  const explicit = location.hash.startsWith('#/farms');
+  if (farms.length === 1 && !explicit) {
     location.replace(`#/farm/${encodeURIComponent(farms[0].id)}`);
     return null;
   }
-  clear(main, h('section', { class: 'card' },
-    h('h1', { text: 'Your farms' }),
-    farms.length
-      ? h('ul', { class: 'items' }, farms.map((f) => h('li', {},
-        h('a', { href: `#/farm/${encodeURIComponent(f.id)}`, text: f.name || f.id }),
-        h('span', { class: 'muted', text: ` · ${f.role || ''}` }))))
-      : h('p', { class: 'muted', text: 'You are not a member of any farm yet.' })));
+  clear(main,
+    h('section', { class: 'card' },
+      h('h1', { text: 'Your farms' }),
+      farms.length
+        ? h('ul', { class: 'items' }, farms.map((f) => h('li', {},
+          h('a', { href: `#/farm/${encodeURIComponent(f.id)}`, text: f.name || f.id }),
+          h('span', { class: 'muted small', text: ` · you are ${ROLE_NAMES[f.role] || 'a member'}` }))))
+        : h('p', { class: 'muted', text: 'You are not a member of any farm yet: create one below, or ask a farm owner for an invitation.' })),
+    newFarmForm(api),
+    h('p', {}, h('a', { href: '#/account', text: 'Your account and notifications' })));
   return null;
+}
+
+function newFarmForm(api) {
+  const zone = browserZone();
+  const name = field('Farm name', h('input', { type: 'text', maxlength: '100', required: true, autocomplete: 'off' }), { name: 'name' });
+  const tz = field('Time zone', select(timezones(zone), zone), { name: 'timezone', hint: 'schedules and the day count of grow stages follow it' });
+  const general = errorLine();
+  const create = h('button', { type: 'submit', class: 'primary', text: 'Create farm' });
+  const form = h('form', { class: 'card setup-form', 'aria-labelledby': 'new-farm-h' },
+    h('h2', { id: 'new-farm-h', text: 'New farm' }), name.el, tz.el, general,
+    h('div', { class: 'actions' }, create));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    await busy(create, async () => {
+      try {
+        const farm = await api.request('POST', '/api/farms', { name: name.input.value.trim(), timezone: tz.input.value });
+        location.hash = `#/farm/${encodeURIComponent(farm.id)}/setup/rooms`;
+      } catch (err) {
+        showErrors([name, tz], general, err);
+      }
+    });
+  });
+  return form;
 }
 
 function roomCard(farmId, room) {
@@ -87,7 +119,8 @@ export async function farmView(ctx, farmId) {
       h('span', { class: `dot ${e.online ? 'on' : 'off'}` }),
       h('span', { text: `${e.name || e.id} — ${e.online ? 'online' : 'offline'}` }),
       h('span', { class: 'muted small', text: ` · seen ${ago(e.last_seen)}` })))
-      : h('li', { class: 'muted', text: 'No edge gateway registered.' }));
+      : h('li', { class: 'muted' }, 'No edge gateway registered. ',
+        h('a', { href: `#/farm/${encodeURIComponent(farmId)}/setup/edges`, text: 'Register one' })));
   }
 
   function render(snapshot) {
@@ -98,14 +131,22 @@ export async function farmView(ctx, farmId) {
         cards.set(room.id, card);
         return card.el;
       })
-      : h('p', { class: 'muted', text: 'No rooms yet.' }));
+      : h('p', { class: 'muted' }, 'No rooms yet. ',
+        h('a', { href: `#/farm/${encodeURIComponent(farmId)}/setup/rooms`, text: 'Add rooms and devices in Set-up' })));
     renderEdges(snapshot.edges);
   }
 
   let edgeList = overview.edges;
   render(overview);
+  const base = `#/farm/${encodeURIComponent(farmId)}`;
   clear(main,
-    h('h1', { text: farm.name || farm.id }),
+    h('div', { class: 'farm-head' },
+      h('h1', { text: farm.name || farm.id }),
+      h('nav', { class: 'farm-links', 'aria-label': 'farm' },
+        h('a', { href: `${base}/setup`, text: 'Set-up' }),
+        h('a', { href: `${base}/alarms`, text: 'Alarms' }),
+        h('a', { href: '#/account', text: 'Account' }),
+        h('a', { href: '#/farms', text: 'All farms' }))),
     grid,
     h('div', { class: 'grid two' },
       alerts.el,

@@ -1,0 +1,1 @@
+DROP TABLE farm_device_network;
