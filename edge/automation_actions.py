@@ -38,6 +38,7 @@ class RoomRuntime:
     stage: str
     stage_started: str | None
     rules: list[Rule] = field(default_factory=list)
+    profile_ids: set[str] = field(default_factory=set)  # ids of the rules its profile makes
 
 
 class OperatorActions:
