@@ -73,8 +73,8 @@ async def start_hold(call: Call) -> HoldCommandOut:
 
 async def end_hold(call: Call) -> HoldCommandOut:
     """Back to auto: end the actuator's manual hold; automation decides again at once"""
-    room_id, device_id = call.param("room_id"), call.param("device_id")
-    await _actuator(call, room_id, device_id, "path.device_id")
+    room_id, device_id = call.param("room_id"), call.param("actuator_id")
+    await _actuator(call, room_id, device_id, "path.actuator_id")
     row = await automation_db.create_hold(
         call.db, command_id=f"a-{secrets.token_hex(8)}", farm_id=call.farm_id, room_id=room_id,
         device_id=device_id, action="auto", minutes=None, user_id=call.user_id,
@@ -101,7 +101,7 @@ ROUTES: list[Route] = [
     ),
     Route(
         "DELETE",
-        "/api/rooms/{room_id}/holds/{device_id}",
+        "/api/rooms/{room_id}/holds/{actuator_id}",
         end_hold,
         "room",
         role="operator",

@@ -51,6 +51,11 @@ const ERROR_FIELDS = {
 const num = (v) => (v === null || v === undefined ? '' : String(v));
 const unitOf = (metric) => metricInfo(metric).unit;
 
+// "humidity", but "CO₂": a label is lower-cased unless it is an abbreviation.
+function inSentence(label) {
+  return label.length > 1 && label[1] === label[1].toLowerCase() ? label.toLowerCase() : label;
+}
+
 function minutes(seconds) {
   const m = seconds / 60;
   return Number.isInteger(m) ? `${m} min` : `${Math.round(seconds)} s`;
@@ -58,19 +63,19 @@ function minutes(seconds) {
 
 export function summary(rule) {
   if (rule.type === 'threshold') {
-    const label = metricInfo(rule.metric).label;
+    const label = inSentence(metricInfo(rule.metric).label);
     const unit = unitOf(rule.metric);
     const hold = rule.for_s ? ` (after ${minutes(rule.for_s)})` : '';
     return rule.on_below !== null && rule.on_below !== undefined
-      ? `On when ${label.toLowerCase()} is below ${rule.on_below} ${unit}, off above ${rule.off_above} ${unit}${hold}`
-      : `On when ${label.toLowerCase()} is above ${rule.on_above} ${unit}, off below ${rule.off_below} ${unit}${hold}`;
+      ? `On when ${label} is below ${rule.on_below} ${unit}, off above ${rule.off_above} ${unit}${hold}`
+      : `On when ${label} is above ${rule.on_above} ${unit}, off below ${rule.off_below} ${unit}${hold}`;
   }
   if (rule.type === 'schedule') {
     if (rule.windows) return `On daily ${rule.windows.map((w) => `${w.start}–${w.end}`).join(', ')}`;
     const c = rule.cycle;
     return `On ${minutes(c.on_s)} every ${minutes(c.every_s)}${c.offset_s ? `, starting ${minutes(c.offset_s)} past midnight` : ''}`;
   }
-  return `Steers ${metricInfo(rule.metric).label.toLowerCase()} to ${rule.setpoint} ${unitOf(rule.metric)} (${rule.reverse ? 'lowers it' : 'raises it'}, ${Math.round(rule.period_s / 60)} min cycles)`;
+  return `Steers ${inSentence(metricInfo(rule.metric).label)} to ${rule.setpoint} ${unitOf(rule.metric)} (${rule.reverse ? 'lowers it' : 'raises it'}, ${Math.round(rule.period_s / 60)} min cycles)`;
 }
 
 // The form field an API error is about: the deepest path segment naming a field, else a field

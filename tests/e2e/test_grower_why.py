@@ -116,6 +116,8 @@ async def test_the_room_page_shows_why_and_holds_the_fan_then_back_to_auto(
             back = fan.locator("button.why-auto")
             assert await back.is_visible()
             await page.screenshot(path=str(tmp_path / "why-held.png"), full_page=True)
+            (Path("/tmp/why-shots")).mkdir(exist_ok=True)
+            await page.screenshot(path="/tmp/why-shots/held.png", full_page=True)
 
             # Back to auto: the hold ends on the edge, and the page shows automation again.
             await back.click()
