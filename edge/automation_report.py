@@ -66,9 +66,10 @@ def safety_hold(
     elif reason == "rest_after_max_on" and state.on_intervals:
         end = state.on_intervals[-1][1]
         until = end.timestamp() + limits.min_off_s if end is not None else None
-    elif reason == "max_on" and since is not None:
-        # Forced off now; it rests min_off_s before it may run again.
-        until = now.timestamp() + limits.min_off_s
+    elif reason == "max_on" and since is not None and limits.max_on_s is not None:
+        # Forced off at the end of its longest run; it rests min_off_s before it may run again
+        # (from the run's start, so the report stays the same while nothing changes).
+        until = since + limits.max_on_s + limits.min_off_s
     return SafetyHoldReport(on=state.on, reason=reason, until=until, detail=blocked.reason)
 
 

@@ -73,6 +73,76 @@ export function deviceRow(ctx, farmId, roomId, device, canOperate) {
     }
   }
 
+  // The actuator's safety limits, changed in minutes (and % of an hour); stored in the cloud
+  // and applied by the edge whatever rules or holds ask.
+  const limitsEditor = h('div', { class: 'why-limits-editor' });
+  const editLimits = h('button', { type: 'button', class: 'linkish why-edit-limits', text: 'Change limits',
+    'aria-label': `${name}: change safety limits`, onclick: () => openLimits() });
+
+  function openLimits() {
+    const current = (auto && auto.safety) || {};
+    const fields = [
+      ['min_on_s', 'Stay on at least (minutes)', 60],
+      ['min_off_s', 'Stay off at least (minutes)', 60],
+      ['max_on_s', 'Run at most at a time (minutes, empty: no limit)', 60],
+      ['max_duty', 'On at most this share of any hour (%, empty: no limit)', 0.01],
+    ];
+    const inputs = {};
+    const errors = {};
+    const rows = fields.map(([key, text, scale]) => {
+      const id = `limit-${device.id}-${key}`;
+      const value = current[key];
+      inputs[key] = h('input', { id, name: key, type: 'text', inputmode: 'decimal', autocomplete: 'off',
+        value: value === null || value === undefined ? '' : String(+(value / scale).toFixed(2)),
+        'aria-describedby': `${id}-error` });
+      errors[key] = h('p', { class: 'field-error', id: `${id}-error`, hidden: true });
+      return h('div', { class: 'field' }, h('label', { for: id, text }), inputs[key], errors[key]);
+    });
+    const formError = h('p', { class: 'error small', role: 'alert', hidden: true });
+    const form = h('form', { class: 'why-form why-limits-form', novalidate: true },
+      h('h3', { text: `Safety limits of ${name}` }), rows, formError,
+      h('div', { class: 'actions' },
+        h('button', { type: 'submit', class: 'primary', text: 'Save limits' }),
+        h('button', { type: 'button', text: 'Use the defaults', onclick: () => save(null) }),
+        h('button', { type: 'button', text: 'Cancel', onclick: () => clear(limitsEditor) })));
+    async function save(safety) {
+      formError.hidden = true;
+      for (const [key, p] of Object.entries(errors)) { p.hidden = true; inputs[key].removeAttribute('aria-invalid'); }
+      try {
+        await ctx.api.request('PATCH', inFarm(path`/api/devices/${device.id}`, farmId), { safety });
+        clear(limitsEditor);
+        mode.textContent = 'Safety limits saved; the edge applies them within seconds.';
+      } catch (err) {
+        const leftover = [];
+        for (const e of err.errors || []) {
+          const key = Object.keys(errors).find((k) => String(e.field).endsWith(k));
+          if (key) {
+            errors[key].textContent = e.message;
+            errors[key].hidden = false;
+            inputs[key].setAttribute('aria-invalid', 'true');
+          } else leftover.push(e.message);
+        }
+        if (leftover.length || !(err.errors || []).length) {
+          formError.textContent = leftover.join('; ') || err.message;
+          formError.hidden = false;
+        }
+      }
+    }
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      const safety = {};
+      for (const [key, , scale] of fields) {
+        const text = inputs[key].value.trim().replace(',', '.');
+        const n = Number(text);
+        if (text === '') safety[key] = key.startsWith('min') ? 0 : null;
+        else safety[key] = Number.isFinite(n) ? +(n * scale).toFixed(6) : text;
+      }
+      save(safety);
+    });
+    clear(limitsEditor, form);
+    inputs.min_on_s.focus();
+  }
+
   const controls = isActuator && canOperate
     ? h('div', { class: 'actions why-controls' },
       h('label', { for: durationId, text: 'Hold for' }), duration,
@@ -89,7 +159,8 @@ export function deviceRow(ctx, farmId, roomId, device, canOperate) {
         h('span', { class: 'muted small', text: ` ${label}` })),
       state),
     isActuator ? mode : null,
-    isActuator ? limits : null,
+    isActuator ? h('div', { class: 'row wrap' }, limits, canOperate ? editLimits : null) : null,
+    limitsEditor,
     h('div', { class: 'row wrap' }, seen, controls),
     life, error);
 
