@@ -363,7 +363,11 @@ class Automation(OperatorActions):
         state = self.actuators.get(device.id, ActuatorState())
         if state.on != on:
             self.actuators[device.id] = apply_switch(state, on, self._clock())
-            self.why[device.id] = reason if source == "automation" else f"{source}: {reason}"
+            # Why automation switched it; a manual switch is explained by its hold instead.
+            if source == "automation":
+                self.why[device.id] = reason
+            else:
+                self.why.pop(device.id, None)
         elif not force:
             return None
         return await self._commands.send(

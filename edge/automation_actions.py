@@ -51,6 +51,7 @@ class OperatorActions:
     _clock: Callable[[], datetime]
     _override_for: timedelta
     _disabled: set[str]
+    why: dict[str, str]
 
     # The engine's, used here (edge.automation.Automation defines them).
     def device(self, device_id: str) -> DeviceConfig | None:
@@ -96,6 +97,7 @@ class OperatorActions:
         state = self.actuators.get(device_id, ActuatorState())
         if state.on != on:
             state = apply_switch(state, on, now)
+            self.why.pop(device_id, None)  # explained by the hold now
         self.actuators[device_id] = state.model_copy(
             update={"override": Override(on=on, until=now + hold, by=by)}
         )

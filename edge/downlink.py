@@ -169,13 +169,12 @@ class Downlink:
         except NotFound as exc:
             return await self._refuse(cmd, "rejected", str(exc))
         at = self._clock().timestamp()
-        detail = "manual hold ended: back to automation"
         await self._db.write(
-            sync_rows.link_cloud_command, cmd.command_id, None, "delivered", at, detail,
-            urgent=True,
+            sync_rows.link_cloud_command, cmd.command_id, None, "delivered", at, urgent=True
         )
         log.info("cloud command %s: %s back to automation", cmd.command_id, cmd.device_id)
-        return CommandAccepted(command_id=cmd.command_id, state="delivered", detail=detail)
+        # No detail: the cloud keeps an answer's detail as the command's error.
+        return CommandAccepted(command_id=cmd.command_id, state="delivered")
 
     async def _refuse(
         self, cmd: CloudCommand | CloudRelease, state: str, detail: str

@@ -4,6 +4,7 @@
 // reconnect. Also the words for holds and safety holds, and relative times ("12 min left").
 
 import { inFarm, path } from './api.js';
+import { METRICS } from './dom.js';
 
 const stores = new Map();
 
@@ -28,6 +29,16 @@ export function minutesText(minutes) {
   return Number.isInteger(hours) ? `${hours} h` : `${hours.toFixed(1)} h`;
 }
 
+// The edge's reason for a switch in words: "humidity_pct 80.0 < 85 (rule room-a-rh)" →
+// "Humidity 80.0 < 85".
+export function reasonText(reason) {
+  let text = String(reason || '').replace(/\s*\(rule [^)]*\)/g, '').replace(/\s*\(safety\)/, ' (safety limit)');
+  for (const [name, info] of Object.entries(METRICS)) {
+    text = text.replaceAll(name, info.label);
+  }
+  return text;
+}
+
 // "held on by Ana for 30 min — 12 min left", "auto", "on: minimum on-time, 2 min left"
 export function modeText(actuator) {
   if (!actuator) return '';
@@ -41,7 +52,7 @@ export function modeText(actuator) {
   } else if (actuator.mode === 'unknown') {
     parts.push('not reported by the edge yet');
   } else {
-    parts.push('auto');
+    parts.push(actuator.reason ? `auto — ${actuator.on ? 'on' : 'off'} because ${reasonText(actuator.reason)}` : 'auto');
   }
   if (actuator.safety_hold) {
     const s = actuator.safety_hold;

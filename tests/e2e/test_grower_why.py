@@ -10,7 +10,9 @@ on the page; safety limits changed on the page reach the edge and come back in w
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,8 +120,6 @@ async def test_the_room_page_shows_why_and_holds_the_fan_then_back_to_auto(
             back = fan.locator("button.why-auto")
             assert await back.is_visible()
             await page.screenshot(path=str(tmp_path / "why-held.png"), full_page=True)
-            (Path("/tmp/why-shots")).mkdir(exist_ok=True)
-            await page.screenshot(path="/tmp/why-shots/held.png", full_page=True)
 
             # Back to auto: the hold ends on the edge, and the page shows automation again.
             await back.click()
@@ -130,9 +130,10 @@ async def test_the_room_page_shows_why_and_holds_the_fan_then_back_to_auto(
             assert mode.startswith("auto"), mode
             assert await back.is_hidden()
             last = await the_cloud.rows(
-                "SELECT action, status FROM commands WHERE device_id = %s"
+                "SELECT action, status, error FROM commands WHERE device_id = %s"
                 " ORDER BY created_at DESC LIMIT 1", (FAN,))
-            assert last[0]["action"] == "auto" and last[0]["status"] == "delivered", last
+            assert (last[0]["action"], last[0]["status"], last[0]["error"]) == (
+                "auto", "delivered", None), last
 
             # Last seen comes from the edge's any-message last-seen.
             seen = await fan.locator(".why-seen").text_content() or ""
@@ -165,6 +166,16 @@ async def test_the_room_page_shows_why_and_holds_the_fan_then_back_to_auto(
             overflow = await page.evaluate(
                 "document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"the page is {overflow}px wider than a phone"
+            await fan.locator("button.why-edit-limits").click()
+            await page.click('button[aria-label="edit room-a-light"]')
+            await page.screenshot(path=str(tmp_path / "why-phone.png"), full_page=True)
+            await fan.screenshot(path=str(tmp_path / "why-phone-fan.png"))
+            form = page.locator("form.rule-form")
+            await form.screenshot(path=str(tmp_path / "why-phone-rule.png"))
+            if shots := os.environ.get("SMARTFARM_SCREENSHOTS"):
+                for name in ("why-held.png", "why-phone.png", "why-phone-fan.png",
+                             "why-phone-rule.png"):
+                    shutil.copy(tmp_path / name, Path(shots) / name)
         finally:
             await browser.close()
     # The refused limit's 422 is logged by Chromium: expected; nothing else is.

@@ -106,6 +106,8 @@ async def test_the_report_has_every_rule_with_its_source_and_the_holds(edge: Edg
 
 async def test_reports_go_out_when_something_changes_and_now_and_then(edge: Edge) -> None:
     reporter = AutomationReporter(edge.automation, clock=utcnow, every_s=3600)
+    for room_id in ("room-a", "room-b"):  # what a first evaluation switches (fresh air, …)
+        await edge.automation.evaluate_room(room_id)
     assert await reporter.report() == 2  # every room, the first time
     assert await reporter.report() == 0  # nothing changed
     await edge.telemetry("sens-a", temperature_c=18)  # a reading moves last-seen only
@@ -142,6 +144,7 @@ async def test_a_cloud_hold_and_back_to_auto(edge: Edge) -> None:
                            expires_at=now + timedelta(minutes=1))
     answer = await downlink.handle(release)
     assert answer is not None and answer.state == "delivered"  # type: ignore[union-attr]
+    assert answer.detail is None  # type: ignore[union-attr]  # the cloud would show it as an error
     assert edge.automation.actuators["fan-a"].override is None
     again = await downlink.handle(release)  # redelivered: answered again, not redone
     assert again is not None and again.state == "delivered"  # type: ignore[union-attr]
