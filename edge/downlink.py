@@ -51,9 +51,7 @@ WS_RETRY_S: Final = 60.0
 STABLE_S: Final = 10.0
 # mypy 1.20 loses the TypeForm of an Annotated union alias read from its cache (arg-type
 # there, none without a cache): ignore it either way.
-_DOWN: Final[TypeAdapter[CloudCommand | CloudRelease | ConfigPush]] = TypeAdapter(  # type: ignore[arg-type,unused-ignore]
-    DownMessage
-)
+_DOWN: Final[TypeAdapter[CloudCommand | CloudRelease | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type,unused-ignore]
 
 
 @dataclass(slots=True)
