@@ -80,6 +80,7 @@ class Automation(OperatorActions):
         # automation last switched it (both for the cloud's "why" view).
         self.blocked: dict[str, dict[str, Blocked]] = {}
         self.why: dict[str, str] = {}
+        self.hold_sources: dict[str, str] = {}  # actuator → where its manual hold came from
 
     @property
     def db(self) -> Database:

@@ -52,6 +52,7 @@ class OperatorActions:
     _override_for: timedelta
     _disabled: set[str]
     why: dict[str, str]
+    hold_sources: dict[str, str]
 
     # The engine's, used here (edge.automation.Automation defines them).
     def device(self, device_id: str) -> DeviceConfig | None:
@@ -101,6 +102,7 @@ class OperatorActions:
         self.actuators[device_id] = state.model_copy(
             update={"override": Override(on=on, until=now + hold, by=by)}
         )
+        self.hold_sources[device_id] = source
         cid = await self._commands.send(
             device_id=device_id, room_id=device.room, action=action, value=value,
             source=source, reason=f"manual by {by} for {hold.total_seconds() / 60:g} min",

@@ -98,7 +98,8 @@ def room_report(
         override = state.override
         hold = None
         if override is not None and override.until > now:
-            hold = HoldReport(on=override.on, until=override.until.timestamp(), by=override.by)
+            hold = HoldReport(on=override.on, until=override.until.timestamp(), by=override.by,
+                              source=automation.hold_sources.get(device.id))
         actuators.append(
             ActuatorReport(
                 device_id=device.id,

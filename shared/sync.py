@@ -164,11 +164,14 @@ class RuleReport(msgspec.Struct, omit_defaults=True):
 
 
 class HoldReport(msgspec.Struct):
-    """A manual hold: the actuator stays ``on`` (or off) until ``until``, whatever the rules."""
+    """A manual hold: the actuator stays ``on`` (or off) until ``until``, whatever the rules.
+    ``source``: where it was asked ("cloud", "manual": the edge's own page or API, "homeassistant"
+    …; None when not known, a hold from before the edge restarted)."""
 
     on: bool
     until: float
     by: str
+    source: str | None = None
 
 
 SafetyReason = Literal["min_on", "min_off", "max_on", "max_duty", "rest_after_max_on"]

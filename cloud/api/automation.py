@@ -188,6 +188,9 @@ class HoldState(Out):
     on: bool
     until: datetime
     by: str
+    source: str | None = Field(
+        description="where it was asked: cloud, manual (the edge's own page), homeassistant…"
+    )
 
 
 class SafetyHoldState(Out):
@@ -283,7 +286,8 @@ async def automation_state(call: Call) -> AutomationStateOut:
             mode = "auto"
             if a.get("hold") and _ts(a["hold"]["until"]) > now:  # type: ignore[operator]
                 h = a["hold"]
-                hold = HoldState(on=h["on"], until=_ts(h["until"]), by=h["by"])  # type: ignore[arg-type]
+                hold = HoldState(on=h["on"], until=_ts(h["until"]), by=h["by"],  # type: ignore[arg-type]
+                                 source=h.get("source"))
                 mode = "hold"
             sh = a.get("safety_hold")
             if sh and (sh.get("until") is None or _ts(sh["until"]) > now):  # type: ignore[operator]

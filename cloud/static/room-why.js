@@ -7,6 +7,8 @@ import { inFarm, path } from './api.js';
 import { METRICS } from './dom.js';
 
 const stores = new Map();
+// Where a hold was asked, when not the cloud (Home Assistant's holds say so in their "by").
+const HOLD_SOURCES = { manual: ' at the farm' };
 
 export function untilText(when, now = Date.now()) {
   if (!when) return '';
@@ -48,7 +50,8 @@ export function modeText(actuator) {
     const sent = actuator.last_hold && actuator.last_hold.action === (h.on ? 'on' : 'off')
       ? actuator.last_hold : null;
     const length = sent && sent.hold_minutes ? ` for ${minutesText(sent.hold_minutes)}` : '';
-    parts.push(`held ${h.on ? 'on' : 'off'} by ${h.by}${length} — ${untilText(h.until)} (until ${shortTime(h.until)})`);
+    const where = (h.by !== 'home-assistant' && HOLD_SOURCES[h.source]) || '';
+    parts.push(`held ${h.on ? 'on' : 'off'} by ${h.by}${where}${length} — ${untilText(h.until)} (until ${shortTime(h.until)})`);
   } else if (actuator.mode === 'unknown') {
     parts.push('not reported by the edge yet');
   } else {

@@ -255,6 +255,7 @@ class HoldItem(_Data):
     on: bool
     until: Seconds
     by: Annotated[str, Field(max_length=200)]
+    source: Annotated[str, Field(max_length=32)] | None = None
 
 
 class SafetyHoldItem(_Data):

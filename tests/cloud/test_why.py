@@ -30,7 +30,8 @@ def report(
         "device_id": w.ACTUATOR_B,
         "on": True,
         "since": at - 30,
-        "hold": None if hold_until is None else {"on": True, "until": hold_until, "by": "Ana"},
+        "hold": None if hold_until is None else {"on": True, "until": hold_until, "by": "Ana",
+                                                 "source": "cloud"},
         "safety_hold": {"on": True, "reason": "min_on", "until": at + 120,
                         "detail": "min on 180 s (on for 60 s)"},
         "safety": {"min_on_s": 180, "min_off_s": 120, "max_on_s": 7200, "max_duty": None},
@@ -80,7 +81,7 @@ async def test_the_edges_report_is_read_back_with_sources_holds_and_safety_in_wo
     assert all(r["applied"] for r in got["rules"])
     (hum,) = got["actuators"]
     assert hum["device_id"] == w.ACTUATOR_B and hum["on"] is True and hum["mode"] == "hold"
-    assert hum["hold"]["by"] == "Ana"
+    assert (hum["hold"]["by"], hum["hold"]["source"]) == ("Ana", "cloud")
     assert hum["safety_hold"]["text"] == "on: minimum on-time"
     assert hum["safety"]["min_on_s"] == 180
     # Last seen moved forward from the edge's any-message last-seen (an unknown id is ignored).

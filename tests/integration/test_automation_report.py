@@ -117,7 +117,7 @@ async def test_reports_go_out_when_something_changes_and_now_and_then(edge: Edge
     assert await reporter.report() == 1  # room-a: the fan is held
     reports = await _reports(edge)
     fan = next(a for a in reports[-1].actuators if a.device_id == "fan-a")
-    assert fan.on and fan.hold is not None and fan.hold.by == "Ana"
+    assert fan.on and fan.hold is not None and (fan.hold.by, fan.hold.source) == ("Ana", "manual")
     assert fan.hold.until == pytest.approx(utcnow().timestamp() + 1800, abs=5)
     assert "sens-a" in reports[-1].seen
     # Every every_s even without a change (fresh last-seen and time left).
@@ -134,6 +134,9 @@ async def test_a_cloud_hold_and_back_to_auto(edge: Edge) -> None:
     assert answer is not None and answer.state == "delivered"  # type: ignore[union-attr]
     override = edge.automation.actuators["fan-a"].override
     assert override is not None and override.on and override.by == "Ana"
+    data = room_report(edge.automation, "room-a", {}, utcnow())
+    fan = next(a for a in data.actuators if a.device_id == "fan-a")
+    assert fan.hold is not None and (fan.hold.by, fan.hold.source) == ("Ana", "cloud")
     assert (override.until - now).total_seconds() == pytest.approx(45 * 60, abs=5)
     rows = await edge.db.read(lambda conn: conn.execute(
         "SELECT action, source, reason FROM commands WHERE device_id = 'fan-a'").fetchall())
