@@ -334,6 +334,7 @@ export function rulesSection(ctx, farmId, roomId, devices, canOperate) {
     h('div', { class: 'row wrap' }, h('h2', { text: 'Automation rules' }), add),
     status, list, message, editor);
   let snapshot = null;
+  let shownKey = null;
 
   const close = () => clear(editor);
 
@@ -424,16 +425,26 @@ export function rulesSection(ctx, farmId, roomId, devices, canOperate) {
     status.textContent = state.reported
       ? `The edge runs ${state.rules.filter((r) => r.applied).length} rule(s) here; last report ${ago(state.reported_at)}.`
       : 'Waiting for the edge\'s first report; rules stored in the cloud are listed.';
+    // Rebuilt only when the rules changed: a report every minute must not take the focus away.
+    const key = JSON.stringify(state.rules);
+    if (key === shownKey) return;
+    shownKey = key;
     const sorted = [...state.rules].sort((a, b) => (a.actuator + a.id).localeCompare(b.actuator + b.id));
     clear(list, sorted.length ? sorted.map(ruleItem) : h('li', { class: 'muted', text: 'No rules for this room yet.' }));
   }
 
   const unsubscribe = store.subscribe(render);
+  // "last report 3 min ago" stays true between reports (the list itself is left alone, so an
+  // open editor or focus is not disturbed).
+  const ticker = setInterval(() => {
+    if (snapshot && snapshot.reported) {
+      status.textContent = status.textContent.replace(/last report .*$/, `last report ${ago(snapshot.reported_at)}.`);
+    }
+  }, 15000);
 
   return {
     el,
     load: () => store.load(),
-    refresh: () => { if (snapshot) render(snapshot); },
-    dispose: () => { unsubscribe(); store.dispose(); },
+    dispose: () => { clearInterval(ticker); unsubscribe(); store.dispose(); },
   };
 }
