@@ -23,6 +23,7 @@ from aiohttp import web
 from edge.alerts import AlertMonitor
 from edge.api import create_api_app
 from edge.automation import Automation
+from edge.automation_report import AutomationReporter
 from edge.broker import EmbeddedBroker, broker_address, embedded_broker
 from edge.commands import CommandTracker
 from edge.config import EdgeSettings, load_config
@@ -90,6 +91,7 @@ class EdgeApp:
         self.outbox: Outbox | None = None
         self.uplink: Uplink | IotUplink | None = None
         self.downlink: Downlink | None = None
+        self.reporter: AutomationReporter | None = None
         if settings.cloud.enabled:
             self.outbox = Outbox(
                 self.db, retention_days=settings.cloud.retention_days,
@@ -99,6 +101,8 @@ class EdgeApp:
                 settings, self.db, self.automation, self.commands, alerts=self.alerts,
                 clock_offset=lambda: None if self.uplink is None else self.uplink.clock_offset_s,
             )
+            # The rooms' effective automation goes up too (the cloud's "why" view).
+            self.reporter = AutomationReporter(self.automation, clock=utcnow)
             if settings.cloud.aws_iot.enabled:  # batches over AWS IoT Core instead of HTTPS
                 from edge.iot_uplink import IotUplink  # awscrt: only for IoT Core farms
 
@@ -182,6 +186,8 @@ class EdgeApp:
                     log.info("syncing with the cloud at %s as edge %s", settings.cloud.url,
                              settings.cloud.edge_id)
                     loops = [("uplink", self.uplink.run), ("downlink", self.downlink.run)]
+                    if self.reporter is not None:
+                        loops.insert(0, ("automation report", self.reporter.run))
                     iot = settings.cloud.aws_iot
                     if iot.enabled and not iot.downlink_stream:
                         loops.pop()  # commands come over AWS IoT only

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from edge.alerts import AlertMonitor, Band
@@ -28,7 +28,7 @@ from edge.store.db import Database
 from shared.automation import apply_switch, evaluate
 from shared.models import Status, Telemetry, utcnow
 from shared.profiles import BANDED_METRICS, default_safety, profile_for, rules_for
-from shared.rules import ActuatorState, Reading, RuleState, Safety
+from shared.rules import ActuatorState, Blocked, Reading, RuleState, Safety
 from shared.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,17 @@ class Automation(OperatorActions):
         self._last_eval: dict[str, float] = {}
         self._trailing: dict[str, asyncio.Task[None]] = {}
         self.evaluations = 0
+        # Rooms whose config (and rules) came from the cloud (edge.config_sync sets it).
+        self.cloud_rooms: set[str] = set()
+        # Per room, what a safety limit held back on the last evaluation; per actuator, why
+        # automation last switched it (both for the cloud's "why" view).
+        self.blocked: dict[str, dict[str, Blocked]] = {}
+        self.why: dict[str, str] = {}
+        self.hold_sources: dict[str, str] = {}  # actuator → where its manual hold came from
+
+    @property
+    def db(self) -> Database:
+        return self._db
 
     # ---- configuration ----
     def devices(self) -> list[DeviceConfig]:
@@ -114,14 +125,25 @@ class Automation(OperatorActions):
 
     def _build_rules(self, room: RoomRuntime) -> None:
         roles = {d.actuator: d.id for d in self.actuators_in(room.config.id) if d.actuator}
+        species, stage = room.config.species, room.stage
         rules = rules_for(
-            room.config.id, room.config.species, room.stage,  # type: ignore[arg-type]
-            roles, overrides=room.config.rules,
+            room.config.id, species, stage, roles, overrides=room.config.rules,  # type: ignore[arg-type]
         )
+        room.profile_ids = {
+            r.id for r in rules_for(room.config.id, species, stage, roles)  # type: ignore[arg-type]
+        }
         room.rules = [
             r.model_copy(update={"enabled": False}) if r.id in self._disabled else r
             for r in rules
         ]
+
+    def rule_source(self, room_id: str, rule_id: str) -> Literal["profile", "cloud", "local"]:
+        """Where a room's rule comes from: its profile, unless a configured rule of that id
+        (pushed by the cloud, or from the edge's own config file) replaces it."""
+        room = self._room(room_id)
+        if any(r.id == rule_id for r in room.config.rules):
+            return "cloud" if room_id in self.cloud_rooms else "local"
+        return "profile"
 
     def bands(self, room_id: str) -> dict[str, Band]:
         room = self._room(room_id)
@@ -321,6 +343,7 @@ class Automation(OperatorActions):
         evaluation = self._evaluate(room_id)
         self.evaluations += 1
         self._rule_states.update(evaluation.rule_states)
+        self.blocked[room_id] = {b.actuator: b for b in evaluation.blocked}
         for decision in evaluation.decisions:
             device = self.device(decision.actuator)
             if device is not None:
@@ -341,6 +364,11 @@ class Automation(OperatorActions):
         state = self.actuators.get(device.id, ActuatorState())
         if state.on != on:
             self.actuators[device.id] = apply_switch(state, on, self._clock())
+            # Why automation switched it; a manual switch is explained by its hold instead.
+            if source == "automation":
+                self.why[device.id] = reason
+            else:
+                self.why.pop(device.id, None)
         elif not force:
             return None
         return await self._commands.send(

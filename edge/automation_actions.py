@@ -38,6 +38,7 @@ class RoomRuntime:
     stage: str
     stage_started: str | None
     rules: list[Rule] = field(default_factory=list)
+    profile_ids: set[str] = field(default_factory=set)  # ids of the rules its profile makes
 
 
 class OperatorActions:
@@ -50,6 +51,8 @@ class OperatorActions:
     _clock: Callable[[], datetime]
     _override_for: timedelta
     _disabled: set[str]
+    why: dict[str, str]
+    hold_sources: dict[str, str]
 
     # The engine's, used here (edge.automation.Automation defines them).
     def device(self, device_id: str) -> DeviceConfig | None:
@@ -95,9 +98,11 @@ class OperatorActions:
         state = self.actuators.get(device_id, ActuatorState())
         if state.on != on:
             state = apply_switch(state, on, now)
+            self.why.pop(device_id, None)  # explained by the hold now
         self.actuators[device_id] = state.model_copy(
             update={"override": Override(on=on, until=now + hold, by=by)}
         )
+        self.hold_sources[device_id] = source
         cid = await self._commands.send(
             device_id=device_id, room_id=device.room, action=action, value=value,
             source=source, reason=f"manual by {by} for {hold.total_seconds() / 60:g} min",

@@ -51,9 +51,12 @@ def overlay(
             )
         for device in push.devices:
             local = merged_devices.get(device.id)
+            # Limits set in the cloud win; without them the file's (or the role's default).
+            safety = device.safety if device.safety is not None else (
+                local.safety if local else None)
             merged_devices[device.id] = DeviceConfig(
                 id=device.id, room=device.room, kind=device.kind, actuator=device.actuator,
-                safety=local.safety if local else None, name=local.name if local else "",
+                safety=safety, name=local.name if local else "",
             )
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
@@ -114,6 +117,7 @@ class ConfigSync:
             return
         self._settings.rooms, self._settings.devices = rooms, devices
         self._applied = push
+        self._automation.cloud_rooms = {r.id for r in push.rooms}
         log.info("cloud config version %d restored", push.version)
 
     def rebase_local(self, fresh: EdgeSettings) -> None:
@@ -167,6 +171,7 @@ class ConfigSync:
         previous = {r.id for r in settings.rooms}
         self._applied = push
         settings.rooms, settings.devices = rooms, devices
+        self._automation.cloud_rooms = {r.id for r in push.rooms}
         try:
             self.write_credentials()
         except (OSError, CredentialsError) as exc:

@@ -35,6 +35,7 @@ from shared.backoff import Backoff
 from shared.models import utcnow
 from shared.sync import (
     CloudCommand,
+    CloudRelease,
     CommandAccepted,
     ConfigApplied,
     ConfigPush,
@@ -50,7 +51,7 @@ WS_RETRY_S: Final = 60.0
 STABLE_S: Final = 10.0
 # mypy 1.20 loses the TypeForm of an Annotated union alias read from its cache (arg-type
 # there, none without a cache): ignore it either way.
-_DOWN: Final[TypeAdapter[CloudCommand | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type,unused-ignore]
+_DOWN: Final[TypeAdapter[CloudCommand | CloudRelease | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type,unused-ignore]
 
 
 @dataclass(slots=True)
@@ -104,11 +105,11 @@ class Downlink:
 
     # ---- handling one message ----
     async def handle(
-        self, message: CloudCommand | ConfigPush
+        self, message: CloudCommand | CloudRelease | ConfigPush
     ) -> CommandAccepted | ConfigApplied | None:
         """Carry out one message from the cloud; the answer to send back (None: none)."""
         async with self._lock:
-            if isinstance(message, CloudCommand):
+            if isinstance(message, CloudCommand | CloudRelease):
                 return await self._command(message)
             before = self.config_sync.version
             answer = await self.config_sync.apply(message)
@@ -119,7 +120,7 @@ class Downlink:
     def _cloud_now(self) -> datetime:
         return self._clock() + timedelta(seconds=self._clock_offset() or 0.0)
 
-    async def _command(self, cmd: CloudCommand) -> CommandAccepted:
+    async def _command(self, cmd: CloudCommand | CloudRelease) -> CommandAccepted:
         known = await self._db.read(sync_rows.cloud_command, cmd.command_id)
         if known is not None:
             self.stats.redelivered += 1
@@ -135,11 +136,13 @@ class Downlink:
         if device is None or device.room != cmd.room_id:
             return await self._refuse(cmd, "rejected", f"no device {cmd.device_id} in room"
                                                        f" {cmd.room_id} on this edge")
+        if isinstance(cmd, CloudRelease):
+            return await self._release(cmd)
         try:
             if cmd.action in ("on", "off"):
                 cid = await self._automation.manual_command(
                     cmd.device_id, cmd.action, value=cmd.value, hold_minutes=cmd.hold_minutes,
-                    by="cloud", source="cloud", cloud_command_id=cmd.command_id,
+                    by=cmd.by or "cloud", source="cloud", cloud_command_id=cmd.command_id,
                 )
             elif device.kind != "actuator":
                 raise InvalidRequest(f"{cmd.device_id} is a sensor")
@@ -157,7 +160,23 @@ class Downlink:
                  cmd.action, cid)
         return CommandAccepted(command_id=cmd.command_id, edge_command_id=cid, state="delivered")
 
-    async def _refuse(self, cmd: CloudCommand, state: str, detail: str) -> CommandAccepted:
+    async def _release(self, cmd: CloudRelease) -> CommandAccepted:
+        """Back to auto: the actuator's manual hold ends and automation decides at once."""
+        try:
+            await self._automation.clear_override(cmd.device_id)
+        except NotFound as exc:
+            return await self._refuse(cmd, "rejected", str(exc))
+        at = self._clock().timestamp()
+        await self._db.write(
+            sync_rows.link_cloud_command, cmd.command_id, None, "delivered", at, urgent=True
+        )
+        log.info("cloud command %s: %s back to automation", cmd.command_id, cmd.device_id)
+        # No detail: the cloud keeps an answer's detail as the command's error.
+        return CommandAccepted(command_id=cmd.command_id, state="delivered")
+
+    async def _refuse(
+        self, cmd: CloudCommand | CloudRelease, state: str, detail: str
+    ) -> CommandAccepted:
         at = self._clock().timestamp()
         await self._db.write(
             sync_rows.link_cloud_command, cmd.command_id, None, state, at, detail, urgent=True

@@ -56,6 +56,7 @@ from shared.models import utcnow
 from shared.sync import (
     BatchAck,
     CloudCommand,
+    CloudRelease,
     CommandAccepted,
     ConfigApplied,
     ConfigPush,
@@ -75,9 +76,11 @@ AUTH_PROPERTY: Final = "authorization"
 ENCODING_PROPERTY: Final = "content-encoding"
 # mypy 1.20 loses the TypeForm of an Annotated union alias read from its cache (arg-type
 # there, none without a cache): ignore it either way.
-_DOWN: Final[TypeAdapter[CloudCommand | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type,unused-ignore]
+_DOWN: Final[TypeAdapter[CloudCommand | CloudRelease | ConfigPush]] = TypeAdapter(DownMessage)  # type: ignore[arg-type,unused-ignore]
 
-Handle = Callable[[CloudCommand | ConfigPush], Awaitable[CommandAccepted | ConfigApplied | None]]
+Handle = Callable[
+    [CloudCommand | CloudRelease | ConfigPush], Awaitable[CommandAccepted | ConfigApplied | None]
+]
 
 
 class OversizedRecord(ValueError):

@@ -9,7 +9,8 @@ mark, so the edge resends from there. The edge advances its cursor only on a ``B
 
 Down: the edge keeps a WebSocket to ``/api/edge/v1/stream`` (same token); it says ``Hello``, the
 cloud pushes ``CloudCommand`` and ``ConfigPush`` messages, the edge answers ``ConfigApplied`` and
-``CommandAccepted``. The same messages are available by polling ``GET /api/edge/v1/pending``.
+``CommandAccepted`` (``CloudRelease``, ending a manual hold, is answered like a command). The
+same messages are available by polling ``GET /api/edge/v1/pending``.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.models import Id
+from shared.rules import Safety
 from shared.vocabulary import ActuatorRole, Species, Stage
 
 PROTOCOL_VERSION = 1
@@ -36,6 +38,8 @@ RecordKind = Literal[
                       #  "state":"active"|"resolved","at"}
     "status",         # {"device_id","room_id","online","state":{...},"at"}
     "config_change",  # {"version","base_version","change":{...},"at"} local edits made offline
+    "automation",     # {"room_id","stage","rules":[...],"actuators":[...],"seen":{...},"at"}
+                      #  the room's effective automation, when it changes (and now and then)
 ]
 RECORD_KINDS: Final[tuple[str, ...]] = get_args(RecordKind)
 
@@ -145,6 +149,67 @@ class ConfigChangeData(msgspec.Struct):
     at: float
 
 
+class RuleReport(msgspec.Struct, omit_defaults=True):
+    """One rule a room's edge runs. ``source``: "profile" (made from the species/stage profile),
+    "cloud" (a rule the cloud pushed), "local" (the edge's own config file); ``overrides`` is
+    true when a cloud or local rule has a profile rule's id and so replaces it."""
+
+    id: str
+    actuator: str
+    type: str
+    enabled: bool
+    source: Literal["profile", "cloud", "local"]
+    rule: dict[str, Any]  # the whole shared.rules.Rule as JSON
+    overrides: bool = False
+
+
+class HoldReport(msgspec.Struct):
+    """A manual hold: the actuator stays ``on`` (or off) until ``until``, whatever the rules.
+    ``source``: where it was asked ("cloud", "manual": the edge's own page or API, "homeassistant"
+    …; None when not known, a hold from before the edge restarted)."""
+
+    on: bool
+    until: float
+    by: str
+    source: str | None = None
+
+
+SafetyReason = Literal["min_on", "min_off", "max_on", "max_duty", "rest_after_max_on"]
+
+
+class SafetyHoldReport(msgspec.Struct):
+    """A safety limit keeping the actuator ``on`` (or off) against what automation wants, until
+    ``until`` (None: no fixed end, a duty budget that frees up as the hour rolls on)."""
+
+    on: bool
+    reason: SafetyReason
+    until: float | None
+    detail: str
+
+
+class ActuatorReport(msgspec.Struct):
+    device_id: str
+    on: bool
+    since: float | None
+    hold: HoldReport | None
+    safety_hold: SafetyHoldReport | None
+    safety: dict[str, Any]  # the limits in force (shared.rules.Safety as JSON)
+    reason: str | None = None  # why automation last switched it
+
+
+class AutomationData(msgspec.Struct):
+    """A room's effective automation on its edge: every rule it runs, every actuator's state,
+    hold and safety hold, and when each of the room's devices was last heard from (any message
+    kind, unix seconds)."""
+
+    room_id: str
+    stage: str
+    rules: list[RuleReport]
+    actuators: list[ActuatorReport]
+    seen: dict[str, float]
+    at: float
+
+
 class Record(msgspec.Struct, tag_field="kind", gc=False):
     """An outbox record on the wire: ``{"kind", "seq", "at", "data"}``; ``kind`` is the tag."""
 
@@ -193,6 +258,11 @@ class ConfigChangeRecord(Record, tag="config_change"):
     data: ConfigChangeData
 
 
+class AutomationRecord(Record, tag="automation"):
+    kind: ClassVar[str] = "automation"
+    data: AutomationData
+
+
 RECORD_TYPES: Final[dict[str, type[Record]]] = {
     "reading": ReadingRecord,
     "quarantine": QuarantineRecord,
@@ -202,6 +272,7 @@ RECORD_TYPES: Final[dict[str, type[Record]]] = {
     "alert": AlertRecord,
     "status": StatusRecord,
     "config_change": ConfigChangeRecord,
+    "automation": AutomationRecord,
 }
 
 
@@ -225,6 +296,7 @@ KIND_CODES: Final[dict[str, int]] = {
     "alert": 5,
     "status": 6,
     "config_change": 7,
+    "automation": 8,
 }
 KIND_NAMES: Final[dict[int, str]] = {code: name for name, code in KIND_CODES.items()}
 
@@ -302,6 +374,19 @@ class CloudCommand(_Msg):
     action: Literal["on", "off", "set"]
     value: float | bool | None = None
     hold_minutes: float | None = None
+    by: str | None = Field(default=None, max_length=100, description="who asked (a user's name)")
+    created_at: datetime
+    expires_at: datetime
+
+
+class CloudRelease(_Msg):
+    """End a manual hold on an actuator ("back to auto"): the edge clears its override and lets
+    the automation decide at once."""
+
+    type: Literal["release"] = "release"
+    command_id: Id
+    device_id: Id
+    room_id: Id
     created_at: datetime
     expires_at: datetime
 
@@ -311,6 +396,9 @@ class DeviceSpec(_Msg):
     room: Id
     kind: Literal["sensor", "actuator"]
     actuator: ActuatorRole | None = None
+    safety: Safety | None = Field(
+        default=None, description="limits set in the cloud; None: the edge's own or the default"
+    )
     # argon2id hash in the format the edge broker verifies; the plaintext never leaves the cloud
     # except once, to the user who registered the device.
     password_hash: str | None = None
@@ -333,7 +421,9 @@ class ConfigPush(_Msg):
     devices: list[DeviceSpec]
 
 
-DownMessage = Annotated[CloudCommand | ConfigPush, Field(discriminator="type")]
+DownMessage = Annotated[
+    CloudCommand | CloudRelease | ConfigPush, Field(discriminator="type")
+]
 
 
 # ---- edge → cloud on the stream ----

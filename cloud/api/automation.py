@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -11,6 +11,7 @@ from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import In, Out
 from cloud.db import audit
+from cloud.db import automation_state as automation_db
 from cloud.db import devices as devices_db
 from cloud.db import rules as rules_db
 from cloud.errors import Conflict, NotFound, ValidationFailed
@@ -155,8 +156,180 @@ async def delete_rule(call: Call) -> None:
     )
 
 
+# ---- the room's effective automation, as its edge runs it ----
+
+SAFETY_WORDS = {
+    "min_on": "minimum on-time",
+    "min_off": "minimum off-time",
+    "max_on": "maximum on-time reached",
+    "max_duty": "maximum share of the hour reached",
+    "rest_after_max_on": "resting after its maximum on-time",
+}
+
+
+class EffectiveRule(Out):
+    id: str
+    actuator: str
+    type: str
+    enabled: bool
+    source: Literal["profile", "cloud", "local"] = Field(
+        description="profile: made from the species and stage; cloud: a rule stored here; local:"
+        " from the edge's own config file"
+    )
+    overrides: bool = Field(description="replaces the profile rule of the same id")
+    rule: dict[str, Any] = Field(description="the whole rule (shared.rules.Rule)")
+    cloud_version: int | None = Field(description="the stored cloud rule's version, if any")
+    applied: bool = Field(
+        description="false: a cloud rule the edge does not run yet (saved, on its way)"
+    )
+
+
+class HoldState(Out):
+    on: bool
+    until: datetime
+    by: str
+    source: str | None = Field(
+        description="where it was asked: cloud, manual (the edge's own page), homeassistant…"
+    )
+
+
+class SafetyHoldState(Out):
+    on: bool
+    reason: str
+    until: datetime | None
+    detail: str
+    text: str = Field(description='in words, e.g. "on: minimum on-time"')
+
+
+class PendingHold(Out):
+    command_id: str
+    action: str
+    hold_minutes: float | None
+    status: str
+    error: str | None
+    by: str | None
+    created_at: datetime
+
+
+class ActuatorStateOut(Out):
+    device_id: str
+    name: str
+    role: str | None
+    on: bool | None
+    since: datetime | None
+    mode: Literal["auto", "hold", "safety", "unknown"]
+    hold: HoldState | None
+    safety_hold: SafetyHoldState | None
+    safety: dict[str, Any]
+    reason: str | None
+    last_hold: PendingHold | None = Field(description="the newest hold or back-to-auto sent")
+
+
+class SeenOut(Out):
+    device_id: str
+    name: str
+    kind: str
+    last_seen: datetime | None
+
+
+class AutomationStateOut(Out):
+    room_id: str
+    reported: bool = Field(description="false until the room's edge has reported")
+    reported_at: datetime | None
+    received_at: datetime | None
+    edge_id: str | None
+    stage: str | None
+    rules: list[EffectiveRule]
+    actuators: list[ActuatorStateOut]
+    devices: list[SeenOut]
+
+
+def _ts(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(float(value), UTC)
+
+
+async def automation_state(call: Call) -> AutomationStateOut:
+    """The room's effective automation: every rule its edge runs with its source, each
+    actuator's state, manual hold and safety hold, and devices' last message of any kind"""
+    room_id = call.param("room_id")
+    report = await automation_db.get(call.db, call.farm_id, room_id)
+    devices = await automation_db.devices(call.db, call.farm_id, room_id)
+    holds = await automation_db.last_holds(call.db, call.farm_id, room_id)
+    cloud_rules = {
+        r["id"]: r
+        for r in await rules_db.list_rules(call.db, call.farm_id, room_id, after=None, limit=500)
+    }
+    state: dict[str, Any] = report["state"] if report else {}
+    now = datetime.now(UTC)
+    rules: list[EffectiveRule] = []
+    for r in state.get("rules", []):
+        stored = cloud_rules.get(r["id"])
+        rules.append(EffectiveRule(
+            **r, cloud_version=stored["version"] if stored else None, applied=True))
+    running = {r.id for r in rules}
+    for rule_id, stored in cloud_rules.items():
+        if rule_id not in running:
+            body = stored["body"]
+            rules.append(EffectiveRule(
+                id=rule_id, actuator=body.get("actuator", ""), type=body.get("type", ""),
+                enabled=body.get("enabled", True), source="cloud", overrides=False, rule=body,
+                cloud_version=stored["version"], applied=False))
+    reported = {a["device_id"]: a for a in state.get("actuators", [])}
+    actuators = []
+    for d in devices:
+        if d["kind"] != "actuator":
+            continue
+        a = reported.get(d["id"])
+        hold = safety_hold = None
+        mode: Literal["auto", "hold", "safety", "unknown"] = "unknown"
+        if a is not None:
+            mode = "auto"
+            if a.get("hold") and _ts(a["hold"]["until"]) > now:  # type: ignore[operator]
+                h = a["hold"]
+                hold = HoldState(on=h["on"], until=_ts(h["until"]), by=h["by"],  # type: ignore[arg-type]
+                                 source=h.get("source"))
+                mode = "hold"
+            sh = a.get("safety_hold")
+            if sh and (sh.get("until") is None or _ts(sh["until"]) > now):  # type: ignore[operator]
+                words = SAFETY_WORDS.get(sh["reason"], sh["reason"])
+                safety_hold = SafetyHoldState(
+                    on=sh["on"], reason=sh["reason"], until=_ts(sh.get("until")),
+                    detail=sh.get("detail", ""), text=f"{'on' if sh['on'] else 'off'}: {words}")
+                if mode == "auto":
+                    mode = "safety"
+        last = holds.get(d["id"])
+        actuators.append(ActuatorStateOut(
+            device_id=d["id"], name=d["name"], role=d["actuator"],
+            on=a["on"] if a else None, since=_ts(a.get("since")) if a else None, mode=mode,
+            hold=hold, safety_hold=safety_hold,
+            safety=(a or {}).get("safety") or d["safety"] or {},
+            reason=a.get("reason") if a else None,
+            last_hold=PendingHold(
+                command_id=last["id"], action=last["action"], hold_minutes=last["hold_minutes"],
+                status=last["status"], error=last["error"], by=last["by_name"],
+                created_at=last["created_at"]) if last else None,
+        ))
+    return AutomationStateOut(
+        room_id=room_id, reported=report is not None,
+        reported_at=report["reported_at"] if report else None,
+        received_at=report["received_at"] if report else None,
+        edge_id=report["edge_id"] if report else None, stage=state.get("stage"),
+        rules=rules, actuators=actuators,
+        devices=[SeenOut(device_id=d["id"], name=d["name"], kind=d["kind"],
+                         last_seen=d["last_seen"]) for d in devices],
+    )
+
+
 _BASE = "/api/rooms/{room_id}/automation"
 ROUTES = [
+    Route(
+        "GET",
+        "/api/rooms/{room_id}/automation-state",
+        automation_state,
+        "room",
+        response=AutomationStateOut,
+        tag="automation",
+    ),
     Route(
         "GET", _BASE, list_rules, "room", query=PageQuery, response=Page[RuleOut], tag="automation"
     ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -13,11 +13,17 @@ from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import In, Out
 from cloud.db import audit
+from cloud.db import automation_state as automation_db
 from cloud.db import devices as devices_db
 from cloud.db import setup as setup_db
-from cloud.errors import NotFound
+from cloud.errors import NotFound, ValidationFailed
 from shared.models import Id
-from shared.rules import ActuatorRole
+from shared.rules import ActuatorRole, Safety
+
+SAFETY_HELP = (
+    "an actuator's safety limits (min_on_s, min_off_s, max_on_s, max_duty), applied by the edge"
+    " whatever the rules or a manual hold ask; none: the edge's own or its role's default"
+)
 
 
 class DeviceIn(In):
@@ -26,17 +32,23 @@ class DeviceIn(In):
     kind: Literal["sensor", "actuator"]
     actuator: ActuatorRole | None = Field(default=None, description="required for actuators")
     capabilities: list[str] = Field(default_factory=list, max_length=64)
+    safety: Safety | None = Field(default=None, description=SAFETY_HELP)
 
     @model_validator(mode="after")
     def _role(self) -> Self:
         if (self.kind == "actuator") != (self.actuator is not None):
             raise ValueError("an actuator needs `actuator`; a sensor must not have one")
+        if self.safety is not None and self.kind != "actuator":
+            raise ValueError("only an actuator has safety limits")
         return self
 
 
 class DevicePatch(In):
     name: str | None = Field(default=None, max_length=100)
     capabilities: list[str] | None = Field(default=None, max_length=64)
+    safety: Safety | None = Field(
+        default=None, description=SAFETY_HELP + "; null: back to the role's default"
+    )
 
 
 class DeviceOut(Out):
@@ -49,6 +61,7 @@ class DeviceOut(Out):
     capabilities: list[str]
     last_seen: datetime | None
     created_at: datetime
+    safety: Safety | None = Field(default=None, description=SAFETY_HELP)
 
 
 class BrokerHintOut(Out):
@@ -126,6 +139,8 @@ async def register_device(call: Call) -> RegisteredDeviceOut:
         capabilities=body.capabilities,
         credentials_hash=pw_hash,
     )
+    if body.safety is not None:
+        row = await _set_safety(call, row, body.safety)
     await audit.record(
         call.db,
         user_id=call.user_id,
@@ -193,7 +208,25 @@ async def update_device(call: Call) -> DeviceOut:
     )
     if row is None:
         raise NotFound("device not found")
+    if "safety" in body.model_fields_set:
+        row = await _set_safety(call, row, body.safety)
     return DeviceOut.model_validate(row)
+
+
+async def _set_safety(call: Call, row: dict[str, Any], safety: Safety | None) -> dict[str, Any]:
+    """Store an actuator's safety limits (the edge gets them with the next config)."""
+    if safety is not None and row["kind"] != "actuator":
+        raise ValidationFailed(
+            [{"field": "body.safety", "message": "only an actuator has safety limits",
+              "type": "value_error"}]
+        )
+    doc = safety.model_dump(mode="json") if safety is not None else None
+    await automation_db.set_safety(call.db, call.farm_id, row["id"], doc)
+    await audit.record(
+        call.db, user_id=call.user_id, farm_id=call.farm_id, action="device.safety",
+        target=row["id"], detail={"safety": doc},
+    )
+    return {**row, "safety": doc}
 
 
 async def delete_device(call: Call) -> None:

@@ -18,7 +18,7 @@ RULES = """
 SELECT ar.room_id, ar.id, ar.body FROM automation_rules ar
 WHERE ar.farm_id = %(farm_id)s ORDER BY ar.room_id, ar.id"""
 DEVICES = """
-SELECT d.id, d.room_id, d.kind, d.actuator, d.credentials_hash
+SELECT d.id, d.room_id, d.kind, d.actuator, d.credentials_hash, d.safety
 FROM devices d
 WHERE d.farm_id = %(farm_id)s ORDER BY d.id"""
 
@@ -31,7 +31,9 @@ WHERE c.status = 'pending'
   AND (%(farm_id)s::text IS NULL OR c.farm_id = %(farm_id)s)
 RETURNING c.id"""
 PENDING = """
-SELECT c.id, c.room_id, c.device_id, c.action, c.value, c.created_at
+SELECT c.id, c.room_id, c.device_id, c.action, c.value, c.hold_minutes, c.created_at,
+    (SELECT coalesce(nullif(u.display_name, ''), u.email) FROM users u
+     WHERE u.id = c.created_by) AS by_name
 FROM commands c
 WHERE c.status = 'pending' AND c.farm_id = %(farm_id)s
   AND (%(id)s::text IS NULL OR c.id = %(id)s)

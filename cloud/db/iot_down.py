@@ -35,7 +35,9 @@ WITH due AS (
 UPDATE commands c SET iot_published_at = now()
 FROM due
 WHERE c.farm_id = due.farm_id AND c.id = due.id
-RETURNING c.id, c.farm_id, c.room_id, c.device_id, c.action, c.value, c.created_at"""
+RETURNING c.id, c.farm_id, c.room_id, c.device_id, c.action, c.value, c.hold_minutes,
+    c.created_at, (SELECT coalesce(nullif(u.display_name, ''), u.email) FROM users u
+                   WHERE u.id = c.created_by) AS by_name"""
 
 # IoT edges of a farm that have neither applied nor been sent `version` (or were sent it longer
 # than `again` seconds ago without applying it), marked as sent it.

@@ -4,7 +4,8 @@ JSON messages browsers receive, plus the close codes.
 Server → browser messages (one JSON object per text frame, ``type`` first):
 ``hello``, ``subscribed``, ``unsubscribed``, ``error``, ``pong``, ``resync`` (events may have been
 missed: reload snapshots), and the events ``reading``, ``status``, ``command``, ``alert``,
-``recommendation``, ``notification``, ``edge`` and ``room`` (renamed or new stage: reload it).
+``recommendation``, ``notification``, ``edge``, ``room`` (renamed or new stage: reload it) and
+``automation`` (its edge reported the room's effective automation anew: reload it).
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def parse_notice(channel: str, payload: str) -> Notice | None:
             return Notice(
                 "alert", farm_id=str(doc["farm"]), room_id=_str(doc, "room"), ident=int(doc["id"])
             )
-        if kind == "room":
-            return Notice("room", farm_id=str(doc["farm"]), room_id=str(doc["room"]))
+        if kind in ("room", "automation"):
+            return Notice(kind, farm_id=str(doc["farm"]), room_id=str(doc["room"]))
         if kind == "access":
             return Notice("access", farm_id=str(doc["farm"]), user_id=int(doc["user"]))
         if kind == "user":

@@ -216,9 +216,9 @@ class LiveHub:
                 )
             if not notice.fetch:
                 return
-        elif notice.kind == "room":  # nothing to fetch: pages reload the room
+        elif notice.kind in ("room", "automation"):  # nothing to fetch: pages reload the room
             self._fanout(notice.farm_id, notice.room_id,
-                         message("room", farm_id=notice.farm_id, room_id=notice.room_id))
+                         message(notice.kind, farm_id=notice.farm_id, room_id=notice.room_id))
             return
         elif notice.kind == "recommendation":  # names only its room: fetched if anyone listens
             if not self._by_farm:

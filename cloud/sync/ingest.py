@@ -26,6 +26,7 @@ from cloud.sync.decode import DecodedBatch
 from cloud.sync.records import (
     AckItem,
     AlertItem,
+    AutomationItem,
     CommandItem,
     CommandStateItem,
     ConfigChangeItem,
@@ -91,6 +92,9 @@ def _references(parsed: list[ParsedRecord]) -> _Refs:
             devices.update(x for x in (item.device_id,) if x)
         elif isinstance(item, ConfigChangeItem) and item.change.room_id:
             rooms.add(item.change.room_id)
+        elif isinstance(item, AutomationItem):
+            rooms.add(item.room_id)
+            devices.update(item.seen)
         if isinstance(item, CommandItem | CommandStateItem) and item.cloud_command_id:
             commands.add(item.cloud_command_id)
         if isinstance(item, CommandItem) and item.source == "cloud":

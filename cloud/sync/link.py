@@ -18,6 +18,7 @@ from cloud.sync.hub import Event
 from cloud.sync.settings import SyncConfig
 from shared.sync import (
     CloudCommand,
+    CloudRelease,
     CommandAccepted,
     ConfigApplied,
     ConfigPush,
@@ -28,7 +29,7 @@ from shared.sync import (
 
 log = logging.getLogger(__name__)
 
-DownMsg = CloudCommand | ConfigPush
+DownMsg = CloudCommand | CloudRelease | ConfigPush
 UpMsg = Hello | ConfigApplied | CommandAccepted
 # CommandAccepted.state → the cloud command's status.
 ACCEPTED_STATUS = {"delivered": "delivered", "expired": "expired", "rejected": "failed"}
@@ -62,14 +63,25 @@ def build_config(snap: downlink.ConfigSnapshot) -> ConfigPush:
             kind=d["kind"],
             actuator=d["actuator"],
             password_hash=d["credentials_hash"],
+            safety=d.get("safety"),
         )
         for d in snap.devices
     ]
     return ConfigPush(version=snap.version, rooms=rooms, devices=devices)
 
 
-def cloud_command(row: dict[str, Any], ttl_s: float) -> CloudCommand:
-    """The CloudCommand of a pending command row (also what AWS IoT edges are sent)."""
+def cloud_command(row: dict[str, Any], ttl_s: float) -> CloudCommand | CloudRelease:
+    """The message of a pending command row (also what AWS IoT edges are sent): a command, or
+    the end of a manual hold (action "auto")."""
+    expires_at = row["created_at"] + timedelta(seconds=ttl_s)
+    if row["action"] == "auto":
+        return CloudRelease(
+            command_id=row["id"],
+            device_id=row["device_id"],
+            room_id=row["room_id"],
+            created_at=row["created_at"],
+            expires_at=expires_at,
+        )
     value = row["value"]
     return CloudCommand(
         command_id=row["id"],
@@ -77,8 +89,10 @@ def cloud_command(row: dict[str, Any], ttl_s: float) -> CloudCommand:
         room_id=row["room_id"],
         action=row["action"],
         value=value if isinstance(value, int | float | bool) else None,
+        hold_minutes=row.get("hold_minutes"),
+        by=row.get("by_name"),
         created_at=row["created_at"],
-        expires_at=row["created_at"] + timedelta(seconds=ttl_s),
+        expires_at=expires_at,
     )
 
 
@@ -123,7 +137,7 @@ class EdgeLink:
         self._sent_version = push.version
         return push
 
-    async def _commands(self, command_id: str | None) -> list[CloudCommand]:
+    async def _commands(self, command_id: str | None) -> list[CloudCommand | CloudRelease]:
         rows, expired = await downlink.pending_commands(
             self._db, self.farm_id, ttl_s=self._ttl, command_id=command_id
         )
@@ -131,7 +145,7 @@ class EdgeLink:
             log.info(
                 "expired %d stale command(s) of farm %s: %s", len(expired), self.farm_id, expired
             )
-        out = []
+        out: list[CloudCommand | CloudRelease] = []
         for row in rows:
             if row["id"] in self._sent_commands:
                 continue

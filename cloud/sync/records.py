@@ -241,6 +241,51 @@ class ConfigChangeItem(_Data):
     at: Seconds
 
 
+class RuleReportItem(_Data):
+    id: Id
+    actuator: Id
+    type: Annotated[str, Field(max_length=32)]
+    enabled: bool
+    source: Literal["profile", "cloud", "local"]
+    rule: dict[str, Any]
+    overrides: bool = False
+
+
+class HoldItem(_Data):
+    on: bool
+    until: Seconds
+    by: Annotated[str, Field(max_length=200)]
+    source: Annotated[str, Field(max_length=32)] | None = None
+
+
+class SafetyHoldItem(_Data):
+    on: bool
+    reason: Literal["min_on", "min_off", "max_on", "max_duty", "rest_after_max_on"]
+    until: Seconds | None = None
+    detail: Annotated[str, Field(max_length=500)] = ""
+
+
+class ActuatorReportItem(_Data):
+    device_id: Id
+    on: bool
+    since: Seconds | None = None
+    hold: HoldItem | None = None
+    safety_hold: SafetyHoldItem | None = None
+    safety: dict[str, Any] = Field(default_factory=dict)
+    reason: Text | None = None
+
+
+class AutomationItem(_Data):
+    """A room's effective automation on its edge (``shared.sync.AutomationData``)."""
+
+    room_id: Id
+    stage: Stage
+    rules: list[RuleReportItem] = Field(max_length=500)
+    actuators: list[ActuatorReportItem] = Field(max_length=500)
+    seen: dict[Id, Seconds] = Field(default_factory=dict, max_length=2000)
+    at: Seconds
+
+
 # The typed item of each kind of shared.sync (tests hold the two to the same kinds and fields).
 ITEMS: dict[str, type[Any]] = {
     "reading": ReadingItem,
@@ -251,6 +296,7 @@ ITEMS: dict[str, type[Any]] = {
     "alert": AlertItem,
     "status": StatusItem,
     "config_change": ConfigChangeItem,
+    "automation": AutomationItem,
 }
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     kind: TypeAdapter(item) for kind, item in ITEMS.items() if kind != "reading"
@@ -265,6 +311,7 @@ Item = (
     | AlertItem
     | StatusItem
     | ConfigChangeItem
+    | AutomationItem
 )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import psycopg
 
+from cloud.db import automation_state as automation_db
 from cloud.db import live as live_db
 from cloud.db import sync as sync_db
 from cloud.db.database import Cursor
@@ -24,6 +25,7 @@ from cloud.sync.reconcile import Reconciler
 from cloud.sync.records import (
     AckItem,
     AlertItem,
+    AutomationItem,
     CommandItem,
     CommandStateItem,
     ConfigChangeItem,
@@ -295,6 +297,36 @@ class BatchWriter:
                 return
             at = self._time(item.at, record)
             await sync_db.status(self.cur, {**base, **item.model_dump(exclude={"at"}), "at": at})
+        elif isinstance(item, AutomationItem):
+            await self._automation(record, item)
+
+    async def _automation(self, record: OutboxRecord, item: AutomationItem) -> None:
+        """A room's effective automation: kept with every edge time in cloud time."""
+        if not self._ours("room", item.room_id):
+            self._reject(record, f"automation: room {item.room_id} not registered in this farm")
+            return
+        fix = self.clock.record_time
+        state = item.model_dump(mode="json")
+        state["at"] = fix(item.at)
+        for actuator in state["actuators"]:
+            for key in ("since",):
+                if actuator[key] is not None:
+                    actuator[key] = fix(actuator[key])
+            for hold in (actuator["hold"], actuator["safety_hold"]):
+                if hold is not None and hold.get("until") is not None:
+                    hold["until"] = fix(hold["until"])
+        seen = {}
+        for device_id, ts in item.seen.items():
+            if self._ours("device", device_id):
+                try:
+                    seen[device_id] = _when(fix(ts))
+                except RecordError:
+                    continue
+        state["seen"] = {d: t.timestamp() for d, t in seen.items()}
+        await automation_db.store(
+            self.cur, farm_id=self.farm_id, edge_id=self.edge_id, room_id=item.room_id,
+            seq=record.seq, at=self._time(item.at, record), state=state, seen=seen,
+        )
 
     async def _cloud_state(
         self,

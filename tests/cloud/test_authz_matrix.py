@@ -39,6 +39,7 @@ PARAMS: dict[str, Any] = {
     "rule_id": w.RULE_B,
     "command_id": w.COMMAND_B,
     "edge_id": w.EDGE,
+    "actuator_id": w.ACTUATOR_B,
 }
 # One valid request body per route that takes one (keyed "METHOD path").
 BODIES: dict[str, Any] = {
@@ -51,6 +52,7 @@ BODIES: dict[str, Any] = {
     "POST /api/rooms/{room_id}/devices": {"kind": "sensor"},
     "PATCH /api/devices/{device_id}": {"name": "renamed"},
     "POST /api/rooms/{room_id}/commands": {"device_id": w.ACTUATOR_B, "action": "on"},
+    "POST /api/rooms/{room_id}/holds": {"device_id": w.ACTUATOR_B, "action": "on", "minutes": 30},
     "POST /api/rooms/{room_id}/automation": {
         "type": "threshold",
         "id": "co2",

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from cloud.sync import decode
 from cloud.sync.records import ITEMS
+from edge.automation_report import AutomationReporter
 from edge.batch_body import BatchEncoder
 from edge.store import commands as command_rows
 from edge.store import outbox as rows
@@ -69,6 +70,8 @@ async def one_of_each_kind(edge: Edge) -> None:
     await edge.automation.set_stage("room-b", "fruiting")
     rule = edge.automation.rules("room-a")[0].id
     await edge.automation.set_rule_enabled(rule, False)
+    # The rooms' effective automation (a hold and a safety limit in it: every field non-empty).
+    assert await AutomationReporter(edge.automation, clock=utcnow).report(force=True) >= 1
     # Two readings of one minute, merged into one by the backlog cap policy (``downsampled``).
     base = (int(T0) // 60) * 60 + 60.0
     for offset in (1.0, 2.0):
@@ -98,8 +101,12 @@ def _compare(kind: str, sent: msgspec.Struct, got: Any, prefix: str = "") -> Non
             assert theirs.get(name) is None, f"{kind}: {where}"
             continue
         assert name in theirs, f"{kind}: the cloud has no field {where}"
-        if isinstance(value, ConfigEdit):
+        if isinstance(value, msgspec.Struct):
             _compare(kind, value, theirs[name], f"{where}.")
+        elif isinstance(value, list) and value and isinstance(value[0], msgspec.Struct):
+            assert len(theirs[name]) == len(value), f"{kind}: {where}"
+            for i, (mine, other) in enumerate(zip(value, theirs[name], strict=True)):
+                _compare(kind, mine, other, f"{where}[{i}].")
         else:
             assert theirs[name] == value, f"{kind}: {where}: {theirs[name]!r} != {value!r}"
 
@@ -193,5 +200,5 @@ def test_the_sql_triggers_write_shared_kind_codes() -> None:
         expected = TRIGGER_KINDS[(table, event.group(1).upper())]
         assert [KIND_NAMES.get(c) for c in codes] == [expected], f"trigger {name}: codes {codes}"
         seen.add(expected)
-    # Acks have no table: edge/store/outbox/cursor.py appends them by type.
-    assert seen | {"ack"} == set(KIND_CODES)
+    # Acks and automation reports have no table: edge/store/outbox/cursor.py appends them by type.
+    assert seen | {"ack", "automation"} == set(KIND_CODES)
