@@ -72,6 +72,10 @@ class ActuatorHistory(Out):
     role: str = Field(description="the actuator role: humidifier, exhaust_fan, heater, light")
     on_at_start: bool | None = Field(description="state when the range starts (null: unknown)")
     on_at_end: bool | None = Field(description="state when the range ends (null: unknown)")
+    known_from: datetime | None = Field(
+        description="from when the state is known: the range's start, the first command in it,"
+        " or null when nothing is known"
+    )
     switches: int = Field(description="changes of state inside the range")
     intervals: list[Interval]
 
@@ -87,6 +91,7 @@ class HistoryOut(Out):
         description="per stage, the species profile's target band per banded metric"
     )
     actuators: list[ActuatorHistory]
+    device_names: dict[str, str] = Field(description="every device of the room: id → name")
 
 
 def _is_on(action: str, value: Any) -> bool:
@@ -111,14 +116,18 @@ def _status_on(state: Any) -> bool | None:
 
 def intervals(
     events: list[tuple[datetime, bool]], *, initial: bool | None, start: datetime, end: datetime
-) -> tuple[list[Interval], int, bool | None]:
+) -> tuple[list[Interval], int, bool | None, datetime | None]:
     """On-intervals within [start, end) from time-ordered (time, on) events and the state at
-    ``start``; also the number of changes of state and the state at ``end``."""
+    ``start``; also the number of changes of state, the state at ``end`` and from when the state
+    is known."""
     out: list[Interval] = []
     state, since, switches = initial, start, 0
+    known = start if initial is not None else None
     for at, on in events:
         if at < start or at >= end:
             continue
+        if known is None:
+            known = at
         if state is not None and on != state:
             switches += 1
         if on and not state:
@@ -129,7 +138,7 @@ def intervals(
         state = on
     if state:
         out.append(Interval(start=since, end=end, ongoing=True))
-    return out, switches, state
+    return out, switches, state, known
 
 
 def bands_by_stage(species: str) -> dict[str, dict[str, BandOut]]:
@@ -181,7 +190,9 @@ async def actuator_history(call: Call) -> HistoryOut:
                     initial = reported
                 else:
                     mine = [*mine, (status_at, reported)]
-        spans, switches, at_end = intervals(mine, initial=initial, start=q.from_, end=q.to)
+        spans, switches, at_end, known = intervals(
+            mine, initial=initial, start=q.from_, end=q.to
+        )
         actuators.append(
             ActuatorHistory(
                 device_id=device,
@@ -189,6 +200,7 @@ async def actuator_history(call: Call) -> HistoryOut:
                 role=a["actuator"],
                 on_at_start=initial,
                 on_at_end=at_end,
+                known_from=known,
                 switches=switches,
                 intervals=spans,
             )
@@ -202,6 +214,7 @@ async def actuator_history(call: Call) -> HistoryOut:
         stage_started=room["stage_started"],
         bands_by_stage=bands_by_stage(room["species"]),
         actuators=actuators,
+        device_names=data["names"],
     )
 
 

@@ -23,6 +23,8 @@ FROM devices d
 LEFT JOIN device_status s ON s.farm_id = d.farm_id AND s.device_id = d.id
 WHERE d.farm_id = %(farm_id)s AND d.room_id = %(room_id)s AND d.kind = 'actuator'
 ORDER BY d.actuator, d.id"""
+NAMES = """
+SELECT id, name FROM devices WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s ORDER BY id"""
 # Acknowledged on/off/set commands in the range, and per device the last one before it.
 _DONE = """
 FROM edge_commands
@@ -48,14 +50,17 @@ ORDER BY device_id, coalesce(acked_at, created_at) DESC, command_id DESC"""
 async def read(
     db: Database, farm_id: str, room_id: str, *, start: datetime, end: datetime
 ) -> dict[str, Any]:
-    """The room, its actuators with their status, the switches in [start, end) and the last one
-    before ``start`` per actuator; an empty dict when the room does not exist."""
+    """The room, its devices' names, its actuators with their status, the switches in
+    [start, end) and the last one before ``start`` per actuator; an empty dict when the room does
+    not exist."""
     params: dict[str, Any] = {"farm_id": farm_id, "room_id": room_id, "start": start, "end": end}
     async with db.transaction() as cur:
         await cur.execute(ROOM, params)
         room = await cur.fetchone()
         if room is None:
             return {}
+        await cur.execute(NAMES, params)
+        names = {r["id"]: r["name"] or r["id"] for r in await cur.fetchall()}
         await cur.execute(ACTUATORS, params)
         actuators = await cur.fetchall()
         params["devices"] = [a["id"] for a in actuators]
@@ -63,4 +68,10 @@ async def read(
         before = await cur.fetchall()
         await cur.execute(SWITCHES, params)
         switches = await cur.fetchall()
-    return {"room": room, "actuators": actuators, "before": before, "switches": switches}
+    return {
+        "room": room,
+        "names": names,
+        "actuators": actuators,
+        "before": before,
+        "switches": switches,
+    }

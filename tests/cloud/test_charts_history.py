@@ -37,15 +37,17 @@ def test_intervals_from_events() -> None:
     t0 = datetime(2024, 5, 1, tzinfo=UTC)
     at = [t0 + timedelta(minutes=m) for m in range(0, 100, 10)]
     events = [(at[1], True), (at[2], True), (at[3], False), (at[5], True)]
-    spans, switches, end_state = intervals(events, initial=None, start=at[0], end=at[8])
+    spans, switches, end_state, known = intervals(events, initial=None, start=at[0], end=at[8])
     assert [(s.start, s.end, s.ongoing) for s in spans] == [
         (at[1], at[3], False),
         (at[5], at[8], True),
     ]
     assert switches == 2 and end_state is True  # the first 'on' from unknown is no switch
+    assert known == at[1]
     # Already on at the start: the interval opens at the range's start.
-    spans, switches, _ = intervals([(at[2], False)], initial=True, start=at[0], end=at[8])
+    spans, switches, _, known = intervals([(at[2], False)], initial=True, start=at[0], end=at[8])
     assert [(s.start, s.end) for s in spans] == [(at[0], at[2])] and switches == 1
+    assert known == at[0]
     # Events outside the range are ignored; unknown state and no events: nothing.
     assert intervals([(at[9], True)], initial=None, start=at[0], end=at[8])[0] == []
 
@@ -167,6 +169,7 @@ async def test_actuator_history_without_commands_is_unknown_and_empty(world_clie
     )
     (hum,) = body["actuators"]
     assert hum["intervals"] == [] and hum["on_at_start"] is None and hum["switches"] == 0
+    assert hum["known_from"] is None
 
 
 @pytest.mark.parametrize(
