@@ -1,27 +1,59 @@
-// A small SVG line chart: one line per device, the target band shaded, time on x. Redrawn whole
-// on each change (a few hundred points: cheap) and on resize. The figure carries data-points,
-// data-last-time (ms) and data-last-value so tests and tools can read what is drawn.
+// A line chart in SVG: one line per device, the target band of the stage that held at each moment
+// shaded behind them, actuator on/off lanes under the plot, logbook markers, a crosshair with every
+// value at that time (mouse, touch or keyboard), zoom (drag-select, ctrl+wheel or pinch, keys) and
+// pan (shift+drag, keys). Redrawn whole on each change (a few thousand points: cheap) and on
+// resize. The figure carries data-points, data-last-time (ms), data-last-value, data-view-from,
+// data-view-to and data-empty so tests and tools can read what is drawn.
 
-import { h, s, clear, metricInfo, formatValue } from './dom.js';
+import { h, s, clear, metricInfo, formatValue, bandText } from './dom.js';
 
-const HEIGHT = 180;
-const PAD = { left: 46, right: 10, top: 10, bottom: 24 };
-const COLORS = ['#2f7d4f', '#2b6cb0', '#b7791f', '#9b2c6f'];
+const PLOT_H = 170;
+const LANE_H = 16;
+const AXIS_H = 22;
+const PAD = { left: 48, right: 10, top: 12 };
+export const COLORS = ['#2f7d4f', '#2b6cb0', '#b7791f', '#9b2c6f', '#5a4fcf', '#c05621'];
+const MIN_VIEW_MS = 5 * 60e3;
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+const DAY = 86400e3;
+let nextId = 0;
+
+const pad2 = (n) => String(n).padStart(2, '0');
+export const hhmm = (t) => { const d = new Date(t); return `${pad2(d.getHours())}:${pad2(d.getMinutes())}`; };
+export const dayMonth = (t) => { const d = new Date(t); return `${d.getDate()} ${MONTHS[d.getMonth()]}`; };
+// "6 Dec 14:05": the one way a moment is written on the charts.
+export const moment = (t) => `${dayMonth(t)} ${hhmm(t)}`;
 
 export class LineChart {
-  constructor(metric) {
+  // options: onView(from, to) when the user zooms or pans (null, null: reset), names (device →
+  // label), kinds (logbook kind → label).
+  constructor(metric, options = {}) {
     this.metric = metric;
     this.info = metricInfo(metric);
-    this.band = null;
-    this.series = new Map();  // device id → [[t ms, value], …] sorted by time
-    this.from = Date.now() - 86400000;
+    this.options = options;
+    this.id = `chart-${(nextId += 1)}`;
+    this.band = null;        // the band when no per-stage segments are known
+    this.stages = [];        // [{from, to, stage, label, band}]
+    this.lanes = [];         // [{id, label, intervals: [[from, to]], known: from|null}]
+    this.markers = [];       // [{t, kind, label, title, text}]
+    this.names = new Map();  // device id → name
+    this.series = new Map(); // device id → [[t ms, value], …] sorted by time
+    this.from = Date.now() - DAY;
     this.to = Date.now();
+    this.view = null;        // {from, to} when zoomed in
     this.live = true;
-    this.svg = s('svg', { class: 'plot', role: 'img', height: HEIGHT });
+    this.cursor = null;      // the crosshair's time
+    this.svg = s('svg', { class: 'plot', role: 'img', tabindex: '0', 'aria-describedby': `${this.id}-tip` });
+    this.tip = h('div', { class: 'chart-tip', id: `${this.id}-tip`, role: 'tooltip', hidden: true });
+    this.live_ = h('p', { class: 'visually-hidden', 'aria-live': 'polite' });
+    this.empty = h('p', { class: 'chart-empty', text: 'No data for this range', hidden: true });
     this.title = h('figcaption', {},
-      h('span', { class: 'chart-title', text: this.info.label }),
+      h('span', { class: 'chart-title', text: this.info.unit ? `${this.info.label} (${this.info.unit})` : this.info.label }),
       h('span', { class: 'chart-now', text: '–' }));
-    this.el = h('figure', { class: 'chart', dataset: { metric } }, this.title, this.svg);
+    this.el = h('figure', { class: 'chart', dataset: { metric } }, this.title,
+      h('div', { class: 'plot-wrap' }, this.svg, this.empty, this.tip), this.live_);
+    this._pointers = new Map();
+    this._drag = null;
+    this._bind();
     this._observer = new ResizeObserver(() => this.render());
     this._observer.observe(this.el);
   }
@@ -34,10 +66,36 @@ export class LineChart {
     this.band = band || null;
   }
 
+  setStages(segments) {
+    this.stages = segments || [];
+  }
+
+  setLanes(lanes) {
+    this.lanes = lanes || [];
+  }
+
+  setMarkers(markers) {
+    this.markers = markers || [];
+  }
+
+  setNames(names) {
+    this.names = names || new Map();
+  }
+
   setRange(from, to, live) {
     this.from = from;
     this.to = to;
     this.live = live;
+  }
+
+  // The zoomed window inside the range, or null for the whole range.
+  setView(view) {
+    this.view = view ? { from: Math.max(this.from, view.from), to: Math.min(this.to, view.to) } : null;
+    if (this.view && this.view.to - this.view.from < 1000) this.view = null;
+  }
+
+  get shown() {
+    return this.view || { from: this.from, to: this.to };
   }
 
   setData(rows) {
@@ -80,26 +138,62 @@ export class LineChart {
     return last;
   }
 
+  _label(device) {
+    const name = this.names.get(device);
+    return this.series.size > 1 || !name ? (name || device) : name;
+  }
+
+  // The band in force at time t: the stage segment's, else the single band.
+  bandAt(t) {
+    if (!this.stages.length) return this.band ? { band: this.band, stage: null } : null;
+    const seg = this.stages.find((g) => t >= g.from && t < g.to);
+    return seg && seg.band ? { band: seg.band, stage: seg.label } : null;
+  }
+
+  _geometry() {
+    const width = Math.max(240, Math.round(this.svg.parentElement.clientWidth || this.el.clientWidth || 600));
+    const lanesH = this.lanes.length ? this.lanes.length * LANE_H + 6 : 0;
+    const height = PAD.top + PLOT_H + lanesH + AXIS_H;
+    const plotW = width - PAD.left - PAD.right;
+    const { from, to } = this.shown;
+    const x = (t) => PAD.left + ((t - from) / (to - from)) * plotW;
+    const time = (px) => from + ((px - PAD.left) / plotW) * (to - from);
+    return { width, height, plotW, lanesH, from, to, x, time };
+  }
+
   render() {
-    const width = Math.max(240, Math.round(this.el.clientWidth || 600));
+    const g = this._geometry();
+    this._g = g;
+    const { width, height, plotW, from, to, x } = g;
     this.svg.setAttribute('width', width);
-    this.svg.setAttribute('viewBox', `0 0 ${width} ${HEIGHT}`);
+    this.svg.setAttribute('height', height);
+    this.svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
     const values = [];
     let count = 0;
+    let shown = 0;
     for (const points of this.series.values()) {
       for (const [t, v] of points) {
-        if (t >= this.from && t <= this.to) values.push(v);
+        if (t >= from && t <= to) { values.push(v); shown += 1; }
       }
       count += points.length;
     }
-    if (this.band) {
-      if (this.band.min !== null) values.push(this.band.min);
-      if (this.band.max !== null) values.push(this.band.max);
+    const bands = this.stages.length
+      ? this.stages.filter((seg) => seg.band && seg.to > from && seg.from < to).map((seg) => seg.band)
+      : (this.band ? [this.band] : []);
+    if (shown) {
+      for (const band of bands) {
+        if (band.min !== null && band.min !== undefined) values.push(band.min);
+        if (band.max !== null && band.max !== undefined) values.push(band.max);
+      }
     }
     const last = this._last();
     this.el.dataset.points = String(count);
     this.el.dataset.lastTime = last ? String(last[0]) : '';
     this.el.dataset.lastValue = last ? String(last[1]) : '';
+    this.el.dataset.viewFrom = String(Math.round(from));
+    this.el.dataset.viewTo = String(Math.round(to));
+    this.el.dataset.empty = String(shown === 0);
+    this.empty.hidden = shown !== 0;
     this.title.lastChild.textContent = last ? formatValue(this.metric, last[1]) : '–';
     let lo = values.length ? Math.min(...values) : 0;
     let hi = values.length ? Math.max(...values) : 1;
@@ -107,31 +201,70 @@ export class LineChart {
     const padY = (hi - lo) * 0.08;
     lo -= padY;
     hi += padY;
-    const plotW = width - PAD.left - PAD.right;
-    const plotH = HEIGHT - PAD.top - PAD.bottom;
-    const x = (t) => PAD.left + ((t - this.from) / (this.to - this.from)) * plotW;
-    const y = (v) => PAD.top + (1 - (v - lo) / (hi - lo)) * plotH;
+    const y = (v) => PAD.top + (1 - (v - lo) / (hi - lo)) * PLOT_H;
+    this._y = { lo, hi, y };
     const parts = [];
-    if (this.band) {
-      const top = this.band.max === null ? hi : Math.min(hi, this.band.max);
-      const bottom = this.band.min === null ? lo : Math.max(lo, this.band.min);
-      parts.push(s('rect', { class: 'band', x: PAD.left, width: plotW, y: y(top),
-        height: Math.max(0, y(bottom) - y(top)) }));
+    parts.push(s('defs', {}, s('clipPath', { id: `${this.id}-clip` },
+      s('rect', { x: PAD.left, y: PAD.top, width: plotW, height: PLOT_H }))));
+    // Target bands: one per stage segment, each against its own stage.
+    const bandLayer = s('g', { class: 'bands', 'clip-path': `url(#${this.id}-clip)` });
+    const segments = this.stages.length ? this.stages : (this.band ? [{ from, to, band: this.band, label: null }] : []);
+    for (const seg of segments) {
+      if (seg.to <= from || seg.from >= to) continue;
+      const x0 = Math.max(PAD.left, x(seg.from));
+      const x1 = Math.min(PAD.left + plotW, x(seg.to));
+      if (seg.band) {
+        const top = seg.band.max === null || seg.band.max === undefined ? hi : Math.min(hi, seg.band.max);
+        const bottom = seg.band.min === null || seg.band.min === undefined ? lo : Math.max(lo, seg.band.min);
+        bandLayer.append(s('rect', { class: 'band', x: x0, width: Math.max(0, x1 - x0), y: y(top),
+          height: Math.max(0, y(bottom) - y(top)), 'data-stage': seg.stage || '' },
+        s('title', {}, `${seg.label ? `${seg.label}: ` : ''}target ${bandText(this.metric, seg.band)}`)));
+      }
+      if (seg.label && this.stages.length > 0) {
+        if (seg.from > from) {
+          bandLayer.append(s('line', { class: 'stage-edge', x1: x(seg.from), x2: x(seg.from), y1: PAD.top, y2: PAD.top + PLOT_H }));
+        }
+        if (x1 - x0 > 60) {
+          bandLayer.append(s('text', { class: 'stage-label', x: x0 + 4, y: PAD.top + 10 }, seg.label));
+        }
+      }
     }
-    for (const tick of ticks(lo, hi, 4)) {
+    parts.push(bandLayer);
+    for (const tick of valueTicks(lo, hi, 4)) {
       parts.push(s('line', { class: 'grid', x1: PAD.left, x2: width - PAD.right, y1: y(tick), y2: y(tick) }));
       parts.push(s('text', { class: 'axis', x: PAD.left - 4, y: y(tick) + 4, 'text-anchor': 'end' },
-        tick.toFixed(this.info.digits)));
+        tick.toFixed(Math.min(this.info.digits, decimalsOf(tick)))));
     }
-    const span = this.to - this.from;
-    for (const tick of timeTicks(this.from, this.to, Math.max(2, Math.floor(plotW / 90)))) {
-      const label = span > 2 * 86400000
-        ? new Date(tick).toLocaleDateString([], { month: 'short', day: 'numeric' })
-        : new Date(tick).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-      parts.push(s('text', { class: 'axis', x: x(tick), y: HEIGHT - 6, 'text-anchor': 'middle' }, label));
+    const axisY = PAD.top + PLOT_H + g.lanesH + 15;
+    for (const tick of timeTicks(from, to, plotW)) {
+      parts.push(s('line', { class: 'grid vgrid', x1: x(tick.t), x2: x(tick.t), y1: PAD.top, y2: PAD.top + PLOT_H }));
+      parts.push(s('text', { class: 'axis time-tick', x: x(tick.t), y: axisY, 'text-anchor': 'middle',
+        'data-t': tick.t, 'data-major': String(tick.major) }, tick.label));
     }
+    // Actuator lanes under the plot: one per actuator, on-intervals filled, unknown hatched.
+    this.lanes.forEach((lane, i) => {
+      const top = PAD.top + PLOT_H + 4 + i * LANE_H;
+      const row = s('g', { class: 'lane', 'data-device': lane.id });
+      row.append(s('rect', { class: 'lane-bg', x: PAD.left, y: top, width: plotW, height: LANE_H - 3 }));
+      if (lane.known !== null && lane.known !== undefined && lane.known > from) {
+        row.append(s('rect', { class: 'lane-unknown', x: PAD.left, y: top,
+          width: Math.max(0, Math.min(x(lane.known), PAD.left + plotW) - PAD.left), height: LANE_H - 3 }));
+      }
+      for (const [a, b] of lane.intervals) {
+        if (b <= from || a >= to) continue;
+        const x0 = Math.max(PAD.left, x(a));
+        const x1 = Math.min(PAD.left + plotW, x(b));
+        row.append(s('rect', { class: 'lane-on', x: x0, y: top, width: Math.max(1.5, x1 - x0), height: LANE_H - 3,
+          'data-from': a, 'data-to': b }, s('title', {}, b === Infinity ? `${lane.label} on since ${moment(a)}` : `${lane.label} on ${moment(a)} – ${moment(b)}`)));
+      }
+      row.append(s('text', { class: 'lane-label', x: PAD.left - 4, y: top + LANE_H - 6, 'text-anchor': 'end' },
+        short(lane.label)));
+      parts.push(row);
+    });
     // A gap wider than this breaks the line (no data: the sensor or the link was down).
-    const gap = Math.max(span / 60, 3 * 60000);
+    const span = to - from;
+    const gap = Math.max(span / 60, 3 * 60000, this._step() * 2.5);
+    const lines = s('g', { 'clip-path': `url(#${this.id}-clip)` });
     let i = 0;
     for (const [device, points] of this.series) {
       const color = COLORS[i % COLORS.length];
@@ -139,36 +272,340 @@ export class LineChart {
       let d = '';
       let prev = null;
       for (const [t, v] of points) {
-        if (t < this.from || t > this.to) continue;
+        if (t < from || t > to) { prev = null; continue; }
         d += `${prev === null || t - prev > gap ? 'M' : 'L'}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
         prev = t;
       }
-      if (d) parts.push(s('path', { class: 'line', d, stroke: color, 'data-device': device }));
+      if (d) lines.append(s('path', { class: 'line', d, stroke: color, 'data-device': device }));
     }
-    if (last && last[0] >= this.from && last[0] <= this.to) {
+    parts.push(lines);
+    for (const marker of this.markers) {
+      if (marker.t < from || marker.t > to) continue;
+      const mx = x(marker.t);
+      parts.push(s('g', { class: `marker kind-${marker.kind}`, 'data-t': marker.t },
+        s('line', { x1: mx, x2: mx, y1: PAD.top, y2: PAD.top + PLOT_H }),
+        s('path', { d: `M${mx - 5},${PAD.top - 8}h10l-5,7z` }),
+        s('title', {}, `${moment(marker.t)} · ${marker.label}: ${marker.title}`)));
+    }
+    if (last && last[0] >= from && last[0] <= to) {
       parts.push(s('circle', { class: 'last', cx: x(last[0]), cy: y(last[1]), r: 3 }));
     }
-    const desc = `${this.info.label}: ${last ? formatValue(this.metric, last[1]) : 'no data'}`;
+    this._overlay = s('g', { class: 'overlay' });
+    parts.push(this._overlay);
+    const desc = `${this.info.label} chart, ${moment(from)} to ${moment(to)}: ${
+      shown ? `latest ${last ? formatValue(this.metric, last[1]) : '–'}` : 'no data for this range'}.`
+      + ' Arrow keys move the crosshair; plus and minus zoom; shift and arrows pan; 0 resets.';
     this.svg.setAttribute('aria-label', desc);
     clear(this.svg, parts);
+    if (this.cursor !== null) this._showCursor(this.cursor);
+  }
+
+  // The typical distance between points (the bucket width), for gaps and keyboard steps.
+  _step() {
+    for (const points of this.series.values()) {
+      if (points.length > 2) {
+        const diffs = [];
+        for (let k = 1; k < Math.min(points.length, 40); k += 1) diffs.push(points[k][0] - points[k - 1][0]);
+        diffs.sort((a, b) => a - b);
+        return diffs[Math.floor(diffs.length / 2)] || 60e3;
+      }
+    }
+    return 60e3;
+  }
+
+  // Per device, the point nearest to t (within a few steps), for the tooltip.
+  valuesAt(t) {
+    const out = [];
+    const tolerance = Math.max(this._step() * 1.5, (this.shown.to - this.shown.from) / 200);
+    let i = 0;
+    for (const [device, points] of this.series) {
+      const color = COLORS[i % COLORS.length];
+      i += 1;
+      const p = nearest(points, t);
+      if (p && Math.abs(p[0] - t) <= tolerance) out.push({ device, label: this._label(device), color, t: p[0], value: p[1] });
+    }
+    return out;
+  }
+
+  lanesAt(t) {
+    return this.lanes.map((lane) => {
+      if (lane.known !== null && lane.known !== undefined && t < lane.known) return { label: lane.label, state: 'unknown' };
+      const on = lane.intervals.some(([a, b]) => t >= a && t < b);
+      return { label: lane.label, state: on ? 'on' : 'off' };
+    });
+  }
+
+  _showCursor(t) {
+    const g = this._g;
+    if (!g || !this._overlay) return;
+    const { from, to, x } = g;
+    if (t < from || t > to) { this._hideCursor(); return; }
+    this.cursor = t;
+    const values = this.valuesAt(t);
+    const at = values.length ? values[0].t : t;
+    const cx = x(at);
+    const parts = [s('line', { class: 'crosshair', x1: cx, x2: cx, y1: PAD.top, y2: PAD.top + PLOT_H + g.lanesH })];
+    for (const v of values) {
+      parts.push(s('circle', { class: 'hover-dot', cx: x(v.t), cy: this._y.y(v.value), r: 4, fill: v.color }));
+    }
+    clear(this._overlay, parts);
+    const rows = [h('p', { class: 'tip-time', text: moment(at) })];
+    if (!values.length) rows.push(h('p', { class: 'muted', text: 'no reading here' }));
+    for (const v of values) {
+      rows.push(h('p', { class: 'tip-value' }, h('span', { class: `swatch c${COLORS.indexOf(v.color)}` }),
+        `${v.label}: `, h('strong', { text: formatValue(this.metric, v.value) })));
+    }
+    const band = this.bandAt(at);
+    if (band) rows.push(h('p', { class: 'tip-band', text: `Target${band.stage ? ` (${band.stage})` : ''}: ${bandText(this.metric, band.band)}` }));
+    for (const lane of this.lanesAt(at)) {
+      rows.push(h('p', { class: `tip-lane ${lane.state}`, text: `${lane.label}: ${lane.state}` }));
+    }
+    const near = (g.to - g.from) / g.plotW * 8;
+    for (const marker of this.markers.filter((m) => Math.abs(m.t - at) <= near)) {
+      rows.push(h('p', { class: 'tip-marker', text: `${marker.label} ${moment(marker.t)}: ${marker.title}` }));
+    }
+    clear(this.tip, rows);
+    this.tip.hidden = false;
+    const wrapW = this.svg.parentElement.clientWidth || g.width;
+    const tipW = this.tip.offsetWidth || 180;
+    const left = cx + 12 + tipW > wrapW ? Math.max(0, cx - 12 - tipW) : cx + 12;
+    this.tip.style.left = `${Math.round(left)}px`;
+    this.tip.style.top = `${PAD.top}px`;
+    this.el.dataset.cursor = String(Math.round(at));
+    if (this._announce) {
+      this.live_.textContent = [moment(at), ...values.map((v) => `${v.label} ${formatValue(this.metric, v.value)}`)].join(', ');
+    }
+  }
+
+  _hideCursor() {
+    this.cursor = null;
+    this.tip.hidden = true;
+    delete this.el.dataset.cursor;
+    if (this._overlay) clear(this._overlay);
+  }
+
+  _zoomTo(from, to) {
+    const span = Math.max(MIN_VIEW_MS, to - from);
+    let a = (from + to) / 2 - span / 2;
+    let b = a + span;
+    if (a < this.from) { b += this.from - a; a = this.from; }
+    if (b > this.to) { a -= b - this.to; b = this.to; }
+    a = Math.max(this.from, a);
+    const full = a <= this.from + 1 && b >= this.to - 1;
+    if (this.options.onView) this.options.onView(full ? null : { from: a, to: b });
+    else { this.setView(full ? null : { from: a, to: b }); this.render(); }
+  }
+
+  // Zoom by `factor` (< 1 in, > 1 out) around time `t` (default: the middle).
+  zoom(factor, t) {
+    const { from, to } = this.shown;
+    const center = t === undefined ? (from + to) / 2 : t;
+    this._zoomTo(center - (center - from) * factor, center + (to - center) * factor);
+  }
+
+  pan(share) {
+    const { from, to } = this.shown;
+    const d = (to - from) * share;
+    this._zoomTo(from + d, to + d);
+  }
+
+  _px(event) {
+    const rect = this.svg.getBoundingClientRect();
+    const scale = this._g ? this._g.width / rect.width : 1;
+    return (event.clientX - rect.left) * scale;
+  }
+
+  _bind() {
+    const svg = this.svg;
+    svg.addEventListener('pointermove', (event) => {
+      const g = this._g;
+      if (!g) return;
+      if (this._pointers.has(event.pointerId)) this._pointers.set(event.pointerId, this._px(event));
+      if (this._pointers.size === 2 && this._pinch) {
+        const [a, b] = [...this._pointers.values()];
+        const now = Math.abs(a - b);
+        if (now > 10 && this._pinch.dist > 10) {
+          const factor = this._pinch.dist / now;
+          const center = g.time((a + b) / 2);
+          this._pinch.dist = now;
+          this.zoom(factor, center);
+        }
+        return;
+      }
+      const px = this._px(event);
+      if (this._drag) {
+        this._drag.x1 = px;
+        this._drawSelection();
+        if (this._drag.pan) {
+          const dt = ((this._drag.x0 - px) / g.plotW) * (this._drag.view.to - this._drag.view.from);
+          this._drag.shift = dt;
+        }
+      }
+      if (px >= PAD.left && px <= PAD.left + g.plotW) this._showCursor(g.time(px));
+    });
+    // A finger lifted leaves the values shown (a tap reads them); a mouse leaving hides them.
+    svg.addEventListener('pointerleave', (event) => {
+      if (event.pointerType !== 'touch' && !this._drag) this._hideCursor();
+    });
+    svg.addEventListener('pointerdown', (event) => {
+      const px = this._px(event);
+      if (event.pointerType === 'touch') {
+        this._pointers.set(event.pointerId, px);
+        if (this._pointers.size === 2) {
+          const [a, b] = [...this._pointers.values()];
+          this._pinch = { dist: Math.abs(a - b) };
+        }
+        if (this._g) this._showCursor(this._g.time(px));
+        return;
+      }
+      if (event.button !== 0 || !this._g) return;
+      svg.setPointerCapture(event.pointerId);
+      this._drag = { x0: px, x1: px, pan: event.shiftKey, view: { ...this.shown }, shift: 0 };
+    });
+    const end = (event) => {
+      this._pointers.delete(event.pointerId);
+      if (this._pointers.size < 2) this._pinch = null;
+      const drag = this._drag;
+      this._drag = null;
+      this._drawSelection();
+      if (!drag || !this._g || event.type === 'pointercancel') return;
+      if (drag.pan) {
+        if (Math.abs(drag.shift) > 0) this._zoomTo(drag.view.from + drag.shift, drag.view.to + drag.shift);
+      } else if (Math.abs(drag.x1 - drag.x0) > 8) {
+        const a = this._g.time(Math.min(drag.x0, drag.x1));
+        const b = this._g.time(Math.max(drag.x0, drag.x1));
+        this._zoomTo(a, b);
+      }
+    };
+    svg.addEventListener('pointerup', end);
+    svg.addEventListener('pointercancel', end);
+    svg.addEventListener('wheel', (event) => {
+      // ctrl+wheel (and a trackpad's pinch, which the browser sends as one) zooms; a plain wheel
+      // scrolls the page as usual.
+      if (!event.ctrlKey && !event.metaKey) return;
+      event.preventDefault();
+      const g = this._g;
+      if (!g) return;
+      this.zoom(event.deltaY > 0 ? 1.25 : 0.8, g.time(this._px(event)));
+    }, { passive: false });
+    svg.addEventListener('dblclick', () => this._zoomTo(this.from, this.to));
+    svg.addEventListener('focus', () => { this._announce = true; });
+    svg.addEventListener('blur', () => { this._announce = false; this._hideCursor(); });
+    svg.addEventListener('keydown', (event) => {
+      const { from, to } = this.shown;
+      const step = Math.max(this._step(), (to - from) / 100);
+      const key = event.key;
+      if (key === 'ArrowLeft' || key === 'ArrowRight') {
+        const dir = key === 'ArrowLeft' ? -1 : 1;
+        if (event.shiftKey) this.pan(dir * 0.25);
+        else {
+          const start = this.cursor === null ? (dir > 0 ? from : to) : this.cursor;
+          this._showCursor(Math.min(to, Math.max(from, start + dir * step)));
+        }
+      } else if (key === 'Home') this._showCursor(from);
+      else if (key === 'End') this._showCursor(to);
+      else if (key === '+' || key === '=') this.zoom(0.5, this.cursor === null ? undefined : this.cursor);
+      else if (key === '-' || key === '_') this.zoom(2, this.cursor === null ? undefined : this.cursor);
+      else if (key === '0') this._zoomTo(this.from, this.to);
+      else if (key === 'Escape') this._hideCursor();
+      else return;
+      event.preventDefault();
+    });
+  }
+
+  _drawSelection() {
+    const old = this.svg.querySelector('.selection');
+    if (old) old.remove();
+    const drag = this._drag;
+    if (!drag || drag.pan || !this._overlay) return;
+    const a = Math.max(PAD.left, Math.min(drag.x0, drag.x1));
+    const b = Math.min(PAD.left + this._g.plotW, Math.max(drag.x0, drag.x1));
+    this._overlay.append(s('rect', { class: 'selection', x: a, y: PAD.top, width: Math.max(0, b - a), height: PLOT_H }));
   }
 }
 
-function ticks(lo, hi, n) {
+function nearest(points, t) {
+  let lo = 0;
+  let hi = points.length - 1;
+  if (hi < 0) return null;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (points[mid][0] < t) lo = mid + 1;
+    else hi = mid;
+  }
+  const p = points[lo];
+  const q = lo > 0 ? points[lo - 1] : null;
+  return q && Math.abs(q[0] - t) < Math.abs(p[0] - t) ? q : p;
+}
+
+function short(label) {
+  return label.length > 9 ? `${label.slice(0, 8)}…` : label;
+}
+
+function decimalsOf(v) {
+  const text = String(Math.round(v * 1e6) / 1e6);
+  const dot = text.indexOf('.');
+  return dot < 0 ? 0 : text.length - dot - 1;
+}
+
+export function valueTicks(lo, hi, n) {
   const raw = (hi - lo) / n;
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * mag).find((m) => m >= raw) || raw;
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((m) => m >= raw) || raw;
   const out = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi; v += step) out.push(v);
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Math.round(v / step) * step);
   return out;
 }
 
-function timeTicks(from, to, n) {
-  const steps = [60e3, 300e3, 900e3, 1800e3, 3600e3, 7200e3, 10800e3, 21600e3, 43200e3, 86400e3,
-    172800e3, 604800e3];
-  const step = steps.find((m) => (to - from) / m <= n) || steps[steps.length - 1];
-  const offset = new Date().getTimezoneOffset() * 60000;
+// Time steps, each with the width its label needs (11 px text): clock times for steps under a
+// day, "6 Dec" for days and weeks. Ticks fall on local clock boundaries (whole hours, midnights,
+// Mondays), and the step is the smallest whose labels do not overlap at this width.
+const STEPS = [
+  { ms: 60e3, unit: 'minute', n: 1 }, { ms: 5 * 60e3, unit: 'minute', n: 5 },
+  { ms: 10 * 60e3, unit: 'minute', n: 10 }, { ms: 15 * 60e3, unit: 'minute', n: 15 },
+  { ms: 30 * 60e3, unit: 'minute', n: 30 }, { ms: 3600e3, unit: 'hour', n: 1 },
+  { ms: 2 * 3600e3, unit: 'hour', n: 2 }, { ms: 3 * 3600e3, unit: 'hour', n: 3 },
+  { ms: 6 * 3600e3, unit: 'hour', n: 6 }, { ms: 12 * 3600e3, unit: 'hour', n: 12 },
+  { ms: DAY, unit: 'day', n: 1 }, { ms: 2 * DAY, unit: 'day', n: 2 },
+  { ms: 7 * DAY, unit: 'week', n: 1 }, { ms: 14 * DAY, unit: 'week', n: 2 },
+  { ms: 30 * DAY, unit: 'month', n: 1 },
+];
+const LABEL_PX = { minute: 44, hour: 44, day: 48, week: 48, month: 48 };
+
+export function timeTicks(from, to, plotW) {
+  const span = to - from;
+  const step = STEPS.find((st) => (span / st.ms) * LABEL_PX[st.unit] <= plotW * 0.9) || STEPS[STEPS.length - 1];
   const out = [];
-  for (let t = Math.ceil((from - offset) / step) * step + offset; t <= to; t += step) out.push(t);
+  const d = new Date(from);
+  // The first boundary at or after `from`.
+  d.setSeconds(0, 0);
+  if (step.unit === 'minute') d.setMinutes(Math.ceil(d.getMinutes() / step.n) * step.n);
+  else if (step.unit === 'hour') {
+    d.setMinutes(0);
+    if (d.getTime() < from) d.setHours(d.getHours() + 1);
+    d.setHours(Math.ceil(d.getHours() / step.n) * step.n);
+  } else {
+    d.setHours(0, 0);
+    if (d.getTime() < from) d.setDate(d.getDate() + 1);
+    if (step.unit === 'week') while (d.getDay() !== 1) d.setDate(d.getDate() + 1);
+    if (step.unit === 'month') { if (d.getDate() !== 1) { d.setMonth(d.getMonth() + 1, 1); } }
+    if (step.unit === 'day' && step.n > 1) {
+      // Even day numbers since the epoch, so ticks stay put while the range slides.
+      while (Math.round(d.getTime() / DAY) % step.n) d.setDate(d.getDate() + 1);
+    }
+  }
+  let guard = 0;
+  while (d.getTime() <= to && guard < 200) {
+    guard += 1;
+    const t = d.getTime();
+    const midnight = d.getHours() === 0 && d.getMinutes() === 0;
+    const label = step.ms >= DAY || (midnight && step.ms >= 3600e3) ? dayMonth(t) : hhmm(t);
+    if (t >= from) out.push({ t, label, major: midnight });
+    if (step.unit === 'minute') d.setMinutes(d.getMinutes() + step.n);
+    else if (step.unit === 'hour') d.setHours(d.getHours() + step.n);
+    else if (step.unit === 'day') d.setDate(d.getDate() + step.n);
+    else if (step.unit === 'week') d.setDate(d.getDate() + 7 * step.n);
+    else d.setMonth(d.getMonth() + 1);
+  }
   return out;
 }
