@@ -21,6 +21,7 @@ from shared.profiles import BANDED_METRICS, profile_for
 from shared.vocabulary import STAGES
 
 DEFAULT_SPAN = timedelta(hours=24)
+LOGBOOK_PATH = "/api/rooms/{room_id}/logbook"
 MAX_SPAN = timedelta(days=400)
 
 
@@ -92,6 +93,10 @@ class HistoryOut(Out):
     )
     actuators: list[ActuatorHistory]
     device_names: dict[str, str] = Field(description="every device of the room: id → name")
+    logbook: bool = Field(
+        description="this cloud has the room logbook (GET /api/rooms/{room_id}/logbook), whose"
+        " entries a chart shows as markers"
+    )
 
 
 def _is_on(action: str, value: Any) -> bool:
@@ -139,6 +144,15 @@ def intervals(
     if state:
         out.append(Interval(start=since, end=end, ongoing=True))
     return out, switches, state, known
+
+
+def _has_route(call: Call, path: str) -> bool:
+    """Whether the app serves GET ``path`` (a route template): the page asks only for what
+    exists, so a cloud without a feature costs no failed request."""
+    for resource in call.app.router.resources():
+        if resource.canonical == path and any(r.method == "GET" for r in resource):
+            return True
+    return False
 
 
 def bands_by_stage(species: str) -> dict[str, dict[str, BandOut]]:
@@ -215,6 +229,7 @@ async def actuator_history(call: Call) -> HistoryOut:
         bands_by_stage=bands_by_stage(room["species"]),
         actuators=actuators,
         device_names=data["names"],
+        logbook=_has_route(call, LOGBOOK_PATH),
     )
 
 

@@ -195,8 +195,13 @@ export class LineChart {
     this.el.dataset.empty = String(shown === 0);
     this.empty.hidden = shown !== 0;
     this.title.lastChild.textContent = last ? formatValue(this.metric, last[1]) : '–';
-    let lo = values.length ? Math.min(...values) : 0;
-    let hi = values.length ? Math.max(...values) : 1;
+    // (a loop, not Math.min(...values): a live day of raw readings is too many arguments)
+    let lo = values.length ? Infinity : 0;
+    let hi = values.length ? -Infinity : 1;
+    for (const v of values) {
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
     if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
     const padY = (hi - lo) * 0.08;
     lo -= padY;
@@ -257,8 +262,7 @@ export class LineChart {
         row.append(s('rect', { class: 'lane-on', x: x0, y: top, width: Math.max(1.5, x1 - x0), height: LANE_H - 3,
           'data-from': a, 'data-to': b }, s('title', {}, b === Infinity ? `${lane.label} on since ${moment(a)}` : `${lane.label} on ${moment(a)} – ${moment(b)}`)));
       }
-      row.append(s('text', { class: 'lane-label', x: PAD.left - 4, y: top + LANE_H - 6, 'text-anchor': 'end' },
-        short(lane.label)));
+      row.append(s('text', { class: 'lane-label', x: PAD.left + 4, y: top + LANE_H - 6 }, lane.label));
       parts.push(row);
     });
     // A gap wider than this breaks the line (no data: the sensor or the link was down).
@@ -538,10 +542,6 @@ function nearest(points, t) {
   return q && Math.abs(q[0] - t) < Math.abs(p[0] - t) ? q : p;
 }
 
-function short(label) {
-  return label.length > 9 ? `${label.slice(0, 8)}…` : label;
-}
-
 function decimalsOf(v) {
   const text = String(Math.round(v * 1e6) / 1e6);
   const dot = text.indexOf('.');
@@ -559,7 +559,8 @@ export function valueTicks(lo, hi, n) {
 
 // Time steps, each with the width its label needs (11 px text): clock times for steps under a
 // day, "6 Dec" for days and weeks. Ticks fall on local clock boundaries (whole hours, midnights,
-// Mondays), and the step is the smallest whose labels do not overlap at this width.
+// Mondays), and the step is the smallest that gives at most ~10 ticks whose labels do not
+// overlap at this width.
 const STEPS = [
   { ms: 60e3, unit: 'minute', n: 1 }, { ms: 5 * 60e3, unit: 'minute', n: 5 },
   { ms: 10 * 60e3, unit: 'minute', n: 10 }, { ms: 15 * 60e3, unit: 'minute', n: 15 },
@@ -574,7 +575,9 @@ const LABEL_PX = { minute: 44, hour: 44, day: 48, week: 48, month: 48 };
 
 export function timeTicks(from, to, plotW) {
   const span = to - from;
-  const step = STEPS.find((st) => (span / st.ms) * LABEL_PX[st.unit] <= plotW * 0.9) || STEPS[STEPS.length - 1];
+  // At most ~10 ticks however wide (7 days: a tick a day, 30 days: a week), and room for each label.
+  const step = STEPS.find((st) => st.ms >= span / 10.5 && (span / st.ms) * LABEL_PX[st.unit] <= plotW * 0.9)
+    || STEPS[STEPS.length - 1];
   const out = [];
   const d = new Date(from);
   // The first boundary at or after `from`.

@@ -85,6 +85,8 @@ export function chartsSection(ctx, farmId, roomId) {
   let history = null;      // the actuator history answer
   let logbook = [];        // logbook entries (stage ones reaching back before the range)
   let logbookNote = '';
+  let hasLogbook = false;
+  const seenStages = [];   // the room's earlier stages seen while the page is open
   let detailTimer = null;
   let lanesTimer = null;
   let loadSeq = 0;
@@ -209,7 +211,8 @@ export function chartsSection(ctx, farmId, roomId) {
       chart.setView(view);
       chart.setNames(names);
       chart.setBand(room && room.bands ? room.bands[metric] : null);
-      chart.setStages(stageSegments(room, logbook, range.from, to, metric, history && history.bands_by_stage));
+      chart.setStages(stageSegments(room, [...logbook, ...seenStages], range.from, to, metric,
+        history && history.bands_by_stage));
       chart.setLanes(laneList);
       chart.setMarkers(markerList);
       chart.setData(rowsFor(metric));
@@ -262,11 +265,15 @@ export function chartsSection(ctx, farmId, roomId) {
     const seq = (loadSeq += 1);
     rangeNote.textContent = 'Loading…';
     const to = range.live ? Date.now() + 60e3 : range.to;
-    const [answer, hist, book] = await Promise.all([
+    // The logbook is asked for only where the cloud has it (the history answer says so; known
+    // after the first load, then fetched alongside).
+    const [answer, hist, early] = await Promise.all([
       api.get(telemetryUrl(range.from, to, range.bucket)),
       fetchHistory(range.from, range.live ? Date.now() : range.to),
-      fetchLogbook(range.from, to),
+      hasLogbook ? fetchLogbook(range.from, to) : null,
     ]);
+    if (hist) hasLogbook = Boolean(hist.logbook);
+    const book = early || (hasLogbook ? await fetchLogbook(range.from, to) : []);
     if (seq !== loadSeq) return;
     baseRows = answer.items;
     detailRows = null;
@@ -383,6 +390,7 @@ export function chartsSection(ctx, farmId, roomId) {
   function refreshLanes() {
     clearTimeout(lanesTimer);
     lanesTimer = setTimeout(async () => {
+      if (live && live.state !== 'live') return;  // the cloud is away: the resync reloads all
       const hist = await fetchHistory(range.from, range.live ? Date.now() : range.to);
       if (!hist) return;
       history = hist;
@@ -425,6 +433,10 @@ export function chartsSection(ctx, farmId, roomId) {
     load: loadCharts,
     // The room changed (stage, bands, latest values).
     setRoom(next) {
+      // A stage change seen here also tells which stage held before it (whatever the logbook has).
+      if (room && next && room.stage_started !== next.stage_started) {
+        seenStages.push({ kind: 'stage', stage: room.stage, at: room.stage_started });
+      }
       room = next;
       layout();
     },

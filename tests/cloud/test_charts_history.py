@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg.types.json import Jsonb
 
+from cloud.api import all_routes
 from cloud.api.history import intervals
 from cloud.export import widen
 from shared.profiles import profile_for
@@ -137,6 +138,9 @@ async def test_actuator_history_gives_on_intervals_and_every_stage_band(  # type
     assert body["bands_by_stage"]["pinning"]["co2_ppm"]["max"] == pinning.max
     assert set(body["bands_by_stage"]) == {"spawn_run", "pinning", "fruiting"}
     assert body["stage"] == "fruiting" and body["species"] == "oyster"
+    assert body["device_names"][w.SENSOR_B] == w.SENSOR_B
+    routes = {(r.method, r.path) for r in all_routes()}
+    assert body["logbook"] == (("GET", "/api/rooms/{room_id}/logbook") in routes)
 
 
 async def test_a_newer_status_report_counts_as_a_switch(world_client, auth, world_dsn) -> None:  # type: ignore[no-untyped-def]
