@@ -1,5 +1,6 @@
-"""Chart history beyond readings: actuator on/off intervals with the room's bands per stage, and
-the room's readings as a CSV or Parquet file (long or wide) for the page's download buttons."""
+"""Chart history beyond readings: actuator on/off intervals with the room's bands per stage,
+compact column-wise chart data, and the room's readings as a CSV or Parquet file (long or wide)
+for the page's download buttons."""
 
 from __future__ import annotations
 
@@ -233,6 +234,78 @@ async def actuator_history(call: Call) -> HistoryOut:
     )
 
 
+class SeriesQuery(_Range):
+    metric: list[Metric] | None = Field(
+        default=None, max_length=32, description="repeatable; default: every metric of the room"
+    )
+    bucket: Literal["1m", "5m", "1h", "1d"] = Field(
+        default="5m", description="the width of each point: its average, minimum and maximum"
+    )
+
+    @model_validator(mode="after")
+    def _buckets(self) -> Self:
+        assert self.from_ is not None and self.to is not None
+        if (self.to - self.from_) / BUCKETS[self.bucket] > MAX_BUCKETS:
+            raise ValueError(f"more than {MAX_BUCKETS} buckets: widen `bucket` or narrow the range")
+        return self
+
+
+class Series(Out):
+    device_id: str
+    metric: str
+    t: list[int] = Field(description="bucket starts, unix seconds (UTC)")
+    avg: list[float]
+    min: list[float]
+    max: list[float]
+
+
+class SeriesOut(Out):
+    room_id: str
+    from_: datetime = Field(serialization_alias="from")
+    to: datetime
+    bucket: str
+    series: list[Series]
+
+
+async def room_series(call: Call) -> SeriesOut:
+    """Chart data: per device and metric, columns of bucket times, averages, minima and maxima
+    The same buckets as `/telemetry?bucket=…`, column-wise: a device and metric are named once
+    per series, not once per point, and times are integers (a 30-day hourly chart of six
+    metrics is ~5× smaller than the row form, before compression)."""
+    q: SeriesQuery = call.query
+    room_id = call.param("room_id")
+    assert q.from_ is not None and q.to is not None
+    rows = await telemetry_db.buckets(
+        call.db,
+        call.farm_id,
+        room_id,
+        start=q.from_,
+        end=q.to,
+        bucket=BUCKETS[q.bucket],
+        metrics=q.metric,
+        device_id=None,
+    )
+    series: dict[tuple[str, str], Series] = {}
+    for r in rows:
+        key = (r["device_id"], r["metric"])
+        found = series.get(key)
+        if found is None:
+            found = series[key] = Series.model_construct(
+                device_id=key[0], metric=key[1], t=[], avg=[], min=[], max=[]
+            )
+        found.t.append(int(r["bucket"].timestamp()))
+        found.avg.append(round(float(r["avg"]), 4))
+        found.min.append(float(r["min"]))
+        found.max.append(float(r["max"]))
+    return SeriesOut(
+        room_id=room_id,
+        from_=q.from_,
+        to=q.to,
+        bucket=q.bucket,
+        series=sorted(series.values(), key=lambda s: (s.metric, s.device_id)),
+    )
+
+
 class ExportQuery(_Range):
     metric: list[Metric] | None = Field(
         default=None, max_length=32, description="repeatable; default: every metric of the room"
@@ -286,6 +359,16 @@ ROUTES = [
         "room",
         query=HistoryQuery,
         response=HistoryOut,
+        tag="telemetry",
+        errors=(422,),
+    ),
+    Route(
+        "GET",
+        "/api/rooms/{room_id}/series",
+        room_series,
+        "room",
+        query=SeriesQuery,
+        response=SeriesOut,
         tag="telemetry",
         errors=(422,),
     ),

@@ -1,4 +1,4 @@
-// A line chart in SVG: one line per device, the target band of the stage that held at each moment
+// A line chart in SVG: one line per device (with its buckets' min–max envelope), the target band of the stage that held at each moment
 // shaded behind them, actuator on/off lanes under the plot, logbook markers, a crosshair with every
 // value at that time (mouse, touch or keyboard), zoom (drag-select, ctrl+wheel or pinch, keys) and
 // pan (shift+drag, keys). Redrawn whole on each change (a few thousand points: cheap) and on
@@ -99,12 +99,15 @@ export class LineChart {
   }
 
   setData(rows) {
-    // rows: [{device_id, time (ISO), value}]
+    // rows: [{device_id, t (ms) or time (ISO), value, min?, max?}]; min and max (a bucket's
+    // spread) are drawn as a light envelope around the line.
     this.series = new Map();
     for (const row of rows) {
-      const t = new Date(row.time).getTime();
+      const t = row.t === undefined ? new Date(row.time).getTime() : row.t;
       if (!this.series.has(row.device_id)) this.series.set(row.device_id, []);
-      this.series.get(row.device_id).push([t, row.value]);
+      const point = [t, row.value];
+      if (row.min !== undefined && row.max !== undefined) point.push(row.min, row.max);
+      this.series.get(row.device_id).push(point);
     }
     for (const points of this.series.values()) points.sort((a, b) => a[0] - b[0]);
     this.render();
@@ -172,8 +175,12 @@ export class LineChart {
     let count = 0;
     let shown = 0;
     for (const points of this.series.values()) {
-      for (const [t, v] of points) {
-        if (t >= from && t <= to) { values.push(v); shown += 1; }
+      for (const p of points) {
+        if (p[0] >= from && p[0] <= to) {
+          values.push(p[1]);
+          if (p.length > 3) values.push(p[2], p[3]);
+          shown += 1;
+        }
       }
       count += points.length;
     }
@@ -275,11 +282,26 @@ export class LineChart {
       i += 1;
       let d = '';
       let prev = null;
-      for (const [t, v] of points) {
-        if (t < from || t > to) { prev = null; continue; }
+      // The envelope: each unbroken run's maxima left to right, then its minima back.
+      let area = '';
+      let run = [];
+      const closeRun = () => {
+        if (run.length > 1) {
+          area += `M${run.map((p) => `${x(p[0]).toFixed(1)},${y(p[3]).toFixed(1)}`).join('L')}`;
+          area += `L${run.reverse().map((p) => `${x(p[0]).toFixed(1)},${y(p[2]).toFixed(1)}`).join('L')}Z`;
+        }
+        run = [];
+      };
+      for (const p of points) {
+        const [t, v] = p;
+        if (t < from || t > to) { prev = null; closeRun(); continue; }
+        if (prev === null || t - prev > gap) closeRun();
         d += `${prev === null || t - prev > gap ? 'M' : 'L'}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
+        if (p.length > 3) run.push(p);
         prev = t;
       }
+      closeRun();
+      if (area) lines.append(s('path', { class: 'envelope', d: area, fill: color }));
       if (d) lines.append(s('path', { class: 'line', d, stroke: color, 'data-device': device }));
     }
     parts.push(lines);
@@ -326,7 +348,10 @@ export class LineChart {
       const color = COLORS[i % COLORS.length];
       i += 1;
       const p = nearest(points, t);
-      if (p && Math.abs(p[0] - t) <= tolerance) out.push({ device, label: this._label(device), color, t: p[0], value: p[1] });
+      if (p && Math.abs(p[0] - t) <= tolerance) {
+        out.push({ device, label: this._label(device), color, t: p[0], value: p[1],
+          min: p.length > 3 ? p[2] : null, max: p.length > 3 ? p[3] : null });
+      }
     }
     return out;
   }
@@ -356,8 +381,10 @@ export class LineChart {
     const rows = [h('p', { class: 'tip-time', text: moment(at) })];
     if (!values.length) rows.push(h('p', { class: 'muted', text: 'no reading here' }));
     for (const v of values) {
+      const spread = v.min !== null && v.max - v.min > 1e-9
+        ? ` (${formatValue(this.metric, v.min)} – ${formatValue(this.metric, v.max)})` : '';
       rows.push(h('p', { class: 'tip-value' }, h('span', { class: `swatch c${COLORS.indexOf(v.color)}` }),
-        `${v.label}: `, h('strong', { text: formatValue(this.metric, v.value) })));
+        `${v.label}: `, h('strong', { text: formatValue(this.metric, v.value) }), spread));
     }
     const band = this.bandAt(at);
     if (band) rows.push(h('p', { class: 'tip-band', text: `Target${band.stage ? ` (${band.stage})` : ''}: ${bandText(this.metric, band.band)}` }));

@@ -122,8 +122,17 @@ export function chartsSection(ctx, farmId, roomId) {
 
   const shown = () => view || { from: range.from, to: range.live ? Math.max(Date.now(), range.to) : range.to };
 
-  function telemetryUrl(from, to, bucket) {
-    return roomUrl(path`/telemetry?from=${iso(from)}&to=${iso(to)}&bucket=${bucket}&agg=avg`);
+  // Chart data, column-wise (GET …/series): [{t (ms), device_id, metric, value, min, max}].
+  async function fetchSeries(from, to, bucket) {
+    const answer = await api.get(roomUrl(path`/series?from=${iso(from)}&to=${iso(to)}&bucket=${bucket}`));
+    const rows = [];
+    for (const s of answer.series) {
+      for (let i = 0; i < s.t.length; i += 1) {
+        rows.push({ t: s.t[i] * 1000, device_id: s.device_id, metric: s.metric, value: s.avg[i],
+          min: s.min[i], max: s.max[i] });
+      }
+    }
+    return rows;
   }
 
   function orderedMetrics(rows) {
@@ -190,7 +199,7 @@ export function chartsSection(ctx, farmId, roomId) {
   function rowsFor(metric) {
     let rows = baseRows;
     if (view && detailRows) {
-      rows = baseRows.filter((r) => { const t = ms(r.time); return t < view.from || t > view.to; })
+      rows = baseRows.filter((r) => r.t < view.from || r.t > view.to)
         .concat(detailRows);
     }
     return rows.filter((row) => row.metric === metric);
@@ -268,14 +277,14 @@ export function chartsSection(ctx, farmId, roomId) {
     // The logbook is asked for only where the cloud has it (the history answer says so; known
     // after the first load, then fetched alongside).
     const [answer, hist, early] = await Promise.all([
-      api.get(telemetryUrl(range.from, to, range.bucket)),
+      fetchSeries(range.from, to, range.bucket),
       fetchHistory(range.from, range.live ? Date.now() : range.to),
       hasLogbook ? fetchLogbook(range.from, to) : null,
     ]);
     if (hist) hasLogbook = Boolean(hist.logbook);
     const book = early || (hasLogbook ? await fetchLogbook(range.from, to) : []);
     if (seq !== loadSeq) return;
-    baseRows = answer.items;
+    baseRows = answer;
     detailRows = null;
     history = hist;
     logbook = book;
@@ -293,9 +302,9 @@ export function chartsSection(ctx, farmId, roomId) {
       const bucket = bucketFor(win.to - win.from);
       if (bucket === range.bucket) return;
       try {
-        const answer = await api.get(telemetryUrl(win.from, win.to, bucket));
+        const answer = await fetchSeries(win.from, win.to, bucket);
         if (view !== win) return;
-        detailRows = answer.items;
+        detailRows = answer;
         for (const [metric, chart] of charts) {
           if (!hidden.has(metric)) chart.setData(rowsFor(metric));
         }
@@ -447,7 +456,7 @@ export function chartsSection(ctx, farmId, roomId) {
         const chart = charts.get(metric);
         if (chart && !hidden.has(metric)) chart.add(msg.device_id, msg.time * 1000, value);
         if (range.live) {
-          baseRows.push({ time: iso(msg.time * 1000), device_id: msg.device_id, metric, value });
+          baseRows.push({ t: msg.time * 1000, device_id: msg.device_id, metric, value });
           if (!charts.has(metric) && !hidden.has(metric)) added = true;
         }
       }

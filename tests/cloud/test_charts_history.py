@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
@@ -275,3 +276,43 @@ async def test_export_is_the_room_of_the_caller_only(world_client, auth) -> None
     assert resp.status == 404
     resp = await world_client.get(f"/api/rooms/{w.ROOM_B}/export", headers=auth("limited"))
     assert resp.status == 404
+
+
+async def test_series_are_the_buckets_column_wise_and_smaller(world_client, auth, world) -> None:  # type: ignore[no-untyped-def]
+    q = _range(world) | {"bucket": "5m"}
+    resp = await world_client.get(
+        f"/api/rooms/{w.ROOM_B}/series?{urlencode(q)}", headers=auth("viewer")
+    )
+    assert resp.status == 200
+    compact = await resp.read()
+    body = await resp.json()
+    rows = await _json(
+        await world_client.get(
+            f"/api/rooms/{w.ROOM_B}/telemetry?{urlencode(q | {'agg': 'avg'})}",
+            headers=auth("viewer"),
+        )
+    )
+    by_key = {(s["device_id"], s["metric"]): s for s in body["series"]}
+    assert set(by_key) == {(w.SENSOR_B, "humidity_pct"), (w.SENSOR_B, "temperature_c")}
+    temp = by_key[(w.SENSOR_B, "temperature_c")]
+    assert len(temp["t"]) == len(temp["avg"]) == len(temp["min"]) == len(temp["max"])
+    expected = [r for r in rows["items"] if r["metric"] == "temperature_c"]
+    assert [datetime.fromtimestamp(t, UTC) for t in temp["t"]] == [_t(r["time"]) for r in expected]
+    assert temp["avg"] == pytest.approx([r["value"] for r in expected], abs=1e-4)
+    spreads = zip(temp["min"], temp["avg"], temp["max"], strict=True)
+    assert all(lo <= a <= hi for lo, a, hi in spreads)
+    # Five-minute buckets of minute readings: the spread is 4 minutes' drift (0.01/min).
+    assert temp["max"][1] - temp["min"][1] == pytest.approx(0.04)
+    rows_size = len(json.dumps(rows["items"], separators=(",", ":")))
+    assert len(compact) * 2 < rows_size, (len(compact), rows_size)
+    only = await _json(
+        await world_client.get(
+            f"/api/rooms/{w.ROOM_B}/series?{urlencode(q | {'metric': 'humidity_pct'})}",
+            headers=auth("viewer"),
+        )
+    )
+    assert [s["metric"] for s in only["series"]] == ["humidity_pct"]
+    bad = await world_client.get(
+        f"/api/rooms/{w.ROOM_B}/series?{urlencode({'bucket': '7m'})}", headers=auth("viewer")
+    )
+    assert bad.status == 422
