@@ -242,10 +242,13 @@ export class LineChart {
       }
     }
     parts.push(bandLayer);
-    for (const tick of valueTicks(lo, hi, 4)) {
+    const yTicks = valueTicks(lo, hi, 4);
+    // As many decimals as the step needs, so no two labels read the same.
+    const decimals = Math.max(0, ...yTicks.map(decimalsOf));
+    for (const tick of yTicks) {
       parts.push(s('line', { class: 'grid', x1: PAD.left, x2: width - PAD.right, y1: y(tick), y2: y(tick) }));
       parts.push(s('text', { class: 'axis', x: PAD.left - 4, y: y(tick) + 4, 'text-anchor': 'end' },
-        tick.toFixed(Math.min(this.info.digits, decimalsOf(tick)))));
+        tick.toFixed(Math.min(decimals, 3))));
     }
     const axisY = PAD.top + PLOT_H + g.lanesH + 15;
     for (const tick of timeTicks(from, to, plotW)) {
@@ -580,7 +583,9 @@ export function valueTicks(lo, hi, n) {
   const mag = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((m) => m >= raw) || raw;
   const out = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Math.round(v / step) * step);
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) {
+    out.push(Number((Math.round(v / step) * step).toPrecision(12)));
+  }
   return out;
 }
 

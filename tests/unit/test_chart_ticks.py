@@ -32,6 +32,8 @@ for (const [name, c] of Object.entries(input.ticks)) {
 out.stages = charts.stageSegments(input.room, input.entries, input.from, input.to, 'humidity_pct',
   input.bands);
 out.moment = chart.moment(input.from);
+out.values = [[1.4, 2.6], [0.1, 0.35], [880, 1130], [17.26, 17.31]].map(([lo, hi]) =>
+  chart.valueTicks(lo, hi, 4));
 console.log(JSON.stringify(out));
 """
 
@@ -116,3 +118,11 @@ def test_stage_segments_follow_the_logbook_then_the_room() -> None:
     assert segs[0]["to"] == END - 5 * DAY and segs[1]["to"] == END - 2 * DAY
     assert segs[2]["to"] is None  # JSON's Infinity: the current stage holds on
     assert out["moment"] == "5 Mar 13:37"
+
+
+def test_value_ticks_are_round_and_distinct() -> None:
+    out = _node(_payload(END), "UTC")
+    for ticks in out["values"]:
+        assert len(ticks) >= 2 and len(set(ticks)) == len(ticks), ticks
+        assert all(len(repr(t)) <= 6 for t in ticks), ticks  # 1.5, 0.25, 900: no 0.30000000004
+    assert out["values"][0] == [1.5, 2, 2.5]
