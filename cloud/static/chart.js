@@ -1,27 +1,22 @@
-// A line chart in SVG: one line per device (with its buckets' min–max envelope), the target band of the stage that held at each moment
-// shaded behind them, actuator on/off lanes under the plot, logbook markers, a crosshair with every
+// A line chart in SVG: one line per device (with its buckets' min–max envelope), the target band
+// of the stage that held at each moment shaded behind them, actuator on/off lanes under the plot, logbook markers, a crosshair with every
 // value at that time (mouse, touch or keyboard), zoom (drag-select, ctrl+wheel or pinch, keys) and
 // pan (shift+drag, keys). Redrawn whole on each change (a few thousand points: cheap) and on
 // resize. The figure carries data-points, data-last-time (ms), data-last-value, data-view-from,
 // data-view-to and data-empty so tests and tools can read what is drawn.
 
 import { h, s, clear, metricInfo, formatValue, bandText } from './dom.js';
+import { PAD, PLOT_H, moment, valueTicks, timeTicks, decimalsOf } from './chart-axes.js';
+import { bindInput, drawSelection, pointerX } from './chart-input.js';
 
-const PLOT_H = 170;
+export { moment, hhmm, dayMonth, timeTicks, valueTicks } from './chart-axes.js';
+
 const LANE_H = 16;
 const AXIS_H = 22;
-const PAD = { left: 48, right: 10, top: 12 };
 export const COLORS = ['#2f7d4f', '#2b6cb0', '#b7791f', '#9b2c6f', '#5a4fcf', '#c05621'];
 const MIN_VIEW_MS = 5 * 60e3;
-const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 const DAY = 86400e3;
 let nextId = 0;
-
-const pad2 = (n) => String(n).padStart(2, '0');
-export const hhmm = (t) => { const d = new Date(t); return `${pad2(d.getHours())}:${pad2(d.getMinutes())}`; };
-export const dayMonth = (t) => { const d = new Date(t); return `${d.getDate()} ${MONTHS[d.getMonth()]}`; };
-// "6 Dec 14:05": the one way a moment is written on the charts.
-export const moment = (t) => `${dayMonth(t)} ${hhmm(t)}`;
 
 export class LineChart {
   // options: onView(from, to) when the user zooms or pans (null, null: reset), names (device →
@@ -444,117 +439,15 @@ export class LineChart {
   }
 
   _px(event) {
-    const rect = this.svg.getBoundingClientRect();
-    const scale = this._g ? this._g.width / rect.width : 1;
-    return (event.clientX - rect.left) * scale;
+    return pointerX(this, event);
   }
 
   _bind() {
-    const svg = this.svg;
-    svg.addEventListener('pointermove', (event) => {
-      const g = this._g;
-      if (!g) return;
-      if (this._pointers.has(event.pointerId)) this._pointers.set(event.pointerId, this._px(event));
-      if (this._pointers.size === 2 && this._pinch) {
-        const [a, b] = [...this._pointers.values()];
-        const now = Math.abs(a - b);
-        if (now > 10 && this._pinch.dist > 10) {
-          const factor = this._pinch.dist / now;
-          const center = g.time((a + b) / 2);
-          this._pinch.dist = now;
-          this.zoom(factor, center);
-        }
-        return;
-      }
-      const px = this._px(event);
-      if (this._drag) {
-        this._drag.x1 = px;
-        this._drawSelection();
-        if (this._drag.pan) {
-          const dt = ((this._drag.x0 - px) / g.plotW) * (this._drag.view.to - this._drag.view.from);
-          this._drag.shift = dt;
-        }
-      }
-      if (px >= PAD.left && px <= PAD.left + g.plotW) this._showCursor(g.time(px));
-    });
-    // A finger lifted leaves the values shown (a tap reads them); a mouse leaving hides them.
-    svg.addEventListener('pointerleave', (event) => {
-      if (event.pointerType !== 'touch' && !this._drag) this._hideCursor();
-    });
-    svg.addEventListener('pointerdown', (event) => {
-      const px = this._px(event);
-      if (event.pointerType === 'touch') {
-        this._pointers.set(event.pointerId, px);
-        if (this._pointers.size === 2) {
-          const [a, b] = [...this._pointers.values()];
-          this._pinch = { dist: Math.abs(a - b) };
-        }
-        if (this._g) this._showCursor(this._g.time(px));
-        return;
-      }
-      if (event.button !== 0 || !this._g) return;
-      svg.setPointerCapture(event.pointerId);
-      this._drag = { x0: px, x1: px, pan: event.shiftKey, view: { ...this.shown }, shift: 0 };
-    });
-    const end = (event) => {
-      this._pointers.delete(event.pointerId);
-      if (this._pointers.size < 2) this._pinch = null;
-      const drag = this._drag;
-      this._drag = null;
-      this._drawSelection();
-      if (!drag || !this._g || event.type === 'pointercancel') return;
-      if (drag.pan) {
-        if (Math.abs(drag.shift) > 0) this._zoomTo(drag.view.from + drag.shift, drag.view.to + drag.shift);
-      } else if (Math.abs(drag.x1 - drag.x0) > 8) {
-        const a = this._g.time(Math.min(drag.x0, drag.x1));
-        const b = this._g.time(Math.max(drag.x0, drag.x1));
-        this._zoomTo(a, b);
-      }
-    };
-    svg.addEventListener('pointerup', end);
-    svg.addEventListener('pointercancel', end);
-    svg.addEventListener('wheel', (event) => {
-      // ctrl+wheel (and a trackpad's pinch, which the browser sends as one) zooms; a plain wheel
-      // scrolls the page as usual.
-      if (!event.ctrlKey && !event.metaKey) return;
-      event.preventDefault();
-      const g = this._g;
-      if (!g) return;
-      this.zoom(event.deltaY > 0 ? 1.25 : 0.8, g.time(this._px(event)));
-    }, { passive: false });
-    svg.addEventListener('dblclick', () => this._zoomTo(this.from, this.to));
-    svg.addEventListener('focus', () => { this._announce = true; });
-    svg.addEventListener('blur', () => { this._announce = false; this._hideCursor(); });
-    svg.addEventListener('keydown', (event) => {
-      const { from, to } = this.shown;
-      const step = Math.max(this._step(), (to - from) / 100);
-      const key = event.key;
-      if (key === 'ArrowLeft' || key === 'ArrowRight') {
-        const dir = key === 'ArrowLeft' ? -1 : 1;
-        if (event.shiftKey) this.pan(dir * 0.25);
-        else {
-          const start = this.cursor === null ? (dir > 0 ? from : to) : this.cursor;
-          this._showCursor(Math.min(to, Math.max(from, start + dir * step)));
-        }
-      } else if (key === 'Home') this._showCursor(from);
-      else if (key === 'End') this._showCursor(to);
-      else if (key === '+' || key === '=') this.zoom(0.5, this.cursor === null ? undefined : this.cursor);
-      else if (key === '-' || key === '_') this.zoom(2, this.cursor === null ? undefined : this.cursor);
-      else if (key === '0') this._zoomTo(this.from, this.to);
-      else if (key === 'Escape') this._hideCursor();
-      else return;
-      event.preventDefault();
-    });
+    bindInput(this);
   }
 
   _drawSelection() {
-    const old = this.svg.querySelector('.selection');
-    if (old) old.remove();
-    const drag = this._drag;
-    if (!drag || drag.pan || !this._overlay) return;
-    const a = Math.max(PAD.left, Math.min(drag.x0, drag.x1));
-    const b = Math.min(PAD.left + this._g.plotW, Math.max(drag.x0, drag.x1));
-    this._overlay.append(s('rect', { class: 'selection', x: a, y: PAD.top, width: Math.max(0, b - a), height: PLOT_H }));
+    drawSelection(this);
   }
 }
 
@@ -570,77 +463,4 @@ function nearest(points, t) {
   const p = points[lo];
   const q = lo > 0 ? points[lo - 1] : null;
   return q && Math.abs(q[0] - t) < Math.abs(p[0] - t) ? q : p;
-}
-
-function decimalsOf(v) {
-  const text = String(Math.round(v * 1e6) / 1e6);
-  const dot = text.indexOf('.');
-  return dot < 0 ? 0 : text.length - dot - 1;
-}
-
-export function valueTicks(lo, hi, n) {
-  const raw = (hi - lo) / n;
-  const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((m) => m >= raw) || raw;
-  const out = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) {
-    out.push(Number((Math.round(v / step) * step).toPrecision(12)));
-  }
-  return out;
-}
-
-// Time steps, each with the width its label needs (11 px text): clock times for steps under a
-// day, "6 Dec" for days and weeks. Ticks fall on local clock boundaries (whole hours, midnights,
-// Mondays), and the step is the smallest that gives at most ~10 ticks whose labels do not
-// overlap at this width.
-const STEPS = [
-  { ms: 60e3, unit: 'minute', n: 1 }, { ms: 5 * 60e3, unit: 'minute', n: 5 },
-  { ms: 10 * 60e3, unit: 'minute', n: 10 }, { ms: 15 * 60e3, unit: 'minute', n: 15 },
-  { ms: 30 * 60e3, unit: 'minute', n: 30 }, { ms: 3600e3, unit: 'hour', n: 1 },
-  { ms: 2 * 3600e3, unit: 'hour', n: 2 }, { ms: 3 * 3600e3, unit: 'hour', n: 3 },
-  { ms: 6 * 3600e3, unit: 'hour', n: 6 }, { ms: 12 * 3600e3, unit: 'hour', n: 12 },
-  { ms: DAY, unit: 'day', n: 1 }, { ms: 2 * DAY, unit: 'day', n: 2 },
-  { ms: 7 * DAY, unit: 'week', n: 1 }, { ms: 14 * DAY, unit: 'week', n: 2 },
-  { ms: 30 * DAY, unit: 'month', n: 1 },
-];
-const LABEL_PX = { minute: 44, hour: 44, day: 48, week: 48, month: 48 };
-
-export function timeTicks(from, to, plotW) {
-  const span = to - from;
-  // At most ~10 ticks however wide (7 days: a tick a day, 30 days: a week), and room for each label.
-  const step = STEPS.find((st) => st.ms >= span / 10.5 && (span / st.ms) * LABEL_PX[st.unit] <= plotW * 0.9)
-    || STEPS[STEPS.length - 1];
-  const out = [];
-  const d = new Date(from);
-  // The first boundary at or after `from`.
-  d.setSeconds(0, 0);
-  if (step.unit === 'minute') d.setMinutes(Math.ceil(d.getMinutes() / step.n) * step.n);
-  else if (step.unit === 'hour') {
-    d.setMinutes(0);
-    if (d.getTime() < from) d.setHours(d.getHours() + 1);
-    d.setHours(Math.ceil(d.getHours() / step.n) * step.n);
-  } else {
-    d.setHours(0, 0);
-    if (d.getTime() < from) d.setDate(d.getDate() + 1);
-    if (step.unit === 'week') while (d.getDay() !== 1) d.setDate(d.getDate() + 1);
-    if (step.unit === 'month') { if (d.getDate() !== 1) { d.setMonth(d.getMonth() + 1, 1); } }
-    if (step.unit === 'day' && step.n > 1) {
-      // Even day numbers since the epoch, so ticks stay put while the range slides.
-      while (Math.round(d.getTime() / DAY) % step.n) d.setDate(d.getDate() + 1);
-    }
-  }
-  let guard = 0;
-  while (d.getTime() <= to && guard < 200) {
-    guard += 1;
-    const t = d.getTime();
-    const midnight = d.getHours() === 0 && d.getMinutes() === 0;
-    const label = step.ms >= DAY || (midnight && step.ms >= 3600e3) ? dayMonth(t) : hhmm(t);
-    if (t >= from) out.push({ t, label, major: midnight });
-    if (step.unit === 'minute') d.setMinutes(d.getMinutes() + step.n);
-    else if (step.unit === 'hour') d.setHours(d.getHours() + step.n);
-    else if (step.unit === 'day') d.setDate(d.getDate() + step.n);
-    else if (step.unit === 'week') d.setDate(d.getDate() + 7 * step.n);
-    else d.setMonth(d.getMonth() + 1);
-  }
-  return out;
 }

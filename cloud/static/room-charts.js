@@ -86,6 +86,7 @@ export function chartsSection(ctx, farmId, roomId) {
   let logbook = [];        // logbook entries (stage ones reaching back before the range)
   let logbookNote = '';
   let hasLogbook = false;
+  let livePushes = 0;
   const seenStages = [];   // the room's earlier stages seen while the page is open
   let detailTimer = null;
   let lanesTimer = null;
@@ -120,7 +121,13 @@ export function chartsSection(ctx, farmId, roomId) {
   const exportNote = h('p', { class: 'small export-note', role: 'status' });
   const chartList = h('div', { class: 'chart-list' });
 
-  const shown = () => view || { from: range.from, to: range.live ? Math.max(Date.now(), range.to) : range.to };
+  // The window on screen: the zoomed one, else the range (a live range slides with the clock).
+  const shown = () => {
+    if (view) return view;
+    if (!range.live) return { from: range.from, to: range.to };
+    const now = Math.max(Date.now(), range.to);
+    return { from: now - (range.to - range.from), to: now };
+  };
 
   // Chart data, column-wise (GET …/series): [{t (ms), device_id, metric, value, min, max}].
   async function fetchSeries(from, to, bucket) {
@@ -457,8 +464,15 @@ export function chartsSection(ctx, farmId, roomId) {
         if (chart && !hidden.has(metric)) chart.add(msg.device_id, msg.time * 1000, value);
         if (range.live) {
           baseRows.push({ t: msg.time * 1000, device_id: msg.device_id, metric, value });
+          livePushes += 1;
           if (!charts.has(metric) && !hidden.has(metric)) added = true;
         }
+      }
+      if (livePushes > 5000) {
+        // A page left open for days: drop what has slid out of the live window.
+        livePushes = 0;
+        const oldest = shown().from;
+        baseRows = baseRows.filter((r) => r.t >= oldest);
       }
       if (added) layout();
     },
