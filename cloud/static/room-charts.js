@@ -341,8 +341,29 @@ export function chartsSection(ctx, farmId, roomId) {
   }
   zoomIn.addEventListener('click', () => firstChart()?.zoom(0.5));
   zoomOut.addEventListener('click', () => firstChart()?.zoom(2));
-  earlier.addEventListener('click', () => firstChart()?.pan(-0.5));
-  later.addEventListener('click', () => firstChart()?.pan(0.5));
+  // Earlier / later by half the window: inside the loaded range a pan, past its ends a new range
+  // of the same length (history before a preset's start, or back towards now).
+  function step(dir) {
+    const win = shown();
+    const span = win.to - win.from;
+    let from = win.from + dir * span / 2;
+    let to = from + span;
+    const now = Date.now();
+    if (to > now) { to = now; from = now - span; }
+    const loadedTo = range.live ? now : range.to;
+    if (view && from >= range.from && to <= loadedTo) {
+      firstChart()?.pan(dir * 0.5);
+      return;
+    }
+    if (Math.abs(from - win.from) < 1000) return;  // already at now
+    range = { key: 'custom', from, to, live: false, bucket: bucketFor(span) };
+    view = null;
+    fromInput.value = localInput(from);
+    toInput.value = localInput(to);
+    loadCharts().catch((err) => { rangeNote.textContent = `Could not load: ${err.message}`; });
+  }
+  earlier.addEventListener('click', () => step(-1));
+  later.addEventListener('click', () => step(1));
   reset.addEventListener('click', () => setView(null));
 
   function pick(key) {

@@ -221,6 +221,17 @@ async def test_a_grower_reads_zooms_and_exports_the_charts(
             after = await _view(page)
             assert abs((after[1] - after[0]) - (before[1] - before[0])) < 120_000
             assert after[1] >= before[1]
+            # "Earlier" on the whole range: the day before, same length, from the server.
+            await page.click('.charts button[data-zoom="earlier"]')
+
+            async def half_a_day_back() -> tuple[int, int] | None:
+                now = await _view(page)
+                return now if abs(now[1] - (after[1] - DAY_MS // 2)) < 120_000 else None
+
+            back = await until(half_a_day_back, 10, "the range half a day earlier", 0.1)
+            assert back[1] - back[0] == pytest.approx(DAY_MS, abs=120_000)
+            await page.wait_for_selector(f'{CHART}[data-empty="false"]')
+            await _pick_range(page, "24h", 1)
 
             # Keyboard: the chart takes focus, arrows move the crosshair, + zooms, 0 resets.
             await svg.focus()
