@@ -44,7 +44,8 @@ export class LineChart {
     this.title = h('figcaption', {},
       h('span', { class: 'chart-title', text: this.info.unit ? `${this.info.label} (${this.info.unit})` : this.info.label }),
       h('span', { class: 'chart-now', text: '–' }));
-    this.el = h('figure', { class: 'chart', dataset: { metric } }, this.title,
+    this.legend = h('ul', { class: 'chart-legend', hidden: true, 'aria-label': 'devices' });
+    this.el = h('figure', { class: 'chart', dataset: { metric } }, this.title, this.legend,
       h('div', { class: 'plot-wrap' }, this.svg, this.empty, this.tip), this.live_);
     this._pointers = new Map();
     this._drag = null;
@@ -321,7 +322,24 @@ export class LineChart {
       + ' Arrow keys move the crosshair; plus and minus zoom; shift and arrows pan; 0 resets.';
     this.svg.setAttribute('aria-label', desc);
     clear(this.svg, parts);
+    this._legend();
     if (this.cursor !== null) this._showCursor(this.cursor);
+    else if (this._echo !== null && this._echo !== undefined) this.echo(this._echo);
+  }
+
+  // With more than one device on a chart, which colour is which.
+  _legend() {
+    if (this.series.size < 2) {
+      this.legend.hidden = true;
+      return;
+    }
+    let i = 0;
+    clear(this.legend, [...this.series.keys()].map((device) => {
+      const item = h('li', {}, h('span', { class: `swatch c${i % COLORS.length}` }), this._label(device));
+      i += 1;
+      return item;
+    }));
+    this.legend.hidden = false;
   }
 
   // The typical distance between points (the bucket width), for gaps and keyboard steps.
@@ -376,6 +394,8 @@ export class LineChart {
       parts.push(s('circle', { class: 'hover-dot', cx: x(v.t), cy: this._y.y(v.value), r: 4, fill: v.color }));
     }
     clear(this._overlay, parts);
+    this._echo = null;
+    if (this.options.onCursor) this.options.onCursor(this, at);
     const rows = [h('p', { class: 'tip-time', text: moment(at) })];
     if (!values.length) rows.push(h('p', { class: 'muted', text: 'no reading here' }));
     for (const v of values) {
@@ -407,10 +427,26 @@ export class LineChart {
   }
 
   _hideCursor() {
+    const had = this.cursor !== null;
     this.cursor = null;
     this.tip.hidden = true;
     delete this.el.dataset.cursor;
     if (this._overlay) clear(this._overlay);
+    if (had && this.options.onCursor) this.options.onCursor(this, null);
+  }
+
+  // Another chart's crosshair at time t (null: gone): the line and the dots here, no tooltip.
+  echo(t) {
+    this._echo = t;
+    if (this.cursor !== null || !this._overlay || !this._g) return;
+    if (t === null || t < this._g.from || t > this._g.to) {
+      clear(this._overlay);
+      return;
+    }
+    const cx = this._g.x(t);
+    clear(this._overlay,
+      s('line', { class: 'crosshair echo', x1: cx, x2: cx, y1: PAD.top, y2: PAD.top + PLOT_H + this._g.lanesH }),
+      this.valuesAt(t).map((v) => s('circle', { class: 'hover-dot', cx: this._g.x(v.t), cy: this._y.y(v.value), r: 3.5, fill: v.color })));
   }
 
   _zoomTo(from, to) {

@@ -156,9 +156,16 @@ export function chartsSection(ctx, farmId, roomId) {
 
   function chartFor(metric) {
     if (!charts.has(metric)) {
-      charts.set(metric, new LineChart(metric, { onView: setView }));
+      charts.set(metric, new LineChart(metric, { onView: setView, onCursor: shareCursor }));
     }
     return charts.get(metric);
+  }
+
+  // One chart's crosshair is echoed on the others: the same moment across every metric.
+  function shareCursor(source, t) {
+    for (const [metric, chart] of charts) {
+      if (chart !== source && !hidden.has(metric)) chart.echo(t);
+    }
   }
 
   function renderPicker(metrics) {
@@ -280,6 +287,8 @@ export function chartsSection(ctx, farmId, roomId) {
   async function loadCharts() {
     const seq = (loadSeq += 1);
     rangeNote.textContent = 'Loading…';
+    el.dataset.loading = 'true';
+    el.setAttribute('aria-busy', 'true');
     const to = range.live ? Date.now() + 60e3 : range.to;
     // The logbook is asked for only where the cloud has it (the history answer says so; known
     // after the first load, then fetched alongside).
@@ -291,12 +300,22 @@ export function chartsSection(ctx, farmId, roomId) {
     if (hist) hasLogbook = Boolean(hist.logbook);
     const book = early || (hasLogbook ? await fetchLogbook(range.from, to) : []);
     if (seq !== loadSeq) return;
+    el.dataset.loading = 'false';
+    el.removeAttribute('aria-busy');
     baseRows = answer;
     detailRows = null;
     history = hist;
     logbook = book;
     layout();
     if (view) scheduleDetail();
+  }
+
+  function reload() {
+    loadCharts().catch((err) => {
+      rangeNote.textContent = `Could not load: ${err.message}`;
+      el.dataset.loading = 'false';
+      el.removeAttribute('aria-busy');
+    });
   }
 
   // Finer data for the zoomed window, a moment after the last zoom or pan.
@@ -360,7 +379,7 @@ export function chartsSection(ctx, farmId, roomId) {
     view = null;
     fromInput.value = localInput(from);
     toInput.value = localInput(to);
-    loadCharts().catch((err) => { rangeNote.textContent = `Could not load: ${err.message}`; });
+    reload();
   }
   earlier.addEventListener('click', () => step(-1));
   later.addEventListener('click', () => step(1));
@@ -370,7 +389,7 @@ export function chartsSection(ctx, farmId, roomId) {
     const preset = RANGES.find((r) => r.key === key);
     range = { key, from: Date.now() - preset.ms, to: Date.now(), live: true, bucket: preset.bucket };
     view = null;
-    loadCharts().catch((err) => { rangeNote.textContent = `Could not load: ${err.message}`; });
+    reload();
   }
 
   clear(rangeButtons, RANGES.map((r) => h('button', {
@@ -391,7 +410,7 @@ export function chartsSection(ctx, farmId, roomId) {
     }
     range = { key: 'custom', from, to, live: false, bucket: bucketFor(to - from) };
     view = null;
-    loadCharts().catch((err) => { rangeNote.textContent = `Could not load: ${err.message}`; });
+    reload();
   });
 
   async function download(format) {

@@ -52,6 +52,8 @@ async def _seed_week(dsn: str, farm_id: str) -> None:
             (at, "room-a", "room-a-sensor", "temperature_c", 17.5 + 1.5 * phase),
             (at, "room-a", "room-a-sensor", "humidity_pct", 88 + 3 * phase),
             (at, "room-a", "room-a-sensor", "co2_ppm", 900 + 200 * phase),
+            # A second thermometer (since removed): two lines on the temperature chart.
+            (at, "room-a", "room-a-probe", "temperature_c", 18.5 + 1.0 * phase),
         ]
     db = await Database.connect(dsn, min_size=1, max_size=1)
     try:
@@ -105,6 +107,9 @@ def _no_overlap(ticks: list[dict[str, Any]]) -> None:
 
 async def _pick_range(page: Any, key: str, days: float) -> None:
     await page.click(f'.charts button[data-range="{key}"]')
+    # Pressed once its data is in (a custom range of the same length may be on screen before).
+    await page.wait_for_selector(f'.charts button[data-range="{key}"][aria-pressed="true"]')
+    await page.wait_for_selector('section.charts[data-loading="false"]')
 
     async def spans() -> bool:
         a, b = await _view(page)
@@ -171,6 +176,14 @@ async def test_a_grower_reads_zooms_and_exports_the_charts(
             assert MOMENT.search(text), text
             assert re.search(r"\d+\.\d °C", text), text
             assert await page.locator(f"{CHART} line.crosshair").count() == 1
+            assert "room-a-probe" in text and "room-a-sensor" in text, text
+            # Two devices on one chart: a legend says which colour is which.
+            assert await page.locator(f"{CHART} .chart-legend li").all_text_contents() == [
+                "room-a-probe", "room-a-sensor"]
+            # The same moment is marked on the other charts (no tooltip there).
+            humidity = 'figure.chart[data-metric="humidity_pct"]'
+            assert await page.locator(f"{humidity} line.crosshair.echo").count() == 1
+            assert await page.locator(f"{humidity} .chart-tip").is_hidden()
 
             # Logbook entries are markers; the band follows the stage of each moment.
             assert await page.locator(f"{CHART} g.marker").count() == 2  # note, harvest (24 h)
