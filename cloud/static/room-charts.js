@@ -265,9 +265,10 @@ export function chartsSection(ctx, farmId, roomId) {
 
   async function fetchLogbook(from, to) {
     try {
-      const answer = await api.get(roomUrl(path`/logbook?from=${iso(from - STAGE_LOOKBACK)}&to=${iso(to)}`));
+      // Every page (a long lookback may hold more entries than one page).
+      const items = await api.all(roomUrl(path`/logbook?from=${iso(from - STAGE_LOOKBACK)}&to=${iso(to)}`), 10);
       logbookNote = '';
-      return Array.isArray(answer.items) ? answer.items : [];
+      return items.filter((e) => e && e.at && e.kind);
     } catch (err) {
       // No logbook on this server yet (404): charts without markers.
       logbookNote = err.status === 404 ? '' : ' · logbook unavailable';
