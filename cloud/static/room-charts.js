@@ -223,18 +223,20 @@ export function chartsSection(ctx, farmId, roomId) {
     const metrics = orderedMetrics(baseRows);
     renderPicker(metrics);
     const names = new Map(Object.entries((history && history.device_names) || {}));
+    // A live range keeps its length as the clock moves on.
     const to = range.live ? Math.max(Date.now(), range.to) : range.to;
+    const from = range.live ? to - (range.to - range.from) : range.from;
     const laneList = lanes();
     const markerList = markers();
     const els = [];
     for (const metric of metrics) {
       if (hidden.has(metric)) continue;
       const chart = chartFor(metric);
-      chart.setRange(range.from, to, range.live);
+      chart.setRange(from, to, range.live);
       chart.setView(view);
       chart.setNames(names);
       chart.setBand(room && room.bands ? room.bands[metric] : null);
-      chart.setStages(stageSegments(room, [...logbook, ...seenStages], range.from, to, metric,
+      chart.setStages(stageSegments(room, [...logbook, ...seenStages], from, to, metric,
         history && history.bands_by_stage));
       chart.setLanes(laneList);
       chart.setMarkers(markerList);
@@ -371,7 +373,8 @@ export function chartsSection(ctx, farmId, roomId) {
     const now = Date.now();
     if (to > now) { to = now; from = now - span; }
     const loadedTo = range.live ? now : range.to;
-    if (view && from >= range.from && to <= loadedTo) {
+    const loadedFrom = range.live ? now - (range.to - range.from) : range.from;
+    if (view && from >= loadedFrom && to <= loadedTo) {
       firstChart()?.pan(dir * 0.5);
       return;
     }
