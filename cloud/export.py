@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import io
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, TextIO
 
 import psycopg
+from aiohttp import web
 from psycopg import sql
 
 from cloud.config import CloudSettings
+from cloud.db import telemetry as telemetry_db
+from cloud.db.database import Database
 from shared.errors import SmartfarmError
 
 COLUMNS: Final = ("time", "room_id", "device_id", "metric", "value")
@@ -213,3 +219,154 @@ async def export_main(settings: CloudSettings, args: argparse.Namespace) -> int:
             await asyncio.to_thread(embedded.stop)
     print(f"exported {result.rows:,} rows to {result.path} ({result.size_bytes / 1e6:.1f} MB)")
     return 0
+
+
+# ---- a room's readings from the page (GET /api/rooms/{room_id}/export) -------------------------
+
+Layout = Literal["long", "wide"]
+TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"  # one format for every time in a CSV: UTC, µs, Z
+PARQUET_TYPE: Final = "application/vnd.apache.parquet"
+_SPOOL_BYTES: Final = 8 << 20
+_SEND_BYTES: Final = 256 << 10
+
+
+@dataclass(frozen=True)
+class RoomExport:
+    farm_id: str
+    room_id: str
+    start: datetime
+    end: datetime
+    metrics: list[str]
+    fmt: Format
+    layout: Layout
+    bucket: timedelta | None = None
+
+    @property
+    def filename(self) -> str:
+        stamp = self.start.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
+        span = self.end - self.start
+        hours = span.total_seconds() / 3600
+        length = f"{hours / 24:g}d" if hours >= 48 else f"{hours:g}h"
+        return f"{self.room_id}-{stamp}-{length}-{self.layout}.{self.fmt}"
+
+    def header(self) -> list[str]:
+        if self.layout == "wide":
+            return ["time", "device_id", *self.metrics]
+        return ["time", "device_id", "metric", "value"]
+
+
+def iso_z(at: datetime) -> str:
+    """A time in the export's one format: UTC, microseconds, a Z."""
+    return at.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def widen(
+    rows: Iterable[tuple[datetime, str, str, float]],
+    metrics: list[str],
+    carry: list[Any] | None = None,
+) -> tuple[list[list[Any]], list[Any] | None]:
+    """Long rows ordered by (time, device) → wide rows ``[time, device, v_metric1, …]`` (None
+    where a metric has no value). The last row may continue in the next batch: it is returned as
+    ``carry`` to pass back in (and to emit once the rows are done)."""
+    column = {metric: i + 2 for i, metric in enumerate(metrics)}
+    out: list[list[Any]] = []
+    current = carry
+    for at, device, metric, value in rows:
+        if current is None or current[0] != at or current[1] != device:
+            if current is not None:
+                out.append(current)
+            current = [at, device, *([None] * len(metrics))]
+        i = column.get(metric)
+        if i is not None:
+            current[i] = value
+    return out, current
+
+
+async def _rows(db: Database, req: RoomExport) -> AsyncIterator[list[tuple[Any, ...]]]:
+    """Batches of (time, device_id, metric, value), ordered by time, device, metric."""
+    span: dict[str, Any] = {
+        "start": req.start, "end": req.end, "metrics": req.metrics, "device_id": None,
+    }
+    if not req.metrics:
+        return
+    if req.bucket is None:
+        async for batch in telemetry_db.stream_raw(db, req.farm_id, req.room_id, **span):
+            yield [tuple(r) for r in batch]
+        return
+    rows = await telemetry_db.buckets(db, req.farm_id, req.room_id, bucket=req.bucket, **span)
+    for i in range(0, len(rows), 5_000):
+        yield [(r["bucket"], r["device_id"], r["metric"], r["avg"]) for r in rows[i:i + 5_000]]
+
+
+def _csv_text(rows: Iterable[Sequence[Any]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    for row in rows:
+        writer.writerow(
+            [iso_z(v) if isinstance(v, datetime) else ("" if v is None else v) for v in row]
+        )
+    return buf.getvalue().encode()
+
+
+async def _tables(
+    db: Database, req: RoomExport
+) -> AsyncIterator[list[list[Any]]]:
+    """Rows in the request's layout, in batches."""
+    carry: list[Any] | None = None
+    async for batch in _rows(db, req):
+        if req.layout == "long":
+            yield [list(r) for r in batch]
+            continue
+        wide, carry = widen(batch, req.metrics, carry)
+        if wide:
+            yield wide
+    if carry is not None:
+        yield [carry]
+
+
+async def stream_room(
+    request: web.Request, db: Database, req: RoomExport
+) -> web.StreamResponse:
+    """Answer ``request`` with the export: CSV streams as rows arrive; Parquet is written to a
+    spooled temporary file in row groups, then sent."""
+    headers = {"Content-Disposition": f'attachment; filename="{req.filename}"',
+               "Cache-Control": "no-store"}
+    if req.fmt == "csv":
+        response = web.StreamResponse(
+            headers={**headers, "Content-Type": "text/csv; charset=utf-8"})
+        await response.prepare(request)
+        await response.write(_csv_text([req.header()]))
+        async for rows in _tables(db, req):
+            await response.write(_csv_text(rows))
+        await response.write_eof()
+        return response
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if req.layout == "wide":
+        fields = [("time", pa.timestamp("us", tz="UTC")), ("device_id", pa.string())]
+        fields += [(metric, pa.float64()) for metric in req.metrics]
+    else:
+        fields = [("time", pa.timestamp("us", tz="UTC")), ("device_id", pa.string()),
+                  ("metric", pa.string()), ("value", pa.float64())]
+    schema = pa.schema(fields)
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+        writer = pq.ParquetWriter(spool, schema, compression="zstd")
+        try:
+            async for rows in _tables(db, req):
+                columns = list(zip(*rows, strict=True))
+                batch = pa.record_batch(
+                    [pa.array(col, type=schema.field(i).type) for i, col in enumerate(columns)],
+                    schema=schema)
+                await asyncio.to_thread(writer.write_batch, batch)
+        finally:
+            writer.close()
+        size = spool.tell()
+        spool.seek(0)
+        response = web.StreamResponse(
+            headers={**headers, "Content-Type": PARQUET_TYPE, "Content-Length": str(size)})
+        await response.prepare(request)
+        while chunk := spool.read(_SEND_BYTES):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
