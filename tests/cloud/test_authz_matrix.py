@@ -61,6 +61,9 @@ BODIES: dict[str, Any] = {
     "PUT /api/rooms/{room_id}/substrate": {"dry_mass_kg": 10},
     "POST /api/rooms/{room_id}/harvests": {"weight_kg": 2.5},
     "PUT /api/users/me/notification-preferences": {"min_severity": "critical"},
+    "POST /api/farms/{farm_id}/alerts/{alert_id}/acknowledge": {"note": "on it"},
+    "POST /api/farms/{farm_id}/alerts/{alert_id}/clear": {},
+    "POST /api/rooms/{room_id}/logbook": {"kind": "note", "text": "pins showing"},
 }
 # Public routes are covered by their own tests (login, refresh, …), not by the matrix.
 PROTECTED = [r for r in all_routes() if r.scope != "public"]
@@ -85,7 +88,10 @@ def expected(route: Route, caller: str) -> int:
 
 def _url(route: Route, world: w.World, caller: str) -> str:
     params = dict(
-        PARAMS, user_id=world.user_ids["viewer"], recommendation_id=world.recommendation_id
+        PARAMS,
+        user_id=world.user_ids["viewer"],
+        recommendation_id=world.recommendation_id,
+        alert_id=world.alert_id,
     )
     if "notification_id" in route.path:
         own = world.notification_ids.get(caller, world.notification_ids["owner"])
