@@ -138,9 +138,13 @@ export function logbookSection(ctx, farmId, roomId, canOperate) {
   function noteForm() {
     const text = field('log-note-text', 'Note', noteText());
     const at = field('log-note-at', 'When', input('at', { type: 'datetime-local', value: localInput(new Date()) }));
-    return [form('note', [text, at], 'Add note', () => api.request('POST', roomUrl('/logbook'), {
-      kind: 'note', text: text.input.value.trim(), at: fromLocalInput(at.input.value),
-    })), text.input];
+    const shown = at.input.value;
+    return [form('note', [text, at], 'Add note', () => {
+      const body = { kind: 'note', text: text.input.value.trim() };
+      // Left at the minute it showed: now, to the second (the input has no seconds).
+      if (at.input.value && at.input.value !== shown) body.at = fromLocalInput(at.input.value);
+      return api.request('POST', roomUrl('/logbook'), body);
+    }), text.input];
   }
 
   function batchForm() {
@@ -164,10 +168,11 @@ export function logbookSection(ctx, farmId, roomId, canOperate) {
     const flush = field('log-harvest-flush', 'Flush', input('flush', { type: 'number', min: 1, max: 20, step: 1 }), 'Optional: the coming flush by default.');
     const at = field('log-harvest-at', 'Harvested', input('harvested_at', { type: 'datetime-local', value: localInput(new Date()) }));
     const note = field('log-harvest-note', 'Note', input('note', { maxlength: 500 }));
+    const shown = at.input.value;
     return [form('harvest', [weight, flush, at, note], 'Log harvest', () => {
       const body = { weight_kg: weight.input.value === '' ? null : Number(weight.input.value), note: note.input.value.trim() };
       if (flush.input.value) body.flush = Number(flush.input.value);
-      if (at.input.value) body.harvested_at = fromLocalInput(at.input.value);
+      if (at.input.value && at.input.value !== shown) body.harvested_at = fromLocalInput(at.input.value);
       return api.request('POST', roomUrl('/harvests'), body);
     }), weight.input];
   }
