@@ -170,6 +170,11 @@ export function logbookSection(ctx, farmId, roomId, canOperate) {
     const note = field('log-harvest-note', 'Note', input('note', { maxlength: 500 }));
     const shown = at.input.value;
     return [form('harvest', [weight, flush, at, note], 'Log harvest', () => {
+      if (weight.input.value === '') {
+        const err = new Error('no weight');
+        err.fields = { 'body.weight_kg': 'Enter the fresh weight in kg.' };
+        throw err;
+      }
       const body = { weight_kg: weight.input.value === '' ? null : Number(weight.input.value), note: note.input.value.trim() };
       if (flush.input.value) body.flush = Number(flush.input.value);
       if (at.input.value && at.input.value !== shown) body.harvested_at = fromLocalInput(at.input.value);
