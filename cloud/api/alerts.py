@@ -24,6 +24,7 @@ from cloud.errors import Conflict, NotFound
 from cloud.notify import policy
 from cloud.notify.episodes import LABELS
 from cloud.notify.webhook import check_url
+from shared.models import Id
 
 Severity = Literal["info", "warning", "critical"]
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
@@ -76,13 +77,13 @@ class EpisodeQuery(SpanQuery):
         " acknowledged; unacknowledged: never acknowledged, cleared or not",
     )
     severity: list[Severity] | None = Field(default=None, max_length=3, description="repeatable")
-    room_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9][\w-]*$")
+    room_id: Id | None = None
     kind: str | None = Field(default=None, max_length=64, pattern=r"^[a-z0-9_]+$")
 
 
 class AlarmCountsQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    room_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9][\w-]*$")
+    room_id: Id | None = None
 
 
 class AlarmCountsOut(Out):

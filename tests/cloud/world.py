@@ -40,7 +40,6 @@ class World:
     user_ids: dict[str, int] = field(default_factory=dict)
     notification_ids: dict[str, int] = field(default_factory=dict)
     recommendation_id: int = 0  # an open one in room B (humidifier on)
-    alert_id: int = 0  # an active farm-wide alarm of farm F (edge offline), not acknowledged
     start: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def email(self, role: str) -> str:
@@ -151,14 +150,6 @@ async def build_world(db: Database) -> World:
         ],
     )
     world.recommendation_id = rec["id"]
-    alarm = await db.fetch_one(
-        "INSERT INTO alert_episodes (farm_id, source, key, kind, severity, message, state,"
-        " started_at, last_at) VALUES (%(farm)s, 'cloud', 'edge:wf-edge', 'edge_offline',"
-        " 'critical', 'edge pi not heard from for 12 min', 'active', now(), now()) RETURNING id",
-        {"farm": FARM},
-    )
-    assert alarm is not None
-    world.alert_id = alarm["id"]
     start = world.start - timedelta(hours=2)
     rows = [
         (start + timedelta(minutes=i), ROOM_B, SENSOR_B, metric, value + i * 0.01)
@@ -167,3 +158,20 @@ async def build_world(db: Database) -> World:
     ]
     await telemetry.insert_readings(db, FARM, rows)
     return world
+
+
+async def add_alarm(dsn: str) -> int:
+    """An active farm-wide alarm of farm F (not in the template: tests count alarms); its id."""
+    db = await Database.connect(dsn, min_size=1, max_size=1)
+    try:
+        row = await db.fetch_one(
+            "INSERT INTO alert_episodes (farm_id, source, key, kind, severity, message, state,"
+            " started_at, last_at) VALUES (%(farm)s, %(edge)s, 'world:' || gen_random_uuid(),"
+            " 'sync_backlog', 'critical', 'outbox over its cap', 'active', now(), now())"
+            " RETURNING id",
+            {"farm": FARM, "edge": EDGE},
+        )
+    finally:
+        await db.close()
+    assert row is not None
+    return int(row["id"])
