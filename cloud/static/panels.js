@@ -47,7 +47,16 @@ export function alarmItem(api, farmId, alarm, { canOperate, showRoom, onChange }
       h('label', { for: id, text: `Note (optional) — ${label.toLowerCase()}` }), note,
       h('div', { class: 'actions' },
         h('button', { type: 'submit', class: 'primary', text: label }),
-        h('button', { type: 'button', text: 'Cancel', onclick: () => { form.remove(); buttons(); } })));
+        h('button', { type: 'button', text: 'Cancel', onclick: () => cancel() })));
+    function cancel() {
+      form.remove();
+      buttons();
+      const first = actions.querySelector('button');
+      if (first) first.focus();
+    }
+    form.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape') cancel();
+    });
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
       msg.textContent = '';

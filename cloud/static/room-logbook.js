@@ -100,7 +100,9 @@ export function logbookSection(ctx, farmId, roomId, canOperate) {
     const el = h('form', { class: `log-form ${kind}`, novalidate: true },
       fields.map((f) => f.el), h('div', { class: 'actions' },
         h('button', { type: 'submit', class: 'primary', text: submitText }),
-        h('button', { type: 'button', text: 'Cancel', onclick: () => close() })));
+        h('button', { type: 'button', text: 'Cancel', onclick: () => cancel() })));
+    const cancel = () => { close(); openers[kind].focus(); };
+    el.addEventListener('keydown', (event) => { if (event.key === 'Escape') cancel(); });
     el.addEventListener('submit', async (event) => {
       event.preventDefault();
       for (const f of fields) { f.error.hidden = true; f.input.removeAttribute('aria-invalid'); }
