@@ -93,11 +93,11 @@ async def test_alarms_severity_acknowledge_clear_and_history(  # type: ignore[no
     assert runaway["room_name"] == w.ROOM_B and runaway["device_name"] == w.ACTUATOR_B
     assert runaway["kind_label"] == "Actuator running away"
     critical = await _alarms(client, auth("viewer"), "?severity=critical&status=open")
-    assert {a["kind"] for a in critical} == {"actuator_runaway", "edge_offline"}
+    assert {a["kind"] for a in critical} == {"actuator_runaway"}
     counts = await ok(
         await client.get(f"/api/farms/{w.FARM}/alerts/counts", headers=auth("viewer"))
     )
-    assert counts == {"unacknowledged": 3, "critical": 2, "open": 3}
+    assert counts == {"unacknowledged": 2, "critical": 1, "open": 2}
 
     url = f"/api/farms/{w.FARM}/alerts/{runaway['id']}"
     await problem(await client.post(url + "/acknowledge", json={}, headers=auth("viewer")), 403)
@@ -460,3 +460,26 @@ async def test_logbook_records_stages_notes_batches_and_harvests(  # type: ignor
         await client.get(f"{url}?from=2030-01-02&to=2030-01-01", headers=auth("viewer")), 422
     )
     assert bad["errors"][0]["field"] == "query.from"
+
+
+async def test_an_alarms_severity_follows_its_kind_never_below(world_dsn) -> None:  # type: ignore[no-untyped-def]
+    db = await Database.connect(world_dsn, min_size=1, max_size=1)
+    try:
+        for kind, reported, want in (
+            ("actuator_runaway", "info", "critical"),
+            ("actuator_not_acking", "warning", "critical"),
+            ("edge_offline", "notice", "critical"),
+            ("out_of_band", "info", "warning"),
+            ("out_of_band", "critical", "critical"),  # the reporter may know better
+            ("sensor_silent", "whatever", "warning"),  # unknown words count as a warning
+            ("command_failed", "error", "critical"),
+            ("stage_due", "info", "info"),  # a kind with no floor keeps what it was given
+            ("stage_due", "warn", "warning"),
+        ):
+            row = await db.fetch_one(
+                "SELECT alarm_severity(%(kind)s, %(reported)s) AS s",
+                {"kind": kind, "reported": reported},
+            )
+            assert row is not None and row["s"] == want, (kind, reported)
+    finally:
+        await db.close()

@@ -3,6 +3,8 @@ DROP FUNCTION room_logbook_stage_by();
 DROP TRIGGER room_logbook_stage ON rooms;
 DROP FUNCTION room_logbook_stage();
 DROP TABLE room_logbook;
+DROP INDEX edge_commands_room_idx;
+DROP INDEX edge_commands_cloud_idx;
 
 DROP TRIGGER alert_episodes_live ON alert_episodes;
 CREATE TRIGGER alert_episodes_live AFTER INSERT OR UPDATE OF state, severity, message

@@ -57,6 +57,12 @@ CREATE TRIGGER alert_episodes_live
     AFTER INSERT OR UPDATE OF state, severity, message, acknowledged_at, cleared_by
     ON alert_episodes FOR EACH ROW EXECUTE FUNCTION live_alert_changed();
 
+-- ---- the command audit -------------------------------------------------------------------------
+-- The edge's record of a cloud command (its ack time), and a room's commands made on the edge.
+CREATE INDEX edge_commands_cloud_idx ON edge_commands (farm_id, cloud_command_id)
+    WHERE cloud_command_id IS NOT NULL;
+CREATE INDEX edge_commands_room_idx ON edge_commands (farm_id, room_id, created_at DESC);
+
 -- ---- the grow logbook ----------------------------------------------------------------------------
 -- Notes, batches (a new batch or flush started) and stage changes. Harvests stay in `harvests`
 -- and are read beside these (never stored twice).
