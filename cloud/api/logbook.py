@@ -23,7 +23,7 @@ from cloud.api.schemas import AwareIsoDateTime, In, Out
 from cloud.db import audit
 from cloud.db import harvests as harvests_db
 from cloud.db import logbook as logbook_db
-from cloud.errors import ValidationFailed
+from cloud.errors import Conflict, NotFound, ValidationFailed
 from shared.vocabulary import STAGE_LABELS
 
 Kind = Literal["batch", "stage", "note", "harvest"]
@@ -193,6 +193,33 @@ async def add_entry(call: Call) -> EntryOut:
     return _entry(row)
 
 
+async def delete_entry(call: Call) -> None:
+    """Remove a note, a batch or a harvest recorded by mistake (`log-{n}`, `harvest-{n}`)
+    Stage changes stay: they are what the room went through (409); change the stage instead."""
+    room_id = call.param("room_id")
+    kind, _, number = call.param("entry_id").partition("-")
+    if kind not in ("log", "harvest") or not number.isdigit() or len(number) > 18:
+        raise NotFound("no such logbook entry")
+    entry_id = int(number)
+    if kind == "log" and await logbook_db.kind_of(call.db, call.farm_id, room_id, entry_id) == (
+        "stage"
+    ):
+        raise Conflict("stage changes stay in the logbook; change the room's stage instead")
+    removed = await logbook_db.delete(call.db, call.farm_id, room_id, kind, entry_id)
+    if removed is None:
+        raise NotFound("no such logbook entry")
+    await audit.record(
+        call.db,
+        user_id=call.user_id,
+        farm_id=call.farm_id,
+        action="logbook.delete" if kind == "log" else "harvest.delete",
+        target=call.param("entry_id"),
+        detail={"room_id": room_id, **{k: v for k, v in removed.items() if k != "id"}},
+    )
+    if kind == "harvest":
+        await call.app[appkeys.JOBS].defer("predict_yield", room_id=room_id, farm_id=call.farm_id)
+
+
 _PATH = "/api/rooms/{room_id}/logbook"
 ROUTES: list[Route] = [
     Route(
@@ -215,5 +242,15 @@ ROUTES: list[Route] = [
         status=201,
         tag="yield",
         errors=(422,),
+    ),
+    Route(
+        "DELETE",
+        _PATH + "/{entry_id}",
+        delete_entry,
+        "room",
+        role="operator",
+        status=204,
+        tag="yield",
+        errors=(409,),
     ),
 ]

@@ -45,6 +45,16 @@ INSERT INTO room_logbook (farm_id, room_id, kind, at, title, text, details, crea
 VALUES (%(farm_id)s, %(room_id)s, %(kind)s, coalesce(%(at)s, now()), %(title)s, %(text)s,
         %(details)s, %(user_id)s)
 RETURNING id"""
+DELETE_ENTRY = """
+DELETE FROM room_logbook
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s AND id = %(id)s AND kind IN ('note', 'batch')
+RETURNING id, kind"""
+DELETE_HARVEST = """
+DELETE FROM harvests WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s AND id = %(id)s
+RETURNING id, weight_kg, flush"""
+KIND_OF = """
+SELECT kind FROM room_logbook
+WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s AND id = %(id)s"""
 
 
 async def entries(
@@ -120,3 +130,17 @@ async def one(db: Database, farm_id: str, room_id: str, entry_id: int) -> dict[s
         },
     )
     return rows[0] if rows else None
+
+
+async def delete(
+    db: Database, farm_id: str, room_id: str, kind: str, entry_id: int
+) -> dict[str, Any] | None:
+    """Remove a note or batch (``kind`` "log") or a harvest (``kind`` "harvest"): the removed
+    row, or None when there is no such entry (or it is a stage change, which stays)."""
+    params = {"farm_id": farm_id, "room_id": room_id, "id": entry_id}
+    return await db.fetch_one(DELETE_HARVEST if kind == "harvest" else DELETE_ENTRY, params)
+
+
+async def kind_of(db: Database, farm_id: str, room_id: str, entry_id: int) -> str | None:
+    row = await db.fetch_one(KIND_OF, {"farm_id": farm_id, "room_id": room_id, "id": entry_id})
+    return str(row["kind"]) if row else None

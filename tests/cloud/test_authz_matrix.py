@@ -86,12 +86,13 @@ def expected(route: Route, caller: str) -> int:
     return route.status if RANK[role] >= RANK[route.role] else 403
 
 
-def _url(route: Route, world: w.World, caller: str, alert_id: int = 0) -> str:
+def _url(route: Route, world: w.World, caller: str, alert_id: int = 0, entry_id: str = "") -> str:
     params = dict(
         PARAMS,
         user_id=world.user_ids["viewer"],
         recommendation_id=world.recommendation_id,
         alert_id=alert_id,
+        entry_id=entry_id,
     )
     if "notification_id" in route.path:
         own = world.notification_ids.get(caller, world.notification_ids["owner"])
@@ -147,10 +148,12 @@ async def test_matrix(  # type: ignore[no-untyped-def]
     elif caller != "anonymous":
         headers = w.bearer(tokens, world.user_ids[caller])
     body = BODIES.get(_key(route))
-    # An alarm to act on, made for the case (the template has none: other tests count them).
+    # An alarm or a logbook note to act on, made for the case (the template has none: other
+    # tests count them).
     alert_id = await w.add_alarm(dsn) if "{alert_id}" in route.path else 0
+    entry_id = await w.add_note(dsn) if "{entry_id}" in route.path else ""
     resp = await world_client.request(
-        route.method, _url(route, world, caller, alert_id), json=body, headers=headers
+        route.method, _url(route, world, caller, alert_id, entry_id), json=body, headers=headers
     )
     text = await resp.text()
     assert resp.status == want, f"{_key(route)} as {caller}: {resp.status} {text[:300]}"

@@ -441,6 +441,20 @@ async def test_logbook_records_stages_notes_batches_and_harvests(  # type: ignor
         cursor = page["next_cursor"]
     assert seen == [e["id"] for e in items]
 
+    # A note, a batch or a harvest recorded by mistake can go; stage changes stay.
+    await problem(await client.delete(f"{url}/{note['id']}", headers=auth("viewer")), 403)
+    await ok(await client.delete(f"{url}/{note['id']}", headers=auth("operator")), 204)
+    await problem(await client.delete(f"{url}/{note['id']}", headers=auth("operator")), 404)
+    await ok(await client.delete(f"{url}/harvest-{harvest['id']}", headers=auth("owner")), 204)
+    kept = await problem(await client.delete(f"{url}/{items[0]['id']}", headers=auth("owner")), 409)
+    assert "stage" in kept["detail"]
+    for bogus in ("note-1", "log-x", "harvest-99999", "log-99999999999999999999"):
+        await problem(await client.delete(f"{url}/{bogus}", headers=auth("owner")), 404)
+    left = (await ok(await client.get(url, headers=auth("viewer"))))["items"]
+    assert [e["kind"] for e in left] == ["stage", "stage", "stage", "batch"]
+    harvests = await ok(await client.get(f"/api/rooms/{w.ROOM_B}/harvests", headers=auth("viewer")))
+    assert harvests["items"] == []
+
     # Refusals name the field; viewers read but do not write.
     for body, field in (
         ({"kind": "note"}, "body.text"),

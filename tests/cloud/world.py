@@ -175,3 +175,18 @@ async def add_alarm(dsn: str) -> int:
         await db.close()
     assert row is not None
     return int(row["id"])
+
+
+async def add_note(dsn: str) -> str:
+    """A logbook note in room B of farm F; its entry id (``log-{n}``)."""
+    db = await Database.connect(dsn, min_size=1, max_size=1)
+    try:
+        row = await db.fetch_one(
+            "INSERT INTO room_logbook (farm_id, room_id, kind, text) VALUES"
+            " (%(farm)s, %(room)s, 'note', 'pins on shelf 2') RETURNING id",
+            {"farm": FARM, "room": ROOM_B},
+        )
+    finally:
+        await db.close()
+    assert row is not None
+    return f"log-{row['id']}"
