@@ -126,6 +126,10 @@ export function alertsPanel({ api, live }, farmId, roomId = null) {
 
   // Any change (new, acknowledged, cleared; here or by someone else): reload the list, once
   // for a burst. Cleared ones stay a minute so the change is seen.
+  const reload = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => load().catch((err) => console.warn('alarms', err)), 250);
+  };
   const stop = listen(live, 'alert', (event) => {
     const { farm_id: farm, alert } = event.detail;
     if (farm !== farmId || (roomId && alert && alert.room_id !== roomId)) return;
@@ -133,10 +137,16 @@ export function alertsPanel({ api, live }, farmId, roomId = null) {
       alarms.set(alert.id, { ...alarms.get(alert.id), status: 'cleared', resolved_at: alert.resolved_at });
       setTimeout(() => { alarms.delete(alert.id); render(); }, 60000);
     }
-    clearTimeout(timer);
-    timer = setTimeout(() => load().catch((err) => console.warn('alarms', err)), 250);
+    reload();
   });
-  return { el, load, dispose: () => { clearTimeout(timer); stop(); } };
+  // The caller's own notice of an alarm comes whatever the page subscribed to (and may come
+  // before the page's subscription does): reload then too.
+  const stopNotes = listen(live, 'notification', (event) => {
+    const note = event.detail.notification;
+    if (!note || note.farm_id !== farmId || (roomId && note.room_id !== roomId)) return;
+    reload();
+  });
+  return { el, load, dispose: () => { clearTimeout(timer); stop(); stopNotes(); } };
 }
 
 export function recommendationsPanel({ api, live }, farmId, roomId, canOperate) {

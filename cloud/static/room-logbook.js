@@ -16,7 +16,7 @@ function field(id, label, input, hint) {
     hint ? h('p', { class: 'muted small', text: hint }) : null, error), input, error };
 }
 
-function entryItem(entry) {
+function entryItem(entry, remove) {
   const details = [];
   if (entry.kind === 'batch') {
     if (entry.substrate) details.push(`on ${entry.substrate}`);
@@ -34,7 +34,23 @@ function entryItem(entry) {
       h('strong', { class: 'title', text: title }),
       details.length ? h('span', { class: 'muted', text: ` · ${details.join(' · ')}` }) : null,
       text ? h('p', { class: 'text', text }) : null,
-      entry.by ? h('p', { class: 'muted small', text: `by ${entry.by}` }) : null));
+      entry.by ? h('p', { class: 'muted small', text: `by ${entry.by}` }) : null,
+      remove && entry.kind !== 'stage' ? removeControl(entry, remove) : null));
+}
+
+// "Remove" asks once more in place (no dialog), then removes.
+function removeControl(entry, remove) {
+  const what = (KIND_WORDS[entry.kind] || 'entry').toLowerCase();
+  const box = h('div', { class: 'actions' });
+  const first = () => clear(box, h('button', { type: 'button', class: 'quiet', text: `Remove ${what}`, onclick: () => {
+    clear(box,
+      h('span', { class: 'small', text: `Remove this ${what} for good?` }),
+      h('button', { type: 'button', class: 'danger', text: 'Yes, remove', onclick: () => remove(entry) }),
+      h('button', { type: 'button', text: 'Keep', onclick: () => { first(); box.querySelector('button').focus(); } }));
+    box.querySelector('button').focus();
+  } }));
+  first();
+  return box;
 }
 
 export function logbookSection(ctx, farmId, roomId, canOperate) {
@@ -82,11 +98,22 @@ export function logbookSection(ctx, farmId, roomId, canOperate) {
   async function page(reset) {
     const base = roomUrl('/logbook?order=desc&limit=25');
     const answer = await api.get(reset || !cursor ? base : `${base}&cursor=${encodeURIComponent(cursor)}`);
-    const rows = answer.items.map(entryItem);
+    const rows = answer.items.map((e) => entryItem(e, canOperate ? remove : null));
     if (reset) clear(list, rows.length ? rows : h('li', { class: 'muted', text: 'Nothing logged yet.' }));
     else list.append(...rows);
     cursor = answer.next_cursor;
     more.hidden = !cursor;
+  }
+
+  async function remove(entry) {
+    status.textContent = '';
+    try {
+      await api.request('DELETE', roomUrl(path`/logbook/${entry.id}`));
+      status.textContent = `Removed: ${entry.title}.`;
+      await Promise.all([page(true), loadYield()]);
+    } catch (err) {
+      status.textContent = `Could not remove: ${err.message}`;
+    }
   }
 
   more.addEventListener('click', async () => {

@@ -90,6 +90,9 @@ async def test_a_grower_handles_an_alarm_audits_a_switch_and_keeps_the_logbook(
             await page.locator('a.room[data-room="room-a"]').wait_for(timeout=15_000)
             await page.goto(the_cloud.url + "/" + room_url)
             await page.wait_for_selector('#conn[data-state="live"]', timeout=10_000)
+            # The room has loaded (its logbook last) and subscribed to its live updates.
+            await page.wait_for_selector('li.log-entry[data-kind="stage"]', timeout=10_000)
+            await page.wait_for_timeout(500)
 
             # ---- an alarm raised on the edge, which calls it mere information ------------------
             await edge.alerts.raise_alert(
@@ -170,13 +173,19 @@ async def test_a_grower_handles_an_alarm_audits_a_switch_and_keeps_the_logbook(
             kinds = await logbook.locator("li.log-entry").evaluate_all(
                 "els => els.map(e => e.dataset.kind)")
             assert kinds[:2] == ["note", "harvest"] and kinds[-1] == "stage", kinds
-            # A harvest without a weight: the API's refusal shows at the field.
+            # A harvest without a weight: the refusal shows at the field.
             await logbook.locator("button", has_text="Log harvest").click()
             await logbook.locator('form.log-form button[type="submit"]').click()
             error = page.locator("#log-harvest-weight-error")
             await error.wait_for(state="visible", timeout=10_000)
             assert await page.get_attribute("#log-harvest-weight", "aria-invalid") == "true"
             await page.screenshot(path=str(tmp_path / "operate-room.png"), full_page=True)
+            await logbook.locator("button", has_text="Cancel").click()
+            # A note written by mistake goes, after a second click.
+            await note.locator("button", has_text="Remove note").click()
+            await note.locator("button", has_text="Yes, remove").click()
+            await note.wait_for(state="detached", timeout=10_000)
+            assert await logbook.locator('li.log-entry[data-kind="harvest"]').count() == 1
 
             # The farm's command audit lists the switch too.
             await page.goto(the_cloud.url + f"/#/farm/{farm_id}/alarms/audit")
