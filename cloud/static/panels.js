@@ -126,9 +126,13 @@ export function alertsPanel({ api, live }, farmId, roomId = null) {
 
   // Any change (new, acknowledged, cleared; here or by someone else): reload the list, once
   // for a burst. Cleared ones stay a minute so the change is seen.
-  const reload = () => {
+  // A live change: reload, but not under someone typing a note (once its form closes).
+  const reload = (after = 250) => {
     clearTimeout(timer);
-    timer = setTimeout(() => load().catch((err) => console.warn('alarms', err)), 250);
+    timer = setTimeout(() => {
+      if (list.querySelector('form')) reload(2000);
+      else load().catch((err) => console.warn('alarms', err));
+    }, after);
   };
   const stop = listen(live, 'alert', (event) => {
     const { farm_id: farm, alert } = event.detail;

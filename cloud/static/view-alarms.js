@@ -26,6 +26,14 @@ function pagedList({ api, build, item, empty }) {
   let cursor = null;
   let count = 0;
   async function page(reset) {
+    list.setAttribute('aria-busy', 'true');
+    try {
+      await fetchPage(reset);
+    } finally {
+      list.setAttribute('aria-busy', 'false');
+    }
+  }
+  async function fetchPage(reset) {
     const url = build();
     const answer = await api.get(reset || !cursor ? url : `${url}&cursor=${encodeURIComponent(cursor)}`);
     const rows = answer.items.map(item);
@@ -36,15 +44,25 @@ function pagedList({ api, build, item, empty }) {
     more.hidden = !cursor;
     status.textContent = `${count}${cursor ? '+' : ''} shown.`;
   }
+  let waiting = null;
   async function load() {
     try { await page(true); } catch (err) { status.textContent = `Could not load: ${err.message}`; }
+  }
+  // A live change: reload, but not under someone typing a note (once its form closes).
+  function refresh() {
+    clearTimeout(waiting);
+    if (list.querySelector('form')) {
+      waiting = setTimeout(refresh, 2000);
+      return;
+    }
+    load();
   }
   more.addEventListener('click', async () => {
     more.disabled = true;
     try { await page(false); } catch (err) { status.textContent = `Could not load more: ${err.message}`; }
     more.disabled = false;
   });
-  return { el: h('div', {}, status, list, more), load };
+  return { el: h('div', {}, status, list, more), load, refresh, stop: () => clearTimeout(waiting) };
 }
 
 function span(from, to) {
@@ -98,7 +116,7 @@ export async function alarmsView(ctx, farmId, rest = []) {
     const onAlert = (event) => {
       if (event.detail.farm_id !== farmId) return;
       clearTimeout(timer);
-      timer = setTimeout(() => list.load(), 300);
+      timer = setTimeout(() => list.refresh(), 300);
     };
     live.addEventListener('alert', onAlert);
     stopLive = () => { clearTimeout(timer); live.removeEventListener('alert', onAlert); };
@@ -135,7 +153,7 @@ export async function alarmsView(ctx, farmId, rest = []) {
     const onCommand = (event) => {
       if (event.detail.farm_id !== farmId) return;
       clearTimeout(timer);
-      timer = setTimeout(() => list.load(), 400);
+      timer = setTimeout(() => list.refresh(), 400);
     };
     live.addEventListener('command', onCommand);
     stopLive = () => { clearTimeout(timer); live.removeEventListener('command', onCommand); };
@@ -150,5 +168,5 @@ export async function alarmsView(ctx, farmId, rest = []) {
       h('h2', { text: tab === 'audit' ? 'Who switched what' : 'Alarm history' }), form, list.el));
   await list.load();
   live.subscribe({ farm_id: farmId });
-  return () => stopLive();
+  return () => { stopLive(); list.stop(); };
 }

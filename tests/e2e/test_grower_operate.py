@@ -122,12 +122,14 @@ async def test_a_grower_handles_an_alarm_audits_a_switch_and_keeps_the_logbook(
             await page.wait_for_selector("h1:has-text('Alarms')")
             await page.select_option("#alarm-status", "acknowledged")
             await page.click("form.operate-filters button[type=submit]")
+            await page.wait_for_selector('ul[aria-busy="false"] li.alarm')
             row = page.locator(f'li.alarm[data-alert="{alarm["id"]}"]')
             await row.wait_for(timeout=10_000)
             assert await row.get_attribute("data-status") == "acknowledged"
             assert await page.locator("li.alarm").count() == 1
             await page.select_option("#alarm-status", "")
             await page.click("form.operate-filters button[type=submit]")
+            await page.wait_for_selector('ul[aria-busy="false"] li.alarm')
             await row.locator("button", has_text="Clear").click()
             await row.locator('input[name="note"]').fill("relay replaced")
             await row.locator('form button[type="submit"]').click()
