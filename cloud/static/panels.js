@@ -13,8 +13,14 @@ function listen(live, type, handler) {
 // One alarm as a list item: severity, what and where, since when, who acknowledged or cleared
 // it, and (for operators) Acknowledge and Clear, each with an optional note.
 export function alarmItem(api, farmId, alarm, { canOperate, showRoom, onChange }) {
-  const where = [showRoom && alarm.room_id ? (alarm.room_name || alarm.room_id) : null,
-    alarm.device_id ? (alarm.device_name || alarm.device_id) : null].filter(Boolean).join(' · ');
+  // Where: the room (a link to it, on farm-wide lists) and the device.
+  const where = [
+    showRoom && alarm.room_id ? h('a', {
+      href: `#/farm/${encodeURIComponent(farmId)}/room/${encodeURIComponent(alarm.room_id)}`,
+      text: alarm.room_name || alarm.room_id,
+    }) : null,
+    alarm.device_id ? h('span', { class: 'muted', text: alarm.device_name || alarm.device_id }) : null,
+  ].filter(Boolean).flatMap((part, i) => (i ? [h('span', { class: 'muted', text: ' · ' }), part] : [part]));
   const state = [];
   if (alarm.status === 'cleared') {
     state.push(alarm.cleared_by
@@ -32,7 +38,7 @@ export function alarmItem(api, farmId, alarm, { canOperate, showRoom, onChange }
     h('div', { class: 'alarm-head' },
       h('span', { class: `badge ${alarm.severity}`, text: SEVERITY_WORDS[alarm.severity] || alarm.severity }),
       h('strong', { class: 'what', text: alarm.kind_label }),
-      where ? h('span', { class: 'muted', text: ` · ${where}` }) : null,
+      where.length ? h('span', { class: 'where' }, h('span', { class: 'muted', text: ' · ' }), where) : null,
       alarm.status !== 'active' ? h('span', { class: `status ${alarm.status}`, text: STATUS_WORDS[alarm.status] }) : null),
     h('p', { class: 'message', text: alarm.message }),
     h('p', { class: 'muted small when' },
