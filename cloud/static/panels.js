@@ -92,7 +92,11 @@ export function alarmItem(api, farmId, alarm, { canOperate, showRoom, onChange }
 export function alertsPanel({ api, live }, farmId, roomId = null) {
   const list = h('ul', { class: 'items alarms' });
   const summary = h('span', { class: 'muted small', role: 'status' });
-  const history = h('a', { href: `#/farm/${encodeURIComponent(farmId)}/alarms`, class: 'more', text: 'Alarm history' });
+  const history = h('a', {
+    href: `#/farm/${encodeURIComponent(farmId)}/alarms${roomId ? `/room/${encodeURIComponent(roomId)}` : ''}`,
+    class: 'more',
+    text: 'Alarm history',
+  });
   const el = h('section', { class: 'card panel alerts', 'aria-label': 'alarms' },
     h('div', { class: 'row' }, h('h2', { text: 'Alarms' }), summary, history), list);
   const alarms = new Map();

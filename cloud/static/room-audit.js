@@ -63,7 +63,7 @@ export function auditSection(ctx, farmId, roomId) {
   const el = h('section', { class: 'card panel audit-section', 'aria-label': 'command audit' },
     h('div', { class: 'row' },
       h('h2', { text: 'Who switched what' }),
-      h('a', { class: 'more', href: `#/farm/${encodeURIComponent(farmId)}/alarms/audit`, text: 'Farm audit' })),
+      h('a', { class: 'more', href: `#/farm/${encodeURIComponent(farmId)}/alarms/audit/room/${encodeURIComponent(roomId)}`, text: 'All of this room’s commands' })),
     h('div', { class: 'filters' }, h('label', { for: 'audit-device', text: 'Actuator' }), deviceSelect),
     list, status, more);
   let cursor = null;

@@ -74,7 +74,10 @@ function span(from, to) {
 
 export async function alarmsView(ctx, farmId, rest = []) {
   const { api, live, main, setCrumbs } = ctx;
+  // #/farm/{farm}/alarms[/audit][/room/{room}]: the tab, and a room to start filtered on.
   const tab = rest[0] === 'audit' ? 'audit' : 'alarms';
+  const after = tab === 'audit' ? rest.slice(1) : rest;
+  const startRoom = after[0] === 'room' && after[1] ? after[1] : '';
   const [farm, rooms, role] = await Promise.all([
     api.get(path`/api/farms/${farmId}`),
     api.all(path`/api/farms/${farmId}/rooms?limit=500`),
@@ -97,6 +100,7 @@ export async function alarmsView(ctx, farmId, rest = []) {
       ...Object.entries(STATUS_WORDS)]);
     const severity = select('alarm-severity', 'Severity', [['', 'Any'], ...Object.entries(SEVERITY_WORDS)]);
     const room = select('alarm-room', 'Room', roomOptions);
+    room.el.value = startRoom;
     const from = timeField('alarm-from', 'From');
     const to = timeField('alarm-to', 'To');
     list = pagedList({
@@ -122,6 +126,7 @@ export async function alarmsView(ctx, farmId, rest = []) {
     stopLive = () => { clearTimeout(timer); live.removeEventListener('alert', onAlert); };
   } else {
     const room = select('audit-room', 'Room', roomOptions);
+    room.el.value = startRoom;
     const device = select('audit-device', 'Actuator', [['', 'All actuators']]);
     const origin = select('audit-origin', 'Made by', [['', 'Anyone'], ...Object.entries(ORIGIN_WORDS)]);
     const outcome = select('audit-outcome', 'Outcome', [['', 'Any'], ...Object.entries(OUTCOME_WORDS)]);
@@ -135,6 +140,7 @@ export async function alarmsView(ctx, farmId, rest = []) {
       const devices = await api.all(path`/api/rooms/${room.el.value}/devices?limit=200&farm_id=${farmId}`);
       for (const d of devices.filter((x) => x.kind === 'actuator')) device.el.append(h('option', { value: d.id, text: d.name || d.id }));
     });
+    if (startRoom) room.el.dispatchEvent(new Event('change'));
     list = pagedList({
       api,
       empty: 'No commands match.',

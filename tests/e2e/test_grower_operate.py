@@ -120,6 +120,7 @@ async def test_a_grower_handles_an_alarm_audits_a_switch_and_keeps_the_logbook(
             # The farm's alarm history has it; the grower clears it there once fixed.
             await page.click("text=Alarm history")
             await page.wait_for_selector("h1:has-text('Alarms')")
+            assert await page.input_value("#alarm-room") == "room-a"  # it came from the room
             await page.select_option("#alarm-status", "acknowledged")
             await page.click("form.operate-filters button[type=submit]")
             await page.wait_for_selector('ul[aria-busy="false"] li.alarm')
