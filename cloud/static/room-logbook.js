@@ -68,8 +68,19 @@ export function logbookSection(ctx, farmId, roomId, canOperate) {
 
   // ---- the yield prediction -------------------------------------------------------------------
   async function loadYield() {
-    const y = await api.get(roomUrl('/yield'));
+    const [y, batches] = await Promise.all([
+      api.get(roomUrl('/yield')),
+      api.get(roomUrl('/logbook?kind=batch&order=desc&limit=1')),
+    ]);
     const parts = [];
+    const batch = batches.items[0];
+    if (batch) {
+      const since = batch.spawn_date ? new Date(`${batch.spawn_date}T00:00:00`) : new Date(batch.at);
+      const days = Math.max(0, Math.floor((Date.now() - since.getTime()) / 86400000));
+      parts.push(h('p', { class: 'current-batch' },
+        h('strong', { text: `Current batch: ${batch.strain || batch.title}` }),
+        h('span', { class: 'muted', text: `${batch.substrate ? ` on ${batch.substrate}` : ''} · ${batch.spawn_date ? `spawned ${day(batch.spawn_date)}` : `started ${when(batch.at)}`} · day ${days + 1}` })));
+    }
     if (y.current) {
       const c = y.current;
       parts.push(h('p', {},

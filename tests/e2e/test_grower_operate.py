@@ -189,6 +189,21 @@ async def test_a_grower_handles_an_alarm_audits_a_switch_and_keeps_the_logbook(
             await note.locator("button", has_text="Yes, remove").click()
             await note.wait_for(state="detached", timeout=10_000)
             assert await logbook.locator('li.log-entry[data-kind="harvest"]').count() == 1
+            # A new batch, with its substrate: it heads the yield box.
+            await logbook.locator("button", has_text="New batch").click()
+            await page.fill("#log-batch-strain", "Blue oyster PoHu")
+            await page.fill("#log-batch-substrate", "straw")
+            await page.fill("#log-batch-dry", "12.5")
+            await logbook.locator('form.log-form button[type="submit"]').click()
+            batch = logbook.locator('li.log-entry[data-kind="batch"]')
+            await batch.wait_for(timeout=10_000)
+            assert "New batch: Blue oyster PoHu" in (await batch.text_content() or "")
+            assert "12.5 kg dry substrate" in (await batch.text_content() or "")
+            yield_box = logbook.locator(".yield-box")
+            await page.wait_for_function(
+                "document.querySelector('.yield-box').textContent.includes('12.5 kg dry')")
+            heading = await yield_box.text_content() or ""
+            assert "Current batch: Blue oyster PoHu on straw" in heading and "day 1" in heading
 
             # The farm's command audit lists the switch too.
             await page.goto(the_cloud.url + f"/#/farm/{farm_id}/alarms/audit")
