@@ -141,7 +141,7 @@ export function alertsPanel({ api, live }, farmId, roomId = null) {
     clearTimeout(timer);
     timer = setTimeout(() => {
       if (list.querySelector('form')) reload(2000);
-      else load().catch((err) => console.warn('alarms', err));
+      else if (live.state === 'live') load().catch((err) => console.warn('alarms', err));
     }, after);
   };
   const stop = listen(live, 'alert', (event) => {

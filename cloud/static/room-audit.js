@@ -112,7 +112,8 @@ export function auditSection(ctx, farmId, roomId) {
   const onCommand = (event) => {
     if (event.detail.farm_id !== farmId || event.detail.room_id !== roomId) return;
     clearTimeout(timer);
-    timer = setTimeout(() => page(true).catch(() => {}), 1000);
+    // Not while the socket is down: the cloud is away, and "resync" reloads once it is back.
+    timer = setTimeout(() => { if (live.state === 'live') page(true).catch(() => {}); }, 1000);
   };
   // The edge's own switches (automation, its page, Home Assistant) show as a device's new status.
   live.addEventListener('command', onCommand);

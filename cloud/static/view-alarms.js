@@ -120,7 +120,7 @@ export async function alarmsView(ctx, farmId, rest = []) {
     const onAlert = (event) => {
       if (event.detail.farm_id !== farmId) return;
       clearTimeout(timer);
-      timer = setTimeout(() => list.refresh(), 300);
+      timer = setTimeout(() => { if (live.state === 'live') list.refresh(); }, 300);
     };
     live.addEventListener('alert', onAlert);
     stopLive = () => { clearTimeout(timer); live.removeEventListener('alert', onAlert); };
@@ -159,7 +159,7 @@ export async function alarmsView(ctx, farmId, rest = []) {
     const onCommand = (event) => {
       if (event.detail.farm_id !== farmId) return;
       clearTimeout(timer);
-      timer = setTimeout(() => list.refresh(), 400);
+      timer = setTimeout(() => { if (live.state === 'live') list.refresh(); }, 400);
     };
     live.addEventListener('command', onCommand);
     stopLive = () => { clearTimeout(timer); live.removeEventListener('command', onCommand); };

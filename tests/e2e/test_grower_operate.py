@@ -199,9 +199,8 @@ async def test_a_grower_handles_an_alarm_audits_a_switch_and_keeps_the_logbook(
             await batch.wait_for(timeout=10_000)
             assert "New batch: Blue oyster PoHu" in (await batch.text_content() or "")
             assert "12.5 kg dry substrate" in (await batch.text_content() or "")
-            yield_box = logbook.locator(".yield-box")
-            await page.wait_for_function(
-                "document.querySelector('.yield-box').textContent.includes('12.5 kg dry')")
+            yield_box = logbook.locator(".yield-box", has_text="12.5 kg dry")
+            await yield_box.wait_for(timeout=10_000)
             heading = await yield_box.text_content() or ""
             assert "Current batch: Blue oyster PoHu on straw" in heading and "day 1" in heading
 
