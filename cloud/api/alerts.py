@@ -1,4 +1,5 @@
-"""Alerts and how they reach people: a farm's alert episodes, the caller's unread count, their
+"""Alerts and how they reach people: a farm's alarms (alert episodes with their severity,
+acknowledged and cleared by whom, and their history), the caller's unread count, their
 notification preferences (email, webhook, severity, quiet hours, hourly cap, and how each
 channel is doing) and deliveries."""
 
@@ -9,41 +10,90 @@ from datetime import datetime, time
 from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cloud.api.operate_query import SpanQuery
 from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import Email, In, Out
-from cloud.db import alerts as alerts_db
+from cloud.db import alarms as alarms_db
+from cloud.db import audit
 from cloud.db import notifications as notes_db
 from cloud.db import notify as notify_db
+from cloud.errors import Conflict, NotFound
 from cloud.notify import policy
+from cloud.notify.episodes import LABELS
 from cloud.notify.webhook import check_url
+from shared.models import Id
 
 Severity = Literal["info", "warning", "critical"]
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 
+AlarmStatus = Literal["active", "acknowledged", "cleared"]
+
+
 class EpisodeOut(Out):
+    """An alarm: ``state`` is the condition (active/resolved), ``status`` what people did about
+    it: active (nobody has acknowledged it), acknowledged (someone is on it) or cleared (the
+    condition ended, or an operator cleared it: ``cleared_by``)."""
+
     id: int
     source: str = Field(description="the edge that raised it, or 'cloud'")
     key: str
     kind: str
+    kind_label: str = Field(description="the kind in words, e.g. 'Sensor silent'")
     severity: Severity
     message: str
     room_id: str | None
+    room_name: str | None
     device_id: str | None
+    device_name: str | None
     state: Literal["active", "resolved"]
+    status: AlarmStatus
     started_at: datetime
     last_at: datetime
-    resolved_at: datetime | None
+    resolved_at: datetime | None = Field(description="when it was cleared")
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None = Field(description="the name or email of who acknowledged it")
+    ack_note: str
+    cleared_by: str | None = Field(description="who cleared it; null when its condition ended")
+    cleared_by_operator: bool
+    clear_note: str
     reminders: int
     notified: bool
 
 
-class EpisodeQuery(PageQuery):
+StatusFilter = Literal["active", "acknowledged", "cleared", "open", "unacknowledged"]
+
+
+class EpisodeQuery(SpanQuery):
+    state: Literal["active", "resolved"] | None = Field(
+        default=None, description="the condition: active or resolved"
+    )
+    status: StatusFilter | None = Field(
+        default=None,
+        description="active (not acknowledged), acknowledged, cleared; open: active or"
+        " acknowledged; unacknowledged: never acknowledged, cleared or not",
+    )
+    severity: list[Severity] | None = Field(default=None, max_length=3, description="repeatable")
+    room_id: Id | None = None
+    kind: str | None = Field(default=None, max_length=64, pattern=r"^[a-z0-9_]+$")
+
+
+class AlarmCountsQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    state: Literal["active", "resolved"] | None = None
+    room_id: Id | None = None
+
+
+class AlarmCountsOut(Out):
+    unacknowledged: int = Field(description="active and not acknowledged")
+    critical: int = Field(description="of those, critical")
+    open: int = Field(description="active, acknowledged or not")
+
+
+class AlarmActionIn(In):
+    note: str = Field(default="", max_length=500, description="what was done, for the history")
 
 
 class UnreadOut(Out):
@@ -159,22 +209,108 @@ def _out(
     )
 
 
+def _alarm(row: dict[str, Any]) -> EpisodeOut:
+    label = LABELS.get(row["kind"], str(row["kind"]).replace("_", " ").capitalize())
+    return EpisodeOut.model_validate({**row, "kind_label": label})
+
+
+def _only(call: Call) -> list[str] | None:
+    assert call.access is not None
+    return sorted(call.access.room_ids) if call.access.room_ids is not None else None
+
+
 async def list_alerts(call: Call) -> Page[EpisodeOut]:
-    """List a farm's alert episodes (from its edges and the cloud's own checks), newest first"""
+    """A farm's alarms (from its edges and the cloud's own checks), newest first
+    Filters: `status` (what people did), `state` (the condition), `severity` (repeatable),
+    `room_id`, `kind`, and a span: `from`/`to` keep the alarms that were going on in it."""
     q: EpisodeQuery = call.query
     after = decode_cursor(q.cursor, int)
-    assert call.access is not None
-    only = sorted(call.access.room_ids) if call.access.room_ids is not None else None
-    rows = await alerts_db.list_episodes(
+    rows = await alarms_db.history(
         call.db,
         call.farm_id,
+        only=_only(call),
+        room_id=q.room_id,
+        severity=list(q.severity) if q.severity else None,
+        kind=q.kind,
+        status=q.status,
         state=q.state,
-        only=only,
+        since=q.from_,
+        until=q.to,
         after=after[0] if after else None,
         limit=q.limit + 1,
     )
     rows, cursor = paginate(rows, q.limit, lambda r: [r["id"]])
-    return Page[EpisodeOut](items=[EpisodeOut.model_validate(r) for r in rows], next_cursor=cursor)
+    return Page[EpisodeOut](items=[_alarm(r) for r in rows], next_cursor=cursor)
+
+
+async def alarm_counts(call: Call) -> AlarmCountsOut:
+    """How many of the farm's (or a room's) alarms wait for someone"""
+    q: AlarmCountsQuery = call.query
+    row = await alarms_db.counts(call.db, call.farm_id, only=_only(call), room_id=q.room_id)
+    return AlarmCountsOut.model_validate(row)
+
+
+async def _visible_alarm(call: Call) -> dict[str, Any]:
+    raw = call.param("alert_id")
+    alarm_id = int(raw) if raw.isdigit() and len(raw) < 19 else 0
+    row = await alarms_db.get(call.db, call.farm_id, alarm_id)
+    only = _only(call)
+    if row is None or (only is not None and row["room_id"] and row["room_id"] not in only):
+        raise NotFound("alarm not found")
+    return row
+
+
+async def get_alert(call: Call) -> EpisodeOut:
+    """One alarm"""
+    return _alarm(await _visible_alarm(call))
+
+
+async def acknowledge_alert(call: Call) -> EpisodeOut:
+    """Acknowledge an alarm: someone is on it (its reminders stop; its end is still announced)
+    409 when it was acknowledged already (the answer says by whom)."""
+    body: AlarmActionIn = call.body
+    row = await _visible_alarm(call)
+    done = await alarms_db.acknowledge(
+        call.db, call.farm_id, row["id"], user_id=call.user_id, note=body.note
+    )
+    if not done:
+        current = await alarms_db.get(call.db, call.farm_id, row["id"])
+        who = (current or row).get("acknowledged_by") or "someone"
+        raise Conflict(f"already acknowledged by {who}")
+    await audit.record(
+        call.db,
+        user_id=call.user_id,
+        farm_id=call.farm_id,
+        action="alarm.acknowledge",
+        target=str(row["id"]),
+        detail={"kind": row["kind"], "room_id": row["room_id"], "note": body.note},
+    )
+    fresh = await alarms_db.get(call.db, call.farm_id, row["id"])
+    assert fresh is not None
+    return _alarm(fresh)
+
+
+async def clear_alert(call: Call) -> EpisodeOut:
+    """Clear an alarm by hand: it closes now; if its condition comes back that is a new alarm
+    409 when it is cleared already."""
+    body: AlarmActionIn = call.body
+    row = await _visible_alarm(call)
+    done = await alarms_db.clear(
+        call.db, call.farm_id, row["id"], user_id=call.user_id, note=body.note
+    )
+    if not done:
+        raise Conflict("already cleared")
+    await audit.record(
+        call.db,
+        user_id=call.user_id,
+        farm_id=call.farm_id,
+        action="alarm.clear",
+        target=str(row["id"]),
+        detail={"kind": row["kind"], "room_id": row["room_id"], "note": body.note},
+    )
+    fresh = await alarms_db.get(call.db, call.farm_id, row["id"])
+    assert fresh is not None
+    return _alarm(fresh)
 
 
 async def unread_count(call: Call) -> UnreadOut:
@@ -243,6 +379,45 @@ ROUTES = [
         query=EpisodeQuery,
         response=Page[EpisodeOut],
         tag="notifications",
+    ),
+    Route(
+        "GET",
+        "/api/farms/{farm_id}/alerts/counts",
+        alarm_counts,
+        "farm",
+        query=AlarmCountsQuery,
+        response=AlarmCountsOut,
+        tag="notifications",
+    ),
+    Route(
+        "GET",
+        "/api/farms/{farm_id}/alerts/{alert_id}",
+        get_alert,
+        "farm",
+        response=EpisodeOut,
+        tag="notifications",
+    ),
+    Route(
+        "POST",
+        "/api/farms/{farm_id}/alerts/{alert_id}/acknowledge",
+        acknowledge_alert,
+        "farm",
+        role="operator",
+        body=AlarmActionIn,
+        response=EpisodeOut,
+        tag="notifications",
+        errors=(409, 422),
+    ),
+    Route(
+        "POST",
+        "/api/farms/{farm_id}/alerts/{alert_id}/clear",
+        clear_alert,
+        "farm",
+        role="operator",
+        body=AlarmActionIn,
+        response=EpisodeOut,
+        tag="notifications",
+        errors=(409, 422),
     ),
     Route(
         "GET",

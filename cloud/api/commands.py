@@ -1,17 +1,20 @@
-"""Manual commands to a room's actuators, stored ``pending`` for the edge sync to deliver."""
+"""Manual commands to a room's actuators, stored ``pending`` for the edge sync to deliver; and
+the command audit of a room or farm: who or what switched which actuator, and the outcome."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from cloud.api.operate_query import SpanQuery
 from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import In, Out
-from cloud.db import audit
+from cloud.db import audit, command_audit
 from cloud.db import commands as commands_db
 from cloud.db import devices as devices_db
 from cloud.errors import NotFound, ValidationFailed
@@ -151,6 +154,118 @@ async def get_command(call: Call) -> CommandOut:
     return CommandOut.model_validate(row)
 
 
+AuditOrigin = Literal["user", "automation", "edge_page", "home_assistant", "edge_start", "cloud"]
+AuditOutcome = Literal[
+    "pending", "delivered", "acked", "failed", "timed_out", "expired", "superseded"
+]
+ORIGIN_WORDS = {
+    "automation": "Automation",
+    "edge_page": "Edge page",
+    "home_assistant": "Home Assistant",
+    "edge_start": "Edge start-up",
+    "cloud": "Cloud",
+}
+_HOLD = re.compile(r"\bfor (\d+(?:\.\d+)?) min\b")
+_BY = re.compile(r"^manual by (.+?) for [\d.]+ min")
+
+
+class AuditQuery(SpanQuery):
+    device_id: Id | None = Field(default=None, description="only this actuator")
+    origin: AuditOrigin | None = Field(default=None, description="only commands made this way")
+    outcome: AuditOutcome | None = None
+
+
+class FarmAuditQuery(AuditQuery):
+    room_id: Id | None = Field(default=None, description="only this room")
+
+
+class AuditOut(Out):
+    id: str = Field(description="c-{command} for cloud commands, e-{edge}-{command} for the edge's")
+    command_id: str
+    room_id: str
+    room_name: str | None
+    device_id: str
+    device_name: str | None
+    actuator: str | None = Field(description="the device's role, e.g. humidifier")
+    action: str
+    value: float | bool | None
+    at: datetime
+    origin: AuditOrigin
+    by: str = Field(description="who, in words: a user's name or email, 'Automation', …")
+    reason: str | None = Field(description="the rule's reason, or the operator's hold")
+    hold_minutes: float | None = Field(description="how long a manual command holds off automation")
+    outcome: AuditOutcome
+    error: str | None
+    acked_at: datetime | None
+    ack_seconds: float | None = Field(description="from the command to the device's ack")
+    edge_id: str | None
+    edge_name: str | None
+
+
+def _audit_row(row: dict[str, Any]) -> AuditOut:
+    reason = row["reason"]
+    origin = row["origin"]
+    if origin == "user":
+        by = row["user_name"] or "a removed user"
+    elif origin == "edge_page":
+        who = _BY.match(reason or "")
+        by = f"Edge page ({who.group(1)})" if who else "Edge page"
+    else:
+        by = ORIGIN_WORDS[origin]
+    hold = _HOLD.search(reason or "") if origin != "automation" else None
+    acked = row["acked_at"]
+    seconds = None
+    if acked is not None and row["outcome"] == "acked":
+        seconds = round(max(0.0, (acked - row["at"]).total_seconds()), 3)
+    value = row["value"]
+    return AuditOut.model_validate(
+        {
+            **row,
+            "value": value if isinstance(value, int | float | bool) else None,
+            "by": by,
+            "hold_minutes": float(hold.group(1)) if hold else None,
+            "ack_seconds": seconds,
+        }
+    )
+
+
+def _audit_only(call: Call) -> list[str] | None:
+    assert call.access is not None
+    return sorted(call.access.room_ids) if call.access.room_ids is not None else None
+
+
+async def _audit(call: Call, q: AuditQuery, room_id: str | None) -> Page[AuditOut]:
+    after = decode_cursor(q.cursor, datetime, str)
+    rows = await command_audit.entries(
+        call.db,
+        call.farm_id,
+        room_id=room_id,
+        device_id=q.device_id,
+        only=_audit_only(call),
+        origin=q.origin,
+        outcome=q.outcome,
+        since=q.from_,
+        until=q.to,
+        after=(after[0], after[1]) if after else None,
+        limit=q.limit + 1,
+    )
+    rows, cursor = paginate(rows, q.limit, lambda r: [r["at"], r["id"]])
+    return Page[AuditOut](items=[_audit_row(r) for r in rows], next_cursor=cursor)
+
+
+async def room_audit(call: Call) -> Page[AuditOut]:
+    """A room's command audit, newest first: who or what switched which actuator, the outcome
+    Cloud users' commands with their delivery and the device's ack, and what the room's edge
+    did on its own (automation, its local page, Home Assistant, start-up)."""
+    return await _audit(call, call.query, call.param("room_id"))
+
+
+async def farm_audit(call: Call) -> Page[AuditOut]:
+    """A farm's command audit, newest first (every room the caller may see)"""
+    q: FarmAuditQuery = call.query
+    return await _audit(call, q, q.room_id)
+
+
 _BASE = "/api/rooms/{room_id}/commands"
 ROUTES = [
     Route(
@@ -175,4 +290,22 @@ ROUTES = [
         tag="commands",
     ),
     Route("GET", _BASE + "/{command_id}", get_command, "room", response=CommandOut, tag="commands"),
+    Route(
+        "GET",
+        "/api/rooms/{room_id}/command-audit",
+        room_audit,
+        "room",
+        query=AuditQuery,
+        response=Page[AuditOut],
+        tag="commands",
+    ),
+    Route(
+        "GET",
+        "/api/farms/{farm_id}/command-audit",
+        farm_audit,
+        "farm",
+        query=FarmAuditQuery,
+        response=Page[AuditOut],
+        tag="commands",
+    ),
 ]

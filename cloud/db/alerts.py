@@ -26,11 +26,13 @@ ACTIVE = f"""
 SELECT {EPISODE_COLUMNS} FROM alert_episodes
 WHERE farm_id = %(farm_id)s AND source = %(source)s AND key = %(key)s AND state = 'active'
 FOR UPDATE"""  # noqa: S608 - constant column list
-# A resolved episode whose "resolved" was not sent yet (or never needed): it may reopen.
+# A resolved episode whose "resolved" was not sent yet (or never needed): it may reopen. One an
+# operator cleared stays closed: the condition coming back is a new alarm.
 RECENT = f"""
 SELECT {EPISODE_COLUMNS} FROM alert_episodes
 WHERE farm_id = %(farm_id)s AND source = %(source)s AND key = %(key)s AND state = 'resolved'
   AND resolved_at >= %(since)s AND (next_notice_at IS NOT NULL OR NOT notified)
+  AND cleared_by IS NULL
 ORDER BY resolved_at DESC LIMIT 1 FOR UPDATE"""  # noqa: S608
 CREATE = f"""
 INSERT INTO alert_episodes (farm_id, source, key, kind, severity, message, room_id, device_id,

@@ -47,7 +47,7 @@ CHECKS = ",".join(
 REAL_ID_SHARE = 0.8
 
 
-def _config(world: w.World) -> str:
+def _config(world: w.World, alert_id: int, entry_id: str) -> str:
     real = {
         "farm_id": [w.FARM],
         "room_id": [w.ROOM_B],
@@ -58,6 +58,8 @@ def _config(world: w.World) -> str:
         "user_id": [world.user_ids["viewer"]],
         "notification_id": [world.notification_ids["owner"]],
         "recommendation_id": [world.recommendation_id],
+        "alert_id": [alert_id],
+        "entry_id": [entry_id],
     }
     lines = ['hooks = "tests.cloud.schemathesis_hooks"', ""]
     for name, values in real.items():
@@ -130,7 +132,8 @@ async def test_fuzzing_the_openapi_document_finds_no_errors(  # type: ignore[no-
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     config = tmp_path / "schemathesis.toml"
-    config.write_text(_config(world))
+    alarm, note = await w.add_alarm(world_dsn), await w.add_note(world_dsn)
+    config.write_text(_config(world, alarm, note))
     token = tokens.issue(world.user_ids["owner"], ttl_s=3600)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -68,6 +68,9 @@ BODIES: dict[str, Any] = {
     "POST /api/rooms/{room_id}/harvests": {"weight_kg": 2.5},
     "PUT /api/users/me/notification-preferences": {"min_severity": "critical"},
     "PUT /api/farms/{farm_id}/device-network": {"mqtt_host": "192.168.1.20"},
+    "POST /api/farms/{farm_id}/alerts/{alert_id}/acknowledge": {"note": "on it"},
+    "POST /api/farms/{farm_id}/alerts/{alert_id}/clear": {},
+    "POST /api/rooms/{room_id}/logbook": {"kind": "note", "text": "pins showing"},
 }
 # Public routes are covered by their own tests (login, refresh, …), not by the matrix.
 PROTECTED = [r for r in all_routes() if r.scope != "public"]
@@ -90,9 +93,13 @@ def expected(route: Route, caller: str) -> int:
     return route.status if RANK[role] >= RANK[route.role] else 403
 
 
-def _url(route: Route, world: w.World, caller: str) -> str:
+def _url(route: Route, world: w.World, caller: str, alert_id: int = 0, entry_id: str = "") -> str:
     params = dict(
-        PARAMS, user_id=world.user_ids["viewer"], recommendation_id=world.recommendation_id
+        PARAMS,
+        user_id=world.user_ids["viewer"],
+        recommendation_id=world.recommendation_id,
+        alert_id=alert_id,
+        entry_id=entry_id,
     )
     if "notification_id" in route.path:
         own = world.notification_ids.get(caller, world.notification_ids["owner"])
@@ -161,7 +168,11 @@ async def test_matrix(  # type: ignore[no-untyped-def]
     elif caller != "anonymous":
         headers = w.bearer(tokens, world.user_ids[caller])
     body = BODIES.get(_key(route))
-    url = _url(route, world, caller)
+    # An alarm or a logbook note to act on, made for the case (the template has none: other
+    # tests count them).
+    alert_id = await w.add_alarm(dsn) if "{alert_id}" in route.path else 0
+    entry_id = await w.add_note(dsn) if "{entry_id}" in route.path else ""
+    url = _url(route, world, caller, alert_id, entry_id)
     if "/invites/{user_id}" in route.path and want < 400:
         # Renewing or revoking needs an invitation still open (an activated member is a 409).
         url = route.path.format(farm_id=w.FARM, user_id=await _open_invite(dsn))

@@ -158,3 +158,35 @@ async def build_world(db: Database) -> World:
     ]
     await telemetry.insert_readings(db, FARM, rows)
     return world
+
+
+async def add_alarm(dsn: str) -> int:
+    """An active farm-wide alarm of farm F (not in the template: tests count alarms); its id."""
+    db = await Database.connect(dsn, min_size=1, max_size=1)
+    try:
+        row = await db.fetch_one(
+            "INSERT INTO alert_episodes (farm_id, source, key, kind, severity, message, state,"
+            " started_at, last_at) VALUES (%(farm)s, %(edge)s, 'world:' || gen_random_uuid(),"
+            " 'sync_backlog', 'critical', 'outbox over its cap', 'active', now(), now())"
+            " RETURNING id",
+            {"farm": FARM, "edge": EDGE},
+        )
+    finally:
+        await db.close()
+    assert row is not None
+    return int(row["id"])
+
+
+async def add_note(dsn: str) -> str:
+    """A logbook note in room B of farm F; its entry id (``log-{n}``)."""
+    db = await Database.connect(dsn, min_size=1, max_size=1)
+    try:
+        row = await db.fetch_one(
+            "INSERT INTO room_logbook (farm_id, room_id, kind, text) VALUES"
+            " (%(farm)s, %(room)s, 'note', 'pins on shelf 2') RETURNING id",
+            {"farm": FARM, "room": ROOM_B},
+        )
+    finally:
+        await db.close()
+    assert row is not None
+    return f"log-{row['id']}"
