@@ -1,10 +1,12 @@
-// The REST API client: bearer tokens (kept for this tab only), one refresh on 401, and errors
-// as ApiError carrying the problem+json body and its per-field messages.
+// The REST API client: bearer tokens (the session shared by the browser's tabs, see below), one
+// refresh on 401, and errors as ApiError carrying the problem+json body and its per-field
+// messages.
 
 export class ApiError extends Error {
-  constructor(status, problem) {
+  constructor(status, problem, retryAfter = null) {
     super((problem && (problem.detail || problem.title)) || `HTTP ${status}`);
     this.status = status;
+    this.retryAfter = retryAfter;  // seconds, from a 429's or 503's Retry-After
     this.problem = problem || {};
     this.errors = Array.isArray(this.problem.errors) ? this.problem.errors : [];
   }
@@ -17,33 +19,105 @@ export class ApiError extends Error {
   }
 }
 
+// The refresh token is the browser's session: kept in localStorage, so a new tab or a reload
+// stays signed in, and shared by every tab. The access token is this tab's (sessionStorage). A
+// refresh token is spent when used (rotation; the server treats a replayed one as stolen and
+// ends every session), so tabs take turns: the refresh runs under a Web Lock and reads the token
+// only once it holds it. A sign-out in one tab removes the shared token, which the others see
+// (the `storage` event) and follow.
 const ACCESS = 'smartfarm.access';
+const EXPIRES = 'smartfarm.access-expires';
 const REFRESH = 'smartfarm.refresh';
+const LOCK = 'smartfarm.refresh';
+const EARLY_MS = 30000;  // refresh this long before the access token expires
+
+function stored(area, key) {
+  try {
+    return area.getItem(key);
+  } catch (err) {
+    return null;  // storage disabled (private mode in some browsers): a session per tab
+  }
+}
 
 export class Api {
   constructor() {
-    this.access = sessionStorage.getItem(ACCESS);
-    this.refreshToken = sessionStorage.getItem(REFRESH);
     this.onSignedOut = () => {};
+    this.onSignedIn = () => {};
     this._refreshing = null;
+    this._memoryRefresh = null;
+    // An older dashboard kept the refresh token per tab: carry it over.
+    const legacy = stored(sessionStorage, REFRESH);
+    if (legacy) {
+      if (!stored(localStorage, REFRESH)) this._setRefresh(legacy);
+      sessionStorage.removeItem(REFRESH);
+    }
+    this.access = stored(sessionStorage, ACCESS);
+    this.accessExpires = Number(stored(sessionStorage, EXPIRES)) || 0;
+    if (!this.refreshToken) this._dropAccess();  // signed out in another tab while this one was away
+    window.addEventListener('storage', (event) => this._storageChanged(event));
+  }
+
+  get refreshToken() {
+    return stored(localStorage, REFRESH) || this._memoryRefresh;
+  }
+
+  _setRefresh(token) {
+    this._memoryRefresh = token;
+    try {
+      if (token) localStorage.setItem(REFRESH, token);
+      else localStorage.removeItem(REFRESH);
+    } catch (err) {
+      // kept in memory only
+    }
   }
 
   get signedIn() {
-    return Boolean(this.access);
+    return Boolean(this.refreshToken || this.access);
+  }
+
+  _storageChanged(event) {
+    if (event.storageArea !== localStorage || (event.key !== REFRESH && event.key !== null)) return;
+    const now = event.key === null ? null : event.newValue;
+    if (!now) {
+      this._memoryRefresh = null;
+      if (this.access) {
+        this._dropAccess();
+        this.onSignedOut('elsewhere');
+      }
+    } else if (!event.oldValue && !this.access) {
+      this.onSignedIn();  // signed in in another tab
+    }
+    // Otherwise another tab rotated the token: this tab's access token stays good.
+  }
+
+  _dropAccess() {
+    this.access = null;
+    this.accessExpires = 0;
+    try {
+      sessionStorage.removeItem(ACCESS);
+      sessionStorage.removeItem(EXPIRES);
+    } catch (err) {
+      // nothing stored
+    }
   }
 
   _store(tokens) {
     this.access = tokens.access_token;
-    this.refreshToken = tokens.refresh_token;
-    sessionStorage.setItem(ACCESS, this.access);
-    sessionStorage.setItem(REFRESH, this.refreshToken);
+    this.accessExpires = Date.now() + tokens.expires_in * 1000;
+    this._setRefresh(tokens.refresh_token);
+    try {
+      sessionStorage.setItem(ACCESS, this.access);
+      sessionStorage.setItem(EXPIRES, String(this.accessExpires));
+    } catch (err) {
+      // kept in memory only
+    }
   }
 
-  forget() {
-    this.access = null;
-    this.refreshToken = null;
-    sessionStorage.removeItem(ACCESS);
-    sessionStorage.removeItem(REFRESH);
+  // Forget this browser's session (every tab follows). With a token given, only if it is still
+  // the current one: a tab that failed with an old token must not sign out a newer sign-in.
+  forget(token) {
+    this._dropAccess();
+    if (token === undefined || this.refreshToken === token) this._setRefresh(null);
   }
 
   async login(email, password) {
@@ -62,21 +136,55 @@ export class Api {
     }
   }
 
-  // A new access token from the refresh token; concurrent callers share one request.
+  // Sign out everywhere: the server revokes every session of the user (other browsers and
+  // phones included), then this browser forgets its own. Resolves to how many sessions ended.
+  async logoutEverywhere() {
+    const answer = await this.request('POST', '/api/auth/logout-all');
+    this.forget();
+    return answer.signed_out;
+  }
+
+  // A usable access token for this tab (a new tab or an expiring token gets one from the
+  // shared refresh token first), so no request goes out only to be refused.
+  async ensureAccess() {
+    if (this.access && Date.now() < this.accessExpires - EARLY_MS) return;
+    if (!this.refreshToken) return;
+    await this.refresh();
+  }
+
+  // A new access token from the refresh token; concurrent callers (of every tab) share one.
   refresh() {
     if (!this._refreshing) {
-      this._refreshing = (async () => {
-        if (!this.refreshToken) throw new ApiError(401, { detail: 'signed out' });
-        const tokens = await this.request(
-          'POST', '/api/auth/refresh', { refresh_token: this.refreshToken },
-          { auth: false, retry: false });
-        this._store(tokens);
-      })().finally(() => { this._refreshing = null; });
+      const run = async () => {
+        const token = this.refreshToken;  // read under the lock: another tab may have rotated it
+        if (!token) throw new ApiError(401, { detail: 'signed out' });
+        try {
+          const tokens = await this.request(
+            'POST', '/api/auth/refresh', { refresh_token: token }, { auth: false, retry: false });
+          this._store(tokens);
+        } catch (err) {
+          if (err.status === 401) this.forget(token);
+          throw err;
+        }
+      };
+      const locks = typeof navigator !== 'undefined' && navigator.locks;
+      const pending = locks ? locks.request(LOCK, run) : run();
+      this._refreshing = pending.finally(() => { this._refreshing = null; });
     }
     return this._refreshing;
   }
 
   async _fetch(method, path, body, { auth = true, retry = true, accept = 'application/json' }) {
+    if (auth && retry) {
+      try {
+        await this.ensureAccess();
+      } catch (err) {
+        if (err.status === 401) {
+          this.onSignedOut('expired');
+        }
+        throw err;
+      }
+    }
     const headers = { Accept: accept };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     if (auth && this.access) headers.Authorization = `Bearer ${this.access}`;
@@ -87,15 +195,14 @@ export class Api {
       try {
         await this.refresh();
       } catch (err) {
-        this.forget();
-        this.onSignedOut();
+        if (err.status === 401) this.onSignedOut('expired');
         throw err;
       }
       return this._fetch(method, path, body, { auth, retry: false, accept });
     }
     if (resp.status === 401 && auth) {
       this.forget();
-      this.onSignedOut();
+      this.onSignedOut('expired');
     }
     if (!resp.ok) {
       let problem = null;
@@ -104,7 +211,8 @@ export class Api {
       } catch (err) {
         problem = { detail: `HTTP ${resp.status}` };
       }
-      throw new ApiError(resp.status, problem);
+      const wait = Number(resp.headers.get('Retry-After'));
+      throw new ApiError(resp.status, problem, Number.isFinite(wait) && wait > 0 ? wait : null);
     }
     return resp;
   }
