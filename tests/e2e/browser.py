@@ -207,7 +207,8 @@ async def small_targets(page: Any, minimum: int = 44) -> list[str]:
             if (!box.width || !box.height || getComputedStyle(el).visibility === 'hidden') continue;
             let w = box.width, hgt = box.height;
             if (el.type === 'checkbox' || el.type === 'radio') {
-              const label = el.closest('label') || (el.id && document.querySelector(`label[for="${el.id}"]`));
+              const label = el.closest('label')
+                || (el.id && document.querySelector(`label[for="${el.id}"]`));
               if (label) {
                 const lb = label.getBoundingClientRect();
                 w = Math.max(w, lb.width); hgt = Math.max(hgt, lb.height);
@@ -215,8 +216,10 @@ async def small_targets(page: Any, minimum: int = 44) -> list[str]:
               if (Math.min(w, hgt) >= 24) continue;  // WCAG 2.2 AA for a labelled box
             }
             if (w + 0.5 < minimum || hgt + 0.5 < minimum) {
-              const name = (el.getAttribute('aria-label') || el.textContent || el.name || el.id || '').trim();
-              out.push(`${el.tagName.toLowerCase()} "${name.slice(0, 40)}" ${Math.round(w)}×${Math.round(hgt)}`);
+              const name = (el.getAttribute('aria-label') || el.textContent || el.name
+                || el.id || '').trim().slice(0, 40);
+              const size = `${Math.round(w)}×${Math.round(hgt)}`;
+              out.push(`${el.tagName.toLowerCase()} "${name}" ${size}`);
             }
           }
           return out;
@@ -271,7 +274,7 @@ def _check_integrity(data: bytes, integrity: str) -> None:
 def fetch_axe(target: Path = AXE_PATH, url: str = AXE_URL, integrity: str = AXE_INTEGRITY) -> Path:
     """Download the pinned axe-core tarball from the npm registry, check its integrity (the
     registry's sha512) and put ``axe.min.js`` at ``target``."""
-    with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - a fixed https URL
+    with urllib.request.urlopen(url, timeout=60) as resp:  # a fixed https URL
         data = resp.read()
     _check_integrity(data, integrity)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
