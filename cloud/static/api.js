@@ -163,7 +163,10 @@ export class Api {
             'POST', '/api/auth/refresh', { refresh_token: token }, { auth: false, retry: false });
           this._store(tokens);
         } catch (err) {
-          if (err.status === 401) this.forget(token);
+          if (err.status === 401) {
+            this.forget(token);
+            this.onSignedOut('expired');  // revoked (signed out everywhere) or expired
+          }
           throw err;
         }
       };
@@ -175,16 +178,7 @@ export class Api {
   }
 
   async _fetch(method, path, body, { auth = true, retry = true, accept = 'application/json' }) {
-    if (auth && retry) {
-      try {
-        await this.ensureAccess();
-      } catch (err) {
-        if (err.status === 401) {
-          this.onSignedOut('expired');
-        }
-        throw err;
-      }
-    }
+    if (auth && retry) await this.ensureAccess();
     const headers = { Accept: accept };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     if (auth && this.access) headers.Authorization = `Bearer ${this.access}`;
@@ -192,12 +186,7 @@ export class Api {
       method, headers, body: body === undefined ? undefined : JSON.stringify(body),
     });
     if (resp.status === 401 && auth && retry && this.refreshToken) {
-      try {
-        await this.refresh();
-      } catch (err) {
-        if (err.status === 401) this.onSignedOut('expired');
-        throw err;
-      }
+      await this.refresh();
       return this._fetch(method, path, body, { auth, retry: false, accept });
     }
     if (resp.status === 401 && auth) {

@@ -55,7 +55,8 @@ function toLogin(message) {
 }
 
 api.onSignedOut = (why) => {
-  if (!location.hash.startsWith('#/login')) returnTo = location.hash;
+  if (location.hash.startsWith('#/login')) return;  // already there (told twice: API and socket)
+  returnTo = location.hash;
   toLogin(why === 'elsewhere' ? 'You were signed out in another tab.'
     : 'Your session has ended. Please sign in again.');
 };

@@ -17,7 +17,7 @@ import { rulesSection } from './view-rules.js';
 function nowCard(metric, band, value) {
   const info = metricInfo(metric);
   const dd = h('dd', { class: 'value' });
-  const note = h('span', { class: 'muted small' });
+  const note = h('dd', { class: 'muted small note' });  // a dd: a <dl> holds only dt/dd groups
   const el = h('div', { class: 'metric', dataset: { metric } }, h('dt', { text: info.label }), dd, note);
   function set(v, time) {
     value = v === undefined ? value : { value: v, time };
