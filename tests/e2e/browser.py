@@ -244,22 +244,34 @@ async def screenshots(page: Any, name: str, folder: Path) -> list[Path]:
     return paths
 
 
-async def check_view(page: Any, name: str, folder: Path, *, targets: bool = True) -> None:
+async def check_view(page: Any, name: str, folder: Path, *, targets: bool = True,
+                     dark: bool = True) -> None:
     """The whole check of a view at both widths: no sideways scrolling, no serious axe
-    violation, (at the phone's width) no control under 44 px, and a screenshot of each."""
+    violation, (at the phone's width) no control under 44 px, and a screenshot of each
+    (``<name>-390.png``, ``<name>-1366.png``); with ``dark``, the same again in the dark colour
+    scheme (``<name>-dark-390.png``…), where contrast is checked anew."""
     first = page.viewport_size
-    for label, size in WIDTHS.items():
-        await page.set_viewport_size(size)
-        await page.wait_for_timeout(150)
-        overflow = await horizontal_overflow(page)
-        assert overflow <= 1, f"{name} at {label} px is {overflow} px wider than the window"
-        await check_axe(page, f"{name}-{label}", folder)
-        if targets and label == "390":
-            small = await small_targets(page)
-            assert not small, f"{name} at 390 px: controls under 44 px: {small}"
-        await page.screenshot(path=str(folder / f"{name}-{label}.png"), full_page=True)
-    if first:
-        await page.set_viewport_size(first)
+    schemes = ("light", "dark") if dark else ("light",)
+    try:
+        for scheme in schemes:
+            await page.emulate_media(color_scheme=scheme)
+            suffix = "-dark" if scheme == "dark" else ""
+            for label, size in WIDTHS.items():
+                await page.set_viewport_size(size)
+                await page.wait_for_timeout(150)
+                where = f"{name}{suffix} at {label} px"
+                overflow = await horizontal_overflow(page)
+                assert overflow <= 1, f"{where} is {overflow} px wider than the window"
+                await check_axe(page, f"{name}{suffix}-{label}", folder)
+                if targets and label == "390":
+                    small = await small_targets(page)
+                    assert not small, f"{where}: controls under 44 px: {small}"
+                await page.screenshot(path=str(folder / f"{name}{suffix}-{label}.png"),
+                                      full_page=True)
+    finally:
+        await page.emulate_media(color_scheme="light")
+        if first:
+            await page.set_viewport_size(first)
 
 
 # ---- fetching axe-core (make test) --------------------------------------------------------------
