@@ -124,6 +124,7 @@ export class Api {
     this._store(await this.request('POST', '/api/auth/login', { email, password }, { auth: false }));
   }
 
+  // Sign out of this browser (every tab of it follows); the shell then shows the sign-in page.
   async logout() {
     const token = this.refreshToken;
     this.forget();
@@ -134,13 +135,16 @@ export class Api {
         console.warn('logout', err);
       }
     }
+    this.onSignedOut('logout');
   }
 
   // Sign out everywhere: the server revokes every session of the user (other browsers and
-  // phones included), then this browser forgets its own. Resolves to how many sessions ended.
+  // phones included), then this browser forgets its own and the shell shows the sign-in page
+  // with how many sessions ended. Resolves to that number; rejects (signed in still) on failure.
   async logoutEverywhere() {
     const answer = await this.request('POST', '/api/auth/logout-all');
     this.forget();
+    this.onSignedOut('everywhere', answer.signed_out);
     return answer.signed_out;
   }
 

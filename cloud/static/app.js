@@ -54,11 +54,21 @@ function toLogin(message) {
   else location.hash = '#/login';
 }
 
-api.onSignedOut = (why) => {
-  if (location.hash.startsWith('#/login')) return;  // already there (told twice: API and socket)
-  returnTo = location.hash;
-  toLogin(why === 'elsewhere' ? 'You were signed out in another tab.'
-    : 'Your session has ended. Please sign in again.');
+const SIGNED_OUT = {
+  logout: () => 'You are signed out.',
+  everywhere: (count) => `Signed out everywhere (${count} ${count === 1 ? 'session' : 'sessions'} ended).`,
+  elsewhere: () => 'You were signed out in another tab.',
+  expired: () => 'Your session has ended. Please sign in again.',
+};
+
+// Every way out of a session ends here: a sign-out (this tab's menu, or a view calling
+// api.logout() / api.logoutEverywhere()), another tab's, or a session the server ended.
+api.onSignedOut = (why, count) => {
+  closeMenu();
+  const chosen = why === 'logout' || why === 'everywhere';
+  if (!chosen && location.hash.startsWith('#/login')) return;  // told twice: API and socket
+  returnTo = chosen ? null : location.hash;
+  toLogin((SIGNED_OUT[why] || SIGNED_OUT.expired)(count));
 };
 
 // Signed in in another tab: this one follows.
@@ -71,13 +81,7 @@ function closeMenu() {
   confirmAll.hidden = true;
 }
 
-document.getElementById('logout').addEventListener('click', async () => {
-  closeMenu();
-  returnTo = null;
-  live.stop();
-  await api.logout();
-  toLogin('You are signed out.');
-});
+document.getElementById('logout').addEventListener('click', () => api.logout());
 
 document.getElementById('logout-all').addEventListener('click', () => {
   confirmAll.hidden = false;
@@ -91,10 +95,7 @@ document.getElementById('logout-all-yes').addEventListener('click', async (event
   const button = event.currentTarget;
   button.disabled = true;
   try {
-    const count = await api.logoutEverywhere();
-    closeMenu();
-    returnTo = null;
-    toLogin(`Signed out everywhere (${count} ${count === 1 ? 'session' : 'sessions'} ended).`);
+    await api.logoutEverywhere();
   } catch (err) {
     if (err.status !== 401) {
       flash(`Could not sign out everywhere: ${err.message}`);
