@@ -137,6 +137,7 @@ async def test_every_view_is_accessible_at_a_phone_and_a_laptop_width(
 ) -> None:
     need_browser()
     the_cloud: Cloud = await cloud()
+    edge: Any
     edge, _ = await online_farm(the_cloud, tmp_path, farm_id, running_edge, batch_max_age_s=0.2)
     farm = build_farm(edge.settings, speed=10, telemetry_interval_s=1.0, seed=7)
     shots = screenshot_dir(tmp_path)
