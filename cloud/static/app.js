@@ -182,6 +182,7 @@ async function show() {
     return;
   }
   menu.hidden = view === loginView;
+  conn.hidden = view === loginView;  // signed out: no live link to speak of
   if (view === loginView) closeMenu();
   showNotice();
   clear(main, h('p', { class: 'muted', text: 'Loading…' }));
