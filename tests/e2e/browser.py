@@ -44,6 +44,8 @@ AXE_URL = f"https://registry.npmjs.org/axe-core/-/axe-core-{AXE_VERSION}.tgz"
 AXE_INTEGRITY = ("sha512-FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuF"
                  "ooJpZe37OgudVGtQ==")
 AXE_PATH = Path(sys.prefix) / "share" / "axe-core" / "axe.min.js"
+# sha256 of package/axe.min.js in that tarball: a copy already in place is checked against it.
+AXE_SHA256 = "29348999450cdf2849a8e70b7912fc2da85a849da39c0d0d5394f51d4a9ed95c"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1366, "height": 900}
 WIDTHS = {"390": PHONE, "1366": DESKTOP}
@@ -283,9 +285,18 @@ def _check_integrity(data: bytes, integrity: str) -> None:
         raise SystemExit(f"axe-core tarball integrity mismatch: {algo}-{got} != {integrity}")
 
 
-def fetch_axe(target: Path = AXE_PATH, url: str = AXE_URL, integrity: str = AXE_INTEGRITY) -> Path:
+def axe_in_place(target: Path = AXE_PATH) -> bool:
+    """Whether ``target`` already holds the pinned axe.min.js, byte for byte."""
+    return target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == AXE_SHA256
+
+
+def fetch_axe(target: Path = AXE_PATH, url: str = AXE_URL, integrity: str = AXE_INTEGRITY,
+              *, force: bool = False) -> Path:
     """Download the pinned axe-core tarball from the npm registry, check its integrity (the
-    registry's sha512) and put ``axe.min.js`` at ``target``."""
+    registry's sha512) and put ``axe.min.js`` at ``target`` (nothing to do when the pinned file
+    is there already, unless ``force``)."""
+    if not force and axe_in_place(target):
+        return target
     with urllib.request.urlopen(url, timeout=60) as resp:  # a fixed https URL
         data = resp.read()
     _check_integrity(data, integrity)
@@ -294,8 +305,8 @@ def fetch_axe(target: Path = AXE_PATH, url: str = AXE_URL, integrity: str = AXE_
         if member is None:
             raise SystemExit("axe-core tarball has no package/axe.min.js")
         script = member.read()
-    if not script.lstrip().startswith(b"/*! axe v" + AXE_VERSION.encode()):
-        raise SystemExit(f"package/axe.min.js is not axe {AXE_VERSION}")
+    if hashlib.sha256(script).hexdigest() != AXE_SHA256:
+        raise SystemExit(f"package/axe.min.js is not the pinned axe {AXE_VERSION}")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
     partial.write_bytes(script)
@@ -307,8 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.e2e.browser")
     parser.add_argument("command", choices=["fetch-axe"])
     parser.add_argument("--target", type=Path, default=AXE_PATH)
+    parser.add_argument("--force", action="store_true", help="download even if in place")
     args = parser.parse_args(argv)
-    path = fetch_axe(args.target)
+    path = fetch_axe(args.target, force=args.force)
     print(f"axe-core {AXE_VERSION} → {path} ({path.stat().st_size} bytes, integrity checked)")
 
 

@@ -4,12 +4,17 @@ phone and a control too small to tap are found, and screenshots come in both wid
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.browser import (
+    AXE_PATH,
     PHONE,
+    _check_integrity,
+    axe_in_place,
     browser_session,
     check_axe,
     check_view,
@@ -21,8 +26,6 @@ from tests.e2e.browser import (
     small_targets,
 )
 
-pytestmark = pytest.mark.browser
-
 GOOD = """<!doctype html><html lang="en"><head><title>ok</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body><main><h1>Farm</h1><label for="n">Name</label>
@@ -30,6 +33,7 @@ GOOD = """<!doctype html><html lang="en"><head><title>ok</title>
 <button style="min-height:44px;min-width:44px">Save</button></main></body></html>"""
 
 
+@pytest.mark.browser
 async def test_console_and_page_errors_fail_the_test() -> None:
     need_browser()
     with pytest.raises(AssertionError, match="console: boom"):
@@ -52,6 +56,7 @@ async def test_console_and_page_errors_fail_the_test() -> None:
         await page.evaluate("console.warn('warnings are not errors')")
 
 
+@pytest.mark.browser
 async def test_axe_finds_serious_violations_and_passes_a_clean_page(tmp_path: Path) -> None:
     need_browser()
     async with browser_session() as session:
@@ -73,6 +78,7 @@ async def test_axe_finds_serious_violations_and_passes_a_clean_page(tmp_path: Pa
         assert "color-contrast" in report
 
 
+@pytest.mark.browser
 async def test_overflow_targets_and_screenshots(tmp_path: Path) -> None:
     need_browser()
     async with browser_session() as session:
@@ -95,3 +101,17 @@ async def test_overflow_targets_and_screenshots(tmp_path: Path) -> None:
         assert len(small) == 1 and small[0].startswith('button "Save"') and small[0].endswith("×20")
         with pytest.raises(AssertionError, match="wider than the window"):
             await check_view(page, "wide", shots)
+
+
+def test_the_axe_download_is_checked(tmp_path: Path) -> None:
+    data = b"a tarball"
+    digest = base64.b64encode(hashlib.sha512(data).digest()).decode()
+    _check_integrity(data, f"sha512-{digest}")
+    with pytest.raises(SystemExit, match="integrity mismatch"):
+        _check_integrity(data + b"!", f"sha512-{digest}")
+    # A file in place that is not the pinned one is not taken for it.
+    (tmp_path / "axe.min.js").write_text("/*! axe v4.14.1 */ window.axe = {run() {}};")
+    assert not axe_in_place(tmp_path / "axe.min.js")
+    assert not axe_in_place(tmp_path / "missing.js")
+    if AXE_PATH.exists():  # make test put it there
+        assert axe_in_place(AXE_PATH)
