@@ -198,7 +198,13 @@ async def test_every_view_is_accessible_at_a_phone_and_a_laptop_width(
         await page.wait_for_selector('figure.chart[data-metric="temperature_c"]', timeout=15_000)
         await page.wait_for_timeout(500)  # the first chart data and live state
         await check_view(page, "room", shots)
-    for name in ("login", "farm", "room"):
+
+        # A grower with two farms starts from the list of farms.
+        await the_cloud.api("POST", "/api/farms", {"id": f"{farm_id}-b", "name": "Hill farm"})
+        await page.click(".brand")
+        await page.wait_for_selector(f'a[href="#/farm/{farm_id}-b"]', timeout=10_000)
+        await check_view(page, "farms", shots)
+    for name in ("login", "farm", "room", "farms"):
         for width in ("390", "1366"):
             assert (shots / f"{name}-{width}.png").stat().st_size > 5_000, (name, width)
     print(f"screenshots and axe results: {shots}")
