@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cloud.page import STATIC_DIR
 from edge.config import load_config
 from firmware_sim.farm import build_farm
 from tests.chaos.conftest import PASSWORD, Cloud, cloud, until
@@ -67,8 +68,28 @@ async def test_a_session_survives_new_tabs_and_signs_out_together(
         session.allow(r"status of 401")
         laptop = await session.new_context(DESKTOP)
         first = await laptop.new_page()
+        assets: list[tuple[str, int, str]] = []
+
+        def seen(resp: Any) -> None:
+            if "/static/" in resp.url:
+                assets.append((resp.url, resp.status, resp.headers.get("content-encoding", "")))
+
+        first.on("response", seen)
         await sign_in(first, url)
         await signed_in_view(first)
+        # The scripts and styles came gzipped; a reload only revalidates them (304, no body).
+        scripts = [a for a in assets if a[0].endswith((".js", ".css"))]
+        assert len(scripts) >= 10 and all(a[1] == 200 for a in scripts), assets
+        # (gzip only where it shrinks the file: a near-empty stylesheet goes as it is)
+        plain = [a[0] for a in scripts if a[2] != "gzip"
+                 and (STATIC_DIR / a[0].rsplit("/", 1)[1]).stat().st_size > 200]
+        assert plain == [], plain
+        assets.clear()
+        await first.reload()
+        await signed_in_view(first)
+        scripts = [a for a in assets if a[0].endswith((".js", ".css"))]
+        assert len(scripts) >= 10 and all(a[1] == 304 for a in scripts), assets
+        first.remove_listener("response", seen)
         assert await first.evaluate(f"Boolean(localStorage.getItem('{REFRESH_KEY}'))")
 
         # A new tab of the same browser: signed in, no sign-in form; a reload too.
