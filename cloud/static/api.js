@@ -19,12 +19,15 @@ export class ApiError extends Error {
   }
 }
 
-// The refresh token is the browser's session: kept in localStorage, so a new tab or a reload
-// stays signed in, and shared by every tab. The access token is this tab's (sessionStorage). A
-// refresh token is spent when used (rotation; the server treats a replayed one as stolen and
-// ends every session), so tabs take turns: the refresh runs under a Web Lock and reads the token
-// only once it holds it. A sign-out in one tab removes the shared token, which the others see
-// (the `storage` event) and follow.
+// The refresh token is the browser's session, shared by every tab, so a new tab or a reload
+// stays signed in; the access token is this tab's (sessionStorage). A refresh token is spent
+// when used (rotation; the server treats a replayed one as stolen and ends every session), so
+// tabs take turns: the refresh runs under a Web Lock, reads the token only once it holds it, and
+// lets go only once the new one is stored. The token that counts is kept in IndexedDB, whose
+// transactions every tab sees in order (localStorage is synced between a browser's processes
+// after the fact: a tab could read the token another had just spent). localStorage holds a copy
+// for what must be synchronous (is anyone signed in?) and for its `storage` event: a sign-out
+// in one tab removes it, and the other tabs see that and follow.
 const ACCESS = 'smartfarm.access';
 const EXPIRES = 'smartfarm.access-expires';
 const REFRESH = 'smartfarm.refresh';
@@ -36,6 +39,53 @@ function stored(area, key) {
     return area.getItem(key);
   } catch (err) {
     return null;  // storage disabled (private mode in some browsers): a session per tab
+  }
+}
+
+// The shared refresh token in IndexedDB (null: none, or IndexedDB unavailable).
+const IDB_NAME = 'smartfarm-auth';
+const IDB_STORE = 'session';
+let idbOpening = null;
+
+function idb() {
+  if (!idbOpening) {
+    idbOpening = new Promise((resolve, reject) => {
+      const req = indexedDB.open(IDB_NAME, 1);
+      req.onupgradeneeded = () => req.result.createObjectStore(IDB_STORE);
+      req.onsuccess = () => resolve(req.result);
+      req.onerror = () => reject(req.error);
+    }).catch((err) => { idbOpening = null; throw err; });
+  }
+  return idbOpening;
+}
+
+async function idbRefresh() {
+  try {
+    const db = await idb();
+    return await new Promise((resolve, reject) => {
+      const req = db.transaction(IDB_STORE, 'readonly').objectStore(IDB_STORE).get(REFRESH);
+      req.onsuccess = () => resolve(req.result || null);
+      req.onerror = () => reject(req.error);
+    });
+  } catch (err) {
+    return null;
+  }
+}
+
+// Resolves once committed: a tab that takes the lock next reads this value.
+async function idbSetRefresh(token) {
+  try {
+    const db = await idb();
+    await new Promise((resolve, reject) => {
+      const tx = db.transaction(IDB_STORE, 'readwrite');
+      if (token) tx.objectStore(IDB_STORE).put(token, REFRESH);
+      else tx.objectStore(IDB_STORE).delete(REFRESH);
+      tx.oncomplete = resolve;
+      tx.onerror = () => reject(tx.error);
+      tx.onabort = () => reject(tx.error);
+    });
+  } catch (err) {
+    // no IndexedDB (some private modes): localStorage alone
   }
 }
 
@@ -61,6 +111,7 @@ export class Api {
     return stored(localStorage, REFRESH) || this._memoryRefresh;
   }
 
+  // Store the shared refresh token (null: signed out); resolves once every tab can read it.
   _setRefresh(token) {
     this._memoryRefresh = token;
     try {
@@ -69,6 +120,7 @@ export class Api {
     } catch (err) {
       // kept in memory only
     }
+    return idbSetRefresh(token);
   }
 
   get signedIn() {
@@ -101,33 +153,35 @@ export class Api {
     }
   }
 
-  _store(tokens) {
+  async _store(tokens) {
     this.access = tokens.access_token;
     this.accessExpires = Date.now() + tokens.expires_in * 1000;
-    this._setRefresh(tokens.refresh_token);
     try {
       sessionStorage.setItem(ACCESS, this.access);
       sessionStorage.setItem(EXPIRES, String(this.accessExpires));
     } catch (err) {
       // kept in memory only
     }
+    await this._setRefresh(tokens.refresh_token);
   }
 
   // Forget this browser's session (every tab follows). With a token given, only if it is still
   // the current one: a tab that failed with an old token must not sign out a newer sign-in.
+  // Resolves once stored.
   forget(token) {
     this._dropAccess();
-    if (token === undefined || this.refreshToken === token) this._setRefresh(null);
+    if (token === undefined || this.refreshToken === token) return this._setRefresh(null);
+    return Promise.resolve();
   }
 
   async login(email, password) {
-    this._store(await this.request('POST', '/api/auth/login', { email, password }, { auth: false }));
+    await this._store(await this.request('POST', '/api/auth/login', { email, password }, { auth: false }));
   }
 
   // Sign out of this browser (every tab of it follows); the shell then shows the sign-in page.
   async logout() {
-    const token = this.refreshToken;
-    this.forget();
+    const token = (await idbRefresh()) || this.refreshToken;
+    await this.forget();
     if (token) {
       try {
         await this.request('POST', '/api/auth/logout', { refresh_token: token }, { auth: false });
@@ -143,7 +197,7 @@ export class Api {
   // with how many sessions ended. Resolves to that number; rejects (signed in still) on failure.
   async logoutEverywhere() {
     const answer = await this.request('POST', '/api/auth/logout-all');
-    this.forget();
+    await this.forget();
     this.onSignedOut('everywhere', answer.signed_out);
     return answer.signed_out;
   }
@@ -160,15 +214,19 @@ export class Api {
   refresh() {
     if (!this._refreshing) {
       const run = async () => {
-        const token = this.refreshToken;  // read under the lock: another tab may have rotated it
-        if (!token) throw new ApiError(401, { detail: 'signed out' });
+        // Read under the lock, from IndexedDB: another tab may have just rotated it.
+        if (!this.refreshToken) throw new ApiError(401, { detail: 'signed out' });
+        const token = (await idbRefresh()) || this.refreshToken;
         try {
           const tokens = await this.request(
             'POST', '/api/auth/refresh', { refresh_token: token }, { auth: false, retry: false });
-          this._store(tokens);
+          await this._store(tokens);  // stored before the lock goes to the next tab
         } catch (err) {
           if (err.status === 401) {
-            this.forget(token);
+            // The session is over, unless another tab has meanwhile signed in afresh.
+            this._dropAccess();
+            const current = await idbRefresh();
+            if (!current || current === token) await this._setRefresh(null);
             this.onSignedOut('expired');  // revoked (signed out everywhere) or expired
           }
           throw err;
