@@ -5,8 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 DEMO_DIR ?= .demo
+# axe-core for the browser tests' accessibility check: a pinned npm tarball, integrity-checked,
+# unpacked once into the venv (share/axe-core/axe.min.js); curl-free, node-free (python fetches it).
+AXE_VERSION := 4.14.1
+AXE_STAMP   := $(VENV)/.axe-core-$(AXE_VERSION)
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test lint bench clean venv axe bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +24,23 @@ $(TSTAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(STAMP)
 
+$(AXE_STAMP): | $(TSTAMP)
+	$(BIN)/python -m tests.e2e.browser fetch-axe
+	touch $@
+
 venv: $(STAMP)
+
+axe: $(AXE_STAMP)
+
+# The dashboard's static assets, raw and gzipped, against the budget; written to bench/results/.
+bundle: $(TSTAMP)
+	SMARTFARM_BUNDLE_REPORT=1 $(BIN)/python -m pytest -q -s tests/cloud/test_bundle_size.py
 
 demo: $(STAMP)
 	$(BIN)/smartfarm demo --dir $(DEMO_DIR)
 
-test: $(TSTAMP)
+# The suite includes the axe accessibility check of the dashboard and the bundle-size budget.
+test: $(TSTAMP) $(AXE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -28,6 +28,7 @@ from cloud.metrics import Metrics
 from cloud.middleware import (
     OpenSockets,
     add_security_headers,
+    compression_middleware,
     cors_middleware,
     metrics_middleware,
     problem_middleware,
@@ -76,7 +77,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 def init_app(settings: CloudSettings) -> web.Application:
-    middlewares: list[Middleware] = [metrics_middleware, problem_middleware]
+    middlewares: list[Middleware] = [metrics_middleware, compression_middleware, problem_middleware]
     if settings.cors_origins:
         middlewares.insert(1, cors_middleware(settings.cors_origins))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)

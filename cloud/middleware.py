@@ -1,6 +1,6 @@
 """Every error becomes ``application/problem+json`` (RFC 9457); every response gets security
 headers; every request is timed for Prometheus; every WebSocket still open at shutdown is
-closed."""
+closed; every JSON or text answer of a kilobyte or more is gzipped for a client that accepts it."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_response import ContentCoding
 
 from cloud import appkeys
 from cloud.errors import CloudError
+from cloud.page import accepts_gzip
 from shared import problems
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,58 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         request.app[appkeys.METRICS].request_seconds.labels(
             request.method, route, str(status)
         ).observe(time.perf_counter() - started)
+
+
+COMPRESS_MIN_BYTES = 1024  # below this the gzip header and the CPU cost more than they save
+_COMPRESSIBLE = ("application/json", "application/problem+json", "application/x-ndjson",
+                 "application/geo+json", "text/")
+
+
+def compressible(response: web.StreamResponse) -> bool:
+    """A body worth gzipping: text or JSON (``+json`` types too), not already encoded. Parquet,
+    images and the like are compressed already and left alone."""
+    if response.headers.get("Content-Encoding") or response.status in (204, 304):
+        return False
+    ctype = response.content_type
+    return ctype.startswith(_COMPRESSIBLE) or ctype.endswith("+json")
+
+
+def _vary(response: web.StreamResponse, header: str) -> None:
+    present = [v.strip().lower() for v in response.headers.get("Vary", "").split(",") if v.strip()]
+    if header.lower() not in present and "*" not in present:
+        response.headers["Vary"] = ", ".join([*filter(None, [response.headers.get("Vary")]),
+                                               header])
+
+
+def compress_stream(request: web.Request, response: web.StreamResponse) -> None:
+    """For a handler that streams (``StreamResponse`` it prepares itself, e.g. a CSV export):
+    call before ``prepare()`` to gzip the stream chunk by chunk when the client accepts it."""
+    if accepts_gzip(request) and compressible(response):
+        response.enable_compression(ContentCoding.gzip)
+        _vary(response, "Accept-Encoding")
+
+
+@web.middleware
+async def compression_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Gzip a whole JSON or text answer of ``COMPRESS_MIN_BYTES`` or more (aiohttp compresses it
+    in its executor when it is large). Left as they are: WebSockets and other responses the
+    handler has already prepared (streams), file responses, HEAD requests, bodies already
+    encoded, and clients that do not send ``Accept-Encoding: gzip``. Every compressible answer
+    says ``Vary: Accept-Encoding`` so a cache keeps both forms apart."""
+    response = await handler(request)
+    if (
+        type(response) is not web.Response
+        or response.prepared
+        or not compressible(response)
+        or not isinstance(response.body, bytes | bytearray)
+    ):
+        return response
+    if len(response.body) < COMPRESS_MIN_BYTES:
+        return response
+    _vary(response, "Accept-Encoding")
+    if request.method != "HEAD" and accepts_gzip(request):
+        response.enable_compression(ContentCoding.gzip)
+    return response
 
 
 def cors_middleware(origins: list[str]) -> Middleware:

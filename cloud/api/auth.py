@@ -1,4 +1,4 @@
-"""Login, token refresh, logout and invitation acceptance (public routes)."""
+"""Login, token refresh, logout, signing out everywhere and invitation acceptance."""
 
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ class TokenOut(BaseModel):
     refresh_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth token type
     expires_in: int = Field(description="access token lifetime in seconds")
+
+
+class LogoutAllOut(BaseModel):
+    signed_out: int = Field(description="sessions (live refresh tokens) revoked, this one included")
 
 
 async def issue_tokens(call: Call, user_id: int) -> TokenOut:
@@ -95,6 +99,15 @@ async def logout(call: Call) -> None:
     await users_db.revoke_refresh(call.db, token_hash(body.refresh_token))
 
 
+async def logout_all(call: Call) -> LogoutAllOut:
+    """Sign out everywhere: revoke every refresh token of the caller
+    Every browser and device the user signed in on loses its session: none can get a new access
+    token, so each is signed out when it next needs one (access tokens live minutes; a
+    dashboard tab in the same browser signs out at once). Answers how many sessions ended."""
+    count = await users_db.revoke_all_refresh(call.db, call.user_id)
+    return LogoutAllOut(signed_out=count)
+
+
 async def accept_invite(call: Call) -> TokenOut:
     """Set a password with an invitation token and log in"""
     body: AcceptInviteIn = call.body
@@ -129,6 +142,14 @@ ROUTES = [
         errors=(401, 429),
     ),
     Route("POST", "/api/auth/logout", logout, "public", body=RefreshIn, status=204, tag="auth"),
+    Route(
+        "POST",
+        "/api/auth/logout-all",
+        logout_all,
+        "user",
+        response=LogoutAllOut,
+        tag="auth",
+    ),
     Route(
         "POST",
         "/api/auth/accept-invite",

@@ -61,6 +61,9 @@ FIND_REFRESH = "SELECT user_id, revoked_at FROM refresh_tokens WHERE token_hash 
 REVOKE_REFRESH = """
 UPDATE refresh_tokens SET revoked_at = now()
 WHERE token_hash = %(hash)s AND revoked_at IS NULL RETURNING user_id"""
+REVOKE_LIVE = """
+UPDATE refresh_tokens SET revoked_at = now()
+WHERE user_id = %(user_id)s AND revoked_at IS NULL AND expires_at > now()"""
 REVOKE_ALL = """
 UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = %(user_id)s AND revoked_at IS NULL"""
 
@@ -131,6 +134,11 @@ async def spend_refresh(db: Database, token_hash: str) -> int | None:
     if old is not None and old["revoked_at"] is not None:
         await db.execute(REVOKE_ALL, {"user_id": old["user_id"]})
     return None
+
+
+async def revoke_all_refresh(db: Database, user_id: int) -> int:
+    """Revoke every live refresh token of the user (sign out everywhere); how many there were."""
+    return await db.execute(REVOKE_LIVE, {"user_id": user_id})
 
 
 async def revoke_refresh(db: Database, token_hash: str) -> bool:

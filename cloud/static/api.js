@@ -1,10 +1,12 @@
-// The REST API client: bearer tokens (kept for this tab only), one refresh on 401, and errors
-// as ApiError carrying the problem+json body and its per-field messages.
+// The REST API client: bearer tokens (the session shared by the browser's tabs, see below), one
+// refresh on 401, and errors as ApiError carrying the problem+json body and its per-field
+// messages.
 
 export class ApiError extends Error {
-  constructor(status, problem) {
+  constructor(status, problem, retryAfter = null) {
     super((problem && (problem.detail || problem.title)) || `HTTP ${status}`);
     this.status = status;
+    this.retryAfter = retryAfter;  // seconds, from a 429's or 503's Retry-After
     this.problem = problem || {};
     this.errors = Array.isArray(this.problem.errors) ? this.problem.errors : [];
   }
@@ -17,42 +19,169 @@ export class ApiError extends Error {
   }
 }
 
+// The refresh token is the browser's session, shared by every tab, so a new tab or a reload
+// stays signed in; the access token is this tab's (sessionStorage). A refresh token is spent
+// when used (rotation; the server treats a replayed one as stolen and ends every session), so
+// tabs take turns: the refresh runs under a Web Lock, reads the token only once it holds it, and
+// lets go only once the new one is stored. The token that counts is kept in IndexedDB, whose
+// transactions every tab sees in order (localStorage is synced between a browser's processes
+// after the fact: a tab could read the token another had just spent). localStorage holds a copy
+// for what must be synchronous (is anyone signed in?) and for its `storage` event: a sign-out
+// in one tab removes it, and the other tabs see that and follow.
 const ACCESS = 'smartfarm.access';
+const EXPIRES = 'smartfarm.access-expires';
 const REFRESH = 'smartfarm.refresh';
+const LOCK = 'smartfarm.refresh';
+const EARLY_MS = 30000;  // refresh this long before the access token expires
+
+function stored(area, key) {
+  try {
+    return area.getItem(key);
+  } catch (err) {
+    return null;  // storage disabled (private mode in some browsers): a session per tab
+  }
+}
+
+// The shared refresh token in IndexedDB (null: none, or IndexedDB unavailable).
+const IDB_NAME = 'smartfarm-auth';
+const IDB_STORE = 'session';
+let idbOpening = null;
+
+function idb() {
+  if (!idbOpening) {
+    idbOpening = new Promise((resolve, reject) => {
+      const req = indexedDB.open(IDB_NAME, 1);
+      req.onupgradeneeded = () => req.result.createObjectStore(IDB_STORE);
+      req.onsuccess = () => resolve(req.result);
+      req.onerror = () => reject(req.error);
+    }).catch((err) => { idbOpening = null; throw err; });
+  }
+  return idbOpening;
+}
+
+async function idbRefresh() {
+  try {
+    const db = await idb();
+    return await new Promise((resolve, reject) => {
+      const req = db.transaction(IDB_STORE, 'readonly').objectStore(IDB_STORE).get(REFRESH);
+      req.onsuccess = () => resolve(req.result || null);
+      req.onerror = () => reject(req.error);
+    });
+  } catch (err) {
+    return null;
+  }
+}
+
+// Resolves once committed: a tab that takes the lock next reads this value.
+async function idbSetRefresh(token) {
+  try {
+    const db = await idb();
+    await new Promise((resolve, reject) => {
+      const tx = db.transaction(IDB_STORE, 'readwrite');
+      if (token) tx.objectStore(IDB_STORE).put(token, REFRESH);
+      else tx.objectStore(IDB_STORE).delete(REFRESH);
+      tx.oncomplete = resolve;
+      tx.onerror = () => reject(tx.error);
+      tx.onabort = () => reject(tx.error);
+    });
+  } catch (err) {
+    // no IndexedDB (some private modes): localStorage alone
+  }
+}
 
 export class Api {
   constructor() {
-    this.access = sessionStorage.getItem(ACCESS);
-    this.refreshToken = sessionStorage.getItem(REFRESH);
     this.onSignedOut = () => {};
+    this.onSignedIn = () => {};
     this._refreshing = null;
+    this._memoryRefresh = null;
+    // An older dashboard kept the refresh token per tab: carry it over.
+    const legacy = stored(sessionStorage, REFRESH);
+    if (legacy) {
+      if (!stored(localStorage, REFRESH)) this._setRefresh(legacy);
+      sessionStorage.removeItem(REFRESH);
+    }
+    this.access = stored(sessionStorage, ACCESS);
+    this.accessExpires = Number(stored(sessionStorage, EXPIRES)) || 0;
+    if (!this.refreshToken) this._dropAccess();  // signed out in another tab while this one was away
+    window.addEventListener('storage', (event) => this._storageChanged(event));
+  }
+
+  get refreshToken() {
+    return stored(localStorage, REFRESH) || this._memoryRefresh;
+  }
+
+  // Store the shared refresh token (null: signed out); resolves once every tab can read it.
+  _setRefresh(token) {
+    this._memoryRefresh = token;
+    try {
+      if (token) localStorage.setItem(REFRESH, token);
+      else localStorage.removeItem(REFRESH);
+    } catch (err) {
+      // kept in memory only
+    }
+    return idbSetRefresh(token);
   }
 
   get signedIn() {
-    return Boolean(this.access);
+    return Boolean(this.refreshToken || this.access);
   }
 
-  _store(tokens) {
-    this.access = tokens.access_token;
-    this.refreshToken = tokens.refresh_token;
-    sessionStorage.setItem(ACCESS, this.access);
-    sessionStorage.setItem(REFRESH, this.refreshToken);
+  _storageChanged(event) {
+    if (event.storageArea !== localStorage || (event.key !== REFRESH && event.key !== null)) return;
+    const now = event.key === null ? null : event.newValue;
+    if (!now) {
+      this._memoryRefresh = null;
+      if (this.access) {
+        this._dropAccess();
+        this.onSignedOut('elsewhere');
+      }
+    } else if (!event.oldValue && !this.access) {
+      this.onSignedIn();  // signed in in another tab
+    }
+    // Otherwise another tab rotated the token: this tab's access token stays good.
   }
 
-  forget() {
+  _dropAccess() {
     this.access = null;
-    this.refreshToken = null;
-    sessionStorage.removeItem(ACCESS);
-    sessionStorage.removeItem(REFRESH);
+    this.accessExpires = 0;
+    try {
+      sessionStorage.removeItem(ACCESS);
+      sessionStorage.removeItem(EXPIRES);
+    } catch (err) {
+      // nothing stored
+    }
+  }
+
+  async _store(tokens) {
+    this.access = tokens.access_token;
+    this.accessExpires = Date.now() + tokens.expires_in * 1000;
+    try {
+      sessionStorage.setItem(ACCESS, this.access);
+      sessionStorage.setItem(EXPIRES, String(this.accessExpires));
+    } catch (err) {
+      // kept in memory only
+    }
+    await this._setRefresh(tokens.refresh_token);
+  }
+
+  // Forget this browser's session (every tab follows). With a token given, only if it is still
+  // the current one: a tab that failed with an old token must not sign out a newer sign-in.
+  // Resolves once stored.
+  forget(token) {
+    this._dropAccess();
+    if (token === undefined || this.refreshToken === token) return this._setRefresh(null);
+    return Promise.resolve();
   }
 
   async login(email, password) {
-    this._store(await this.request('POST', '/api/auth/login', { email, password }, { auth: false }));
+    await this._store(await this.request('POST', '/api/auth/login', { email, password }, { auth: false }));
   }
 
+  // Sign out of this browser (every tab of it follows); the shell then shows the sign-in page.
   async logout() {
-    const token = this.refreshToken;
-    this.forget();
+    const token = (await idbRefresh()) || this.refreshToken;
+    await this.forget();
     if (token) {
       try {
         await this.request('POST', '/api/auth/logout', { refresh_token: token }, { auth: false });
@@ -60,23 +189,58 @@ export class Api {
         console.warn('logout', err);
       }
     }
+    this.onSignedOut('logout');
   }
 
-  // A new access token from the refresh token; concurrent callers share one request.
+  // Sign out everywhere: the server revokes every session of the user (other browsers and
+  // phones included), then this browser forgets its own and the shell shows the sign-in page
+  // with how many sessions ended. Resolves to that number; rejects (signed in still) on failure.
+  async logoutEverywhere() {
+    const answer = await this.request('POST', '/api/auth/logout-all');
+    await this.forget();
+    this.onSignedOut('everywhere', answer.signed_out);
+    return answer.signed_out;
+  }
+
+  // A usable access token for this tab (a new tab or an expiring token gets one from the
+  // shared refresh token first), so no request goes out only to be refused.
+  async ensureAccess() {
+    if (this.access && Date.now() < this.accessExpires - EARLY_MS) return;
+    if (!this.refreshToken) return;
+    await this.refresh();
+  }
+
+  // A new access token from the refresh token; concurrent callers (of every tab) share one.
   refresh() {
     if (!this._refreshing) {
-      this._refreshing = (async () => {
+      const run = async () => {
+        // Read under the lock, from IndexedDB: another tab may have just rotated it.
         if (!this.refreshToken) throw new ApiError(401, { detail: 'signed out' });
-        const tokens = await this.request(
-          'POST', '/api/auth/refresh', { refresh_token: this.refreshToken },
-          { auth: false, retry: false });
-        this._store(tokens);
-      })().finally(() => { this._refreshing = null; });
+        const token = (await idbRefresh()) || this.refreshToken;
+        try {
+          const tokens = await this.request(
+            'POST', '/api/auth/refresh', { refresh_token: token }, { auth: false, retry: false });
+          await this._store(tokens);  // stored before the lock goes to the next tab
+        } catch (err) {
+          if (err.status === 401) {
+            // The session is over, unless another tab has meanwhile signed in afresh.
+            this._dropAccess();
+            const current = await idbRefresh();
+            if (!current || current === token) await this._setRefresh(null);
+            this.onSignedOut('expired');  // revoked (signed out everywhere) or expired
+          }
+          throw err;
+        }
+      };
+      const locks = typeof navigator !== 'undefined' && navigator.locks;
+      const pending = locks ? locks.request(LOCK, run) : run();
+      this._refreshing = pending.finally(() => { this._refreshing = null; });
     }
     return this._refreshing;
   }
 
   async _fetch(method, path, body, { auth = true, retry = true, accept = 'application/json' }) {
+    if (auth && retry) await this.ensureAccess();
     const headers = { Accept: accept };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     if (auth && this.access) headers.Authorization = `Bearer ${this.access}`;
@@ -84,18 +248,12 @@ export class Api {
       method, headers, body: body === undefined ? undefined : JSON.stringify(body),
     });
     if (resp.status === 401 && auth && retry && this.refreshToken) {
-      try {
-        await this.refresh();
-      } catch (err) {
-        this.forget();
-        this.onSignedOut();
-        throw err;
-      }
+      await this.refresh();
       return this._fetch(method, path, body, { auth, retry: false, accept });
     }
     if (resp.status === 401 && auth) {
       this.forget();
-      this.onSignedOut();
+      this.onSignedOut('expired');
     }
     if (!resp.ok) {
       let problem = null;
@@ -104,7 +262,8 @@ export class Api {
       } catch (err) {
         problem = { detail: `HTTP ${resp.status}` };
       }
-      throw new ApiError(resp.status, problem);
+      const wait = Number(resp.headers.get('Retry-After'));
+      throw new ApiError(resp.status, problem, Number.isFinite(wait) && wait > 0 ? wait : null);
     }
     return resp;
   }

@@ -17,8 +17,10 @@ import { rulesSection } from './view-rules.js';
 function nowCard(metric, band, value) {
   const info = metricInfo(metric);
   const dd = h('dd', { class: 'value' });
-  const note = h('span', { class: 'muted small' });
-  const el = h('div', { class: 'metric', dataset: { metric } }, h('dt', { text: info.label }), dd, note);
+  // The target belongs to the term (a <dl> holds only dt/dd groups: nothing else in its div).
+  const note = h('span', { class: 'note' });
+  const el = h('div', { class: 'metric', dataset: { metric } },
+    h('dt', {}, h('span', { class: 'term', text: info.label }), note), dd);
   function set(v, time) {
     value = v === undefined ? value : { value: v, time };
     dd.textContent = value ? formatValue(metric, value.value) : '–';
