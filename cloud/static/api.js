@@ -174,6 +174,11 @@ export class Api {
     return Promise.resolve();
   }
 
+  // Tokens from another way in (an accepted invitation): this browser is signed in with them.
+  signInWith(tokens) {
+    return this._store(tokens);
+  }
+
   async login(email, password) {
     await this._store(await this.request('POST', '/api/auth/login', { email, password }, { auth: false }));
   }

@@ -8,6 +8,7 @@ import { Api } from './api.js';
 import { Live } from './live.js';
 import { h, clear, loadVocabulary } from './dom.js';
 import { loginView } from './view-login.js';
+import { inviteView } from './view-invite.js';
 import { farmsView, farmView } from './view-farm.js';
 import { roomView } from './view-room.js';
 import { setupView } from './view-setup.js';
@@ -151,6 +152,7 @@ function route() {
   const hash = location.hash || '#/';
   const parts = hash.slice(2).split('/').map(decodeURIComponent);
   if (parts[0] === 'login') return { view: loginView, args: [] };
+  if (parts[0] === 'invite' && parts[1]) return { view: inviteView, args: [parts[1]], public: true };
   if (parts[0] === 'farm' && parts[1] && parts[2] === 'room' && parts[3]) {
     return { view: roomView, args: [parts[1], parts[3]] };
   }
@@ -169,10 +171,10 @@ async function show() {
     cleanup = null;
   }
   live.unsubscribeAll();
-  const { view, args } = route();
+  const { view, args, public: open = view === loginView } = route();
   generation += 1;
   const mine = generation;
-  if (view !== loginView && !api.signedIn) {
+  if (!open && !api.signedIn) {
     returnTo = location.hash;
     location.hash = '#/login';
     return;
@@ -181,9 +183,9 @@ async function show() {
     location.hash = '#/';  // already signed in (this tab or another)
     return;
   }
-  menu.hidden = view === loginView;
-  conn.hidden = view === loginView;  // signed out: no live link to speak of
-  if (view === loginView) closeMenu();
+  menu.hidden = open;
+  conn.hidden = open;  // signed out: no live link to speak of
+  if (open) closeMenu();
   showNotice();
   clear(main, h('p', { class: 'muted', text: 'Loading…' }));
   const afterLogin = () => {
@@ -193,7 +195,7 @@ async function show() {
   };
   const ctx = { api, live, main, setCrumbs, afterLogin, flash };
   try {
-    if (view !== loginView) {
+    if (!open) {
       await api.ensureAccess();  // a new tab: an access token before the socket and the view
       if (mine !== generation) return;
       live.start();
@@ -204,7 +206,7 @@ async function show() {
     if (mine === generation) cleanup = done;
     else if (done) done();  // the user moved on while this view loaded
     // After a navigation, focus goes to the new view (screen readers read it; Tab starts there).
-    if (mine === generation && shownOnce && view !== loginView && !main.contains(document.activeElement)) {
+    if (mine === generation && shownOnce && !open && !main.contains(document.activeElement)) {
       main.focus({ preventScroll: true });
     }
     shownOnce = true;

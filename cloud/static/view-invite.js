@@ -33,7 +33,7 @@ export async function inviteView({ api, live, main, setCrumbs }, token) {
     try {
       const tokens = await api.request('POST', '/api/auth/accept-invite',
         { token, password: password.value }, { auth: false });
-      api._store(tokens);
+      await api.signInWith(tokens);
       location.hash = '#/';
     } catch (err) {
       error.textContent = err.status === 401

@@ -37,14 +37,6 @@ from tests.e2e.test_edge_cloud import simulated
 
 pytestmark = [pytest.mark.postgres, pytest.mark.browser]
 FIXTURES = (cloud,)
-# What the router will do for #/invite/{token}: show the invitation view without a session.
-MOUNT_INVITE = """async (token) => {
-  const [{ Api }, { inviteView }] = await Promise.all(
-    [import('/static/api.js'), import('/static/view-invite.js')]);
-  const ctx = { api: new Api(), live: { stop() {} }, main: document.getElementById('view'),
-    setCrumbs() {} };
-  await inviteView(ctx, token);
-}"""
 # Form fields without a <label> (screen readers would announce them without a name).
 UNLABELLED = """[...document.querySelectorAll('input, select, textarea')]
   .filter((el) => el.type !== 'hidden' && el.labels.length === 0).map((el) => el.outerHTML)"""
@@ -238,26 +230,19 @@ async def test_a_grower_sets_up_a_farm_from_the_web_and_sees_a_new_sensor_report
             await pending.wait_for()
             assert "Operator · Fruiting 1" in (await pending.text_content() or "")
             invite_token = unquote(link.split("#/invite/")[1])
-            # The invitee opens the link in their own browser and chooses a password. (The
-            # router's #/invite route is the integrator's: the view is mounted as it will be.)
+            # The invitee opens the link in their own browser and chooses a password.
             invitee = await browser.new_page(viewport={"width": 390, "height": 844})
             invitee.on("console",
                        lambda m: problems.append(m.text) if m.type == "error" else None)
             invitee.on("pageerror", lambda e: problems.append(str(e)))
-            await invitee.goto(the_cloud.url + "/#/login")
-            await invitee.wait_for_selector("#email")
-            await invitee.evaluate(MOUNT_INVITE, invite_token)
+            await invitee.goto(the_cloud.url + "/#/invite/" + link.split("#/invite/")[1])
             await invitee.get_by_label("Password (at least 10 characters)").fill("picker pw 1")
             await invitee.get_by_label("The same password again").fill("picker pw 2")
             await invitee.click("button:has-text('Join the farm')")
             await invitee.wait_for_selector("text=The two passwords differ.")
             await invitee.get_by_label("The same password again").fill("picker pw 1")
             await invitee.click("button:has-text('Join the farm')")
-            # Signed in (the tokens are this tab's): the one farm opens, with the granted room
-            # only. (Mounted by hand, the view signed in its own Api: the page reloads to use
-            # them; under the router it is the app's, and no reload is needed.)
-            await invitee.wait_for_function("() => sessionStorage.getItem('smartfarm.access')")
-            await invitee.goto(the_cloud.url + "/?joined#/")  # a new document: a fresh Api
+            # Signed in: the one farm opens, with the granted room only.
             await invitee.wait_for_selector(f"a.room[data-room='{room_id}']", timeout=15_000)
             assert await invitee.locator("a.room").count() == 1
             await invitee.close()
