@@ -77,7 +77,7 @@ export function deviceRow(ctx, farmId, roomId, device, canOperate) {
   // and applied by the edge whatever rules or holds ask.
   const limitsEditor = h('div', { class: 'why-limits-editor' });
   const editLimits = h('button', { type: 'button', class: 'linkish why-edit-limits', text: 'Change limits',
-    'aria-label': `${name}: change safety limits`, onclick: () => openLimits() });
+    'aria-label': `Change limits: ${name} safety limits`, onclick: () => openLimits() });
 
   function openLimits() {
     const current = (auto && auto.safety) || {};

@@ -411,7 +411,7 @@ export function rulesSection(ctx, farmId, roomId, devices, canOperate) {
           item.applied ? null : h('span', { class: 'badge warning', text: 'waiting for the edge' }))),
       h('p', { class: 'small' }, h('span', { class: 'muted', text: `${deviceText}: ` }), summary(item.rule)),
       canOperate ? h('div', { class: 'actions' },
-        h('button', { type: 'button', text: item.source === 'profile' ? 'Change' : 'Edit', 'aria-label': `edit ${item.id}`, onclick: () => edit(item) }),
+        h('button', { type: 'button', text: item.source === 'profile' ? 'Change' : 'Edit', 'aria-label': `${item.source === 'profile' ? 'Change' : 'Edit'} ${item.id}`, class: 'rule-edit', dataset: { rule: item.id }, onclick: () => edit(item) }),
         isCloud ? h('button', {
           type: 'button', text: item.overrides ? 'Back to profile' : 'Delete',
           'aria-label': `${item.overrides ? 'back to profile' : 'delete'} ${item.id}`, onclick: () => remove(item),

@@ -39,7 +39,7 @@ export async function setupView(ctx, farmId, rest = []) {
         TABS.map(([id, label]) => h('a', {
           href: `${farmHref}/setup/${id}`, text: label, 'aria-current': id === tab ? 'page' : null,
         }))),
-      owner ? null : h('p', { class: 'note', text: 'Only the farm\'s owners can change its set-up; you can look.' }),
+      owner ? null : h('p', { class: 'setup-note', text: 'Only the farm\'s owners can change its set-up; you can look.' }),
       body));
   const env = { ...ctx, farmId, farm, owner, vocabulary, body };
   const sections = { rooms: roomsSection, devices: devicesSection, edges: edgesSection, members: membersSection };

@@ -136,7 +136,7 @@ async def test_a_grower_watches_a_room_live_and_switches_the_fan(
             await until(lambda: farm.actuators["room-a-fan"].level > 0, 10, "the fan running")
 
             # A rule saved with an invalid value: the API's error shows next to that field.
-            await page.click('button[aria-label="edit room-a-co2-guard"]')
+            await page.click('button.rule-edit[data-rule="room-a-co2-guard"]')
             await page.fill("#rule-for_s", "-5")
             await page.click('form.rule-form button[type="submit"]')
             error = page.locator("#rule-for_s-error")

@@ -180,7 +180,7 @@ async def test_a_grower_in_two_farms_sees_each_farms_oyster_a_with_its_own_data(
                 await page.wait_for_selector(
                     f'li.device[data-device="{FAN}"] ol.life[data-status="pending"]')
                 # A rule edit and a stage change land in this farm.
-                await page.click(f'button[aria-label="edit {farm.rule}"]')
+                await page.click(f'button.rule-edit[data-rule="{farm.rule}"]')
                 await page.fill("#rule-for_s", "45")
                 await page.click('form.rule-form button[type="submit"]')
                 await page.wait_for_selector("form.rule-form", state="detached", timeout=10_000)

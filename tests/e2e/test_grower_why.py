@@ -86,7 +86,7 @@ async def test_the_room_page_shows_why_and_holds_the_fan_then_back_to_auto(
 
             # Change the humidity rule (a profile rule): it is saved as a cloud override, the
             # edge runs it, and the page says so.
-            await page.click('button[aria-label="edit room-a-rh"]')
+            await page.click('button.rule-edit[data-rule="room-a-rh"]')
             await page.fill("#rule-on", "86")
             assert await page.locator("label[for=rule-on]").text_content() == "On below (%)"
             await page.click('form.rule-form button[type="submit"]')
@@ -167,7 +167,7 @@ async def test_the_room_page_shows_why_and_holds_the_fan_then_back_to_auto(
                 "document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"the page is {overflow}px wider than a phone"
             await fan.locator("button.why-edit-limits").click()
-            await page.click('button[aria-label="edit room-a-light"]')
+            await page.click('button.rule-edit[data-rule="room-a-light"]')
             await page.screenshot(path=str(tmp_path / "why-phone.png"), full_page=True)
             await fan.screenshot(path=str(tmp_path / "why-phone-fan.png"))
             form = page.locator("form.rule-form")
