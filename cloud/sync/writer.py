@@ -17,6 +17,7 @@ import psycopg
 
 from cloud.db import automation_state as automation_db
 from cloud.db import live as live_db
+from cloud.db import pending as pending_db
 from cloud.db import sync as sync_db
 from cloud.db.database import Cursor
 from cloud.db.telemetry import Reading, copy_readings
@@ -30,6 +31,7 @@ from cloud.sync.records import (
     CommandStateItem,
     ConfigChangeItem,
     Item,
+    PendingDeviceItem,
     QuarantineItem,
     ReadingItem,
     RecordError,
@@ -299,6 +301,13 @@ class BatchWriter:
             await sync_db.status(self.cur, {**base, **item.model_dump(exclude={"at"}), "at": at})
         elif isinstance(item, AutomationItem):
             await self._automation(record, item)
+        elif isinstance(item, PendingDeviceItem):
+            await pending_db.report(self.cur, {
+                **base, **item.model_dump(exclude={"at", "first_seen", "last_seen"}),
+                "first_seen": self._time(item.first_seen, record),
+                "last_seen": self._time(item.last_seen, record),
+                "at": self._time(item.at, record),
+            })
 
     async def _automation(self, record: OutboxRecord, item: AutomationItem) -> None:
         """A room's effective automation: kept with every edge time in cloud time."""
