@@ -13,12 +13,15 @@ from typing import Any
 import aiohttp
 import aiomqtt
 import msgspec
+import pytest
 
 from edge.config import load_config
 from edge.onboarding import MAX_PENDING, normalise_code
 from shared.sync import KIND_CODES, PendingDeviceData
+from tests.chaos.conftest import Cloud, cloud, edge_app, register_edge, until
 from tests.e2e.conftest import fast_settings, make_site, query, wait_for
 
+FIXTURES = (cloud, edge_app)  # the real cloud's and edge's fixtures, found by pytest by name
 PROBLEM = "application/problem+json"
 
 
@@ -175,3 +178,74 @@ async def test_dismissed_devices_and_a_rotated_code(
             f"{api.base}/api/onboarding") as resp:
         assert resp.status == 401
     assert MAX_PENDING >= 100
+
+
+@pytest.mark.postgres
+async def test_a_pending_device_shows_in_the_cloud_and_is_adopted_there(
+    cloud: Any, edge_app: Any, tmp_path: Path, farm_id: str
+) -> None:
+    """The edge reports the pending device to the cloud; an owner adopts it into a room there;
+    the config push brings it to the edge, whose broker then lets it log in with the password
+    the cloud showed, and its telemetry is stored. Dismissed devices leave the cloud's list."""
+    the_cloud: Cloud = await cloud()
+    config = make_site(tmp_path / "site", farm_id)
+    reg = await the_cloud.provision(load_config(config), "pi-1")
+    run = await edge_app(register_edge(config, the_cloud.url, reg))
+    app = run.app
+    port = app.broker.port
+    code = app.onboarding.claim_code()
+    assert not await mqtt_login(port, "esp-c0ffee", code)
+    assert not await mqtt_login(port, "esp-decade", code)
+
+    async def waiting() -> list[str]:
+        doc = await the_cloud.api("GET", f"/api/farms/{farm_id}/pending-devices")
+        return [p["device_id"] for p in doc["items"]]
+
+    await until(lambda: waiting(), 15, "the pending devices in the cloud")
+    await until(lambda: _equal(waiting(), ["esp-c0ffee", "esp-decade"]), 15, "both listed")
+    doc = await the_cloud.api("GET", f"/api/farms/{farm_id}/pending-devices")
+    first = next(p for p in doc["items"] if p["device_id"] == "esp-c0ffee")
+    assert (first["edge_id"], first["state"], first["address"]) == ("pi-1", "pending", "127.0.0.1")
+
+    # Bad input names the field; an id nobody reported is 404.
+    problem = await the_cloud.api("POST", "/api/rooms/room-a/pending-devices/esp-c0ffee/adopt",
+                                  {"kind": "actuator"}, status=422)
+    assert problem["errors"], problem
+    await the_cloud.api("POST", "/api/rooms/room-a/pending-devices/esp-nobody/adopt",
+                        {"kind": "sensor"}, status=404)
+    made = await the_cloud.api("POST", "/api/rooms/room-a/pending-devices/esp-c0ffee/adopt",
+                               {"kind": "sensor", "name": "shelf 2 probe"})
+    assert (made["id"], made["room_id"], made["mqtt"]["username"]) == (
+        "esp-c0ffee", "room-a", "esp-c0ffee")
+    password = made["mqtt"]["password"]
+    await the_cloud.api("POST", "/api/rooms/room-a/pending-devices/esp-c0ffee/adopt",
+                        {"kind": "sensor"}, status=404)  # adopted: no longer waiting
+    # The config push reaches the edge: it logs in, its reading is stored.
+    topic = f"farm/{farm_id}/room/room-a/telemetry/esp-c0ffee"
+    reading = json.dumps({"device_id": "esp-c0ffee", "data": {"temperature_c": 18.0}}).encode()
+
+    async def logs_in() -> bool:
+        return await mqtt_login(port, "esp-c0ffee", password, publish=(topic, reading))
+
+    await until(logs_in, 20, "the adopted device logging in at the edge", every=0.3)
+    await until(lambda: query(app.settings.db_path, "SELECT 1 FROM series WHERE device_id = ?",
+                              ("esp-c0ffee",)), 10, "its reading stored")
+    # The edge marks it adopted too (and says so to the cloud).
+    await until(lambda: _no_pending(app, "esp-c0ffee"), 10, "the edge's entry adopted")
+    # Dismissed in the cloud: gone from its list.
+    await the_cloud.api("DELETE", f"/api/farms/{farm_id}/pending-devices/esp-decade")
+    await the_cloud.api("DELETE", f"/api/farms/{farm_id}/pending-devices/esp-decade",
+                        status=404)
+    assert await waiting() == []
+    rows = await the_cloud.rows(
+        "SELECT state, room_id FROM pending_devices WHERE farm_id = %s AND device_id = %s",
+        (farm_id, "esp-c0ffee"))
+    assert rows == [{"state": "adopted", "room_id": "room-a"}]
+
+
+async def _equal(got: Any, want: list[str]) -> bool:
+    return sorted(await got) == want
+
+
+async def _no_pending(app: Any, device_id: str) -> bool:
+    return device_id not in [p.device_id for p in await app.onboarding.listing()]
