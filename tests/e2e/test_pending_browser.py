@@ -6,7 +6,6 @@ CSP), every field labelled, no horizontal overflow at 390 px."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 from typing import Any

@@ -15,8 +15,10 @@ import aiomqtt
 import msgspec
 import pytest
 
+import edge.onboarding as onboarding_module
+from edge.cli import edge_main
 from edge.config import load_config
-from edge.onboarding import MAX_PENDING, normalise_code
+from edge.onboarding import MAX_PENDING, claim_code_path, normalise_code
 from shared.sync import KIND_CODES, PendingDeviceData
 from tests.chaos.conftest import Cloud, cloud, edge_app, register_edge, until
 from tests.e2e.conftest import fast_settings, make_site, query, wait_for
@@ -177,7 +179,22 @@ async def test_dismissed_devices_and_a_rotated_code(
     async with aiohttp.ClientSession() as session, session.get(
             f"{api.base}/api/onboarding") as resp:
         assert resp.status == 401
-    assert MAX_PENDING >= 100
+
+
+async def test_the_pending_list_is_capped(
+    tmp_path: Path, farm_id: str, running_edge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone with the claim code cannot grow the list without bound: past the cap, further
+    unknown ids are refused without a record (and counted)."""
+    monkeypatch.setattr(onboarding_module, "MAX_PENDING", 2)
+    app = await running_edge(fast_settings(make_site(tmp_path / "site", farm_id)))
+    code = app.onboarding.claim_code()
+    for n in range(4):
+        assert not await mqtt_login(app.broker.port, f"esp-flood{n}", code)
+    _, doc, _ = await Api(app).call("GET", "/api/onboarding")
+    assert sorted(p["device_id"] for p in doc["pending"]) == ["esp-flood0", "esp-flood1"]
+    assert doc["refused_full"] == 2
+    assert MAX_PENDING == 200
 
 
 @pytest.mark.postgres
@@ -249,3 +266,20 @@ async def _equal(got: Any, want: list[str]) -> bool:
 
 async def _no_pending(app: Any, device_id: str) -> bool:
     return device_id not in [p.device_id for p in await app.onboarding.listing()]
+
+
+def test_the_claim_code_command_prints_and_rotates_the_code(
+    tmp_path: Path, farm_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_site(tmp_path / "site", farm_id)
+    assert edge_main(["claim-code", "--config", str(config)]) == 0
+    first = capsys.readouterr().out
+    code = first.split("farm claim code: ")[1].split()[0]
+    settings = load_config(config)
+    path = claim_code_path(settings)
+    assert path.read_text().strip() == code and path.stat().st_mode & 0o777 == 0o600
+    assert edge_main(["claim-code", "--config", str(config)]) == 0
+    assert code in capsys.readouterr().out  # the same code again
+    assert edge_main(["claim-code", "--rotate", "--config", str(config)]) == 0
+    rotated = capsys.readouterr().out.split("farm claim code: ")[1].split()[0]
+    assert rotated != code and path.read_text().strip() == rotated
