@@ -256,7 +256,7 @@ class Onboarding:
                     add_device, config, device_id, room_id, kind, actuator, sync=False)
             except ConfigError as exc:
                 raise OnboardingError(str(exc), status=409) from None
-            await self._mark(row, "adopted", room_id)
+            await self._mark(row, "adopted", room_id, kind, actuator)
         if self.reload is not None:
             await self.reload()
         log.info("device %s adopted into room %s", device_id, room_id)
@@ -268,16 +268,18 @@ class Onboarding:
             if row is None or row.state != "pending":
                 raise OnboardingError(f"no device {device_id!r} is waiting for adoption",
                                       status=404)
-            await self._mark(row, "dismissed", None)
+            await self._mark(row, "dismissed")
         log.info("pending device %s dismissed", device_id)
 
     async def _mark(self, row: pending_rows.PendingDevice, state: PendingState,
-                    room_id: str | None) -> None:
+                    room_id: str | None = None, kind: str | None = None,
+                    actuator: str | None = None) -> None:
         now = time.time()
         changed = pending_rows.PendingDevice(
             device_id=row.device_id, state=state, first_seen=row.first_seen,
             last_seen=row.last_seen, attempts=row.attempts, address=row.address,
-            client_id=row.client_id, room_id=room_id, updated_at=now)
+            client_id=row.client_id, room_id=room_id, updated_at=now, kind=kind,
+            actuator=actuator)
         await self.db.write(pending_rows.save, changed, True, urgent=True)
         self._touched.pop(row.device_id, None)
 
@@ -290,7 +292,7 @@ class Onboarding:
             for row in rows:
                 device = self.settings.device(row.device_id)
                 if device is not None:
-                    await self._mark(row, "adopted", device.room)
+                    await self._mark(row, "adopted", device.room, device.kind, device.actuator)
                     done += 1
         return done
 

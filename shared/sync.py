@@ -41,7 +41,8 @@ RecordKind = Literal[
     "automation",     # {"room_id","stage","rules":[...],"actuators":[...],"seen":{...},"at"}
                       #  the room's effective automation, when it changes (and now and then)
     "pending_device", # {"device_id","state":"pending"|"adopted"|"dismissed","first_seen",
-                      #  "last_seen","attempts","address","client_id","room_id"?,"at"}
+                      #  "last_seen","attempts","address","client_id","room_id"?,"kind"?,
+                      #  "actuator"?,"at"}
                       #  a device that knocked with the farm's claim code (edge.onboarding)
 ]
 RECORD_KINDS: Final[tuple[str, ...]] = get_args(RecordKind)
@@ -168,6 +169,9 @@ class PendingDeviceData(msgspec.Struct, omit_defaults=True):
     client_id: str
     at: float
     room_id: str | None = None
+    # Once adopted: what it is (the cloud registers a device adopted on the edge's page).
+    kind: str | None = None
+    actuator: str | None = None
 
 
 class RuleReport(msgspec.Struct, omit_defaults=True):

@@ -40,6 +40,18 @@ UPDATE pending_devices SET dismissed_at = now(), dismissed_by = %(user_id)s
 WHERE farm_id = %(farm_id)s AND device_id = %(device_id)s AND state = 'pending'
     AND dismissed_at IS NULL"""
 
+# A device adopted on an edge's page: registered in that room unless the id is taken.
+REGISTER_ADOPTED = """
+INSERT INTO devices (id, farm_id, room_id, name, kind, actuator, capabilities, credentials_hash)
+VALUES (%(id)s, %(farm_id)s, %(room_id)s, '', %(kind)s, %(actuator)s, '[]', %(hash)s)
+ON CONFLICT DO NOTHING"""
+
+
+async def register_adopted(cur: Cursor, params: dict[str, Any]) -> bool:
+    """Register a device the edge adopted; False when the farm already has that id."""
+    await cur.execute(REGISTER_ADOPTED, params)
+    return cur.rowcount > 0
+
 
 async def report(cur: Cursor, params: dict[str, Any]) -> None:
     """Store an edge's report (``pending_device`` record) of a device."""

@@ -213,6 +213,8 @@ class PendingDeviceItem(_Data):
     address: Annotated[str, Field(max_length=64)]
     client_id: Annotated[str, Field(max_length=64)]
     room_id: Id | None = None
+    kind: Literal["sensor", "actuator"] | None = None
+    actuator: Literal["humidifier", "exhaust_fan", "heater", "light"] | None = None
     at: Seconds
 
 

@@ -348,6 +348,8 @@ CREATE TABLE pending_devices (
     attempts INTEGER NOT NULL,
     address TEXT NOT NULL,             -- the peer's IP address at its last attempt
     client_id TEXT NOT NULL,           -- the MQTT client id it sent (often carries the MAC)
-    room_id TEXT,                      -- once adopted
+    room_id TEXT,                      -- once adopted: where, and as what
+    kind TEXT,
+    actuator TEXT,
     updated_at REAL NOT NULL
 );

@@ -283,3 +283,53 @@ def test_the_claim_code_command_prints_and_rotates_the_code(
     assert edge_main(["claim-code", "--rotate", "--config", str(config)]) == 0
     rotated = capsys.readouterr().out.split("farm claim code: ")[1].split()[0]
     assert rotated != code and path.read_text().strip() == rotated
+
+
+@pytest.mark.postgres
+async def test_a_device_adopted_on_the_edge_page_becomes_a_device_in_the_cloud(
+    cloud: Any, edge_app: Any, tmp_path: Path, farm_id: str
+) -> None:
+    """Adopted on the edge's own page (the cloud may be out of reach then): the edge's report
+    makes it a registered device of that room in the cloud, so its readings are kept there; the
+    cloud's config push does not take the edge's password for it away."""
+    the_cloud: Cloud = await cloud()
+    config = make_site(tmp_path / "site", farm_id)
+    reg = await the_cloud.provision(load_config(config), "pi-1")
+    run = await edge_app(register_edge(config, the_cloud.url, reg))
+    app = run.app
+    port = app.broker.port
+    assert not await mqtt_login(port, "esp-beef01", app.onboarding.claim_code())
+    status, made, _ = await Api(app).call("POST", "/api/onboarding/esp-beef01/adopt",
+                                          {"room_id": "room-a", "kind": "actuator",
+                                           "actuator": "light"})
+    assert status == 201, made
+
+    async def in_cloud() -> Any:
+        doc = await the_cloud.api("GET", "/api/rooms/room-a/devices?limit=100")
+        return [d for d in doc["items"] if d["id"] == "esp-beef01"]
+
+    found = await until(in_cloud, 15, "the device registered in the cloud")
+    assert (found[0]["kind"], found[0]["actuator"]) == ("actuator", "light")
+    assert await the_cloud.rows(
+        "SELECT state, room_id FROM pending_devices WHERE farm_id = %s", (farm_id,)) == [
+        {"state": "adopted", "room_id": "room-a"}]
+    # The cloud's push of its (unusable) hash reaches the edge; the edge's password still works.
+    version = await the_cloud.rows("SELECT version FROM farm_config WHERE farm_id = %s",
+                                   (farm_id,))
+
+    async def applied() -> bool:
+        rows = await the_cloud.rows("SELECT config_version FROM edges WHERE id = %s",
+                                    ("pi-1",))
+        return bool(rows) and rows[0]["config_version"] >= version[0]["version"]
+
+    await until(applied, 15, "the edge applying the cloud's config")
+    topic = f"farm/{farm_id}/room/room-a/status/esp-beef01"
+    status_msg = json.dumps({"device_id": "esp-beef01", "online": True,
+                             "state": {"on": False}}).encode()
+    assert await mqtt_login(port, "esp-beef01", made["password"], publish=(topic, status_msg))
+
+    async def seen_in_cloud() -> bool:
+        doc = await the_cloud.api("GET", "/api/devices/esp-beef01")
+        return doc["last_seen"] is not None
+
+    await until(seen_in_cloud, 15, "the device's status reaching the cloud")

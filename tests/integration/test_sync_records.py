@@ -83,7 +83,7 @@ async def one_of_each_kind(edge: Edge) -> None:
     await edge.db.write(pending_rows.save, pending_rows.PendingDevice(
         device_id="esp-a1b2c3", state="adopted", first_seen=T0, last_seen=T0 + 5, attempts=3,
         address="192.168.1.40", client_id="esp-a1b2c3-3c71bf", room_id="room-a",
-        updated_at=T0 + 6), True)
+        updated_at=T0 + 6, kind="actuator", actuator="heater"), True)
     merged = await edge.db.write(rows.downsample, 0, 100, 60.0)
     assert merged.removed == 1
     await edge.settle()
