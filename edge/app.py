@@ -22,6 +22,7 @@ from aiohttp import web
 
 from edge.alerts import AlertMonitor
 from edge.api import create_api_app
+from edge.api.keys import ONBOARDING
 from edge.automation import Automation
 from edge.automation_report import AutomationReporter
 from edge.broker import EmbeddedBroker, broker_address, embedded_broker
@@ -33,6 +34,7 @@ from edge.homeassistant import HomeAssistantBridge
 from edge.ingest import Inbox, Ingest
 from edge.intake import Intake
 from edge.metrics import METRICS, EdgeMetrics, EdgeParts
+from edge.onboarding import Onboarding
 from edge.outbox import Outbox
 from edge.store import commands as command_rows
 from edge.store.db import Database
@@ -110,6 +112,8 @@ class EdgeApp:
                                         alerts=self.alerts)
             else:
                 self.uplink = Uplink(settings, self.outbox, alerts=self.alerts)
+        # Devices knocking with the farm's claim code (the embedded broker reports them).
+        self.onboarding = Onboarding(settings, self.db, reload=self.reload_config)
         self.broker: EmbeddedBroker | None = None
         self.api_runner: web.AppRunner | None = None
         self.api_port: int | None = None
@@ -162,7 +166,8 @@ class EdgeApp:
                 sync_broker_files(settings)
                 if self.downlink is not None:
                     self.downlink.config_sync.write_credentials()
-                self.broker = embedded_broker(settings, self.intake)
+                self.onboarding.claim_code()  # created on first start
+                self.broker = embedded_broker(settings, self.intake, onboarding=self.onboarding)
                 await self.broker.start()
                 log.info("embedded MQTT broker on %s:%d", self.broker.host, self.broker.port)
             await self._start_api()
@@ -176,6 +181,7 @@ class EdgeApp:
                     tasks.create_task(self._mqtt_loop(), name="edge-mqtt"),
                     tasks.create_task(self._tick_loop(), name="edge-tick"),
                     tasks.create_task(self._config_watch(), name="edge-config-watch"),
+                    tasks.create_task(self.onboarding.run(), name="edge-onboarding"),
                     tasks.create_task(self.notifier.watchdog_loop(self.healthy),
                                       name="edge-watchdog"),
                 ]
@@ -260,6 +266,7 @@ class EdgeApp:
             settings=self.settings, db=self.db, automation=self.automation,
             ingest=self.ingest, commands=self.commands,
         )
+        app[ONBOARDING] = self.onboarding
         app[SYNC_STATUS] = self.sync_status
         app[METRICS] = self.metrics
         self.api_runner = web.AppRunner(app, access_log=None)
@@ -348,23 +355,34 @@ class EdgeApp:
             if mtime == self._config_mtime:
                 continue
             self._config_mtime = mtime
-            try:
-                fresh = load_config(path)
-            except Exception as exc:
-                log.warning("config changed but cannot be loaded, keeping the old one: %s", exc)
-                continue
-            added = {d.id for d in fresh.devices} - {d.id for d in self.settings.devices}
+            await self.reload_config()
+
+    async def reload_config(self) -> None:
+        """Re-read the TOML config's devices (added by `smartfarm edge device add` or an adoption
+        on the local page): broker accounts rebuilt with the cloud's, automation reloaded."""
+        path = self.settings.config_path
+        if path is None:
+            return
+        self._config_mtime = _mtime(path)
+        try:
+            fresh = load_config(path)
+        except Exception as exc:
+            log.warning("config changed but cannot be loaded, keeping the old one: %s", exc)
+            return
+        added = {d.id for d in fresh.devices} - {d.id for d in self.settings.devices}
+        if self.downlink is not None:
+            self.downlink.config_sync.rebase_local(fresh)  # keeps cloud-registered devices
+        else:
+            self.settings.devices = fresh.devices
+        if self.settings.broker.mode == "embedded":
+            sync_broker_files(self.settings)
             if self.downlink is not None:
-                self.downlink.config_sync.rebase_local(fresh)  # keeps cloud-registered devices
-            else:
-                self.settings.devices = fresh.devices
-            if self.settings.broker.mode == "embedded":
-                sync_broker_files(self.settings)
-                if self.downlink is not None:
-                    self.downlink.config_sync.write_credentials()
-            await self.automation.reload_devices()
-            if added:
-                log.info("config reloaded: new device(s) %s", ", ".join(sorted(added)))
+                self.downlink.config_sync.write_credentials()
+            if self.broker is not None:
+                self.broker.reload()
+        await self.automation.reload_devices()
+        if added:
+            log.info("config reloaded: new device(s) %s", ", ".join(sorted(added)))
 
 
 async def _keep_running(name: str, loop: Callable[[], Awaitable[None]]) -> None:

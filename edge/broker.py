@@ -38,6 +38,7 @@ from shared.errors import SmartfarmError
 if TYPE_CHECKING:
     from edge.config import EdgeSettings
     from edge.intake import Intake
+    from edge.onboarding import Onboarding
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class EmbeddedBroker:
         tls: ssl.SSLContext | None = None,
         tls_host: str | None = None,
         tls_port: int = 8883,
+        onboarding: Onboarding | None = None,
     ) -> None:
         self.host = host
         self.port = port  # replaced by the bound port once started (port 0 = any free port)
@@ -144,6 +146,7 @@ class EmbeddedBroker:
         self.max_connections = max_connections  # logged-in clients
         self.max_pending = max(1, max_pending)  # sockets yet to log in
         self.intake = intake
+        self.onboarding = onboarding  # told of refused logins that carry the farm's claim code
         self._acl_reload_interval_s = acl_reload_interval_s
         self._quiet_logs = quiet_logs
         self._broker: Broker | None = None
@@ -327,6 +330,13 @@ class EmbeddedBroker:
         username = connect.username if connect.username_flag else None
         password = connect.password if connect.password_flag else None
         if not await self._auth(broker).check(username, password):
+            # A new device asking to join (unknown id + the farm's claim code) is refused all
+            # the same — nothing is accepted from it before adoption — but listed as pending.
+            if self.onboarding is not None:
+                try:
+                    await self.onboarding.knock(username, password, host, connect.client_id)
+                except Exception:
+                    log.exception("recording a claim login failed")
             await self._refuse(writer, _NOT_AUTHORIZED)
             return None
         if len(self._connections) - len(self._pending) >= self.max_connections:
@@ -410,7 +420,8 @@ def broker_address(settings: EdgeSettings) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def embedded_broker(settings: EdgeSettings, intake: Intake | None = None) -> EmbeddedBroker:
+def embedded_broker(settings: EdgeSettings, intake: Intake | None = None, *,
+                    onboarding: Onboarding | None = None) -> EmbeddedBroker:
     """An EmbeddedBroker configured from the edge settings (files from sync_broker_files),
     acknowledging devices' messages through ``intake`` when given; BrokerError naming the key
     if the TLS certificate or key cannot be loaded."""
@@ -433,4 +444,5 @@ def embedded_broker(settings: EdgeSettings, intake: Intake | None = None) -> Emb
         tls_host=cfg.tls.host,
         tls_port=cfg.tls.port,
         intake=intake,
+        onboarding=onboarding,
     )

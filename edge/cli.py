@@ -212,6 +212,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", action="append", default=[], metavar="NAME",
                    help="host name or IP devices use (repeatable; default: this host's names)")
     p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    p = sub.add_parser("claim-code",
+                       help="print the farm's claim code (new nodes log in with it to ask to"
+                            " join; adopt them on the local page)")
+    p.add_argument("--rotate", action="store_true",
+                   help="make a new code: nodes flashed with the old one can no longer ask")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
     p = sub.add_parser("run", help="run the edge until SIGTERM/SIGINT")
     p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
     p = sub.add_parser("check-config",
@@ -284,6 +290,17 @@ def edge_main(argv: list[str]) -> int:
                       f" {files.ca_cert})")
             else:
                 print(f"{files.cert} already covers those names; nothing changed")
+            return 0
+        if args.command == "claim-code":
+            from edge.onboarding import claim_code_path, ensure_claim_code
+
+            code = ensure_claim_code(settings, rotate=args.rotate)
+            print(f"farm claim code: {code}" + ("   (new; the old one no longer works)"
+                                                 if args.rotate else ""))
+            print(f"  kept in {claim_code_path(settings)} (mode 0600)")
+            print(f"  a new node logs in to port {settings.broker.port} with its own id as"
+                  " username and this code as password; it is refused and listed under"
+                  " New devices on the local page until adopted")
             return 0
         if args.command == "check-config":
             print(effective_config(settings) if args.print_config else config_summary(settings))

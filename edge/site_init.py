@@ -156,8 +156,11 @@ def init_site(
 
 
 def add_device(config_path: Path, device_id: str, room: str, kind: str,
-               actuator: str | None) -> str:
-    """Append a device to the config, create its credentials; return its password (once)."""
+               actuator: str | None, *, sync: bool = True) -> str:
+    """Append a device to the config, create its credentials; return its password (once).
+
+    ``sync=False`` leaves the broker files to the caller (a running edge rebuilds them with the
+    cloud's accounts too, see ``EdgeApp.reload_config``)."""
     settings = load_config(config_path)
     if not is_valid_id(device_id):
         raise ConfigError(f"device id {device_id!r}: use letters, digits, '_' or '-'")
@@ -178,6 +181,7 @@ def add_device(config_path: Path, device_id: str, room: str, kind: str,
     )
     password = secrets.add_device(device_id, rotate=True)
     write_atomic(config_path, text, mode=0o644)
-    sync_broker_files(load_config(config_path), secrets)
+    if sync:
+        sync_broker_files(load_config(config_path), secrets)
     return password
 

@@ -40,6 +40,10 @@ RecordKind = Literal[
     "config_change",  # {"version","base_version","change":{...},"at"} local edits made offline
     "automation",     # {"room_id","stage","rules":[...],"actuators":[...],"seen":{...},"at"}
                       #  the room's effective automation, when it changes (and now and then)
+    "pending_device", # {"device_id","state":"pending"|"adopted"|"dismissed","first_seen",
+                      #  "last_seen","attempts","address","client_id","room_id"?,"kind"?,
+                      #  "actuator"?,"at"}
+                      #  a device that knocked with the farm's claim code (edge.onboarding)
 ]
 RECORD_KINDS: Final[tuple[str, ...]] = get_args(RecordKind)
 
@@ -147,6 +151,27 @@ class ConfigChangeData(msgspec.Struct):
     base_version: int
     change: ConfigEdit
     at: float
+
+
+PendingState = Literal["pending", "adopted", "dismissed"]
+
+
+class PendingDeviceData(msgspec.Struct, omit_defaults=True):
+    """A device that tried to log in with an unknown id and the farm's claim code: ``pending``
+    (nothing it sends is accepted), then ``adopted`` into ``room_id`` or ``dismissed``."""
+
+    device_id: str
+    state: PendingState
+    first_seen: float
+    last_seen: float
+    attempts: int
+    address: str
+    client_id: str
+    at: float
+    room_id: str | None = None
+    # Once adopted: what it is (the cloud registers a device adopted on the edge's page).
+    kind: str | None = None
+    actuator: str | None = None
 
 
 class RuleReport(msgspec.Struct, omit_defaults=True):
@@ -263,6 +288,11 @@ class AutomationRecord(Record, tag="automation"):
     data: AutomationData
 
 
+class PendingDeviceRecord(Record, tag="pending_device"):
+    kind: ClassVar[str] = "pending_device"
+    data: PendingDeviceData
+
+
 RECORD_TYPES: Final[dict[str, type[Record]]] = {
     "reading": ReadingRecord,
     "quarantine": QuarantineRecord,
@@ -273,6 +303,7 @@ RECORD_TYPES: Final[dict[str, type[Record]]] = {
     "status": StatusRecord,
     "config_change": ConfigChangeRecord,
     "automation": AutomationRecord,
+    "pending_device": PendingDeviceRecord,
 }
 
 
@@ -297,6 +328,7 @@ KIND_CODES: Final[dict[str, int]] = {
     "status": 6,
     "config_change": 7,
     "automation": 8,
+    "pending_device": 9,
 }
 KIND_NAMES: Final[dict[int, str]] = {code: name for name, code in KIND_CODES.items()}
 

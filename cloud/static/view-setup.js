@@ -9,6 +9,7 @@ import {
   field, checkbox, select, showErrors, errorLine, busy, secret, confirmIn, shortDate, fromNow,
   dateToIso, isoToDate,
 } from './setup-forms.js';
+import { pendingSection } from './view-pending.js';
 
 const TABS = [
   ['rooms', 'Rooms'],
@@ -339,13 +340,20 @@ async function devicesSection(env) {
     });
   });
 
+  // Nodes that asked to join with the farm's claim code (view-pending.js).
+  const pending = pendingSection(env, rooms, async (made) => {
+    clear(shown, credentialsCard(made, () => clear(shown)));
+    reveal(shown);
+    await loadDevices();
+  });
   clear(body,
     shown,
+    pending.card,
     owner ? h('section', { class: 'card' }, netForm) : null,
     owner && rooms.length ? h('section', { class: 'card' }, devForm) : null,
     h('h2', { text: 'Devices by room' }),
     lists);
-  await loadDevices();
+  await Promise.all([loadDevices(), pending.load()]);
 }
 
 function safetyText(s) {

@@ -30,6 +30,7 @@ from cloud.sync.records import (
     CommandItem,
     CommandStateItem,
     ConfigChangeItem,
+    PendingDeviceItem,
     ReadingItem,
     StatusItem,
 )
@@ -95,6 +96,9 @@ def _references(parsed: list[ParsedRecord]) -> _Refs:
         elif isinstance(item, AutomationItem):
             rooms.add(item.room_id)
             devices.update(item.seen)
+        elif isinstance(item, PendingDeviceItem):
+            rooms.update(x for x in (item.room_id,) if x)
+            devices.add(item.device_id)
         if isinstance(item, CommandItem | CommandStateItem) and item.cloud_command_id:
             commands.add(item.cloud_command_id)
         if isinstance(item, CommandItem) and item.source == "cloud":

@@ -202,6 +202,22 @@ class StatusItem(_Data):
     at: Seconds
 
 
+class PendingDeviceItem(_Data):
+    """A device that knocked at the edge's broker with the farm's claim code."""
+
+    device_id: Id
+    state: Literal["pending", "adopted", "dismissed"]
+    first_seen: Seconds
+    last_seen: Seconds
+    attempts: int = Field(ge=0, le=2**31 - 1)
+    address: Annotated[str, Field(max_length=64)]
+    client_id: Annotated[str, Field(max_length=64)]
+    room_id: Id | None = None
+    kind: Literal["sensor", "actuator"] | None = None
+    actuator: Literal["humidifier", "exhaust_fan", "heater", "light"] | None = None
+    at: Seconds
+
+
 class StageChange(_Data):
     """The room's grow stage was set on the edge's local page (``stage_started``, the edge's
     date, is not used: the cloud restarts the stage clock at the edit's time)."""
@@ -297,6 +313,7 @@ ITEMS: dict[str, type[Any]] = {
     "status": StatusItem,
     "config_change": ConfigChangeItem,
     "automation": AutomationItem,
+    "pending_device": PendingDeviceItem,
 }
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     kind: TypeAdapter(item) for kind, item in ITEMS.items() if kind != "reading"
@@ -312,6 +329,7 @@ Item = (
     | StatusItem
     | ConfigChangeItem
     | AutomationItem
+    | PendingDeviceItem
 )
 
 

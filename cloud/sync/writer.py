@@ -4,19 +4,23 @@ edits last. A record the cloud cannot use is kept in ``edge_quarantine`` with th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
+import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import psycopg
+from argon2 import PasswordHasher
 
 from cloud.db import automation_state as automation_db
 from cloud.db import live as live_db
+from cloud.db import pending as pending_db
 from cloud.db import sync as sync_db
 from cloud.db.database import Cursor
 from cloud.db.telemetry import Reading, copy_readings
@@ -30,6 +34,7 @@ from cloud.sync.records import (
     CommandStateItem,
     ConfigChangeItem,
     Item,
+    PendingDeviceItem,
     QuarantineItem,
     ReadingItem,
     RecordError,
@@ -38,6 +43,9 @@ from cloud.sync.records import (
 from shared.sync import OutboxRecord
 
 log = logging.getLogger(__name__)
+
+# The argon2id profile of the edges' broker password files, for a password nobody keeps.
+_UNUSABLE = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
 
 # Edge command states → the cloud command's status (the edge's "pending" means published).
 CLOUD_STATUS = {
@@ -299,6 +307,37 @@ class BatchWriter:
             await sync_db.status(self.cur, {**base, **item.model_dump(exclude={"at"}), "at": at})
         elif isinstance(item, AutomationItem):
             await self._automation(record, item)
+        elif isinstance(item, PendingDeviceItem):
+            await self._pending_device(record, item, base)
+
+    async def _pending_device(
+        self, record: OutboxRecord, item: PendingDeviceItem, base: dict[str, str]
+    ) -> None:
+        """Store the edge's report of a device that asked to join. One adopted on the edge's own
+        page (into a room of this farm) becomes a device of the farm here too, so its readings
+        are kept: registered with a password nobody knows (the edge's own secret for it wins
+        at the edge; the cloud never sees that one)."""
+        await pending_db.report(self.cur, {
+            **base, **item.model_dump(exclude={"at", "first_seen", "last_seen", "kind",
+                                               "actuator"}),
+            "first_seen": self._time(item.first_seen, record),
+            "last_seen": self._time(item.last_seen, record),
+            "at": self._time(item.at, record),
+        })
+        room_id = item.room_id
+        if (item.state != "adopted" or room_id is None or item.kind is None
+                or (item.kind == "actuator") != (item.actuator is not None)):
+            return
+        if not self._ours("room", room_id) or item.device_id in self.owners["device"]:
+            return  # a room of no farm here, or a device already registered (in some farm)
+        unusable = await asyncio.to_thread(_UNUSABLE.hash, secrets.token_urlsafe(24))
+        if await pending_db.register_adopted(self.cur, {
+            "farm_id": self.farm_id, "id": item.device_id, "room_id": room_id,
+            "kind": item.kind, "actuator": item.actuator, "hash": unusable,
+        }):
+            self.owners["device"][item.device_id] = self.farm_id
+            log.info("device %s adopted on edge %s into room %s: registered", item.device_id,
+                     self.edge_id, room_id)
 
     async def _automation(self, record: OutboxRecord, item: AutomationItem) -> None:
         """A room's effective automation: kept with every edge time in cloud time."""

@@ -67,6 +67,14 @@ class RequestRefused(ApiError):
     slug = "invalid-request"
 
 
+class Conflict(ApiError):
+    """The request clashes with the edge's current state (e.g. the device already exists)."""
+
+    status = 409
+    title = "Conflict"
+    slug = "conflict"
+
+
 class UnsupportedMediaType(ApiError, problems.UnsupportedMediaType):
     pass
 

@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from edge.api.problems import BadRequest, UnsupportedMediaType, ValidationFailed
 from shared.models import CommandForm, Id
-from shared.vocabulary import Stage
+from shared.vocabulary import ActuatorRole, Stage
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -75,6 +75,18 @@ class AlertsQuery(_Query):
 
 class QuarantineQuery(_Query):
     limit: int = Field(default=50, ge=1, le=500)
+
+
+class EmptyBody(_Body):
+    """No fields: a JSON ``{}`` (state changes send a JSON body, see ``edge.api.auth``)."""
+
+
+class AdoptBody(_Body):
+    """Adopt a pending device: into which room, as a sensor or an actuator of which role."""
+
+    room_id: Id
+    kind: Literal["sensor", "actuator"]
+    actuator: ActuatorRole | None = None
 
 
 class RulesQuery(_Query):

@@ -336,3 +336,20 @@ BEGIN
             max_ts = max(max_ts, excluded.max_ts)
         WHERE excluded.min_ts < min_ts OR excluded.max_ts > max_ts;
 END;
+
+-- migration 5: devices waiting for adoption (edge.onboarding)
+-- A device that logs in with an unknown id and the farm's claim code is refused (nothing it sends
+-- is accepted) and remembered here until an operator adopts it into a room or dismisses it.
+CREATE TABLE pending_devices (
+    device_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'adopted', 'dismissed')),
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    address TEXT NOT NULL,             -- the peer's IP address at its last attempt
+    client_id TEXT NOT NULL,           -- the MQTT client id it sent (often carries the MAC)
+    room_id TEXT,                      -- once adopted: where, and as what
+    kind TEXT,
+    actuator TEXT,
+    updated_at REAL NOT NULL
+);

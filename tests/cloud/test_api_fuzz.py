@@ -60,6 +60,7 @@ def _config(world: w.World, alert_id: int, entry_id: str) -> str:
         "recommendation_id": [world.recommendation_id],
         "alert_id": [alert_id],
         "entry_id": [entry_id],
+        "pending_device_id": [w.PENDING],
     }
     lines = ['hooks = "tests.cloud.schemathesis_hooks"', ""]
     for name, values in real.items():
@@ -133,6 +134,7 @@ async def test_fuzzing_the_openapi_document_finds_no_errors(  # type: ignore[no-
     await web.TCPSite(runner, "127.0.0.1", port).start()
     config = tmp_path / "schemathesis.toml"
     alarm, note = await w.add_alarm(world_dsn), await w.add_note(world_dsn)
+    await w.add_pending(world_dsn)
     config.write_text(_config(world, alarm, note))
     token = tokens.issue(world.user_ids["owner"], ttl_s=3600)
     base = f"http://127.0.0.1:{port}"

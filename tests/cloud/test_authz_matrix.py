@@ -40,6 +40,7 @@ PARAMS: dict[str, Any] = {
     "command_id": w.COMMAND_B,
     "edge_id": w.EDGE,
     "actuator_id": w.ACTUATOR_B,
+    "pending_device_id": w.PENDING,
 }
 # One valid request body per route that takes one (keyed "METHOD path").
 BODIES: dict[str, Any] = {
@@ -50,6 +51,7 @@ BODIES: dict[str, Any] = {
     "POST /api/farms/{farm_id}/rooms": {"species": "shiitake", "stage": "spawn_run"},
     "PATCH /api/rooms/{room_id}": {"stage": "pinning"},
     "POST /api/rooms/{room_id}/devices": {"kind": "sensor"},
+    "POST /api/rooms/{room_id}/pending-devices/{pending_device_id}/adopt": {"kind": "sensor"},
     "PATCH /api/devices/{device_id}": {"name": "renamed"},
     "POST /api/rooms/{room_id}/commands": {"device_id": w.ACTUATOR_B, "action": "on"},
     "POST /api/rooms/{room_id}/holds": {"device_id": w.ACTUATOR_B, "action": "on", "minutes": 30},
@@ -172,6 +174,8 @@ async def test_matrix(  # type: ignore[no-untyped-def]
     # tests count them).
     alert_id = await w.add_alarm(dsn) if "{alert_id}" in route.path else 0
     entry_id = await w.add_note(dsn) if "{entry_id}" in route.path else ""
+    if "{pending_device_id}" in route.path:
+        await w.add_pending(dsn)  # a device waiting for adoption (the template has none)
     url = _url(route, world, caller, alert_id, entry_id)
     if "/invites/{user_id}" in route.path and want < 400:
         # Renewing or revoking needs an invitation still open (an activated member is a 409).

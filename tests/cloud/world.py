@@ -177,6 +177,25 @@ async def add_alarm(dsn: str) -> int:
     return int(row["id"])
 
 
+PENDING = "esp-3c71bf"
+
+
+async def add_pending(dsn: str, device_id: str = PENDING) -> str:
+    """A device of farm F waiting for adoption, as its edge reported it; its id."""
+    db = await Database.connect(dsn, min_size=1, max_size=1)
+    try:
+        await db.execute(
+            "INSERT INTO pending_devices (farm_id, device_id, edge_id, state, first_seen,"
+            " last_seen, attempts, address, client_id, reported_at) VALUES (%(farm)s, %(id)s,"
+            " %(edge)s, 'pending', now(), now(), 3, '192.168.1.40', %(id)s, now())"
+            " ON CONFLICT DO NOTHING",
+            {"farm": FARM, "edge": EDGE, "id": device_id},
+        )
+    finally:
+        await db.close()
+    return device_id
+
+
 async def add_note(dsn: str) -> str:
     """A logbook note in room B of farm F; its entry id (``log-{n}``)."""
     db = await Database.connect(dsn, min_size=1, max_size=1)

@@ -24,6 +24,7 @@ from edge.automation_report import AutomationReporter
 from edge.batch_body import BatchEncoder
 from edge.store import commands as command_rows
 from edge.store import outbox as rows
+from edge.store import pending as pending_rows
 from edge.store.db import load_migrations, migrate
 from shared.models import utcnow
 from shared.sync import (
@@ -78,6 +79,11 @@ async def one_of_each_kind(edge: Edge) -> None:
         await edge.telemetry("sens-b", ts=datetime.fromtimestamp(base + offset, UTC),
                              co2_ppm=800 + offset)
     await edge.settle()
+    # A device that knocked with the claim code, adopted (every field set).
+    await edge.db.write(pending_rows.save, pending_rows.PendingDevice(
+        device_id="esp-a1b2c3", state="adopted", first_seen=T0, last_seen=T0 + 5, attempts=3,
+        address="192.168.1.40", client_id="esp-a1b2c3-3c71bf", room_id="room-a",
+        updated_at=T0 + 6, kind="actuator", actuator="heater"), True)
     merged = await edge.db.write(rows.downsample, 0, 100, 60.0)
     assert merged.removed == 1
     await edge.settle()
@@ -201,4 +207,4 @@ def test_the_sql_triggers_write_shared_kind_codes() -> None:
         assert [KIND_NAMES.get(c) for c in codes] == [expected], f"trigger {name}: codes {codes}"
         seen.add(expected)
     # Acks and automation reports have no table: edge/store/outbox/cursor.py appends them by type.
-    assert seen | {"ack", "automation"} == set(KIND_CODES)
+    assert seen | {"ack", "automation", "pending_device"} == set(KIND_CODES)

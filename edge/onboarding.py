@@ -1,0 +1,313 @@
+"""Onboarding: the farm's claim code, devices waiting for adoption, and adopting them.
+
+A new device is flashed with the farm's *claim code* as its MQTT password and its own id (e.g.
+``smartfarm-a1b2c3``) as its username. The embedded broker (``edge.broker``) refuses the login —
+nothing the device sends is accepted before adoption — but when the id is not a device of this
+farm and the password is the claim code, it reports the attempt here (``knock``) and the device
+is listed as *pending*: on the edge's page (``/api/onboarding``) and, through the outbox
+(``pending_device`` records), in the cloud.
+
+An operator then adopts it into a room: on the edge page (the device is appended to the edge's
+TOML config, its password is created and returned once, the broker accounts are rebuilt, so it
+can log in about a second later with that password) or in the cloud (the cloud registers the
+device; its config push brings the device and its password hash to the edge, and ``settle``
+marks the pending entry adopted). Or dismisses it: it stays refused and is no longer listed.
+
+The claim code only ever lets a device *ask*; it never grants a topic. A leaked code lets
+someone fill the pending list (capped at ``MAX_PENDING``) and nothing else; rotate it with
+``smartfarm edge claim-code --rotate`` or on the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import string
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from edge.config import ConfigError, load_config
+from edge.credentials import write_atomic
+from edge.site_init import add_device
+from edge.store import pending as pending_rows
+from edge.store.db import Database
+from shared.errors import SmartfarmError
+from shared.sync import PendingState
+from shared.topics import is_valid_id
+from shared.vocabulary import ACTUATOR_ROLES
+
+if TYPE_CHECKING:
+    from edge.config import EdgeSettings
+
+log = logging.getLogger(__name__)
+
+CLAIM_FILE_NAME: Final = "claim-code"
+# Crockford's base32 (no I, L, O, U: nothing to misread on a label); 16 characters = 80 bits,
+# shown and typed in groups of four: ``7K2M-QX9D-...``. Case, spaces and dashes do not matter.
+_ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CODE_CHARS: Final = 16
+# At most this many devices wait at once; further unknown ids are refused without a record.
+MAX_PENDING: Final = 200
+# A device retries every few seconds: its row is rewritten at most this often, and the cloud
+# hears of its new last_seen at most every REPORT_EVERY_S (state changes are reported at once).
+TOUCH_EVERY_S: Final = 30.0
+REPORT_EVERY_S: Final = 600.0
+_CLIENT_ID_MAX: Final = 64
+_PRINTABLE: Final = frozenset(string.ascii_letters + string.digits + "-_.:@/+")
+
+
+class OnboardingError(SmartfarmError):
+    """An adoption that cannot be done; ``field`` names the offending input when there is one."""
+
+    def __init__(self, message: str, field: str | None = None, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+# ---- the claim code ---------------------------------------------------------------------------
+
+def claim_code_path(settings: EdgeSettings) -> Path:
+    """The claim code lives next to the broker's password file (``credentials/claim-code``)."""
+    return settings.password_file_path.with_name(CLAIM_FILE_NAME)
+
+
+def new_claim_code() -> str:
+    raw = "".join(secrets.choice(_ALPHABET) for _ in range(_CODE_CHARS))
+    return "-".join(raw[i:i + 4] for i in range(0, _CODE_CHARS, 4))
+
+
+def normalise_code(text: str) -> str:
+    """Upper case, without spaces and dashes; Crockford's look-alikes mapped (O→0, I/L→1)."""
+    cleaned = "".join(text.split()).replace("-", "").upper()
+    return cleaned.translate(str.maketrans("OIL", "011"))
+
+
+def read_claim_code(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def ensure_claim_code(settings: EdgeSettings, *, rotate: bool = False) -> str:
+    """The farm's claim code, created (mode 0600) when missing or when ``rotate``."""
+    path = claim_code_path(settings)
+    code = None if rotate else read_claim_code(path)
+    if code is None:
+        code = new_claim_code()
+        write_atomic(path, code + "\n")
+        log.info("farm claim code %s", "rotated" if rotate else "created")
+    return code
+
+
+def _clean_client_id(client_id: str | None) -> str:
+    text = (client_id or "")[:_CLIENT_ID_MAX]
+    return "".join(c if c in _PRINTABLE else "?" for c in text)
+
+
+# ---- pending devices --------------------------------------------------------------------------
+
+class Onboarding:
+    """Pending devices of this edge: recorded from the broker's refused claim logins, adopted or
+    dismissed by an operator. ``reload`` is the edge's "config changed, rebuild the broker
+    accounts and the automation" (``EdgeApp.reload_config``)."""
+
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        db: Database,
+        reload: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.reload = reload
+        self._path = claim_code_path(settings)
+        self._stamp: tuple[int, int] | None = None
+        self._digest: bytes | None = None
+        # device id → (last row write, last cloud report), monotonic; bounds the writes.
+        self._touched: dict[str, tuple[float, float]] = {}
+        self._lock = asyncio.Lock()
+        self.refused = 0  # claim logins refused because the pending list is full
+
+    # -- the code --
+    def claim_code(self) -> str:
+        return ensure_claim_code(self.settings)
+
+    def rotate(self) -> str:
+        code = ensure_claim_code(self.settings, rotate=True)
+        self._stamp = None
+        return code
+
+    def _code_digest(self) -> bytes | None:
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            self._stamp, self._digest = None, None
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if stamp != self._stamp:
+            code = read_claim_code(self._path)
+            self._digest = (None if code is None else
+                            hashlib.sha256(normalise_code(code).encode()).digest())
+            self._stamp = stamp
+        return self._digest
+
+    def is_claim_code(self, password: str | None) -> bool:
+        expected = self._code_digest()
+        if expected is None or not password:
+            return False
+        given = hashlib.sha256(normalise_code(password[:128]).encode()).digest()
+        return hmac.compare_digest(given, expected)
+
+    # -- the broker's side --
+    def is_candidate(self, username: str | None) -> bool:
+        """An id that could be onboarded: valid, not the edge's, not a device of this farm."""
+        return (is_valid_id(username) and username != self.settings.broker.edge_username
+                and self.settings.device(str(username)) is None)
+
+    async def knock(self, username: str | None, password: str | None, address: str,
+                    client_id: str | None) -> bool:
+        """A login the broker refused: True when it was a claim (unknown id, the farm's claim
+        code), now recorded as pending (or already dismissed). The login stays refused."""
+        if not self.is_candidate(username) or not self.is_claim_code(password):
+            return False
+        assert username is not None
+        async with self._lock:
+            return await self._record(username, address[:64], _clean_client_id(client_id))
+
+    async def _record(self, device_id: str, address: str, client_id: str) -> bool:
+        now_wall, now = time.time(), time.monotonic()
+        row = await self.db.read(pending_rows.get, device_id)
+        if row is None or row.state == "adopted":
+            # New (or adopted once, then removed from the config: it asks again).
+            if await self.db.read(pending_rows.count_pending) >= MAX_PENDING:
+                self.refused += 1
+                log.warning("claim login from %s (%s) refused: %d devices already pending",
+                            device_id, address, MAX_PENDING)
+                return True
+            fresh = pending_rows.PendingDevice(
+                device_id=device_id, state="pending", first_seen=now_wall, last_seen=now_wall,
+                attempts=1, address=address, client_id=client_id, room_id=None,
+                updated_at=now_wall)
+            await self.db.write(pending_rows.save, fresh, True, urgent=True)
+            self._touched[device_id] = (now, now)
+            log.info("device %s (%s, client id %r) is waiting for adoption", device_id,
+                     address, client_id)
+            return True
+        written, reported = self._touched.get(device_id, (float("-inf"), float("-inf")))
+        if now - written < TOUCH_EVERY_S and row.address == address:
+            return True
+        report = now - reported >= REPORT_EVERY_S or row.address != address
+        bumped = pending_rows.PendingDevice(
+            device_id=device_id, state=row.state, first_seen=row.first_seen,
+            last_seen=now_wall, attempts=row.attempts + 1, address=address,
+            client_id=client_id or row.client_id, room_id=row.room_id, updated_at=now_wall)
+        await self.db.write(pending_rows.save, bumped, report)
+        self._touched[device_id] = (now, now if report else reported)
+        return True
+
+    # -- the operator's side --
+    async def listing(self) -> list[pending_rows.PendingDevice]:
+        await self.settle()
+        return await self.db.read(pending_rows.listing)
+
+    async def adopt(self, device_id: str, room_id: str, kind: str,
+                    actuator: str | None) -> str:
+        """Adopt a pending (or dismissed) device into ``room_id``: appended to the config with a
+        fresh password (returned, once); broker accounts and automation reloaded."""
+        if kind not in ("sensor", "actuator"):
+            raise OnboardingError("must be 'sensor' or 'actuator'", "kind")
+        if kind == "actuator" and actuator not in ACTUATOR_ROLES:
+            raise OnboardingError(f"must be one of {', '.join(ACTUATOR_ROLES)}", "actuator")
+        if kind == "sensor" and actuator is not None:
+            raise OnboardingError("only an actuator has a role", "actuator")
+        async with self._lock:
+            row = await self.db.read(pending_rows.get, device_id)
+            if row is None or row.state == "adopted":
+                raise OnboardingError(f"no device {device_id!r} is waiting for adoption",
+                                      status=404)
+            if self.settings.device(device_id) is not None:
+                raise OnboardingError(f"device {device_id!r} already exists", status=409)
+            config = self.settings.config_path
+            if config is None:
+                raise OnboardingError("this edge has no config file to add the device to",
+                                      status=409)
+            try:
+                file_rooms = await asyncio.to_thread(_file_rooms, config)
+            except ConfigError as exc:
+                raise OnboardingError(f"the edge config cannot be read: {exc}",
+                                      status=409) from None
+            if room_id not in file_rooms:
+                if self.settings.room(room_id) is not None:
+                    raise OnboardingError(
+                        f"room {room_id!r} is managed by the cloud: adopt the device on the "
+                        "cloud's page", "room_id")
+                raise OnboardingError(f"no room {room_id!r} on this edge", "room_id")
+            try:
+                password = await asyncio.to_thread(
+                    add_device, config, device_id, room_id, kind, actuator, sync=False)
+            except ConfigError as exc:
+                raise OnboardingError(str(exc), status=409) from None
+            await self._mark(row, "adopted", room_id, kind, actuator)
+        if self.reload is not None:
+            await self.reload()
+        log.info("device %s adopted into room %s", device_id, room_id)
+        return password
+
+    async def dismiss(self, device_id: str) -> None:
+        async with self._lock:
+            row = await self.db.read(pending_rows.get, device_id)
+            if row is None or row.state != "pending":
+                raise OnboardingError(f"no device {device_id!r} is waiting for adoption",
+                                      status=404)
+            await self._mark(row, "dismissed")
+        log.info("pending device %s dismissed", device_id)
+
+    async def _mark(self, row: pending_rows.PendingDevice, state: PendingState,
+                    room_id: str | None = None, kind: str | None = None,
+                    actuator: str | None = None) -> None:
+        now = time.time()
+        changed = pending_rows.PendingDevice(
+            device_id=row.device_id, state=state, first_seen=row.first_seen,
+            last_seen=row.last_seen, attempts=row.attempts, address=row.address,
+            client_id=row.client_id, room_id=room_id, updated_at=now, kind=kind,
+            actuator=actuator)
+        await self.db.write(pending_rows.save, changed, True, urgent=True)
+        self._touched.pop(row.device_id, None)
+
+    async def settle(self) -> int:
+        """Mark adopted the pending devices that are now devices of this edge (registered in
+        the cloud, or added with ``smartfarm edge device add``); how many were."""
+        rows = await self.db.read(pending_rows.listing, ("pending", "dismissed"))
+        done = 0
+        async with self._lock:
+            for row in rows:
+                device = self.settings.device(row.device_id)
+                if device is not None:
+                    await self._mark(row, "adopted", device.room, device.kind, device.actuator)
+                    done += 1
+        return done
+
+    async def run(self, interval_s: float = 2.0) -> None:
+        """Settle now and then (a cloud push can adopt a device at any time)."""
+        while True:
+            try:
+                await self.settle()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("settling pending devices failed; trying again")
+            await asyncio.sleep(interval_s)
+
+
+def _file_rooms(config: Path) -> set[str]:
+    """The rooms of the TOML file itself (not the cloud's overlay)."""
+    return {room.id for room in load_config(config).rooms}
