@@ -604,7 +604,7 @@ async function membersSection(env) {
           h('span', { class: 'name', text: inv.email }),
           h('p', { class: 'muted small', text: `${ROLE_NAMES[inv.role]} · ${inv.role === 'owner' ? 'all rooms' : roomsText(inv.room_ids)} · invited ${shortDate(inv.created_at)} · ${inv.invite_expires_at && new Date(inv.invite_expires_at) > Date.now() ? `link expires ${fromNow(inv.invite_expires_at)}` : 'link expired: make a new one'}` })),
         h('div', { class: 'actions' },
-          h('button', { type: 'button', text: 'New link', 'aria-label': `New invitation link for ${inv.email}`, onclick: renew }),
+          h('button', { type: 'button', text: 'New link', 'aria-label': `New link: invitation for ${inv.email}`, onclick: renew }),
           h('button', { type: 'button', class: 'danger', text: 'Revoke', 'aria-label': `Revoke the invitation of ${inv.email}`, onclick: revoke }))));
 
     async function renew() {
