@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         from edge.cli import edge_main
 
         return edge_main(rest)
+    if command == "sim" and rest[:1] == ["node"]:
+        # One node with the credentials the cloud showed for a new device.
+        from firmware_sim.provision import node_main
+
+        return node_main(rest[1:])
     if command == "sim":
         from edge.config import load_config
         from firmware_sim.farm import sim_main

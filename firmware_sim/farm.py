@@ -221,12 +221,7 @@ def sim_main(argv: Sequence[str], load_site: Callable[[Path], Site]) -> int:
     status. ``load_site`` reads the config (the edge's loader: its file, its environment
     overrides, its validation), raising a SmartfarmError with one clear line.
 
-    ``smartfarm sim node --provisioning FILE``: one node with the credentials the cloud showed
-    for a new device (``firmware_sim.provision``)."""
-    if list(argv[:1]) == ["node"]:
-        from firmware_sim.provision import node_main  # provision imports this module
-
-        return node_main(argv[1:])
+    (``smartfarm sim node --provisioning FILE`` is ``firmware_sim.provision``'s.)"""
     args = _parser().parse_args(list(argv))
     if args.speed <= 0 or args.interval <= 0 or not 0 <= args.faults <= 1:
         print("smartfarm sim: --speed, --interval > 0 and --faults in 0..1", file=sys.stderr)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+import smartfarm_cli
 from cloud.device_setup import BrokerHint, provisioning, provisioning_text, sim_command
-from firmware_sim.farm import sim_main
 from firmware_sim.provision import ProvisioningError, build_node, load_provisioning
 
 
@@ -68,12 +68,10 @@ def test_without_a_broker_host_or_with_tls_the_node_says_what_to_pass() -> None:
 
 
 def test_the_command_line_reports_a_bad_file(tmp_path: Path, capsys: Any) -> None:
-    assert sim_main(["node", "--provisioning", str(tmp_path / "missing.json")], _no_site) == 2
+    missing = str(tmp_path / "missing.json")
+    assert smartfarm_cli.main(["sim", "node", "--provisioning", missing]) == 2
     assert "cannot read" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{not json")
-    assert sim_main(["node", "--provisioning", str(tmp_path / "bad.json")], _no_site) == 2
+    bad = str(tmp_path / "bad.json")
+    assert smartfarm_cli.main(["sim", "node", "--provisioning", bad]) == 2
     assert "not JSON" in capsys.readouterr().err
-
-
-def _no_site(path: Path) -> Any:
-    raise AssertionError("`sim node` needs no edge config")
