@@ -25,7 +25,7 @@ from edge.store import commands as command_rows
 from edge.store import outbox as outbox_rows
 from edge.store import quarantine as quarantine_rows
 from edge.store.db import Database
-from shared.models import Ack, Command, dump, utcnow
+from shared.models import Ack, Command, FirmwareOffer, dump, utcnow
 from shared.sync import AckData
 from shared.topics import build_topic
 
@@ -123,6 +123,7 @@ class CommandTracker:
         source: str,
         reason: str = "",
         cloud_command_id: str | None = None,
+        firmware: FirmwareOffer | None = None,
     ) -> str:
         """Record and publish a command; retries and the outcome run in the background.
 
@@ -135,6 +136,7 @@ class CommandTracker:
             action=action,  # type: ignore[arg-type]
             value=value,
             timestamp=now,
+            firmware=firmware,
         )
         cid = command.command_id
         ts = now.timestamp()

@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge.api import auth, keys, views
+from edge.api.firmware import add_firmware_routes
 from edge.api.problems import Forbidden, Unauthorized, ValidationFailed
 from edge.api.schemas import (
     AlertsQuery,
@@ -361,3 +362,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/rules/{rule_id}", set_rule)
     app.router.add_patch("/api/rules/{rule_id}", set_rule)
     app.router.add_get("/api/stats", stats)
+    add_firmware_routes(app)
