@@ -1,0 +1,222 @@
+"""Firmware updates over the LAN, end to end: a real edge (embedded broker, SQLite, local API)
+and simulated nodes, no internet and no cloud.
+
+An installer stores images with ``smartfarm edge firmware add``; the operator offers one to a
+device through the local API; the device gets an ``ota`` command, downloads the image from the
+edge with the command's one-off link, checks it and runs it; its status reports the new version,
+which the API shows as installed. A corrupted image is refused by the device (it keeps its
+firmware), a withdrawn or used link stops working, and bad requests get problems naming the field.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from edge.cli import edge_main
+from firmware_sim.farm import SimFarm, build_farm
+from tests.e2e.conftest import fast_settings, make_site, query, wait_for
+
+HEATER = "room-a-heater"
+SENSOR = "room-a-sensor"
+
+
+@contextlib.asynccontextmanager
+async def _simulated(farm: SimFarm) -> AsyncIterator[SimFarm]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(farm.run(stop), name="sim")
+    try:
+        yield farm
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+
+
+def _image(path: Path, size: int = 64 * 1024) -> Path:
+    path.write_bytes(b"\xe9" + os.urandom(size - 1))  # an ESP application image's magic byte
+    return path
+
+
+async def _json(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:
+    async with session.request(method, url, **kw) as resp:
+        body = await resp.json(content_type=None) if resp.content_length != 0 else None
+        return resp.status, body
+
+
+async def test_an_operator_updates_nodes_from_the_edge_over_the_lan(
+    tmp_path: Path, farm_id: str, running_edge: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = make_site(tmp_path / "site", farm_id)
+    # Images before the edge runs: one for the heater only, one for any device.
+    heater_img = _image(tmp_path / "heater.ota.bin")
+    generic_img = _image(tmp_path / "generic.ota.bin", 40_000)
+    assert edge_main(["firmware", "add", str(heater_img), "--version", "1.2.0",
+                      "--device", HEATER, "--config", str(config)]) == 0
+    assert edge_main(["firmware", "add", str(generic_img), "--version", "1.3.0",
+                      "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"stored firmware 1.2.0 for {HEATER}: 65536 bytes" in out
+    assert hashlib.sha256(heater_img.read_bytes()).hexdigest() in out
+    # The same version for the same device again, a non-image, a device the edge lacks: refused.
+    assert edge_main(["firmware", "add", str(heater_img), "--version", "1.5.0",
+                      "--config", str(config)]) == 2
+    assert edge_main(["firmware", "add", str(_image(tmp_path / "other.bin")), "--version",
+                      "1.2.0", "--config", str(config)]) == 2
+    (tmp_path / "node.yaml").write_text("esphome:\n  name: x\n" * 40)
+    assert edge_main(["firmware", "add", str(tmp_path / "node.yaml"), "--version", "9",
+                      "--config", str(config)]) == 2
+    assert edge_main(["firmware", "add", str(generic_img), "--version", "2.0",
+                      "--device", "nope", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "this image is already stored as version 1.2.0" in err
+    assert f"version 1.2.0 is already stored for {HEATER}" in err
+    assert "first byte is not 0xE9" in err
+    assert "--device nope: not a device" in err
+
+    settings = fast_settings(config)
+    settings.automation.command_timeout_s = 3.0
+    base = f"http://127.0.0.1:{settings.api.port}"
+    settings.api.firmware_base_url = base  # the nodes run on this machine
+    await running_edge(settings)
+    password = settings.api.admin_password
+    assert password is not None
+    auth = aiohttp.BasicAuth("admin", password.get_secret_value())
+    farm = build_farm(settings, speed=10, telemetry_interval_s=1.0, seed=3)
+    heater, sensor = farm.actuators[HEATER], farm.sensors[SENSOR]
+
+    async with _simulated(farm), aiohttp.ClientSession(auth=auth) as http:
+        async def firmware() -> dict[str, Any]:
+            status, body = await _json(http, "GET", f"{base}/api/firmware")
+            assert status == 200, body
+            return body  # type: ignore[no-any-return]
+
+        async def running(device: str, version: str) -> bool:
+            return (await firmware())["devices"].get(device, {}).get("version") == version
+
+        async def until(coro_fn: Any, what: str, timeout: float = 20) -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while loop.time() < deadline:
+                if await coro_fn():
+                    return
+                await asyncio.sleep(0.2)
+            raise AssertionError(f"timed out waiting for {what}: {await firmware()}")
+
+        await until(lambda: running(HEATER, "0.1"), "the heater's first status")
+        await until(lambda: running(SENSOR, "0.1"), "the sensor's first status")
+        listing = await firmware()
+        assert [(i["version"], i["devices"]) for i in listing["images"]] == [
+            ("1.3.0", []), ("1.2.0", [HEATER])]
+        assert listing["updates"] == []
+
+        # Bad offers: problems naming the field, nothing sent.
+        sent_before = len(heater.received)
+        cases = [
+            (HEATER, {"version": "9.9"}, 422, "version"),          # no such image
+            (SENSOR, {"version": "1.2.0"}, 422, "version"),        # pinned to the heater
+            (HEATER, {"version": "../x"}, 422, "version"),         # not a version
+            (HEATER, {"version": "1.2.0", "x": 1}, 422, "x"),      # unknown field
+        ]
+        for device, body, code, field in cases:
+            status, problem = await _json(http, "POST", f"{base}/api/devices/{device}/firmware",
+                                          json=body)
+            assert status == code, (body, problem)
+            assert field in {e["field"] for e in problem["errors"]}, problem
+        status, problem = await _json(http, "POST", f"{base}/api/devices/ghost/firmware",
+                                      json={"version": "1.2.0"})
+        assert status == 404 and "ghost" in problem["detail"]
+        status, problem = await _json(http, "POST", f"{base}/api/devices/{HEATER}/firmware",
+                                      data="version=1.2.0")
+        assert status == 415
+        assert len(heater.received) == sent_before
+
+        # The heater's own image: offered, downloaded, checked, installed.
+        status, offer = await _json(http, "POST", f"{base}/api/devices/{HEATER}/firmware",
+                                    json={"version": "1.2.0"})
+        assert status == 202, offer
+        assert offer["sha256"] == hashlib.sha256(heater_img.read_bytes()).hexdigest()
+        await until(lambda: running(HEATER, "1.2.0"), "the heater to run 1.2.0")
+        assert heater.ota_log == ["installed 1.2.0"]
+        update = next(u for u in (await firmware())["updates"] if u["device_id"] == HEATER)
+        assert update["state"] == "installed", update
+        assert update["from_firmware"] == "smartfarm-sim/0.1"
+        assert update["running"] == "smartfarm-sim/1.2.0"
+        assert update["downloaded_at"] and update["installed_at"]
+        # The command the device got: the contract's ota form, acked.
+        command = json.loads(next(p for p in heater.received if b'"ota"' in p))
+        assert command["action"] == "ota" and command["device_id"] == HEATER
+        assert command["command_id"] == offer["command_id"]
+        fw = command["firmware"]
+        assert fw["version"] == "1.2.0" and fw["size"] == 65536
+        assert fw["md5"] == hashlib.md5(heater_img.read_bytes()).hexdigest()  # noqa: S324
+        assert fw["url"].startswith(f"{base}/firmware/") and fw["url"].endswith(".bin")
+        rows = query(settings.db_path, "SELECT state FROM commands WHERE command_id = ?",
+                     (offer["command_id"],))
+        assert rows[0]["state"] == "acked"
+        # The link died with the install; the page lists the device's version.
+        async with http.get(fw["url"]) as resp:
+            assert resp.status == 404
+        status, devices = await _json(http, "GET", f"{base}/api/devices")
+        assert next(d for d in devices if d["id"] == HEATER)["status"]["firmware"] == (
+            "smartfarm-sim/1.2.0")
+        # Offering what it already runs is refused.
+        status, problem = await _json(http, "POST", f"{base}/api/devices/{HEATER}/firmware",
+                                      json={"version": "1.2.0"})
+        assert status == 422 and "already runs 1.2.0" in problem["errors"][0]["message"]
+
+        # A generic image to the sensor (sensors take ota commands too).
+        status, offer = await _json(http, "POST", f"{base}/api/devices/{SENSOR}/firmware",
+                                    json={"version": "1.3.0"})
+        assert status == 202, offer
+        await until(lambda: running(SENSOR, "1.3.0"), "the sensor to run 1.3.0")
+        assert sensor.ota_log == ["installed 1.3.0"]
+
+        # A corrupted image on the edge: the device checks it and keeps its firmware.
+        broken = _image(tmp_path / "broken.ota.bin", 30_000)
+        assert edge_main(["firmware", "add", str(broken), "--version", "1.4.0",
+                          "--device", HEATER, "--config", str(config)]) == 0
+        digest = hashlib.sha256(broken.read_bytes()).hexdigest()
+        stored = settings.data_path / "firmware" / f"{digest}.bin"
+        stored.write_bytes(b"\xe9" + os.urandom(30_000 - 1))
+        status, offer = await _json(http, "POST", f"{base}/api/devices/{HEATER}/firmware",
+                                    json={"version": "1.4.0"})
+        assert status == 202
+        await wait_for(lambda: heater.ota_log[1:], 20, "the heater to refuse 1.4.0")
+        assert heater.ota_log[1] == "failed 1.4.0: MD5 mismatch"
+        assert await running(HEATER, "1.2.0")
+        update = next(u for u in (await firmware())["updates"] if u["device_id"] == HEATER)
+        assert update["version"] == "1.4.0" and update["state"] == "downloading", update
+
+        # Withdrawn: the link stops working at once; withdrawing again is a 404.
+        fw = json.loads(heater.received[-1])["firmware"]
+        async with http.get(fw["md5_url"]) as resp:
+            assert resp.status == 200 and (await resp.text()) == fw["md5"]
+        async with http.delete(f"{base}/api/devices/{HEATER}/firmware") as resp:
+            assert resp.status == 204
+        for link in (fw["url"], fw["md5_url"]):
+            async with http.get(link) as resp:
+                assert resp.status == 404
+                assert resp.content_type == "application/problem+json"
+        async with http.delete(f"{base}/api/devices/{HEATER}/firmware") as resp:
+            assert resp.status == 404
+        # Guessed links: 404, never a file.
+        for name in ("x.bin", "../edge.db", "A" * 32 + ".exe", "A" * 32 + ".bin"):
+            async with http.get(f"{base}/firmware/{name}") as resp:
+                assert resp.status == 404, name
+
+    # The CLI lists and removes images.
+    assert edge_main(["firmware", "list", "--config", str(config)]) == 0
+    listed = capsys.readouterr().out
+    assert "1.4.0" in listed and "1.3.0" in listed and HEATER in listed
+    assert edge_main(["firmware", "remove", "1.4.0", "--config", str(config)]) == 0
+    assert not stored.exists()
+    assert edge_main(["firmware", "remove", "1.4.0", "--config", str(config)]) == 2
