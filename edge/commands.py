@@ -102,6 +102,9 @@ class CommandTracker:
         self.latency_s: list[float] = []
         # Called with each publish → ack latency (the edge's /metrics histogram listens here).
         self.latency_observers: list[Callable[[float], None]] = []
+        # Called with (device id, ack) for every ack a device sends, early or late (the firmware
+        # updates listen for an `ota` command's error ack, which may follow its `ok`).
+        self.ack_observers: list[Callable[[str, Ack], None]] = []
         self.stats = CommandStats()
 
     # ---- connection ----
@@ -259,6 +262,11 @@ class CommandTracker:
         only that device publish on). It settles a command only if that command was sent to
         this device; otherwise it is quarantined (``topic`` recorded with it) and counted, and
         the command keeps waiting for its own device."""
+        for observe in self.ack_observers:
+            try:
+                observe(device_id, ack)
+            except Exception:
+                log.exception("ack observer failed for %s", ack.command_id)
         sent_to = self._sent_to.get(ack.command_id)
         if sent_to is not None and sent_to != device_id:
             self._wrong_device(device_id, sent_to, ack, topic)

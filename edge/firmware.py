@@ -259,6 +259,7 @@ class Offer:
     from_firmware: str | None
     downloaded_at: float | None
     installed_at: float | None
+    error: str | None = None
 
 
 def new_token() -> tuple[str, str]:
@@ -277,21 +278,22 @@ def _offer(row: sqlite3.Row) -> Offer:
         command_id=row["command_id"], offered_at=row["offered_at"],
         offered_by=row["offered_by"], expires_at=row["expires_at"],
         from_firmware=row["from_firmware"], downloaded_at=row["downloaded_at"],
-        installed_at=row["installed_at"],
+        installed_at=row["installed_at"], error=row["error"],
     )
 
 
 _OFFER_COLUMNS: Final = ("device_id, version, sha256, command_id, offered_at, offered_by,"
-                         " expires_at, from_firmware, downloaded_at, installed_at")
+                         " expires_at, from_firmware, downloaded_at, installed_at, error")
 
 
 def save_offer(conn: sqlite3.Connection, offer: Offer, token_digest: str) -> None:
     """Record an offer; it replaces the device's previous one (and its token)."""
     conn.execute(
         f"INSERT OR REPLACE INTO firmware_updates ({_OFFER_COLUMNS}, token_hash)"  # noqa: S608
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (offer.device_id, offer.version, offer.sha256, offer.command_id, offer.offered_at,
-         offer.offered_by, offer.expires_at, offer.from_firmware, None, None, token_digest),
+         offer.offered_by, offer.expires_at, offer.from_firmware, None, None, None,
+         token_digest),
     )
 
 
@@ -330,6 +332,17 @@ def mark_installed(conn: sqlite3.Connection, device_id: str, firmware: str | Non
     return cur.rowcount > 0
 
 
+def mark_failed(conn: sqlite3.Connection, device_id: str, command_id: str, error: str) -> bool:
+    """The device acked its ``ota`` command with an error, possibly after an ``ok`` (the
+    download or the MD5 check failed): the offer failed, its link dies."""
+    cur = conn.execute(
+        "UPDATE firmware_updates SET error = ?, expires_at = min(expires_at, offered_at)"
+        " WHERE device_id = ? AND command_id = ? AND installed_at IS NULL",
+        (error[:200], device_id, command_id),
+    )
+    return cur.rowcount > 0
+
+
 def cancel_offer(conn: sqlite3.Connection, device_id: str) -> bool:
     cur = conn.execute("DELETE FROM firmware_updates WHERE device_id = ?", (device_id,))
     return cur.rowcount > 0
@@ -341,6 +354,8 @@ def offer_state(offer: Offer, command_state: str | None, command_error: str | No
     ``offered`` or ``expired``."""
     if offer.installed_at is not None or running_version(running) == offer.version:
         return "installed", None
+    if offer.error is not None:
+        return "failed", offer.error
     if command_state in ("failed", "timed_out"):
         return "failed", command_error or command_state.replace("_", " ")
     if command_state == "superseded":
@@ -350,3 +365,80 @@ def offer_state(offer: Offer, command_state: str | None, command_error: str | No
     if offer.downloaded_at is not None:
         return "downloading", None
     return "offered", None
+
+
+# ---- the ESPHome side of the contract (for the node YAML generator) ----
+ESPHOME_OTA_SCRIPT_ID: Final = "smartfarm_ota"
+
+
+def esphome_ota_yaml(*, device_id: str, ack_topic: str, timeout_s: int = 60) -> str:
+    """Top-level ESPHome config that lets a node take an ``ota`` command: ``http_request`` (plain
+    HTTP on the farm's LAN), ``ota: platform http_request`` and a script that acks the command
+    and flashes the offered image (it checks the MD5, reboots into the new image, and reports
+    the new version in its next status). A failed download or check is acked as ``error`` with
+    the reason, so the edge's page says it. Merge it into a node file beside ``mqtt:``; call
+    the script from the command topic's handler with :func:`esphome_ota_dispatch`."""
+    check_id(device_id, "device id")
+    return f"""\
+http_request:
+  verify_ssl: false
+  timeout: {timeout_s}s
+
+ota:
+  - platform: http_request
+    id: smartfarm_http_ota
+    on_error:
+      then:
+        - mqtt.publish_json:
+            topic: {ack_topic}
+            qos: 1
+            payload: |-
+              root["command_id"] = id(smartfarm_ota_command);
+              root["device_id"] = "{device_id}";
+              root["status"] = "error";
+              root["error"] = "update failed (download or MD5 check), error " + to_string(x);
+
+globals:
+  - id: smartfarm_ota_command
+    type: std::string
+    restore_value: false
+    initial_value: '""'
+
+script:
+  - id: {ESPHOME_OTA_SCRIPT_ID}
+    mode: single
+    parameters:
+      command_id: string
+      url: string
+      md5: string
+    then:
+      - lambda: 'id(smartfarm_ota_command) = command_id;'
+      - mqtt.publish_json:
+          topic: {ack_topic}
+          qos: 1
+          payload: |-
+            root["command_id"] = command_id;
+            root["device_id"] = "{device_id}";
+            root["status"] = "ok";
+      - ota.http_request.flash:
+          url: !lambda 'return url;'
+          md5: !lambda 'return md5;'
+"""
+
+
+def esphome_ota_dispatch(indent: int = 0) -> str:
+    """The action for the command topic's ``on_json_message`` ``then:`` list (``x`` is the
+    command): an ``ota`` command runs the script; anything else is left to the other actions."""
+    text = f"""\
+- if:
+    condition:
+      lambda: 'return x["action"] == "ota" && x["firmware"].is<JsonObject>();'
+    then:
+      - script.execute:
+          id: {ESPHOME_OTA_SCRIPT_ID}
+          command_id: !lambda 'return x["command_id"].as<std::string>();'
+          url: !lambda 'return x["firmware"]["url"].as<std::string>();'
+          md5: !lambda 'return x["firmware"]["md5"].as<std::string>();'
+"""
+    pad = " " * indent
+    return "".join(pad + line if line.strip() else line for line in text.splitlines(True))

@@ -154,10 +154,30 @@ class Node:
             return self.ack(cmd.command_id, "error", f"command is for {cmd.device_id}")
         if self._ota_task is not None and not self._ota_task.done():
             return self.ack(cmd.command_id, "error", "an update is already running")
-        self._ota_task = asyncio.create_task(self._ota(offer), name=f"{self.device_id}-ota")
+        self._ota_task = asyncio.create_task(self._ota(cmd.command_id, offer),
+                                             name=f"{self.device_id}-ota")
         return self.ack(cmd.command_id, "ok")
 
-    async def _ota(self, offer: FirmwareOffer) -> None:
+    async def _ota(self, command_id: str, offer: FirmwareOffer) -> None:
+        problem = await self._download(offer)
+        client = self._client
+        if problem is not None:
+            self.ota_log.append(f"failed {offer.version}: {problem}")
+            log.warning("%s: firmware %s refused: %s", self.device_id, offer.version, problem)
+            if client is not None:  # a second ack, with the reason (the contract's error ack)
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish(self.topic("ack"), self.ack(
+                        command_id, "error", f"update failed: {problem}"), qos=1)
+            return
+        self.firmware = f"smartfarm-sim/{offer.version}"
+        self.ota_log.append(f"installed {offer.version}")
+        log.info("%s now runs firmware %s", self.device_id, offer.version)
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(self.topic("status"), self.status_payload(), qos=1)
+
+    async def _download(self, offer: FirmwareOffer) -> str | None:
+        """Fetch and check the offered image; None when it is good, else why not."""
         try:
             timeout = aiohttp.ClientTimeout(total=120)
             async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -168,29 +188,16 @@ class Node:
                     answer.raise_for_status()
                     image = await answer.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.ota_log.append(f"failed {offer.version}: download: {exc}")
-            log.warning("%s: firmware %s download failed: %s", self.device_id, offer.version, exc)
-            return
-        problem = None
+            return f"download: {exc}"
         if len(image) != offer.size:
-            problem = f"size {len(image)}, offered {offer.size}"
-        elif md5_served != offer.md5 or hashlib.md5(image).hexdigest() != offer.md5:  # noqa: S324
-            problem = "MD5 mismatch"
-        elif hashlib.sha256(image).hexdigest() != offer.sha256:
-            problem = "SHA-256 mismatch"
-        elif image[:1] != b"\xe9":
-            problem = "not an ESP application image"
-        if problem is not None:
-            self.ota_log.append(f"failed {offer.version}: {problem}")
-            log.warning("%s: firmware %s refused: %s", self.device_id, offer.version, problem)
-            return
-        self.firmware = f"smartfarm-sim/{offer.version}"
-        self.ota_log.append(f"installed {offer.version}")
-        log.info("%s now runs firmware %s", self.device_id, offer.version)
-        client = self._client
-        if client is not None:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(self.topic("status"), self.status_payload(), qos=1)
+            return f"size {len(image)}, offered {offer.size}"
+        if md5_served != offer.md5 or hashlib.md5(image).hexdigest() != offer.md5:  # noqa: S324
+            return "MD5 mismatch"
+        if hashlib.sha256(image).hexdigest() != offer.sha256:
+            return "SHA-256 mismatch"
+        if image[:1] != b"\xe9":
+            return "not an ESP application image"
+        return None
 
     def ack(
         self, command_id: str, status: Literal["ok", "error"], error: str | None = None

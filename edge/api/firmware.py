@@ -25,6 +25,7 @@ from edge.firmware import (
     Offer,
     cancel_offer,
     mark_downloaded,
+    mark_failed,
     mark_installed,
     new_token,
     offer_for_token,
@@ -35,7 +36,7 @@ from edge.firmware import (
 )
 from edge.store import commands as command_rows
 from edge.store import devices as device_rows
-from shared.models import FirmwareOffer, utcnow
+from shared.models import Ack, FirmwareOffer, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,22 @@ async def download(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def watch_acks(app: web.Application) -> None:
+    """Record an ``ota`` command's error ack on its offer (the edge settles a command at its
+    first ack; a device that took an offer and then failed to download or check it says so
+    with a second one)."""
+    db = app[keys.DB]
+
+    def observe(device_id: str, ack: Ack) -> None:
+        if ack.status == "error":
+            db.write_nowait(mark_failed, device_id, ack.command_id, ack.error or "device error")
+
+    app[keys.COMMANDS].ack_observers.append(observe)
+
+
 def add_firmware_routes(app: web.Application) -> None:
+    if keys.COMMANDS in app and keys.DB in app:
+        watch_acks(app)
     app.router.add_get("/api/firmware", list_firmware)
     app.router.add_post("/api/devices/{device_id}/firmware", offer_firmware)
     app.router.add_delete("/api/devices/{device_id}/firmware", cancel_firmware)

@@ -349,7 +349,8 @@ CREATE TABLE firmware_updates (
     expires_at REAL NOT NULL,
     from_firmware TEXT,                -- what the device ran when offered
     downloaded_at REAL,
-    installed_at REAL                  -- a status message reported the version
+    installed_at REAL,                 -- a status message reported the version
+    error TEXT                         -- the device's error ack after taking the offer
 );
 DROP TRIGGER outbox_status_new;
 DROP TRIGGER outbox_status;

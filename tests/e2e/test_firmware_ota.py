@@ -194,9 +194,26 @@ async def test_an_operator_updates_nodes_from_the_edge_over_the_lan(
         assert heater.ota_log[1] == "failed 1.4.0: MD5 mismatch"
         assert await running(HEATER, "1.2.0")
         update = next(u for u in (await firmware())["updates"] if u["device_id"] == HEATER)
-        assert update["version"] == "1.4.0" and update["state"] == "downloading", update
+        async def failed() -> bool:
+            updates = (await firmware())["updates"]
+            return next(u for u in updates if u["device_id"] == HEATER)["state"] == "failed"
 
-        # Withdrawn: the link stops working at once; withdrawing again is a 404.
+        await until(failed, "the edge to record the failed update")
+        update = next(u for u in (await firmware())["updates"] if u["device_id"] == HEATER)
+        assert update["version"] == "1.4.0" and update["downloaded_at"], update
+        assert update["detail"] == "update failed: MD5 mismatch", update
+        fw = json.loads(heater.received[-1])["firmware"]
+        async with http.get(fw["url"]) as resp:  # a failed offer's link is dead
+            assert resp.status == 404
+
+        # Offered again to a device that is busy (it ignores commands), then withdrawn: the
+        # link works until then, and stops working at once; withdrawing again is a 404.
+        heater.fail_mode = "ignore"
+        status, offer = await _json(http, "POST", f"{base}/api/devices/{HEATER}/firmware",
+                                    json={"version": "1.4.0"})
+        assert status == 202
+        await wait_for(lambda: offer["command_id"].encode() in heater.received[-1], 10,
+                       "the new offer to reach the heater")
         fw = json.loads(heater.received[-1])["firmware"]
         async with http.get(fw["md5_url"]) as resp:
             assert resp.status == 200 and (await resp.text()) == fw["md5"]
