@@ -212,6 +212,13 @@ async def download(request: web.Request) -> web.StreamResponse:
         raise NotFound("no such firmware download")
     db = request.app[keys.DB]
     offer = await db.read(offer_for_token, token, utcnow().timestamp())
+    status = await db.read(device_rows.get, offer.device_id) if offer is not None else None
+    if offer is not None and status is not None and (
+            running_version(status.firmware) == offer.version):
+        # It runs the offered version already: the link is used up (settled here too, in case
+        # nobody has looked at the updates since).
+        await db.write(mark_installed, offer.device_id, status.firmware, utcnow().timestamp())
+        offer = None
     if offer is None:
         raise NotFound("this firmware link is unknown, withdrawn, replaced or expired")
     image = await asyncio.to_thread(store_of(request).by_sha256, offer.sha256)
