@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
+from yarl import URL
 
 from edge.api import keys, views
 from edge.api.problems import ApiError, NotFound, ValidationFailed
@@ -62,9 +63,13 @@ def _invalid(field: str, message: str) -> ValidationFailed:
     return ValidationFailed([{"field": field, "message": message, "type": "value_error"}])
 
 
-def _loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.strip("[]").lower()
+def is_loopback(host: str) -> bool:
+    """Whether a Host header (``name``, ``name:port``, ``[v6]:port``) names this machine's
+    loopback, which no device can reach."""
+    try:
+        name = (URL(f"http://{host}").host or "").lower()
+    except ValueError:
+        return False
     if name in ("localhost", "localhost.localdomain") or name.endswith(".localhost"):
         return True
     try:
@@ -80,7 +85,7 @@ def base_url(request: web.Request) -> str:
     if configured:
         return configured.rstrip("/")
     host = request.host
-    if not host or _loopback(host):
+    if not host or is_loopback(host):
         raise _invalid(
             "version",
             f"devices cannot download from {host or 'this address'} (it is this machine's"

@@ -198,3 +198,15 @@ def test_status_records_carry_the_firmware_to_the_cloud() -> None:
     records = [msgspec.json.decode(r["data"], type=StatusData) for r in rows]
     assert [(r.online, r.firmware) for r in records] == [
         (True, "smartfarm/2.0"), (False, "smartfarm/2.0"), (True, "smartfarm/2.1")]
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1:8088", True), ("localhost:8088", True), ("localhost", True), ("[::1]:8088", True),
+    ("127.1.2.3", True), ("edge.localhost", True),
+    ("192.168.1.10:8088", False), ("[fd00::1]:8088", False), ("farm-edge.local", False),
+    ("farm-edge:8088", False),
+])
+def test_a_loopback_address_is_no_place_to_download_from(host: str, loopback: bool) -> None:
+    from edge.api.firmware import is_loopback
+
+    assert is_loopback(host) is loopback
