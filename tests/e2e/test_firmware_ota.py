@@ -173,12 +173,25 @@ async def test_an_operator_updates_nodes_from_the_edge_over_the_lan(
                                       json={"version": "1.2.0"})
         assert status == 422 and "already runs 1.2.0" in problem["errors"][0]["message"]
 
-        # A generic image to the sensor (sensors take ota commands too).
-        status, offer = await _json(http, "POST", f"{base}/api/devices/{SENSOR}/firmware",
-                                    json={"version": "1.3.0"})
-        assert status == 202, offer
+        # A generic image to the sensor (sensors take ota commands too), from the command
+        # line: it goes through the running edge's local API (in a thread: it blocks).
+        capsys.readouterr()
+        cli = ["--config", str(config)]
+        assert await asyncio.to_thread(
+            edge_main, ["firmware", "offer", SENSOR, "--version", "9.9", *cli]) == 2
+        assert await asyncio.to_thread(
+            edge_main, ["firmware", "offer", SENSOR, "--version", "1.3.0", *cli]) == 0
+        out, err = capsys.readouterr()
+        assert "the edge refused: version: no firmware '9.9' for room-a-sensor" in err
+        assert f"firmware 1.3.0 offered to {SENSOR}" in out and base in out
         await until(lambda: running(SENSOR, "1.3.0"), "the sensor to run 1.3.0")
         assert sensor.ota_log == ["installed 1.3.0"]
+        assert await asyncio.to_thread(edge_main, ["firmware", "status", *cli]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert any(line.split() == [SENSOR, "smartfarm-sim/1.3.0", "1.3.0", "installed"]
+                   for line in lines), lines
+        assert any(line.split() == [HEATER, "smartfarm-sim/1.2.0", "1.2.0", "installed"]
+                   for line in lines), lines
 
         # A corrupted image on the edge: the device checks it and keeps its firmware.
         broken = _image(tmp_path / "broken.ota.bin", 30_000)
