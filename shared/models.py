@@ -220,7 +220,8 @@ class Status(_Wire):
     online: bool = True
     timestamp: datetime | None = None
     state: dict[str, float | bool | str | None] = Field(default_factory=dict)
-    firmware: str | None = None
+    # The version it runs: the version itself or "name/version" (edge.firmware.running_version).
+    firmware: str | None = Field(default=None, max_length=64)
     rssi_dbm: float | None = None
     uptime_s: float | None = None
 

@@ -210,3 +210,14 @@ def test_a_loopback_address_is_no_place_to_download_from(host: str, loopback: bo
     from edge.api.firmware import is_loopback
 
     assert is_loopback(host) is loopback
+
+
+def test_a_status_with_an_implausible_firmware_is_refused_naming_the_field() -> None:
+    from shared.errors import PayloadError
+    from shared.models import parse_status
+
+    ok = parse_status(b'{"device_id": "n1", "firmware": "smartfarm-esphome/1.3.0"}')
+    assert running_version(ok.firmware) == "1.3.0"
+    with pytest.raises(PayloadError) as err:
+        parse_status(('{"device_id": "n1", "firmware": "%s"}' % ("x" * 65)).encode())
+    assert err.value.field == "firmware"
