@@ -3,16 +3,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import ctypes
 import errno
+import ipaddress
 import json
 import signal
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from edge.backup import add_backup_arguments, backup_main, run_lock
 from edge.config import ConfigError, EdgeSettings, load_config
 from edge.credentials import CredentialsError
+from edge.firmware import FirmwareError, FirmwareStore
 from edge.logs import configure_edge_logging
 from edge.registration import check_identity, fetch_identity, register_cloud
 from edge.site_init import DEMO_ROOMS, add_device, init_site
@@ -118,6 +125,123 @@ def tune_malloc() -> None:
     mallopt(m_arena_max, 2)
 
 
+def add_firmware_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                        config_help: str) -> None:
+    p = sub.add_parser("firmware", help="firmware images the edge serves its devices (LAN updates)")
+    fsub = p.add_subparsers(dest="firmware_command", required=True)
+    p = fsub.add_parser("add", help="store an image (ESP32/ESP8266 .ota.bin) under a version")
+    p.add_argument("file", type=Path, help="the firmware image (ESPHome: firmware.ota.bin)")
+    p.add_argument("--version", required=True, dest="fw_version",
+                   help="the version the device will report once it runs it (e.g. 1.3.0)")
+    p.add_argument("--device", action="append", default=[], metavar="ID",
+                   help="only for this device (repeatable; an ESPHome image holds its device's"
+                        " secrets, so give its id); default: any device")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    p = fsub.add_parser("list", help="the stored images")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    p = fsub.add_parser("offer", help="offer a stored image to a device (through the running"
+                                      " edge's local API; api.firmware_base_url must be set)")
+    p.add_argument("device", help="the device's id")
+    p.add_argument("--version", required=True, dest="fw_version", help="a stored image's version")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    p = fsub.add_parser("status", help="what each device runs and where its update stands"
+                                       " (from the running edge)")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    p = fsub.add_parser("remove", help="delete an image (its pending offers stop downloading)")
+    p.add_argument("image", help="a version, or the first 8+ hex digits of the image's sha256")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+
+
+def firmware_main(args: argparse.Namespace, settings: EdgeSettings) -> int:
+    """`smartfarm edge firmware add|list|remove`: the image folder, while the edge runs or not
+    (offering an image to a device is the local page's, or POST /api/devices/{id}/firmware)."""
+    store = FirmwareStore(settings.data_path / "firmware")
+    if args.firmware_command == "add":
+        unknown = [d for d in args.device if settings.device(d) is None]
+        if unknown:
+            raise ConfigError(f"--device {', '.join(unknown)}: not a device of"
+                              f" {settings.config_path}")
+        image = store.add(args.file, version=args.fw_version, devices=tuple(args.device))
+        who = ", ".join(image.devices) if image.devices else "any device"
+        print(f"stored firmware {image.version} for {who}: {image.size} bytes,"
+              f" sha256 {image.sha256}, md5 {image.md5}")
+        print("offer it to a device on the local page (Devices), or:"
+              f" POST /api/devices/<id>/firmware {{\"version\": \"{image.version}\"}}")
+        return 0
+    if args.firmware_command == "list":
+        images = store.images()
+        if args.json:
+            print(json.dumps([i.view() for i in images], indent=2))
+            return 0
+        if not images:
+            print("no firmware images (add one: smartfarm edge firmware add FILE --version V)")
+        for i in images:
+            who = ", ".join(i.devices) if i.devices else "any device"
+            print(f"{i.version:<16} {i.sha256[:12]}  {i.size:>9} bytes  {who}  ({i.filename})")
+        return 0
+    if args.firmware_command == "offer":
+        answer = local_api(settings, "POST", f"/api/devices/{args.device}/firmware",
+                           {"version": args.fw_version})
+        print(f"firmware {answer['version']} offered to {answer['device_id']} (command"
+              f" {answer['command_id']}); it downloads from {answer['url_base']}. Follow it:"
+              " smartfarm edge firmware status")
+        return 0
+    if args.firmware_command == "status":
+        doc = local_api(settings, "GET", "/api/firmware")
+        if args.json:
+            print(json.dumps(doc, indent=2))
+            return 0
+        updates = {u["device_id"]: u for u in doc["updates"]}
+        for device in settings.devices:
+            runs = (doc["devices"].get(device.id) or {}).get("firmware") or "not reported"
+            u = updates.get(device.id)
+            where = (f"{u['version']} {u['state']}" + (f" ({u['detail']})" if u["detail"] else "")
+                     if u else "")
+            print(f"{device.id:<28} {runs:<28} {where}".rstrip())
+        return 0
+    for image in store.remove(args.image):
+        print(f"removed firmware {image.version} ({image.sha256[:12]})")
+    return 0
+
+
+def local_api(settings: EdgeSettings, method: str, path: str,
+              body: dict[str, str] | None = None) -> dict[str, Any]:
+    """Call the running edge's local API as its admin (HTTP Basic, the configured password);
+    a problem it answers becomes a ConfigError with its message."""
+    password = settings.api.admin_password
+    if password is None:
+        raise ConfigError("no admin password is set (api.admin_password): cannot call the edge")
+    host = settings.api.host
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_unspecified:  # it listens on every address
+            host = "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.api.port}{path}"
+    token = base64.b64encode(
+        f"{settings.api.admin_user}:{password.get_secret_value()}".encode()).decode()
+    request = urllib.request.Request(
+        url, method=method, data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json",
+                 "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
+            doc: dict[str, Any] = json.loads(response.read() or b"{}")
+            return doc
+    except urllib.error.HTTPError as exc:
+        try:
+            problem = json.loads(exc.read())
+        except ValueError:
+            problem = {}
+        errors = problem.get("errors") or []
+        detail = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in errors) or (
+            problem.get("detail") or str(exc))
+        raise ConfigError(f"the edge refused: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConfigError(f"the edge's local API at {url} does not answer ({exc}); is the edge"
+                          " running (smartfarm edge run)?") from None
+
+
 async def run_edge(settings: EdgeSettings) -> None:
     from edge.app import EdgeApp
 
@@ -198,6 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--actuator", choices=ACTUATOR_ROLES,
                    help="with --kind actuator: what it switches")
     p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    add_firmware_parser(sub, config_help)
     p = sub.add_parser("register", help="sync this edge with a cloud (writes [cloud] + token)")
     p.add_argument("--cloud", required=True, metavar="URL", help="e.g. https://farm.example.com")
     p.add_argument("--token", required=True,
@@ -302,6 +427,8 @@ def edge_main(argv: list[str]) -> int:
                   " username and this code as password; it is refused and listed under"
                   " New devices on the local page until adopted")
             return 0
+        if args.command == "firmware":
+            return firmware_main(args, settings)
         if args.command == "check-config":
             print(effective_config(settings) if args.print_config else config_summary(settings))
             return 0
@@ -317,7 +444,7 @@ def edge_main(argv: list[str]) -> int:
                   file=sys.stderr)
             return 2
         return 0
-    except (ConfigError, CredentialsError, TlsError) as exc:
+    except (ConfigError, CredentialsError, TlsError, FirmwareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SmartfarmError as exc:

@@ -25,7 +25,7 @@ from edge.store import commands as command_rows
 from edge.store import outbox as outbox_rows
 from edge.store import quarantine as quarantine_rows
 from edge.store.db import Database
-from shared.models import Ack, Command, dump, utcnow
+from shared.models import Ack, Command, FirmwareOffer, dump, utcnow
 from shared.sync import AckData
 from shared.topics import build_topic
 
@@ -102,6 +102,9 @@ class CommandTracker:
         self.latency_s: list[float] = []
         # Called with each publish → ack latency (the edge's /metrics histogram listens here).
         self.latency_observers: list[Callable[[float], None]] = []
+        # Called with (device id, ack) for every ack a device sends, early or late (the firmware
+        # updates listen for an `ota` command's error ack, which may follow its `ok`).
+        self.ack_observers: list[Callable[[str, Ack], None]] = []
         self.stats = CommandStats()
 
     # ---- connection ----
@@ -123,6 +126,7 @@ class CommandTracker:
         source: str,
         reason: str = "",
         cloud_command_id: str | None = None,
+        firmware: FirmwareOffer | None = None,
     ) -> str:
         """Record and publish a command; retries and the outcome run in the background.
 
@@ -135,6 +139,7 @@ class CommandTracker:
             action=action,  # type: ignore[arg-type]
             value=value,
             timestamp=now,
+            firmware=firmware,
         )
         cid = command.command_id
         ts = now.timestamp()
@@ -257,6 +262,11 @@ class CommandTracker:
         only that device publish on). It settles a command only if that command was sent to
         this device; otherwise it is quarantined (``topic`` recorded with it) and counted, and
         the command keeps waiting for its own device."""
+        for observe in self.ack_observers:
+            try:
+                observe(device_id, ack)
+            except Exception:
+                log.exception("ack observer failed for %s", ack.command_id)
         sent_to = self._sent_to.get(ack.command_id)
         if sent_to is not None and sent_to != device_id:
             self._wrong_device(device_id, sent_to, ack, topic)

@@ -89,6 +89,10 @@ class ApiConfig(_Section):
     # GET /metrics: unset = answered to loopback clients only; set = every client must send
     # "Authorization: Bearer <token>" (prefer SMARTFARM_EDGE_API__METRICS_TOKEN).
     metrics_token: SecretStr | None = None
+    # Where devices download firmware updates from (edge/firmware.py), e.g.
+    # http://192.168.1.10:8088: this page's address as the devices' LAN sees it. Unset: the
+    # address the browser (or script) that offers an update used, unless that is loopback.
+    firmware_base_url: str | None = Field(default=None, pattern=r"^https?://[^/\s?#]+/?$")
 
 
 class AutomationConfig(_Section):

@@ -3,24 +3,40 @@
 A SensorNode publishes its room's readings as telemetry; an ActuatorNode takes commands on its
 command topic, drives the room's physics through an ActuatorBank, acks and reports status. Each
 node logs in as its device id and reconnects with jittered exponential backoff.
+
+Every node takes an ``ota`` command (``edge.firmware``): it acks it, downloads the image from the
+offered URL, checks its size, MD5 and SHA-256 and, when they match, "flashes" it: from then on
+its status reports ``smartfarm-sim/<version>`` (a real node reboots in between: its last will
+says offline, then it reconnects). A failed update keeps the old firmware (``ota_log`` says why).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import random
 from collections import OrderedDict
 from typing import Any, Final, Literal
 
+import aiohttp
 import aiomqtt
 
 from firmware_sim.clock import Clock, RealClock
 from firmware_sim.faults import FaultInjector, FaultPlan
 from firmware_sim.physics import ROLES, ActuatorBank, Room
 from shared.errors import PayloadError
-from shared.models import Ack, Command, Status, Telemetry, dump, parse_command, utcnow
+from shared.models import (
+    Ack,
+    Command,
+    FirmwareOffer,
+    Status,
+    Telemetry,
+    dump,
+    parse_command,
+    utcnow,
+)
 from shared.topics import Kind, build_topic, is_valid_id
 
 log = logging.getLogger(__name__)
@@ -66,6 +82,10 @@ class Node:
         self.connected = asyncio.Event()
         self.connects = 0
         self._started_s = self.clock.elapsed()
+        self.firmware = FIRMWARE
+        self.ota_log: list[str] = []  # "installed 1.2.0" / "failed 1.2.0: why", for tests
+        self._ota_task: asyncio.Task[None] | None = None
+        self._client: aiomqtt.Client | None = None
 
     def topic(self, kind: Kind) -> str:
         return build_topic(self.farm_id, self.room_id, kind, self.device_id)
@@ -77,7 +97,7 @@ class Node:
                 online=online,
                 timestamp=utcnow(),
                 state=self.state(),
-                firmware=FIRMWARE,
+                firmware=self.firmware,
                 rssi_dbm=round(-55 - 15 * self.rng.random()),
                 uptime_s=round(self.clock.elapsed() - self._started_s, 1),
             )
@@ -125,6 +145,74 @@ class Node:
     async def session(self, client: aiomqtt.Client) -> None:
         raise NotImplementedError
 
+    # ---- firmware updates from the edge ----
+    def start_ota(self, cmd: Command) -> bytes:
+        """Take an ``ota`` command: the ack now, the download and flash in the background."""
+        offer = cmd.firmware
+        assert offer is not None  # the model requires it with action ota
+        if cmd.device_id != self.device_id:
+            return self.ack(cmd.command_id, "error", f"command is for {cmd.device_id}")
+        if self._ota_task is not None and not self._ota_task.done():
+            return self.ack(cmd.command_id, "error", "an update is already running")
+        self._ota_task = asyncio.create_task(self._ota(cmd.command_id, offer),
+                                             name=f"{self.device_id}-ota")
+        return self.ack(cmd.command_id, "ok")
+
+    async def _ota(self, command_id: str, offer: FirmwareOffer) -> None:
+        problem = await self._download(offer)
+        client = self._client
+        if problem is not None:
+            self.ota_log.append(f"failed {offer.version}: {problem}")
+            log.warning("%s: firmware %s refused: %s", self.device_id, offer.version, problem)
+            if client is not None:  # a second ack, with the reason (the contract's error ack)
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish(self.topic("ack"), self.ack(
+                        command_id, "error", f"update failed: {problem}"), qos=1)
+            return
+        self.firmware = f"smartfarm-sim/{offer.version}"
+        self.ota_log.append(f"installed {offer.version}")
+        log.info("%s now runs firmware %s", self.device_id, offer.version)
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(self.topic("status"), self.status_payload(), qos=1)
+
+    async def _download(self, offer: FirmwareOffer) -> str | None:
+        """Fetch and check the offered image; None when it is good, else why not."""
+        try:
+            timeout = aiohttp.ClientTimeout(total=120)
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                async with http.get(offer.md5_url) as answer:
+                    answer.raise_for_status()
+                    md5_served = (await answer.text()).strip()
+                async with http.get(offer.url) as answer:
+                    answer.raise_for_status()
+                    image = await answer.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"download: {exc}"
+        if len(image) != offer.size:
+            return f"size {len(image)}, offered {offer.size}"
+        if md5_served != offer.md5 or hashlib.md5(image).hexdigest() != offer.md5:  # noqa: S324
+            return "MD5 mismatch"
+        if hashlib.sha256(image).hexdigest() != offer.sha256:
+            return "SHA-256 mismatch"
+        if image[:1] != b"\xe9":
+            return "not an ESP application image"
+        return None
+
+    def ack(
+        self, command_id: str, status: Literal["ok", "error"], error: str | None = None
+    ) -> bytes:
+        return dump(
+            Ack(
+                command_id=command_id,
+                status=status,
+                device_id=self.device_id,
+                error=error,
+                state=self.state(),
+                timestamp=utcnow(),
+            )
+        )
+
 
 class SensorNode(Node):
     """Publishes temperature, RH, CO₂, light, substrate moisture and battery every interval."""
@@ -165,8 +253,10 @@ class SensorNode(Node):
     async def session(self, client: aiomqtt.Client) -> None:
         # A QoS 1 publish on a dead socket waits out its timeout for the PUBACK; the message
         # iterator ends at once on a disconnect, so watch it beside the publishing loop.
+        self._client = client
+        await client.subscribe(self.topic("command"), qos=1)  # firmware updates
         publisher = asyncio.create_task(self._publish_loop(client))
-        watcher = asyncio.create_task(_until_disconnected(client))
+        watcher = asyncio.create_task(self._commands(client))
         try:
             done, _ = await asyncio.wait({publisher, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -175,6 +265,22 @@ class SensorNode(Node):
             await asyncio.gather(publisher, watcher, return_exceptions=True)
         for task in done:
             task.result()  # re-raise why the session ended (MqttError, _Dropped)
+
+    async def _commands(self, client: aiomqtt.Client) -> None:
+        """Commands to a sensor: ``ota`` only (anything else is refused). Raises MqttError when
+        the connection drops."""
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes):
+                payload = str(payload).encode()
+            try:
+                cmd = parse_command(payload)
+            except PayloadError as exc:
+                ack = self.ack(_raw_command_id(payload), "error", exc.reason)
+            else:
+                ack = (self.start_ota(cmd) if cmd.action == "ota" else
+                       self.ack(cmd.command_id, "error", "a sensor takes no switching commands"))
+            await client.publish(self.topic("ack"), ack, qos=1)
 
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         await client.publish(self.topic("status"), self.status_payload(), qos=1)
@@ -250,6 +356,8 @@ class ActuatorNode(Node):
             ack = self._ack(cmd.command_id, "error", f"command is for {cmd.device_id}")
         elif self.fail_mode == "ack_error":
             ack = self._ack(cmd.command_id, "error", f"{self.role} hardware fault")
+        elif cmd.action == "ota":
+            ack = self.start_ota(cmd)
         else:
             level = _level(cmd)
             if level is None:
@@ -265,18 +373,10 @@ class ActuatorNode(Node):
     def _ack(
         self, command_id: str, status: Literal["ok", "error"], error: str | None = None
     ) -> bytes:
-        return dump(
-            Ack(
-                command_id=command_id,
-                status=status,
-                device_id=self.device_id,
-                error=error,
-                state=self.state(),
-                timestamp=utcnow(),
-            )
-        )
+        return self.ack(command_id, status, error)
 
     async def session(self, client: aiomqtt.Client) -> None:
+        self._client = client
         await client.subscribe(self.topic("command"), qos=1)
         await client.publish(self.topic("status"), self.status_payload(), qos=1)
         # Not a TaskGroup: a broken connection must surface as MqttError (for the reconnect

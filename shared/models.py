@@ -18,8 +18,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from shared.errors import PayloadError
@@ -124,7 +126,7 @@ class Telemetry(_Wire):
         return out
 
 
-CommandAction = Literal["on", "off", "set"]
+CommandAction = Literal["on", "off", "set", "ota"]
 
 # The seed's (the original Flask design's) command forms: `set_<quantity>` with a value. Each
 # names the quantity an actuator moves, and means the model's `set` on that actuator — a level of
@@ -165,19 +167,39 @@ def command_value_error(action: CommandAction, value: object) -> str | None:
     return None
 
 
+class FirmwareOffer(_Wire):
+    """What an ``ota`` command offers: an image on the edge's LAN server (``edge.firmware``).
+    ``url`` and ``md5`` are what ESPHome's ``ota.http_request.flash`` takes."""
+
+    version: Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,39}$")]
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=256)]
+    md5: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    md5_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=256)]
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    size: int = Field(gt=0)
+
+
 class Command(_Wire):
-    """A command to one actuator node: ``on``/``off``, or ``set`` with a level 0–100."""
+    """A command to one node: ``on``/``off``, ``set`` with a level 0–100 (actuators), or
+    ``ota`` with ``firmware``, an update to download from the edge (any node)."""
 
     command_id: Id
     device_id: Id
     action: CommandAction
     value: float | bool | None = None
     timestamp: datetime
+    firmware: FirmwareOffer | None = None
 
     @field_validator("timestamp", mode="after")
     @classmethod
     def _tz(cls, value: datetime) -> datetime:
         return _aware(value)
+
+    @model_validator(mode="after")
+    def _offer(self) -> Command:
+        if (self.action == "ota") != (self.firmware is not None):
+            raise ValueError("firmware goes with action ota, and ota needs firmware")
+        return self
 
 
 class Ack(_Wire):
@@ -198,7 +220,8 @@ class Status(_Wire):
     online: bool = True
     timestamp: datetime | None = None
     state: dict[str, float | bool | str | None] = Field(default_factory=dict)
-    firmware: str | None = None
+    # The version it runs: the version itself or "name/version" (edge.firmware.running_version).
+    firmware: str | None = Field(default=None, max_length=64)
     rssi_dbm: float | None = None
     uptime_s: float | None = None
 

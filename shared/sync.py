@@ -36,7 +36,7 @@ RecordKind = Literal[
     "ack",            # {"command_id","device_id","status","error"?,"at"}
     "alert",          # {"key","kind","severity","message","room_id"?,"device_id"?,
                       #  "state":"active"|"resolved","at"}
-    "status",         # {"device_id","room_id","online","state":{...},"at"}
+    "status",         # {"device_id","room_id","online","state":{...},"firmware"?,"at"}
     "config_change",  # {"version","base_version","change":{...},"at"} local edits made offline
     "automation",     # {"room_id","stage","rules":[...],"actuators":[...],"seen":{...},"at"}
                       #  the room's effective automation, when it changes (and now and then)
@@ -133,6 +133,7 @@ class StatusData(msgspec.Struct):
     online: bool
     state: dict[str, Any]
     at: float
+    firmware: str | None = None  # the device's last reported firmware (edge migration 5 on)
 
 
 class ConfigEdit(msgspec.Struct, omit_defaults=True):

@@ -83,6 +83,8 @@ class DeviceNow(Out):
     online: bool | None = Field(description="as last reported by the device (null: never)")
     state: dict[str, Any] | None = Field(description="the device's reported state, e.g. on/level")
     status_at: datetime | None
+    firmware: str | None = Field(
+        default=None, description="the firmware version the device last reported (null: never)")
     latest: dict[str, ValueAt]
     last_command: LastCommand | None
 
@@ -155,7 +157,7 @@ def _device(row: dict[str, Any]) -> DeviceNow:
     return DeviceNow(
         id=row["id"], name=row["name"], kind=row["kind"], actuator=row["actuator"],
         last_seen=row["last_seen"], online=row["online"], state=row["state"],
-        status_at=row["status_at"],
+        status_at=row["status_at"], firmware=row.get("firmware"),
         latest={m: ValueAt.model_validate(v) for m, v in (row["latest"] or {}).items()},
         last_command=command,
     )

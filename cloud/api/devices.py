@@ -62,6 +62,9 @@ class DeviceOut(Out):
     last_seen: datetime | None
     created_at: datetime
     safety: Safety | None = Field(default=None, description=SAFETY_HELP)
+    firmware: str | None = Field(
+        default=None, description="the firmware version the device last reported in a status"
+        " message (null: never); an edge serves updates to its devices (edge firmware add)")
 
 
 class BrokerHintOut(Out):

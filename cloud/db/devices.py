@@ -9,14 +9,18 @@ from psycopg.types.json import Jsonb
 from cloud.db.database import Database
 
 LIST = """
-SELECT id, room_id, farm_id, name, kind, actuator, capabilities, last_seen, created_at, safety
-FROM devices
+SELECT id, room_id, farm_id, name, kind, actuator, capabilities, last_seen, created_at, safety,
+    (SELECT s.firmware FROM device_status s WHERE s.farm_id = d.farm_id AND s.device_id = d.id)
+        AS firmware
+FROM devices d
 WHERE farm_id = %(farm_id)s AND room_id = %(room_id)s
   AND (%(after)s::text IS NULL OR id > %(after)s)
 ORDER BY id LIMIT %(limit)s"""
 GET = """
-SELECT id, room_id, farm_id, name, kind, actuator, capabilities, last_seen, created_at, safety
-FROM devices WHERE farm_id = %(farm_id)s AND id = %(id)s"""
+SELECT id, room_id, farm_id, name, kind, actuator, capabilities, last_seen, created_at, safety,
+    (SELECT s.firmware FROM device_status s WHERE s.farm_id = d.farm_id AND s.device_id = d.id)
+        AS firmware
+FROM devices d WHERE farm_id = %(farm_id)s AND id = %(id)s"""
 CREATE = """
 INSERT INTO devices (id, farm_id, room_id, name, kind, actuator, capabilities, credentials_hash)
 VALUES (%(id)s, %(farm_id)s, %(room_id)s, %(name)s, %(kind)s, %(actuator)s, %(capabilities)s,

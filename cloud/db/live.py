@@ -24,7 +24,7 @@ SELECT c.id, c.room_id, c.farm_id, c.device_id, c.action, c.value, c.status, c.e
     c.created_at, c.updated_at
 FROM commands c WHERE c.farm_id = %(farm_id)s AND c.id = %(id)s"""
 STATUS = """
-SELECT s.device_id, d.room_id, s.farm_id, s.online, s.state, s.at
+SELECT s.device_id, d.room_id, s.farm_id, s.online, s.state, s.at, s.firmware
 FROM device_status s JOIN devices d ON d.farm_id = s.farm_id AND d.id = s.device_id
 WHERE s.farm_id = %(farm_id)s AND s.device_id = %(id)s"""
 ALERT = """
@@ -57,6 +57,7 @@ WHERE d.farm_id = %(farm_id)s AND d.room_id = ANY(%(rooms)s)
 ORDER BY d.room_id, l.metric, l.time DESC"""
 ROOM_DEVICES = """
 SELECT d.id, d.name, d.kind, d.actuator, d.last_seen, s.online, s.state, s.at AS status_at,
+    s.firmware,
     coalesce((SELECT json_object_agg(l.metric, json_build_object('value', l.value, 'time', l.time))
               FROM sensor_latest l WHERE l.farm_id = d.farm_id AND l.device_id = d.id),
              '{}') AS latest,

@@ -104,10 +104,11 @@ VALUES (%(edge_id)s, %(farm_id)s, %(key)s, %(kind)s, %(severity)s, %(message)s, 
         %(device_id)s, 'resolved', %(at)s, %(at)s, %(at)s)"""
 
 STATUS = """
-INSERT INTO device_status (farm_id, device_id, edge_id, online, state, at)
-VALUES (%(farm_id)s, %(device_id)s, %(edge_id)s, %(online)s, %(state)s, %(at)s)
+INSERT INTO device_status (farm_id, device_id, edge_id, online, state, at, firmware)
+VALUES (%(farm_id)s, %(device_id)s, %(edge_id)s, %(online)s, %(state)s, %(at)s, %(firmware)s)
 ON CONFLICT (farm_id, device_id) DO UPDATE SET edge_id = excluded.edge_id, online = excluded.online,
-    state = excluded.state, at = excluded.at
+    state = excluded.state, at = excluded.at,
+    firmware = coalesce(excluded.firmware, device_status.firmware)
 WHERE excluded.at >= device_status.at"""
 DEVICE_SEEN = """
 UPDATE devices SET last_seen = %(at)s
@@ -241,7 +242,7 @@ async def alert(cur: Cursor, params: dict[str, Any]) -> None:
 
 
 async def status(cur: Cursor, params: dict[str, Any]) -> None:
-    await cur.execute(STATUS, {**params, "state": Jsonb(params["state"])})
+    await cur.execute(STATUS, {"firmware": None, **params, "state": Jsonb(params["state"])})
     if params["online"]:
         await cur.execute(DEVICE_SEEN, params)
 

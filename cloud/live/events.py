@@ -149,7 +149,7 @@ def row_message(kind: str, row: dict[str, Any], status: str | None = None) -> st
         return message("command", **where, command=command_out(row, status))
     if kind == "status":
         return message("status", **where, device_id=row["device_id"], online=row["online"],
-                       state=row["state"], time=row["at"])
+                       state=row["state"], time=row["at"], firmware=row.get("firmware"))
     return message(kind, **where, **{kind: row})
 
 

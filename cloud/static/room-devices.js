@@ -29,6 +29,7 @@ export function deviceRow(ctx, farmId, roomId, device, canOperate) {
   const dot = h('span', { class: 'dot' });
   const state = h('span', { class: 'state' });
   const seen = h('span', { class: 'muted small why-seen' });
+  const firmware = h('span', { class: 'muted small firmware', dataset: { firmware: '' } });
   const life = h('ol', { class: 'life', 'aria-label': `${label} command`, 'aria-live': 'polite' });
   const error = h('p', { class: 'error small', role: 'alert', hidden: true });
   const commands = new Map();  // id → {action, steps: [status…], created}
@@ -161,7 +162,7 @@ export function deviceRow(ctx, farmId, roomId, device, canOperate) {
     isActuator ? mode : null,
     isActuator ? h('div', { class: 'row wrap' }, limits, canOperate ? editLimits : null) : null,
     limitsEditor,
-    h('div', { class: 'row wrap' }, seen, controls),
+    h('div', { class: 'row wrap' }, seen, firmware, controls),
     life, error);
 
   function renderWhy() {
@@ -205,6 +206,8 @@ export function deviceRow(ctx, farmId, roomId, device, canOperate) {
       .sort((a, b) => new Date(b) - new Date(a))[0];
     seen.textContent = `last seen ${ago(last)}`;
     if (last) seen.title = new Date(last).toLocaleString();
+    firmware.textContent = info.firmware ? `firmware ${info.firmware}` : '';
+    firmware.dataset.firmware = info.firmware || '';
     renderWhy();
   }
 
@@ -244,7 +247,8 @@ export function deviceRow(ctx, farmId, roomId, device, canOperate) {
   }
 
   function status(msg) {
-    info = { ...info, online: msg.online, state: msg.state, status_at: msg.time };
+    info = { ...info, online: msg.online, state: msg.state, status_at: msg.time,
+      firmware: msg.firmware || info.firmware };
     renderState();
   }
 

@@ -219,7 +219,8 @@ async function devicesSection(env) {
       h('div', { class: 'row wrap' },
         h('div', { class: 'grow' },
           h('span', { class: 'name', text: device.name || device.id }),
-          h('p', { class: 'muted small', text: `${what} · user name ${device.id} · last heard ${ago(device.last_seen)}` }),
+          h('p', { class: 'muted small', text: `${what} · user name ${device.id} · last heard ${ago(device.last_seen)}`
+            + (device.firmware ? ` · firmware ${device.firmware}` : '') }),
           device.safety ? h('p', { class: 'muted small', text: safetyText(device.safety) }) : null),
         owner ? h('div', { class: 'actions' }, h('button', {
           type: 'button', text: 'Rename', 'aria-label': `Rename device ${device.name || device.id}`, onclick: rename,

@@ -200,6 +200,8 @@ class StatusItem(_Data):
     online: bool
     state: dict[str, Any] = Field(default_factory=dict)
     at: Seconds
+    # What the device runs (its status message's `firmware`); absent from older edges.
+    firmware: str | None = Field(default=None, max_length=64)
 
 
 class PendingDeviceItem(_Data):

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge.api import auth, keys, views
 from edge.api.onboarding import add_onboarding_routes
+from edge.api.firmware import add_firmware_routes
 from edge.api.problems import Forbidden, Unauthorized, ValidationFailed
 from edge.api.schemas import (
     AlertsQuery,
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
 # The page's assets, by name: nothing else under static/ is ever served (no path handling).
-ASSETS: Final = frozenset({"app.js", "onboarding.js", "style.css", "favicon.svg"})
+ASSETS: Final = frozenset({"app.js", "onboarding.js", "firmware.js", "style.css", "favicon.svg"})
 
 
 def _room_id(request: web.Request) -> str:
@@ -363,3 +364,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_patch("/api/rules/{rule_id}", set_rule)
     app.router.add_get("/api/stats", stats)
     add_onboarding_routes(app)
+    add_firmware_routes(app)

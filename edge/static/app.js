@@ -190,6 +190,7 @@
       if (typeof value === "boolean") return value ? "Switch on" : "Switch off";
       return value === null || value === undefined ? "Set level" : `Set to ${Number(value)} %`;
     }
+    if (action === "ota") return "Firmware update";
     return String(action).replace(/_/g, " ");
   }
 

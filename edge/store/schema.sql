@@ -353,3 +353,37 @@ CREATE TABLE pending_devices (
     actuator TEXT,
     updated_at REAL NOT NULL
 );
+
+-- migration 6: firmware updates offered to devices (edge/firmware.py); status records carry firmware
+CREATE TABLE firmware_updates (
+    device_id TEXT PRIMARY KEY,        -- one open offer per device; a new one replaces it
+    version TEXT NOT NULL,
+    sha256 TEXT NOT NULL,              -- the image (<data_dir>/firmware/<sha256>.bin)
+    token_hash TEXT NOT NULL UNIQUE,   -- sha256 of the download URL's token (never the token)
+    command_id TEXT NOT NULL,          -- the `ota` command that carried the offer
+    offered_at REAL NOT NULL,
+    offered_by TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    from_firmware TEXT,                -- what the device ran when offered
+    downloaded_at REAL,
+    installed_at REAL,                 -- a status message reported the version
+    error TEXT                         -- the device's error ack after taking the offer
+);
+DROP TRIGGER outbox_status_new;
+DROP TRIGGER outbox_status;
+CREATE TRIGGER outbox_status_new AFTER INSERT ON device_status
+WHEN new.status_at IS NOT NULL
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:status}, new.status_at, json_object(
+        'device_id', new.device_id, 'room_id', new.room_id,
+        'online', json(CASE WHEN new.online THEN 'true' ELSE 'false' END),
+        'state', json(new.state), 'firmware', new.firmware, 'at', new.status_at));
+END;
+CREATE TRIGGER outbox_status AFTER UPDATE OF status_at ON device_status
+WHEN new.status_at IS NOT NULL
+BEGIN
+    INSERT INTO outbox (kind, at, data) VALUES ({kind:status}, new.status_at, json_object(
+        'device_id', new.device_id, 'room_id', new.room_id,
+        'online', json(CASE WHEN new.online THEN 'true' ELSE 'false' END),
+        'state', json(new.state), 'firmware', new.firmware, 'at', new.status_at));
+END;

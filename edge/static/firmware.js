@@ -1,0 +1,157 @@
+// Firmware updates panel of the edge page: the images stored on this edge, the version each
+// device runs (from its status messages) and the update offered to it, with Update / Withdraw.
+// Reads GET /api/firmware and /api/devices; offers with POST /api/devices/{id}/firmware.
+"use strict";
+
+(() => {
+  const POLL_MS = 4000;
+  const CSRF = { "X-Requested-With": "smartfarm-edge" };
+  const STATES = {
+    offered: "offered, waiting for the device",
+    downloading: "downloading / installing",
+    installed: "installed",
+    failed: "failed",
+    expired: "expired",
+  };
+  const $ = (id) => document.getElementById(id);
+
+  function h(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "text") node.textContent = value;
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child !== null && child !== undefined) node.append(child);
+    }
+    return node;
+  }
+
+  function ago(iso) {
+    if (!iso) return "";
+    const s = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+    if (s < 60) return "just now";
+    if (s < 3600) return `${Math.round(s / 60)} min ago`;
+    if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+    return new Date(iso).toLocaleDateString(undefined, { day: "numeric", month: "short" });
+  }
+
+  function size(bytes) {
+    return bytes >= 1048576 ? `${(bytes / 1048576).toFixed(1)} MB` : `${Math.round(bytes / 1024)} KB`;
+  }
+
+  async function call(method, path, body) {
+    const opts = { method, credentials: "same-origin", headers: { ...CSRF } };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const resp = await fetch(path, opts);
+    const doc = resp.status === 204 ? null : await resp.json().catch(() => null);
+    if (!resp.ok) {
+      const err = new Error((doc && ((doc.errors && doc.errors[0] && doc.errors[0].message)
+        || doc.detail || doc.title)) || `HTTP ${resp.status}`);
+      err.status = resp.status;
+      throw err;
+    }
+    return doc;
+  }
+
+  function say(text, bad) {
+    const note = $("firmware-note");
+    note.textContent = text;
+    note.className = bad ? "error small" : "muted small";
+    note.hidden = !text;
+  }
+
+  function updateText(u) {
+    if (!u) return "";
+    let text = `${u.version}: ${STATES[u.state] || u.state}`;
+    if (u.state === "installed") text += ` ${ago(u.installed_at)}`;
+    else if (u.state === "offered") text += ` (${ago(u.offered_at)} by ${u.offered_by})`;
+    if (u.detail) text += ` — ${u.detail}`;
+    return text;
+  }
+
+  function deviceRow(device, running, update, images) {
+    const fitting = images.filter((i) => i.devices.length === 0 || i.devices.includes(device.id));
+    const role = device.role ? (roles[device.role] || device.role) : "Sensor";
+    const label = device.name && device.name !== device.id ? `${role} · ${device.name}` : role;
+    const select = h("select", { "aria-label": `Firmware for ${label}` },
+      fitting.map((i) => h("option", { value: i.version, text: i.version })));
+    const open = update && ["offered", "downloading"].includes(update.state);
+    const offer = h("button", {
+      type: "button", class: "small", disabled: fitting.length === 0,
+      "aria-label": `Update ${label}`, text: "Update",
+      onclick: async () => {
+        offer.disabled = true;
+        try {
+          await call("POST", `/api/devices/${encodeURIComponent(device.id)}/firmware`,
+            { version: select.value });
+          say(`Firmware ${select.value} offered to ${label}.`, false);
+        } catch (err) {
+          say(`${label}: ${err.message}`, true);
+        }
+        offer.disabled = false;
+        refresh();
+      },
+    });
+    const withdraw = open ? h("button", {
+      type: "button", class: "small link", "aria-label": `Withdraw update of ${label}`,
+      text: "Withdraw",
+      onclick: async () => {
+        try {
+          await call("DELETE", `/api/devices/${encodeURIComponent(device.id)}/firmware`);
+          say(`Update of ${label} withdrawn.`, false);
+        } catch (err) {
+          say(`${label}: ${err.message}`, true);
+        }
+        refresh();
+      },
+    }) : null;
+    return h("tr", { dataset: { device: device.id, state: update ? update.state : "" } },
+      h("th", { scope: "row", text: `${label} (${device.room_id})`, title: device.id }),
+      h("td", { class: "fw-running", text: running || "not reported" }),
+      h("td", { class: `fw-update ${update ? update.state : ""}`, text: updateText(update) }),
+      h("td", { class: "fw-actions" }, fitting.length ? [select, offer] : h("span", {
+        class: "muted small", text: "no image for it" }), withdraw));
+  }
+
+  let busy = false;
+  let roles = null;  // actuator role → its label (the edge's vocabulary)
+  async function refresh() {
+    const app = $("app");
+    if (!app || app.hidden || busy) return;
+    busy = true;
+    try {
+      if (roles === null) {
+        const v = await call("GET", "/api/vocabulary");
+        roles = Object.fromEntries(v.actuator_roles.map((r) => [r.id, r.label]));
+      }
+      const [fw, devices] = await Promise.all([call("GET", "/api/firmware"), call("GET", "/api/devices")]);
+      const updates = Object.fromEntries(fw.updates.map((u) => [u.device_id, u]));
+      const focused = document.activeElement && $("firmware-devices").contains(document.activeElement);
+      if (!focused) {
+        $("firmware-devices").replaceChildren(...devices.map((d) =>
+          deviceRow(d, (fw.devices[d.id] || {}).firmware, updates[d.id], fw.images)));
+      }
+      $("firmware-images").replaceChildren(...fw.images.map((i) => h("li", {},
+        h("strong", { text: i.version }),
+        ` · ${i.devices.length ? i.devices.join(", ") : "any device"} · ${size(i.size)}`
+        + ` · sha256 ${i.sha256.slice(0, 12)} · added ${ago(i.added_at)}`)));
+      $("firmware-empty").hidden = fw.images.length > 0;
+    } catch (err) {
+      if (err.status !== 401) say(`Firmware: ${err.message}`, true);
+    } finally {
+      busy = false;
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    refresh();
+    setInterval(refresh, POLL_MS);
+  });
+})();
