@@ -16,8 +16,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge.api import auth, keys, views
-from edge.api.onboarding import add_onboarding_routes
 from edge.api.firmware import add_firmware_routes
+from edge.api.onboarding import add_onboarding_routes
 from edge.api.problems import Forbidden, Unauthorized, ValidationFailed
 from edge.api.schemas import (
     AlertsQuery,
