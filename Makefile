@@ -10,7 +10,7 @@ DEMO_DIR ?= .demo
 AXE_VERSION := 4.14.1
 AXE_STAMP   := $(VENV)/.axe-core-$(AXE_VERSION)
 
-.PHONY: demo test lint bench clean venv axe bundle
+.PHONY: demo test lint bench clean venv axe bundle gallery
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ axe: $(AXE_STAMP)
 # The dashboard's static assets, raw and gzipped, against the budget; written to bench/results/.
 bundle: $(TSTAMP)
 	SMARTFARM_BUNDLE_REPORT=1 $(BIN)/python -m pytest -q -s tests/cloud/test_bundle_size.py
+
+# Screenshots of every view of the grower's app at 390 and 1366 px into docs/gallery (the test
+# checks each with axe on the way).
+gallery: $(TSTAMP) $(AXE_STAMP)
+	SMARTFARM_GALLERY=docs/gallery $(BIN)/python -m pytest -q tests/e2e/test_grower_gallery.py
 
 demo: $(STAMP)
 	$(BIN)/smartfarm demo --dir $(DEMO_DIR)
