@@ -65,9 +65,9 @@ function roomFields(vocabulary, room) {
   return [
     field('Name', h('input', { type: 'text', maxlength: '100', required: true, value: room ? room.name : '', autocomplete: 'off' }),
       { name: 'name', hint: 'e.g. "Fruiting room 1"' }),
-    field('Species', select(vocabulary.species.map((s) => [s.id, s.label]), room ? room.species : 'oyster'),
+    field('Species', select(vocabulary.species.map((s) => [s.id, s.label]), room ? room.species : vocabulary.species[0].id),
       { name: 'species' }),
-    field('Grow stage', select(vocabulary.stages.map((s) => [s.id, s.label]), room ? room.stage : 'spawn_run'),
+    field('Grow stage', select(vocabulary.stages.map((s) => [s.id, s.label]), room ? room.stage : vocabulary.stages[0].id),
       { name: 'stage' }),
     field('Stage started on', h('input', { type: 'date', value: room ? isoToDate(room.stage_started) : today, max: today }),
       { name: 'stage_started', hint: 'the day the current stage began (its bands and day count start there)' }),
@@ -276,7 +276,7 @@ async function devicesSection(env) {
   // A new device.
   const roomF = field('Room', select(rooms.map((r) => [r.id, r.name || r.id])), { name: 'room' });
   const kindF = field('Kind', select([['sensor', 'Sensor node'], ['actuator', 'Actuator (relay)']], 'sensor'), { name: 'kind' });
-  const roleF = field('Switches', select(vocabulary.actuator_roles.map((r) => [r.id, r.label]), 'humidifier'), { name: 'actuator' });
+  const roleF = field('Switches', select(vocabulary.actuator_roles.map((r) => [r.id, r.label]), vocabulary.actuator_roles[0].id), { name: 'actuator' });
   const nameF = field('Name', h('input', { type: 'text', maxlength: '100', autocomplete: 'off' }), { name: 'name', hint: 'what you call it, e.g. "Humidifier left"' });
   const idF = field('User name (optional)', h('input', { type: 'text', maxlength: '64', autocomplete: 'off', placeholder: 'generated' }),
     { name: 'id', hint: 'letters, digits, - and _; the device logs in with it' });

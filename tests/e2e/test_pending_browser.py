@@ -59,7 +59,7 @@ async def test_an_owner_adopts_a_waiting_node_from_the_set_up_page(
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
             await _sign_in(page, the_cloud.url, "owner@sync.test", PASSWORD)
-            await page.wait_for_selector("text=Farm")
+            await page.wait_for_selector('a.room[data-room="room-a"]')  # signed in: the farm
             await page.goto(f"{the_cloud.url}/#/farm/{farm_id}/setup/devices")
             card = page.locator("section.pending-devices")
             item = card.locator(f"li[data-pending={NODE}]")
