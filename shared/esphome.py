@@ -139,6 +139,8 @@ class Node:
         for server in self.ntp_servers:
             if not _HOST_RE.fullmatch(server):
                 raise ValueError(f"ntp server {server!r}: a host name or IP address")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", self.board):
+            raise ValueError(f"board {self.board!r}: a PlatformIO board id such as esp32dev")
         if not re.fullmatch(r"[0-9A-Za-z.+_-]{1,32}", self.firmware_version):
             raise ValueError(f"firmware_version {self.firmware_version!r}")
 
@@ -234,7 +236,8 @@ def _header(node: Node) -> list[str]:
     ]
     if node.password is not None:
         lines.append("# It holds the device's MQTT password: keep it as private as secrets.yaml.")
-    return lines + [
+    return [
+        *lines,
         "",
         "substitutions:",
         f"  device_id: {_q(node.device_id)}",
@@ -351,7 +354,7 @@ def _mqtt(node: Node) -> list[str]:
             "        - lambda: |-",
         ]
         lines += _block(command_lambda(node), 12)
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _time(node: Node) -> list[str]:
@@ -368,7 +371,7 @@ def _time(node: Node) -> list[str]:
         lines += ["    servers:"] + [f"      - {_q(s)}" for s in servers[:3]]
     else:
         lines += ["    servers:", "      - !secret edge_host"]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _health(node: Node) -> list[str]:
@@ -385,7 +388,7 @@ def _health(node: Node) -> list[str]:
     ]
     if node.kind == "sensor":
         lines += _sensors(node)
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _sensors(node: Node) -> list[str]:
@@ -660,7 +663,8 @@ def _actuator_node(node: Node) -> list[str]:
             *pin,
             f"    frequency: {PWM_FREQUENCY_HZ[node.actuator]}Hz",
         ]
-    lines = output + [
+    lines = [
+        *output,
         "",
         "globals:",
         "  # The commanded level 0..1; never restored from flash (boot-safe).",
