@@ -57,7 +57,9 @@ DEFAULT_DRIVE: Final[dict[str, Drive]] = {
     "exhaust_fan": "pwm",
     "light": "pwm",
 }
-PWM_FREQUENCY_HZ: Final[dict[str, int]] = {"exhaust_fan": 25_000, "light": 1_000}
+# 25 kHz: a 4-pin fan's PWM input (inaudible); 1 kHz: LED drivers and DC loads behind a MOSFET.
+PWM_FREQUENCY_HZ: Final[dict[str, int]] = {
+    "exhaust_fan": 25_000, "light": 1_000, "humidifier": 1_000, "heater": 1_000}
 RELAY_PERIOD_S: Final = 60
 
 # The metric each sensor reports (the seed's names, shared.vocabulary) and its ESPHome id.
@@ -80,6 +82,22 @@ class Pins:
     substrate: str = "GPIO34"  # ADC1 (ADC2 is unusable while Wi-Fi is on)
     battery: str = "GPIO35"  # ADC1, behind a 2:1 divider
     output: str = "GPIO26"  # relay driver / MOSFET gate, pulled down on the board
+
+
+# The same roles on the other common dev boards: ADC1 pins for the analog inputs, no strapping
+# pin (S3: 0, 3, 45, 46; C3: 2, 8, 9) and no flash/PSRAM pin for the output. Any other board
+# gets the classic ESP32's (ESP32 DevKit, NodeMCU-32S, WEMOS D1 mini ESP32, …).
+BOARD_PINS: Final[dict[str, Pins]] = {
+    "esp32dev": Pins(),
+    "esp32-s3-devkitc-1": Pins(sda="GPIO8", scl="GPIO9", substrate="GPIO4", battery="GPIO5",
+                               output="GPIO7"),
+    "esp32-c3-devkitm-1": Pins(sda="GPIO6", scl="GPIO7", substrate="GPIO0", battery="GPIO1",
+                               output="GPIO10"),
+}
+
+
+def board_pins(board: str) -> Pins:
+    return BOARD_PINS.get(board, Pins())
 
 
 @dataclass(frozen=True)
@@ -106,7 +124,7 @@ class Node:
     drive: Drive | None = None
     inverted: bool = False
     failsafe_s: int = 600
-    pins: Pins = field(default_factory=Pins)
+    pins: Pins | None = None  # None: the board's (BOARD_PINS)
     firmware_version: str = FIRMWARE_VERSION
 
     def __post_init__(self) -> None:
@@ -151,6 +169,10 @@ class Node:
     def firmware(self) -> str:
         """What the node reports as ``firmware`` in its status messages."""
         return f"{FIRMWARE_PREFIX}/{self.firmware_version}"
+
+    @property
+    def gpio(self) -> Pins:
+        return self.pins or board_pins(self.board)
 
     @property
     def output_drive(self) -> Drive:
@@ -393,7 +415,7 @@ def _health(node: Node) -> list[str]:
 
 def _sensors(node: Node) -> list[str]:
     every = f"{node.interval_s}s"
-    pins = node.pins
+    pins = node.gpio
     lines: list[str] = []
     if node.th_sensor == "sht4x":
         lines += [
@@ -589,8 +611,8 @@ def _sensor_node(node: Node) -> list[str]:
     any_value = " || ".join(_has_value(sid) for _, sid in _metrics(node))
     lines = [
         "i2c:",
-        f"  sda: {node.pins.sda}",
-        f"  scl: {node.pins.scl}",
+        f"  sda: {node.gpio.sda}",
+        f"  scl: {node.gpio.scl}",
         "  scan: true",
         "",
         "script:",
@@ -641,8 +663,8 @@ def _status_script(node: Node) -> list[str]:
 
 def _actuator_node(node: Node) -> list[str]:
     assert node.actuator is not None
-    pin = [f"    pin: {node.pins.output}"] if not node.inverted else [
-        "    pin:", f"      number: {node.pins.output}", "      inverted: true"]
+    pin = [f"    pin: {node.gpio.output}"] if not node.inverted else [
+        "    pin:", f"      number: {node.gpio.output}", "      inverted: true"]
     if node.output_drive == "relay":
         output = [
             "output:",

@@ -58,7 +58,7 @@ async def esphome_yaml(request: web.Request) -> web.Response:
         raise RequestRefused(str(exc)) from None
     except ValueError as exc:
         field = str(exc).split(" ", 1)[0]
-        raise ValidationFailed([{"field": f"query.{field}", "message": str(exc),
+        raise ValidationFailed([{"field": field, "message": str(exc),
                                  "type": "value_error"}]) from None
     return web.Response(
         text=node_yaml(node),
