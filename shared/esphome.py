@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from shared.topics import build_topic, check_id
 from shared.vocabulary import ACTUATOR_LABELS, ACTUATOR_ROLES
 
@@ -144,8 +146,8 @@ class Node:
             raise ValueError(f"unknown sensors {sorted(unknown)}: use {OPTIONAL_SENSORS}")
         if not 1 <= self.broker_port <= 65535:
             raise ValueError(f"broker_port {self.broker_port}: 1-65535")
-        if self.tls and not (self.ca_pem and "BEGIN CERTIFICATE" in self.ca_pem):
-            raise ValueError("tls needs ca_pem: the edge's CA certificate (PEM)")
+        if self.ca_pem is not None and "BEGIN CERTIFICATE" not in self.ca_pem:
+            raise ValueError("ca_pem: the edge's CA certificate in PEM form")
         if not 5 <= self.interval_s <= 3600:
             raise ValueError(f"interval_s {self.interval_s}: 5-3600")
         if not 30 <= self.failsafe_s <= 86_400:
@@ -183,6 +185,48 @@ class Node:
 _HOST_RE: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$")
 
 
+HOST_PATTERN: Final = _HOST_RE.pattern
+BOARD_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class BoardOptions(BaseModel):
+    """What an installer chooses about a node's board: the query of both downloads (the edge
+    page's and the cloud's ``GET …/esphome.yaml``). Every field has a default."""
+
+    model_config = ConfigDict(extra="ignore", str_max_length=256)
+
+    host: str | None = Field(default=None, pattern=HOST_PATTERN,
+                             description="the edge's address on the farm network (default: the"
+                                         " farm's device network; else secrets.yaml's edge_host)")
+    board: str = Field(default=DEFAULT_BOARD, pattern=BOARD_PATTERN,
+                       description="PlatformIO board id: esp32dev, esp32-s3-devkitc-1, …")
+    th_sensor: ThSensor = Field(default="sht4x", description="temperature/humidity sensor")
+    without: str = Field(default="", description="sensors the node lacks, comma-separated:"
+                                                 " co2, light, substrate, battery")
+    drive: Drive | None = Field(default=None, description="an actuator's output: relay or pwm"
+                                                           " (default: by role)")
+    inverted: bool = Field(default=False, description="an active-low relay module")
+    interval_s: int = Field(default=30, ge=5, le=3600, description="seconds between readings")
+
+    @field_validator("without")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        unknown = sorted({n.strip() for n in value.split(",") if n.strip()}
+                         - set(OPTIONAL_SENSORS))
+        if unknown:
+            raise ValueError(f"unknown sensors {unknown}: use {', '.join(OPTIONAL_SENSORS)}")
+        return value
+
+    def sensors(self) -> frozenset[str]:
+        return frozenset(OPTIONAL_SENSORS) - {n.strip() for n in self.without.split(",")}
+
+    def node_options(self, kind: str) -> dict[str, object]:
+        """Keyword arguments of ``Node`` (all but the host)."""
+        return {"board": self.board, "th_sensor": self.th_sensor, "sensors": self.sensors(),
+                "drive": self.drive if kind == "actuator" else None, "inverted": self.inverted,
+                "interval_s": self.interval_s}
+
+
 def node_name(device_id: str) -> str:
     """The ESPHome node name (its host name: lowercase letters, digits and '-', at most 31
     characters) for a device id; ids that had to change get a short hash, so two devices whose ids
@@ -207,6 +251,9 @@ def secrets_template(node: Node) -> str:
         lines.append('mqtt_password: "the device password shown once when it was added"')
     if node.broker_host is None:
         lines.append('edge_host: "the edge\'s address on the farm network, e.g. 192.168.1.10"')
+    if node.tls and node.ca_pem is None:
+        lines += ["edge_ca: |  # the edge's credentials/tls/ca.crt, indented like this",
+                  "  -----BEGIN CERTIFICATE-----", "  ...", "  -----END CERTIFICATE-----"]
     return "\n".join(lines) + "\n"
 
 
@@ -254,6 +301,7 @@ def _header(node: Node) -> list[str]:
         "# ota_password"
         + (", mqtt_password" if node.password is None else "")
         + (", edge_host" if node.broker_host is None else "")
+        + (", edge_ca" if node.tls and node.ca_pem is None else "")
         + ".",
     ]
     if node.password is not None:
@@ -358,10 +406,12 @@ def _mqtt(node: Node) -> list[str]:
         "    qos: 1",
     ]
     if node.tls:
-        assert node.ca_pem is not None
-        lines += ["  # TLS: trust only the edge's own CA (credentials/tls/ca.crt on the edge).",
-                  "  certificate_authority: |"]
-        lines += _block(node.ca_pem, 4)
+        lines.append("  # TLS: trust only the edge's own CA (credentials/tls/ca.crt on the edge).")
+        if node.ca_pem is not None:
+            lines.append("  certificate_authority: |")
+            lines += _block(node.ca_pem, 4)
+        else:
+            lines.append("  certificate_authority: !secret edge_ca")
     lines += ["  on_connect:", "    then:", "      - script.execute: publish_status"]
     if node.kind == "sensor":
         lines += ["      - script.execute: publish_telemetry"]
