@@ -144,6 +144,9 @@ class Node:
         unknown = set(self.sensors) - set(OPTIONAL_SENSORS)
         if unknown:
             raise ValueError(f"unknown sensors {sorted(unknown)}: use {OPTIONAL_SENSORS}")
+        if self.password is not None and ("$" in self.password or not self.password):
+            # ESPHome would substitute ${…} / $name in it; generated passwords never have one.
+            raise ValueError("password: empty or contains '$' (ESPHome substitutes it)")
         if not 1 <= self.broker_port <= 65535:
             raise ValueError(f"broker_port {self.broker_port}: 1-65535")
         if self.ca_pem is not None and "BEGIN CERTIFICATE" not in self.ca_pem:
