@@ -52,6 +52,7 @@ def test_a_node_publishes_only_on_its_own_topics() -> None:
         doc = load_node(node_yaml(node))
         mqtt = doc["mqtt"]
         assert mqtt["discovery"] is False and mqtt["log_topic"] is None
+        assert mqtt["clean_session"] is True
         for entity in doc["sensor"]:
             parts = [entity] + [v for v in entity.values() if isinstance(v, dict)]
             for part in parts:
