@@ -128,6 +128,9 @@ class Node:
     failsafe_s: int = 600
     pins: Pins | None = None  # None: the board's (BOARD_PINS)
     firmware_version: str = FIRMWARE_VERSION
+    # OTA from the edge: the URL of the ESPHome update manifest the edge serves for this node
+    # (http_request update platform). None: updates only with `esphome run` on the LAN.
+    firmware_manifest_url: str | None = None
 
     def __post_init__(self) -> None:
         check_id(self.farm_id, "farm_id")
@@ -164,6 +167,11 @@ class Node:
                 raise ValueError(f"ntp server {server!r}: a host name or IP address")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", self.board):
             raise ValueError(f"board {self.board!r}: a PlatformIO board id such as esp32dev")
+        if self.firmware_manifest_url is not None and not _URL_RE.fullmatch(
+            self.firmware_manifest_url
+        ):
+            raise ValueError(f"firmware_manifest_url {self.firmware_manifest_url!r}: an http(s)"
+                             " URL on the edge")
         if not re.fullmatch(r"[0-9A-Za-z.+_-]{1,32}", self.firmware_version):
             raise ValueError(f"firmware_version {self.firmware_version!r}")
 
@@ -186,6 +194,7 @@ class Node:
 
 
 _HOST_RE: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$")
+_URL_RE: Final = re.compile(r"^https?://[A-Za-z0-9.:\[\]-]{1,253}(/[A-Za-z0-9._~%/+-]*)?$")
 
 
 HOST_PATTERN: Final = _HOST_RE.pattern
@@ -355,9 +364,28 @@ def _core(node: Node) -> list[str]:
         "ota:",
         "  - platform: esphome",
         "    password: !secret ota_password",
-        "",
     ]
-    return lines
+    if node.firmware_manifest_url is not None:
+        lines += [
+            "  - platform: http_request",
+            "",
+            "http_request:",
+            "  timeout: 30s",
+            "",
+            "update:",
+            "  # The edge offers a new image by listing it in this node's manifest; the node",
+            "  # checks hourly and installs it (output off while it reboots, as at any boot).",
+            "  - platform: http_request",
+            "    id: firmware_update",
+            "    internal: true",
+            f"    source: {_q(node.firmware_manifest_url)}",
+            "    update_interval: 1h",
+            "    on_update_available:",
+            "      then:",
+            "        - update.perform:",
+            "            id: firmware_update",
+        ]
+    return [*lines, ""]
 
 
 def _network(node: Node) -> list[str]:

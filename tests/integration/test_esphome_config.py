@@ -131,8 +131,26 @@ def _nodes() -> list[tuple[str, Node]]:
             ),
         ),
     ]
-    nodes.append(("c3-sensor", Node(**base, device_id="c3-sensor", kind="sensor",
-                                    board="esp32-c3-devkitm-1")))
+    nodes.append(
+        (
+            "ota-from-edge",
+            Node(
+                **base,
+                device_id="ota-node",
+                kind="actuator",
+                actuator="light",
+                password="pw",
+                broker_host="10.0.0.2",
+                firmware_manifest_url="http://10.0.0.2:8088/firmware/ota-node/manifest.json",
+            ),
+        )
+    )
+    nodes.append(
+        (
+            "c3-sensor",
+            Node(**base, device_id="c3-sensor", kind="sensor", board="esp32-c3-devkitm-1"),
+        )
+    )
     for role in ("humidifier", "exhaust_fan", "heater", "light"):
         for drive in ("relay", "pwm"):
             nodes.append(

@@ -93,3 +93,16 @@ def test_board_options_check_their_fields() -> None:
     assert board_pins("nodemcu-32s") == board_pins("esp32dev")
     with pytest.raises(ValueError, match="radar"):
         BoardOptions.model_validate({"without": "radar"})
+
+
+def test_ota_from_the_edge_is_an_update_entity_on_its_manifest() -> None:
+    url = "http://192.168.1.10:8088/firmware/s1/manifest.json"
+    doc = load_node(node_yaml(Node(**BASE, device_id="s1", kind="sensor", password="p",
+                                   broker_host="h", firmware_manifest_url=url)))
+    assert {"platform": "http_request"} in doc["ota"]
+    update = doc["update"][0]
+    assert update["source"] == url and update["internal"] is True
+    assert update["on_update_available"]["then"][0]["update.perform"]["id"] == "firmware_update"
+    assert "update" not in load_node(node_yaml(Node(**BASE, device_id="s1", kind="sensor")))
+    with pytest.raises(ValueError, match="firmware_manifest_url"):
+        Node(**BASE, device_id="s1", kind="sensor", firmware_manifest_url="ftp://x/y")
