@@ -20,7 +20,7 @@ export function esphomeButton(ctx, farmId, device, onError) {
     'aria-label': `Download the ESPHome node file of ${device.name || device.id}`,
     onclick: async () => {
       try {
-        const text = await ctx.api.text(inFarm(path`/api/devices/${device.id}/esphome.yaml`, farmId), 'application/yaml');
+        const text = await ctx.api.text(inFarm(path`/api/devices/${device.id}/esphome.yaml`, farmId), 'text/plain');
         saveText(text, `${device.id}.yaml`);
       } catch (err) {
         onError(err);

@@ -31,7 +31,7 @@ async def test_a_devices_node_file_downloads_with_the_farms_device_network(
     url = "/api/devices/esp-fan/esphome.yaml"
     resp = await world_client.get(url, headers=viewer)
     assert resp.status == 200, await resp.text()
-    assert resp.content_type == "application/yaml"
+    assert resp.content_type == "text/plain" and resp.charset == "utf-8"
     assert resp.headers["Content-Disposition"] == 'attachment; filename="esp-fan.yaml"'
     text = await resp.text()
     assert shown["password"] not in text and "password: !secret mqtt_password" in text
