@@ -9,6 +9,12 @@ DEMO_DIR ?= .demo
 # unpacked once into the venv (share/axe-core/axe.min.js); curl-free, node-free (python fetches it).
 AXE_VERSION := 4.14.1
 AXE_STAMP   := $(VENV)/.axe-core-$(AXE_VERSION)
+# ESPHome validates the generated node files (`esphome config`). It pins paho-mqtt 1.x, the edge
+# needs 2.x: so it gets a venv of its own. Installed once (needs the package index); the checks
+# themselves run offline.
+ESPHOME_VENV    := .venv-esphome
+ESPHOME_VERSION ?= 2026.6.5
+ESPHOME         := $(ESPHOME_VENV)/bin/esphome
 
 .PHONY: demo test lint bench clean venv axe bundle gallery
 
@@ -44,11 +50,17 @@ gallery: $(TSTAMP) $(AXE_STAMP)
 demo: $(STAMP)
 	$(BIN)/smartfarm demo --dir $(DEMO_DIR)
 
-# The suite includes the axe accessibility check of the dashboard and the bundle-size budget.
-test: $(TSTAMP) $(AXE_STAMP)
+$(ESPHOME):
+	$(PYTHON) -m venv $(ESPHOME_VENV)
+	$(ESPHOME_VENV)/bin/pip install -q --upgrade pip
+	$(ESPHOME_VENV)/bin/pip install -q esphome==$(ESPHOME_VERSION)
+
+# The suite includes the axe accessibility check of the dashboard, the bundle-size budget and
+# `esphome config` of every kind of generated node file.
+test: $(TSTAMP) $(AXE_STAMP) $(ESPHOME)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	SMARTFARM_ESPHOME=$(ESPHOME) SMARTFARM_REQUIRE_ESPHOME=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(TSTAMP)
 	$(BIN)/ruff check .
@@ -59,4 +71,4 @@ bench: $(TSTAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(ESPHOME_VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache

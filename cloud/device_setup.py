@@ -1,6 +1,6 @@
 """What a new device needs to join its farm, shown once when it is registered: the provisioning
-document (also the QR code's content), the QR code as an SVG data URI, and ready-to-paste
-snippets for an ESPHome node and for the simulator (``smartfarm sim node``).
+document (also the QR code's content), the QR code as an SVG data URI, the device's complete
+ESPHome node file (``shared.esphome``) and a snippet for the simulator (``smartfarm sim node``).
 
 The provisioning document is compact JSON, read by ``firmware_sim.provision``::
 
@@ -21,6 +21,7 @@ from typing import Any
 
 import segno
 
+from shared.esphome import Node, node_yaml
 from shared.topics import UPLINK_KINDS, build_topic
 
 FORMAT = "device/1"
@@ -84,45 +85,24 @@ def qr_svg_data_uri(text: str, title: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def esphome_yaml(doc: dict[str, Any]) -> str:
-    """An ESPHome ``mqtt:`` block for the device, with its topics as comments and substitutions."""
-    host = doc["host"] or "EDGE_ADDRESS  # the edge's address on the farm network"
-    pub, sub = doc["publish"], doc["subscribe"]
-    lines = [
-        "# smartfarm device " + doc["device"] + " (paste into the node's ESPHome YAML)",
-        "substitutions:",
-        f"  telemetry_topic: {pub['telemetry']}",
-        f"  status_topic: {pub['status']}",
-        f"  ack_topic: {pub['ack']}",
-        f"  command_topic: {sub['command']}",
-        "mqtt:",
-        f"  broker: {host}",
-        f"  port: {doc['port']}",
-        f"  username: {doc['username']}",
-        f"  password: {json.dumps(doc['password'])}",
-        f"  client_id: {doc['device']}",
-        "  discovery: false",
-        "  birth_message:",
-        "    topic: ${status_topic}",
-        f'    payload: \'{{"device_id":"{doc["device"]}","online":true}}\'',
-        "  will_message:",
-        "    topic: ${status_topic}",
-        f'    payload: \'{{"device_id":"{doc["device"]}","online":false}}\'',
-        "# Publish readings as JSON to ${telemetry_topic}:",
-        '#   {"device_id":"'
-        + doc["device"]
-        + '","timestamp":"<ISO time, optional>","data":{"temperature_c":18.2}}',
-    ]
-    if doc["kind"] == "actuator":
-        lines += [
-            "# Subscribe to ${command_topic}; answer each command on ${ack_topic}:",
-            '#   {"command_id":"<from the command>","status":"ok","device_id":"'
-            + doc["device"]
-            + '"}',
-        ]
-    if doc["tls"]:
-        lines.insert(8, "  # TLS: trust the edge's CA (credentials/tls/ca.crt on the edge)")
-    return "\n".join(lines) + "\n"
+def esphome_yaml(doc: dict[str, Any], **options: Any) -> str:
+    """The device's complete ESPHome node file (``shared.esphome``): its topics, login and broker
+    from the provisioning document; the password inline when the document has it (registration:
+    shown once), else read from secrets.yaml. ``options``: the board's (``shared.esphome.Node``);
+    ValueError naming the field when one does not fit."""
+    node = Node(
+        farm_id=doc["farm"],
+        room_id=doc["room"],
+        device_id=doc["device"],
+        kind=doc["kind"],
+        actuator=doc["actuator"],
+        password=doc.get("password"),
+        broker_host=doc["host"],
+        broker_port=doc["port"],
+        tls=doc["tls"],
+        **options,
+    )
+    return node_yaml(node)
 
 
 def sim_command(doc: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from amqtt.broker import Broker
 from amqtt.contexts import Action, BrokerConfig
 from amqtt.mqtt.constants import QOS_0, QOS_1
+from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.session import INCOMING
@@ -207,4 +208,25 @@ class PatchedBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             delivered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             delivered.set_result(queue.get_nowait())
             await self._handle_message_delivery(client_session, handler, delivered)
+        self._will_to_intake(client_session, disconnect_waiter)
         await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+
+    def _will_to_intake(self, client_session: Any, disconnect_waiter: asyncio.Future[Any]) -> None:
+        """A client gone without a DISCONNECT: its last-will goes to the intake too. amqtt
+        broadcasts a will straight to the subscribers, past the handler's gate, so with the
+        intake (nobody else subscribes to device topics) a device's "offline" will never reached
+        the edge. Same ACL check as any publish of that client."""
+        if self.intake is None or not client_session.will_flag or not client_session.will_topic:
+            return
+        try:
+            result = disconnect_waiter.result()
+        except (asyncio.CancelledError, Exception):  # any other end is abnormal
+            result = None
+        if isinstance(result, DisconnectPacket):
+            return
+        topic = str(client_session.will_topic)
+        self.intake.admit(
+            topic, bytes(client_session.will_message or b""),
+            permitted=self._acl().allowed(client_session.username, topic, Action.PUBLISH),
+            redelivery=False, wait=False, username=client_session.username,
+        )

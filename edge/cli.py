@@ -18,7 +18,8 @@ from typing import Any
 
 from edge.backup import add_backup_arguments, backup_main, run_lock
 from edge.config import ConfigError, EdgeSettings, load_config
-from edge.credentials import CredentialsError
+from edge.credentials import CredentialsError, write_atomic
+from edge.esphome_files import NodeOptions, device_node, device_yaml
 from edge.firmware import FirmwareError, FirmwareStore
 from edge.logs import configure_edge_logging
 from edge.registration import check_identity, fetch_identity, register_cloud
@@ -26,6 +27,7 @@ from edge.site_init import DEMO_ROOMS, add_device, init_site
 from edge.tls import TlsError, default_names, tls_files
 from shared.about import version_line
 from shared.errors import SmartfarmError
+from shared.esphome import OPTIONAL_SENSORS, TH_SENSORS, Node, secrets_template
 from shared.vocabulary import ACTUATOR_ROLES
 
 
@@ -277,6 +279,70 @@ def _init_cloud(args: argparse.Namespace) -> tuple[str, tuple[str, str, str | No
     return farm_id, (args.cloud, token, identity.edge_id)
 
 
+def _esphome_arguments(p: argparse.ArgumentParser) -> None:
+    """The board options of an ESPHome node file (docs/devices.md)."""
+    p.add_argument("--host", metavar="ADDR",
+                   help="ESPHome: the edge's address on the farm network (default: broker.host"
+                        " when it names one; else the node reads edge_host from secrets.yaml)")
+    p.add_argument("--board", default="esp32dev", help="ESPHome: the ESP32 board (default:"
+                                                        " esp32dev)")
+    p.add_argument("--th-sensor", choices=TH_SENSORS, default="sht4x",
+                   help="ESPHome: the temperature/humidity sensor (default: sht4x)")
+    p.add_argument("--without", action="append", default=[], choices=OPTIONAL_SENSORS,
+                   help="ESPHome: a sensor the node does not have (repeatable)")
+    p.add_argument("--drive", choices=("relay", "pwm"),
+                   help="ESPHome: how an actuator is driven (default: relay for humidifier and"
+                        " heater, pwm for exhaust_fan and light)")
+    p.add_argument("--inverted", action="store_true",
+                   help="ESPHome: the relay module switches on a low pin (active-low)")
+    p.add_argument("--interval", type=int, default=30, metavar="S",
+                   help="ESPHome: seconds between readings (default: 30)")
+
+
+def _esphome_options(args: argparse.Namespace) -> NodeOptions:
+    return NodeOptions(host=args.host, board=args.board, th_sensor=args.th_sensor,
+                       sensors=frozenset(OPTIONAL_SENSORS) - set(args.without),
+                       drive=args.drive, inverted=args.inverted, interval_s=args.interval)
+
+
+def write_esphome(settings: EdgeSettings, device_id: str, options: NodeOptions,
+                  output: str | None) -> str:
+    """Write the node file (and a secrets.yaml template beside it when there is none); return
+    what was done, for the terminal."""
+    try:
+        text = device_yaml(settings, device_id, options)
+    except ValueError as exc:
+        raise ConfigError(f"ESPHome node file: {exc}") from None
+    if output == "-":
+        sys.stdout.write(text)
+        return ""
+    path = Path(output or f"{device_id}.yaml")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc}") from None
+    write_atomic(path, text, mode=0o600)  # it may hold the device's password
+    done = f"ESPHome node file: {path} (validate: esphome config {path}; flash: esphome run {path})"
+    secrets_path = path.parent / "secrets.yaml"
+    if not secrets_path.exists():
+        device = settings.device(device_id)
+        assert device is not None
+        node = device_node(settings, device, options)
+        write_atomic(secrets_path, secrets_template(node), mode=0o600)
+        done += f"\n  fill in {secrets_path} (Wi-Fi and the other secrets it names)"
+    return done
+
+
+def _check_options(options: NodeOptions, kind: str, actuator: str | None) -> None:
+    try:
+        Node(farm_id="check", room_id="check", device_id="check", kind=kind,  # type: ignore[arg-type]
+             actuator=actuator if kind == "actuator" else None, broker_host=options.host,
+             board=options.board, th_sensor=options.th_sensor, sensors=options.sensors,
+             drive=options.drive, interval_s=options.interval_s)
+    except ValueError as exc:
+        raise ConfigError(f"ESPHome node file: {exc}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smartfarm edge", description=__doc__)
     parser.add_argument("-V", "--version", action="version", version=version_line(),
@@ -322,6 +388,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--actuator", choices=ACTUATOR_ROLES,
                    help="with --kind actuator: what it switches")
     p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    p.add_argument("--esphome", nargs="?", const="", metavar="FILE", type=str,
+                   help="also write the device's ESPHome node file (default FILE: ID.yaml) and a"
+                        " secrets.yaml template beside it when there is none")
+    _esphome_arguments(p)
+    p = dsub.add_parser("esphome", help="write an existing device's ESPHome node file (with its"
+                                         " password when this edge made it)")
+    p.add_argument("id", help="the device's id")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="where to write it (default: ID.yaml; '-': standard output)")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    _esphome_arguments(p)
     add_firmware_parser(sub, config_help)
     p = sub.add_parser("register", help="sync this edge with a cloud (writes [cloud] + token)")
     p.add_argument("--cloud", required=True, metavar="URL", help="e.g. https://farm.example.com")
@@ -385,7 +462,16 @@ def edge_main(argv: list[str]) -> int:
             print(f"local page login: admin / {admin_pw}")
             print(f"run it: smartfarm edge run --config {path}")
             return 0
+        if args.command == "device" and args.device_command == "esphome":
+            done = write_esphome(load_config(args.config), args.id, _esphome_options(args),
+                                 args.output)
+            if done:
+                print(done)
+            return 0
         if args.command == "device":
+            options = _esphome_options(args)
+            if args.esphome is not None:  # bad board options fail before the device is added
+                _check_options(options, args.kind, args.actuator)
             password = add_device(args.config, args.id, args.room, args.kind, args.actuator)
             settings = load_config(args.config)
             print(f"device {args.id} added to room {args.room}")
@@ -393,6 +479,8 @@ def edge_main(argv: list[str]) -> int:
             print(f"  mqtt password: {password}   (shown once; flash it onto the device)")
             print(f"  topics: farm/{settings.farm_id}/room/{args.room}/"
                   f"{{telemetry,status,ack}}/{args.id}")
+            if args.esphome is not None:
+                print(write_esphome(settings, args.id, options, args.esphome or None))
             return 0
         if args.command == "register":
             token = sys.stdin.readline() if args.token == "-" else args.token  # noqa: S105

@@ -6,6 +6,7 @@ import secrets
 from datetime import datetime
 from typing import Any, Literal, Self
 
+from aiohttp import web
 from pydantic import Field, model_validator
 
 from cloud import appkeys, device_setup
@@ -17,6 +18,7 @@ from cloud.db import automation_state as automation_db
 from cloud.db import devices as devices_db
 from cloud.db import setup as setup_db
 from cloud.errors import NotFound, ValidationFailed
+from shared.esphome import BoardOptions
 from shared.models import Id
 from shared.rules import ActuatorRole, Safety
 
@@ -88,7 +90,10 @@ class MqttCredentials(Out):
         " `smartfarm sim node --provisioning FILE` reads"
     )
     qr_svg: str = Field(description="the provisioning text as a QR code: an SVG data: URI")
-    esphome_yaml: str = Field(description="an ESPHome mqtt: block with the topics")
+    esphome_yaml: str = Field(
+        description="the device's complete ESPHome node file (with this password; Wi-Fi and"
+        " the other secrets from secrets.yaml); later: GET /api/devices/{device_id}/esphome.yaml"
+    )
     sim_command: str = Field(description="shell lines running the device as a simulated node")
 
 
@@ -188,6 +193,46 @@ async def _credentials(
         qr_svg=device_setup.qr_svg_data_uri(text, f"MQTT credentials of device {device_id}"),
         esphome_yaml=device_setup.esphome_yaml(doc),
         sim_command=device_setup.sim_command(doc),
+    )
+
+
+async def esphome_file(call: Call) -> web.Response:
+    """Download the device's ESPHome node file
+
+    Its topics, login and the farm's device network; the password is read from the node's
+    secrets.yaml (`mqtt_password`: the cloud keeps only its hash, the grower got it once at
+    registration), as are the edge's address and CA when the farm has not set them. Query: the
+    board's options (docs/devices.md).
+    """
+    row = await devices_db.get(call.db, call.farm_id, call.param("device_id"))
+    if row is None:
+        raise NotFound("device not found")
+    query: BoardOptions = call.query
+    network = await setup_db.device_network(call.db, call.farm_id)
+    broker = device_setup.BrokerHint(
+        host=network["mqtt_host"] if network else None,
+        port=network["mqtt_port"] if network else device_setup.DEFAULT_PORT,
+        tls=bool(network["tls"]) if network else False,
+    )
+    doc = device_setup.provisioning(
+        farm_id=call.farm_id, room_id=row["room_id"], device_id=row["id"], kind=row["kind"],
+        actuator=row["actuator"], password="", broker=broker,
+    )
+    doc["password"] = None  # not known here: secrets.yaml
+    if query.host is not None:
+        doc["host"] = query.host
+    try:
+        text = device_setup.esphome_yaml(doc, **query.node_options(row["kind"]))
+    except ValueError as exc:
+        raise ValidationFailed(
+            [{"field": "query." + str(exc).split(" ", 1)[0], "message": str(exc),
+              "type": "value_error"}]
+        ) from None
+    # text/plain, not application/yaml: a YAML reader without ESPHome's `!secret` tag fails on
+    # it (schemathesis 4.32's crashes, ending the API fuzz run); the file name says what it is.
+    return web.Response(
+        text=text, content_type="text/plain",
+        headers={"Content-Disposition": f'attachment; filename="{row["id"]}.yaml"'},
     )
 
 
@@ -301,6 +346,14 @@ ROUTES = [
         "device",
         role="owner",
         status=204,
+        tag="devices",
+    ),
+    Route(
+        "GET",
+        "/api/devices/{device_id}/esphome.yaml",
+        esphome_file,
+        "device",
+        query=BoardOptions,
         tag="devices",
     ),
     Route(

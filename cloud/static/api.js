@@ -282,6 +282,12 @@ export class Api {
     return this.request('GET', path);
   }
 
+  // A non-JSON answer (a file to download) as text.
+  async text(path, accept = 'text/plain') {
+    const resp = await this._fetch('GET', path, undefined, { accept });
+    return resp.text();
+  }
+
   async blob(path, accept) {
     const resp = await this._fetch('GET', path, undefined, { accept });
     return resp.blob();

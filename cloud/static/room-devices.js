@@ -7,6 +7,7 @@
 import { inFarm, path } from './api.js';
 import { h, clear, formatValue, metricInfo, words, ago, actuatorLabel, NODE_METRICS } from './dom.js';
 import { roomAutomation, modeText, minutesText } from './room-why.js';
+import { esphomeButton } from './esphome-download.js';
 
 const FINAL = ['acked', 'failed', 'timed_out', 'expired'];
 const HOLD_MINUTES = [15, 30, 60, 120, 240, 480, 1440];
@@ -162,7 +163,8 @@ export function deviceRow(ctx, farmId, roomId, device, canOperate) {
     isActuator ? mode : null,
     isActuator ? h('div', { class: 'row wrap' }, limits, canOperate ? editLimits : null) : null,
     limitsEditor,
-    h('div', { class: 'row wrap' }, seen, firmware, controls),
+    h('div', { class: 'row wrap' }, seen, firmware, controls,
+      esphomeButton(ctx, farmId, device, (err) => { error.textContent = err.message; error.hidden = false; })),
     life, error);
 
   function renderWhy() {

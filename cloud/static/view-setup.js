@@ -5,6 +5,7 @@
 
 import { inFarm, path } from './api.js';
 import { h, clear, append, ago, speciesLabel, stageLabel, actuatorLabel } from './dom.js';
+import { saveText } from './esphome-download.js';
 import {
   field, checkbox, select, showErrors, errorLine, busy, secret, confirmIn, shortDate, fromNow,
   dateToIso, isoToDate,
@@ -392,7 +393,10 @@ export function credentialsCard(device, onDone) {
         h('img', { src: m.qr_svg, alt: `QR code with the MQTT credentials of ${label}: user name, password, broker and topics`, width: '220', height: '220' }),
         h('figcaption', { class: 'small muted', text: 'Scan with the node\'s set-up app, or print it for the box.' }))),
     h('details', { class: 'snippet' }, h('summary', { text: 'ESPHome configuration' }),
-      secret('ESPHome YAML', m.esphome_yaml, { multiline: true, name: 'esphome' })),
+      secret('ESPHome YAML', m.esphome_yaml, { multiline: true, name: 'esphome' }),
+      h('button', { type: 'button', class: 'esphome-save', text: `Save ${m.username}.yaml`,
+        onclick: () => saveText(m.esphome_yaml, `${m.username}.yaml`) }),
+      h('p', { class: 'small muted', text: 'Put it beside a secrets.yaml with your Wi-Fi (wifi_ssid, wifi_password, fallback_ap_password, ota_password), then: esphome run ' + `${m.username}.yaml` })),
     h('details', { class: 'snippet' }, h('summary', { text: 'Run it in the simulator' }),
       secret('Simulator commands', m.sim_command, { multiline: true, name: 'sim' })),
     h('details', { class: 'snippet' }, h('summary', { text: 'Provisioning text (the QR code\'s content)' }),

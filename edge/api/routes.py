@@ -15,7 +15,7 @@ from typing import Any, Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edge.api import auth, keys, views
+from edge.api import auth, esphome, keys, views
 from edge.api.firmware import add_firmware_routes
 from edge.api.onboarding import add_onboarding_routes
 from edge.api.problems import Forbidden, Unauthorized, ValidationFailed
@@ -354,6 +354,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/rooms/{room_id}/readings", room_readings)
     app.router.add_post("/api/rooms/{room_id}/stage", set_stage)
     app.router.add_get("/api/devices", list_devices)
+    esphome.add_routes(app)
     app.router.add_get("/api/commands", list_commands)
     app.router.add_post("/api/commands", send_command)
     app.router.add_delete("/api/overrides/{device_id}", clear_override)

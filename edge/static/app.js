@@ -643,13 +643,16 @@
           h("div", { class: "device-head" },
             refs.name = h("span", { class: "act-name" }),
             refs.online = h("span", { class: "pill" })),
-          refs.detail = h("div", { class: "muted small" }));
+          refs.detail = h("div", { class: "muted small" }),
+          refs.esphome = h("a", { class: "small esphome-download", download: "" }, "ESPHome node file"));
         li.refs = refs;
         return li;
       },
       (li, d) => {
         li.refs.name.textContent = deviceName(d.id);
         li.refs.name.title = d.id;
+        li.refs.esphome.href = `/api/devices/${encodeURIComponent(d.id)}/esphome.yaml`;
+        li.refs.esphome.title = `Download ${d.id}.yaml: flash it with ESPHome (it holds the device's password)`;
         const st = d.status;
         li.refs.online.textContent = st.online ? "online" : "offline";
         setClass(li.refs.online, "pill", st.online ? "on" : "offline");

@@ -54,7 +54,7 @@ async def test_a_new_device_gets_its_credentials_topics_qr_and_snippets_once(
         f"{base}/ack/wf-a-probe",
     ]
     assert mqtt["subscribe_topics"] == [f"{base}/command/wf-a-probe"]
-    assert "EDGE_ADDRESS" in mqtt["esphome_yaml"]
+    assert "broker: !secret edge_host" in mqtt["esphome_yaml"]  # no device network set yet
 
     # The farm says where its edge is; the next device's credentials carry it everywhere.
     viewer, operator = auth("viewer"), auth("operator")
@@ -103,7 +103,7 @@ async def test_a_new_device_gets_its_credentials_topics_qr_and_snippets_once(
         expected, kind="svg", scale=4, border=4, dark="#000", light="#fff",
         title="MQTT credentials of device wf-a-fan2", xmldecl=False)
     assert svg == expected.getvalue().decode()
-    assert "broker: 192.168.1.20" in mqtt["esphome_yaml"]
+    assert 'broker: "192.168.1.20"' in mqtt["esphome_yaml"]
     assert mqtt["password"] in mqtt["esphome_yaml"]
     assert "${command_topic}" in mqtt["esphome_yaml"]  # an actuator answers commands
     assert "smartfarm sim node --provisioning wf-a-fan2.json" in mqtt["sim_command"]

@@ -1,0 +1,108 @@
+"""The ESPHome node-file generator on its own: names, refusals, the secrets it names, and that a
+node can publish nowhere but on its own topics."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from shared.esphome import (
+    BoardOptions,
+    Node,
+    board_pins,
+    node_name,
+    node_yaml,
+    secrets_template,
+)
+from tests.integration.esphome_node import load_node
+
+BASE = {"farm_id": "f1", "room_id": "r1"}
+
+
+def test_node_names_are_valid_host_names_and_distinct() -> None:
+    assert node_name("sensor-a1") == "sensor-a1"
+    names = {node_name(i) for i in ("Hum_1", "hum-1", "HUM_1", "x" * 64, "x" * 63 + "y")}
+    assert len(names) == 5
+    for name in names:
+        assert re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", name), name
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"device_id": "bad id", "kind": "sensor"}, "device_id"),
+    ({"device_id": "a", "kind": "actuator"}, "an actuator"),
+    ({"device_id": "a", "kind": "sensor", "actuator": "heater"}, "an actuator"),
+    ({"device_id": "a", "kind": "actuator", "actuator": "sprinkler"}, "actuator"),
+    ({"device_id": "a", "kind": "sensor", "broker_host": "a b"}, "broker_host"),
+    ({"device_id": "a", "kind": "sensor", "broker_port": 0}, "broker_port"),
+    ({"device_id": "a", "kind": "sensor", "tls": True, "ca_pem": "nope"}, "ca_pem"),
+    ({"device_id": "a", "kind": "sensor", "interval_s": 1}, "interval_s"),
+    ({"device_id": "a", "kind": "sensor", "board": "ESP 32"}, "board"),
+    ({"device_id": "a", "kind": "sensor", "sensors": frozenset({"radar"})}, "unknown sensors"),
+])
+def test_a_node_that_cannot_be_built_is_refused_naming_the_field(
+    kwargs: dict[str, object], field: str,
+) -> None:
+    with pytest.raises(Exception, match=field):
+        Node(**BASE, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_node_publishes_only_on_its_own_topics() -> None:
+    for node in (Node(**BASE, device_id="s1", kind="sensor", password="pw"),
+                 Node(**BASE, device_id="a1", kind="actuator", actuator="light", password="pw")):
+        doc = load_node(node_yaml(node))
+        mqtt = doc["mqtt"]
+        assert mqtt["discovery"] is False and mqtt["log_topic"] is None
+        assert mqtt["clean_session"] is True
+        for entity in doc["sensor"]:
+            parts = [entity] + [v for v in entity.values() if isinstance(v, dict)]
+            for part in parts:
+                if "id" in part:
+                    assert part.get("internal") is True, part
+        assert "api" not in doc and "web_server" not in doc  # no other way in
+        topics = set(re.findall(r"farm/[^\s\"']+", node_yaml(node)))
+        assert topics == {node.topic(k) for k in ("telemetry", "status", "ack", "command")}
+
+
+def test_the_secrets_template_names_every_secret_the_file_reads() -> None:
+    for node in (Node(**BASE, device_id="s1", kind="sensor"),
+                 Node(**BASE, device_id="s1", kind="sensor", tls=True),
+                 Node(**BASE, device_id="a1", kind="actuator", actuator="heater", password="p",
+                      broker_host="10.0.0.2")):
+        text = node_yaml(node)
+        wanted = set(re.findall(r"!secret (\w+)", text))
+        named = set(re.findall(r"^(\w+):", secrets_template(node), re.M))
+        assert wanted == named, (wanted, named)
+    assert "mqtt_password" not in secrets_template(
+        Node(**BASE, device_id="s1", kind="sensor", password="p", broker_host="h"))
+
+
+def test_passwords_and_ids_are_quoted_for_yaml() -> None:
+    tricky = "a: b # 'c\" \\ {x} ü"
+    doc = load_node(node_yaml(Node(**BASE, device_id="s1", kind="sensor", password=tricky,
+                                   broker_host="h")))
+    assert doc["mqtt"]["password"] == tricky
+    with pytest.raises(ValueError, match="password"):
+        Node(**BASE, device_id="s1", kind="sensor", password="pa${x}ss")
+
+
+def test_board_options_check_their_fields() -> None:
+    opts = BoardOptions.model_validate({"without": "co2,light", "board": "esp32-c3-devkitm-1"})
+    assert opts.sensors() == {"substrate", "battery"}
+    assert opts.node_options("sensor")["drive"] is None
+    assert board_pins("esp32-c3-devkitm-1").substrate == "GPIO0"
+    assert board_pins("nodemcu-32s") == board_pins("esp32dev")
+    with pytest.raises(ValueError, match="radar"):
+        BoardOptions.model_validate({"without": "radar"})
+
+
+def test_ota_from_the_edge_is_an_update_entity_on_its_manifest() -> None:
+    url = "http://192.168.1.10:8088/firmware/s1/manifest.json"
+    doc = load_node(node_yaml(Node(**BASE, device_id="s1", kind="sensor", password="p",
+                                   broker_host="h", firmware_manifest_url=url)))
+    assert {"platform": "http_request"} in doc["ota"]
+    update = doc["update"][0]
+    assert update["source"] == url and update["internal"] is True
+    assert update["on_update_available"]["then"][0]["update.perform"]["id"] == "firmware_update"
+    assert "update" not in load_node(node_yaml(Node(**BASE, device_id="s1", kind="sensor")))
+    with pytest.raises(ValueError, match="firmware_manifest_url"):
+        Node(**BASE, device_id="s1", kind="sensor", firmware_manifest_url="ftp://x/y")
