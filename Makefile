@@ -60,7 +60,7 @@ $(ESPHOME):
 test: $(TSTAMP) $(AXE_STAMP) $(ESPHOME)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	SMARTFARM_ESPHOME=$(ESPHOME) SMARTFARM_REQUIRE_ESPHOME=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	SMARTFARM_ESPHOME=$(abspath $(ESPHOME)) SMARTFARM_REQUIRE_ESPHOME=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(TSTAMP)
 	$(BIN)/ruff check .

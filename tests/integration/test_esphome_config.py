@@ -48,7 +48,7 @@ def esphome_binary() -> str | None:
         shutil.which("esphome"),
     ):
         if candidate and Path(candidate).exists():
-            return candidate
+            return str(Path(candidate).resolve())  # the checks run in their own folders
     return None
 
 

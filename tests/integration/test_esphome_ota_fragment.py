@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +15,14 @@ from pathlib import Path
 import pytest
 
 from edge.firmware import esphome_ota_dispatch, esphome_ota_yaml
+from tests.integration.test_esphome_config import esphome_binary
 
 
 def _esphome() -> list[str]:
-    if (given := os.environ.get("SMARTFARM_ESPHOME")):
-        return [given]
+    if (found := esphome_binary()) is not None:
+        return [found]
     if importlib.util.find_spec("esphome") is not None:
         return [sys.executable, "-m", "esphome"]
-    if (found := shutil.which("esphome")):
-        return [found]
     if os.environ.get("SMARTFARM_REQUIRE_ESPHOME") == "1":
         pytest.fail("SMARTFARM_REQUIRE_ESPHOME=1 but esphome is not installed")
     pytest.skip("esphome is not installed (pip install esphome, or set SMARTFARM_ESPHOME)")
