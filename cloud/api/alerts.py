@@ -277,17 +277,7 @@ async def acknowledge_alert(call: Call) -> EpisodeOut:
         current = await alarms_db.get(call.db, call.farm_id, row["id"])
         who = (current or row).get("acknowledged_by") or "someone"
         raise Conflict(f"already acknowledged by {who}")
-    await audit.record(
-        call.db,
-        user_id=call.user_id,
-        farm_id=call.farm_id,
-        action="alarm.acknowledge",
-        target=str(row["id"]),
-        detail={"kind": row["kind"], "room_id": row["room_id"], "note": body.note},
-    )
-    fresh = await alarms_db.get(call.db, call.farm_id, row["id"])
-    assert fresh is not None
-    return _alarm(fresh)
+    return await _audited(call, row, "alarm.acknowledge", body.note)
 
 
 async def clear_alert(call: Call) -> EpisodeOut:
@@ -300,13 +290,18 @@ async def clear_alert(call: Call) -> EpisodeOut:
     )
     if not done:
         raise Conflict("already cleared")
+    return await _audited(call, row, "alarm.clear", body.note)
+
+
+async def _audited(call: Call, row: dict[str, Any], action: str, note: str | None) -> EpisodeOut:
+    """Record what the caller did to the alarm in the audit log; the alarm as it is now."""
     await audit.record(
         call.db,
         user_id=call.user_id,
         farm_id=call.farm_id,
-        action="alarm.clear",
+        action=action,
         target=str(row["id"]),
-        detail={"kind": row["kind"], "room_id": row["room_id"], "note": body.note},
+        detail={"kind": row["kind"], "room_id": row["room_id"], "note": note},
     )
     fresh = await alarms_db.get(call.db, call.farm_id, row["id"])
     assert fresh is not None
