@@ -166,6 +166,12 @@ async def test_a_grower_handles_an_alarm_audits_a_switch_and_keeps_the_logbook(
             await harvest.wait_for(timeout=10_000)
             assert "Harvest 3.25 kg (flush 1)" in (await harvest.text_content() or "")
             assert "tray 4 heavy" in (await harvest.text_content() or "")
+            # ... and is a marker on every chart, read from the logbook's own route.
+            await page.reload()
+            marker = page.locator('figure.chart[data-metric="temperature_c"] g.marker.kind-harvest')
+            await marker.wait_for(timeout=15_000)
+            assert "Harvest 3.25 kg" in (await marker.locator("title").text_content() or "")
+            await harvest.wait_for(timeout=10_000)
             await logbook.locator("button", has_text="Add note").click()
             await page.fill("#log-note-text", "misting nozzle 2 cleaned")
             await logbook.locator('form.log-form button[type="submit"]').click()
