@@ -269,7 +269,8 @@ class EdgeApp:
         app[ONBOARDING] = self.onboarding
         app[SYNC_STATUS] = self.sync_status
         app[METRICS] = self.metrics
-        self.api_runner = web.AppRunner(app, access_log=None)
+        # At shutdown an open request (a page's long poll) gets 5 s, not aiohttp's 60.
+        self.api_runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await self.api_runner.setup()
         site = web.TCPSite(self.api_runner, api.host, api.port)
         await site.start()

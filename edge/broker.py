@@ -365,7 +365,14 @@ class EmbeddedBroker:
             if listener is not None:
                 listener.close()
         if broker is not None:
-            await broker.shutdown()
+            try:
+                # amqtt's shutdown has no deadline of its own: a stuck client handler must not
+                # keep the edge from committing what it accepted and exiting.
+                async with asyncio.timeout(_STOP_GRACE_S):
+                    await broker.shutdown()
+            except TimeoutError:
+                log.error("MQTT broker shutdown took over %.0f s; going on without it",
+                          _STOP_GRACE_S)
         if self._connections:
             _, pending = await asyncio.wait(self._connections, timeout=_STOP_GRACE_S)
             for task in pending:
