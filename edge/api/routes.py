@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
 # The page's assets, by name: nothing else under static/ is ever served (no path handling).
-ASSETS: Final = frozenset({"app.js", "onboarding.js", "firmware.js", "style.css", "favicon.svg"})
+ASSETS: Final = frozenset(
+    {"dom.js", "app.js", "onboarding.js", "firmware.js", "style.css", "favicon.svg"}
+)
 
 
 def _room_id(request: web.Request) -> str:

@@ -15,20 +15,7 @@
   };
   const $ = (id) => document.getElementById(id);
 
-  function h(tag, props, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(props || {})) {
-      if (value === undefined || value === null || value === false) continue;
-      if (key === "text") node.textContent = value;
-      else if (key === "dataset") Object.assign(node.dataset, value);
-      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-      else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    for (const child of children.flat()) {
-      if (child !== null && child !== undefined) node.append(child);
-    }
-    return node;
-  }
+  const { h } = window.smartfarmDom;  // dom.js
 
   function ago(iso) {
     if (!iso) return "";

@@ -14,23 +14,7 @@
   let codeShown = false;
   let busy = false;
 
-  function h(tag, props, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(props || {})) {
-      if (key === "class") node.className = value;
-      else if (key === "text") node.textContent = value;
-      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-      else if (value !== false && value !== null && value !== undefined) {
-        node.setAttribute(key, value === true ? "" : String(value));
-      }
-    }
-    for (const child of children) {
-      if (child !== null && child !== undefined) {
-        node.append(typeof child === "string" ? document.createTextNode(child) : child);
-      }
-    }
-    return node;
-  }
+  const { h } = window.smartfarmDom;  // dom.js
 
   async function api(path, method = "GET", body = undefined) {
     const init = { method, headers: { ...CSRF, Accept: "application/json" }, credentials: "same-origin" };
