@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Self
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud import export
 from cloud.api.routing import Call, Route
-from cloud.api.schemas import IsoDateTime, Out
+from cloud.api.schemas import Out, UtcIsoDateTime
 from cloud.api.telemetry import BUCKETS, MAX_BUCKETS, Metric
 from cloud.db import history as history_db
 from cloud.db import telemetry as telemetry_db
@@ -29,17 +29,10 @@ MAX_SPAN = timedelta(days=400)
 class _Range(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    from_: IsoDateTime | None = Field(
+    from_: UtcIsoDateTime | None = Field(
         default=None, alias="from", description="inclusive, ISO 8601; default: `to` minus 24 h"
     )
-    to: IsoDateTime | None = Field(default=None, description="exclusive, ISO 8601; default: now")
-
-    @field_validator("from_", "to")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)  # a naive time is taken as UTC
-        return value
+    to: UtcIsoDateTime | None = Field(default=None, description="exclusive, ISO 8601; default: now")
 
     @model_validator(mode="after")
     def _span(self) -> Self:

@@ -3,25 +3,23 @@ given as ``from``/``to`` (ISO 8601; an offset-less time is UTC)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from cloud.api.pagination import PageQuery
-from cloud.api.schemas import IsoDateTime
+from cloud.api.schemas import UtcIsoDateTime
 
 
 class SpanQuery(PageQuery):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    from_: IsoDateTime | None = Field(default=None, alias="from", description="ISO 8601")
-    to: IsoDateTime | None = Field(default=None, description="ISO 8601, after `from`")
+    from_: UtcIsoDateTime | None = Field(default=None, alias="from", description="ISO 8601")
+    to: UtcIsoDateTime | None = Field(default=None, description="ISO 8601, after `from`")
 
     @field_validator("from_", "to")
     @classmethod
     def _utc(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)  # a naive time is taken as UTC
         if info.field_name == "to" and value is not None:
             start = info.data.get("from_")
             if start is not None and start >= value:

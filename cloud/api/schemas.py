@@ -62,6 +62,17 @@ def _in_range(value: datetime) -> datetime:
 
 # A time in a request (query or body); an offset-less one is taken as UTC where noted.
 IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime), AfterValidator(_in_range)]
+
+
+def _naive_as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# A time in a query where an offset-less one means UTC (chart ranges, exports, histories).
+UtcIsoDateTime = Annotated[
+    datetime, BeforeValidator(_iso_datetime), AfterValidator(_in_range),
+    AfterValidator(_naive_as_utc),
+]
 # A time in a request that must carry its UTC offset.
 AwareIsoDateTime = Annotated[
     AwareDatetime, BeforeValidator(_iso_datetime), AfterValidator(_in_range)

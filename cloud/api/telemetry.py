@@ -13,13 +13,12 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    field_validator,
     model_validator,
 )
 
 from cloud.api.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
 from cloud.api.routing import Call, Route
-from cloud.api.schemas import IsoDateTime, Out
+from cloud.api.schemas import Out, UtcIsoDateTime
 from cloud.db import telemetry as telemetry_db
 from shared.models import Id
 
@@ -37,10 +36,10 @@ Metric = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 class TelemetryQuery(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    from_: IsoDateTime | None = Field(
+    from_: UtcIsoDateTime | None = Field(
         default=None, alias="from", description="inclusive, ISO 8601; default: `to` minus 24 h"
     )
-    to: IsoDateTime | None = Field(default=None, description="exclusive, ISO 8601; default: now")
+    to: UtcIsoDateTime | None = Field(default=None, description="exclusive, ISO 8601; default: now")
     metric: list[Metric] | None = Field(default=None, max_length=32, description="repeatable")
     device_id: Id | None = None
     bucket: Literal["1m", "5m", "1h", "1d"] | None = Field(
@@ -52,13 +51,6 @@ class TelemetryQuery(BaseModel):
     format: Literal["json", "csv"] | None = Field(
         default=None, description="csv streams text/csv (as does Accept: text/csv)"
     )
-
-    @field_validator("from_", "to")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)  # a naive time is taken as UTC
-        return value
 
     @model_validator(mode="after")
     def _span(self) -> Self:
