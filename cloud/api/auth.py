@@ -100,10 +100,10 @@ async def logout(call: Call) -> None:
 
 
 async def logout_all(call: Call) -> LogoutAllOut:
-    """Sign out everywhere: revoke every refresh token of the caller
-    Every browser and device the user signed in on loses its session: none can get a new access
-    token, so each is signed out when it next needs one (access tokens live minutes; a
-    dashboard tab in the same browser signs out at once). Answers how many sessions ended."""
+    """Sign out everywhere: end every session of the caller now
+    Every refresh token is revoked and every access token issued so far is refused from now on;
+    the user's open live sockets are closed (4401), on every instance. Each browser and device
+    the user signed in on is signed out at once. Answers how many sessions ended."""
     count = await users_db.revoke_all_refresh(call.db, call.user_id)
     return LogoutAllOut(signed_out=count)
 

@@ -176,6 +176,10 @@ async def user_for_token(app: web.Application, token: str) -> User:
         claims = app[appkeys.TOKENS].verify(token)
         app[appkeys.LIMITS].api_token.take(claims.token_id or token[-16:])
         row = await users_db.by_id(db, claims.user_id)
+        revoked = row and row["sessions_revoked_at"]
+        if revoked and claims.issued_at <= revoked.timestamp():
+            # "Sign out everywhere" ends this session now, not when the token expires.
+            raise Unauthorized("signed out everywhere; sign in again")
     if row is None or not row["is_active"]:
         raise Unauthorized("account disabled or removed")
     return User(id=row["id"], email=row["email"], is_admin=row["is_admin"])

@@ -25,6 +25,7 @@ class AccessClaims:
     user_id: int
     expires_at: int
     token_id: str
+    issued_at: float = 0.0
 
 
 def opaque_token(prefix: str = "") -> str:
@@ -76,7 +77,9 @@ class AccessTokens:
         claims = {
             "sub": str(user_id),
             "iss": self.issuer,
-            "iat": int(now),
+            # Milliseconds, so "sign out everywhere" can tell a token from just before it from one
+            # issued just after (a sign-in again at once).
+            "iat": round(now, 3),
             "exp": int(now) + (self.ttl_s if ttl_s is None else ttl_s),
             "jti": secrets.token_hex(8),
             "typ": "access",
@@ -99,4 +102,9 @@ class AccessTokens:
             raise Unauthorized("invalid token") from None
         if claims.get("typ") != "access" or not str(claims["sub"]).isdigit():
             raise Unauthorized("invalid token")
-        return AccessClaims(int(claims["sub"]), int(claims["exp"]), str(claims.get("jti", "")))
+        return AccessClaims(
+            int(claims["sub"]),
+            int(claims["exp"]),
+            str(claims.get("jti", "")),
+            float(claims["iat"]),
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from cloud.db.database import Database
@@ -12,8 +12,9 @@ SELECT password_hash, id, email, display_name, is_admin, is_active, created_at,
     (password_hash IS NOT NULL OR cognito_sub IS NOT NULL) AS activated
 FROM users WHERE lower(email) = lower(%(email)s)"""
 BY_ID = """
-SELECT id, email, display_name, is_admin, is_active, created_at, (password_hash IS NOT NULL
-    OR cognito_sub IS NOT NULL) AS activated FROM users WHERE id = %(id)s"""
+SELECT id, email, display_name, is_admin, is_active, created_at, sessions_revoked_at,
+    (password_hash IS NOT NULL OR cognito_sub IS NOT NULL) AS activated
+FROM users WHERE id = %(id)s"""
 CREATE = """
 INSERT INTO users (email, display_name, password_hash, is_admin)
 VALUES (%(email)s, %(display_name)s, %(password_hash)s, %(is_admin)s)
@@ -64,6 +65,9 @@ WHERE token_hash = %(hash)s AND revoked_at IS NULL RETURNING user_id"""
 REVOKE_LIVE = """
 UPDATE refresh_tokens SET revoked_at = now()
 WHERE user_id = %(user_id)s AND revoked_at IS NULL AND expires_at > now()"""
+# Access tokens issued up to now stop working too (migration 0021), and open sockets close.
+# The app's clock, not the database's: tokens are stamped by the app (cloud.auth.tokens).
+SIGN_OUT_EVERYWHERE = "UPDATE users SET sessions_revoked_at = %(at)s WHERE id = %(user_id)s"
 REVOKE_ALL = """
 UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = %(user_id)s AND revoked_at IS NULL"""
 
@@ -137,8 +141,13 @@ async def spend_refresh(db: Database, token_hash: str) -> int | None:
 
 
 async def revoke_all_refresh(db: Database, user_id: int) -> int:
-    """Revoke every live refresh token of the user (sign out everywhere); how many there were."""
-    return await db.execute(REVOKE_LIVE, {"user_id": user_id})
+    """Sign out everywhere: revoke every live refresh token of the user and every access token
+    issued so far (one transaction); how many refresh tokens were live."""
+    async with db.transaction() as cur:
+        await cur.execute(REVOKE_LIVE, {"user_id": user_id})
+        count = cur.rowcount
+        await cur.execute(SIGN_OUT_EVERYWHERE, {"user_id": user_id, "at": datetime.now(UTC)})
+    return count
 
 
 async def revoke_refresh(db: Database, token_hash: str) -> bool:

@@ -105,8 +105,8 @@ def parse_notice(channel: str, payload: str) -> Notice | None:
             return Notice(kind, farm_id=str(doc["farm"]), room_id=str(doc["room"]))
         if kind == "access":
             return Notice("access", farm_id=str(doc["farm"]), user_id=int(doc["user"]))
-        if kind == "user":
-            return Notice("user", user_id=int(doc["user"]))
+        if kind in ("user", "signed_out"):
+            return Notice(kind, user_id=int(doc["user"]))
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
     log.warning("ignoring unexpected notification on %s: %.200s", channel, payload)

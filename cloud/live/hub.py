@@ -30,6 +30,7 @@ from cloud.live.events import (
     CHANNELS,
     CLOSE_FORBIDDEN,
     CLOSE_TOO_SLOW,
+    CLOSE_UNAUTHORIZED,
     Notice,
     message,
     parse_notice,
@@ -223,7 +224,7 @@ class LiveHub:
         elif notice.kind == "recommendation":  # names only its room: fetched if anyone listens
             if not self._by_farm:
                 return
-        elif notice.kind in ("notification", "user", "access"):
+        elif notice.kind in ("notification", "user", "signed_out", "access"):
             if notice.user_id not in self._by_user:
                 return
         elif not self._watched(notice.farm_id):
@@ -304,6 +305,9 @@ class LiveHub:
         elif kind == "user":
             for client in tuple(self._by_user.get(notice.user_id or 0, ())):
                 client.drop(CLOSE_FORBIDDEN, "account disabled")
+        elif kind == "signed_out":  # "sign out everywhere": its tokens no longer open anything
+            for client in tuple(self._by_user.get(notice.user_id or 0, ())):
+                client.drop(CLOSE_UNAUTHORIZED, "signed out everywhere")
 
     async def _fetch_readings(self, notice: Notice) -> None:
         """A device whose values did not fit in a NOTIFY: its newest reading from

@@ -230,12 +230,25 @@ async def test_sign_out_everywhere_revokes_every_session(world_client: Any) -> N
         again = await world_client.post("/api/auth/refresh",
                                         json={"refresh_token": session["refresh_token"]})
         assert again.status == 401
+    # Their access tokens stop working now, not when they expire; another user's don't.
+    for session in (phone, laptop, tablet):
+        me = await world_client.get(
+            "/api/users/me", headers={"Authorization": f"Bearer {session['access_token']}"})
+        assert me.status == 401
+        assert "signed out everywhere" in (await me.json())["detail"]
+    me = await world_client.get(
+        "/api/users/me", headers={"Authorization": f"Bearer {other['access_token']}"})
+    assert me.status == 200
     # Another user's session is untouched.
     resp = await world_client.post("/api/auth/refresh",
                                    json={"refresh_token": other["refresh_token"]})
     assert resp.status == 200
     # Signing in again works, and a second sign-out-everywhere finds only that session.
     fresh = await login()
+    assert (await world_client.get(
+        "/api/users/me", headers={"Authorization": f"Bearer {fresh['access_token']}"})).status == 200
     resp = await world_client.post(
         "/api/auth/logout-all", headers={"Authorization": f"Bearer {fresh['access_token']}"})
     assert await resp.json() == {"signed_out": 1}
+    assert (await world_client.get(
+        "/api/users/me", headers={"Authorization": f"Bearer {fresh['access_token']}"})).status == 401

@@ -289,6 +289,22 @@ async def test_revoking_a_member_ends_their_subscriptions(live_app, connect, aut
     assert operator.closed_with == 4403, operator.ended
 
 
+async def test_signing_out_everywhere_closes_the_users_sockets_at_once(live_app, connect, auth) -> None:  # type: ignore[no-untyped-def]
+    client = await live_app()
+    phone = await connect(client, "operator")
+    laptop = await connect(client, "operator", first_message=False)
+    viewer = await connect(client, "viewer")
+    resp = await client.post("/api/auth/logout-all", headers=auth("operator"))
+    assert resp.status == 200, await resp.text()
+    await phone.drain(3)
+    await laptop.drain(0.5)
+    # Both of the user's sockets end with "unauthorized"; another user's stays open.
+    assert phone.closed_with == 4401, phone.ended
+    assert laptop.closed_with == 4401, laptop.ended
+    await viewer.send(type="ping")
+    assert (await viewer.next("pong"))["type"] == "pong"
+
+
 # ---- what is pushed -----------------------------------------------------------------------------
 
 async def test_readings_are_coalesced_per_device(live_app, connect) -> None:  # type: ignore[no-untyped-def]
