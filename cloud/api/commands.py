@@ -212,7 +212,10 @@ def _audit_row(row: dict[str, Any]) -> AuditOut:
         by = f"Edge page ({who.group(1)})" if who else "Edge page"
     else:
         by = ORIGIN_WORDS[origin]
-    hold = _HOLD.search(reason or "") if origin != "automation" else None
+    hold_minutes = row["hold_minutes"]  # a cloud command's own; else the edge's reason text
+    if hold_minutes is None and origin != "automation":
+        hold = _HOLD.search(reason or "")
+        hold_minutes = float(hold.group(1)) if hold else None
     acked = row["acked_at"]
     seconds = None
     if acked is not None and row["outcome"] == "acked":
@@ -223,7 +226,7 @@ def _audit_row(row: dict[str, Any]) -> AuditOut:
             **row,
             "value": value if isinstance(value, int | float | bool) else None,
             "by": by,
-            "hold_minutes": float(hold.group(1)) if hold else None,
+            "hold_minutes": hold_minutes,
             "ack_seconds": seconds,
         }
     )

@@ -20,7 +20,7 @@ AUDIT = """
 WITH cloud AS (
     SELECT 'c-' || c.id AS id, c.id AS command_id, c.room_id, c.device_id, c.action, c.value,
         c.created_at AS at, 'user' AS origin, c.created_by AS user_id, c.status AS outcome,
-        c.error, c.edge_id, c.edge_command_id, c.updated_at
+        c.error, c.edge_id, c.edge_command_id, c.updated_at, c.hold_minutes
     FROM commands c
     WHERE c.farm_id = %(farm_id)s
       AND (%(room_id)s::text IS NULL OR c.room_id = %(room_id)s)
@@ -41,7 +41,7 @@ cloud_done AS (
         coalesce(cl.error, e1.error, e2.error) AS error,
         coalesce(e1.acked_at, e2.acked_at,
                  CASE WHEN cl.outcome = 'acked' THEN cl.updated_at END) AS acked_at,
-        cl.edge_id
+        cl.edge_id, cl.hold_minutes
     FROM cloud cl
     LEFT JOIN LATERAL (
         SELECT x.reason, x.error, x.acked_at FROM edge_commands x
@@ -69,7 +69,8 @@ edge AS (
                  WHEN x.state IN ('acked', 'failed', 'timed_out', 'superseded', 'expired')
                      THEN x.state
                  ELSE 'pending' END AS outcome,
-            x.error, x.acked_at, x.edge_id
+            x.error, x.acked_at, x.edge_id,
+            NULL::float8 AS hold_minutes  -- the edge's own holds: in its reason text
         FROM edge_commands x
         WHERE x.farm_id = %(farm_id)s AND x.cloud_command_id IS NULL
           AND x.created_at IS NOT NULL AND x.room_id IS NOT NULL AND x.device_id IS NOT NULL
