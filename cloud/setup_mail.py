@@ -9,9 +9,10 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Literal
 
-import aiosmtplib
 from pydantic import BaseModel, Field
 
+from cloud.notify.delivery import DeliveryFailed
+from cloud.notify.email import deliver
 from cloud.notify.settings import SmtpConfig
 
 log = logging.getLogger(__name__)
@@ -45,19 +46,11 @@ async def send_invite(
 ) -> InviteEmailOut:
     if config.host is None:
         return InviteEmailOut(status="off", detail="no mail server configured: send the link")
-    password = config.password.get_secret_value() if config.password else None
     try:
-        await aiosmtplib.send(
-            invite_message(config, to, link=link, farm=farm, inviter=inviter, role=role),
-            hostname=config.host,
-            port=config.port,
-            username=config.username,
-            password=password,
-            use_tls=config.use_tls,
-            start_tls=config.starttls and not config.use_tls,
-            timeout=config.timeout_s,
+        await deliver(
+            config, invite_message(config, to, link=link, farm=farm, inviter=inviter, role=role)
         )
-    except (aiosmtplib.SMTPException, OSError) as exc:
+    except DeliveryFailed as exc:
         log.warning("invitation email to %s failed: %s", to, exc)
         return InviteEmailOut(status="failed", detail=f"not emailed ({exc}): send the link")
     return InviteEmailOut(status="sent", detail=f"emailed to {to}")

@@ -29,12 +29,17 @@ def message(config: SmtpConfig, to: str, notice: Notice) -> EmailMessage:
 
 
 async def send_email(config: SmtpConfig, to: str, notice: Notice) -> None:
+    await deliver(config, message(config, to, notice))
+
+
+async def deliver(config: SmtpConfig, msg: EmailMessage) -> None:
+    """Send one message through the configured server; DeliveryFailed says why not."""
     if config.host is None:
         raise DeliveryFailed("email is not configured (notify.smtp.host)", transient=False)
     password = config.password.get_secret_value() if config.password else None
     try:
         await aiosmtplib.send(
-            message(config, to, notice),
+            msg,
             hostname=config.host,
             port=config.port,
             username=config.username,
