@@ -245,10 +245,9 @@ async def test_sign_out_everywhere_revokes_every_session(world_client: Any) -> N
     assert resp.status == 200
     # Signing in again works, and a second sign-out-everywhere finds only that session.
     fresh = await login()
-    assert (await world_client.get(
-        "/api/users/me", headers={"Authorization": f"Bearer {fresh['access_token']}"})).status == 200
+    fresh_auth = {"Authorization": f"Bearer {fresh['access_token']}"}
+    assert (await world_client.get("/api/users/me", headers=fresh_auth)).status == 200
     resp = await world_client.post(
         "/api/auth/logout-all", headers={"Authorization": f"Bearer {fresh['access_token']}"})
     assert await resp.json() == {"signed_out": 1}
-    assert (await world_client.get(
-        "/api/users/me", headers={"Authorization": f"Bearer {fresh['access_token']}"})).status == 401
+    assert (await world_client.get("/api/users/me", headers=fresh_auth)).status == 401

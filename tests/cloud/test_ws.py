@@ -289,7 +289,7 @@ async def test_revoking_a_member_ends_their_subscriptions(live_app, connect, aut
     assert operator.closed_with == 4403, operator.ended
 
 
-async def test_signing_out_everywhere_closes_the_users_sockets_at_once(live_app, connect, auth) -> None:  # type: ignore[no-untyped-def]
+async def test_signing_out_everywhere_closes_the_users_sockets(live_app, connect, auth) -> None:  # type: ignore[no-untyped-def]
     client = await live_app()
     phone = await connect(client, "operator")
     laptop = await connect(client, "operator", first_message=False)
