@@ -192,10 +192,13 @@ async def check_axe(page: Any, view_name: str, save_to: Path | None = None) -> l
 
 
 async def horizontal_overflow(page: Any) -> int:
-    """How many CSS pixels the page is wider than the window (0: no sideways scrolling)."""
+    """How many CSS pixels the page is wider than the window (0: no sideways scrolling).
+    Measured against the layout viewport (the root's clientWidth), not ``innerWidth``: in a
+    mobile context (``is_mobile``) Chromium zooms out to fit what overflows, and ``innerWidth``
+    grows with it, so an overflowing phone page would measure 0."""
     return int(await page.evaluate(
         "Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
-        " - window.innerWidth"))
+        " - document.documentElement.clientWidth"))
 
 
 async def small_targets(page: Any, minimum: int = 44) -> list[str]:

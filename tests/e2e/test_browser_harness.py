@@ -102,6 +102,12 @@ async def test_overflow_targets_and_screenshots(tmp_path: Path) -> None:
         with pytest.raises(AssertionError, match="wider than the window"):
             await check_view(page, "wide", shots)
 
+        # A phone in a mobile context zooms out to fit the wide page: still found.
+        phone = await session.new_page(PHONE, device_scale_factor=2, is_mobile=True)
+        await phone.set_content(GOOD.replace("<h1>Farm</h1>", '<h1 style="width:600px">Farm</h1>'))
+        assert await phone.evaluate("window.innerWidth") > PHONE["width"]  # the zoom out
+        assert await horizontal_overflow(phone) >= 200
+
 
 def test_the_axe_download_is_checked(tmp_path: Path) -> None:
     data = b"a tarball"
