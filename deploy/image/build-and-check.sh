@@ -71,7 +71,8 @@ probe_podman() {
     for opts in "" "limits"; do
       local try=()
       [ -n "$opts" ] && try+=("${limits[@]}")
-      if err="$(podman --runtime "$runtime" run --rm ${try[@]+"${try[@]}"} "$BASE_IMAGE" true 2>&1)"; then
+      if err="$(podman --runtime "$runtime" run --rm ${try[@]+"${try[@]}"} "$BASE_IMAGE" true \
+                  2>&1)"; then
         PODMAN=(podman --runtime "$runtime")
         RUN_OPTS=("${try[@]}")
         say "podman: --runtime $runtime ${RUN_OPTS[*]}"
@@ -106,7 +107,7 @@ phase_base() {
     debootstrap --variant=minbase --include="$PACKAGES" \
       --keyring=/usr/share/keyrings/debian-archive-keyring.gpg \
       "$SUITE" "$rootfs" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
-      || die "debootstrap failed (log: $CACHE/debootstrap.log): $(tail -n 3 "$CACHE/debootstrap.log")"
+      || die "debootstrap failed ($CACHE/debootstrap.log): $(tail -n 3 "$CACHE/debootstrap.log")"
     # Nothing the image needs: downloaded .debs and package lists.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
     tar -C "$rootfs" --numeric-owner -cf "$BASE_TAR.part" .
@@ -125,52 +126,6 @@ phase_base() {
 }
 
 # ---- build: the Dockerfile on that base, pip as on this machine ---------------------------------
-# The pip.conf for the build: this machine's index URLs (environment first, then pip's config
-# files) and its CA bundle (a TLS-inspecting proxy's CA lives there), as a build secret. file://
-# indexes are host paths a build cannot see: left out.
-write_pip_conf() {
-  python3 - "$1" <<'EOF'
-import configparser, os, sys
-from pathlib import Path
-
-files = [Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf"), Path.home() / ".pip/pip.conf",
-         Path.home() / ".config/pip/pip.conf"]
-if os.environ.get("PIP_CONFIG_FILE"):
-    files.append(Path(os.environ["PIP_CONFIG_FILE"]))
-conf = configparser.ConfigParser()
-conf.read([f for f in files if f.is_file()])
-def get(key):
-    env = os.environ.get("PIP_" + key.upper().replace("-", "_"))
-    if env is not None:
-        return env
-    for section in ("install", "global"):
-        if conf.has_option(section, key):
-            return conf.get(section, key)
-    return None
-out = ["[global]"]
-for key in ("index-url", "extra-index-url"):
-    urls = [u for u in (get(key) or "").split() if u.startswith(("http://", "https://"))]
-    if urls:
-        out.append(f"{key} = {' '.join(urls)}")
-for key in ("trusted-host", "timeout", "default-timeout", "retries"):
-    if get(key):
-        out.append(f"{key} = {' '.join(get(key).split())}")
-if get("proxy"):
-    out.append(f"proxy = {get('proxy')}")
-# the CA bundle is mounted as the pip-ca secret (see the Dockerfile)
-out.append("cert = /run/secrets/pip-ca")
-Path(sys.argv[1]).write_text("\n".join(out) + "\n")
-EOF
-}
-
-pip_ca_bundle() {
-  local ca="${PIP_CERT:-}"
-  [ -z "$ca" ] && ca="$(python3 -c 'import configparser; c = configparser.ConfigParser(); c.read(["/etc/xdg/pip/pip.conf", "/etc/pip.conf"]); print(c.get("global", "cert", fallback=""))')"
-  [ -z "$ca" ] && ca="${REQUESTS_CA_BUNDLE:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
-  [ -r "$ca" ] || die "no CA bundle for pip at $ca (set PIP_CERT)"
-  echo "$ca"
-}
-
 phase_build() {
   need_tools podman
   podman image exists "$BASE_IMAGE" || die "no base image $BASE_IMAGE: run '$0 base' first"
@@ -179,8 +134,9 @@ phase_build() {
   work="$(mktemp -d)"
   # shellcheck disable=SC2064  # expand now: the path is fixed
   trap "rm -rf '$work'" EXIT
-  write_pip_conf "$work/pip.conf"
-  ca="$(pip_ca_bundle)"
+  # This machine's pip index URLs and CA bundle (a TLS-inspecting proxy's CA lives there) go in
+  # as build secrets, never into a layer.
+  ca="$(python3 "$REPO/deploy/image/pip_conf.py" "$work/pip.conf")" || die "no pip settings"
   say "pip in the build: $(grep -v '^\[' "$work/pip.conf" | tr '\n' ' ')(CA bundle $ca)"
   # chroot isolation: RUN steps need no OCI runtime, cgroups or network namespace; they use the
   # host's network, as pip on this machine does.

@@ -35,6 +35,10 @@ class CheckFailed(Exception):
     """The image did not do what a deployment needs; the message says what."""
 
 
+class ContainerExited(CheckFailed):
+    """A container that should be running is not: no use waiting any longer."""
+
+
 def log(message: str) -> None:
     print(f"image-check: {message}", file=sys.stderr, flush=True)
 
@@ -46,11 +50,14 @@ def free_port() -> int:
         return port
 
 
-def until(what: str, probe: Callable[[], Any], timeout: float) -> Any:
-    """Poll ``probe`` until it returns something truthy; CheckFailed naming ``what`` if not."""
+def until(what: str, probe: Callable[[], Any], timeout: float,
+          alive: Callable[[], None] = lambda: None) -> Any:
+    """Poll ``probe`` until it returns something truthy; CheckFailed naming ``what`` if not.
+    ``alive`` raises when waiting longer is of no use (a container exited)."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
+        alive()
         try:
             found = probe()
         except (OSError, CheckFailed) as exc:  # not up yet
@@ -132,6 +139,11 @@ class Podman:
         state = self._run(["inspect", "-f", "{{.State.Running}}", name], check=False)
         return state.strip() == "true"
 
+    def all_running(self) -> None:
+        for name in self.names:
+            if not self.running(name):
+                raise ContainerExited(f"container {name} exited")
+
     def logs(self, name: str) -> str:
         result = self._call(["logs", "--tail", "40", name])
         return result.stdout + result.stderr
@@ -139,6 +151,7 @@ class Podman:
     def remove_all(self) -> None:
         for name in reversed(self.names):
             self._call(["rm", "-f", "-t", "10", name])
+        self.names.clear()
 
 
 @contextmanager
@@ -208,7 +221,8 @@ def run(podman: Podman, stack: ExitStack, args: argparse.Namespace, dsn: str) ->
         "SMARTFARM_CLOUD_DATA_DIR": "/var/lib/smartfarm/cloud",
         "SMARTFARM_HEALTH_URL": f"{cloud}/health",
     })
-    health = until("cloud /health", lambda: http("GET", f"{cloud}/health"), timeout)
+    health = until("cloud /health", lambda: http("GET", f"{cloud}/health"), timeout,
+                   podman.all_running)
     log(f"cloud {cloud}/health answered {time.monotonic() - started:.1f} s after start: "
         f"{json.dumps(health)[:200]}")
     if not podman.healthcheck(cloud_name):
@@ -229,6 +243,7 @@ def run(podman: Podman, stack: ExitStack, args: argparse.Namespace, dsn: str) ->
     data = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="smartfarm-image-")))
     os.chown(data, APP_UID, APP_UID)
     data.chmod(0o750)
+    stack.callback(podman.remove_all)  # the containers go before the folder they write to
     volume = f"{data}:/var/lib/smartfarm"
     conf = f"{edge_config}:/etc/smartfarm/edge.toml:ro"
     podman.once(["edge", "init", "/var/lib/smartfarm/edge", "--farm-id", farm, "--force"],
@@ -244,7 +259,8 @@ def run(podman: Podman, stack: ExitStack, args: argparse.Namespace, dsn: str) ->
         "SMARTFARM_EDGE_API__PORT": str(api_port),
         "SMARTFARM_HEALTH_URL": f"http://127.0.0.1:{api_port}/health",
     }, volumes=(conf, volume))
-    until("edge /health", lambda: http("GET", f"http://127.0.0.1:{api_port}/health"), timeout)
+    until("edge /health", lambda: http("GET", f"http://127.0.0.1:{api_port}/health"), timeout,
+          podman.all_running)
     log(f"edge answers /health on :{api_port}, broker on :{broker_port}")
 
     # ---- the simulated nodes log in to the edge's broker with the passwords edge init wrote ----
@@ -254,9 +270,6 @@ def run(podman: Podman, stack: ExitStack, args: argparse.Namespace, dsn: str) ->
     sim_started = time.monotonic()
 
     def synced() -> dict[str, Any] | None:
-        for name in podman.names:
-            if not podman.running(name):
-                raise CheckFailed(f"container {name} exited")
         latest = {s: http("GET", f"{cloud}/api/devices/{s}/latest?farm_id={farm}", token=token)
                   for s in sensors}
         if not all(answer["readings"] for answer in latest.values()):
@@ -264,7 +277,8 @@ def run(podman: Podman, stack: ExitStack, args: argparse.Namespace, dsn: str) ->
         edge = http("GET", f"{cloud}/api/edges/{edge_id}?farm_id={farm}", token=token)
         return {"latest": latest, "edge": edge} if edge["high_water"] > 0 else None
 
-    found = until("readings of every sensor synced into the cloud", synced, timeout)
+    found = until("readings of every sensor synced into the cloud", synced, timeout,
+                  podman.all_running)
     log(f"readings of {', '.join(sensors)} in the cloud {time.monotonic() - sim_started:.1f} s "
         f"after the simulator started; edge high_water {found['edge']['high_water']}, "
         f"online {found['edge']['online']}")
