@@ -27,6 +27,7 @@ CACHE="${SMARTFARM_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/smartfarm/image}
 SUITE=bookworm
 # python3-venv for the image's venv; ca-certificates, netbase and tzdata as the python slim image.
 PACKAGES=python3,python3-venv,ca-certificates,netbase,tzdata
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 BASE_TAR="$CACHE/debian-$SUITE-minbase-$(printf '%s' "$PACKAGES" | sha256sum | cut -c1-12).tar"
 
 die() { echo "build-and-check: $*" >&2; exit 1; }
@@ -98,6 +99,8 @@ phase_base() {
     podman rmi -f "$BASE_IMAGE" >/dev/null 2>&1 || true
   fi
   if [ ! -s "$BASE_TAR" ]; then
+    [ -r "$KEYRING" ] || die "no Debian archive keyring at $KEYRING" \
+      "(apt-get install debian-archive-keyring)"
     mirror="$(debian_mirror)"
     say "debootstrap $SUITE from $mirror (minbase + $PACKAGES)"
     mkdir -p "$CACHE"
@@ -105,7 +108,7 @@ phase_base() {
     # shellcheck disable=SC2064  # expand now: the path is fixed
     trap "rm -rf '$rootfs'" EXIT
     debootstrap --variant=minbase --include="$PACKAGES" \
-      --keyring=/usr/share/keyrings/debian-archive-keyring.gpg \
+      --keyring="$KEYRING" \
       "$SUITE" "$rootfs" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
       || die "debootstrap failed ($CACHE/debootstrap.log): $(tail -n 3 "$CACHE/debootstrap.log")"
     # Nothing the image needs: downloaded .debs and package lists.
