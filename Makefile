@@ -72,3 +72,16 @@ bench: $(TSTAMP)
 
 clean:
 	rm -rf $(VENV) $(ESPHOME_VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache
+
+# The container image built with podman from Debian's own packages, no registry needed: a
+# debootstrap'd bookworm base (tarball cached in ~/.cache/smartfarm/image), then
+# deploy/docker/Dockerfile on it. `image-check` runs it: the cloud answers /health and an edge
+# container syncs a simulator's readings into it (a throwaway database on $DATABASE_URL's server).
+# As root; see docs/deploy.md.
+.PHONY: image image-check
+image:
+	deploy/image/build-and-check.sh base
+	deploy/image/build-and-check.sh build
+
+image-check: image
+	deploy/image/build-and-check.sh check
