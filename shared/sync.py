@@ -482,4 +482,15 @@ class CommandAccepted(_Msg):
     detail: str | None = None
 
 
-UpMessage = Annotated[Hello | ConfigApplied | CommandAccepted, Field(discriminator="type")]
+class EdgeStatus(_Msg):
+    """The edge's health, sent on its stream after ``Hello`` and then every heartbeat: what the
+    farm page shows. (A cloud that predates it logs it as unreadable and keeps the stream.)"""
+
+    type: Literal["status"] = "status"
+    backlog: int | None = Field(default=None, ge=0, description="outbox records not yet uploaded")
+    software_version: str | None = Field(default=None, max_length=64)
+
+
+UpMessage = Annotated[
+    Hello | ConfigApplied | CommandAccepted | EdgeStatus, Field(discriminator="type")
+]

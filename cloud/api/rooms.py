@@ -11,8 +11,9 @@ from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import AwareIsoDateTime, In, Out, Species, Stage
 from cloud.db import audit
+from cloud.db import edges as edges_db
 from cloud.db import rooms as rooms_db
-from cloud.errors import NotFound
+from cloud.errors import NotFound, ValidationFailed
 from shared.models import Id
 
 
@@ -39,6 +40,20 @@ class RoomOut(Out):
     stage: Stage
     stage_started: datetime
     created_at: datetime
+    edge_id: str | None = Field(
+        default=None,
+        description="the edge that serves this room (null: unassigned, then served by the"
+        " farm's only edge if it has exactly one)",
+    )
+
+
+class RoomEdgeIn(In):
+    edge_id: Id | None = Field(description="one of the farm's edges; null unassigns the room")
+
+
+class RoomEdgeOut(Out):
+    room_id: str
+    edge_id: str | None
 
 
 async def list_rooms(call: Call) -> Page[RoomOut]:
@@ -100,6 +115,40 @@ async def update_room(call: Call) -> RoomOut:
     return RoomOut.model_validate(row)
 
 
+async def assign_edge(call: Call) -> RoomEdgeOut:
+    """Assign a room to one of the farm's edges, or move it to another
+
+    Only the owning edge is sent the room's config (rules, devices and their credentials) and its
+    commands. The edge losing the room stops automating it and accepting its devices after the
+    config change; what it recorded for the room before still uploads.
+    """
+    body: RoomEdgeIn = call.body
+    room_id = call.param("room_id")
+    try:
+        row = await edges_db.assign_room(call.db, call.farm_id, room_id, body.edge_id)
+    except edges_db.UnknownEdge:
+        raise ValidationFailed(
+            [
+                {
+                    "field": "body.edge_id",
+                    "message": "not an edge of this farm",
+                    "type": "value_error",
+                }
+            ]
+        ) from None
+    if row is None:
+        raise NotFound("room not found")
+    await audit.record(
+        call.db,
+        user_id=call.user_id,
+        farm_id=call.farm_id,
+        action="room.edge",
+        target=room_id,
+        detail={"edge_id": body.edge_id},
+    )
+    return RoomEdgeOut(room_id=row["id"], edge_id=row["edge_id"])
+
+
 async def delete_room(call: Call) -> None:
     """Delete a room with its devices, rules and commands"""
     room_id = call.param("room_id")
@@ -141,6 +190,17 @@ ROUTES = [
         role="operator",
         body=RoomPatch,
         response=RoomOut,
+        tag="rooms",
+        errors=(422,),
+    ),
+    Route(
+        "PUT",
+        "/api/rooms/{room_id}/edge",
+        assign_edge,
+        "room",
+        role="owner",
+        body=RoomEdgeIn,
+        response=RoomEdgeOut,
         tag="rooms",
         errors=(422,),
     ),
