@@ -8,7 +8,7 @@ which then differs for the edges the change concerns and is the same again for t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.db.database import Database
@@ -22,6 +22,12 @@ ROOMS = """
 SELECT id, name, species, stage, stage_started, disabled_rules FROM rooms
 WHERE farm_id = %(farm_id)s
   AND (%(edge_id)s::text IS NULL OR room_edge(farm_id, edge_id) = %(edge_id)s)
+ORDER BY id"""
+# The farm's rooms outside that slice (served by another edge, or by none).
+OTHER_ROOMS = """
+SELECT id FROM rooms
+WHERE farm_id = %(farm_id)s AND %(edge_id)s::text IS NOT NULL
+  AND room_edge(farm_id, edge_id) IS DISTINCT FROM %(edge_id)s
 ORDER BY id"""
 RULES = """
 SELECT ar.room_id, ar.id, ar.body FROM automation_rules ar
@@ -88,6 +94,7 @@ class ConfigSnapshot:
     rooms: list[dict[str, Any]]
     rules: list[dict[str, Any]]
     devices: list[dict[str, Any]]
+    other_rooms: list[str] = field(default_factory=list)
 
 
 async def farm_version(db: Database, farm_id: str) -> int:
@@ -110,8 +117,12 @@ async def snapshot(db: Database, farm_id: str, edge_id: str | None = None) -> Co
         rules = await cur.fetchall()
         await cur.execute(DEVICES, params)
         devices = await cur.fetchall()
+        await cur.execute(OTHER_ROOMS, params)
+        others = [r["id"] for r in await cur.fetchall()]
     version = int(row["version"]) if row else 0
-    return ConfigSnapshot(version=version, rooms=rooms, rules=rules, devices=devices)
+    return ConfigSnapshot(
+        version=version, rooms=rooms, rules=rules, devices=devices, other_rooms=others
+    )
 
 
 async def pending_commands(

@@ -72,7 +72,9 @@ def build_config(snap: downlink.ConfigSnapshot) -> ConfigPush:
         )
         for d in snap.devices
     ]
-    return ConfigPush(version=snap.version, rooms=rooms, devices=devices)
+    return ConfigPush(
+        version=snap.version, rooms=rooms, devices=devices, other_rooms=snap.other_rooms
+    )
 
 
 def cloud_command(row: dict[str, Any], ttl_s: float) -> CloudCommand | CloudRelease:

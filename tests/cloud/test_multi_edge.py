@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.cloud import test_edge_sync
 from tests.cloud import world as w
 from tests.cloud.test_edge_sync import (
     EDGE,
@@ -22,11 +23,11 @@ from tests.cloud.test_edge_sync import (
     readings_of,
     receive,
     rows,
-    sync_client,  # noqa: F401 - the fixture
     upload,
 )
 
 pytestmark = pytest.mark.postgres
+sync_client = test_edge_sync.sync_client  # the fixture: an app on the world database
 
 EDGE_2 = "wf-edge-2"
 
@@ -96,6 +97,8 @@ async def test_each_edge_is_sent_only_its_rooms_config_and_commands(  # type: ig
         assert config_1["version"] == config_2["version"] == await farm_version(world_dsn)
         assert slice_of(config_1) == ([w.ROOM_B], [w.ACTUATOR_B, w.SENSOR_B], [w.RULE_B])
         assert slice_of(config_2) == ([w.ROOM_A], [w.ACTUATOR_A], [])
+        # Each is told which of the farm's rooms are not its own (to drop them if it has them).
+        assert config_1["other_rooms"] == [w.ROOM_A] and config_2["other_rooms"] == [w.ROOM_B]
         # The command waiting for room B goes to edge 1 only.
         assert (await receive(ws_1, "command"))["command_id"] == w.COMMAND_B
         assert [m for m in await quiet(ws_2, 0.3) if m["type"] == "command"] == []
@@ -125,6 +128,7 @@ async def test_a_moved_room_takes_its_config_and_pending_commands_along(  # type
         await hello(ws_2, EDGE_2)
         config_1 = await receive(ws_1, "config")
         assert slice_of(config_1)[0] == [w.ROOM_A, w.ROOM_B]
+        assert "other_rooms" not in config_1  # left out while empty: older edges take it
         assert (await receive(ws_1, "command"))["command_id"] == w.COMMAND_B
         # Edge 2 serves no room yet: its config is empty.
         assert slice_of(await receive(ws_2, "config")) == ([], [], [])
@@ -143,6 +147,7 @@ async def test_a_moved_room_takes_its_config_and_pending_commands_along(  # type
         assert after_1["version"] == after_2["version"] > config_1["version"]
         assert slice_of(after_1) == ([w.ROOM_A], [w.ACTUATOR_A], [])
         assert slice_of(after_2) == ([w.ROOM_B], [w.ACTUATOR_B, w.SENSOR_B], [w.RULE_B])
+        assert after_1["other_rooms"] == [w.ROOM_B] and after_2["other_rooms"] == [w.ROOM_A]
         got = {(await receive(ws_2, "command"))["command_id"] for _ in range(2)}
         assert got == {w.COMMAND_B, command_b}
         assert [m for m in await quiet(ws_1, 0.3) if m["type"] == "command"] == []
