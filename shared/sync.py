@@ -18,14 +18,7 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, get_args
 
 import msgspec
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.models import Id
 from shared.rules import Safety
@@ -461,20 +454,14 @@ class ConfigPush(_Msg):
     version: int = Field(ge=1)
     rooms: list[RoomSpec]
     devices: list[DeviceSpec]
+    # Left out while empty (a farm with one edge), so an edge that predates the field (its
+    # messages refuse unknown fields) still takes the pushes of such a farm.
     other_rooms: list[Id] = Field(
         default_factory=list,
+        exclude_if=lambda rooms: not rooms,
         description="the farm's rooms this edge does not serve (another edge's, or unassigned):"
         " the edge drops them, with their devices, even where its own config file lists them",
     )
-
-    @model_serializer(mode="wrap")
-    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Left out while empty (a farm with one edge), so an edge that predates the field (its
-        # messages refuse unknown fields) still takes the pushes of such a farm.
-        out: dict[str, Any] = handler(self)
-        if not out.get("other_rooms"):
-            out.pop("other_rooms", None)
-        return out
 
 
 DownMessage = Annotated[
