@@ -23,6 +23,10 @@ class RoomIn(In):
     species: Species
     stage: Stage
     stage_started: AwareIsoDateTime | None = Field(default=None, description="default: now")
+    edge_id: Id | None = Field(
+        default=None,
+        description="the edge to run it (default: none; a farm with one edge needs none)",
+    )
 
 
 class RoomPatch(In):
@@ -73,6 +77,8 @@ async def create_room(call: Call) -> RoomOut:
     """Add a room to a farm"""
     body: RoomIn = call.body
     room_id = body.id or f"room-{secrets.token_hex(4)}"
+    if body.edge_id is not None and await edges_db.get(call.db, call.farm_id, body.edge_id) is None:
+        raise _unknown_edge()
     row = await rooms_db.create(
         call.db,
         room_id=room_id,
@@ -82,6 +88,12 @@ async def create_room(call: Call) -> RoomOut:
         stage=body.stage,
         stage_started=body.stage_started,
     )
+    if body.edge_id is not None:
+        try:
+            assigned = await edges_db.assign_room(call.db, call.farm_id, room_id, body.edge_id)
+        except edges_db.UnknownEdge:  # removed meanwhile: the room stays unassigned
+            assigned = None
+        row = {**row, "edge_id": assigned["edge_id"] if assigned else None}
     await audit.record(
         call.db, user_id=call.user_id, farm_id=call.farm_id, action="room.create", target=room_id
     )
@@ -115,6 +127,12 @@ async def update_room(call: Call) -> RoomOut:
     return RoomOut.model_validate(row)
 
 
+def _unknown_edge() -> ValidationFailed:
+    return ValidationFailed(
+        [{"field": "body.edge_id", "message": "not an edge of this farm", "type": "value_error"}]
+    )
+
+
 async def assign_edge(call: Call) -> RoomEdgeOut:
     """Assign a room to one of the farm's edges, or move it to another
 
@@ -127,15 +145,7 @@ async def assign_edge(call: Call) -> RoomEdgeOut:
     try:
         row = await edges_db.assign_room(call.db, call.farm_id, room_id, body.edge_id)
     except edges_db.UnknownEdge:
-        raise ValidationFailed(
-            [
-                {
-                    "field": "body.edge_id",
-                    "message": "not an edge of this farm",
-                    "type": "value_error",
-                }
-            ]
-        ) from None
+        raise _unknown_edge() from None
     if row is None:
         raise NotFound("room not found")
     await audit.record(

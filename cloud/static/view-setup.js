@@ -189,21 +189,27 @@ async function roomsSection(env) {
   }
 
   const fields = roomFields(vocabulary, null);
+  // With several edges, a new room is given one here (else no edge runs it until moved).
+  const edgeSlot = h('div');
+  let edgeField = null;
   const general = errorLine();
   const add = h('button', { type: 'submit', class: 'primary', text: 'Add room' });
   const form = h('form', { class: 'setup-form', 'aria-labelledby': 'add-room-h' },
-    h('h2', { id: 'add-room-h', text: 'Add a room' }), fields.map((f) => f.el), general,
+    h('h2', { id: 'add-room-h', text: 'Add a room' }), fields.map((f) => f.el), edgeSlot, general,
     h('div', { class: 'actions' }, add));
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     await busy(add, async () => {
+      const all = edgeField ? [...fields, edgeField] : fields;
       try {
-        await api.request('POST', path`/api/farms/${farmId}/rooms`, roomBody(fields, null));
+        const payload = roomBody(fields, null);
+        if (edgeField && edgeField.input.value) payload.edge_id = edgeField.input.value;
+        await api.request('POST', path`/api/farms/${farmId}/rooms`, payload);
         fields[0].input.value = '';
-        showErrors(fields, general, null);
+        showErrors(all, general, null);
         await load();
       } catch (err) {
-        showErrors(fields, general, err);
+        showErrors(all, general, err);
       }
     });
   });
@@ -211,6 +217,11 @@ async function roomsSection(env) {
     h('section', { class: 'card', 'aria-labelledby': 'rooms-h' }, h('h2', { id: 'rooms-h', text: 'Rooms' }), list),
     owner ? h('section', { class: 'card' }, form) : null);
   await load();
+  if (edges.length > 1) {
+    edgeField = field('Edge gateway', select([['', 'None yet'], ...edges.map((e) => [e.id, e.name || e.id])], edges[0].id),
+      { name: 'edge_id', hint: 'the edge on the site of this room: it runs the room\'s automation' });
+    clear(edgeSlot, edgeField.el);
+  }
 }
 
 // ---- devices -----------------------------------------------------------------------------------

@@ -218,6 +218,29 @@ async def test_assigning_a_room_checks_the_edge_and_the_role(  # type: ignore[no
     assert audit == [{"detail": {"edge_id": None}}]
 
 
+async def test_a_new_room_can_be_given_its_edge(sync_client, world_dsn, auth) -> None:  # type: ignore[no-untyped-def]
+    client = await sync_client()
+    await second_edge(client, auth)
+    url = f"/api/farms/{w.FARM}/rooms"
+    body = {"id": "wf-c", "species": "oyster", "stage": "fruiting", "edge_id": "no-such-edge"}
+    found = await problem(await client.post(url, json=body, headers=auth("owner")), 422)
+    assert [e["field"] for e in found["errors"]] == ["body.edge_id"]
+    assert await rows(world_dsn, "SELECT id FROM rooms WHERE id = 'wf-c'") == []
+    made = await ok(
+        await client.post(url, json={**body, "edge_id": EDGE_2}, headers=auth("owner")), 201
+    )
+    assert made["edge_id"] == EDGE_2
+    # Without one, in a farm with two edges, no edge runs it until it is given one.
+    other = await ok(await client.post(
+        url, json={"id": "wf-d", "species": "oyster", "stage": "fruiting"}, headers=auth("owner")
+    ), 201)
+    assert other["edge_id"] is None
+    listed = await ok(await client.get(url, headers=auth("viewer")))
+    assert {r["id"]: r["edge_id"] for r in listed["items"]} == {
+        w.ROOM_A: w.EDGE, w.ROOM_B: w.EDGE, "wf-c": EDGE_2, "wf-d": None
+    }
+
+
 async def test_removing_an_edge_hands_its_rooms_to_the_one_left(  # type: ignore[no-untyped-def]
     sync_client, world_dsn, auth
 ) -> None:

@@ -79,9 +79,20 @@ async def test_the_farm_page_shows_edge_health_and_set_up_moves_a_room(
         await until(lambda: ROOM in edge_b.automation.rooms, 10, "the room on edge B")
         await until(lambda: ROOM not in edge_a.automation.rooms, 10, "edge A to let it go")
 
+        # A new room is given its edge as it is added.
+        add = page.locator("form[aria-labelledby='add-room-h']")
+        await add.get_by_label("Name", exact=True).fill("Room C")
+        await add.get_by_label("Edge gateway").select_option("edge-a")
+        await add.locator("button:has-text('Add room')").click()
+        await page.wait_for_selector("li.setup-item:has-text('Room C') [data-room-edge='edge-a']")
+        added = [r for r in (await the_cloud.api("GET", f"/api/farms/{farm_id}/rooms"))["items"]
+                 if r["name"] == "Room C"]
+        assert [r["edge_id"] for r in added] == ["edge-a"]
+        await until(lambda: added[0]["id"] in edge_a.automation.rooms, 10, "Room C on edge A")
+
         # The edges tab says who runs what.
         await page.goto(f"{base}/setup/edges")
         await page.wait_for_selector("[data-edge-rooms='edge-b']")
         assert "runs Room A" in (await page.text_content("[data-edge-rooms='edge-b']") or "")
-        assert "runs no room" in (await page.text_content("[data-edge-rooms='edge-a']") or "")
+        assert "runs Room C" in (await page.text_content("[data-edge-rooms='edge-a']") or "")
         await check_view(page, "setup-edges-rooms", shots)
