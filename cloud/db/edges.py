@@ -37,6 +37,8 @@ ROTATE = """
 UPDATE edges SET token_hash = %(hash)s, rotated_at = now()
 WHERE farm_id = %(farm_id)s AND id = %(id)s
 RETURNING id"""
+# Its rooms become unassigned first (the foreign key has no ON DELETE action: migration 0020).
+UNASSIGN = "UPDATE rooms SET edge_id = NULL WHERE farm_id = %(farm_id)s AND edge_id = %(id)s"
 DELETE = "DELETE FROM edges WHERE farm_id = %(farm_id)s AND id = %(id)s"
 # Moving a room: the edge must be the farm's (NULL: unassigned). The rooms trigger bumps the farm's
 # config version when the edge changes, in this transaction.
@@ -84,7 +86,11 @@ async def rotate(
 async def delete(db: Database, farm_id: str, edge_id: str) -> bool:
     """Remove an edge; its rooms become unassigned (served by the farm's only edge, if one is
     left: see migration 0020)."""
-    return await db.execute(DELETE, {"farm_id": farm_id, "id": edge_id}) > 0
+    params = {"farm_id": farm_id, "id": edge_id}
+    async with db.transaction() as cur:
+        await cur.execute(UNASSIGN, params)
+        await cur.execute(DELETE, params)
+        return cur.rowcount > 0
 
 
 async def assign_room(

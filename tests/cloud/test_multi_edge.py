@@ -293,3 +293,13 @@ async def test_edge_health_shows_last_seen_backlog_version_and_clock_offset(  # 
     assert 590 < by_id[EDGE_2]["clock_offset_s"] < 610
     assert by_id[EDGE_2]["high_water"] == 1 and by_id[EDGE_2]["config_version"] == 0
     assert by_id[w.EDGE]["backlog"] is None and by_id[w.EDGE]["rooms"] == [w.ROOM_B]
+
+
+async def test_a_farm_whose_rooms_have_edges_can_be_deleted(sync_client, world_dsn, auth) -> None:  # type: ignore[no-untyped-def]
+    client = await sync_client()
+    await second_edge(client, auth)
+    await move(client, auth, w.ROOM_A, EDGE_2)
+    await ok(await client.delete(f"/api/farms/{w.FARM}", headers=auth("owner")), 204)
+    left = await rows(world_dsn, "SELECT id FROM edges WHERE farm_id = %s", (w.FARM,))
+    assert left == [] and await rows(
+        world_dsn, "SELECT id FROM rooms WHERE farm_id = %s", (w.FARM,)) == []

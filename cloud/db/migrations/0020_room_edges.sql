@@ -9,8 +9,11 @@
 -- room and the edge gaining it fetch their new slice.
 
 ALTER TABLE rooms ADD COLUMN edge_id text;
+-- No ON DELETE action: SET NULL (edge_id) needs PostgreSQL 15 and the design promises 14, so
+-- cloud/db/edges.py unassigns an edge's rooms in the transaction that deletes it. (A farm's
+-- deletion removes its rooms in the same statement: NO ACTION is checked at its end.)
 ALTER TABLE rooms ADD CONSTRAINT rooms_edge_fkey FOREIGN KEY (farm_id, edge_id)
-    REFERENCES edges (farm_id, id) ON DELETE SET NULL (edge_id);
+    REFERENCES edges (farm_id, id);
 CREATE INDEX rooms_edge_idx ON rooms (farm_id, edge_id);
 
 -- Rooms of farms with exactly one edge belong to it from now on.
