@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,7 @@ from edge.outbox import Outbox
 from edge.store import commands as command_rows
 from edge.store.db import Database
 from edge.systemd import Notifier
-from edge.uplink import SYNC_STATUS, Uplink
+from edge.uplink import SYNC_STATUS, Uplink, edge_health
 from shared.backoff import Backoff
 from shared.models import Ack, utcnow
 from shared.topics import Topic
@@ -102,6 +103,7 @@ class EdgeApp:
             self.downlink = Downlink(
                 settings, self.db, self.automation, self.commands, alerts=self.alerts,
                 clock_offset=lambda: None if self.uplink is None else self.uplink.clock_offset_s,
+                health=functools.partial(edge_health, self.outbox),
             )
             # The rooms' effective automation goes up too (the cloud's "why" view).
             self.reporter = AutomationReporter(self.automation, clock=utcnow)

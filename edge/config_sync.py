@@ -1,11 +1,14 @@
 """Applying the cloud's config to this edge: a ``ConfigPush`` (rooms, stages, rules, devices).
 
 Cloud config is an overlay on the TOML config: rooms and devices it names replace the file's,
-the file's others stay. A push is validated whole, then applied: stored with its version in one
-transaction (stages, disabled rules), broker password file and device ACL rewritten (a device
-registered in the cloud can connect about a second later), automation reloaded. One that cannot
-be applied is refused whole, with an alert. The applied overlay is in the database and re-applied
-at every start (``restore``); a changed TOML file is put back under it (``rebase_local``).
+the file's others stay, except the rooms the cloud says another edge of the farm serves
+(``other_rooms``): those and their devices are dropped, so a room moved away stops being automated
+here and its devices' logins and topics stop working (readings already taken still upload).
+A push is validated whole, then applied: stored with its version in one transaction (stages,
+disabled rules), broker password file and device ACL rewritten (a device registered in the cloud
+can connect about a second later), automation reloaded. One that cannot be applied is refused
+whole, with an alert. The applied overlay is in the database and re-applied at every start
+(``restore``); a changed TOML file is put back under it (``rebase_local``).
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ class ConfigRejected(ValueError):
 def overlay(
     rooms: list[RoomConfig], devices: list[DeviceConfig], push: ConfigPush, edge_username: str
 ) -> tuple[list[RoomConfig], list[DeviceConfig]]:
-    """The TOML rooms and devices with the pushed ones put over them (same id: replaced)."""
-    merged_rooms = {r.id: r for r in rooms}
-    merged_devices = {d.id: d for d in devices}
+    """The TOML rooms and devices with the pushed ones put over them (same id: replaced), less
+    the farm's rooms another edge serves (``other_rooms``) and their devices."""
+    elsewhere = set(push.other_rooms)
+    merged_rooms = {r.id: r for r in rooms if r.id not in elsewhere}
+    merged_devices = {d.id: d for d in devices if d.room not in elsewhere}
     try:
         for room in push.rooms:
             merged_rooms[room.id] = RoomConfig(

@@ -13,9 +13,10 @@ After repeated WebSocket failures the edge polls ``GET /api/edge/v1/pending`` in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -40,6 +41,7 @@ from shared.sync import (
     ConfigApplied,
     ConfigPush,
     DownMessage,
+    EdgeStatus,
     Hello,
 )
 
@@ -77,6 +79,7 @@ class Downlink:
         alerts: AlertMonitor | None = None,
         clock_offset: Callable[[], float | None] = lambda: None,
         clock: Callable[[], datetime] = utcnow,
+        health: Callable[[], Awaitable[EdgeStatus]] | None = None,
     ) -> None:
         cloud = settings.cloud
         if not cloud.enabled:
@@ -94,6 +97,7 @@ class Downlink:
         self._commands = commands
         self._clock_offset = clock_offset
         self._clock = clock
+        self._health = health  # reported on the stream after Hello and every heartbeat
         # Config pushes: applied over the TOML config (and restored at start) by this.
         self.config_sync = ConfigSync(settings, db, automation, alerts=alerts, clock=clock)
         self._lock = asyncio.Lock()
@@ -230,12 +234,18 @@ class Downlink:
                 self.stats.connected_since = self._clock().timestamp()
                 log.info("cloud stream connected: %s", url)
                 await ws.send_str((await self._hello()).model_dump_json())
-                async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    answer = await self._dispatch(msg.data)
-                    if answer is not None:
-                        await ws.send_str(answer.model_dump_json())
+                reporter = asyncio.create_task(self._report(ws), name="downlink-health")
+                try:
+                    async for msg in ws:
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        answer = await self._dispatch(msg.data)
+                        if answer is not None:
+                            await ws.send_str(answer.model_dump_json())
+                finally:
+                    reporter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reporter
                 log.warning("cloud stream closed (code %s)", ws.close_code)
                 return True
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -244,6 +254,20 @@ class Downlink:
             return False
         finally:
             self.stats.connected_since = None
+
+    async def _report(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Send the edge's health (backlog, software version) now and every heartbeat."""
+        if self._health is None:
+            return
+        while not ws.closed:
+            try:
+                status = await self._health()
+                await ws.send_str(status.model_dump_json())
+            except (aiohttp.ClientError, ConnectionError):
+                return  # the stream is ending; its loop notices
+            except sqlite3.Error as exc:  # a busy store must not end the stream
+                log.warning("edge health not reported: %s", exc)
+            await asyncio.sleep(self._cloud.ws_heartbeat_s)
 
     async def _dispatch(self, raw: Any) -> CommandAccepted | ConfigApplied | None:
         try:

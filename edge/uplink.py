@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any, Final
 
 import aiohttp
@@ -38,7 +39,7 @@ from edge.config import EdgeSettings
 from edge.outbox import Outbox
 from edge.store.outbox import Prepared
 from shared.models import utcnow
-from shared.sync import BatchAck, GapError
+from shared.sync import BatchAck, EdgeStatus, GapError
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,20 @@ class UplinkStats:
 
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def software_version() -> str | None:
+    """This edge's installed smartfarm version (None when not installed as a package)."""
+    try:
+        return metadata.version("smartfarm")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+async def edge_health(outbox: Outbox) -> EdgeStatus:
+    """What the edge tells the cloud about itself on its stream (the farm page shows it)."""
+    backlog = await outbox.backlog()
+    return EdgeStatus(backlog=backlog.records, software_version=software_version())
 
 
 async def sync_progress(outbox: Outbox, stats: UplinkStats, now: float) -> dict[str, Any]:

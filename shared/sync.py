@@ -448,10 +448,20 @@ class RoomSpec(_Msg):
 
 
 class ConfigPush(_Msg):
+    """An edge's slice of its farm's config: the rooms it serves, their rules and devices."""
+
     type: Literal["config"] = "config"
     version: int = Field(ge=1)
     rooms: list[RoomSpec]
     devices: list[DeviceSpec]
+    # Left out while empty (a farm with one edge), so an edge that predates the field (its
+    # messages refuse unknown fields) still takes the pushes of such a farm.
+    other_rooms: list[Id] = Field(
+        default_factory=list,
+        exclude_if=lambda rooms: not rooms,
+        description="the farm's rooms this edge does not serve (another edge's, or unassigned):"
+        " the edge drops them, with their devices, even where its own config file lists them",
+    )
 
 
 DownMessage = Annotated[
@@ -482,4 +492,15 @@ class CommandAccepted(_Msg):
     detail: str | None = None
 
 
-UpMessage = Annotated[Hello | ConfigApplied | CommandAccepted, Field(discriminator="type")]
+class EdgeStatus(_Msg):
+    """The edge's health, sent on its stream after ``Hello`` and then every heartbeat: what the
+    farm page shows. (A cloud that predates it logs it as unreadable and keeps the stream.)"""
+
+    type: Literal["status"] = "status"
+    backlog: int | None = Field(default=None, ge=0, description="outbox records not yet uploaded")
+    software_version: str | None = Field(default=None, max_length=64)
+
+
+UpMessage = Annotated[
+    Hello | ConfigApplied | CommandAccepted | EdgeStatus, Field(discriminator="type")
+]

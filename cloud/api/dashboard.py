@@ -50,6 +50,13 @@ class EdgeNow(Out):
     name: str
     online: bool
     last_seen: datetime | None
+    backlog: int | None = Field(default=None, description="records not yet uploaded (reported)")
+    software_version: str | None = None
+    clock_offset_s: float | None = Field(
+        default=None, description="cloud minus edge clock, seconds, on its last batch"
+    )
+    status_at: datetime | None = Field(default=None, description="when it last reported")
+    rooms: list[str] = Field(default_factory=list, description="the rooms it serves")
 
 
 class OverviewOut(Out):

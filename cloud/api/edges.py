@@ -39,6 +39,18 @@ class EdgeOut(Out):
     rotated_at: datetime
     created_at: datetime
     online: bool = Field(default=False, description="heard from within the sync online window")
+    rooms: list[str] = Field(default_factory=list, description="the rooms this edge serves")
+    config_version: int = Field(default=0, description="the farm config version it applied")
+    backlog: int | None = Field(
+        default=None, description="outbox records not yet uploaded, as the edge last reported"
+    )
+    software_version: str | None = Field(default=None, description="as the edge reported it")
+    status_at: datetime | None = Field(
+        default=None, description="when the edge last reported backlog and version"
+    )
+    clock_offset_s: float | None = Field(
+        default=None, description="cloud minus edge clock, seconds, measured on its last batch"
+    )
 
 
 class EdgeTokenOut(EdgeOut):

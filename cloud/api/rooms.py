@@ -11,8 +11,9 @@ from cloud.api.pagination import Page, PageQuery, decode_cursor, paginate
 from cloud.api.routing import Call, Route
 from cloud.api.schemas import AwareIsoDateTime, In, Out, Species, Stage
 from cloud.db import audit
+from cloud.db import edges as edges_db
 from cloud.db import rooms as rooms_db
-from cloud.errors import NotFound
+from cloud.errors import NotFound, ValidationFailed
 from shared.models import Id
 
 
@@ -22,6 +23,10 @@ class RoomIn(In):
     species: Species
     stage: Stage
     stage_started: AwareIsoDateTime | None = Field(default=None, description="default: now")
+    edge_id: Id | None = Field(
+        default=None,
+        description="the edge to run it (default: none; a farm with one edge needs none)",
+    )
 
 
 class RoomPatch(In):
@@ -39,6 +44,20 @@ class RoomOut(Out):
     stage: Stage
     stage_started: datetime
     created_at: datetime
+    edge_id: str | None = Field(
+        default=None,
+        description="the edge that serves this room (null: unassigned, then served by the"
+        " farm's only edge if it has exactly one)",
+    )
+
+
+class RoomEdgeIn(In):
+    edge_id: Id | None = Field(description="one of the farm's edges; null unassigns the room")
+
+
+class RoomEdgeOut(Out):
+    room_id: str
+    edge_id: str | None
 
 
 async def list_rooms(call: Call) -> Page[RoomOut]:
@@ -58,6 +77,8 @@ async def create_room(call: Call) -> RoomOut:
     """Add a room to a farm"""
     body: RoomIn = call.body
     room_id = body.id or f"room-{secrets.token_hex(4)}"
+    if body.edge_id is not None and await edges_db.get(call.db, call.farm_id, body.edge_id) is None:
+        raise _unknown_edge()
     row = await rooms_db.create(
         call.db,
         room_id=room_id,
@@ -67,6 +88,12 @@ async def create_room(call: Call) -> RoomOut:
         stage=body.stage,
         stage_started=body.stage_started,
     )
+    if body.edge_id is not None:
+        try:
+            assigned = await edges_db.assign_room(call.db, call.farm_id, room_id, body.edge_id)
+        except edges_db.UnknownEdge:  # removed meanwhile: the room stays unassigned
+            assigned = None
+        row = {**row, "edge_id": assigned["edge_id"] if assigned else None}
     await audit.record(
         call.db, user_id=call.user_id, farm_id=call.farm_id, action="room.create", target=room_id
     )
@@ -98,6 +125,38 @@ async def update_room(call: Call) -> RoomOut:
         detail=body.model_dump(mode="json", exclude_none=True),
     )
     return RoomOut.model_validate(row)
+
+
+def _unknown_edge() -> ValidationFailed:
+    return ValidationFailed(
+        [{"field": "body.edge_id", "message": "not an edge of this farm", "type": "value_error"}]
+    )
+
+
+async def assign_edge(call: Call) -> RoomEdgeOut:
+    """Assign a room to one of the farm's edges, or move it to another
+
+    Only the owning edge is sent the room's config (rules, devices and their credentials) and its
+    commands. The edge losing the room stops automating it and accepting its devices after the
+    config change; what it recorded for the room before still uploads.
+    """
+    body: RoomEdgeIn = call.body
+    room_id = call.param("room_id")
+    try:
+        row = await edges_db.assign_room(call.db, call.farm_id, room_id, body.edge_id)
+    except edges_db.UnknownEdge:
+        raise _unknown_edge() from None
+    if row is None:
+        raise NotFound("room not found")
+    await audit.record(
+        call.db,
+        user_id=call.user_id,
+        farm_id=call.farm_id,
+        action="room.edge",
+        target=room_id,
+        detail={"edge_id": body.edge_id},
+    )
+    return RoomEdgeOut(room_id=row["id"], edge_id=row["edge_id"])
 
 
 async def delete_room(call: Call) -> None:
@@ -141,6 +200,17 @@ ROUTES = [
         role="operator",
         body=RoomPatch,
         response=RoomOut,
+        tag="rooms",
+        errors=(422,),
+    ),
+    Route(
+        "PUT",
+        "/api/rooms/{room_id}/edge",
+        assign_edge,
+        "room",
+        role="owner",
+        body=RoomEdgeIn,
+        response=RoomEdgeOut,
         tag="rooms",
         errors=(422,),
     ),

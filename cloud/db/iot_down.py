@@ -37,7 +37,10 @@ FROM due
 WHERE c.farm_id = due.farm_id AND c.id = due.id
 RETURNING c.id, c.farm_id, c.room_id, c.device_id, c.action, c.value, c.hold_minutes,
     c.created_at, (SELECT coalesce(nullif(u.display_name, ''), u.email) FROM users u
-                   WHERE u.id = c.created_by) AS by_name"""
+                   WHERE u.id = c.created_by) AS by_name,
+    -- the edge that serves the command's room (migration 0020): the only one it goes to
+    (SELECT room_edge(r.farm_id, r.edge_id) FROM rooms r
+     WHERE r.farm_id = c.farm_id AND r.id = c.room_id) AS serving_edge"""
 
 # IoT edges of a farm that have neither applied nor been sent `version` (or were sent it longer
 # than `again` seconds ago without applying it), marked as sent it.

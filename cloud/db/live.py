@@ -41,10 +41,16 @@ FROM notifications WHERE id = %(id)s"""
 LATEST_OF = """
 SELECT l.device_id, l.room_id, l.farm_id, l.metric, l.time, l.value
 FROM sensor_latest l WHERE l.farm_id = %(farm_id)s AND l.device_id = ANY(%(ids)s)"""
+# With each edge's health (migration 0020): backlog and version as reported, clock offset as
+# measured, and the rooms it serves.
 EDGES = """
-SELECT id, farm_id, name, last_seen,
-    coalesce(last_seen > now() - make_interval(secs => %(window)s), false) AS online
-FROM edges WHERE farm_id = ANY(%(farms)s) ORDER BY farm_id, id"""
+SELECT e.id, e.farm_id, e.name, e.last_seen,
+    coalesce(e.last_seen > now() - make_interval(secs => %(window)s), false) AS online,
+    e.backlog, e.software_version, e.clock_offset_s, e.status_at,
+    array(SELECT r.id FROM rooms r
+          WHERE r.farm_id = e.farm_id AND room_edge(r.farm_id, r.edge_id) = e.id
+          ORDER BY r.id) AS rooms
+FROM edges e WHERE e.farm_id = ANY(%(farms)s) ORDER BY e.farm_id, e.id"""
 
 ROOMS = """
 SELECT id, farm_id, name, species, stage, stage_started FROM rooms

@@ -8,18 +8,18 @@ from typing import Any
 from cloud.db.database import Database
 
 LIST = """
-SELECT id, farm_id, name, species, stage, stage_started, created_at FROM rooms
+SELECT id, farm_id, name, species, stage, stage_started, created_at, edge_id FROM rooms
 WHERE farm_id = %(farm_id)s
   AND (%(only)s::text[] IS NULL OR id = ANY(%(only)s))
   AND (%(after)s::text IS NULL OR id > %(after)s)
 ORDER BY id LIMIT %(limit)s"""
 GET = """
-SELECT id, farm_id, name, species, stage, stage_started, created_at FROM rooms
+SELECT id, farm_id, name, species, stage, stage_started, created_at, edge_id FROM rooms
 WHERE farm_id = %(farm_id)s AND id = %(id)s"""
 CREATE = """
 INSERT INTO rooms (id, farm_id, name, species, stage, stage_started)
 VALUES (%(id)s, %(farm_id)s, %(name)s, %(species)s, %(stage)s, coalesce(%(stage_started)s, now()))
-RETURNING id, farm_id, name, species, stage, stage_started, created_at"""
+RETURNING id, farm_id, name, species, stage, stage_started, created_at, edge_id"""
 # A stage change restarts the stage clock unless the caller says when it started.
 UPDATE = """
 UPDATE rooms SET
@@ -31,7 +31,7 @@ UPDATE rooms SET
         ELSE stage_started END,
     stage = coalesce(%(stage)s, stage)
 WHERE farm_id = %(farm_id)s AND id = %(id)s
-RETURNING id, farm_id, name, species, stage, stage_started, created_at"""
+RETURNING id, farm_id, name, species, stage, stage_started, created_at, edge_id"""
 DELETE = "DELETE FROM rooms WHERE farm_id = %(farm_id)s AND id = %(id)s"
 
 

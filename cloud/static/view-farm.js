@@ -1,5 +1,6 @@
 // Your farms, and one farm at a glance: each room's newest temperature, RH and CO₂ against the
-// stage's band, the edges' online state and the active alerts — all kept live.
+// stage's band, the edges' health (online, rooms served, upload backlog, software version, clock
+// offset) and the active alerts — all kept live.
 
 import { path } from './api.js';
 import { h, clear, BANDED, formatValue, metricInfo, inBand, bandText, ago, speciesLabel, stageLabel } from './dom.js';
@@ -102,6 +103,37 @@ function roomCard(farmId, room) {
   return { el, reading, refresh: render };
 }
 
+// A clock this far off shifts the edge's timestamps (the cloud corrects them past 5 min).
+const CLOCK_WARN_S = 60;
+
+function offsetText(seconds) {
+  const abs = Math.abs(seconds);
+  const size = abs < 90 ? `${abs.toFixed(abs < 10 ? 1 : 0)} s` : (abs < 5400 ? `${Math.round(abs / 60)} min` : `${Math.round(abs / 3600)} h`);
+  if (abs < 0.5) return 'in step';
+  return `${size} ${seconds > 0 ? 'behind' : 'ahead'}`;
+}
+
+// One edge's health: the rooms it serves, its upload backlog and software version (as it last
+// reported them), and how far its clock is from the cloud's (measured on its last batch).
+function edgeHealth(edge, roomNames) {
+  const rooms = edge.rooms || [];
+  const backlog = edge.backlog;
+  const offset = edge.clock_offset_s;
+  const items = [
+    ['Rooms', rooms.length ? rooms.map((id) => roomNames.get(id) || id).join(', ') : 'none', null],
+    ['Backlog', backlog === null || backlog === undefined ? 'not reported'
+      : `${backlog.toLocaleString()} record${backlog === 1 ? '' : 's'} to upload`, backlog > 1000 ? 'out' : null],
+    ['Version', edge.software_version || 'not reported', null],
+    ['Clock', offset === null || offset === undefined ? 'not measured' : offsetText(offset),
+      offset !== null && offset !== undefined && Math.abs(offset) > CLOCK_WARN_S ? 'out' : null],
+  ];
+  return h('dl', { class: 'now edge-health small', dataset: { edgeHealth: edge.id } },
+    items.map(([label, value, band]) => [
+      h('dt', { text: label }),
+      h('dd', { text: value, dataset: band ? { band } : {} }),
+    ]));
+}
+
 export async function farmView(ctx, farmId) {
   const { api, live, main, setCrumbs } = ctx;
   const [farm, overview] = await Promise.all([
@@ -114,16 +146,20 @@ export async function farmView(ctx, farmId) {
   const edges = h('ul', { class: 'items edges' });
   const alerts = alertsPanel(ctx, farmId);
 
+  let roomNames = new Map();
+
   function renderEdges(list) {
     clear(edges, list.length ? list.map((e) => h('li', { dataset: { edge: e.id, online: e.online } },
       h('span', { class: `dot ${e.online ? 'on' : 'off'}` }),
       h('span', { text: `${e.name || e.id} — ${e.online ? 'online' : 'offline'}` }),
-      h('span', { class: 'muted small', text: ` · seen ${ago(e.last_seen)}` })))
+      h('span', { class: 'muted small', text: ` · seen ${ago(e.last_seen)}` }),
+      edgeHealth(e, roomNames)))
       : h('li', { class: 'muted' }, 'No edge gateway registered. ',
         h('a', { href: `#/farm/${encodeURIComponent(farmId)}/setup/edges`, text: 'Register one' })));
   }
 
   function render(snapshot) {
+    roomNames = new Map(snapshot.rooms.map((r) => [r.id, r.name || r.id]));
     cards.clear();
     clear(grid, snapshot.rooms.length
       ? snapshot.rooms.map((room) => {
@@ -161,8 +197,10 @@ export async function farmView(ctx, farmId) {
     edge: (event) => {
       const msg = event.detail;
       if (msg.farm_id !== farmId) return;
+      // The event carries presence only: the health read last is kept.
+      const old = edgeList.find((e) => e.id === msg.edge_id) || {};
       edgeList = edgeList.filter((e) => e.id !== msg.edge_id)
-        .concat([{ id: msg.edge_id, name: msg.name, online: msg.online, last_seen: msg.last_seen }])
+        .concat([{ ...old, id: msg.edge_id, name: msg.name, online: msg.online, last_seen: msg.last_seen }])
         .sort((a, b) => a.id.localeCompare(b.id));
       renderEdges(edgeList);
     },
@@ -182,7 +220,14 @@ export async function farmView(ctx, farmId) {
   };
   for (const [type, handler] of Object.entries(handlers)) live.addEventListener(type, handler);
   live.subscribe({ farm_id: farmId });
-  const ticker = setInterval(() => { for (const card of cards.values()) card.refresh(); }, 30000);
+  const ticker = setInterval(async () => {
+    for (const card of cards.values()) card.refresh();
+    // Backlog and clock offset move without a presence change: read them again.
+    try {
+      edgeList = (await api.get(path`/api/farms/${farmId}/overview`)).edges;
+      renderEdges(edgeList);
+    } catch { /* offline for a moment: the next tick tries again */ }
+  }, 30000);
   return () => {
     clearInterval(ticker);
     alerts.dispose();

@@ -88,23 +88,64 @@ async function roomsSection(env) {
   const { api, farmId, owner, vocabulary, body } = env;
   const list = h('ul', { class: 'items setup-list', 'aria-label': 'rooms' });
 
+  // The farm's edges (owners only may list them): each room is served by one of them.
+  let edges = [];
+
   async function load() {
-    const rooms = await api.all(path`/api/farms/${farmId}/rooms?limit=100`);
+    const [rooms, found] = await Promise.all([
+      api.all(path`/api/farms/${farmId}/rooms?limit=100`),
+      owner ? api.all(path`/api/farms/${farmId}/edges?limit=100`) : Promise.resolve([]),
+    ]);
+    edges = found;
     clear(list, rooms.length ? rooms.map(roomItem)
       : h('li', { class: 'muted', text: 'No rooms yet: add the first one below.' }));
   }
 
+  // Which edge serves the room: its own, or (unassigned) the farm's only edge.
+  function servedBy(room) {
+    if (room.edge_id) return edges.find((e) => e.id === room.edge_id) || { id: room.edge_id };
+    return edges.length === 1 ? edges[0] : null;
+  }
+
   function roomItem(room) {
     const li = h('li', { class: 'setup-item', dataset: { room: room.id } });
+    const edge = servedBy(room);
     const show = () => clear(li,
       h('div', { class: 'row wrap' },
         h('div', { class: 'grow' },
           h('a', { class: 'name', href: `#/farm/${encodeURIComponent(farmId)}/room/${encodeURIComponent(room.id)}`, text: room.name || room.id }),
-          h('p', { class: 'muted small', text: `${speciesLabel(room.species)} · ${stageLabel(room.stage)} since ${shortDate(room.stage_started, { time: false })}` })),
+          h('p', { class: 'muted small', text: `${speciesLabel(room.species)} · ${stageLabel(room.stage)} since ${shortDate(room.stage_started, { time: false })}` }),
+          edges.length ? h('p', { class: 'small', dataset: { roomEdge: edge ? edge.id : '' }, text: edge ? `Edge: ${edge.name || edge.id}` : 'Edge: none — no edge runs this room until you choose one' }) : null),
         owner ? h('div', { class: 'actions' },
           h('button', { type: 'button', text: 'Edit', 'aria-label': `Edit room ${room.name || room.id}`, onclick: edit }),
+          edges.length > 1 || (edges.length === 1 && !edge) ? h('button', { type: 'button', text: 'Move', 'aria-label': `Move room ${room.name || room.id} to another edge`, onclick: move }) : null,
           h('button', { type: 'button', class: 'danger', text: 'Delete', 'aria-label': `Delete room ${room.name || room.id}`, onclick: remove }))
           : null));
+
+    // Choose the edge that runs the room. Readings the old edge took still upload; commands not
+    // yet delivered go to the new one.
+    function move() {
+      const choice = field('Edge gateway', select([['', 'None (unassigned)'], ...edges.map((e) => [e.id, e.name || e.id])], edge ? edge.id : ''),
+        { name: 'edge_id', hint: 'only this edge runs the room\'s automation and accepts its devices' });
+      const general = errorLine();
+      const save = h('button', { type: 'submit', class: 'primary', text: 'Move room' });
+      const form = h('form', { class: 'setup-form', 'aria-label': `Move room ${room.name || room.id}` },
+        h('h3', { text: `Edge for ${room.name || room.id}` }), choice.el, general,
+        h('div', { class: 'actions' }, save, h('button', { type: 'button', text: 'Cancel', onclick: show })));
+      form.addEventListener('submit', async (event) => {
+        event.preventDefault();
+        await busy(save, async () => {
+          try {
+            await api.request('PUT', inFarm(path`/api/rooms/${room.id}/edge`, farmId), { edge_id: choice.input.value || null });
+            await load();
+          } catch (err) {
+            showErrors([choice], general, err);
+          }
+        });
+      });
+      clear(li, form);
+      choice.input.focus();
+    }
 
     function edit() {
       const fields = roomFields(vocabulary, room);
@@ -148,21 +189,27 @@ async function roomsSection(env) {
   }
 
   const fields = roomFields(vocabulary, null);
+  // With several edges, a new room is given one here (else no edge runs it until moved).
+  const edgeSlot = h('div');
+  let edgeField = null;
   const general = errorLine();
   const add = h('button', { type: 'submit', class: 'primary', text: 'Add room' });
   const form = h('form', { class: 'setup-form', 'aria-labelledby': 'add-room-h' },
-    h('h2', { id: 'add-room-h', text: 'Add a room' }), fields.map((f) => f.el), general,
+    h('h2', { id: 'add-room-h', text: 'Add a room' }), fields.map((f) => f.el), edgeSlot, general,
     h('div', { class: 'actions' }, add));
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     await busy(add, async () => {
+      const all = edgeField ? [...fields, edgeField] : fields;
       try {
-        await api.request('POST', path`/api/farms/${farmId}/rooms`, roomBody(fields, null));
+        const payload = roomBody(fields, null);
+        if (edgeField && edgeField.input.value) payload.edge_id = edgeField.input.value;
+        await api.request('POST', path`/api/farms/${farmId}/rooms`, payload);
         fields[0].input.value = '';
-        showErrors(fields, general, null);
+        showErrors(all, general, null);
         await load();
       } catch (err) {
-        showErrors(fields, general, err);
+        showErrors(all, general, err);
       }
     });
   });
@@ -170,6 +217,11 @@ async function roomsSection(env) {
     h('section', { class: 'card', 'aria-labelledby': 'rooms-h' }, h('h2', { id: 'rooms-h', text: 'Rooms' }), list),
     owner ? h('section', { class: 'card' }, form) : null);
   await load();
+  if (edges.length > 1) {
+    edgeField = field('Edge gateway', select([['', 'None yet'], ...edges.map((e) => [e.id, e.name || e.id])], edges[0].id),
+      { name: 'edge_id', hint: 'the edge on the site of this room: it runs the room\'s automation' });
+    clear(edgeSlot, edgeField.el);
+  }
 }
 
 // ---- devices -----------------------------------------------------------------------------------
@@ -416,8 +468,14 @@ async function edgesSection(env) {
   const list = h('ul', { class: 'items setup-list', 'aria-label': 'edge gateways' });
   const shown = h('div', { class: 'token-slot', 'aria-live': 'polite' });
 
+  let roomNames = new Map();
+
   async function load() {
-    const edges = await api.all(path`/api/farms/${farmId}/edges?limit=100`);
+    const [edges, rooms] = await Promise.all([
+      api.all(path`/api/farms/${farmId}/edges?limit=100`),
+      api.all(path`/api/farms/${farmId}/rooms?limit=100`),
+    ]);
+    roomNames = new Map(rooms.map((r) => [r.id, r.name || r.id]));
     clear(list, edges.length ? edges.map(edgeItem)
       : h('li', { class: 'muted', text: 'No edge gateway yet: register the farm\'s Raspberry Pi below.' }));
   }
@@ -428,7 +486,8 @@ async function edgesSection(env) {
         h('div', { class: 'grow' },
           h('span', { class: `dot ${edge.online ? 'on' : 'off'}` }),
           h('span', { class: 'name', text: edge.name || edge.id }),
-          h('span', { class: 'muted small', text: ` ${edge.online ? 'online' : 'offline'} · last heard ${ago(edge.last_seen)} · token from ${shortDate(edge.rotated_at)}` })),
+          h('span', { class: 'muted small', text: ` ${edge.online ? 'online' : 'offline'} · last heard ${ago(edge.last_seen)} · token from ${shortDate(edge.rotated_at)}` }),
+          h('p', { class: 'muted small', dataset: { edgeRooms: edge.id }, text: edgeSummary(edge, roomNames) })),
         h('div', { class: 'actions' },
           h('button', { type: 'button', text: 'New token', 'aria-label': `New token for ${edge.name || edge.id}`, onclick: rotate }),
           h('button', { type: 'button', class: 'danger', text: 'Remove', 'aria-label': `Remove ${edge.name || edge.id}`, onclick: remove }))));
@@ -447,7 +506,7 @@ async function edgesSection(env) {
     }
 
     async function remove() {
-      const ok = await confirmIn(li, `Remove ${edge.name || edge.id}? Its token stops working; the farm's data stays.`, 'Remove edge');
+      const ok = await confirmIn(li, `Remove ${edge.name || edge.id}? Its token stops working and its rooms are left to the farm's other edges to be given; the farm's data stays.`, 'Remove edge');
       if (!ok) return;
       try {
         await api.request('DELETE', inFarm(path`/api/edges/${edge.id}`, farmId));
@@ -490,6 +549,15 @@ async function edgesSection(env) {
     h('section', { class: 'card', 'aria-labelledby': 'edges-h' }, h('h2', { id: 'edges-h', text: 'Edge gateways' }), list),
     h('section', { class: 'card' }, form));
   await load();
+}
+
+// The rooms an edge runs (moved on the Rooms tab) and what it last reported.
+function edgeSummary(edge, roomNames) {
+  const rooms = (edge.rooms || []).map((id) => roomNames.get(id) || id);
+  const parts = [rooms.length ? `runs ${rooms.join(', ')}` : 'runs no room'];
+  if (edge.backlog !== null && edge.backlog !== undefined) parts.push(`${edge.backlog.toLocaleString()} to upload`);
+  if (edge.software_version) parts.push(`version ${edge.software_version}`);
+  return parts.join(' · ');
 }
 
 function tokenCard(edge, onDone) {

@@ -2,9 +2,10 @@
 
 An edge whose batches come through the IoT topic rule (``edges.iot_since``, set and cleared by
 the batches endpoint) subscribes to ``smartfarm/{farm_id}/edge/{edge_id}/commands``. With
-``sync.iot_data_endpoint`` set, every pending command of its farm and every new config version
-is published there with the IoT Data API, as the same JSON the WebSocket sends; the WebSocket and
-polling paths are untouched and the edge runs a command that arrives both ways once.
+``sync.iot_data_endpoint`` set, every pending command for a room it serves and every new config
+version (its slice of the farm's config) is published there with the IoT Data API, as the same
+JSON the WebSocket sends; the WebSocket and polling paths are untouched and the edge runs a
+command that arrives both ways once.
 
 Driven by the edge hub's NOTIFY events (so every writer counts: the commands API, jobs, config
 edits from any instance or from an edge), never by a request: the request that made the change
@@ -121,11 +122,12 @@ class IotDownPublisher:
         )
         if not need:
             return 0
-        push = build_config(await downlink.snapshot(self.db, farm_id))
-        edges = await iot_down.claim_config(self.db, farm_id, push.version, again_s=self._again)
-        payload = push.model_dump_json().encode()
+        version = await downlink.farm_version(self.db, farm_id)
+        edges = await iot_down.claim_config(self.db, farm_id, version, again_s=self._again)
         done = 0
-        for edge in edges:
+        for edge in edges:  # each edge its own slice: the rooms it serves
+            push = build_config(await downlink.snapshot(self.db, farm_id, edge["id"]))
+            payload = push.model_dump_json().encode()
             done += await self._publish("config", edge["farm_id"], edge["id"], payload)
         return done
 
@@ -156,7 +158,8 @@ class IotDownPublisher:
         for row in rows:
             payload = cloud_command(row, self._ttl).model_dump_json().encode()
             for edge_id in by_farm.get(row["farm_id"], ()):
-                done += await self._publish("command", row["farm_id"], edge_id, payload)
+                if edge_id == row.get("serving_edge"):  # only the edge serving its room
+                    done += await self._publish("command", row["farm_id"], edge_id, payload)
         return done
 
     async def _publish(self, kind: Kind, farm_id: str, edge_id: str, payload: bytes) -> bool:

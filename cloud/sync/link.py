@@ -4,6 +4,10 @@ Used by the WebSocket stream (one ``EdgeLink`` per connection, fed by hub events
 (a fresh link per request). A link never sends the same config version or command twice on one
 connection; across reconnects pending commands are sent again, and the edge de-duplicates them by
 ``command_id``.
+
+A link serves its edge's slice of the farm: the rooms the edge serves, their rules and devices,
+and their commands. A config change may move a room to this edge, so after sending a new config
+the link also looks for commands it did not send yet (those of a room that just arrived).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from shared.sync import (
     ConfigApplied,
     ConfigPush,
     DeviceSpec,
+    EdgeStatus,
     Hello,
     RoomSpec,
 )
@@ -30,7 +35,7 @@ from shared.sync import (
 log = logging.getLogger(__name__)
 
 DownMsg = CloudCommand | CloudRelease | ConfigPush
-UpMsg = Hello | ConfigApplied | CommandAccepted
+UpMsg = Hello | ConfigApplied | CommandAccepted | EdgeStatus
 # CommandAccepted.state → the cloud command's status.
 ACCEPTED_STATUS = {"delivered": "delivered", "expired": "expired", "rejected": "failed"}
 
@@ -67,7 +72,9 @@ def build_config(snap: downlink.ConfigSnapshot) -> ConfigPush:
         )
         for d in snap.devices
     ]
-    return ConfigPush(version=snap.version, rooms=rooms, devices=devices)
+    return ConfigPush(
+        version=snap.version, rooms=rooms, devices=devices, other_rooms=snap.other_rooms
+    )
 
 
 def cloud_command(row: dict[str, Any], ttl_s: float) -> CloudCommand | CloudRelease:
@@ -122,7 +129,10 @@ class EdgeLink:
             return list(await self._commands(event.command_id))
         if event.kind == "config":
             push = await self._config_if_behind(event.version)
-            return [push] if push is not None else []
+            if push is None:
+                return []
+            # The change may have moved a room here: its pending commands come with it.
+            return [push, *await self._commands(None)]
         return await self.catch_up()
 
     async def _config_if_behind(self, announced: int | None) -> ConfigPush | None:
@@ -131,7 +141,7 @@ class EdgeLink:
             return None
         if await downlink.farm_version(self._db, self.farm_id) <= known:
             return None  # nothing configured in the cloud yet (0), or the edge has it
-        push = build_config(await downlink.snapshot(self._db, self.farm_id))
+        push = build_config(await downlink.snapshot(self._db, self.farm_id, self.edge_id))
         if push.version <= known:
             return None
         self._sent_version = push.version
@@ -139,7 +149,7 @@ class EdgeLink:
 
     async def _commands(self, command_id: str | None) -> list[CloudCommand | CloudRelease]:
         rows, expired = await downlink.pending_commands(
-            self._db, self.farm_id, ttl_s=self._ttl, command_id=command_id
+            self._db, self.farm_id, ttl_s=self._ttl, command_id=command_id, edge_id=self.edge_id
         )
         if expired:
             log.info(
@@ -176,5 +186,13 @@ class EdgeLink:
             self._sent_commands.discard(msg.command_id)
             if now is None:
                 log.warning("edge %s answered unknown command %s", self.edge_id, msg.command_id)
+        elif isinstance(msg, EdgeStatus):
+            await downlink.set_status(
+                self._db,
+                self.farm_id,
+                self.edge_id,
+                backlog=msg.backlog,
+                software_version=msg.software_version,
+            )
         elif isinstance(msg, Hello):
             self.applied_version = msg.config_version

@@ -50,6 +50,7 @@ BODIES: dict[str, Any] = {
     "PATCH /api/farms/{farm_id}/members/{user_id}": {"role": "operator"},
     "POST /api/farms/{farm_id}/rooms": {"species": "shiitake", "stage": "spawn_run"},
     "PATCH /api/rooms/{room_id}": {"stage": "pinning"},
+    "PUT /api/rooms/{room_id}/edge": {"edge_id": None},
     "POST /api/rooms/{room_id}/devices": {"kind": "sensor"},
     "POST /api/rooms/{room_id}/pending-devices/{pending_device_id}/adopt": {"kind": "sensor"},
     "PATCH /api/devices/{device_id}": {"name": "renamed"},

@@ -23,7 +23,6 @@ from tests.cloud import world as w
 from tests.cloud.test_edge_sync import (
     batch,
     farm_version,
-    hello,
     ok,
     reading,
     receive,
@@ -50,11 +49,13 @@ def expect(topic: str) -> dict[str, Any]:
 
 
 async def add_iot_edge(dsn: str) -> None:
+    """The farm's second edge, serving its rooms (commands and config go only to that edge)."""
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         await conn.execute(
             "INSERT INTO edges (id, farm_id, name, token_hash) VALUES (%s, %s, 'iot', %s)",
             (IOT_EDGE, w.FARM, token_hash(IOT_TOKEN)),
         )
+        await conn.execute("UPDATE rooms SET edge_id = %s WHERE farm_id = %s", (IOT_EDGE, w.FARM))
 
 
 async def through_iot(client: Any, seq: int, *, iot: bool = True) -> None:
@@ -114,10 +115,10 @@ async def test_a_command_and_config_reach_the_iot_edges_commands_topic_as_on_the
         assert marked == [{"id": IOT_EDGE}]
         stub.add_response("publish", {}, expect(COMMANDS))  # the Stubber checks every topic
         stub.add_response("publish", {}, expect(COMMANDS))
-        # The world's edge keeps its WebSocket and gets the same messages there, unchanged.
-        async with client.ws_connect("/api/edge/v1/stream", headers={"Authorization": "Bearer t"}
-                                     ) as ws:
-            await hello(ws, await farm_version(world_dsn))
+        # The IoT edge's WebSocket, when it has one, gets the same messages there, unchanged.
+        async with client.ws_connect("/api/edge/v1/stream", headers=IOT_AUTH) as ws:
+            await ws.send_json({"type": "hello", "edge_id": IOT_EDGE,
+                                "config_version": await farm_version(world_dsn), "acked_seq": 1})
             assert (await receive(ws, "command"))["command_id"] == w.COMMAND_B
             created = await command(client, auth, "off")
             pushed = await receive(ws, "command")
@@ -248,3 +249,25 @@ async def test_two_instances_publish_a_command_once(sync_client, world_dsn, auth
     sent = [c for found in calls for c in found if c["topic"] == COMMANDS]
     assert len(sent) == 1 and json.loads(sent[0]["payload"])["command_id"] == created["id"]
     assert pub_a.published + pub_b.published == 1 and pub_a.failed + pub_b.failed == 0
+
+
+async def test_an_iot_edge_is_published_only_its_rooms(sync_client, world_dsn, auth) -> None:  # type: ignore[no-untyped-def]
+    await add_iot_edge(world_dsn)
+    await rows(world_dsn, "UPDATE rooms SET edge_id = %s WHERE id = %s RETURNING id",
+               (w.EDGE, w.ROOM_B))  # room B is the world's (HTTPS) edge's again
+    client, publisher = await start(sync_client, world_dsn)
+    calls = published(publisher.client)
+    with Stubber(publisher.client) as stub:
+        stub.add_response("publish", {}, expect(ACKS))
+        await through_iot(client, 1)
+        before = publisher.events
+        await command(client, auth)  # for room B: not this edge's
+        await handled(publisher, before)
+        stub.add_response("publish", {}, expect(COMMANDS))  # its config only
+        assert await publisher.catch_up() == 1
+        stub.assert_no_pending_responses()
+    sent = [json.loads(c["payload"]) for c in calls if c["topic"] == COMMANDS]
+    assert [m["type"] for m in sent] == ["config"]
+    assert [r["id"] for r in sent[0]["rooms"]] == [w.ROOM_A]
+    assert {d["id"] for d in sent[0]["devices"]} == {w.ACTUATOR_A}
+    assert sent[0]["other_rooms"] == [w.ROOM_B]
