@@ -128,9 +128,6 @@ class Node:
     failsafe_s: int = 600
     pins: Pins | None = None  # None: the board's (BOARD_PINS)
     firmware_version: str = FIRMWARE_VERSION
-    # OTA from the edge: the URL of the ESPHome update manifest the edge serves for this node
-    # (http_request update platform). None: updates only with `esphome run` on the LAN.
-    firmware_manifest_url: str | None = None
 
     def __post_init__(self) -> None:
         check_id(self.farm_id, "farm_id")
@@ -167,11 +164,6 @@ class Node:
                 raise ValueError(f"ntp server {server!r}: a host name or IP address")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", self.board):
             raise ValueError(f"board {self.board!r}: a PlatformIO board id such as esp32dev")
-        if self.firmware_manifest_url is not None and not _URL_RE.fullmatch(
-            self.firmware_manifest_url
-        ):
-            raise ValueError(f"firmware_manifest_url {self.firmware_manifest_url!r}: an http(s)"
-                             " URL on the edge")
         if not re.fullmatch(r"[0-9A-Za-z.+_-]{1,32}", self.firmware_version):
             raise ValueError(f"firmware_version {self.firmware_version!r}")
 
@@ -194,7 +186,6 @@ class Node:
 
 
 _HOST_RE: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$")
-_URL_RE: Final = re.compile(r"^https?://[A-Za-z0-9.:\[\]-]{1,253}(/[A-Za-z0-9._~%/+-]*)?$")
 
 
 HOST_PATTERN: Final = _HOST_RE.pattern
@@ -362,29 +353,13 @@ def _core(node: Node) -> list[str]:
         "  level: INFO",
         "",
         "ota:",
+        "  # `esphome run` on the LAN (ota_password), and the edge's `ota` command (below).",
         "  - platform: esphome",
         "    password: !secret ota_password",
+        *_block(ota_platform("${ack_topic}", "${device_id}"), 2),
+        "",
+        *_block(ota_http_request(), 0),
     ]
-    if node.firmware_manifest_url is not None:
-        lines += [
-            "  - platform: http_request",
-            "",
-            "http_request:",
-            "  timeout: 30s",
-            "",
-            "update:",
-            "  # The edge offers a new image by listing it in this node's manifest; the node",
-            "  # checks hourly and installs it (output off while it reboots, as at any boot).",
-            "  - platform: http_request",
-            "    id: firmware_update",
-            "    internal: true",
-            f"    source: {_q(node.firmware_manifest_url)}",
-            "    update_interval: 1h",
-            "    on_update_available:",
-            "      then:",
-            "        - update.perform:",
-            "            id: firmware_update",
-        ]
     return [*lines, ""]
 
 
@@ -452,14 +427,16 @@ def _mqtt(node: Node) -> list[str]:
     else:
         lines += ["      - script.stop: failsafe", "  on_disconnect:", "    then:",
                   "      - script.execute: failsafe"]
-        lines += [
-            "  on_json_message:",
-            "    - topic: ${command_topic}",
-            "      qos: 1",
-            "      then:",
-            "        - lambda: |-",
-        ]
-        lines += _block(command_lambda(node), 12)
+    lines += [
+        "  on_json_message:",
+        "    - topic: ${command_topic}",
+        "      qos: 1",
+        "      then:",
+        ota_dispatch("${ack_topic}", "${device_id}", 8).rstrip("\n"),
+        "        - lambda: |-",
+    ]
+    lines += _block(command_lambda(node) if node.kind == "actuator" else _SENSOR_COMMAND_LAMBDA,
+                    12)
     return [*lines, ""]
 
 
@@ -641,6 +618,7 @@ for (char c : cid) cid_ok = cid_ok && (isalnum((unsigned char) c) || c == '_' ||
 if (!cid_ok) cid = "unknown";
 std::string device(x["device_id"] | "");
 std::string action(x["action"] | "");
+if (action == "ota") return;  // the update script's (ota_dispatch)
 JsonVariantConst value = x["value"];
 std::string error;
 bool repeated = false;
@@ -691,6 +669,21 @@ if (!repeated && error.empty()) id(publish_status).execute();
 """
 
 
+# A sensor node takes no command but ``ota``: anything else is acked as an error, so the edge
+# does not wait for it to time out.
+_SENSOR_COMMAND_LAMBDA: Final = r"""
+std::string action(x["action"] | "");
+if (action == "ota") return;  // the update script's (ota_dispatch)
+std::string cid(x["command_id"] | "unknown");
+id(mqtt_client).publish_json("${ack_topic}", [=](JsonObject root) {
+  root["command_id"] = cid.substr(0, 64);
+  root["device_id"] = "${device_id}";
+  root["status"] = "error";
+  root["error"] = "a sensor node takes no command but ota";
+}, 1, false);
+"""
+
+
 def _sensor_node(node: Node) -> list[str]:
     any_value = " || ".join(_has_value(sid) for _, sid in _metrics(node))
     lines = [
@@ -715,6 +708,7 @@ def _sensor_node(node: Node) -> list[str]:
     ]
     lines += _block(_telemetry_lambda(node), 18)
     lines += _status_script(node)
+    lines += ["", "globals:", *_block(ota_globals(), 2)]
     lines += [
         "",
         "interval:",
@@ -742,7 +736,8 @@ def _status_script(node: Node) -> list[str]:
         "                qos: 1",
         "                payload: |-",
     ]
-    return lines + _block(_status_lambda(node), 18)
+    lines += _block(_status_lambda(node), 18)
+    return lines + _block(ota_script("${ack_topic}", "${device_id}"), 2)
 
 
 def _actuator_node(node: Node) -> list[str]:
@@ -781,6 +776,7 @@ def _actuator_node(node: Node) -> list[str]:
         "  - id: recent_commands",
         "    type: std::vector<std::string>",
         "    restore_value: false",
+        *_block(ota_globals(), 2),
         "",
         "script:",
         "  # Without the broker for failsafe_s the output goes off (the edge cannot watch it).",
@@ -806,3 +802,113 @@ def command_lambda(node: Node) -> str:
     """The command handler's C++ with this node's state statements (for node_yaml and tests)."""
     return _COMMAND_LAMBDA.replace("__STATE__", _state_lambda(node).replace("\n", "\n  "))
 
+
+
+# ---- OTA from the edge (docs/firmware-updates.md) ---------------------------------------------
+# The edge offers an image with an ``ota`` command on the node's command topic (``firmware``:
+# version, url, md5, …); the node acks it, downloads the image from the edge's LAN address over
+# plain HTTP, checks its MD5, flashes it and reboots; its status then reports the new version.
+OTA_SCRIPT_ID: Final = "smartfarm_ota"
+
+
+def ota_http_request(timeout_s: int = 60) -> str:
+    """The top-level ``http_request`` block (plain HTTP on the farm's LAN, no internet)."""
+    return f"http_request:\n  verify_ssl: false\n  timeout: {timeout_s}s\n"
+
+
+def ota_platform(ack_topic: str, device_id: str) -> str:
+    """The ``ota:`` list item for updates the edge offers; a failed download or MD5 check is
+    acked as ``error`` for the offer's command id (the edge marks the offer failed)."""
+    return f"""\
+- platform: http_request
+  id: smartfarm_http_ota
+  on_error:
+    then:
+      - mqtt.publish_json:
+          topic: {ack_topic}
+          qos: 1
+          payload: |-
+            root["command_id"] = id(smartfarm_ota_command);
+            root["device_id"] = "{device_id}";
+            root["status"] = "error";
+            root["error"] = "update failed (download or MD5 check), error " + to_string(x);
+"""
+
+
+def ota_globals() -> str:
+    """The ``globals:`` list item holding the command id of the update in progress."""
+    return """\
+- id: smartfarm_ota_command
+  type: std::string
+  restore_value: false
+  initial_value: '""'
+"""
+
+
+def ota_script(ack_topic: str, device_id: str) -> str:
+    """The ``script:`` list item that acks the ``ota`` command and flashes the offered image."""
+    return f"""\
+- id: {OTA_SCRIPT_ID}
+  mode: single
+  parameters:
+    command_id: string
+    url: string
+    md5: string
+  then:
+    - lambda: 'id(smartfarm_ota_command) = command_id;'
+    - mqtt.publish_json:
+        topic: {ack_topic}
+        qos: 1
+        payload: |-
+          root["command_id"] = command_id;
+          root["device_id"] = "{device_id}";
+          root["status"] = "ok";
+    - ota.http_request.flash:
+        url: !lambda 'return url;'
+        md5: !lambda 'return md5;'
+"""
+
+
+def ota_dispatch(ack_topic: str, device_id: str, indent: int = 0) -> str:
+    """The action for the command topic's ``on_json_message`` ``then:`` list (``x`` is the
+    command): an ``ota`` command runs the update script, or is acked as an error while an update
+    is already running; any other action is left to the actions after it."""
+    text = f"""\
+- if:
+    condition:
+      lambda: 'return x["action"] == "ota" && x["firmware"].is<JsonObject>();'
+    then:
+      - if:
+          condition:
+            script.is_running: {OTA_SCRIPT_ID}
+          then:
+            - mqtt.publish_json:
+                topic: {ack_topic}
+                qos: 1
+                payload: |-
+                  root["command_id"] = x["command_id"].as<std::string>();
+                  root["device_id"] = "{device_id}";
+                  root["status"] = "error";
+                  root["error"] = "an update is already running";
+          else:
+            - script.execute:
+                id: {OTA_SCRIPT_ID}
+                command_id: !lambda 'return x["command_id"].as<std::string>();'
+                url: !lambda 'return x["firmware"]["url"].as<std::string>();'
+                md5: !lambda 'return x["firmware"]["md5"].as<std::string>();'
+"""
+    pad = " " * indent
+    return "".join(pad + line if line.strip() else line for line in text.splitlines(True))
+
+
+def ota_fragment(*, device_id: str, ack_topic: str, timeout_s: int = 60) -> str:
+    """The OTA blocks on their own (``http_request``, ``ota``, ``globals``, ``script``), to merge
+    into a hand-written node file beside ``mqtt:``; the node files of :func:`node_yaml` have
+    them already."""
+    check_id(device_id, "device id")
+    return "\n".join([
+        ota_http_request(timeout_s),
+        "ota:\n" + "\n".join(_block(ota_platform(ack_topic, device_id), 2)) + "\n",
+        "globals:\n" + "\n".join(_block(ota_globals(), 2)) + "\n",
+        "script:\n" + "\n".join(_block(ota_script(ack_topic, device_id), 2)) + "\n",
+    ])

@@ -141,7 +141,7 @@ def _nodes() -> list[tuple[str, Node]]:
                 actuator="light",
                 password="pw",
                 broker_host="10.0.0.2",
-                firmware_manifest_url="http://10.0.0.2:8088/firmware/ota-node/manifest.json",
+                firmware_version="2.0.1",
             ),
         )
     )

@@ -95,14 +95,34 @@ def test_board_options_check_their_fields() -> None:
         BoardOptions.model_validate({"without": "radar"})
 
 
-def test_ota_from_the_edge_is_an_update_entity_on_its_manifest() -> None:
-    url = "http://192.168.1.10:8088/firmware/s1/manifest.json"
-    doc = load_node(node_yaml(Node(**BASE, device_id="s1", kind="sensor", password="p",
-                                   broker_host="h", firmware_manifest_url=url)))
-    assert {"platform": "http_request"} in doc["ota"]
-    update = doc["update"][0]
-    assert update["source"] == url and update["internal"] is True
-    assert update["on_update_available"]["then"][0]["update.perform"]["id"] == "firmware_update"
-    assert "update" not in load_node(node_yaml(Node(**BASE, device_id="s1", kind="sensor")))
-    with pytest.raises(ValueError, match="firmware_manifest_url"):
-        Node(**BASE, device_id="s1", kind="sensor", firmware_manifest_url="ftp://x/y")
+@pytest.mark.parametrize("kind", ["sensor", "actuator"])
+def test_every_node_file_takes_the_edges_ota_command(kind: str) -> None:
+    """The update from the edge is in every node file: the http_request OTA platform, whose
+    error acks the offer's command id on the node's ack topic; the script that acks and flashes
+    with the offer's URL and MD5; the dispatch on the command topic; the version reported."""
+    node = Node(**BASE, device_id="n1", kind=kind,  # type: ignore[arg-type]
+                actuator="heater" if kind == "actuator" else None, password="p",
+                broker_host="h", firmware_version="1.4.2")
+    text = node_yaml(node)
+    doc = load_node(text)
+    platforms = {o["platform"]: o for o in doc["ota"]}
+    assert set(platforms) == {"esphome", "http_request"}
+    on_error = platforms["http_request"]["on_error"]["then"][0]["mqtt.publish_json"]
+    assert on_error["topic"] == "farm/f1/room/r1/ack/n1"
+    assert 'root["command_id"] = id(smartfarm_ota_command);' in on_error["payload"]
+    assert doc["http_request"]["verify_ssl"] is False
+    script = next(s for s in doc["script"] if s["id"] == "smartfarm_ota")
+    flash = script["then"][-1]["ota.http_request.flash"]
+    assert set(flash) == {"url", "md5"}  # MD5-checked, from the URL the command names
+    assert any(g["id"] == "smartfarm_ota_command" for g in doc["globals"])
+    handler = doc["mqtt"]["on_json_message"][0]
+    assert handler["topic"] == "farm/f1/room/r1/command/n1"
+    dispatch = handler["then"][0]["if"]
+    assert 'x["action"] == "ota"' in dispatch["condition"]["lambda"]
+    run = dispatch["then"][0]["if"]["else"][0]["script.execute"]
+    assert run["id"] == "smartfarm_ota"
+    # The other handler leaves ota to the script, so an ota command is never acked twice.
+    assert 'if (action == "ota") return;' in handler["then"][1]["lambda"]
+    assert doc["esphome"]["project"]["version"] == "1.4.2"
+    assert "smartfarm-esphome/1.4.2" in text  # the status's "firmware" field
+    assert "firmware_update" not in text and "manifest" not in text
