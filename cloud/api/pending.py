@@ -1,5 +1,5 @@
 """Devices waiting for adoption: listed as the farm's edges report them (a device that knocked at
-an edge's broker with the farm's claim code, refused until adopted); an owner adopts one into a
+an edge's broker with the farm's claim code, refused until adopted); an operator adopts one into a
 room — it becomes a registered device, its MQTT password shown once, and the farm's config push
 brings it (and its password hash) to the edges — or dismisses it from the list."""
 
@@ -123,7 +123,7 @@ ROUTES = [
         "/api/rooms/{room_id}/pending-devices/{pending_device_id}/adopt",
         adopt_device,
         "room",
-        role="owner",
+        role="operator",
         body=AdoptIn,
         response=RegisteredDeviceOut,
         status=201,
