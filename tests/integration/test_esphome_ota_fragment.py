@@ -1,6 +1,6 @@
 """The ESPHome side of the OTA contract on its own (``shared.esphome.ota_fragment`` and
-``ota_dispatch``, for a hand-written node file) in a complete node file passes ``esphome config`` (offline: schema and
-wiring, no compile).
+``ota_dispatch``, for a hand-written node file) in a complete node file passes ``esphome
+config`` (offline: schema and wiring, no compile).
 
 ``esphome`` is looked for as ``$SMARTFARM_ESPHOME``, then the module in this interpreter, then on
 PATH; skipped with the reason when it is nowhere, unless SMARTFARM_REQUIRE_ESPHOME=1."""
