@@ -308,6 +308,7 @@ class EdgeApp:
                         self.ingest.run(client, subscribe=self.intake is None, inbox=inbox),
                         name="edge-ingest")
                     self.commands.attach(client)
+                    self.onboarding.attach(client)  # hands adopted claim nodes their password
                     self.broker_connected.set()
                     try:
                         # Boot-safe: after subscribing (so acks are heard), tell every actuator
@@ -321,6 +322,7 @@ class EdgeApp:
                         await ingest
                     finally:
                         self.commands.attach(None)
+                        self.onboarding.attach(None)
                         self.broker_connected.clear()
                         ingest.cancel()
                         with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
