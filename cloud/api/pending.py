@@ -19,7 +19,7 @@ from cloud.api.schemas import In, Out
 from cloud.db import audit
 from cloud.db import devices as devices_db
 from cloud.db import pending as pending_db
-from cloud.errors import Conflict, NotFound
+from cloud.errors import Conflict, NotFound, ValidationFailed
 from shared.rules import ActuatorRole
 from shared.topics import is_valid_id
 
@@ -80,8 +80,17 @@ async def adopt_device(call: Call) -> RegisteredDeviceOut:
     password = secrets.token_urlsafe(24)
     pw_hash = await call.app[appkeys.PASSWORDS].hash(password)
     async with call.db.transaction() as cur:
-        if await pending_db.lock_waiting(cur, farm_id, device_id) is None:
+        waiting = await pending_db.lock_waiting(cur, farm_id, device_id)
+        if waiting is None:
             raise NotFound(f"no device {device_id} is waiting for adoption in this farm")
+        # A claim-mode node file names the room it was made for (client id <id>@<room>); its
+        # firmware takes credentials for that room only (docs/onboarding.md).
+        _, made_for, hint = str(waiting["client_id"]).partition("@")
+        if made_for and is_valid_id(hint) and hint != room_id:
+            raise ValidationFailed([{
+                "field": "room_id", "type": "value_error",
+                "message": f"this node's firmware was made for room {hint}: adopt it into that"
+                           " room (or flash it with a node file for this one)"}])
         await cur.execute(devices_db.GET, {"farm_id": farm_id, "id": device_id})
         if await cur.fetchone() is not None:
             raise Conflict(f"device {device_id} is already registered in this farm")

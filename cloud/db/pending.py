@@ -29,7 +29,7 @@ SELECT device_id, farm_id, edge_id, state, first_seen, last_seen, attempts, addr
 WHERE farm_id = %(farm_id)s AND state = 'pending' AND dismissed_at IS NULL
 ORDER BY last_seen DESC, device_id LIMIT %(limit)s"""
 GET_WAITING = """
-SELECT device_id, state FROM pending_devices
+SELECT device_id, state, client_id FROM pending_devices
 WHERE farm_id = %(farm_id)s AND device_id = %(device_id)s AND state <> 'adopted'
 FOR UPDATE"""
 ADOPTED = """

@@ -8,10 +8,13 @@ from typing import Any
 from aiohttp import web
 
 from edge.api import keys
-from edge.api.problems import Conflict, NotFound, ValidationFailed
-from edge.api.schemas import AdoptBody, EmptyBody, parse_body
+from edge.api.problems import Conflict, NotFound, RequestRefused, ValidationFailed
+from edge.api.schemas import AdoptBody, EmptyBody, parse_body, parse_query
+from edge.config import ConfigError
+from edge.esphome_files import NodeOptions, claim_node
 from edge.onboarding import Onboarding, OnboardingError
 from edge.store.pending import PendingDevice
+from shared.esphome import ClaimFileOptions, node_yaml
 from shared.topics import is_valid_id
 
 
@@ -97,8 +100,36 @@ async def dismiss(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def claim_file(request: web.Request) -> web.Response:
+    """A claim-mode ESPHome node file for a node not adopted yet (docs/onboarding.md)."""
+    onboarding = _onboarding(request)
+    query = parse_query(request, ClaimFileOptions)
+    options = NodeOptions(
+        host=query.host, board=query.board, th_sensor=query.th_sensor, sensors=query.sensors(),
+        drive=query.drive, inverted=query.inverted, interval_s=query.interval_s,
+    )
+    try:
+        node = claim_node(request.app[keys.SETTINGS], query.device_id, query.room_id,
+                          query.kind, query.actuator, options, onboarding.claim_code())
+    except ConfigError as exc:
+        raise RequestRefused(str(exc)) from None
+    except ValueError as exc:
+        field = str(exc).split(" ", 1)[0]
+        raise ValidationFailed([{"field": field, "message": str(exc),
+                                 "type": "value_error"}]) from None
+    return web.Response(
+        text=node_yaml(node),
+        content_type="application/yaml",
+        headers={
+            "Content-Disposition": f'attachment; filename="{query.device_id}.yaml"',
+            "Cache-Control": "no-store",  # it holds the farm's claim code
+        },
+    )
+
+
 def add_onboarding_routes(app: web.Application) -> None:
     app.router.add_get("/api/onboarding", get_onboarding)
+    app.router.add_get("/api/onboarding/claim-file.yaml", claim_file)
     app.router.add_post("/api/onboarding/claim-code", rotate_claim_code)
     app.router.add_post("/api/onboarding/{device_id}/adopt", adopt)
     app.router.add_post("/api/onboarding/{device_id}/dismiss", dismiss)

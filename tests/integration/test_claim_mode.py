@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import pytest
 
@@ -17,6 +18,7 @@ from edge.broker_acl import CLAIM_USER_PREFIX
 from edge.config import load_config
 from firmware_sim.claim import ClaimError, ClaimNode, Flash, parse_credentials
 from firmware_sim.provision import build_node, claimed_provisioning
+from shared.esphome import Node, node_yaml
 from shared.topics import claim_topic
 from tests.chaos.conftest import Cloud, cloud, edge_app, register_edge, until
 from tests.e2e.conftest import fast_settings, make_site, query, wait_for
@@ -149,14 +151,16 @@ async def test_a_claim_mode_node_adopted_in_the_cloud_gets_credentials_from_the_
     edge, which makes its own password for it (the cloud keeps only a hash) and hands it to the
     node's claim session; the node then logs in with it and its readings reach the cloud."""
     the_cloud: Cloud = await cloud()
-    config = make_site(tmp_path / "site", farm_id)
+    rooms = (("room-a", "Room A", "oyster", "fruiting"), ("room-b", "Room B", "shiitake",
+                                                          "fruiting"))
+    config = make_site(tmp_path / "site", farm_id, rooms)
     reg = await the_cloud.provision(load_config(config), "pi-1")
     run = await edge_app(register_edge(config, the_cloud.url, reg))
     app = run.app
     port = app.broker.port
     flash = Flash(tmp_path / "flash.json")
     node = ClaimNode(farm_id=farm_id, device_id="esp-c10d01", flash=flash, port=port,
-                     claim_code=app.onboarding.claim_code(), retry_s=0.3)
+                     claim_code=app.onboarding.claim_code(), retry_s=0.3, room_hint="room-a")
     claiming = asyncio.create_task(node.credentials())
     try:
         async def waiting() -> list[str]:
@@ -164,6 +168,11 @@ async def test_a_claim_mode_node_adopted_in_the_cloud_gets_credentials_from_the_
             return [p["device_id"] for p in doc["items"]]
 
         await until(lambda: _has(waiting(), "esp-c10d01"), 20, "the node pending in the cloud")
+        # Made for room-a: adopting it into room-b is refused, naming the field.
+        problem = await the_cloud.api(
+            "POST", "/api/rooms/room-b/pending-devices/esp-c10d01/adopt",
+            {"kind": "actuator", "actuator": "humidifier"}, status=422)
+        assert [e["field"] for e in problem["errors"]] == ["room_id"], problem
         await the_cloud.api("POST", "/api/rooms/room-a/pending-devices/esp-c10d01/adopt",
                             {"kind": "actuator", "actuator": "humidifier"})
         creds = await asyncio.wait_for(claiming, 40)
@@ -184,3 +193,64 @@ async def test_a_claim_mode_node_adopted_in_the_cloud_gets_credentials_from_the_
 
 async def _has(got: Any, device_id: str) -> bool:
     return device_id in await got
+
+
+async def test_the_edge_page_downloads_a_claim_mode_node_file(
+    tmp_path: Path, farm_id: str, running_edge: Any
+) -> None:
+    """``GET /api/onboarding/claim-file.yaml``: admin only; the file the generator makes with
+    this farm's claim code; bad input is a 422 naming the field; a taken id is refused."""
+    settings = fast_settings(make_site(tmp_path / "site", farm_id))
+    app = await running_edge(settings)
+    api = Api(app)
+    url = "/api/onboarding/claim-file.yaml"
+    query = "?device_id=esp-3c71bf&room_id=room-a&kind=actuator&actuator=heater&host=10.0.0.9"
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(api.base + url + query) as r:
+        assert r.status == 401
+    async with aiohttp.ClientSession(auth=api.auth) as session:
+        async with session.get(api.base + url + query) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["Cache-Control"] == "no-store"
+            assert resp.headers["Content-Disposition"] == 'attachment; filename="esp-3c71bf.yaml"'
+            text = await resp.text()
+        assert text == node_yaml(Node(
+            farm_id=farm_id, room_id="room-a", device_id="esp-3c71bf", kind="actuator",
+            actuator="heater", broker_host="10.0.0.9", broker_port=settings.broker.port,
+            claim_code=app.onboarding.claim_code()))
+        for bad, field in (("device_id=-x&room_id=room-a&kind=sensor", "device_id"),
+                           ("device_id=esp-1&room_id=nowhere&kind=sensor", "room_id"),
+                           ("device_id=esp-1&room_id=room-a&kind=actuator", "actuator"),
+                           ("device_id=esp-1&room_id=room-a&kind=sensor&actuator=heater",
+                            "actuator"),
+                           ("device_id=esp-1&room_id=room-a&kind=gizmo", "kind"),
+                           ("device_id=room-a-fan&room_id=room-a&kind=sensor", "device_id")):
+            async with session.get(f"{api.base}{url}?{bad}") as resp:
+                assert resp.status == 422, (bad, await resp.text())
+                assert resp.content_type == "application/problem+json"
+                problem = await resp.json()
+                assert field in {e["field"] for e in problem["errors"]}, (bad, problem)
+
+
+async def test_a_node_made_for_one_room_is_adopted_into_that_room_only(
+    tmp_path: Path, farm_id: str, running_edge: Any
+) -> None:
+    """A claim-mode file names the room it was made for (client id ``<id>@<room>``): adopting
+    it elsewhere is refused naming room_id, since its firmware would not take the credentials."""
+    rooms = (("room-a", "Room A", "oyster", "fruiting"), ("room-b", "Room B", "shiitake",
+                                                          "fruiting"))
+    settings = fast_settings(make_site(tmp_path / "site", farm_id, rooms))
+    app = await running_edge(settings)
+    api = Api(app)
+    code = app.onboarding.claim_code()
+    with pytest.raises(aiomqtt.MqttError):  # refused until adopted
+        async with aiomqtt.Client("127.0.0.1", app.broker.port, username="esp-r00m01",
+                                  password=f"{code}:{uuid.uuid4().hex}",
+                                  identifier="esp-r00m01@room-b", timeout=5):
+            pass
+    status, problem, _ = await api.call("POST", "/api/onboarding/esp-r00m01/adopt",
+                                        {"room_id": "room-a", "kind": "sensor"})
+    assert status == 422 and [e["field"] for e in problem["errors"]] == ["room_id"], problem
+    assert "room-b" in problem["errors"][0]["message"]
+    status, made, _ = await api.call("POST", "/api/onboarding/esp-r00m01/adopt",
+                                     {"room_id": "room-b", "kind": "sensor"})
+    assert status == 201 and made["room_id"] == "room-b", made

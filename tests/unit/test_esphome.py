@@ -126,3 +126,42 @@ def test_every_node_file_takes_the_edges_ota_command(kind: str) -> None:
     assert doc["esphome"]["project"]["version"] == "1.4.2"
     assert "smartfarm-esphome/1.4.2" in text  # the status's "firmware" field
     assert "firmware_update" not in text and "manifest" not in text
+
+
+@pytest.mark.parametrize("kind", ["sensor", "actuator"])
+def test_a_claim_mode_node_file_claims_then_runs_on_the_password_the_edge_hands_it(
+    kind: str,
+) -> None:
+    """Claim mode: no password in the file or its secrets; the farm's claim code and a key
+    kept in flash at login; nothing published while claiming; the credentials taken from its
+    claim topic only when they are for this node, room and kind, kept in flash, then a reboot."""
+    role = "light" if kind == "actuator" else None
+    node = Node(**BASE, device_id="esp-3c71bf", kind=kind, actuator=role,  # type: ignore[arg-type]
+                claim_code="7K2M-QX9D-4HVB-N0TR", broker_host="10.0.0.2")
+    text = node_yaml(node)
+    doc = load_node(text)
+    assert "mqtt_password" not in secrets_template(node) and "!secret mqtt_password" not in text
+    assert doc["mqtt"]["client_id"] == "esp-3c71bf@r1"  # the room it was made for
+    saved = {g["id"]: g for g in doc["globals"]}
+    assert saved["sf_claim_key"]["restore_value"] is True
+    assert saved["sf_mqtt_password"]["restore_value"] is True
+    assert saved["sf_mqtt_password"]["max_restore_data_length"] >= 32
+    boot = doc["esphome"]["on_boot"]
+    claim = next(t for t in boot if t["priority"] == 600)["then"][0]["lambda"]
+    assert 'subscribe_json("farm/f1/claim/esp-3c71bf"' in claim
+    assert 'std::string("7K2M-QX9D-4HVB-N0TR") + ":" + id(sf_claim_key)' in claim
+    assert 'room != "r1"' in claim and f'kind != "{kind}"' in claim
+    assert "disable_last_will()" in claim and "id(sf_adopted).execute();" in claim
+    adopted = next(s for s in doc["script"] if s["id"] == "sf_adopted")
+    assert adopted["then"][-1] == {"lambda": "App.safe_reboot();"}
+    status = next(s for s in doc["script"] if s["id"] == "publish_status")
+    assert "!id(sf_claiming)" in status["then"][0]["if"]["condition"]["lambda"]
+    if kind == "actuator":  # still boot-safe first
+        assert boot[0]["priority"] == 800 and boot[0]["then"][0] == {"output.turn_off": "drive"}
+    else:
+        telemetry = next(s for s in doc["script"] if s["id"] == "publish_telemetry")
+        assert "!id(sf_claiming)" in telemetry["then"][0]["if"]["condition"]["lambda"]
+    with pytest.raises(ValueError, match="password"):
+        Node(**BASE, device_id="s1", kind="sensor", password="p", claim_code="7K2M-QX9D")
+    with pytest.raises(ValueError, match="claim_code"):
+        Node(**BASE, device_id="s1", kind="sensor", claim_code="x:y")
