@@ -385,6 +385,12 @@ class Onboarding:
             return False
         return await asyncio.to_thread(self.password_of, username) is not None
 
+    async def takes_credentials(self, device_id: str) -> bool:
+        """The device knocked with a claim key: once adopted, its claim session is handed its
+        credentials (no re-flash)."""
+        row = await self.db.read(pending_rows.get, device_id)
+        return row is not None and row.claim_key_hash is not None
+
     def session_started(self, device_id: str) -> None:
         """The broker let ``device_id``'s claim session in (see :meth:`claim_session`)."""
         self._sessions[device_id] = (time.monotonic(), float("-inf"))

@@ -46,6 +46,8 @@ def pending_view(row: PendingDevice) -> dict[str, Any]:
         "device_id": row.device_id, "state": row.state, "first_seen": row.first_seen,
         "last_seen": row.last_seen, "attempts": row.attempts, "address": row.address,
         "client_id": row.client_id, "room_id": row.room_id,
+        # Claim mode with a key: adopted, it is handed its password over MQTT (no re-flash).
+        "claim_mode": row.claim_key_hash is not None,
     }
 
 
@@ -85,6 +87,7 @@ async def adopt(request: web.Request) -> web.Response:
     return web.json_response({
         "device_id": device_id, "room_id": body.room_id, "kind": body.kind,
         "actuator": body.actuator, "username": device_id, "password": password,
+        "claim_mode": await onboarding.takes_credentials(device_id),
     }, status=201)
 
 
