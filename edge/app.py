@@ -114,6 +114,8 @@ class EdgeApp:
                 self.uplink = Uplink(settings, self.outbox, alerts=self.alerts)
         # Devices knocking with the farm's claim code (the embedded broker reports them).
         self.onboarding = Onboarding(settings, self.db, reload=self.reload_config)
+        if self.downlink is not None:  # dismissals made in the cloud come with its config
+            self.onboarding.cloud_dismissed = self.downlink.config_sync.cloud_dismissed
         self.broker: EmbeddedBroker | None = None
         self.api_runner: web.AppRunner | None = None
         self.api_port: int | None = None

@@ -173,6 +173,8 @@ class Onboarding:
         # Adopted nodes whose claim session is logged in: id → (logged in, last delivery).
         self._sessions: dict[str, tuple[float, float]] = {}
         self.delivered = 0  # credential messages published to claim sessions
+        # {device id: when} dismissed in the cloud (edge.config_sync.ConfigSync.cloud_dismissed).
+        self.cloud_dismissed: Callable[[], dict[str, float]] = dict
 
     # -- the code --
     def claim_code(self) -> str:
@@ -343,8 +345,15 @@ class Onboarding:
         rows = await self.db.read(pending_rows.listing, ("pending", "dismissed"))
         done = 0
         minted = False
+        dismissed = self.cloud_dismissed()
         async with self._lock:
             for row in rows:
+                at = dismissed.get(row.device_id)
+                if row.state == "pending" and at is not None and row.first_seen <= at:
+                    # Dismissed in the cloud after it first knocked: dismissed here too.
+                    await self._mark(row, "dismissed")
+                    log.info("pending device %s dismissed in the cloud", row.device_id)
+                    continue
                 device = self.settings.device(row.device_id)
                 if device is not None:
                     if row.claim_key_hash is not None and self.password_of(device.id) is None:

@@ -447,11 +447,20 @@ class RoomSpec(_Msg):
     disabled_rules: list[str] = Field(default_factory=list)
 
 
+class PendingDismissal(_Msg):
+    """A device waiting for adoption that someone dismissed in the cloud (at ``at``): the edge
+    dismisses its own entry too, unless the device started knocking again after that."""
+
+    device_id: Id
+    at: datetime
+
+
 class ConfigPush(_Msg):
     type: Literal["config"] = "config"
     version: int = Field(ge=1)
     rooms: list[RoomSpec]
     devices: list[DeviceSpec]
+    dismissed: list[PendingDismissal] = Field(default_factory=list, max_length=1000)
 
 
 DownMessage = Annotated[

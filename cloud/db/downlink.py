@@ -3,9 +3,10 @@ commands (stale ones expired on the way), and the edges' answers and presence.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from cloud.db import pending
 from cloud.db.database import Database
 
 FARM_VERSION = """
@@ -67,6 +68,7 @@ class ConfigSnapshot:
     rooms: list[dict[str, Any]]
     rules: list[dict[str, Any]]
     devices: list[dict[str, Any]]
+    dismissed: list[dict[str, Any]] = field(default_factory=list)  # cloud/db/pending.DISMISSED
 
 
 async def farm_version(db: Database, farm_id: str) -> int:
@@ -88,8 +90,11 @@ async def snapshot(db: Database, farm_id: str) -> ConfigSnapshot:
         rules = await cur.fetchall()
         await cur.execute(DEVICES, params)
         devices = await cur.fetchall()
+        await cur.execute(pending.DISMISSED, params)
+        dismissed = await cur.fetchall()
     version = int(row["version"]) if row else 0
-    return ConfigSnapshot(version=version, rooms=rooms, rules=rules, devices=devices)
+    return ConfigSnapshot(version=version, rooms=rooms, rules=rules, devices=devices,
+                          dismissed=dismissed)
 
 
 async def pending_commands(

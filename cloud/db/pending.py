@@ -39,6 +39,14 @@ DISMISS = """
 UPDATE pending_devices SET dismissed_at = now(), dismissed_by = %(user_id)s
 WHERE farm_id = %(farm_id)s AND device_id = %(device_id)s AND state = 'pending'
     AND dismissed_at IS NULL"""
+# A dismissal reaches the edges with the farm's next config push (ConfigPush.dismissed): the
+# edge that lists the device dismisses it too. Until that edge reports it dismissed, it is
+# in every push (at most the latest 1000).
+BUMP = "SELECT edge_config_bump(%(farm_id)s)"
+DISMISSED = """
+SELECT device_id, dismissed_at FROM pending_devices
+WHERE farm_id = %(farm_id)s AND state = 'pending' AND dismissed_at IS NOT NULL
+ORDER BY dismissed_at DESC, device_id LIMIT 1000"""
 
 # A device adopted on an edge's page: registered in that room unless the id is taken.
 REGISTER_ADOPTED = """
@@ -73,5 +81,11 @@ async def mark_adopted(cur: Cursor, farm_id: str, device_id: str, room_id: str) 
 
 
 async def dismiss(db: Database, farm_id: str, device_id: str, user_id: int | None) -> bool:
+    """Dismiss a waiting device; the farm's config version moves so the edges hear of it."""
     params = {"farm_id": farm_id, "device_id": device_id, "user_id": user_id}
-    return await db.execute(DISMISS, params) > 0
+    async with db.transaction() as cur:
+        await cur.execute(DISMISS, params)
+        if cur.rowcount == 0:
+            return False
+        await cur.execute(BUMP, params)
+    return True

@@ -24,6 +24,7 @@ from shared.sync import (
     ConfigPush,
     DeviceSpec,
     Hello,
+    PendingDismissal,
     RoomSpec,
 )
 
@@ -67,7 +68,9 @@ def build_config(snap: downlink.ConfigSnapshot) -> ConfigPush:
         )
         for d in snap.devices
     ]
-    return ConfigPush(version=snap.version, rooms=rooms, devices=devices)
+    dismissed = [PendingDismissal(device_id=d["device_id"], at=d["dismissed_at"])
+                 for d in snap.dismissed]
+    return ConfigPush(version=snap.version, rooms=rooms, devices=devices, dismissed=dismissed)
 
 
 def cloud_command(row: dict[str, Any], ttl_s: float) -> CloudCommand | CloudRelease:
