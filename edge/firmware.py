@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from shared.errors import SmartfarmError
 from shared.topics import check_id
@@ -180,7 +180,11 @@ class FirmwareStore:
         fitting.sort(key=lambda i: (not i.devices, -i.added_at))
         return fitting[0]
 
-    def add(self, source: Path, *, version: str, devices: tuple[str, ...] = ()) -> FirmwareImage:
+    def add(self, source: Path, *, version: str, devices: tuple[str, ...] = (),
+            filename: str | None = None) -> FirmwareImage:
+        """Store the image at ``source`` (copied; checksums computed here), refusing what
+        cannot be an application image or clashes with a stored one; ``filename``: what to
+        call it (default: the source's name)."""
         check_version(version)
         for device in devices:
             check_id(device, "device id")
@@ -224,9 +228,22 @@ class FirmwareStore:
                     os.unlink(tmp)
             image = FirmwareImage(version=version, sha256=digest, md5=md5.hexdigest(), size=size,
                                   added_at=time.time(), devices=tuple(sorted(set(devices))),
-                                  filename=source.name[:120])
+                                  filename=(filename or source.name)[:120])
             self._write([*images, image])
             return image
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[tuple[Path, BinaryIO]]:
+        """A private temporary file in the image folder for an upload being received (the
+        caller then ``add``s it); removed on the way out."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-", suffix=".bin")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield Path(tmp), out
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def remove(self, ref: str) -> list[FirmwareImage]:
         """Remove the images whose sha256 starts with ``ref`` (8+ hex digits) or whose version
