@@ -354,7 +354,9 @@ def _header(node: Node) -> list[str]:
         f"  status_topic: {_q(node.topic('status'))}",
         f"  ack_topic: {_q(node.topic('ack'))}",
         f"  command_topic: {_q(node.topic('command'))}",
-        f"  firmware: {_q(node.firmware)}",
+        "  # The version the node reports (its status's firmware field): raise it before you",
+        "  # build an image to offer from the edge (docs/firmware-updates.md).",
+        f"  firmware_version: {_q(node.firmware_version)}",
         "",
     ]
 
@@ -367,7 +369,7 @@ def _core(node: Node) -> list[str]:
         f"  comment: {_q(f'smartfarm {node.kind} in room {node.room_id}')}",
         "  project:",
         f"    name: {_q('smartfarm.' + node.kind + '-node')}",
-        f"    version: {_q(node.firmware_version)}",
+        "    version: ${firmware_version}",
     ]
     boot: list[str] = []
     if node.kind == "actuator":
@@ -440,7 +442,8 @@ def _mqtt(node: Node) -> list[str]:
     client_id = (node.device_id if node.claim_code is None
                  else f"{node.device_id}@{node.room_id}")  # the room it was made for
     birth = json.dumps(
-        {"device_id": node.device_id, "online": True, "firmware": node.firmware},
+        {"device_id": node.device_id, "online": True,
+         "firmware": f"{FIRMWARE_PREFIX}/${{firmware_version}}"},
         separators=(",", ":"),
     )
     will = json.dumps({"device_id": node.device_id, "online": False}, separators=(",", ":"))
@@ -661,7 +664,7 @@ def _status_lambda(node: Node) -> str:
         'if (now.is_valid()) root["timestamp"] = now.strftime("%Y-%m-%dT%H:%M:%SZ");',
         'JsonObject state = root["state"].to<JsonObject>();',
         _state_lambda(node),
-        'root["firmware"] = "${firmware}";',
+        f'root["firmware"] = "{FIRMWARE_PREFIX}/${{firmware_version}}";',
         f'if {_has_value("wifi_rssi")} root["rssi_dbm"] = roundf(id(wifi_rssi).state);',
         f'if {_has_value("uptime_s")} root["uptime_s"] = roundf(id(uptime_s).state);',
     ])

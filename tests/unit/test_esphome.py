@@ -123,8 +123,13 @@ def test_every_node_file_takes_the_edges_ota_command(kind: str) -> None:
     assert run["id"] == "smartfarm_ota"
     # The other handler leaves ota to the script, so an ota command is never acked twice.
     assert 'if (action == "ota") return;' in handler["then"][1]["lambda"]
+    # One place says the version: the project's and what the status's "firmware" field says.
     assert doc["esphome"]["project"]["version"] == "1.4.2"
-    assert "smartfarm-esphome/1.4.2" in text  # the status's "firmware" field
+    assert '"firmware":"smartfarm-esphome/1.4.2"' in doc["mqtt"]["birth_message"]["payload"]
+    status = next(s for s in doc["script"] if s["id"] == "publish_status")
+    publish = status["then"][0]["if"]["then"][0]["mqtt.publish_json"]
+    assert 'root["firmware"] = "smartfarm-esphome/1.4.2";' in publish["payload"]
+    assert text.count('"1.4.2"') == 1  # substitutions: firmware_version
     assert "firmware_update" not in text and "manifest" not in text
 
 
