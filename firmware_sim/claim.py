@@ -12,6 +12,12 @@ The contract it speaks, as the ESPHome claim-mode node file does:
   ``farm/<farm>/claim/<id>`` (QoS 1) and wait for ``{"device_id", "room_id", "kind",
   "actuator", "username", "password"}``; store it; log in again with those credentials;
 * a boot with credentials in flash goes straight to the last step.
+
+Through an external broker (Mosquitto, ``via="mosquitto"``; edge.external_claims) the claim
+login is the shared claim account instead: ``username`` = ``smartfarm-claim``, ``password`` =
+the claim code, client id = ``<id>.<claim key>``; the node subscribes to
+``farm/<farm>/claim/<id>.<claim key>`` and says hello on ``farm/<farm>/claim/hello`` every
+``retry_s`` (``{"device_id", "claim_key", "room"?}``) until the credentials come.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import secrets
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 import aiomqtt
 
@@ -33,6 +39,8 @@ from shared.errors import SmartfarmError
 from shared.topics import claim_topic, is_valid_id
 
 log = logging.getLogger(__name__)
+
+CLAIM_ACCOUNT: Final = "smartfarm-claim"  # Mosquitto's claim account (edge.external_claims)
 
 
 class ClaimError(SmartfarmError):
@@ -128,6 +136,7 @@ class ClaimNode:
     port: int = 1883
     room_hint: str | None = None
     retry_s: float = 1.0
+    via: Literal["embedded", "mosquitto"] = "embedded"
     attempts: int = 0  # claim logins tried (refused or accepted)
     sessions: int = 0  # claim logins the broker accepted
 
@@ -145,7 +154,8 @@ class ClaimNode:
         stored = self.flash.credentials()
         if stored is not None:
             return stored
-        password = f"{self.claim_code}:{self.flash.claim_key()}"
+        key = self.flash.claim_key()
+        password = self.claim_code if self.via == "mosquitto" else f"{self.claim_code}:{key}"
         jitter = random.Random(self.device_id)  # noqa: S311 - retry pacing, not crypto
         while True:
             self.attempts += 1
@@ -162,15 +172,33 @@ class ClaimNode:
             await asyncio.sleep(self.retry_s * jitter.uniform(0.5, 1.5))
 
     async def _session(self, password: str) -> Credentials | None:
-        async with aiomqtt.Client(self.host, self.port, username=self.device_id,
-                                  password=password, identifier=self.client_id,
-                                  keepalive=30, timeout=5.0) as client:
+        external = self.via == "mosquitto"
+        key = self.flash.claim_key()
+        topic = claim_topic(self.farm_id, self.device_id)
+        async with aiomqtt.Client(
+            self.host, self.port, username=CLAIM_ACCOUNT if external else self.device_id,
+            password=password, identifier=f"{self.device_id}.{key}" if external
+            else self.client_id, keepalive=30, timeout=5.0,
+        ) as client:
             self.sessions += 1
-            topic = claim_topic(self.farm_id, self.device_id)
-            await client.subscribe(topic, qos=1)
-            async for message in client.messages:
-                try:
-                    return parse_credentials(self.device_id, bytes(message.payload))
-                except ClaimError as exc:
-                    log.warning("%s: %s; still waiting", self.device_id, exc)
+            await client.subscribe(f"{topic}.{key}" if external else topic, qos=1)
+            hello = asyncio.create_task(self._hello(client, key)) if external else None
+            try:
+                async for message in client.messages:
+                    try:
+                        return parse_credentials(self.device_id, bytes(message.payload))
+                    except ClaimError as exc:
+                        log.warning("%s: %s; still waiting", self.device_id, exc)
+            finally:
+                if hello is not None:
+                    hello.cancel()
         return None
+
+    async def _hello(self, client: aiomqtt.Client, key: str) -> None:
+        doc: dict[str, str] = {"device_id": self.device_id, "claim_key": key}
+        if self.room_hint is not None:
+            doc["room"] = self.room_hint
+        while True:
+            await client.publish(f"farm/{self.farm_id}/claim/hello",
+                                 json.dumps(doc).encode(), qos=1)
+            await asyncio.sleep(self.retry_s)

@@ -60,8 +60,10 @@ async def get_onboarding(request: web.Request) -> web.Response:
     embedded = broker.mode == "embedded"
     return web.json_response({
         "claim_code": onboarding.claim_code(),
-        # Claim logins are only seen by the embedded broker (an external one cannot report them).
-        "enabled": embedded,
+        # An external broker (Mosquitto) relays claim hellos of its claim account instead of
+        # refused logins (edge.external_claims).
+        "enabled": True,
+        "mode": broker.mode,
         "broker": {"port": broker.port, "tls_port": broker.tls.port if broker.tls.enabled
                    else None} if embedded else None,
         "pending": [pending_view(r) for r in rows],
