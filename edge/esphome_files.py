@@ -81,23 +81,23 @@ def device_node(settings: EdgeSettings, device: DeviceConfig, options: NodeOptio
 def claim_node(settings: EdgeSettings, device_id: str, room_id: str, kind: str,
                actuator: str | None, options: NodeOptions, claim_code: str) -> Node:
     """A claim-mode node (docs/onboarding.md) for a device this edge does not have yet, made for
-    ``room_id`` as ``kind``/``actuator``: ValueError naming the field when the id is taken, the
-    room unknown or an option does not fit; ConfigError when the broker cannot take claims."""
+    ``room_id`` as ``kind``/``actuator`` (through Mosquitto's claim account when the broker is
+    external): ValueError naming the field when the id is taken, the room unknown or an option
+    does not fit."""
     if settings.device(device_id) is not None:
         raise ValueError(f"device_id {device_id!r} is already a device of this edge: use its"
                          " own node file")
     if settings.room(room_id) is None:
         raise ValueError(f"room_id {room_id!r}: not a room of this edge")
-    if settings.broker.mode == "external":
-        raise ConfigError("claim mode needs the embedded broker (docs/onboarding.md): add the"
-                          " device with `smartfarm edge device add` instead")
     return _node(settings, device_id, room_id, kind, actuator, options,
-                 claim_code=claim_code.strip().upper())
+                 claim_code=claim_code.strip().upper(),
+                 claim_via="mosquitto" if settings.broker.mode == "external" else "embedded")
 
 
 def _node(settings: EdgeSettings, device_id: str, room_id: str, kind: str,
           actuator: str | None, options: NodeOptions, *, password: str | None = None,
-          claim_code: str | None = None) -> Node:
+          claim_code: str | None = None,
+          claim_via: Literal["embedded", "mosquitto"] = "embedded") -> Node:
     if kind not in ("sensor", "actuator"):
         raise ValueError(f"kind {kind!r}: sensor or actuator")
     port, tls = broker_port(settings)
@@ -118,6 +118,7 @@ def _node(settings: EdgeSettings, device_id: str, room_id: str, kind: str,
         actuator=actuator,
         password=password,
         claim_code=claim_code,
+        claim_via=claim_via,
         broker_host=host,
         broker_port=port,
         tls=tls,

@@ -131,6 +131,9 @@ class Node:
     # Claim mode (docs/onboarding.md): the farm's claim code instead of a password. The node
     # asks to join, takes the credentials the edge hands it once adopted, keeps them in flash.
     claim_code: str | None = None
+    # Where it claims: the edge's embedded broker (the claim code and key as its password), or
+    # an external Mosquitto (its shared claim account, hellos; edge.external_claims).
+    claim_via: Literal["embedded", "mosquitto"] = "embedded"
 
     def __post_init__(self) -> None:
         check_id(self.farm_id, "farm_id")
@@ -781,6 +784,7 @@ def _sensor_node(node: Node) -> list[str]:
         "  - interval: 60s",
         "    then:",
         "      - script.execute: publish_status",
+        *_claim_hello(node),
     ]
     return lines
 
@@ -869,6 +873,7 @@ def _actuator_node(node: Node) -> list[str]:
         "  - interval: 60s",
         "    then:",
         "      - script.execute: publish_status",
+        *_claim_hello(node),
     ]
     return lines
 
@@ -991,6 +996,30 @@ def ota_fragment(*, device_id: str, ack_topic: str, timeout_s: int = 60) -> str:
 
 # ---- claim mode (docs/onboarding.md) -----------------------------------------------------------
 _NOT_CLAIMING: Final = {True: "", False: " && !id(sf_claiming)"}
+CLAIM_ACCOUNT: Final = "smartfarm-claim"  # Mosquitto's (edge.external_claims)
+
+
+def _claim_hello(node: Node) -> list[str]:
+    """Through Mosquitto, a claiming node says hello every 5 s (the edge hears no logins)."""
+    if node.claim_code is None or node.claim_via != "mosquitto":
+        return []
+    hello = f"farm/{node.farm_id}/claim/hello"
+    return [
+        "  # Claim mode through Mosquitto: ask to join (the edge answers once adopted).",
+        "  - interval: 5s",
+        "    then:",
+        "      - if:",
+        "          condition:",
+        "            lambda: 'return id(sf_claiming) && id(mqtt_client).is_connected();'",
+        "          then:",
+        "            - mqtt.publish_json:",
+        f"                topic: {_q(hello)}",
+        "                qos: 1",
+        "                payload: |-",
+        '                  root["device_id"] = "${device_id}";',
+        '                  root["claim_key"] = id(sf_claim_key);',
+        f'                  root["room"] = {_c(node.room_id)};',
+    ]
 
 
 def _claim_globals(node: Node) -> list[str]:
@@ -1019,8 +1048,16 @@ def _claim_globals(node: Node) -> list[str]:
 def _claim_boot_lambda(node: Node) -> str:
     """C++ run at boot before MQTT connects: log in with the password in flash, or claim."""
     assert node.claim_code is not None
-    topic = claim_topic(node.farm_id, node.device_id)
+    topic = _c(claim_topic(node.farm_id, node.device_id))
     role = node.actuator or ""
+    if node.claim_via == "mosquitto":
+        login = (f'id(mqtt_client).set_username({_c(CLAIM_ACCOUNT)});\n'
+                 f'  id(mqtt_client).set_password({_c(node.claim_code)});\n'
+                 f'  id(mqtt_client).set_client_id("${{device_id}}." + id(sf_claim_key));')
+        topic = f'std::string({topic}) + "." + id(sf_claim_key)'
+    else:
+        login = (f"id(mqtt_client).set_password(std::string({_c(node.claim_code)}) + \":\" +"
+                 " id(sf_claim_key));")
     return f"""\
 if (id(sf_claim_key).size() != 32) {{
   char key[33];
@@ -1031,11 +1068,11 @@ if (!id(sf_mqtt_password).empty()) {{
   id(mqtt_client).set_password(id(sf_mqtt_password));
 }} else {{
   id(sf_claiming) = true;
-  id(mqtt_client).set_password(std::string({_c(node.claim_code)}) + ":" + id(sf_claim_key));
+  {login}
   id(mqtt_client).disable_birth_message();
   id(mqtt_client).disable_last_will();
   id(mqtt_client).disable_shutdown_message();
-  id(mqtt_client).subscribe_json({_c(topic)}, [](const std::string &topic, JsonObject x) {{
+  id(mqtt_client).subscribe_json({topic}, [](const std::string &topic, JsonObject x) {{
     std::string device(x["device_id"] | "");
     std::string room(x["room_id"] | "");
     std::string kind(x["kind"] | "");

@@ -137,9 +137,9 @@
     $("claim-toggle").textContent = codeShown ? "Hide" : "Show";
     const where = doc.broker
       ? `Port ${doc.broker.port}${doc.broker.tls_port ? ` (TLS ${doc.broker.tls_port})` : ""}`
-      : "Onboarding needs the embedded broker (broker.mode = \"embedded\").";
+      : "Through Mosquitto: new nodes log in as smartfarm-claim with this code (Mosquitto's password file must have it, see deploy/mosquitto/README.md).";
     $("claim-where").textContent = where;
-    if (doc.broker) fillClaimFile();
+    fillClaimFile();
     const list = $("pending");
     // Leave the list alone while someone is choosing in it (a poll must not reset a select).
     if (list.contains(document.activeElement) && document.activeElement.tagName === "SELECT") return;

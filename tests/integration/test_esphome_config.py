@@ -145,12 +145,14 @@ def _nodes() -> list[tuple[str, Node]]:
             ),
         )
     )
-    for kind, role in (("sensor", None), ("actuator", "exhaust_fan")):
+    for kind, role, via in (("sensor", None, "embedded"), ("actuator", "exhaust_fan", "embedded"),
+                            ("sensor", None, "mosquitto")):
         nodes.append(
             (
-                f"claim-{kind}",
+                f"claim-{kind}-{via}",
                 Node(**base, device_id=f"esp-c1a1{len(nodes):02d}", kind=kind,  # type: ignore[arg-type]
-                     actuator=role, claim_code="7K2M-QX9D-4HVB-N0TR", broker_host="10.0.0.2"),
+                     actuator=role, claim_code="7K2M-QX9D-4HVB-N0TR", broker_host="10.0.0.2",
+                     claim_via=via),  # type: ignore[arg-type]
             )
         )
     nodes.append(

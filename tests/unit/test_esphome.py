@@ -166,6 +166,18 @@ def test_a_claim_mode_node_file_claims_then_runs_on_the_password_the_edge_hands_
     else:
         telemetry = next(s for s in doc["script"] if s["id"] == "publish_telemetry")
         assert "!id(sf_claiming)" in telemetry["then"][0]["if"]["condition"]["lambda"]
+    # Through Mosquitto: its claim account, a client id with the key, hellos while claiming.
+    via = load_node(node_yaml(Node(**BASE, device_id="esp-3c71bf", kind=kind,  # type: ignore[arg-type]
+                                   actuator=role, claim_code="7K2M-QX9D-4HVB-N0TR",
+                                   claim_via="mosquitto")))
+    claim = next(t for t in via["esphome"]["on_boot"] if t["priority"] == 600)["then"][0]["lambda"]
+    assert 'set_username("smartfarm-claim")' in claim
+    assert 'set_client_id("esp-3c71bf." + id(sf_claim_key))' in claim
+    assert 'std::string("farm/f1/claim/esp-3c71bf") + "." + id(sf_claim_key)' in claim
+    hello = via["interval"][-1]["then"][0]["if"]
+    assert "id(sf_claiming)" in hello["condition"]["lambda"]
+    assert hello["then"][0]["mqtt.publish_json"]["topic"] == "farm/f1/claim/hello"
+    assert "claim/hello" not in text  # not with the embedded broker
     with pytest.raises(ValueError, match="password"):
         Node(**BASE, device_id="s1", kind="sensor", password="p", claim_code="7K2M-QX9D")
     with pytest.raises(ValueError, match="claim_code"):
