@@ -231,13 +231,13 @@ class Onboarding:
                       key_digest: str | None) -> bool:
         now_wall, now = time.time(), time.monotonic()
         row = await self.db.read(pending_rows.get, device_id)
-        if (row is not None and row.state != "adopted" and row.claim_key_hash is not None
+        if (row is not None and row.state == "pending" and row.claim_key_hash is not None
                 and not _same(row.claim_key_hash, key_digest)):
             # The id is taken by the node that knocked first with its own key: someone else
             # with the claim code (or a re-flashed node) is refused and not recorded.
             self.conflicts += 1
             log.warning("claim login as %s from %s with another claim key than its first: "
-                        "refused, not listed (dismiss and re-adopt the id to start over)",
+                        "refused, not listed (dismiss the entry to start over)",
                         device_id, address)
             return True
         if row is None or row.state == "adopted":
@@ -263,7 +263,9 @@ class Onboarding:
         bumped = dataclasses.replace(
             row, last_seen=now_wall, attempts=row.attempts + 1, address=address,
             client_id=client_id or row.client_id, updated_at=now_wall,
-            claim_key_hash=row.claim_key_hash or key_digest)
+            # A dismissed entry is disowned: the next keyed claim's key replaces its key.
+            claim_key_hash=(key_digest or row.claim_key_hash) if row.state == "dismissed"
+            else row.claim_key_hash or key_digest)
         await self.db.write(pending_rows.save, bumped, report)
         self._touched[device_id] = (now, now if report else reported)
         return True

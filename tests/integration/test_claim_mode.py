@@ -254,3 +254,28 @@ async def test_a_node_made_for_one_room_is_adopted_into_that_room_only(
     status, made, _ = await api.call("POST", "/api/onboarding/esp-r00m01/adopt",
                                      {"room_id": "room-b", "kind": "sensor"})
     assert status == 201 and made["room_id"] == "room-b", made
+
+
+async def test_a_dismissed_entry_takes_the_next_claim_key(
+    tmp_path: Path, farm_id: str, running_edge: Any
+) -> None:
+    """First key wins while the entry waits; dismissing it disowns the key, so the node that
+    knocks next (say, the real one, re-flashed) binds its own and can get its credentials."""
+    settings = fast_settings(make_site(tmp_path / "site", farm_id))
+    app = await running_edge(settings)
+    api = Api(app)
+    port = app.broker.port
+    code = app.onboarding.claim_code()
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    assert not await mqtt_login(port, "esp-5ec0d1", f"{code}:{first}")
+    assert not await mqtt_login(port, "esp-5ec0d1", f"{code}:{second}")
+    assert app.onboarding.conflicts == 1
+    status, _, _ = await api.call("POST", "/api/onboarding/esp-5ec0d1/dismiss", {})
+    assert status == 204
+    assert not await mqtt_login(port, "esp-5ec0d1", f"{code}:{second}")
+    status, _, _ = await api.call("POST", "/api/onboarding/esp-5ec0d1/adopt",
+                                  {"room_id": "room-a", "kind": "sensor"})
+    assert status == 201
+    await wait_for(lambda: app.settings.device("esp-5ec0d1") is not None, 5, "reloaded")
+    assert not await mqtt_login(port, "esp-5ec0d1", f"{code}:{first}")  # the old key: nothing
+    assert await mqtt_login(port, "esp-5ec0d1", f"{code}:{second}")  # a claim session
