@@ -37,7 +37,9 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from shared.topics import build_topic, check_id, claim_topic
+from shared.esphome_claim import NOT_CLAIMING, claim_boot_lambda, claim_globals, claim_hello
+from shared.esphome_ota import ota_dispatch, ota_globals, ota_http_request, ota_platform, ota_script
+from shared.topics import build_topic, check_id
 from shared.vocabulary import ACTUATOR_LABELS, ACTUATOR_ROLES, ActuatorRole
 
 FIRMWARE_VERSION: Final = "1.0.0"
@@ -389,7 +391,7 @@ def _core(node: Node) -> list[str]:
             "  - priority: 600",
             "    then:",
             "      - lambda: |-",
-            *_block(_claim_boot_lambda(node), 10),
+            *_block(claim_boot_lambda(node), 10),
         ]
     if node.claim_code is not None:
         lines += ["  on_boot:", *_block("\n".join(boot), 2)]
@@ -751,7 +753,7 @@ id(mqtt_client).publish_json("${ack_topic}", [=](JsonObject root) {
 
 def _sensor_node(node: Node) -> list[str]:
     any_value = " || ".join(_has_value(sid) for _, sid in _metrics(node))
-    not_claiming = _NOT_CLAIMING[node.claim_code is None]
+    not_claiming = NOT_CLAIMING[node.claim_code is None]
     lines = [
         "i2c:",
         f"  sda: {node.gpio.sda}",
@@ -774,7 +776,7 @@ def _sensor_node(node: Node) -> list[str]:
     ]
     lines += _block(_telemetry_lambda(node), 18)
     lines += _status_script(node)
-    lines += ["", "globals:", *_block(ota_globals(), 2), *_claim_globals(node)]
+    lines += ["", "globals:", *_block(ota_globals(), 2), *claim_globals(node)]
     lines += [
         "",
         "interval:",
@@ -784,7 +786,7 @@ def _sensor_node(node: Node) -> list[str]:
         "  - interval: 60s",
         "    then:",
         "      - script.execute: publish_status",
-        *_claim_hello(node),
+        *claim_hello(node),
     ]
     return lines
 
@@ -855,7 +857,7 @@ def _actuator_node(node: Node) -> list[str]:
         "    type: std::vector<std::string>",
         "    restore_value: false",
         *_block(ota_globals(), 2),
-        *_claim_globals(node),
+        *claim_globals(node),
         "",
         "script:",
         "  # Without the broker for failsafe_s the output goes off (the edge cannot watch it).",
@@ -873,7 +875,7 @@ def _actuator_node(node: Node) -> list[str]:
         "  - interval: 60s",
         "    then:",
         "      - script.execute: publish_status",
-        *_claim_hello(node),
+        *claim_hello(node),
     ]
     return lines
 
@@ -881,211 +883,3 @@ def _actuator_node(node: Node) -> list[str]:
 def command_lambda(node: Node) -> str:
     """The command handler's C++ with this node's state statements (for node_yaml and tests)."""
     return _COMMAND_LAMBDA.replace("__STATE__", _state_lambda(node).replace("\n", "\n  "))
-
-
-
-# ---- OTA from the edge (docs/firmware-updates.md) ---------------------------------------------
-# The edge offers an image with an ``ota`` command on the node's command topic (``firmware``:
-# version, url, md5, …); the node acks it, downloads the image from the edge's LAN address over
-# plain HTTP, checks its MD5, flashes it and reboots; its status then reports the new version.
-OTA_SCRIPT_ID: Final = "smartfarm_ota"
-
-
-def ota_http_request(timeout_s: int = 60) -> str:
-    """The top-level ``http_request`` block (plain HTTP on the farm's LAN, no internet)."""
-    return f"http_request:\n  verify_ssl: false\n  timeout: {timeout_s}s\n"
-
-
-def ota_platform(ack_topic: str, device_id: str) -> str:
-    """The ``ota:`` list item for updates the edge offers; a failed download or MD5 check is
-    acked as ``error`` for the offer's command id (the edge marks the offer failed)."""
-    return f"""\
-- platform: http_request
-  id: smartfarm_http_ota
-  on_error:
-    then:
-      - mqtt.publish_json:
-          topic: {ack_topic}
-          qos: 1
-          payload: |-
-            root["command_id"] = id(smartfarm_ota_command);
-            root["device_id"] = "{device_id}";
-            root["status"] = "error";
-            root["error"] = "update failed (download or MD5 check), error " + to_string(x);
-"""
-
-
-def ota_globals() -> str:
-    """The ``globals:`` list item holding the command id of the update in progress."""
-    return """\
-- id: smartfarm_ota_command
-  type: std::string
-  restore_value: false
-  initial_value: '""'
-"""
-
-
-def ota_script(ack_topic: str, device_id: str) -> str:
-    """The ``script:`` list item that acks the ``ota`` command and flashes the offered image."""
-    return f"""\
-- id: {OTA_SCRIPT_ID}
-  mode: single
-  parameters:
-    command_id: string
-    url: string
-    md5: string
-  then:
-    - lambda: 'id(smartfarm_ota_command) = command_id;'
-    - mqtt.publish_json:
-        topic: {ack_topic}
-        qos: 1
-        payload: |-
-          root["command_id"] = command_id;
-          root["device_id"] = "{device_id}";
-          root["status"] = "ok";
-    - ota.http_request.flash:
-        url: !lambda 'return url;'
-        md5: !lambda 'return md5;'
-"""
-
-
-def ota_dispatch(ack_topic: str, device_id: str, indent: int = 0) -> str:
-    """The action for the command topic's ``on_json_message`` ``then:`` list (``x`` is the
-    command): an ``ota`` command runs the update script, or is acked as an error while an update
-    is already running; any other action is left to the actions after it."""
-    text = f"""\
-- if:
-    condition:
-      lambda: 'return x["action"] == "ota" && x["firmware"].is<JsonObject>();'
-    then:
-      - if:
-          condition:
-            script.is_running: {OTA_SCRIPT_ID}
-          then:
-            - mqtt.publish_json:
-                topic: {ack_topic}
-                qos: 1
-                payload: |-
-                  root["command_id"] = x["command_id"].as<std::string>();
-                  root["device_id"] = "{device_id}";
-                  root["status"] = "error";
-                  root["error"] = "an update is already running";
-          else:
-            - script.execute:
-                id: {OTA_SCRIPT_ID}
-                command_id: !lambda 'return x["command_id"].as<std::string>();'
-                url: !lambda 'return x["firmware"]["url"].as<std::string>();'
-                md5: !lambda 'return x["firmware"]["md5"].as<std::string>();'
-"""
-    pad = " " * indent
-    return "".join(pad + line if line.strip() else line for line in text.splitlines(True))
-
-
-def ota_fragment(*, device_id: str, ack_topic: str, timeout_s: int = 60) -> str:
-    """The OTA blocks on their own (``http_request``, ``ota``, ``globals``, ``script``), to merge
-    into a hand-written node file beside ``mqtt:``; the node files of :func:`node_yaml` have
-    them already."""
-    check_id(device_id, "device id")
-    return "\n".join([
-        ota_http_request(timeout_s),
-        "ota:\n" + "\n".join(_block(ota_platform(ack_topic, device_id), 2)) + "\n",
-        "globals:\n" + "\n".join(_block(ota_globals(), 2)) + "\n",
-        "script:\n" + "\n".join(_block(ota_script(ack_topic, device_id), 2)) + "\n",
-    ])
-
-
-# ---- claim mode (docs/onboarding.md) -----------------------------------------------------------
-_NOT_CLAIMING: Final = {True: "", False: " && !id(sf_claiming)"}
-CLAIM_ACCOUNT: Final = "smartfarm-claim"  # Mosquitto's (edge.external_claims)
-
-
-def _claim_hello(node: Node) -> list[str]:
-    """Through Mosquitto, a claiming node says hello every 5 s (the edge hears no logins)."""
-    if node.claim_code is None or node.claim_via != "mosquitto":
-        return []
-    hello = f"farm/{node.farm_id}/claim/hello"
-    return [
-        "  # Claim mode through Mosquitto: ask to join (the edge answers once adopted).",
-        "  - interval: 5s",
-        "    then:",
-        "      - if:",
-        "          condition:",
-        "            lambda: 'return id(sf_claiming) && id(mqtt_client).is_connected();'",
-        "          then:",
-        "            - mqtt.publish_json:",
-        f"                topic: {_q(hello)}",
-        "                qos: 1",
-        "                payload: |-",
-        '                  root["device_id"] = "${device_id}";',
-        '                  root["claim_key"] = id(sf_claim_key);',
-        f'                  root["room"] = {_c(node.room_id)};',
-    ]
-
-
-def _claim_globals(node: Node) -> list[str]:
-    if node.claim_code is None:
-        return []
-    return [
-        "  # Claim mode: its claim key (drawn on first boot) and, once adopted, its password;",
-        "  # both survive reboots and OTA updates (flash), neither is ever published.",
-        "  - id: sf_claim_key",
-        "    type: std::string",
-        "    restore_value: true",
-        "    max_restore_data_length: 40",
-        "    initial_value: '\"\"'",
-        "  - id: sf_mqtt_password",
-        "    type: std::string",
-        "    restore_value: true",
-        "    max_restore_data_length: 64",
-        "    initial_value: '\"\"'",
-        "  - id: sf_claiming",
-        "    type: bool",
-        "    restore_value: false",
-        "    initial_value: 'false'",
-    ]
-
-
-def _claim_boot_lambda(node: Node) -> str:
-    """C++ run at boot before MQTT connects: log in with the password in flash, or claim."""
-    assert node.claim_code is not None
-    topic = _c(claim_topic(node.farm_id, node.device_id))
-    role = node.actuator or ""
-    if node.claim_via == "mosquitto":
-        login = (f'id(mqtt_client).set_username({_c(CLAIM_ACCOUNT)});\n'
-                 f'  id(mqtt_client).set_password({_c(node.claim_code)});\n'
-                 f'  id(mqtt_client).set_client_id("${{device_id}}." + id(sf_claim_key));')
-        topic = f'std::string({topic}) + "." + id(sf_claim_key)'
-    else:
-        login = (f"id(mqtt_client).set_password(std::string({_c(node.claim_code)}) + \":\" +"
-                 " id(sf_claim_key));")
-    return f"""\
-if (id(sf_claim_key).size() != 32) {{
-  char key[33];
-  for (int i = 0; i < 4; i++) snprintf(key + 8 * i, 9, "%08x", (unsigned) random_uint32());
-  id(sf_claim_key) = std::string(key);
-}}
-if (!id(sf_mqtt_password).empty()) {{
-  id(mqtt_client).set_password(id(sf_mqtt_password));
-}} else {{
-  id(sf_claiming) = true;
-  {login}
-  id(mqtt_client).disable_birth_message();
-  id(mqtt_client).disable_last_will();
-  id(mqtt_client).disable_shutdown_message();
-  id(mqtt_client).subscribe_json({topic}, [](const std::string &topic, JsonObject x) {{
-    std::string device(x["device_id"] | "");
-    std::string room(x["room_id"] | "");
-    std::string kind(x["kind"] | "");
-    std::string role(x["actuator"] | "");
-    std::string password(x["password"] | "");
-    if (device != "${{device_id}}" || password.empty() || password.size() > 64) return;
-    if (room != {_c(node.room_id)} || kind != {_c(node.kind)} || role != {_c(role)}) {{
-      ESP_LOGE("smartfarm", "adopted as %s %s in room %s, but this firmware was made as"
-               " {node.kind} {role} for room {node.room_id}: adopt it so, or flash a new file",
-               kind.c_str(), role.c_str(), room.c_str());
-      return;
-    }}
-    id(sf_mqtt_password) = password;
-    id(sf_adopted).execute();
-  }}, 1);
-}}"""

@@ -1,4 +1,4 @@
-"""The ESPHome side of the OTA contract on its own (``shared.esphome.ota_fragment`` and
+"""The ESPHome side of the OTA contract on its own (``shared.esphome_ota.ota_fragment`` and
 ``ota_dispatch``, for a hand-written node file) in a complete node file passes ``esphome
 config`` (offline: schema and wiring, no compile).
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.esphome import ota_dispatch, ota_fragment
+from shared.esphome_ota import ota_dispatch, ota_fragment
 from tests.integration.test_esphome_config import esphome_binary
 
 
