@@ -420,7 +420,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="the node's id, by convention esp- and the last 6 hex digits of"
                               " its MAC (esp-3c71bf)")
     p.add_argument("--room", required=True, help="the room it will be adopted into")
-    p.add_argument("--kind", choices=("sensor", "actuator"), required=True)
+    p.add_argument("--kind", choices=("sensor", "actuator"), required=True,
+                   help="what the node is: a sensor node or an actuator")
     p.add_argument("--actuator", choices=ACTUATOR_ROLES, help="with --kind actuator: its role")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="where to write it (default: ID.yaml; '-': standard output)")
