@@ -6,6 +6,9 @@ knocked first (its claim key) gets them."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,8 @@ from tests.e2e.conftest import fast_settings, make_site, query, wait_for
 from tests.integration.test_onboarding import Api, mqtt_login
 
 FIXTURES = (cloud, edge_app)
+SIM_NODE = ("import sys; from firmware_sim.provision import node_main;"
+            " sys.exit(node_main(sys.argv[1:]))")  # `smartfarm sim node`
 
 
 async def _run_claimed(node: ClaimNode, port: int) -> tuple[Any, asyncio.Task[None]]:
@@ -279,3 +284,46 @@ async def test_a_dismissed_entry_takes_the_next_claim_key(
     await wait_for(lambda: app.settings.device("esp-5ec0d1") is not None, 5, "reloaded")
     assert not await mqtt_login(port, "esp-5ec0d1", f"{code}:{first}")  # the old key: nothing
     assert await mqtt_login(port, "esp-5ec0d1", f"{code}:{second}")  # a claim session
+
+
+async def test_the_simulators_claim_mode_from_its_command_line(
+    tmp_path: Path, farm_id: str, running_edge: Any
+) -> None:
+    """``smartfarm sim node --claim``: a separate process knocks, is adopted, takes its
+    credentials, keeps them in its flash file and sends readings the edge stores."""
+    settings = fast_settings(make_site(tmp_path / "site", farm_id))
+    app = await running_edge(settings)
+    flash = tmp_path / "flash.json"
+    root = Path(__file__).resolve().parents[2]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c",
+        SIM_NODE,
+        "--claim", app.onboarding.claim_code(), "--device-id", "esp-c11c11", "--farm-id", farm_id,
+        "--host", "127.0.0.1", "--port", str(app.broker.port), "--flash", str(flash),
+        "--interval", "1", cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        api = Api(app)
+
+        async def listed() -> bool:
+            _, doc, _ = await api.call("GET", "/api/onboarding")
+            return any(p["device_id"] == "esp-c11c11" and p["claim_mode"] for p in doc["pending"])
+
+        await until(listed, 20, "the node listed")
+        status, made, _ = await api.call("POST", "/api/onboarding/esp-c11c11/adopt",
+                                         {"room_id": "room-a", "kind": "sensor"})
+        assert status == 201, made
+        await wait_for(lambda: query(settings.db_path, "SELECT 1 FROM series WHERE device_id = ?",
+                                     ("esp-c11c11",)), 30, "its readings stored")
+        stored = json.loads(flash.read_text())
+        assert stored["credentials"]["password"] == made["password"]
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+    bad = await asyncio.create_subprocess_exec(
+        sys.executable, "-c",
+        SIM_NODE,
+        "--claim", "CODE", "--device-id", "esp-1", cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)}, stderr=asyncio.subprocess.PIPE)
+    _, err = await bad.communicate()
+    assert bad.returncode == 2 and b"--claim needs" in err
