@@ -41,12 +41,12 @@ WHERE farm_id = %(farm_id)s AND device_id = %(device_id)s AND state = 'pending'
     AND dismissed_at IS NULL"""
 # A dismissal reaches the edges with the farm's next config push (ConfigPush.dismissed): the
 # edge that lists the device dismisses it too. Until that edge reports it dismissed, it is
-# in every push (at most the latest 1000).
+# in every push (at most the latest 200, as many as an edge lists).
 BUMP = "SELECT edge_config_bump(%(farm_id)s)"
 DISMISSED = """
 SELECT device_id, dismissed_at FROM pending_devices
 WHERE farm_id = %(farm_id)s AND state = 'pending' AND dismissed_at IS NOT NULL
-ORDER BY dismissed_at DESC, device_id LIMIT 1000"""
+ORDER BY dismissed_at DESC, device_id LIMIT 200"""
 
 # A device adopted on an edge's page: registered in that room unless the id is taken.
 REGISTER_ADOPTED = """
