@@ -173,6 +173,8 @@ class PendingDeviceData(msgspec.Struct, omit_defaults=True):
     # Once adopted: what it is (the cloud registers a device adopted on the edge's page).
     kind: str | None = None
     actuator: str | None = None
+    # It knocked with a claim key: once adopted, the edge hands it its password (no re-flash).
+    claim_mode: bool = False
 
 
 class RuleReport(msgspec.Struct, omit_defaults=True):

@@ -37,6 +37,8 @@ class PendingDeviceOut(Out):
     address: str = Field(description="its IP address on the farm's network at its last try")
     client_id: str = Field(description="the MQTT client id it sent")
     room_id: str | None
+    claim_mode: bool = Field(description="it knocked with a claim key: once adopted, the edge"
+                                         " hands it a password of its own (no re-flash)")
 
 
 class PendingListOut(Out):

@@ -10,13 +10,14 @@ from cloud.db.database import Cursor, Database
 # edge reports pending again after an adoption (removed from the config since) is shown again.
 UPSERT = """
 INSERT INTO pending_devices AS p (farm_id, device_id, edge_id, state, first_seen, last_seen,
-    attempts, address, client_id, room_id, reported_at)
+    attempts, address, client_id, room_id, reported_at, claim_mode)
 VALUES (%(farm_id)s, %(device_id)s, %(edge_id)s, %(state)s, %(first_seen)s, %(last_seen)s,
-    %(attempts)s, %(address)s, %(client_id)s, %(room_id)s, %(at)s)
+    %(attempts)s, %(address)s, %(client_id)s, %(room_id)s, %(at)s, %(claim_mode)s)
 ON CONFLICT (farm_id, device_id) DO UPDATE SET
     edge_id = excluded.edge_id, state = excluded.state, first_seen = excluded.first_seen,
     last_seen = excluded.last_seen, attempts = excluded.attempts, address = excluded.address,
     client_id = excluded.client_id, room_id = excluded.room_id,
+    claim_mode = excluded.claim_mode,
     reported_at = excluded.reported_at,
     dismissed_at = CASE WHEN p.state <> 'pending' AND excluded.state = 'pending' THEN NULL
         ELSE p.dismissed_at END,
@@ -25,7 +26,7 @@ ON CONFLICT (farm_id, device_id) DO UPDATE SET
 WHERE p.reported_at <= excluded.reported_at"""
 WAITING = """
 SELECT device_id, farm_id, edge_id, state, first_seen, last_seen, attempts, address, client_id,
-    room_id FROM pending_devices
+    room_id, claim_mode FROM pending_devices
 WHERE farm_id = %(farm_id)s AND state = 'pending' AND dismissed_at IS NULL
 ORDER BY last_seen DESC, device_id LIMIT %(limit)s"""
 GET_WAITING = """

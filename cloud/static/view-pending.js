@@ -24,7 +24,9 @@ export function pendingSection(env, rooms, onAdopted) {
   function item(p) {
     const li = h('li', { class: 'setup-item', dataset: { pending: p.device_id } });
     const detail = [p.client_id && p.client_id !== p.device_id ? `client ${p.client_id}` : null,
-      `at ${p.address}`, `edge ${p.edge_id}`, `asked ${p.attempts}×`, `last ${ago(p.last_seen)}`]
+      `at ${p.address}`, `edge ${p.edge_id}`, `asked ${p.attempts}×`, `last ${ago(p.last_seen)}`,
+      // Claim mode: once adopted, the edge hands it a password of its own (no re-flash).
+      p.claim_mode ? 'claim mode: gets its password from the edge' : null]
       .filter(Boolean).join(' · ');
     const head = h('div', { class: 'grow' },
       h('span', { class: 'name', text: p.device_id }),

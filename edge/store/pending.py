@@ -35,6 +35,7 @@ class PendingDevice:
             last_seen=self.last_seen, attempts=self.attempts, address=self.address,
             client_id=self.client_id, at=self.updated_at, room_id=self.room_id,
             kind=self.kind, actuator=self.actuator,
+            claim_mode=self.claim_key_hash is not None,
         )
 
 

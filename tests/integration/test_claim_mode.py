@@ -173,6 +173,9 @@ async def test_a_claim_mode_node_adopted_in_the_cloud_gets_credentials_from_the_
             return [p["device_id"] for p in doc["items"]]
 
         await until(lambda: _has(waiting(), "esp-c10d01"), 20, "the node pending in the cloud")
+        listed = await the_cloud.api("GET", f"/api/farms/{farm_id}/pending-devices")
+        assert [(p["client_id"], p["claim_mode"]) for p in listed["items"]] == [
+            ("esp-c10d01@room-a", True)]
         # Made for room-a: adopting it into room-b is refused, naming the field.
         problem = await the_cloud.api(
             "POST", "/api/rooms/room-b/pending-devices/esp-c10d01/adopt",
