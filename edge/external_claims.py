@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiomqtt
 
+from edge.claim_code import CLAIM_KEY_RE
 from edge.credentials import edge_login
-from edge.onboarding import CLAIM_KEY_RE, Onboarding
+from edge.onboarding import Onboarding
 from shared.backoff import Backoff
 from shared.topics import claim_topic, is_valid_id
 
