@@ -31,6 +31,7 @@ from edge.commands import CommandTracker
 from edge.config import EdgeSettings, load_config
 from edge.credentials import edge_login, sync_broker_files
 from edge.downlink import Downlink
+from edge.external_claims import ExternalClaims
 from edge.homeassistant import HomeAssistantBridge
 from edge.ingest import Inbox, Ingest
 from edge.intake import Intake
@@ -116,6 +117,11 @@ class EdgeApp:
                 self.uplink = Uplink(settings, self.outbox, alerts=self.alerts)
         # Devices knocking with the farm's claim code (the embedded broker reports them).
         self.onboarding = Onboarding(settings, self.db, reload=self.reload_config)
+        if self.downlink is not None:  # dismissals made in the cloud come with its config
+            self.onboarding.cloud_dismissed = self.downlink.config_sync.cloud_dismissed
+        # With Mosquitto, claims come as hellos of its claim account (edge.external_claims).
+        self.external_claims = (ExternalClaims(settings, self.onboarding, self.mqtt_address)
+                                if settings.broker.mode == "external" else None)
         self.broker: EmbeddedBroker | None = None
         self.api_runner: web.AppRunner | None = None
         self.api_port: int | None = None
@@ -190,6 +196,9 @@ class EdgeApp:
                 if self.home_assistant is not None:
                     workers.append(tasks.create_task(self.home_assistant.run(),
                                                      name="edge-home-assistant"))
+                if self.external_claims is not None:
+                    workers.append(tasks.create_task(self.external_claims.run(),
+                                                     name="edge-external-claims"))
                 if self.uplink is not None and self.downlink is not None:
                     log.info("syncing with the cloud at %s as edge %s", settings.cloud.url,
                              settings.cloud.edge_id)
@@ -310,6 +319,7 @@ class EdgeApp:
                         self.ingest.run(client, subscribe=self.intake is None, inbox=inbox),
                         name="edge-ingest")
                     self.commands.attach(client)
+                    self.onboarding.attach(client)  # hands adopted claim nodes their password
                     self.broker_connected.set()
                     try:
                         # Boot-safe: after subscribing (so acks are heard), tell every actuator
@@ -323,6 +333,7 @@ class EdgeApp:
                         await ingest
                     finally:
                         self.commands.attach(None)
+                        self.onboarding.attach(None)
                         self.broker_connected.clear()
                         ingest.cancel()
                         with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):

@@ -329,24 +329,51 @@ class EmbeddedBroker:
             return raw  # amqtt answers "unacceptable protocol version" itself
         username = connect.username if connect.username_flag else None
         password = connect.password if connect.password_flag else None
+        claimed = False
         if not await self._auth(broker).check(username, password):
-            # A new device asking to join (unknown id + the farm's claim code) is refused all
-            # the same — nothing is accepted from it before adoption — but listed as pending.
-            if self.onboarding is not None:
-                try:
-                    await self.onboarding.knock(username, password, host, connect.client_id)
-                except Exception:
-                    log.exception("recording a claim login failed")
-            await self._refuse(writer, _NOT_AUTHORIZED)
-            return None
+            claimed = await self._claim_session(broker, connect, username, password)
+            if not claimed:
+                await self._knock(writer, connect, username, password, host)
+                return None
+            username = connect.payload.username  # its claim account (edge.broker_acl)
         if len(self._connections) - len(self._pending) >= self.max_connections:
             self._events.note("refused: too many clients connected", host)
             await self._refuse(writer, _SERVER_UNAVAILABLE)
             return None
         if connect.client_id_is_random:
-            return raw  # amqtt names the session itself (clean session only)
+            # amqtt names the session itself (clean session only)
+            return bytes(connect.to_bytes()) if claimed else raw
         connect.payload.client_id = f"{username}/{connect.client_id}"
         return bytes(connect.to_bytes())
+
+    async def _claim_session(self, broker: Broker, connect: ConnectPacket,
+                             username: str | None, password: str | None) -> bool:
+        """An adopted node still on the claim code (edge.onboarding): let in under its claim
+        account, which may only read its claim topic. True when it was one."""
+        if self.onboarding is None:
+            return False
+        try:
+            if not await self.onboarding.claim_session(username, password):
+                return False
+        except Exception:
+            log.exception("checking a claim session failed")
+            return False
+        assert username is not None
+        connect.payload.username, connect.payload.password = (
+            self._auth(broker).admit_claim(username))
+        self.onboarding.session_started(username)
+        return True
+
+    async def _knock(self, writer: asyncio.StreamWriter, connect: ConnectPacket,
+                     username: str | None, password: str | None, host: str) -> None:
+        # A new device asking to join (unknown id + the farm's claim code) is refused all the
+        # same — nothing is accepted from it before adoption — but listed as pending.
+        if self.onboarding is not None:
+            try:
+                await self.onboarding.knock(username, password, host, connect.client_id)
+            except Exception:
+                log.exception("recording a claim login failed")
+        await self._refuse(writer, _NOT_AUTHORIZED)
 
     @staticmethod
     async def _refuse(writer: asyncio.StreamWriter, code: int) -> None:

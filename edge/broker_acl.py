@@ -10,7 +10,11 @@ Policy (username = device id; the edge has its own username):
 - a device may publish only ``farm/<farm_id>/room/<its room>/{telemetry,status,ack}/<its id>``
   and subscribe to / receive only ``farm/<farm_id>/room/<its room>/command/<its id>`` — the room
   is pinned (not ``+``) so a sensor cannot feed another room's automation;
-- a device missing from the ACL map may log in but is denied every topic (fail closed).
+- a device missing from the ACL map may log in but is denied every topic (fail closed);
+- an adopted node still logging in with the farm's claim code (edge.onboarding) is let in by the
+  broker under the account name ``~claim/<its id>`` with a one-time token: it may subscribe to
+  and receive only ``farm/<farm_id>/claim/<its id>`` (where the edge hands it its credentials)
+  and publish nothing.
 """
 from __future__ import annotations
 
@@ -30,10 +34,13 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from edge.credentials import read_password_file, verify_password
-from shared.topics import UPLINK_KINDS, is_valid_id
+from shared.topics import UPLINK_KINDS, claim_topic, is_valid_id
 
 log = logging.getLogger(__name__)
 
+# Not a valid device id (ids start with a letter or digit), so no account can be named so.
+CLAIM_USER_PREFIX = "~claim/"
+_CLAIM_TOKENS_MAX = 1024
 _DENIAL_WINDOW_S = 10.0
 _DENIAL_KEYS_MAX = 1024
 _FileStamp = tuple[int, int, int]
@@ -70,6 +77,19 @@ class _DenialLog:
         log.warning("MQTT %s denied for user %r%s%s", what, username, where, more)
 
 
+def claim_username(device_id: str) -> str:
+    """The broker's name for an adopted node's claim session."""
+    return CLAIM_USER_PREFIX + device_id
+
+
+def claimed_id(username: str) -> str | None:
+    """The device id of a claim session's account name (None: not a claim session)."""
+    if not username.startswith(CLAIM_USER_PREFIX):
+        return None
+    device_id = username[len(CLAIM_USER_PREFIX):]
+    return device_id if is_valid_id(device_id) else None
+
+
 class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untyped
     """Username/password login against an argon2 ``user:hash`` file, re-read when it changes."""
 
@@ -90,7 +110,19 @@ class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untype
         self._key = secrets.token_bytes(32)
         self._verified: dict[str, tuple[str, bytes]] = {}
         self._denials = _DenialLog()
+        # Claim sessions the broker's CONNECT vetting let in: account name → digest of the
+        # one-time token it put in the CONNECT it hands to amqtt.
+        self._claims: dict[str, bytes] = {}
         self.reload()
+
+    def admit_claim(self, device_id: str) -> tuple[str, str]:
+        """(account name, one-time password) for a claim session the broker has vetted
+        (edge.onboarding.Onboarding.claim_session); the login with them succeeds once."""
+        if len(self._claims) >= _CLAIM_TOKENS_MAX:
+            self._claims.clear()  # unused tokens of logins that never reached amqtt
+        username, token = claim_username(device_id), secrets.token_urlsafe(24)
+        self._claims[username] = hmac.digest(self._key, token.encode(), hashlib.sha256)
+        return username, token
 
     def reload(self, *, force: bool = True) -> None:
         stamp = _stamp(self._path)
@@ -115,6 +147,10 @@ class DeviceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is untype
         if not username:
             self._denials.warn("(anonymous)", "login")
             return False
+        if username.startswith(CLAIM_USER_PREFIX):
+            expected = self._claims.pop(username, None)
+            given = hmac.digest(self._key, (password or "").encode(), hashlib.sha256)
+            return expected is not None and hmac.compare_digest(expected, given)
         self.reload(force=False)
         hashed = self._users.get(username)
         if hashed is None:
@@ -216,6 +252,10 @@ class DeviceTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
             return False
         if username == self._edge:
             allowed = topic.startswith(self._farm_prefix)
+        elif username.startswith(CLAIM_USER_PREFIX):
+            device_id = claimed_id(username)
+            allowed = (device_id is not None and action != Action.PUBLISH
+                       and topic == claim_topic(self._farm_prefix.split("/")[1], device_id))
         else:
             self._refresh()
             grant = self._grants.get(username)

@@ -19,7 +19,7 @@ from typing import Any
 from edge.backup import add_backup_arguments, backup_main, run_lock
 from edge.config import ConfigError, EdgeSettings, load_config
 from edge.credentials import CredentialsError, write_atomic
-from edge.esphome_files import NodeOptions, device_node, device_yaml
+from edge.esphome_files import NodeOptions, claim_node, device_node, device_yaml
 from edge.firmware import FirmwareError, FirmwareStore
 from edge.logs import configure_edge_logging
 from edge.registration import check_identity, fetch_identity, register_cloud
@@ -27,7 +27,7 @@ from edge.site_init import DEMO_ROOMS, add_device, init_site
 from edge.tls import TlsError, default_names, tls_files
 from shared.about import version_line
 from shared.errors import SmartfarmError
-from shared.esphome import OPTIONAL_SENSORS, TH_SENSORS, Node, secrets_template
+from shared.esphome import OPTIONAL_SENSORS, TH_SENSORS, Node, node_yaml, secrets_template
 from shared.vocabulary import ACTUATOR_ROLES
 
 
@@ -305,12 +305,26 @@ def _esphome_options(args: argparse.Namespace) -> NodeOptions:
                        drive=args.drive, inverted=args.inverted, interval_s=args.interval)
 
 
-def write_esphome(settings: EdgeSettings, device_id: str, options: NodeOptions,
-                  output: str | None) -> str:
-    """Write the node file (and a secrets.yaml template beside it when there is none); return
-    what was done, for the terminal."""
+def write_claim_file(settings: EdgeSettings, args: argparse.Namespace,
+                     options: NodeOptions) -> str:
+    """``device claim-file``: a claim-mode node file with this farm's claim code."""
+    from edge.onboarding import ensure_claim_code
+
     try:
-        text = device_yaml(settings, device_id, options)
+        node = claim_node(settings, args.id, args.room, args.kind, args.actuator, options,
+                          ensure_claim_code(settings))
+    except ValueError as exc:
+        raise ConfigError(f"ESPHome claim-mode node file: {exc}") from None
+    return write_esphome(settings, args.id, options, args.output, node=node)
+
+
+def write_esphome(settings: EdgeSettings, device_id: str, options: NodeOptions,
+                  output: str | None, *, node: Node | None = None) -> str:
+    """Write the node file (and a secrets.yaml template beside it when there is none); return
+    what was done, for the terminal. ``node``: that one (a claim-mode node), else the
+    device's."""
+    try:
+        text = device_yaml(settings, device_id, options) if node is None else node_yaml(node)
     except ValueError as exc:
         raise ConfigError(f"ESPHome node file: {exc}") from None
     if output == "-":
@@ -325,9 +339,10 @@ def write_esphome(settings: EdgeSettings, device_id: str, options: NodeOptions,
     done = f"ESPHome node file: {path} (validate: esphome config {path}; flash: esphome run {path})"
     secrets_path = path.parent / "secrets.yaml"
     if not secrets_path.exists():
-        device = settings.device(device_id)
-        assert device is not None
-        node = device_node(settings, device, options)
+        if node is None:
+            device = settings.device(device_id)
+            assert device is not None
+            node = device_node(settings, device, options)
         write_atomic(secrets_path, secrets_template(node), mode=0o600)
         done += f"\n  fill in {secrets_path} (Wi-Fi and the other secrets it names)"
     return done
@@ -399,6 +414,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="where to write it (default: ID.yaml; '-': standard output)")
     p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
     _esphome_arguments(p)
+    p = dsub.add_parser("claim-file", help="write a claim-mode ESPHome node file: the node asks"
+                                            " to join with the farm's claim code and takes its"
+                                            " password from the edge once adopted")
+    p.add_argument("id", help="the node's id, by convention esp- and the last 6 hex digits of"
+                              " its MAC (esp-3c71bf)")
+    p.add_argument("--room", required=True, help="the room it will be adopted into")
+    p.add_argument("--kind", choices=("sensor", "actuator"), required=True,
+                   help="what the node is: a sensor node or an actuator")
+    p.add_argument("--actuator", choices=ACTUATOR_ROLES, help="with --kind actuator: its role")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="where to write it (default: ID.yaml; '-': standard output)")
+    p.add_argument("--config", type=Path, default=Path("edge.toml"), help=config_help)
+    _esphome_arguments(p)
     add_firmware_parser(sub, config_help)
     p = sub.add_parser("register", help="sync this edge with a cloud (writes [cloud] + token)")
     p.add_argument("--cloud", required=True, metavar="URL", help="e.g. https://farm.example.com")
@@ -461,6 +489,11 @@ def edge_main(argv: list[str]) -> int:
             print(f"device credentials: {load_config(path).device_secrets_path} (mode 0600)")
             print(f"local page login: admin / {admin_pw}")
             print(f"run it: smartfarm edge run --config {path}")
+            return 0
+        if args.command == "device" and args.device_command == "claim-file":
+            done = write_claim_file(load_config(args.config), args, _esphome_options(args))
+            if done:
+                print(done)
             return 0
         if args.command == "device" and args.device_command == "esphome":
             done = write_esphome(load_config(args.config), args.id, _esphome_options(args),

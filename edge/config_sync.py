@@ -141,6 +141,13 @@ class ConfigSync:
             if d.password_hash
         }
 
+    def cloud_dismissed(self) -> dict[str, float]:
+        """{device id: when (unix s)} of the devices waiting for adoption that were dismissed in
+        the cloud (applied config); edge.onboarding dismisses its own entries of them."""
+        if self._applied is None:
+            return {}
+        return {d.device_id: d.at.timestamp() for d in self._applied.dismissed}
+
     def write_credentials(self) -> None:
         """Rebuild the broker password file from the secrets file plus the cloud's device hashes,
         and the ACL map from every device, in one atomic write each: an account the cloud no

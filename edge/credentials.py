@@ -347,7 +347,8 @@ def write_mosquitto_password_file(path: Path, passwords: Mapping[str, str]) -> N
 
 
 def render_mosquitto_acl(farm_id: str, edge_username: str,
-                         ha_discovery_prefix: str | None = None) -> str:
+                         ha_discovery_prefix: str | None = None,
+                         claim_account: str = "smartfarm-claim") -> str:
     """The Mosquitto ``acl_file``: each device (username = device id) writes only its own uplink
     topics and reads only its own command topic, in any room; the edge reads/writes the farm.
 
@@ -364,6 +365,14 @@ def render_mosquitto_acl(farm_id: str, edge_username: str,
         "# Every device: username = device id.",
         *(f"pattern write {base}/{kind}/%u" for kind in UPLINK_KINDS),
         f"pattern read {base}/command/%u",
+        "",
+        "# Claim mode (docs/onboarding.md; edge.external_claims): every client may read the",
+        "# claim topic named by its own client id, <id>.<claim key>, where the edge hands an",
+        "# adopted node its password; the shared claim account (password: the claim code) may",
+        "# only say hello besides.",
+        f"pattern read farm/{farm_id}/claim/%c",
+        f"user {claim_account}",
+        f"topic write farm/{farm_id}/claim/hello",
         "",
         "# The edge process: the whole farm.",
         f"user {edge_username}",

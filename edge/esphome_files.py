@@ -1,7 +1,9 @@
 """The ESPHome node file of one of this edge's devices (``shared.esphome``), with what only the
 edge knows: the farm, the device's room and role, its password (``credentials/devices.toml``),
 the broker's port, TLS and CA. Used by ``smartfarm edge device add --esphome``, ``smartfarm edge
-device esphome`` and the local page's download (``GET /api/devices/{id}/esphome.yaml``)."""
+device esphome`` and the local page's download (``GET /api/devices/{id}/esphome.yaml``); and the
+claim-mode file of a node not adopted yet (``smartfarm edge device claim-file``, ``GET
+/api/onboarding/claim-file.yaml``)."""
 from __future__ import annotations
 
 import ipaddress
@@ -72,6 +74,32 @@ def device_password(settings: EdgeSettings, device_id: str) -> str | None:
 
 def device_node(settings: EdgeSettings, device: DeviceConfig, options: NodeOptions) -> Node:
     """The node description; ValueError naming the field when an option does not fit."""
+    return _node(settings, device.id, device.room, device.kind, device.actuator, options,
+                 password=device_password(settings, device.id))
+
+
+def claim_node(settings: EdgeSettings, device_id: str, room_id: str, kind: str,
+               actuator: str | None, options: NodeOptions, claim_code: str) -> Node:
+    """A claim-mode node (docs/onboarding.md) for a device this edge does not have yet, made for
+    ``room_id`` as ``kind``/``actuator`` (through Mosquitto's claim account when the broker is
+    external): ValueError naming the field when the id is taken, the room unknown or an option
+    does not fit."""
+    if settings.device(device_id) is not None:
+        raise ValueError(f"device_id {device_id!r} is already a device of this edge: use its"
+                         " own node file")
+    if settings.room(room_id) is None:
+        raise ValueError(f"room_id {room_id!r}: not a room of this edge")
+    return _node(settings, device_id, room_id, kind, actuator, options,
+                 claim_code=claim_code.strip().upper(),
+                 claim_via="mosquitto" if settings.broker.mode == "external" else "embedded")
+
+
+def _node(settings: EdgeSettings, device_id: str, room_id: str, kind: str,
+          actuator: str | None, options: NodeOptions, *, password: str | None = None,
+          claim_code: str | None = None,
+          claim_via: Literal["embedded", "mosquitto"] = "embedded") -> Node:
+    if kind not in ("sensor", "actuator"):
+        raise ValueError(f"kind {kind!r}: sensor or actuator")
     port, tls = broker_port(settings)
     ca_pem: str | None = None
     if tls:
@@ -84,11 +112,13 @@ def device_node(settings: EdgeSettings, device: DeviceConfig, options: NodeOptio
     host = options.host or advertised_host(settings)
     return Node(
         farm_id=settings.farm_id,
-        room_id=device.room,
-        device_id=device.id,
-        kind=device.kind,
-        actuator=device.actuator,
-        password=device_password(settings, device.id),
+        room_id=room_id,
+        device_id=device_id,
+        kind=kind,  # type: ignore[arg-type]  # checked above
+        actuator=actuator,
+        password=password,
+        claim_code=claim_code,
+        claim_via=claim_via,
         broker_host=host,
         broker_port=port,
         tls=tls,
@@ -96,7 +126,7 @@ def device_node(settings: EdgeSettings, device: DeviceConfig, options: NodeOptio
         board=options.board,
         th_sensor=options.th_sensor,
         sensors=options.sensors,
-        drive=options.drive if device.kind == "actuator" else None,
+        drive=options.drive if kind == "actuator" else None,
         inverted=options.inverted,
         interval_s=options.interval_s,
     )

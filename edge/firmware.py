@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from shared.errors import SmartfarmError
 from shared.topics import check_id
@@ -180,7 +180,11 @@ class FirmwareStore:
         fitting.sort(key=lambda i: (not i.devices, -i.added_at))
         return fitting[0]
 
-    def add(self, source: Path, *, version: str, devices: tuple[str, ...] = ()) -> FirmwareImage:
+    def add(self, source: Path, *, version: str, devices: tuple[str, ...] = (),
+            filename: str | None = None) -> FirmwareImage:
+        """Store the image at ``source`` (copied; checksums computed here), refusing what
+        cannot be an application image or clashes with a stored one; ``filename``: what to
+        call it (default: the source's name)."""
         check_version(version)
         for device in devices:
             check_id(device, "device id")
@@ -224,9 +228,22 @@ class FirmwareStore:
                     os.unlink(tmp)
             image = FirmwareImage(version=version, sha256=digest, md5=md5.hexdigest(), size=size,
                                   added_at=time.time(), devices=tuple(sorted(set(devices))),
-                                  filename=source.name[:120])
+                                  filename=(filename or source.name)[:120])
             self._write([*images, image])
             return image
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[tuple[Path, BinaryIO]]:
+        """A private temporary file in the image folder for an upload being received (the
+        caller then ``add``s it); removed on the way out."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".upload-", suffix=".bin")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield Path(tmp), out
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def remove(self, ref: str) -> list[FirmwareImage]:
         """Remove the images whose sha256 starts with ``ref`` (8+ hex digits) or whose version
@@ -367,78 +384,5 @@ def offer_state(offer: Offer, command_state: str | None, command_error: str | No
     return "offered", None
 
 
-# ---- the ESPHome side of the contract (for the node YAML generator) ----
-ESPHOME_OTA_SCRIPT_ID: Final = "smartfarm_ota"
-
-
-def esphome_ota_yaml(*, device_id: str, ack_topic: str, timeout_s: int = 60) -> str:
-    """Top-level ESPHome config that lets a node take an ``ota`` command: ``http_request`` (plain
-    HTTP on the farm's LAN), ``ota: platform http_request`` and a script that acks the command
-    and flashes the offered image (it checks the MD5, reboots into the new image, and reports
-    the new version in its next status). A failed download or check is acked as ``error`` with
-    the reason, so the edge's page says it. Merge it into a node file beside ``mqtt:``; call
-    the script from the command topic's handler with :func:`esphome_ota_dispatch`."""
-    check_id(device_id, "device id")
-    return f"""\
-http_request:
-  verify_ssl: false
-  timeout: {timeout_s}s
-
-ota:
-  - platform: http_request
-    id: smartfarm_http_ota
-    on_error:
-      then:
-        - mqtt.publish_json:
-            topic: {ack_topic}
-            qos: 1
-            payload: |-
-              root["command_id"] = id(smartfarm_ota_command);
-              root["device_id"] = "{device_id}";
-              root["status"] = "error";
-              root["error"] = "update failed (download or MD5 check), error " + to_string(x);
-
-globals:
-  - id: smartfarm_ota_command
-    type: std::string
-    restore_value: false
-    initial_value: '""'
-
-script:
-  - id: {ESPHOME_OTA_SCRIPT_ID}
-    mode: single
-    parameters:
-      command_id: string
-      url: string
-      md5: string
-    then:
-      - lambda: 'id(smartfarm_ota_command) = command_id;'
-      - mqtt.publish_json:
-          topic: {ack_topic}
-          qos: 1
-          payload: |-
-            root["command_id"] = command_id;
-            root["device_id"] = "{device_id}";
-            root["status"] = "ok";
-      - ota.http_request.flash:
-          url: !lambda 'return url;'
-          md5: !lambda 'return md5;'
-"""
-
-
-def esphome_ota_dispatch(indent: int = 0) -> str:
-    """The action for the command topic's ``on_json_message`` ``then:`` list (``x`` is the
-    command): an ``ota`` command runs the script; anything else is left to the other actions."""
-    text = f"""\
-- if:
-    condition:
-      lambda: 'return x["action"] == "ota" && x["firmware"].is<JsonObject>();'
-    then:
-      - script.execute:
-          id: {ESPHOME_OTA_SCRIPT_ID}
-          command_id: !lambda 'return x["command_id"].as<std::string>();'
-          url: !lambda 'return x["firmware"]["url"].as<std::string>();'
-          md5: !lambda 'return x["firmware"]["md5"].as<std::string>();'
-"""
-    pad = " " * indent
-    return "".join(pad + line if line.strip() else line for line in text.splitlines(True))
+# The ESPHome side of the contract (the ``ota`` command's handler in every generated node file)
+# is ``shared.esphome``: ota_platform, ota_script, ota_dispatch and ota_fragment.

@@ -21,37 +21,53 @@ someone fill the pending list (capped at ``MAX_PENDING``) and nothing else; rota
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
+import json
 import logging
 import os
-import secrets
 import string
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from edge.claim_code import (
+    CLAIM_FILE_NAME,
+    CLAIM_KEY_RE,
+    claim_code_path,
+    ensure_claim_code,
+    key_hash,
+    new_claim_code,
+    normalise_code,
+    read_claim_code,
+    room_hint,
+    split_claim,
+)
 from edge.config import ConfigError, load_config
-from edge.credentials import write_atomic
+from edge.credentials import CredentialsError, DeviceSecrets
 from edge.site_init import add_device
 from edge.store import pending as pending_rows
 from edge.store.db import Database
 from shared.errors import SmartfarmError
 from shared.sync import PendingState
-from shared.topics import is_valid_id
+from shared.topics import claim_topic, is_valid_id
 from shared.vocabulary import ACTUATOR_ROLES
 
 if TYPE_CHECKING:
+    from edge.commands import Publisher
     from edge.config import EdgeSettings
+
+# The claim code's helpers live in edge.claim_code; importable from here as before.
+__all__ = [
+    "CLAIM_FILE_NAME", "CLAIM_KEY_RE", "MAX_PENDING", "Onboarding", "OnboardingError",
+    "claim_code_path", "ensure_claim_code", "key_hash", "new_claim_code", "normalise_code",
+    "read_claim_code", "room_hint", "split_claim",
+]
 
 log = logging.getLogger(__name__)
 
-CLAIM_FILE_NAME: Final = "claim-code"
-# Crockford's base32 (no I, L, O, U: nothing to misread on a label); 16 characters = 80 bits,
-# shown and typed in groups of four: ``7K2M-QX9D-...``. Case, spaces and dashes do not matter.
-_ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_CODE_CHARS: Final = 16
 # At most this many devices wait at once; further unknown ids are refused without a record.
 MAX_PENDING: Final = 200
 # A device retries every few seconds: its row is rewritten at most this often, and the cloud
@@ -60,6 +76,10 @@ TOUCH_EVERY_S: Final = 30.0
 REPORT_EVERY_S: Final = 600.0
 _CLIENT_ID_MAX: Final = 64
 _PRINTABLE: Final = frozenset(string.ascii_letters + string.digits + "-_.:@/+")
+# After an adoption, the edge hands the credentials to the node's claim session: at most every
+# DELIVER_EVERY_S while the session is connected, for at most DELIVER_FOR_S after it logged in.
+DELIVER_EVERY_S: Final = 2.0
+DELIVER_FOR_S: Final = 120.0
 
 
 class OnboardingError(SmartfarmError):
@@ -69,43 +89,6 @@ class OnboardingError(SmartfarmError):
         super().__init__(message)
         self.field = field
         self.status = status
-
-
-# ---- the claim code ---------------------------------------------------------------------------
-
-def claim_code_path(settings: EdgeSettings) -> Path:
-    """The claim code lives next to the broker's password file (``credentials/claim-code``)."""
-    return settings.password_file_path.with_name(CLAIM_FILE_NAME)
-
-
-def new_claim_code() -> str:
-    raw = "".join(secrets.choice(_ALPHABET) for _ in range(_CODE_CHARS))
-    return "-".join(raw[i:i + 4] for i in range(0, _CODE_CHARS, 4))
-
-
-def normalise_code(text: str) -> str:
-    """Upper case, without spaces and dashes; Crockford's look-alikes mapped (O→0, I/L→1)."""
-    cleaned = "".join(text.split()).replace("-", "").upper()
-    return cleaned.translate(str.maketrans("OIL", "011"))
-
-
-def read_claim_code(path: Path) -> str | None:
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    return text or None
-
-
-def ensure_claim_code(settings: EdgeSettings, *, rotate: bool = False) -> str:
-    """The farm's claim code, created (mode 0600) when missing or when ``rotate``."""
-    path = claim_code_path(settings)
-    code = None if rotate else read_claim_code(path)
-    if code is None:
-        code = new_claim_code()
-        write_atomic(path, code + "\n")
-        log.info("farm claim code %s", "rotated" if rotate else "created")
-    return code
 
 
 def _clean_client_id(client_id: str | None) -> str:
@@ -136,6 +119,14 @@ class Onboarding:
         self._touched: dict[str, tuple[float, float]] = {}
         self._lock = asyncio.Lock()
         self.refused = 0  # claim logins refused because the pending list is full
+        # Keyed claim logins of a known id with another key (someone else with the code).
+        self.conflicts = 0
+        self._publisher: Publisher | None = None
+        # Adopted nodes whose claim session is logged in: id → (logged in, last delivery).
+        self._sessions: dict[str, tuple[float, float]] = {}
+        self.delivered = 0  # credential messages published to claim sessions
+        # {device id: when} dismissed in the cloud (edge.config_sync.ConfigSync.cloud_dismissed).
+        self.cloud_dismissed: Callable[[], dict[str, float]] = dict
 
     # -- the code --
     def claim_code(self) -> str:
@@ -161,10 +152,12 @@ class Onboarding:
         return self._digest
 
     def is_claim_code(self, password: str | None) -> bool:
+        """The password is the claim code, alone or followed by ``:<claim key>``."""
         expected = self._code_digest()
-        if expected is None or not password:
+        parts = split_claim(password)
+        if expected is None or parts is None or not parts[0]:
             return False
-        given = hashlib.sha256(normalise_code(password[:128]).encode()).digest()
+        given = hashlib.sha256(normalise_code(parts[0][:128]).encode()).digest()
         return hmac.compare_digest(given, expected)
 
     # -- the broker's side --
@@ -180,12 +173,25 @@ class Onboarding:
         if not self.is_candidate(username) or not self.is_claim_code(password):
             return False
         assert username is not None
+        parts = split_claim(password)
+        key = parts[1] if parts is not None else None
         async with self._lock:
-            return await self._record(username, address[:64], _clean_client_id(client_id))
+            return await self._record(username, address[:64], _clean_client_id(client_id),
+                                      None if key is None else key_hash(key))
 
-    async def _record(self, device_id: str, address: str, client_id: str) -> bool:
+    async def _record(self, device_id: str, address: str, client_id: str,
+                      key_digest: str | None) -> bool:
         now_wall, now = time.time(), time.monotonic()
         row = await self.db.read(pending_rows.get, device_id)
+        if (row is not None and row.state == "pending" and row.claim_key_hash is not None
+                and not _same(row.claim_key_hash, key_digest)):
+            # The id is taken by the node that knocked first with its own key: someone else
+            # with the claim code (or a re-flashed node) is refused and not recorded.
+            self.conflicts += 1
+            log.warning("claim login as %s from %s with another claim key than its first: "
+                        "refused, not listed (dismiss the entry to start over)",
+                        device_id, address)
+            return True
         if row is None or row.state == "adopted":
             # New (or adopted once, then removed from the config: it asks again).
             if await self.db.read(pending_rows.count_pending) >= MAX_PENDING:
@@ -196,7 +202,7 @@ class Onboarding:
             fresh = pending_rows.PendingDevice(
                 device_id=device_id, state="pending", first_seen=now_wall, last_seen=now_wall,
                 attempts=1, address=address, client_id=client_id, room_id=None,
-                updated_at=now_wall)
+                updated_at=now_wall, claim_key_hash=key_digest)
             await self.db.write(pending_rows.save, fresh, True, urgent=True)
             self._touched[device_id] = (now, now)
             log.info("device %s (%s, client id %r) is waiting for adoption", device_id,
@@ -206,10 +212,12 @@ class Onboarding:
         if now - written < TOUCH_EVERY_S and row.address == address:
             return True
         report = now - reported >= REPORT_EVERY_S or row.address != address
-        bumped = pending_rows.PendingDevice(
-            device_id=device_id, state=row.state, first_seen=row.first_seen,
-            last_seen=now_wall, attempts=row.attempts + 1, address=address,
-            client_id=client_id or row.client_id, room_id=row.room_id, updated_at=now_wall)
+        bumped = dataclasses.replace(
+            row, last_seen=now_wall, attempts=row.attempts + 1, address=address,
+            client_id=client_id or row.client_id, updated_at=now_wall,
+            # A dismissed entry is disowned: the next keyed claim's key replaces its key.
+            claim_key_hash=(key_digest or row.claim_key_hash) if row.state == "dismissed"
+            else row.claim_key_hash or key_digest)
         await self.db.write(pending_rows.save, bumped, report)
         self._touched[device_id] = (now, now if report else reported)
         return True
@@ -245,6 +253,11 @@ class Onboarding:
             except ConfigError as exc:
                 raise OnboardingError(f"the edge config cannot be read: {exc}",
                                       status=409) from None
+            hint = room_hint(row.client_id)
+            if row.claim_key_hash is not None and hint is not None and hint != room_id:
+                raise OnboardingError(
+                    f"this node's firmware was made for room {hint!r}: adopt it into that room"
+                    " (or flash it with a node file for this one)", "room_id")
             if room_id not in file_rooms:
                 if self.settings.room(room_id) is not None:
                     raise OnboardingError(
@@ -275,11 +288,8 @@ class Onboarding:
                     room_id: str | None = None, kind: str | None = None,
                     actuator: str | None = None) -> None:
         now = time.time()
-        changed = pending_rows.PendingDevice(
-            device_id=row.device_id, state=state, first_seen=row.first_seen,
-            last_seen=row.last_seen, attempts=row.attempts, address=row.address,
-            client_id=row.client_id, room_id=room_id, updated_at=now, kind=kind,
-            actuator=actuator)
+        changed = dataclasses.replace(row, state=state, room_id=room_id, updated_at=now,
+                                      kind=kind, actuator=actuator)
         await self.db.write(pending_rows.save, changed, True, urgent=True)
         self._touched.pop(row.device_id, None)
 
@@ -288,24 +298,128 @@ class Onboarding:
         the cloud, or added with ``smartfarm edge device add``); how many were."""
         rows = await self.db.read(pending_rows.listing, ("pending", "dismissed"))
         done = 0
+        minted = False
+        dismissed = self.cloud_dismissed()
         async with self._lock:
             for row in rows:
+                at = dismissed.get(row.device_id)
+                if row.state == "pending" and at is not None and row.first_seen <= at:
+                    # Dismissed in the cloud after it first knocked: dismissed here too.
+                    await self._mark(row, "dismissed")
+                    log.info("pending device %s dismissed in the cloud", row.device_id)
+                    continue
                 device = self.settings.device(row.device_id)
                 if device is not None:
+                    if row.claim_key_hash is not None and self.password_of(device.id) is None:
+                        # Adopted in the cloud, whose password only reaches the edge as a hash:
+                        # the edge makes its own (it wins at the edge's broker), to hand over.
+                        await asyncio.to_thread(_mint_password, self.settings, device.id)
+                        minted = True
                     await self._mark(row, "adopted", device.room, device.kind, device.actuator)
                     done += 1
+        if minted and self.reload is not None:
+            await self.reload()
         return done
 
+    # -- handing an adopted node its credentials (keyed claims) --
+    def password_of(self, device_id: str) -> str | None:
+        """The device's MQTT password when this edge holds it in plain (it made it)."""
+        try:
+            return DeviceSecrets.load(self.settings.device_secrets_path).devices.get(device_id)
+        except CredentialsError:
+            return None
+
+    async def claim_session(self, username: str | None, password: str | None) -> bool:
+        """A login the broker's accounts refused that may log in as a *claim session*: an
+        adopted device (in the config, with a password this edge holds) knocking with the claim
+        code and the same claim key it first knocked with. Such a session may only read its
+        claim topic, where :meth:`deliver` hands it its credentials."""
+        parts = split_claim(password)
+        if (parts is None or parts[1] is None or not is_valid_id(username)
+                or not self.is_claim_code(password)):
+            return False
+        assert username is not None
+        device = self.settings.device(username)
+        if device is None:
+            return False
+        row = await self.db.read(pending_rows.get, username)
+        if (row is None or row.state != "adopted" or row.claim_key_hash is None
+                or not _same(row.claim_key_hash, key_hash(parts[1]))):
+            return False
+        return await asyncio.to_thread(self.password_of, username) is not None
+
+    async def takes_credentials(self, device_id: str) -> bool:
+        """The device knocked with a claim key: once adopted, its claim session is handed its
+        credentials (no re-flash)."""
+        row = await self.db.read(pending_rows.get, device_id)
+        return row is not None and row.claim_key_hash is not None
+
+    def session_started(self, device_id: str) -> None:
+        """The broker let ``device_id``'s claim session in (see :meth:`claim_session`)."""
+        self._sessions[device_id] = (time.monotonic(), float("-inf"))
+        log.info("adopted device %s is in claim mode: handing it its credentials", device_id)
+
+    def attach(self, publisher: Publisher | None) -> None:
+        """The edge's own MQTT connection (None while it is down)."""
+        self._publisher = publisher
+
+    def credentials(self, device_id: str) -> dict[str, Any] | None:
+        """What the claim topic carries for an adopted device (None: nothing to hand over)."""
+        device = self.settings.device(device_id)
+        password = self.password_of(device_id)
+        if device is None or password is None:
+            return None
+        return {"device_id": device_id, "room_id": device.room, "kind": device.kind,
+                "actuator": device.actuator, "username": device_id, "password": password}
+
+    async def deliver(self) -> int:
+        """Publish the credentials to each claim session logged in lately (not retained, QoS 1,
+        every DELIVER_EVERY_S: the node subscribes right after it logs in, then takes them,
+        stores them and reconnects with them). How many were published."""
+        publisher, now, sent = self._publisher, time.monotonic(), 0
+        for device_id, (since, last) in list(self._sessions.items()):
+            if now - since > DELIVER_FOR_S:
+                del self._sessions[device_id]
+                continue
+            if publisher is None or now - last < DELIVER_EVERY_S:
+                continue
+            doc = await asyncio.to_thread(self.credentials, device_id)
+            if doc is None:
+                del self._sessions[device_id]
+                continue
+            payload = json.dumps(doc, separators=(",", ":")).encode()
+            await publisher.publish(claim_topic(self.settings.farm_id, device_id), payload,
+                                    qos=1, retain=False)
+            self._sessions[device_id] = (since, now)
+            sent += 1
+        self.delivered += sent
+        return sent
+
     async def run(self, interval_s: float = 2.0) -> None:
-        """Settle now and then (a cloud push can adopt a device at any time)."""
+        """Settle now and then (a cloud push can adopt a device at any time); hand claim
+        sessions their credentials."""
+        ticks = 0
         while True:
             try:
-                await self.settle()
+                if ticks % 4 == 0:
+                    await self.settle()
+                await self.deliver()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("settling pending devices failed; trying again")
-            await asyncio.sleep(interval_s)
+                log.exception("settling or delivering to pending devices failed; trying again")
+            ticks += 1
+            await asyncio.sleep(interval_s / 4)
+
+
+def _same(stored: str, given: str | None) -> bool:
+    return given is not None and hmac.compare_digest(stored, given)
+
+
+def _mint_password(settings: EdgeSettings, device_id: str) -> str:
+    secrets_ = DeviceSecrets.load_or_create(settings.device_secrets_path,
+                                            edge_username=settings.broker.edge_username)
+    return secrets_.add_device(device_id, rotate=True)
 
 
 def _file_rooms(config: Path) -> set[str]:

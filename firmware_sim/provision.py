@@ -1,6 +1,9 @@
 """One simulated node "flashed" with the credentials the cloud showed once for a new device: the
 provisioning document (the QR code's content, ``cloud.device_setup``) names the device, its
-password, the broker and its topics. ``smartfarm sim node --provisioning FILE`` runs it.
+password, the broker and its topics. ``smartfarm sim node --provisioning FILE`` runs it;
+``smartfarm sim node --claim CODE --device-id ID --host H --port P --flash FILE`` runs a node
+flashed with the farm's claim code instead (``firmware_sim.claim``): it waits for adoption, takes
+its credentials from the edge and then runs like the other.
 
 The node logs in with exactly those credentials and publishes on exactly those topics (they are
 checked against the scheme: a document whose topics do not belong to its device is refused), in
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+from firmware_sim.claim import ClaimNode, Credentials, Flash
 from firmware_sim.clock import Clock, make_clock
 from firmware_sim.closed_loop import initial_state, scenario_params
 from firmware_sim.farm import SimFarm
@@ -115,6 +119,13 @@ def load_provisioning(source: str | Path) -> Provisioning:
     return parse_provisioning(doc)
 
 
+def claimed_provisioning(farm_id: str, creds: Credentials, host: str, port: int) -> Provisioning:
+    """The provisioning a claimed node runs with: what the edge handed it, on the same broker."""
+    return Provisioning(farm_id=farm_id, room_id=creds.room_id, device_id=creds.device_id,
+                        kind=creds.kind, actuator=creds.actuator, username=creds.device_id,
+                        password=creds.password, host=host, port=port, tls=False)
+
+
 def build_node(
     prov: Provisioning,
     *,
@@ -162,8 +173,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Run one simulated ESP32 with the credentials the cloud showed for a new"
                     " device (its provisioning text, as a file or inline JSON).",
     )
-    parser.add_argument("--provisioning", required=True,
-                        help="the provisioning file (or its JSON text)")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--provisioning", help="the provisioning file (or its JSON text)")
+    how.add_argument("--claim", metavar="CODE",
+                     help="claim mode: the farm's claim code (with --device-id, --farm-id,"
+                          " --host, --port, --flash)")
+    parser.add_argument("--device-id", help="claim mode: the node's id, e.g. esp-3c71bf")
+    parser.add_argument("--farm-id", help="claim mode: the farm's id")
+    parser.add_argument("--flash", type=Path,
+                        help="claim mode: the node's flash (its claim key, then its credentials)")
     parser.add_argument("--host", help="broker host (default: the provisioning's)")
     parser.add_argument("--port", type=int, help="broker port (default: the provisioning's)")
     parser.add_argument("--species", default="oyster", choices=get_args(Species))
@@ -182,16 +200,29 @@ def node_main(argv: Sequence[str]) -> int:
     if args.speed <= 0 or args.interval <= 0:
         print("smartfarm sim node: --speed and --interval must be > 0", file=sys.stderr)
         return 2
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        prov = load_provisioning(args.provisioning)
+        if args.claim is not None:
+            if not (args.device_id and args.farm_id and args.host and args.port and args.flash):
+                print("smartfarm sim node: --claim needs --device-id, --farm-id, --host, --port"
+                      " and --flash", file=sys.stderr)
+                return 2
+            claimer = ClaimNode(farm_id=args.farm_id, device_id=args.device_id,
+                                claim_code=args.claim, flash=Flash(args.flash), host=args.host,
+                                port=args.port)
+            creds = asyncio.run(claimer.credentials())
+            prov = claimed_provisioning(args.farm_id, creds, args.host, args.port)
+        else:
+            prov = load_provisioning(args.provisioning)
         farm = build_node(prov, host=args.host, port=args.port, species=args.species,
                           stage=args.stage, speed=args.speed, seed=args.seed,
                           telemetry_interval_s=args.interval)
     except SmartfarmError as exc:
         print(f"smartfarm sim node: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    except KeyboardInterrupt:
+        return 130
     node = farm.nodes[0]
     logging.getLogger(__name__).info(
         "device %s (%s) of farm %s, room %s → %s:%s", prov.device_id, prov.kind, prov.farm_id,

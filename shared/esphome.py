@@ -35,10 +35,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from shared.esphome_claim import NOT_CLAIMING, claim_boot_lambda, claim_globals, claim_hello
+from shared.esphome_ota import ota_dispatch, ota_globals, ota_http_request, ota_platform, ota_script
 from shared.topics import build_topic, check_id
-from shared.vocabulary import ACTUATOR_LABELS, ACTUATOR_ROLES
+from shared.vocabulary import ACTUATOR_LABELS, ACTUATOR_ROLES, ActuatorRole
 
 FIRMWARE_VERSION: Final = "1.0.0"
 FIRMWARE_PREFIX: Final = "smartfarm-esphome"
@@ -128,9 +130,12 @@ class Node:
     failsafe_s: int = 600
     pins: Pins | None = None  # None: the board's (BOARD_PINS)
     firmware_version: str = FIRMWARE_VERSION
-    # OTA from the edge: the URL of the ESPHome update manifest the edge serves for this node
-    # (http_request update platform). None: updates only with `esphome run` on the LAN.
-    firmware_manifest_url: str | None = None
+    # Claim mode (docs/onboarding.md): the farm's claim code instead of a password. The node
+    # asks to join, takes the credentials the edge hands it once adopted, keeps them in flash.
+    claim_code: str | None = None
+    # Where it claims: the edge's embedded broker (the claim code and key as its password), or
+    # an external Mosquitto (its shared claim account, hellos; edge.external_claims).
+    claim_via: Literal["embedded", "mosquitto"] = "embedded"
 
     def __post_init__(self) -> None:
         check_id(self.farm_id, "farm_id")
@@ -167,11 +172,11 @@ class Node:
                 raise ValueError(f"ntp server {server!r}: a host name or IP address")
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", self.board):
             raise ValueError(f"board {self.board!r}: a PlatformIO board id such as esp32dev")
-        if self.firmware_manifest_url is not None and not _URL_RE.fullmatch(
-            self.firmware_manifest_url
-        ):
-            raise ValueError(f"firmware_manifest_url {self.firmware_manifest_url!r}: an http(s)"
-                             " URL on the edge")
+        if self.claim_code is not None:
+            if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z -]{3,39}", self.claim_code):
+                raise ValueError("claim_code: the farm's claim code (letters, digits, dashes)")
+            if self.password is not None:
+                raise ValueError("password: a claim-mode node has none (the edge hands it one)")
         if not re.fullmatch(r"[0-9A-Za-z.+_-]{1,32}", self.firmware_version):
             raise ValueError(f"firmware_version {self.firmware_version!r}")
 
@@ -194,7 +199,6 @@ class Node:
 
 
 _HOST_RE: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$")
-_URL_RE: Final = re.compile(r"^https?://[A-Za-z0-9.:\[\]-]{1,253}(/[A-Za-z0-9._~%/+-]*)?$")
 
 
 HOST_PATTERN: Final = _HOST_RE.pattern
@@ -239,6 +243,27 @@ class BoardOptions(BaseModel):
                 "interval_s": self.interval_s}
 
 
+class ClaimFileOptions(BoardOptions):
+    """The query of a claim-mode node file's download: the node's id, the room and role it is
+    made for, and its board."""
+
+    device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+                           description="the node's id, by convention esp- and the last 6 hex"
+                                       " digits of its MAC (esp-3c71bf)")
+    room_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+                         description="the room it will be adopted into")
+    kind: Literal["sensor", "actuator"]
+    actuator: ActuatorRole | None = Field(default=None, validate_default=True,
+                                          description="required for actuators")
+
+    @field_validator("actuator")
+    @classmethod
+    def _role(cls, value: ActuatorRole | None, info: ValidationInfo) -> ActuatorRole | None:
+        if (info.data.get("kind") == "actuator") != (value is not None):
+            raise ValueError("an actuator needs its role; a sensor has none")
+        return value
+
+
 def node_name(device_id: str) -> str:
     """The ESPHome node name (its host name: lowercase letters, digits and '-', at most 31
     characters) for a device id; ids that had to change get a short hash, so two devices whose ids
@@ -259,7 +284,7 @@ def secrets_template(node: Node) -> str:
         'fallback_ap_password: "8+ characters, for the set-up hotspot"',
         'ota_password: "a password for over-the-air updates"',
     ]
-    if node.password is None:
+    if node.password is None and node.claim_code is None:
         lines.append('mqtt_password: "the device password shown once when it was added"')
     if node.broker_host is None:
         lines.append('edge_host: "the edge\'s address on the farm network, e.g. 192.168.1.10"')
@@ -311,13 +336,20 @@ def _header(node: Node) -> list[str]:
         "# Generated by smartfarm; wiring, flashing and the MQTT contract: docs/devices.md.",
         "# Needs a secrets.yaml beside it with: wifi_ssid, wifi_password, fallback_ap_password,",
         "# ota_password"
-        + (", mqtt_password" if node.password is None else "")
+        + (", mqtt_password" if node.password is None and node.claim_code is None else "")
         + (", edge_host" if node.broker_host is None else "")
         + (", edge_ca" if node.tls and node.ca_pem is None else "")
         + ".",
     ]
     if node.password is not None:
         lines.append("# It holds the device's MQTT password: keep it as private as secrets.yaml.")
+    if node.claim_code is not None:
+        lines += [
+            "# Claim mode: it logs in with the farm's claim code and a key it draws on first boot,",
+            "# waits to be adopted (edge page or cloud) into this room as this kind of node, then",
+            "# takes its MQTT password from the edge, keeps it in flash and reboots with it.",
+            "# It holds the farm's claim code: keep it as private as secrets.yaml.",
+        ]
     return [
         *lines,
         "",
@@ -327,7 +359,9 @@ def _header(node: Node) -> list[str]:
         f"  status_topic: {_q(node.topic('status'))}",
         f"  ack_topic: {_q(node.topic('ack'))}",
         f"  command_topic: {_q(node.topic('command'))}",
-        f"  firmware: {_q(node.firmware)}",
+        "  # The version the node reports (its status's firmware field): raise it before you",
+        "  # build an image to offer from the edge (docs/firmware-updates.md).",
+        f"  firmware_version: {_q(node.firmware_version)}",
         "",
     ]
 
@@ -340,9 +374,28 @@ def _core(node: Node) -> list[str]:
         f"  comment: {_q(f'smartfarm {node.kind} in room {node.room_id}')}",
         "  project:",
         f"    name: {_q('smartfarm.' + node.kind + '-node')}",
-        f"    version: {_q(node.firmware_version)}",
+        "    version: ${firmware_version}",
     ]
+    boot: list[str] = []
     if node.kind == "actuator":
+        boot += [
+            "  # Boot-safe: the output is off from power-up until a command says otherwise.",
+            "  - priority: 800",
+            "    then:",
+            "      - output.turn_off: drive",
+            "      - lambda: 'id(level) = 0.0f;'",
+        ]
+    if node.claim_code is not None:
+        boot += [
+            "  # Before MQTT starts: its own password from flash, else claim mode.",
+            "  - priority: 600",
+            "    then:",
+            "      - lambda: |-",
+            *_block(claim_boot_lambda(node), 10),
+        ]
+    if node.claim_code is not None:
+        lines += ["  on_boot:", *_block("\n".join(boot), 2)]
+    elif boot:  # the actuator's alone: the mapping form
         lines += [
             "  on_boot:",
             "    # Boot-safe: the output is off from power-up until a command says otherwise.",
@@ -362,29 +415,13 @@ def _core(node: Node) -> list[str]:
         "  level: INFO",
         "",
         "ota:",
+        "  # `esphome run` on the LAN (ota_password), and the edge's `ota` command (below).",
         "  - platform: esphome",
         "    password: !secret ota_password",
+        *_block(ota_platform("${ack_topic}", "${device_id}"), 2),
+        "",
+        *_block(ota_http_request(), 0),
     ]
-    if node.firmware_manifest_url is not None:
-        lines += [
-            "  - platform: http_request",
-            "",
-            "http_request:",
-            "  timeout: 30s",
-            "",
-            "update:",
-            "  # The edge offers a new image by listing it in this node's manifest; the node",
-            "  # checks hourly and installs it (output off while it reboots, as at any boot).",
-            "  - platform: http_request",
-            "    id: firmware_update",
-            "    internal: true",
-            f"    source: {_q(node.firmware_manifest_url)}",
-            "    update_interval: 1h",
-            "    on_update_available:",
-            "      then:",
-            "        - update.perform:",
-            "            id: firmware_update",
-        ]
     return [*lines, ""]
 
 
@@ -404,9 +441,14 @@ def _network(node: Node) -> list[str]:
 
 def _mqtt(node: Node) -> list[str]:
     host = _q(node.broker_host) if node.broker_host else "!secret edge_host"
-    password = _q(node.password) if node.password is not None else "!secret mqtt_password"
+    password = (_q(node.password) if node.password is not None
+                else _q(node.claim_code) if node.claim_code is not None
+                else "!secret mqtt_password")
+    client_id = (node.device_id if node.claim_code is None
+                 else f"{node.device_id}@{node.room_id}")  # the room it was made for
     birth = json.dumps(
-        {"device_id": node.device_id, "online": True, "firmware": node.firmware},
+        {"device_id": node.device_id, "online": True,
+         "firmware": f"{FIRMWARE_PREFIX}/${{firmware_version}}"},
         separators=(",", ":"),
     )
     will = json.dumps({"device_id": node.device_id, "online": False}, separators=(",", ":"))
@@ -417,7 +459,7 @@ def _mqtt(node: Node) -> list[str]:
         f"  port: {node.broker_port}",
         f"  username: {_q(node.device_id)}",
         f"  password: {password}",
-        f"  client_id: {_q(node.device_id)}",
+        f"  client_id: {_q(client_id)}",
         "  # Only the device's own topics: no discovery, no log topic, every entity internal.",
         "  discovery: false",
         "  log_topic: null",
@@ -452,14 +494,16 @@ def _mqtt(node: Node) -> list[str]:
     else:
         lines += ["      - script.stop: failsafe", "  on_disconnect:", "    then:",
                   "      - script.execute: failsafe"]
-        lines += [
-            "  on_json_message:",
-            "    - topic: ${command_topic}",
-            "      qos: 1",
-            "      then:",
-            "        - lambda: |-",
-        ]
-        lines += _block(command_lambda(node), 12)
+    lines += [
+        "  on_json_message:",
+        "    - topic: ${command_topic}",
+        "      qos: 1",
+        "      then:",
+        ota_dispatch("${ack_topic}", "${device_id}", 8).rstrip("\n"),
+        "        - lambda: |-",
+    ]
+    lines += _block(command_lambda(node) if node.kind == "actuator" else _SENSOR_COMMAND_LAMBDA,
+                    12)
     return [*lines, ""]
 
 
@@ -625,7 +669,7 @@ def _status_lambda(node: Node) -> str:
         'if (now.is_valid()) root["timestamp"] = now.strftime("%Y-%m-%dT%H:%M:%SZ");',
         'JsonObject state = root["state"].to<JsonObject>();',
         _state_lambda(node),
-        'root["firmware"] = "${firmware}";',
+        f'root["firmware"] = "{FIRMWARE_PREFIX}/${{firmware_version}}";',
         f'if {_has_value("wifi_rssi")} root["rssi_dbm"] = roundf(id(wifi_rssi).state);',
         f'if {_has_value("uptime_s")} root["uptime_s"] = roundf(id(uptime_s).state);',
     ])
@@ -641,6 +685,7 @@ for (char c : cid) cid_ok = cid_ok && (isalnum((unsigned char) c) || c == '_' ||
 if (!cid_ok) cid = "unknown";
 std::string device(x["device_id"] | "");
 std::string action(x["action"] | "");
+if (action == "ota") return;  // the update script's (ota_dispatch)
 JsonVariantConst value = x["value"];
 std::string error;
 bool repeated = false;
@@ -691,8 +736,24 @@ if (!repeated && error.empty()) id(publish_status).execute();
 """
 
 
+# A sensor node takes no command but ``ota``: anything else is acked as an error, so the edge
+# does not wait for it to time out.
+_SENSOR_COMMAND_LAMBDA: Final = r"""
+std::string action(x["action"] | "");
+if (action == "ota") return;  // the update script's (ota_dispatch)
+std::string cid(x["command_id"] | "unknown");
+id(mqtt_client).publish_json("${ack_topic}", [=](JsonObject root) {
+  root["command_id"] = cid.substr(0, 64);
+  root["device_id"] = "${device_id}";
+  root["status"] = "error";
+  root["error"] = "a sensor node takes no command but ota";
+}, 1, false);
+"""
+
+
 def _sensor_node(node: Node) -> list[str]:
     any_value = " || ".join(_has_value(sid) for _, sid in _metrics(node))
+    not_claiming = NOT_CLAIMING[node.claim_code is None]
     lines = [
         "i2c:",
         f"  sda: {node.gpio.sda}",
@@ -706,7 +767,7 @@ def _sensor_node(node: Node) -> list[str]:
         "      - if:",
         "          condition:",
         "            lambda: |-",
-        f"              return id(mqtt_client).is_connected() && ({any_value});",
+        f"              return id(mqtt_client).is_connected(){not_claiming} && ({any_value});",
         "          then:",
         "            - mqtt.publish_json:",
         "                topic: ${telemetry_topic}",
@@ -715,6 +776,7 @@ def _sensor_node(node: Node) -> list[str]:
     ]
     lines += _block(_telemetry_lambda(node), 18)
     lines += _status_script(node)
+    lines += ["", "globals:", *_block(ota_globals(), 2), *claim_globals(node)]
     lines += [
         "",
         "interval:",
@@ -724,6 +786,7 @@ def _sensor_node(node: Node) -> list[str]:
         "  - interval: 60s",
         "    then:",
         "      - script.execute: publish_status",
+        *claim_hello(node),
     ]
     return lines
 
@@ -735,14 +798,26 @@ def _status_script(node: Node) -> list[str]:
         "    then:",
         "      - if:",
         "          condition:",
-        "            mqtt.connected:",
+        *(["            mqtt.connected:"] if node.claim_code is None else [
+            "            lambda: 'return id(mqtt_client).is_connected() && !id(sf_claiming);'"]),
         "          then:",
         "            - mqtt.publish_json:",
         "                topic: ${status_topic}",
         "                qos: 1",
         "                payload: |-",
     ]
-    return lines + _block(_status_lambda(node), 18)
+    lines += _block(_status_lambda(node), 18)
+    lines += _block(ota_script("${ack_topic}", "${device_id}"), 2)
+    if node.claim_code is not None:
+        lines += [
+            "  # Adopted: the password is in flash; reboot into it (globals are saved first).",
+            "  - id: sf_adopted",
+            "    mode: single",
+            "    then:",
+            "      - delay: 2s",
+            "      - lambda: 'App.safe_reboot();'",
+        ]
+    return lines
 
 
 def _actuator_node(node: Node) -> list[str]:
@@ -781,6 +856,8 @@ def _actuator_node(node: Node) -> list[str]:
         "  - id: recent_commands",
         "    type: std::vector<std::string>",
         "    restore_value: false",
+        *_block(ota_globals(), 2),
+        *claim_globals(node),
         "",
         "script:",
         "  # Without the broker for failsafe_s the output goes off (the edge cannot watch it).",
@@ -798,6 +875,7 @@ def _actuator_node(node: Node) -> list[str]:
         "  - interval: 60s",
         "    then:",
         "      - script.execute: publish_status",
+        *claim_hello(node),
     ]
     return lines
 
@@ -805,4 +883,3 @@ def _actuator_node(node: Node) -> list[str]:
 def command_lambda(node: Node) -> str:
     """The command handler's C++ with this node's state statements (for node_yaml and tests)."""
     return _COMMAND_LAMBDA.replace("__STATE__", _state_lambda(node).replace("\n", "\n  "))
-

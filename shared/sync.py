@@ -173,6 +173,8 @@ class PendingDeviceData(msgspec.Struct, omit_defaults=True):
     # Once adopted: what it is (the cloud registers a device adopted on the edge's page).
     kind: str | None = None
     actuator: str | None = None
+    # It knocked with a claim key: once adopted, the edge hands it its password (no re-flash).
+    claim_mode: bool = False
 
 
 class RuleReport(msgspec.Struct, omit_defaults=True):
@@ -447,6 +449,14 @@ class RoomSpec(_Msg):
     disabled_rules: list[str] = Field(default_factory=list)
 
 
+class PendingDismissal(_Msg):
+    """A device waiting for adoption that someone dismissed in the cloud (at ``at``): the edge
+    dismisses its own entry too, unless the device started knocking again after that."""
+
+    device_id: Id
+    at: datetime
+
+
 class ConfigPush(_Msg):
     """An edge's slice of its farm's config: the rooms it serves, their rules and devices."""
 
@@ -454,13 +464,16 @@ class ConfigPush(_Msg):
     version: int = Field(ge=1)
     rooms: list[RoomSpec]
     devices: list[DeviceSpec]
-    # Left out while empty (a farm with one edge), so an edge that predates the field (its
-    # messages refuse unknown fields) still takes the pushes of such a farm.
+    # Both lists are left out while empty (a farm with one edge, nothing dismissed), so an edge
+    # that predates them (its messages refuse unknown fields) still takes such pushes.
     other_rooms: list[Id] = Field(
         default_factory=list,
         exclude_if=lambda rooms: not rooms,
         description="the farm's rooms this edge does not serve (another edge's, or unassigned):"
         " the edge drops them, with their devices, even where its own config file lists them",
+    )
+    dismissed: list[PendingDismissal] = Field(
+        default_factory=list, max_length=1000, exclude_if=lambda dismissed: not dismissed
     )
 
 

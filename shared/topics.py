@@ -90,3 +90,10 @@ def subscription(farm_id: str, kind: Kind | Literal["+"] = "+", room_id: str = "
     if room_id != "+":
         check_id(room_id, "room_id")
     return f"farm/{farm_id}/room/{room_id}/{kind}/+"
+
+
+def claim_topic(farm_id: str, device_id: str) -> str:
+    """Where the edge hands an adopted node its credentials while it is still logged in with the
+    claim code (docs/onboarding.md): only that node's claim session may read it, nobody writes
+    it but the edge, and nothing is retained there."""
+    return f"farm/{check_id(farm_id, 'farm_id')}/claim/{check_id(device_id, 'device_id')}"

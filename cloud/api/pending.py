@@ -1,5 +1,5 @@
 """Devices waiting for adoption: listed as the farm's edges report them (a device that knocked at
-an edge's broker with the farm's claim code, refused until adopted); an owner adopts one into a
+an edge's broker with the farm's claim code, refused until adopted); an operator adopts one into a
 room — it becomes a registered device, its MQTT password shown once, and the farm's config push
 brings it (and its password hash) to the edges — or dismisses it from the list."""
 
@@ -19,7 +19,7 @@ from cloud.api.schemas import In, Out
 from cloud.db import audit
 from cloud.db import devices as devices_db
 from cloud.db import pending as pending_db
-from cloud.errors import Conflict, NotFound
+from cloud.errors import Conflict, NotFound, ValidationFailed
 from shared.rules import ActuatorRole
 from shared.topics import is_valid_id
 
@@ -37,6 +37,8 @@ class PendingDeviceOut(Out):
     address: str = Field(description="its IP address on the farm's network at its last try")
     client_id: str = Field(description="the MQTT client id it sent")
     room_id: str | None
+    claim_mode: bool = Field(description="it knocked with a claim key: once adopted, the edge"
+                                         " hands it a password of its own (no re-flash)")
 
 
 class PendingListOut(Out):
@@ -80,8 +82,17 @@ async def adopt_device(call: Call) -> RegisteredDeviceOut:
     password = secrets.token_urlsafe(24)
     pw_hash = await call.app[appkeys.PASSWORDS].hash(password)
     async with call.db.transaction() as cur:
-        if await pending_db.lock_waiting(cur, farm_id, device_id) is None:
+        waiting = await pending_db.lock_waiting(cur, farm_id, device_id)
+        if waiting is None:
             raise NotFound(f"no device {device_id} is waiting for adoption in this farm")
+        # A claim-mode node file names the room it was made for (client id <id>@<room>); its
+        # firmware takes credentials for that room only (docs/onboarding.md).
+        _, made_for, hint = str(waiting["client_id"]).partition("@")
+        if made_for and is_valid_id(hint) and hint != room_id:
+            raise ValidationFailed([{
+                "field": "room_id", "type": "value_error",
+                "message": f"this node's firmware was made for room {hint}: adopt it into that"
+                           " room (or flash it with a node file for this one)"}])
         await cur.execute(devices_db.GET, {"farm_id": farm_id, "id": device_id})
         if await cur.fetchone() is not None:
             raise Conflict(f"device {device_id} is already registered in this farm")
@@ -123,7 +134,7 @@ ROUTES = [
         "/api/rooms/{room_id}/pending-devices/{pending_device_id}/adopt",
         adopt_device,
         "room",
-        role="owner",
+        role="operator",
         body=AdoptIn,
         response=RegisteredDeviceOut,
         status=201,

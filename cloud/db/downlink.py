@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cloud.db import pending
 from cloud.db.database import Database
 
 FARM_VERSION = """
@@ -95,6 +96,7 @@ class ConfigSnapshot:
     rules: list[dict[str, Any]]
     devices: list[dict[str, Any]]
     other_rooms: list[str] = field(default_factory=list)
+    dismissed: list[dict[str, Any]] = field(default_factory=list)  # cloud/db/pending.DISMISSED
 
 
 async def farm_version(db: Database, farm_id: str) -> int:
@@ -119,9 +121,16 @@ async def snapshot(db: Database, farm_id: str, edge_id: str | None = None) -> Co
         devices = await cur.fetchall()
         await cur.execute(OTHER_ROOMS, params)
         others = [r["id"] for r in await cur.fetchall()]
+        await cur.execute(pending.DISMISSED, params)
+        dismissed = await cur.fetchall()
     version = int(row["version"]) if row else 0
     return ConfigSnapshot(
-        version=version, rooms=rooms, rules=rules, devices=devices, other_rooms=others
+        version=version,
+        rooms=rooms,
+        rules=rules,
+        devices=devices,
+        other_rooms=others,
+        dismissed=dismissed,
     )
 
 

@@ -10,13 +10,14 @@ from cloud.db.database import Cursor, Database
 # edge reports pending again after an adoption (removed from the config since) is shown again.
 UPSERT = """
 INSERT INTO pending_devices AS p (farm_id, device_id, edge_id, state, first_seen, last_seen,
-    attempts, address, client_id, room_id, reported_at)
+    attempts, address, client_id, room_id, reported_at, claim_mode)
 VALUES (%(farm_id)s, %(device_id)s, %(edge_id)s, %(state)s, %(first_seen)s, %(last_seen)s,
-    %(attempts)s, %(address)s, %(client_id)s, %(room_id)s, %(at)s)
+    %(attempts)s, %(address)s, %(client_id)s, %(room_id)s, %(at)s, %(claim_mode)s)
 ON CONFLICT (farm_id, device_id) DO UPDATE SET
     edge_id = excluded.edge_id, state = excluded.state, first_seen = excluded.first_seen,
     last_seen = excluded.last_seen, attempts = excluded.attempts, address = excluded.address,
     client_id = excluded.client_id, room_id = excluded.room_id,
+    claim_mode = excluded.claim_mode,
     reported_at = excluded.reported_at,
     dismissed_at = CASE WHEN p.state <> 'pending' AND excluded.state = 'pending' THEN NULL
         ELSE p.dismissed_at END,
@@ -25,11 +26,11 @@ ON CONFLICT (farm_id, device_id) DO UPDATE SET
 WHERE p.reported_at <= excluded.reported_at"""
 WAITING = """
 SELECT device_id, farm_id, edge_id, state, first_seen, last_seen, attempts, address, client_id,
-    room_id FROM pending_devices
+    room_id, claim_mode FROM pending_devices
 WHERE farm_id = %(farm_id)s AND state = 'pending' AND dismissed_at IS NULL
 ORDER BY last_seen DESC, device_id LIMIT %(limit)s"""
 GET_WAITING = """
-SELECT device_id, state FROM pending_devices
+SELECT device_id, state, client_id FROM pending_devices
 WHERE farm_id = %(farm_id)s AND device_id = %(device_id)s AND state <> 'adopted'
 FOR UPDATE"""
 ADOPTED = """
@@ -39,6 +40,14 @@ DISMISS = """
 UPDATE pending_devices SET dismissed_at = now(), dismissed_by = %(user_id)s
 WHERE farm_id = %(farm_id)s AND device_id = %(device_id)s AND state = 'pending'
     AND dismissed_at IS NULL"""
+# A dismissal reaches the edges with the farm's next config push (ConfigPush.dismissed): the
+# edge that lists the device dismisses it too. Until that edge reports it dismissed, it is
+# in every push (at most the latest 200, as many as an edge lists).
+BUMP = "SELECT edge_config_bump(%(farm_id)s)"
+DISMISSED = """
+SELECT device_id, dismissed_at FROM pending_devices
+WHERE farm_id = %(farm_id)s AND state = 'pending' AND dismissed_at IS NOT NULL
+ORDER BY dismissed_at DESC, device_id LIMIT 200"""
 
 # A device adopted on an edge's page: registered in that room unless the id is taken.
 REGISTER_ADOPTED = """
@@ -73,5 +82,11 @@ async def mark_adopted(cur: Cursor, farm_id: str, device_id: str, room_id: str) 
 
 
 async def dismiss(db: Database, farm_id: str, device_id: str, user_id: int | None) -> bool:
+    """Dismiss a waiting device; the farm's config version moves so the edges hear of it."""
     params = {"farm_id": farm_id, "device_id": device_id, "user_id": user_id}
-    return await db.execute(DISMISS, params) > 0
+    async with db.transaction() as cur:
+        await cur.execute(DISMISS, params)
+        if cur.rowcount == 0:
+            return False
+        await cur.execute(BUMP, params)
+    return True

@@ -1,5 +1,5 @@
 // Devices waiting for adoption (set-up → Devices): nodes that knocked at an edge's broker with the
-// farm's claim code, refused until adopted. An owner adopts one into a room (as a sensor or an
+// farm's claim code, refused until adopted. An operator (or owner) adopts one into a room (as a sensor or an
 // actuator of a role): it becomes a registered device, its credentials shown once; or dismisses
 // it from the list. Everyone who can see the set-up sees the list.
 
@@ -7,10 +7,12 @@ import { inFarm, path } from './api.js';
 import { h, clear, ago } from './dom.js';
 import { field, select, showErrors, errorLine, busy, confirmIn } from './setup-forms.js';
 
-// env: the set-up view's ({ api, farmId, owner, vocabulary }); rooms: the farm's rooms;
+// env: the set-up view's ({ api, farmId, farm, vocabulary }); rooms: the farm's rooms;
 // onAdopted(device): shows the new device's credentials and reloads the device lists.
 export function pendingSection(env, rooms, onAdopted) {
-  const { api, farmId, owner, vocabulary } = env;
+  const { api, farmId, vocabulary } = env;
+  // Operators adopt and dismiss, as the API allows; viewers only see the list.
+  const canAdopt = ['owner', 'operator'].includes(env.farm?.role);
   const list = h('ul', { class: 'items setup-list', 'aria-label': 'devices waiting for adoption' });
   const card = h('section', { class: 'card pending-devices', 'aria-labelledby': 'pending-h' },
     h('h2', { id: 'pending-h', text: 'Waiting for adoption' }),
@@ -22,12 +24,14 @@ export function pendingSection(env, rooms, onAdopted) {
   function item(p) {
     const li = h('li', { class: 'setup-item', dataset: { pending: p.device_id } });
     const detail = [p.client_id && p.client_id !== p.device_id ? `client ${p.client_id}` : null,
-      `at ${p.address}`, `edge ${p.edge_id}`, `asked ${p.attempts}×`, `last ${ago(p.last_seen)}`]
+      `at ${p.address}`, `edge ${p.edge_id}`, `asked ${p.attempts}×`, `last ${ago(p.last_seen)}`,
+      // Claim mode: once adopted, the edge hands it a password of its own (no re-flash).
+      p.claim_mode ? 'claim mode: gets its password from the edge' : null]
       .filter(Boolean).join(' · ');
     const head = h('div', { class: 'grow' },
       h('span', { class: 'name', text: p.device_id }),
       h('p', { class: 'muted small', text: detail }));
-    if (!owner || !rooms.length) {
+    if (!canAdopt || !rooms.length) {
       clear(li, h('div', { class: 'row wrap' }, head));
       return li;
     }
@@ -76,7 +80,7 @@ export function pendingSection(env, rooms, onAdopted) {
     const doc = await api.get(path`/api/farms/${farmId}/pending-devices`);
     clear(list, doc.items.length ? doc.items.map(item)
       : h('li', { class: 'muted', text: 'No device is waiting.' }));
-    card.hidden = !doc.items.length && !owner;
+    card.hidden = !doc.items.length && !canAdopt;
   }
 
   return { card, load };

@@ -29,6 +29,7 @@ from shared.sync import (
     DeviceSpec,
     EdgeStatus,
     Hello,
+    PendingDismissal,
     RoomSpec,
 )
 
@@ -72,8 +73,14 @@ def build_config(snap: downlink.ConfigSnapshot) -> ConfigPush:
         )
         for d in snap.devices
     ]
+    dismissed = [PendingDismissal(device_id=d["device_id"], at=d["dismissed_at"])
+                 for d in snap.dismissed]
     return ConfigPush(
-        version=snap.version, rooms=rooms, devices=devices, other_rooms=snap.other_rooms
+        version=snap.version,
+        rooms=rooms,
+        devices=devices,
+        other_rooms=snap.other_rooms,
+        dismissed=dismissed,
     )
 
 

@@ -218,6 +218,8 @@ class PendingDeviceItem(_Data):
     kind: Literal["sensor", "actuator"] | None = None
     actuator: Literal["humidifier", "exhaust_fan", "heater", "light"] | None = None
     at: Seconds
+    # It knocked with a claim key (the edge hands it its password); absent from older edges.
+    claim_mode: bool = False
 
 
 class StageChange(_Data):

@@ -37,6 +37,8 @@ CSRF_VALUE: Final = "smartfarm-edge"
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 # Reachable without logging in: the page, its assets, the health probe and the login itself.
 _PUBLIC_API: Final = frozenset({"/api/login", "/api/logout", "/api/session/state"})
+# Routes whose body is binary (the firmware upload: edge.api.firmware).
+_BINARY_BODY: Final = frozenset({("POST", "/api/firmware")})
 
 
 def _same(given: str, expected: str) -> bool:
@@ -92,8 +94,14 @@ def _check_unsafe(request: web.Request, identity: Identity | None) -> None:
     if request.method in _SAFE_METHODS:
         return
     has_body = request.can_read_body or request.method in ("POST", "PUT", "PATCH")
-    if has_body and request.content_type != "application/json":
-        raise UnsupportedMediaType("send the request body as Content-Type: application/json")
+    # A firmware upload is the image itself; application/octet-stream is no CORS "simple"
+    # type either, so a cross-site form cannot send it (the same defence as JSON's).
+    binary = (request.method, request.path) in _BINARY_BODY
+    if has_body and request.content_type != (
+            "application/octet-stream" if binary else "application/json"):
+        raise UnsupportedMediaType(
+            "send the request body as Content-Type: "
+            + ("application/octet-stream" if binary else "application/json"))
     if identity is not None and identity.via == "cookie":
         if request.headers.get(CSRF_HEADER) != CSRF_VALUE:
             raise Forbidden(f"a session request that changes state needs header "

@@ -16,8 +16,9 @@ from yarl import URL
 
 from edge.api import keys, views
 from edge.api.problems import ApiError, NotFound, ValidationFailed
-from edge.api.schemas import parse_body
+from edge.api.schemas import parse_body, parse_query
 from edge.firmware import (
+    MAX_IMAGE_BYTES,
     OFFER_TTL_S,
     TOKEN_RE,
     VERSION_RE,
@@ -48,6 +49,23 @@ class Gone(ApiError):
     status = 410
     title = "Gone"
     slug = "gone"
+
+
+class TooLarge(ApiError):
+    status = 413
+    title = "Payload too large"
+    slug = "too-large"
+
+
+class UploadQuery(BaseModel):
+    """``POST /api/firmware?version=V[&device=ID][&filename=NAME]``, the image as the body."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=120)
+    version: str = Field(pattern=VERSION_RE.pattern, description="the version it reports")
+    device: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+                               description="the one device it is for (ESPHome images hold"
+                                           " their node's secrets); none: any device")
+    filename: str | None = Field(default=None, description="the file it came from")
 
 
 class OfferBody(BaseModel):
@@ -147,6 +165,41 @@ async def list_firmware(request: web.Request) -> web.Response:
         "devices": {d: {"firmware": f, "version": running_version(f)}
                     for d, f in sorted(running.items())},
     })
+
+
+async def upload_firmware(request: web.Request) -> web.Response:
+    """Store a firmware image sent as the body (``application/octet-stream``, at most
+    MAX_IMAGE_BYTES); its sha256 and MD5 are computed here. The same checks as ``smartfarm edge
+    firmware add``: an application image (first byte 0xE9), a new version, a known device."""
+    query = parse_query(request, UploadQuery)
+    if query.device is not None and request.app[keys.AUTOMATION].device(query.device) is None:
+        raise _invalid("device", f"no device {query.device!r} on this edge")
+    too_large = TooLarge(
+        f"file: an OTA image is at most {MAX_IMAGE_BYTES} bytes",
+        errors=[{"field": "file", "type": "too_large",
+                 "message": f"at most {MAX_IMAGE_BYTES} bytes"}])
+    if (request.content_length or 0) > MAX_IMAGE_BYTES:
+        raise too_large
+    store = store_of(request)
+    with store.staging() as (path, out):
+        size = 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > MAX_IMAGE_BYTES:
+                raise too_large
+            out.write(chunk)
+        out.flush()
+        try:
+            image = await asyncio.to_thread(
+                store.add, path, version=query.version,
+                devices=(query.device,) if query.device else (),
+                filename=query.filename or "uploaded")
+        except FirmwareError as exc:
+            raise _invalid(exc.field, str(exc)) from None
+    log.info("firmware %s (%s, %d bytes) uploaded by %s", image.version, image.sha256[:12],
+             image.size, request[keys.IDENTITY].user)
+    return web.json_response(image.view() | {"added_at": views.iso(image.added_at)},
+                             status=201)
 
 
 async def offer_firmware(request: web.Request) -> web.Response:
@@ -258,6 +311,7 @@ def add_firmware_routes(app: web.Application) -> None:
     if keys.COMMANDS in app and keys.DB in app:
         watch_acks(app)
     app.router.add_get("/api/firmware", list_firmware)
+    app.router.add_post("/api/firmware", upload_firmware)
     app.router.add_post("/api/devices/{device_id}/firmware", offer_firmware)
     app.router.add_delete("/api/devices/{device_id}/firmware", cancel_firmware)
     app.router.add_get(DOWNLOAD_PREFIX + "{name}", download)

@@ -8,10 +8,13 @@ from typing import Any
 from aiohttp import web
 
 from edge.api import keys
-from edge.api.problems import Conflict, NotFound, ValidationFailed
-from edge.api.schemas import AdoptBody, EmptyBody, parse_body
+from edge.api.problems import Conflict, NotFound, RequestRefused, ValidationFailed
+from edge.api.schemas import AdoptBody, EmptyBody, parse_body, parse_query
+from edge.config import ConfigError
+from edge.esphome_files import NodeOptions, claim_node
 from edge.onboarding import Onboarding, OnboardingError
 from edge.store.pending import PendingDevice
+from shared.esphome import ClaimFileOptions, node_yaml
 from shared.topics import is_valid_id
 
 
@@ -43,6 +46,8 @@ def pending_view(row: PendingDevice) -> dict[str, Any]:
         "device_id": row.device_id, "state": row.state, "first_seen": row.first_seen,
         "last_seen": row.last_seen, "attempts": row.attempts, "address": row.address,
         "client_id": row.client_id, "room_id": row.room_id,
+        # Claim mode with a key: adopted, it is handed its password over MQTT (no re-flash).
+        "claim_mode": row.claim_key_hash is not None,
     }
 
 
@@ -55,8 +60,10 @@ async def get_onboarding(request: web.Request) -> web.Response:
     embedded = broker.mode == "embedded"
     return web.json_response({
         "claim_code": onboarding.claim_code(),
-        # Claim logins are only seen by the embedded broker (an external one cannot report them).
-        "enabled": embedded,
+        # An external broker (Mosquitto) relays claim hellos of its claim account instead of
+        # refused logins (edge.external_claims).
+        "enabled": True,
+        "mode": broker.mode,
         "broker": {"port": broker.port, "tls_port": broker.tls.port if broker.tls.enabled
                    else None} if embedded else None,
         "pending": [pending_view(r) for r in rows],
@@ -82,6 +89,7 @@ async def adopt(request: web.Request) -> web.Response:
     return web.json_response({
         "device_id": device_id, "room_id": body.room_id, "kind": body.kind,
         "actuator": body.actuator, "username": device_id, "password": password,
+        "claim_mode": await onboarding.takes_credentials(device_id),
     }, status=201)
 
 
@@ -97,8 +105,36 @@ async def dismiss(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def claim_file(request: web.Request) -> web.Response:
+    """A claim-mode ESPHome node file for a node not adopted yet (docs/onboarding.md)."""
+    onboarding = _onboarding(request)
+    query = parse_query(request, ClaimFileOptions)
+    options = NodeOptions(
+        host=query.host, board=query.board, th_sensor=query.th_sensor, sensors=query.sensors(),
+        drive=query.drive, inverted=query.inverted, interval_s=query.interval_s,
+    )
+    try:
+        node = claim_node(request.app[keys.SETTINGS], query.device_id, query.room_id,
+                          query.kind, query.actuator, options, onboarding.claim_code())
+    except ConfigError as exc:
+        raise RequestRefused(str(exc)) from None
+    except ValueError as exc:
+        field = str(exc).split(" ", 1)[0]
+        raise ValidationFailed([{"field": field, "message": str(exc),
+                                 "type": "value_error"}]) from None
+    return web.Response(
+        text=node_yaml(node),
+        content_type="application/yaml",
+        headers={
+            "Content-Disposition": f'attachment; filename="{query.device_id}.yaml"',
+            "Cache-Control": "no-store",  # it holds the farm's claim code
+        },
+    )
+
+
 def add_onboarding_routes(app: web.Application) -> None:
     app.router.add_get("/api/onboarding", get_onboarding)
+    app.router.add_get("/api/onboarding/claim-file.yaml", claim_file)
     app.router.add_post("/api/onboarding/claim-code", rotate_claim_code)
     app.router.add_post("/api/onboarding/{device_id}/adopt", adopt)
     app.router.add_post("/api/onboarding/{device_id}/dismiss", dismiss)

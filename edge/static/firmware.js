@@ -1,6 +1,7 @@
 // Firmware updates panel of the edge page: the images stored on this edge, the version each
 // device runs (from its status messages) and the update offered to it, with Update / Withdraw.
-// Reads GET /api/firmware and /api/devices; offers with POST /api/devices/{id}/firmware.
+// Reads GET /api/firmware and /api/devices; offers with POST /api/devices/{id}/firmware; adds an
+// image with POST /api/firmware (the file as the body; the edge computes its checksums).
 "use strict";
 
 (() => {
@@ -107,6 +108,67 @@
         class: "muted small", text: "no image for it" }), withdraw));
   }
 
+  const MAX_IMAGE_BYTES = 8 * 1024 * 1024;  // edge.firmware.MAX_IMAGE_BYTES
+
+  // "Add an image": built once under the image list (the page's HTML stays as it is).
+  function uploadForm() {
+    const file = h("input", { type: "file", id: "firmware-file", accept: ".bin", required: true });
+    const version = h("input", { type: "text", id: "firmware-version", maxlength: "40",
+      autocomplete: "off", placeholder: "1.3.0", required: true });
+    const device = h("select", { id: "firmware-device" });
+    const send = h("button", { type: "submit", class: "small", text: "Add image" });
+    const label = (input, text) => h("label", { for: input.id, text });
+    const form = h("form", { id: "firmware-upload", class: "firmware-upload small" },
+      h("h3", { class: "small", text: "Add an image" }),
+      label(file, "Image (.ota.bin)"), file, label(version, "Version"), version,
+      label(device, "For"), device, send);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const chosen = file.files[0];
+      if (!chosen) return;
+      if (chosen.size > MAX_IMAGE_BYTES) {
+        say(`${chosen.name} is ${size(chosen.size)}: an OTA image is at most 8 MB.`, true);
+        return;
+      }
+      const query = new URLSearchParams({ version: version.value.trim(), filename: chosen.name });
+      if (device.value) query.set("device", device.value);
+      send.disabled = true;
+      try {
+        const resp = await fetch(`/api/firmware?${query}`, {
+          method: "POST", credentials: "same-origin", body: chosen,
+          headers: { ...CSRF, "Content-Type": "application/octet-stream" },
+        });
+        const doc = await resp.json().catch(() => null);
+        if (!resp.ok) {
+          throw new Error((doc && ((doc.errors && doc.errors[0]
+            && `${doc.errors[0].field}: ${doc.errors[0].message}`) || doc.detail))
+            || `HTTP ${resp.status}`);
+        }
+        say(`Firmware ${doc.version} added (sha256 ${doc.sha256.slice(0, 12)}, ${size(doc.size)}).`, false);
+        form.reset();
+      } catch (err) {
+        say(`Adding the image: ${err.message}`, true);
+      }
+      send.disabled = false;
+      refresh();
+    });
+    return form;
+  }
+
+  function fillUpload(devices) {
+    let form = $("firmware-upload");
+    if (!form) {
+      $("firmware-images").after(uploadForm());
+      form = $("firmware-upload");
+    }
+    if (form.contains(document.activeElement)) return;
+    const select = $("firmware-device");
+    const chosen = select.value;
+    select.replaceChildren(h("option", { value: "", text: "any device" }),
+      ...devices.map((d) => h("option", { value: d.id, text: `${d.id} (${d.room_id})` })));
+    select.value = chosen;
+  }
+
   let busy = false;
   let roles = null;  // actuator role → its label (the edge's vocabulary)
   async function refresh() {
@@ -130,6 +192,7 @@
         ` · ${i.devices.length ? i.devices.join(", ") : "any device"} · ${size(i.size)}`
         + ` · sha256 ${i.sha256.slice(0, 12)} · added ${ago(i.added_at)}`)));
       $("firmware-empty").hidden = fw.images.length > 0;
+      fillUpload(devices);
     } catch (err) {
       if (err.status !== 401) say(`Firmware: ${err.message}`, true);
     } finally {

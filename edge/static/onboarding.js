@@ -66,10 +66,70 @@
     const detail = [p.client_id && p.client_id !== p.device_id ? `client ${p.client_id}` : null,
       p.address, `asked ${p.attempts}×`, `last ${ago(p.last_seen)}`].filter(Boolean).join(" · ");
     return h("li", { class: "pending-device", "data-device": p.device_id },
-      h("div", {}, h("strong", { text: p.device_id }), " ", h("span", { class: "muted", text: detail })),
+      h("div", {}, h("strong", { text: p.device_id }), " ", h("span", { class: "muted", text: detail }),
+        p.claim_mode ? h("span", { class: "badge", text: " claim mode" }) : null),
       rooms.length
         ? h("div", { class: "pending-form" }, room, kind, adopt, dismiss)
         : h("p", { class: "muted", text: "Add a room to the edge config first." }));
+  }
+
+  // "Node file for a new ESP32": a claim-mode ESPHome file (/api/onboarding/claim-file.yaml)
+  // made for a room and a role, built once into the panel (the page's HTML stays as it is).
+  function claimFileForm() {
+    const id = h("input", { type: "text", id: "claim-file-id", maxlength: "64", autocomplete: "off",
+      placeholder: "esp-3c71bf", pattern: "[A-Za-z0-9][A-Za-z0-9_\\-]{0,63}", required: "" });
+    const room = h("select", { id: "claim-file-room" });
+    const kind = h("select", { id: "claim-file-kind" });
+    const host = h("input", { type: "text", id: "claim-file-host", maxlength: "253", autocomplete: "off",
+      placeholder: "192.168.1.10" });
+    const label = (input, text) => h("label", { for: input.id, text });
+    const form = h("form", { id: "claim-file-form", class: "pending-form" },
+      label(id, "Node id"), id, label(room, "Room"), room, label(kind, "It is"), kind,
+      label(host, "Edge address"), host,
+      h("button", { type: "submit", text: "Download node file" }));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const [k, role] = kind.value.split(":");
+      const query = new URLSearchParams({ device_id: id.value.trim(), room_id: room.value, kind: k });
+      if (role) query.set("actuator", role);
+      if (host.value.trim()) query.set("host", host.value.trim());
+      run(async () => {
+        const response = await fetch(`/api/onboarding/claim-file.yaml?${query}`,
+          { headers: { Accept: "application/yaml" }, credentials: "same-origin" });
+        if (!response.ok) {
+          const data = await response.json().catch(() => null);
+          throw new Error(data && data.errors && data.errors.length
+            ? data.errors.map((e) => `${e.field}: ${e.message}`).join("; ")
+            : (data && data.detail) || `${response.status} ${response.statusText}`);
+        }
+        const url = URL.createObjectURL(await response.blob());
+        const link = h("a", { href: url, download: `${id.value.trim()}.yaml` });
+        document.body.append(link);
+        link.click();
+        link.remove();
+        setTimeout(() => URL.revokeObjectURL(url), 10000);
+        say(`Node file for ${id.value.trim()} downloaded: flash it with ESPHome, then adopt the node when it shows up below.`, false);
+      });
+    });
+    return h("details", { class: "claim-file" },
+      h("summary", { text: "Node file for a new ESP32 (claim mode)" }),
+      h("p", { class: "muted", text: "An ESPHome file with this farm's claim code and no password: the node asks to join, and once you adopt it into the room it was made for, the edge hands it its password. No re-flash." }),
+      form);
+  }
+
+  function fillClaimFile() {
+    let box = $("claim-file-form");
+    if (!box) {
+      $("claim-where").after(claimFileForm());
+      box = $("claim-file-form");
+    }
+    if (box.contains(document.activeElement)) return;
+    const room = $("claim-file-room");
+    const chosen = room.value;
+    room.replaceChildren(...rooms.map((r) => h("option", { value: r.id, text: r.name || r.id })));
+    if (chosen) room.value = chosen;
+    const kind = $("claim-file-kind");
+    if (!kind.options.length) kind.replaceChildren(...kindOptions());
   }
 
   function render(doc) {
@@ -77,8 +137,9 @@
     $("claim-toggle").textContent = codeShown ? "Hide" : "Show";
     const where = doc.broker
       ? `Port ${doc.broker.port}${doc.broker.tls_port ? ` (TLS ${doc.broker.tls_port})` : ""}`
-      : "Onboarding needs the embedded broker (broker.mode = \"embedded\").";
+      : "Through Mosquitto: new nodes log in as smartfarm-claim with this code (Mosquitto's password file must have it, see deploy/mosquitto/README.md).";
     $("claim-where").textContent = where;
+    fillClaimFile();
     const list = $("pending");
     // Leave the list alone while someone is choosing in it (a poll must not reset a select).
     if (list.contains(document.activeElement) && document.activeElement.tagName === "SELECT") return;
@@ -118,12 +179,21 @@
     return run(async () => {
       const made = await api(`/api/onboarding/${encodeURIComponent(deviceId)}/adopt`, "POST", body);
       const box = $("adopted");
-      box.replaceChildren(
-        h("p", {}, h("strong", { text: `${made.device_id} adopted into ${made.room_id}.` }),
-          " Its MQTT password, shown this once — put it in the device's secrets and update it:"),
-        h("code", { class: "secret", text: made.password }),
-        h("p", { class: "muted", text: `Username ${made.username}. Until it is updated, the device keeps trying the claim code and is refused.` }),
-        h("button", { type: "button", class: "link", text: "Done", onclick: () => { box.hidden = true; box.replaceChildren(); } }));
+      const done = h("button", { type: "button", class: "link", text: "Done", onclick: () => { box.hidden = true; box.replaceChildren(); } });
+      if (made.claim_mode) {
+        // A claim-mode node: the edge hands it its password over MQTT; nothing to copy.
+        box.replaceChildren(
+          h("p", {}, h("strong", { text: `${made.device_id} adopted into ${made.room_id}.` }),
+            " It is in claim mode: the edge hands it its password within seconds, it keeps it and restarts with it. No re-flash needed."),
+          done);
+      } else {
+        box.replaceChildren(
+          h("p", {}, h("strong", { text: `${made.device_id} adopted into ${made.room_id}.` }),
+            " Its MQTT password, shown this once — put it in the device's secrets and update it:"),
+          h("code", { class: "secret", text: made.password }),
+          h("p", { class: "muted", text: `Username ${made.username}. Until it is updated, the device keeps trying the claim code and is refused.` }),
+          done);
+      }
       box.hidden = false;
       say("", false);
     });

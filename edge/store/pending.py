@@ -10,7 +10,7 @@ from edge.store.outbox.cursor import append
 from shared.sync import PendingDeviceData, PendingState
 
 _SELECT = ("SELECT device_id, state, first_seen, last_seen, attempts, address, client_id,"
-           " room_id, updated_at, kind, actuator FROM pending_devices")
+           " room_id, updated_at, kind, actuator, claim_key_hash FROM pending_devices")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,8 @@ class PendingDevice:
     updated_at: float
     kind: str | None = None
     actuator: str | None = None
+    # sha256 (hex) of the key of its first keyed claim login (None: it knocked without one).
+    claim_key_hash: str | None = None
 
     def record(self) -> PendingDeviceData:
         return PendingDeviceData(
@@ -33,6 +35,7 @@ class PendingDevice:
             last_seen=self.last_seen, attempts=self.attempts, address=self.address,
             client_id=self.client_id, at=self.updated_at, room_id=self.room_id,
             kind=self.kind, actuator=self.actuator,
+            claim_mode=self.claim_key_hash is not None,
         )
 
 
@@ -61,11 +64,11 @@ def save(conn: sqlite3.Connection, device: PendingDevice, report: bool) -> None:
     """Insert or replace the row; ``report`` queues it for the cloud too."""
     conn.execute(
         "INSERT OR REPLACE INTO pending_devices (device_id, state, first_seen, last_seen,"
-        " attempts, address, client_id, room_id, updated_at, kind, actuator)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " attempts, address, client_id, room_id, updated_at, kind, actuator, claim_key_hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (device.device_id, device.state, device.first_seen, device.last_seen, device.attempts,
          device.address, device.client_id, device.room_id, device.updated_at, device.kind,
-         device.actuator),
+         device.actuator, device.claim_key_hash),
     )
     if report:
         append(conn, device.record(), device.updated_at)

@@ -387,3 +387,8 @@ BEGIN
         'online', json(CASE WHEN new.online THEN 'true' ELSE 'false' END),
         'state', json(new.state), 'firmware', new.firmware, 'at', new.status_at));
 END;
+
+-- migration 7: claim sessions (edge/onboarding.py): the node's own claim key, kept as a hash
+-- The first keyed claim login of an id fixes it; only that node may later fetch the credentials
+-- an adoption issued (a claim-code holder knocking with the same id and another key may not).
+ALTER TABLE pending_devices ADD COLUMN claim_key_hash TEXT;

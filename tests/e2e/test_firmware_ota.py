@@ -269,8 +269,7 @@ async def test_a_grower_updates_a_node_from_the_edge_page(
     from playwright.async_api import async_playwright, expect
 
     config = make_site(tmp_path / "site", farm_id)
-    assert edge_main(["firmware", "add", str(_image(tmp_path / "heater.bin")), "--version",
-                      "1.2.0", "--device", HEATER, "--config", str(config)]) == 0
+    image = _image(tmp_path / "heater.bin")
     settings = fast_settings(config)
     settings.automation.command_timeout_s = 3.0
     await running_edge(settings)
@@ -296,6 +295,15 @@ async def test_a_grower_updates_a_node_from_the_edge_page(
             row = panel.locator(f"tr[data-device='{HEATER}']")
             await expect(row.locator(".fw-running")).to_have_text("smartfarm-sim/0.1",
                                                                   timeout=20_000)
+            # The image is added on the page (the edge computes its checksums): for the heater.
+            await expect(row).to_contain_text("no image for it")
+            upload = panel.locator("#firmware-upload")
+            await upload.get_by_label("Image (.ota.bin)").set_input_files(str(image))
+            await upload.get_by_label("Version").fill("1.2.0")
+            await upload.get_by_label("For").select_option(HEATER)
+            await upload.get_by_role("button", name="Add image").click()
+            await expect(panel.locator("#firmware-note")).to_contain_text(
+                "Firmware 1.2.0 added (sha256", timeout=10_000)
             await expect(panel.locator("#firmware-images")).to_contain_text(
                 f"1.2.0 · {HEATER} · 64 KB")
             # The sensor has no image of its own: no button to press.

@@ -1,6 +1,7 @@
 """Adopting a new node from the cloud's set-up page, in headless Chromium against the real chain:
 a node flashed with the farm's claim code knocks at a real edge (refused), the edge reports it,
-the owner sees it under "Waiting for adoption", adopts it into a room as a sensor, reads its
+an operator (not an owner) sees it under "Waiting for adoption", adopts it into a room as a
+sensor, reads its
 credentials shown once, and the node logs in at the edge with them. No console errors (strict
 CSP), every field labelled, no horizontal overflow at 390 px."""
 
@@ -10,11 +11,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import pytest
 
 from edge.config import load_config
-from tests.chaos.conftest import PASSWORD, Cloud, cloud, edge_app, register_edge, until
+from tests.chaos.conftest import Cloud, cloud, edge_app, register_edge, until
 from tests.e2e.conftest import make_site
 from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, _need_browser
 from tests.e2e.test_grower_setup import UNLABELLED, _overflow, _sign_in
@@ -33,7 +35,7 @@ async def _login(port: int, password: str) -> bool:
         return False
 
 
-async def test_an_owner_adopts_a_waiting_node_from_the_set_up_page(
+async def test_an_operator_adopts_a_waiting_node_from_the_set_up_page(
     cloud: Any, edge_app: Any, tmp_path: Path, farm_id: str
 ) -> None:
     _need_browser()
@@ -51,6 +53,14 @@ async def test_an_owner_adopts_a_waiting_node_from_the_set_up_page(
         return [p["device_id"] for p in doc["items"]] == [NODE]
 
     await until(reported, 15, "the edge reporting the waiting node")
+    # An operator of the farm (invited by the owner, who then stays out of it) adopts it.
+    invited = await the_cloud.api("POST", f"/api/farms/{farm_id}/members",
+                                  {"email": "grower@sync.test", "role": "operator"})
+    operator_password = "operator-pass-123"
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{the_cloud.url}/api/auth/accept-invite",
+            json={"token": invited["invite_token"], "password": operator_password}) as resp:
+        assert resp.status == 200, await resp.text()
     problems: list[str] = []
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -58,7 +68,7 @@ async def test_an_owner_adopts_a_waiting_node_from_the_set_up_page(
             page = await browser.new_page(viewport={"width": 390, "height": 900})
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
-            await _sign_in(page, the_cloud.url, "owner@sync.test", PASSWORD)
+            await _sign_in(page, the_cloud.url, "grower@sync.test", operator_password)
             await page.wait_for_selector('a.room[data-room="room-a"]')  # signed in: the farm
             await page.goto(f"{the_cloud.url}/#/farm/{farm_id}/setup/devices")
             card = page.locator("section.pending-devices")

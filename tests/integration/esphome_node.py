@@ -29,6 +29,21 @@ def _secret(loader: yaml.SafeLoader, node: yaml.Node) -> Secret:
 _Loader.add_constructor("!secret", _secret)
 
 
+@dataclass(frozen=True)
+class Lambda:
+    """A ``!lambda`` value (C++ the node runs; the tests read its text)."""
+
+    code: str
+
+
+def _lambda(loader: yaml.SafeLoader, node: yaml.Node) -> Lambda:
+    assert isinstance(node, yaml.ScalarNode)
+    return Lambda(str(loader.construct_scalar(node)))
+
+
+_Loader.add_constructor("!lambda", _lambda)
+
+
 def load_node(text: str, secrets: dict[str, str] | None = None) -> dict[str, Any]:
     """The node file as a dict, substitutions applied and secrets filled from ``secrets``."""
     doc = yaml.load(text, Loader=_Loader)

@@ -141,10 +141,20 @@ def _nodes() -> list[tuple[str, Node]]:
                 actuator="light",
                 password="pw",
                 broker_host="10.0.0.2",
-                firmware_manifest_url="http://10.0.0.2:8088/firmware/ota-node/manifest.json",
+                firmware_version="2.0.1",
             ),
         )
     )
+    for kind, role, via in (("sensor", None, "embedded"), ("actuator", "exhaust_fan", "embedded"),
+                            ("sensor", None, "mosquitto")):
+        nodes.append(
+            (
+                f"claim-{kind}-{via}",
+                Node(**base, device_id=f"esp-c1a1{len(nodes):02d}", kind=kind,  # type: ignore[arg-type]
+                     actuator=role, claim_code="7K2M-QX9D-4HVB-N0TR", broker_host="10.0.0.2",
+                     claim_via=via),  # type: ignore[arg-type]
+            )
+        )
     nodes.append(
         (
             "c3-sensor",
@@ -302,6 +312,34 @@ def test_device_add_esphome_writes_a_node_file_that_validates(
     assert "s-9" not in (site / "edge.toml").read_text()
     unknown = _cli("device", "esphome", "nope", "--config", config, cwd=tmp_path)
     assert unknown.returncode == 2 and "nope" in unknown.stderr
+
+
+def test_device_claim_file_writes_a_claim_mode_node_file_that_validates(
+    esphome: list[str],
+    tmp_path: Path,
+) -> None:
+    """``smartfarm edge device claim-file``: the farm's claim code, the room and role it is for,
+    no password; it passes ``esphome config``; a taken id or an unknown room is refused."""
+    site = tmp_path / "site"
+    assert _cli("init", str(site), "--farm-id", "f1", cwd=tmp_path).returncode == 0
+    config = str(site / "edge.toml")
+    code = _cli("claim-code", "--config", config, cwd=tmp_path).stdout.splitlines()[0].split()[-1]
+    done = _cli("device", "claim-file", "esp-3c71bf", "--room", "oyster-a", "--kind",
+                "actuator", "--actuator", "heater", "--config", config, "-o",
+                str(tmp_path / "nodes" / "esp-3c71bf.yaml"), "--host", "192.168.1.20",
+                cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "nodes" / "esp-3c71bf.yaml").read_text()
+    assert f'std::string("{code}")' in text and 'client_id: "esp-3c71bf@oyster-a"' in text
+    assert "mqtt_password" not in (tmp_path / "nodes" / "secrets.yaml").read_text()
+    assert (tmp_path / "nodes" / "esp-3c71bf.yaml").stat().st_mode & 0o077 == 0
+    result = _config(esphome, tmp_path / "nodes", "esp-3c71bf.yaml", text)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "esp-3c71bf" not in (site / "edge.toml").read_text()  # not a device until adopted
+    for args, word in ((("nope-room", "sensor"), "room"), (("oyster-a", "actuator"), "actuator")):
+        bad = _cli("device", "claim-file", "esp-000002", "--room", args[0], "--kind", args[1],
+                   "--config", config, "-o", "-", cwd=tmp_path)
+        assert bad.returncode == 2 and word in bad.stderr, bad.stderr
 
 
 async def test_the_edge_page_downloads_a_devices_node_file(

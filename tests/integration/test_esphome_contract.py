@@ -209,7 +209,7 @@ async def test_an_actuator_node_file_takes_the_edges_commands_and_acks_them(
     node = load_node(device_yaml(settings, "esp-hum", NodeOptions(host="127.0.0.1")), SECRETS)
     db = settings.db_path
     handler = node["mqtt"]["on_json_message"][0]
-    command_lambda: str = handler["then"][0]["lambda"]
+    command_lambda: str = handler["then"][-1]["lambda"]
     sim = ActuatorNode(
         role="humidifier",
         bank=ActuatorBank(),
@@ -248,7 +248,7 @@ async def _actuator_session(
 ) -> None:
     mqtt = node["mqtt"]
     handler = mqtt["on_json_message"][0]
-    command_lambda: str = handler["then"][0]["lambda"]
+    command_lambda: str = handler["then"][-1]["lambda"]
     await client.subscribe(handler["topic"], qos=1)
     await client.publish(mqtt["birth_message"]["topic"], mqtt["birth_message"]["payload"], qos=1)
     cid = await edge.commands.send(

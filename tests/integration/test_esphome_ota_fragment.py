@@ -1,6 +1,6 @@
-"""The ESPHome side of the OTA contract (``edge.firmware.esphome_ota_yaml`` and
-``esphome_ota_dispatch``) in a complete node file passes ``esphome config`` (offline: schema and
-wiring, no compile).
+"""The ESPHome side of the OTA contract on its own (``shared.esphome_ota.ota_fragment`` and
+``ota_dispatch``, for a hand-written node file) in a complete node file passes ``esphome
+config`` (offline: schema and wiring, no compile).
 
 ``esphome`` is looked for as ``$SMARTFARM_ESPHOME``, then the module in this interpreter, then on
 PATH; skipped with the reason when it is nowhere, unless SMARTFARM_REQUIRE_ESPHOME=1."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.firmware import esphome_ota_dispatch, esphome_ota_yaml
+from shared.esphome_ota import ota_dispatch, ota_fragment
 from tests.integration.test_esphome_config import esphome_binary
 
 
@@ -59,8 +59,8 @@ mqtt:
     - topic: {base.format("command")}
       qos: 1
       then:
-{esphome_ota_dispatch(8)}
-{esphome_ota_yaml(device_id=device, ack_topic=base.format("ack"))}"""
+{ota_dispatch(base.format("ack"), device, 8)}
+{ota_fragment(device_id=device, ack_topic=base.format("ack"))}"""
 
 
 def test_the_ota_fragment_passes_esphome_config(tmp_path: Path) -> None:

@@ -254,6 +254,19 @@ async def test_a_pending_device_shows_in_the_cloud_and_is_adopted_there(
     await the_cloud.api("DELETE", f"/api/farms/{farm_id}/pending-devices/esp-decade",
                         status=404)
     assert await waiting() == []
+    # The dismissal goes down to the edge with the farm's config: dismissed there too (and the
+    # edge's report of that reaches the cloud).
+    await until(lambda: _no_pending(app, "esp-decade"), 15, "the edge's entry dismissed")
+    assert [r["state"] for r in query(app.settings.db_path,
+            "SELECT state FROM pending_devices WHERE device_id = ?", ("esp-decade",))] == [
+        "dismissed"]
+
+    async def reported() -> Any:
+        return await the_cloud.rows(
+            "SELECT 1 FROM pending_devices WHERE farm_id = %s AND device_id = %s"
+            " AND state = 'dismissed'", (farm_id, "esp-decade"))
+
+    await until(reported, 15, "the edge's dismissal reported to the cloud")
     rows = await the_cloud.rows(
         "SELECT state, room_id FROM pending_devices WHERE farm_id = %s AND device_id = %s",
         (farm_id, "esp-c0ffee"))

@@ -1,0 +1,1 @@
+ALTER TABLE pending_devices DROP COLUMN claim_mode;
