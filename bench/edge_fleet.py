@@ -245,7 +245,7 @@ async def measure(args: argparse.Namespace, dsn: str, work: Path) -> dict[str, A
                     await commander
                     await asyncio.sleep(1.0)  # the last commands reach their edges
                     pool.stop()
-                    results = await pool.results(timeout=60)
+                    results = await pool.results(timeout=120)
     finally:
         for proc in clouds:
             proc.terminate()
@@ -335,6 +335,9 @@ def summarize_run(args: argparse.Namespace, results: list[dict[str, Any]], comma
         "errors": errors,
         "error_samples": [s for r in results for s in r["samples"]][:10],
         "unacked_at_end": sum(r["unacked"] for r in results),
+        # Every seq an edge saw acked, against the marks PostgreSQL holds: equal, or a batch was
+        # acked without being stored (or stored twice over a mark that moved back).
+        "acked_seqs": sum(r["acked_seqs"] for r in results),
         "database": checks,
         "targets": [
             Target("readings/s per instance (mean of 2)", round(mean_per_instance, 1), ">=",

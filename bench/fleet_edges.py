@@ -185,10 +185,11 @@ class SimEdge:
                    "Content-Encoding": "gzip"}
         next_at = time.monotonic() + period * ((self.index * 0.618034) % 1.0)
         while not stop.is_set():
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += period
-            if stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+            if stop.is_set():  # an upload in flight is always finished: its ack is counted
                 return
+            next_at += period
             carry += per_batch
             n = int(carry)
             carry -= n
@@ -214,7 +215,8 @@ class SimEdge:
                 self.tally.error(f"upload {status}", answer.decode(errors="replace"))
                 continue
             acked = int(json.loads(answer)["acked_seq"])
-            readings = sum(1 for r in records[: acked - self.acked] if r.startswith(b'{"kind":"reading"'))
+            newly = records[: acked - self.acked]
+            readings = sum(1 for r in newly if r.startswith(b'{"kind":"reading"'))
             self.tally.batches.append((time.time(), took_ms, readings))
             self._rewind(acked)
 
@@ -247,13 +249,15 @@ async def _fleet_main(conn: Connection, fleet: FleetSpec) -> None:
         await wait_for_stop(conn, None)
         open_at_end = tally.streams_open
         stop.set()
+        await asyncio.wait(uploads, timeout=90)
         for task in [*uploads, *streams]:
             task.cancel()
         await asyncio.gather(*uploads, *streams, return_exceptions=True)
     conn.send({"name": fleet.name, "batches": tally.batches, "commands": tally.commands,
                "foreign_commands": tally.foreign_commands, "streams_open_at_end": open_at_end,
                "stream_drops": tally.stream_drops, "errors": tally.errors,
-               "samples": tally.samples, "unacked": sum(len(e.outbox) for e in edges)})
+               "samples": tally.samples, "unacked": sum(len(e.outbox) for e in edges),
+               "acked_seqs": sum(e.acked for e in edges)})
 
 
 def run_fleet(conn: Connection, fleet: FleetSpec) -> None:

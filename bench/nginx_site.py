@@ -105,7 +105,9 @@ def make_site(folder: Path, upstream_ports: list[int], *, connections: int = 819
 
 
 @contextlib.contextmanager
-def run_nginx(site: NginxSite, binary: str, timeout: float = 10.0) -> Iterator[subprocess.Popen[bytes]]:
+def run_nginx(
+    site: NginxSite, binary: str, timeout: float = 10.0
+) -> Iterator[subprocess.Popen[bytes]]:
     """nginx serving ``site`` as one foreground process (no worker switching users) until exit."""
     log = (site.folder / "stderr.log").open("wb")
     proc = subprocess.Popen(
