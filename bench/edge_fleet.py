@@ -304,6 +304,13 @@ def summarize_run(args: argparse.Namespace, results: list[dict[str, Any]], comma
         for kind, n in r["errors"].items():
             errors[kind] = errors.get(kind, 0) + n
     delivery_stats = summarize(delivery)
+    # What an instance's own CPU time bought: the figure that survives a machine whose cores are
+    # shared with the load generator, nginx, PostgreSQL (and, here, other people's work).
+    cloud_cpu = [cpu_s["cloud-1"], cpu_s["cloud-2"]]
+    cpu_ms_per_batch = [round(1000 * c / (b * wall), 2) if b else None
+                        for c, b in zip(cloud_cpu, batches_per_instance, strict=True)]
+    readings_per_cpu_s = [round(r * wall / c) if c else None
+                          for c, r in zip(cloud_cpu, per_instance, strict=True)]
     mean_per_instance = sum(per_instance) / len(per_instance)
     return {
         "parameters": {"edges": args.edges, "farms": args.farms, "instances": 2,
@@ -332,6 +339,8 @@ def summarize_run(args: argparse.Namespace, results: list[dict[str, Any]], comma
         "kib_per_stream": per_stream,
         "cpu_s": cpu_s,
         "cpu_pct_of_core": {k: round(100 * v / wall, 1) for k, v in cpu_s.items()},
+        "cloud_cpu_ms_per_batch": cpu_ms_per_batch,
+        "cloud_readings_per_cpu_s": readings_per_cpu_s,
         "errors": errors,
         "error_samples": [s for r in results for s in r["samples"]][:10],
         "unacked_at_end": sum(r["unacked"] for r in results),
@@ -356,7 +365,8 @@ def report(result: dict[str, Any]) -> None:
     ack, cmd = result["batch_ack_ms"], result["command_delivery_ms"]
 
     def pair(values: list[Any]) -> str:
-        return " / ".join(f"{v:,.1f}" if isinstance(v, float) else str(v) for v in values)
+        return " / ".join(f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
+                           else str(v) for v in values)
 
     rows = [
         ["edges (streams through nginx)", f"{p['edges']} in {p['farms']} farms"],
@@ -378,6 +388,8 @@ def report(result: dict[str, Any]) -> None:
         ["RSS at end (MiB)", pair(result["rss_mib_end"])],
         *[[f"CPU s: {name}", f"{secs:g} ({result['cpu_pct_of_core'][name]:g} % of a core)"]
           for name, secs in result["cpu_s"].items()],
+        ["cloud CPU ms per batch, instance 1 / 2", pair(result["cloud_cpu_ms_per_batch"])],
+        ["readings per cloud CPU second, 1 / 2", pair(result["cloud_readings_per_cpu_s"])],
         ["stream drops / errors", f"{result['stream_drops']} / {result['errors'] or 0}"],
     ]
     print_table(f"Edge fleet: {p['edges']} edges, 2 instances behind nginx "
