@@ -131,14 +131,15 @@ async def command_loop(session: aiohttp.ClientSession, base: str, tls: ssl.SSLCo
 
     k = 0
     next_at = time.monotonic()
-    while not stop.is_set():
+    while rate > 0 and not stop.is_set():
         edge = fleet[(k * 7919) % len(fleet)]
         task = asyncio.create_task(send(k, edge))
         pending.add(task)
         task.add_done_callback(pending.discard)
         k += 1
         next_at += 1 / rate
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
     await asyncio.gather(*pending, return_exceptions=True)
 
 
@@ -412,7 +413,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--metrics", type=int, default=3, help="metrics per reading (1-6)")
     parser.add_argument("--period", type=float, default=2.0,
                         help="seconds between an edge's batches (the edge's batch_max_age_s)")
-    parser.add_argument("--commands", type=float, default=20.0, help="commands per second")
+    parser.add_argument("--commands", type=float, default=5.0,
+                        help="commands per second (0: none)")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=2, help="load processes")
