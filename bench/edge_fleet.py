@@ -57,6 +57,7 @@ NAME = "edge_fleet"
 TARGET_READINGS_PER_INSTANCE = 5_000.0
 TARGET_ACK_P99_MS = 250.0
 SENSORS_PER_ROOM = 4
+POOL_ENV = "SMARTFARM_CLOUD_DATABASE__POOL_MAX"
 
 
 @dataclass
@@ -190,8 +191,17 @@ async def measure(args: argparse.Namespace, dsn: str, work: Path) -> dict[str, A
     seed_s = time.monotonic() - t_seed
     print(f"seeded {len(fleet)} edges in {args.farms} farms in {seed_s:.1f} s", flush=True)
     ports = [free_port(), free_port()]
-    clouds = [spawn_cloud(dsn, port, work / f"cloud-{port}", work / f"cloud-{port}.log")
-              for port in ports]
+    saved = os.environ.get(POOL_ENV)
+    if args.pool_max is not None:  # spawn_cloud passes this process's environment on
+        os.environ[POOL_ENV] = str(args.pool_max)
+    try:
+        clouds = [spawn_cloud(dsn, port, work / f"cloud-{port}", work / f"cloud-{port}.log")
+                  for port in ports]
+    finally:
+        if saved is None:
+            os.environ.pop(POOL_ENV, None)
+        else:
+            os.environ[POOL_ENV] = saved
     site_dir = work / "nginx"
     site_dir.mkdir()
     site = make_site(site_dir, ports)
@@ -318,7 +328,8 @@ def summarize_run(args: argparse.Namespace, results: list[dict[str, Any]], comma
                        "load_processes": args.workers, "offered_readings_per_s": args.rate,
                        "metrics_per_reading": args.metrics, "batch_period_s": args.period,
                        "commands_per_s": args.commands, "seconds": args.seconds,
-                       "warmup_s": args.warmup, "cpus": os.cpu_count()},
+                       "warmup_s": args.warmup, "cpus": os.cpu_count(),
+                       "pool_max": args.pool_max or "default"},
         "seed_s": round(seed_s, 1),
         "connect_s": connect_s,
         "readings_per_s": round(readings / wall, 1),
@@ -418,6 +429,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=2, help="load processes")
+    parser.add_argument("--pool-max", type=int, default=None,
+                        help="each instance's database.pool_max (default: the cloud's, 10)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     args.edges = args.edges or (100 if args.quick else 1000)
