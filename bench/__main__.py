@@ -30,6 +30,7 @@ BENCHES: list[tuple[str, str]] = [
     ("cloud_latest_throughput", "Cloud GET /api/devices/{id}/latest throughput"),
     ("sync_drain", "Edge backlog drain into the cloud vs raw binary COPY"),
     ("dashboard_fanout", "Dashboard fan-out: 500 WebSocket clients on two instances"),
+    ("edge_fleet", "Edge fleet: 1,000 edges' batches and streams, two instances behind nginx"),
 ]
 
 

@@ -24,6 +24,23 @@ WHERE farm_id = %(farm_id)s AND id = %(id)s FOR UPDATE"""
 FINISH = """
 UPDATE edges SET high_water = %(high_water)s, last_seen = now(), clock_offset_s = %(offset)s
 WHERE farm_id = %(farm_id)s AND id = %(id)s"""
+# LOCK_EDGE and OWNERS in one statement (one round trip per batch instead of two): the edge's
+# row first (kind "edge", with its mark and clock offset), then the ids the farm has.
+LOCK_EDGE_OWNERS = """
+WITH edge AS MATERIALIZED (
+    SELECT id, farm_id, high_water, clock_offset_s FROM edges
+    WHERE farm_id = %(farm_id)s AND id = %(id)s FOR UPDATE
+)
+SELECT 'edge' AS kind, id, farm_id, high_water, clock_offset_s FROM edge
+UNION ALL
+SELECT 'room', id, farm_id, NULL, NULL FROM rooms
+WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s) AND EXISTS (SELECT FROM edge)
+UNION ALL
+SELECT 'device', id, farm_id, NULL, NULL FROM devices
+WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s) AND EXISTS (SELECT FROM edge)
+UNION ALL
+SELECT 'command', id, farm_id, NULL, NULL FROM commands
+WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s) AND EXISTS (SELECT FROM edge)"""
 # Ids are per farm: only the edge's own farm is looked at (another farm's ids are unknown here).
 OWNERS = """
 SELECT 'room' AS kind, id, farm_id FROM rooms WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s)
@@ -173,6 +190,30 @@ async def owners(
     for row in await cur.fetchall():
         out[row["kind"]][row["id"]] = row["farm_id"]
     return out
+
+
+async def lock_edge_with_owners(
+    cur: Cursor,
+    farm_id: str,
+    edge_id: str,
+    *,
+    rooms: Iterable[str],
+    devices: Iterable[str],
+    commands: Iterable[str],
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
+    """``lock_edge`` and ``owners`` in one round trip: the edge's row (None if it is gone, and
+    then no owners) and ``{"room"|"device"|"command": {id: farm_id}}``."""
+    params = {"rooms": list(rooms), "devices": list(devices), "commands": list(commands)}
+    await cur.execute(LOCK_EDGE_OWNERS, {**params, "farm_id": farm_id, "id": edge_id})
+    edge: dict[str, Any] | None = None
+    out: dict[str, dict[str, str]] = {"room": {}, "device": {}, "command": {}}
+    for row in await cur.fetchall():
+        kind = row.pop("kind")
+        if kind == "edge":
+            edge = row
+        else:
+            out[kind][row["id"]] = row["farm_id"]
+    return edge, out
 
 
 async def quarantine(cur: Cursor, rows: Sequence[dict[str, Any]]) -> None:

@@ -27,6 +27,14 @@ ON CONFLICT (farm_id, device_id, metric) DO UPDATE
 SET time = excluded.time, value = excluded.value, room_id = excluded.room_id
 WHERE excluded.time >= sensor_latest.time"""
 
+# A small batch's rows by one INSERT from arrays: unlike COPY, it can share a pipeline with the
+# rest of the batch's statements (one round trip for all of them instead of one each).
+INSERT_ROWS = """
+INSERT INTO sensor_data (farm_id, time, room_id, device_id, metric, value)
+SELECT %(farm_id)s, time, room_id, device_id, metric, value
+FROM unnest(%(time)s::timestamptz[], %(room)s::text[], %(device)s::text[], %(metric)s::text[],
+            %(value)s::float8[]) AS b(time, room_id, device_id, metric, value)"""
+
 RAW = """
 SELECT time, device_id, metric, value FROM sensor_data
 WHERE
@@ -179,12 +187,42 @@ async def insert_readings(db: Database, farm_id: str, rows: Iterable[Reading]) -
 async def copy_readings(cur: Cursor, farm_id: str, batch: list[Reading]) -> None:
     """COPY one farm's rows and fold them into sensor_latest inside the caller's transaction
     (the edge sync stores readings together with its high-water mark)."""
+    await copy_rows(cur, farm_id, batch)
+    await upsert_latest(cur, farm_id, batch)
+
+
+async def copy_rows(cur: Cursor, farm_id: str, batch: list[Reading]) -> None:
+    """COPY one farm's rows into sensor_data (not in a pipeline: COPY cannot be pipelined)."""
     if not batch:
         return
     async with cur.copy(COPY_IN) as copy:
         copy.set_types(COPY_TYPES)
         for row in batch:
             await copy.write_row((farm_id, *row))
+
+
+async def insert_rows(cur: Cursor, farm_id: str, batch: list[Reading]) -> None:
+    """The rows of ``copy_rows`` by one INSERT, for small batches: it may be pipelined."""
+    if not batch:
+        return
+    cols = [list(col) for col in zip(*batch, strict=True)]  # lists adapt as arrays
+    await cur.execute(
+        INSERT_ROWS,
+        {
+            "farm_id": farm_id,
+            "time": cols[0],
+            "room": cols[1],
+            "device": cols[2],
+            "metric": cols[3],
+            "value": cols[4],
+        },
+    )
+
+
+async def upsert_latest(cur: Cursor, farm_id: str, batch: list[Reading]) -> None:
+    """Fold one farm's new rows into sensor_latest."""
+    if not batch:
+        return
     # Newest row per (device, metric) picked here: a batch has tens of thousands of rows but only
     # a few dozen series, so the upsert gets a few dozen rows instead of sorting them all.
     newest: dict[tuple[str, str], Reading] = {}

@@ -1,6 +1,7 @@
-"""Storing the new records of one batch on the batch's transaction cursor: readings by binary
-COPY, quarantine rows, edge commands and their cloud commands, alerts, device status, and config
-edits last. A record the cloud cannot use is kept in ``edge_quarantine`` with the reason."""
+"""Storing the new records of one batch on the batch's transaction cursor: readings (one INSERT
+when few, binary COPY when many), quarantine rows, edge commands and their cloud commands, alerts,
+device status, and config edits last. A record the cloud cannot use is kept in
+``edge_quarantine`` with the reason."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from cloud.db import live as live_db
 from cloud.db import pending as pending_db
 from cloud.db import sync as sync_db
 from cloud.db.database import Cursor
-from cloud.db.telemetry import Reading, copy_readings
+from cloud.db.telemetry import Reading, copy_rows, insert_rows, upsert_latest
 from cloud.sync.clock import ClockCorrection
 from cloud.sync.reconcile import Reconciler
 from cloud.sync.records import (
@@ -91,6 +92,10 @@ class Parsed:
     error: str | None = None
 
 
+# Up to this many rows a batch's readings go in by one INSERT in the batch's closing pipeline;
+# past it, by binary COPY (faster per row, but a round trip of its own: COPY cannot be pipelined).
+INSERT_MAX_ROWS = 2_000
+
 # Unix seconds from 2000 to 2100: after clock correction, anything else is not a real time.
 PLAUSIBLE_FROM, PLAUSIBLE_TO = 946_684_800.0, 4_102_444_800.0
 
@@ -122,6 +127,8 @@ class BatchWriter:
         self.counts = Counts()
         self._quarantine: list[dict[str, Any]] = []
         self._pairs: dict[tuple[str, str], bool] = {}  # (room, device) -> both this farm's
+        self._readings: list[Reading] = []
+        self._copied = False  # the readings went in by COPY (a big batch)
 
     def _ours(self, kind: str, ident: str) -> bool:
         return self.owners[kind].get(ident) == self.farm_id
@@ -200,7 +207,10 @@ class BatchWriter:
                 later.append(p)
         if n_readings:
             kinds["reading"] = kinds.get("reading", 0) + n_readings
-        await copy_readings(self.cur, self.farm_id, readings)
+        self._readings = readings
+        if len(readings) > INSERT_MAX_ROWS:
+            await copy_rows(self.cur, self.farm_id, readings)
+            self._copied = True
         self.counts.readings = len(readings)
         for p in later:
             await self._guarded(p.record, self._other(p.record, p.item))
@@ -208,11 +218,20 @@ class BatchWriter:
         for p in changes:
             assert isinstance(p.item, ConfigChangeItem)
             await self._guarded(p.record, self._change(reconciler, p.record, p.item))
-        await sync_db.quarantine(self.cur, self._quarantine)
         self.counts.quarantined = len(self._quarantine)
+        return self.counts
+
+    async def flush(self) -> None:
+        """The statements that need no answer: a small batch's readings, the latest values, the
+        quarantine rows and the dashboards' announcement. The caller runs them in a pipeline
+        (one round trip), so ``write`` must have run first: nothing here may need a result."""
+        readings = self._readings
+        if not self._copied:
+            await insert_rows(self.cur, self.farm_id, readings)
+        await upsert_latest(self.cur, self.farm_id, readings)
+        await sync_db.quarantine(self.cur, self._quarantine)
         # Dashboards on every instance hear of the readings when (and only if) this commits.
         await live_db.announce_readings(self.cur, self.farm_id, readings)
-        return self.counts
 
     async def _guarded(self, record: OutboxRecord, work: Coroutine[Any, Any, None]) -> None:
         """Store one record in a savepoint: a value the database refuses quarantines the record

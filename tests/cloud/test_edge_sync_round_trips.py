@@ -1,0 +1,102 @@
+"""Batch storage in few round trips (cloud/sync/ingest.py, writer.py): the edge's lock and the id
+lookup share one statement, a small batch's readings go in by one INSERT in the closing pipeline,
+a big one's by COPY. Both paths store each value once and fold the newest into sensor_latest;
+a record that needs quarantine still gets its row through the pipeline. Real HTTP, real
+PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import pytest
+
+from cloud.app import init_app
+from cloud.db import sync as sync_db
+from cloud.db.database import Database
+from cloud.errors import Unauthorized
+from cloud.sync.decode import decode_batch
+from cloud.sync.ingest import store_batch
+from cloud.sync.writer import INSERT_MAX_ROWS
+from tests.cloud import world as w
+from tests.cloud.conftest import make_settings
+from tests.cloud.test_edge_sync import batch, ok, reading, rows, upload
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def client(world_dsn, tmp_path, aiohttp_client):  # type: ignore[no-untyped-def]
+    return await aiohttp_client(init_app(make_settings(world_dsn, tmp_path)))
+
+
+async def _values(dsn: str) -> list[tuple[str, float]]:
+    found = await rows(dsn, "SELECT metric, value FROM sensor_data WHERE device_id = %s"
+                            " ORDER BY time, metric", (w.SENSOR_B,))
+    return [(r["metric"], r["value"]) for r in found]
+
+
+@pytest.mark.parametrize("n", [3, INSERT_MAX_ROWS // 2 + 1])  # 2 metrics each: INSERT, COPY
+async def test_small_and_big_batches_store_each_value_once(client, world_dsn, n) -> None:  # type: ignore[no-untyped-def]
+    before = await _values(world_dsn)
+    t0 = time.time() - n
+    first = [reading(s, ts=t0 + s, values={"temperature_c": float(s), "co2_ppm": 400.0 + s})
+             for s in range(1, n + 1)]
+    ack = await ok(await upload(client, batch(first)))
+    assert (ack["acked_seq"], ack["inserted"], ack["duplicates"]) == (n, n, 0)
+    # Resent with one more record: only that one is new.
+    more = [*first, reading(n + 1, ts=t0 + n + 1, values={"temperature_c": -1.5})]
+    ack = await ok(await upload(client, batch(more)))
+    assert (ack["acked_seq"], ack["inserted"], ack["duplicates"]) == (n + 1, 1, n)
+    stored = Counter(await _values(world_dsn)) - Counter(before)
+    expected = Counter(pair for s in range(1, n + 1)
+                       for pair in [("co2_ppm", 400.0 + s), ("temperature_c", float(s))])
+    expected[("temperature_c", -1.5)] += 1
+    assert stored == expected and sum(stored.values()) == 2 * n + 1
+    latest = {r["metric"]: r["value"] for r in await rows(
+        world_dsn, "SELECT metric, value FROM sensor_latest WHERE device_id = %s",
+        (w.SENSOR_B,))}
+    assert latest["temperature_c"] == -1.5 and latest["co2_ppm"] == 400.0 + n
+    mark = await rows(world_dsn, "SELECT high_water FROM edges WHERE id = %s", (w.EDGE,))
+    assert mark == [{"high_water": n + 1}]
+
+
+async def test_quarantine_and_foreign_ids_in_one_small_batch(client, world_dsn) -> None:  # type: ignore[no-untyped-def]
+    records = [reading(1), reading(2, device=w.OTHER_DEVICE, room=w.OTHER_ROOM), reading(3)]
+    ack = await ok(await upload(client, batch(records)))
+    assert (ack["acked_seq"], ack["inserted"]) == (3, 3)
+    kept = await rows(world_dsn, "SELECT seq, reason FROM edge_quarantine WHERE edge_id = %s",
+                      (w.EDGE,))
+    assert [r["seq"] for r in kept] == [2] and "not registered in this farm" in kept[0]["reason"]
+    other = await rows(world_dsn, "SELECT count(*) AS n FROM sensor_data WHERE device_id = %s",
+                       (w.OTHER_DEVICE,))
+    assert other == [{"n": 0}]
+
+
+async def test_lock_with_owners_sees_only_the_edges_farm(world_dsn) -> None:  # type: ignore[no-untyped-def]
+    db = await Database.connect(world_dsn, min_size=1, max_size=2)
+    try:
+        async with db.transaction() as cur:
+            row, owners = await sync_db.lock_edge_with_owners(
+                cur, w.FARM, w.EDGE, rooms=[w.ROOM_B, w.OTHER_ROOM, "nowhere"],
+                devices=[w.SENSOR_B, w.OTHER_DEVICE], commands=[w.COMMAND_B, "c-none"])
+        assert row is not None and row["id"] == w.EDGE and row["high_water"] == 0
+        assert owners == {"room": {w.ROOM_B: w.FARM}, "device": {w.SENSOR_B: w.FARM},
+                          "command": {w.COMMAND_B: w.FARM}}
+        edge = await db.fetch_one("SELECT * FROM edges WHERE id = %s", (w.EDGE,))
+        assert edge is not None
+        await db.execute("DELETE FROM edges WHERE id = %s", (w.EDGE,))
+        async with db.transaction() as cur:
+            row, owners = await sync_db.lock_edge_with_owners(
+                cur, w.FARM, w.EDGE, rooms=[w.ROOM_B], devices=[w.SENSOR_B], commands=[])
+        assert row is None and not any(owners.values())
+        # A batch from an edge removed after it authenticated stores nothing.
+        count = "SELECT count(*) AS n FROM sensor_data WHERE device_id = %s"
+        before = await rows(world_dsn, count, (w.SENSOR_B,))
+        body = json.dumps(batch([reading(1)])).encode()
+        with pytest.raises(Unauthorized):
+            await store_batch(db, edge, decode_batch(body))
+        assert await rows(world_dsn, count, (w.SENSOR_B,)) == before
+    finally:
+        await db.close()
