@@ -89,6 +89,8 @@ async def seed(dsn: str, n_edges: int, n_farms: int) -> tuple[int, list[EdgeSpec
                                        token_hash=token_hash(token))
                     await rooms.create(db, room_id=room_id, farm_id=farm_id, name=room_id,
                                        species="oyster", stage="fruiting", stage_started=None)
+                    # Each edge runs its own room: config and commands go to it alone.
+                    await edges.assign_room(db, farm_id, room_id, edge_id)
                     sensors = tuple(f"{room_id}-s{s}" for s in range(SENSORS_PER_ROOM))
                     for device_id in sensors:
                         await devices.create(db, device_id=device_id, farm_id=farm_id,
