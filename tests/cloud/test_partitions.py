@@ -123,6 +123,14 @@ async def test_the_job_makes_months_ahead_and_once(jobs_env) -> None:  # type: i
     assert bounds["sensor_data_203112"] == (
         datetime(2031, 12, 1, tzinfo=UTC), datetime(2032, 1, 1, tzinfo=UTC)
     )
+    # The parent's two indexes, attached (not a second, unattached copy made by LIKE).
+    indexes = await env.db.fetch_all(
+        "SELECT i.indexrelid::regclass::text AS name, i.indexrelid IN ("
+        "  SELECT inhrelid FROM pg_inherits WHERE inhparent IN ("
+        "    'sensor_data_room_metric_time_idx'::regclass, 'sensor_data_time_brin'::regclass)"
+        ") AS attached FROM pg_index i WHERE i.indrelid = 'telemetry.sensor_data_203112'::regclass"
+    )
+    assert len(indexes) == 2 and all(r["attached"] for r in indexes)
     # A second run (another worker's tick) makes nothing and fails nothing.
     assert await partitions.ensure_partitions(env.db, now=at, ahead=3) == []
     # A reading in a month made ahead lands in that month's partition, not the default.

@@ -69,14 +69,15 @@ CREATE TABLE sensor_data (
 ) PARTITION BY RANGE (time);
 
 -- A month per existing month of readings (only those: a stray reading from 2001 makes one
--- partition, not three hundred), the current month and the next three; indexes are built after
--- the rows are in, which is faster than maintaining them row by row.
+-- partition, not three hundred), the current month, the one before (a fresh install seeded with
+-- the last 30 days) and the next three; indexes are built after the rows are in, which is faster
+-- than maintaining them row by row.
 SELECT sensor_data_add_month(m)
 FROM (SELECT DISTINCT date_trunc('month', time, 'UTC') AS m FROM sensor_data_unpartitioned
       UNION
       SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') + make_interval(months => k))
              AT TIME ZONE 'UTC'
-      FROM generate_series(0, 3) AS k) AS months
+      FROM generate_series(-1, 3) AS k) AS months
 ORDER BY m;
 CREATE TABLE telemetry.sensor_data_default PARTITION OF sensor_data DEFAULT;
 
