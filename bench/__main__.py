@@ -27,6 +27,7 @@ BENCHES: list[tuple[str, str]] = [
     ("edge_footprint", "Edge RSS and disk bytes per reading, 200 devices"),
     ("control_quality", "Control quality: simulated 24 h per profile"),
     ("cloud_telemetry_query", "Cloud telemetry query, 30 days at 10 s, 1 h buckets, 10M rows"),
+    ("cloud_partitions", "Monthly partitions of sensor_data at 100M rows vs the plain table"),
     ("cloud_latest_throughput", "Cloud GET /api/devices/{id}/latest throughput"),
     ("sync_drain", "Edge backlog drain into the cloud vs raw binary COPY"),
     ("dashboard_fanout", "Dashboard fan-out: 500 WebSocket clients on two instances"),

@@ -122,10 +122,12 @@ def vacuum(dsn: str, table: str) -> float:
 
 
 def sizes(dsn: str) -> dict[str, int]:
+    # sensor_data is partitioned (migration 0019): its size is its partitions'.
     query = """
-    SELECT pg_total_relation_size('sensor_data'), pg_relation_size('sensor_data'),
-           pg_indexes_size('sensor_data'), pg_total_relation_size('sensor_hourly'),
-           (SELECT count(*) FROM sensor_hourly)"""
+    SELECT sum(pg_total_relation_size(relid)), sum(pg_relation_size(relid)),
+           sum(pg_indexes_size(relid)), pg_total_relation_size('sensor_hourly'),
+           (SELECT count(*) FROM sensor_hourly)
+    FROM pg_partition_tree('sensor_data')"""
     with psycopg.connect(dsn) as conn:
         row = conn.execute(query).fetchone()
     assert row is not None

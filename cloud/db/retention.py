@@ -1,9 +1,16 @@
-"""Downsampling and retention: hourly rollups folded into days, and what expires when."""
+"""Downsampling and retention: hourly rollups folded into days, and what expires when.
+
+Raw readings expire by whole monthly partitions (cloud/db/partitions.py): a partition is dropped
+once its whole month is past the cutoff, and the rows older than the cutoff in the partition the
+cutoff falls in are deleted, so ``raw_retention_days`` means what it says to the day (a daily run
+deletes about one day of rows; the month they are in is dropped a month later)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+from cloud.db import partitions
 from cloud.db.database import Database
 
 # Where folding starts: the last day already folded, or the first hour ever rolled up.
@@ -19,10 +26,6 @@ FROM sensor_hourly WHERE hour >= %(start)s AND hour < %(end)s
 GROUP BY 1, 2, 3, 4, 5
 ON CONFLICT (farm_id, room_id, metric, day, device_id) DO UPDATE
 SET count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max"""
-# Batched by ctid so one run never holds a huge delete (and its WAL) in one statement.
-DELETE_RAW = """
-DELETE FROM sensor_data WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM sensor_data WHERE time < %(cutoff)s LIMIT %(batch)s))"""
 DELETE_HOURLY = """
 DELETE FROM sensor_hourly WHERE hour < %(cutoff)s
   AND hour < (SELECT coalesce(max(day), '-infinity') FROM sensor_daily)"""
@@ -44,13 +47,14 @@ async def fold_days(db: Database, *, lookback_start: datetime, end: datetime) ->
     return await db.execute(FOLD_DAYS, {"start": start, "end": end})
 
 
-async def delete_raw(db: Database, *, cutoff: datetime, batch: int = 50_000) -> int:
-    deleted = 0
-    while True:
-        n = await db.execute(DELETE_RAW, {"cutoff": cutoff, "batch": batch})
-        deleted += n
-        if n < batch:
-            return deleted
+async def expire_raw(db: Database, *, cutoff: datetime) -> dict[str, Any]:
+    """Raw readings older than cutoff: the partitions dropped, and the rows deleted from the
+    partition at the boundary and from the DEFAULT partition."""
+    dropped = await partitions.drop_expired(db, cutoff=cutoff)
+    return {
+        "raw_partitions_dropped": dropped,
+        "raw_deleted": await partitions.delete_older(db, cutoff=cutoff),
+    }
 
 
 async def delete_hourly(db: Database, *, cutoff: datetime) -> int:

@@ -1,6 +1,7 @@
 """cleanup_old_data (daily): fold hourly rollups into days, expire raw readings past retention
-(their hourly and daily rollups stay, so charts of old months keep working and stay fast), and
-trim finished jobs, old notifications and processed alert events.
+(their hourly and daily rollups stay, so charts of old months keep working and stay fast) by
+dropping whole monthly partitions of sensor_data (cloud/db/retention.py says how the boundary
+month is handled), and trim finished jobs, old notifications and processed alert events.
 
 ``sensor_hourly`` is kept current by a trigger on every insert (migration 0006), so deleting raw
 rows never loses a rollup; the daily fold re-reads its lookback each run, picking up late
@@ -39,7 +40,7 @@ async def cleanup_old_data(
     }
     if config.raw_retention_days:
         cutoff = now - config.raw_retention_days * DAY
-        out["raw_deleted"] = await retention_db.delete_raw(db, cutoff=cutoff)
+        out.update(await retention_db.expire_raw(db, cutoff=cutoff))
     if config.hourly_retention_days:
         # Never inside the fold's lookback: those hours may still be folded again.
         days = max(config.hourly_retention_days, config.rollup_lookback_days + 1)

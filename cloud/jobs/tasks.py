@@ -11,6 +11,7 @@ and calls the module that does the work.
 | process_alerts              | default | every minute; at once on an edge alert           |
 | send_notification           | notify  | per delivery, from process_alerts                |
 | cleanup_old_data            | default | daily at 03:30 UTC                               |
+| make_partitions             | default | hourly at :20                                    |
 | predict_yield               | default | daily at 04:15 UTC; after a harvest or substrate |
 | retry_stalled_jobs          | default | every 5 min                                      |
 
@@ -39,6 +40,7 @@ from cloud.config import CloudSettings
 from cloud.errors import DatabaseUnavailable
 from cloud.jobs.checks import check_automation_rules as run_checks
 from cloud.jobs.derived import process_sensor_data as derive
+from cloud.jobs.partitions import make_partitions as ensure_partitions
 from cloud.jobs.retention import cleanup_old_data as cleanup
 from cloud.jobs.services import JobServices, services_of
 from cloud.jobs.settings import JobsConfig
@@ -153,6 +155,11 @@ async def cleanup_old_data(context: JobContext, timestamp: int | None = None) ->
     )
 
 
+async def make_partitions(context: JobContext, timestamp: int | None = None) -> Any:
+    s = services_of(context)
+    return await ensure_partitions(s.db, now=_now(timestamp))
+
+
 async def predict_yield(
     context: JobContext,
     timestamp: int | None = None,
@@ -199,6 +206,7 @@ def schedule(settings: CloudSettings) -> list[TaskSpec]:
         TaskSpec(process_alerts, cron="* * * * *", single=True),
         TaskSpec(send_notification, queue="notify"),
         TaskSpec(cleanup_old_data, cron="30 3 * * *", single=True),
+        TaskSpec(make_partitions, cron="20 * * * *", single=True),
         TaskSpec(predict_yield, cron="15 4 * * *"),
         TaskSpec(retry_stalled_jobs, cron="*/5 * * * *", single=True, retry=False),
     ]

@@ -60,6 +60,7 @@ async def test_the_periodic_schedule_is_what_procrastinate_defers(jobs_env) -> N
         "schedule_ai_recommendations": "0 */4 * * *",
         "process_alerts": "* * * * *",
         "cleanup_old_data": "30 3 * * *",
+        "make_partitions": "20 * * * *",
         "predict_yield": "15 4 * * *",
         "retry_stalled_jobs": "*/5 * * * *",
     }

@@ -33,7 +33,8 @@ EXPECTED_TABLES = {
     "notifications",
 }
 
-_CREATE_RE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", re.IGNORECASE)
+# Unqualified names only: tables in other schemas (telemetry.*, 0019) are not public tables.
+_CREATE_RE = re.compile(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)\b(?!\.)", re.IGNORECASE)
 
 
 @pytest.fixture
