@@ -58,7 +58,7 @@ def _config(world: w.World, alert_id: int, entry_id: str) -> str:
         "user_id": [world.user_ids["viewer"]],
         "notification_id": [world.notification_ids["owner"]],
         "recommendation_id": [world.recommendation_id],
-        "alert_id": [alert_id],
+        "alert_id": [str(alert_id)],  # a path parameter: a string in the schema
         "entry_id": [entry_id],
         "pending_device_id": [w.PENDING],
     }
@@ -146,6 +146,10 @@ async def test_fuzzing_the_openapi_document_finds_no_errors(  # type: ignore[no-
             tmp_path,
             "--exclude-method",
             "DELETE",
+            # Signing out everywhere would end the fuzzer's own session (every token it holds is
+            # refused from then on); tests/cloud/test_platform_http.py covers that route.
+            "--exclude-path",
+            "/api/auth/logout-all",
             "--max-examples",
             str(EXAMPLES),
             "--phases",
@@ -181,4 +185,5 @@ async def test_fuzzing_the_openapi_document_finds_no_errors(  # type: ignore[no-
         and sample.labels["route"].startswith("/api/")
     }
     protected = [r for r in all_routes() if r.scope != "public"]
-    assert len(answered) >= 0.8 * len(protected), sorted(answered)
+    missed = sorted({(r.method, r.path) for r in protected} - answered)
+    assert len(answered) >= 0.8 * len(protected), f"never answered 2xx: {missed}"
