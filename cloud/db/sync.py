@@ -41,6 +41,26 @@ WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s) AND EXISTS (SELECT FROM ed
 UNION ALL
 SELECT 'command', id, farm_id, NULL, NULL FROM commands
 WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s) AND EXISTS (SELECT FROM edge)"""
+# LOCK_EDGE_OWNERS found by the token instead of the id, with what AUTHENTICATE reads: an upload
+# authenticates in its own transaction's first statement (one round trip per batch fewer). The
+# ids are looked up in the farm the batch names; the caller refuses a batch not of the token's
+# edge and farm before using them.
+LOCK_HASH_OWNERS = """
+WITH edge AS MATERIALIZED (
+    SELECT id, farm_id, name, high_water, config_version, last_seen, iot_since, clock_offset_s
+    FROM edges WHERE token_hash = %(hash)s FOR UPDATE
+)
+SELECT 'edge' AS kind, id, farm_id, high_water, clock_offset_s, name, config_version, last_seen,
+       iot_since FROM edge
+UNION ALL
+SELECT 'room', id, farm_id, NULL, NULL, NULL, NULL, NULL, NULL FROM rooms
+WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s) AND EXISTS (SELECT FROM edge)
+UNION ALL
+SELECT 'device', id, farm_id, NULL, NULL, NULL, NULL, NULL, NULL FROM devices
+WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s) AND EXISTS (SELECT FROM edge)
+UNION ALL
+SELECT 'command', id, farm_id, NULL, NULL, NULL, NULL, NULL, NULL FROM commands
+WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s) AND EXISTS (SELECT FROM edge)"""
 # Ids are per farm: only the edge's own farm is looked at (another farm's ids are unknown here).
 OWNERS = """
 SELECT 'room' AS kind, id, farm_id FROM rooms WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s)
@@ -205,6 +225,29 @@ async def lock_edge_with_owners(
     then no owners) and ``{"room"|"device"|"command": {id: farm_id}}``."""
     params = {"rooms": list(rooms), "devices": list(devices), "commands": list(commands)}
     await cur.execute(LOCK_EDGE_OWNERS, {**params, "farm_id": farm_id, "id": edge_id})
+    return await _edge_and_owners(cur)
+
+
+async def lock_token_with_owners(
+    cur: Cursor,
+    token_hash: str,
+    farm_id: str,
+    *,
+    rooms: Iterable[str],
+    devices: Iterable[str],
+    commands: Iterable[str],
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
+    """``lock_edge_with_owners`` for the edge of a token (its row also has what
+    ``edge_by_token`` reads): None if no edge has this token. The ids are ``farm_id``'s: the
+    caller checks that it is the edge's farm."""
+    params = {"rooms": list(rooms), "devices": list(devices), "commands": list(commands)}
+    await cur.execute(LOCK_HASH_OWNERS, {**params, "farm_id": farm_id, "hash": token_hash})
+    return await _edge_and_owners(cur)
+
+
+async def _edge_and_owners(
+    cur: Cursor,
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
     edge: dict[str, Any] | None = None
     out: dict[str, dict[str, str]] = {"room": {}, "device": {}, "command": {}}
     for row in await cur.fetchall():
