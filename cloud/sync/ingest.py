@@ -183,42 +183,54 @@ async def _store(
     ids = {"rooms": refs.rooms, "devices": refs.devices,
            "commands": refs.commands | refs.maybe_commands}
     try:
-        async with db.transaction() as cur:
-            if token_hash is not None:
-                row, owners = await sync_db.lock_token_with_owners(cur, token_hash, farm_id, **ids)
-                if row is None:
-                    raise UnknownToken
-                edge = row
-                refused = _foreign(edge, batch)
-                if refused is not None:
-                    raise refused  # rolls back: the lock and the lookup are undone
-            else:
-                row, owners = await sync_db.lock_edge_with_owners(cur, farm_id, edge_id, **ids)
-                if row is None:
-                    raise Unauthorized("this edge has been removed")
-            high_water = int(row["high_water"])
-            before = row["clock_offset_s"]
-            if batch.first_seq > high_water + 1:
-                raise SeqGap(high_water + 1, batch.first_seq)
-            fresh = parsed[max(0, high_water + 1 - batch.first_seq) :]
-            counts = Counts(duplicates=len(parsed) - len(fresh))
-            writer = None
-            if fresh:
-                writer = BatchWriter(
-                    cur, edge_id=edge_id, farm_id=farm_id, owners=owners, clock=clock
-                )
-                counts = await writer.write(fresh)
-                counts.duplicates = len(parsed) - len(fresh)
-                counts.inserted = len(fresh)
-            acked = max(high_water, batch.last_seq)
-            # The batch's last statements and the new mark go in one round trip (a pipeline):
-            # with many edges sending small batches, round trips are most of the cloud's work.
-            async with cur.connection.pipeline():
-                if writer is not None:
-                    await writer.flush()
-                await sync_db.finish(
-                    cur, farm_id, edge_id, high_water=acked, offset_s=clock.offset_s
-                )
+        async with db.cursor() as cur:
+            # The transaction is opened and ended by hand, so that BEGIN shares the lock's round
+            # trip and COMMIT the closing pipeline's (psycopg's transaction() costs one each).
+            try:
+                if token_hash is not None:
+                    row, owners = await sync_db.lock_token_with_owners(
+                        cur, token_hash, farm_id, begin=True, **ids
+                    )
+                    if row is None:
+                        raise UnknownToken
+                    edge = row
+                    refused = _foreign(edge, batch)
+                    if refused is not None:
+                        raise refused  # rolled back: the lock and the lookup are undone
+                else:
+                    row, owners = await sync_db.lock_edge_with_owners(
+                        cur, farm_id, edge_id, begin=True, **ids
+                    )
+                    if row is None:
+                        raise Unauthorized("this edge has been removed")
+                high_water = int(row["high_water"])
+                before = row["clock_offset_s"]
+                if batch.first_seq > high_water + 1:
+                    raise SeqGap(high_water + 1, batch.first_seq)
+                fresh = parsed[max(0, high_water + 1 - batch.first_seq) :]
+                counts = Counts(duplicates=len(parsed) - len(fresh))
+                writer = None
+                if fresh:
+                    writer = BatchWriter(
+                        cur, edge_id=edge_id, farm_id=farm_id, owners=owners, clock=clock
+                    )
+                    counts = await writer.write(fresh)
+                    counts.duplicates = len(parsed) - len(fresh)
+                    counts.inserted = len(fresh)
+                acked = max(high_water, batch.last_seq)
+                # The batch's last statements, the new mark and the COMMIT go in one round trip
+                # (a pipeline): with many edges sending small batches, round trips are most of
+                # the cloud's work.
+                async with cur.connection.pipeline():
+                    if writer is not None:
+                        await writer.flush()
+                    await sync_db.finish(
+                        cur, farm_id, edge_id, high_water=acked, offset_s=clock.offset_s,
+                        commit=True,
+                    )
+            except BaseException:
+                await sync_db.rollback(cur)
+                raise
     except ForeignReference as exc:
         assert edge is not None
         await _report(db, edge, batch, exc.foreign)

@@ -96,3 +96,41 @@ async def test_a_big_body_has_its_token_checked_before_it_is_all_read(  # type: 
     ack = await ok(await upload(client, big))
     assert (ack["acked_seq"], ack["inserted"]) == (1500, 1500)
     assert await _stored(world_dsn) == (1500, before + 3000)
+
+
+async def test_a_refused_batch_leaves_no_transaction_or_lock_behind(world_dsn, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The batch transaction is opened and ended by hand (BEGIN and COMMIT pipelined): after
+    every refusal the pool's one connection is outside any transaction, the edge's row is free
+    again and nothing was stored; the next batch goes in."""
+    import logging
+
+    from cloud.auth.tokens import token_hash
+    from cloud.db.database import Database
+    from cloud.errors import Unauthorized
+    from cloud.sync.decode import decode_batch
+    from cloud.sync.ingest import ForeignReference, SeqGap, UnknownToken, store_batch_for_token
+
+    caplog.set_level(logging.WARNING, logger="psycopg")
+    db = await Database.connect(world_dsn, min_size=1, max_size=1)
+    good = token_hash("t")
+    try:
+        refusals = [
+            (SeqGap, good, batch([reading(5)])),
+            (UnknownToken, token_hash("wrong"), batch([reading(1)])),
+            (ForeignReference, good, batch([reading(1)], farm_id=w.OTHER_FARM)),
+        ]
+        for kind, hashed, body in refusals:
+            with pytest.raises(kind):
+                await store_batch_for_token(db, hashed, decode_batch(json.dumps(body).encode()))
+            row = await db.fetch_one("SELECT pg_current_xact_id_if_assigned() AS x")
+            assert row == {"x": None}, kind  # not inside a leftover transaction
+            async with db.transaction() as cur:  # the edge's row is not still locked
+                await cur.execute("SELECT id FROM edges WHERE id = %s FOR UPDATE NOWAIT",
+                                  (w.EDGE,))
+        assert issubclass(UnknownToken, Unauthorized)
+        edge, ack, _ = await store_batch_for_token(
+            db, good, decode_batch(json.dumps(batch([reading(1)])).encode()))
+        assert edge["id"] == w.EDGE and ack.acked_seq == 1
+        assert not [r for r in caplog.records if r.name.startswith("psycopg")]
+    finally:
+        await db.close()
