@@ -19,6 +19,8 @@ from cloud.db.database import Cursor, Database
 
 BEGIN = "BEGIN"
 COMMIT = "COMMIT"
+# For a transaction that stores nothing (a NOTIFY): its commit need not wait for the WAL flush.
+UNFLUSHED = "SELECT set_config('synchronous_commit', 'off', true)"
 AUTHENTICATE = """
 SELECT id, farm_id, name, high_water, config_version, last_seen, iot_since FROM edges
 WHERE token_hash = %(hash)s"""
@@ -270,6 +272,17 @@ async def _run(cur: Cursor, query: str, params: dict[str, Any], begin: bool) -> 
     async with cur.connection.pipeline():
         await cur.execute(BEGIN)
         await cur.execute(query, params)
+
+
+async def begin_unflushed(cur: Cursor) -> None:
+    """BEGIN a transaction that writes nothing durable (only notifications): its COMMIT does
+    not wait for the WAL flush."""
+    await cur.execute(BEGIN)
+    await cur.execute(UNFLUSHED)
+
+
+async def commit(cur: Cursor) -> None:
+    await cur.execute(COMMIT)
 
 
 async def rollback(cur: Cursor) -> None:

@@ -218,9 +218,9 @@ async def _store(
                     counts.duplicates = len(parsed) - len(fresh)
                     counts.inserted = len(fresh)
                 acked = max(high_water, batch.last_seq)
-                # The batch's last statements, the new mark and the COMMIT go in one round trip
-                # (a pipeline): with many edges sending small batches, round trips are most of
-                # the cloud's work.
+                # The batch's last statements, the new mark, the COMMIT and the dashboards'
+                # announcement go in one round trip (a pipeline): with many edges sending small
+                # batches, round trips are most of the cloud's work.
                 async with cur.connection.pipeline():
                     if writer is not None:
                         await writer.flush()
@@ -228,6 +228,8 @@ async def _store(
                         cur, farm_id, edge_id, high_water=acked, offset_s=clock.offset_s,
                         commit=True,
                     )
+                    if writer is not None:
+                        await writer.announce()  # after the COMMIT, and only if it commits
             except BaseException:
                 await sync_db.rollback(cur)
                 raise

@@ -131,6 +131,9 @@ async def test_a_refused_batch_leaves_no_transaction_or_lock_behind(world_dsn, c
         edge, ack, _ = await store_batch_for_token(
             db, good, decode_batch(json.dumps(batch([reading(1)])).encode()))
         assert edge["id"] == w.EDGE and ack.acked_seq == 1
+        # The announcement's transaction skipped its WAL flush wait; the batch's did not, and
+        # the connection keeps the server's setting.
+        assert await db.fetch_one("SHOW synchronous_commit") == {"synchronous_commit": "on"}
         assert not [r for r in caplog.records if r.name.startswith("psycopg")]
     finally:
         await db.close()
