@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -27,8 +28,8 @@ from cloud.errors import (
     ValidationFailed,
 )
 from cloud.middleware import problem_response
-from cloud.sync.decode import decode_batch
-from cloud.sync.ingest import ForeignReference, store_batch
+from cloud.sync.decode import DecodedBatch, decode_batch
+from cloud.sync.ingest import ForeignReference, UnknownToken, store_batch, store_batch_for_token
 from cloud.sync.iot_acks import (
     REPLY_HEADER,
     is_confirmation,
@@ -37,6 +38,7 @@ from cloud.sync.iot_acks import (
 )
 from cloud.sync.link import EdgeLink
 from cloud.sync.service import EDGE_SYNC
+from cloud.sync.writer import Counts
 from shared.models import Id
 from shared.sync import PROTOCOL_VERSION, BatchAck, DownMessage, Hello, UpMessage
 
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
 MAX_WS_MESSAGE = 1024 * 1024
+# An upload's token is checked by its batch's own transaction (one round trip fewer per batch),
+# after the body is read and decoded; a body bigger than this has its token checked first.
+PREAUTH_BYTES = 256 * 1024
 
 
 async def authenticate_edge(call: Call) -> dict[str, Any]:
@@ -76,9 +81,16 @@ async def confirm_destination(request: web.Request) -> web.Response:
     )
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(
+    request: web.Request,
+    limit: int,
+    *,
+    past: int | None = None,
+    check: Callable[[], Awaitable[object]] | None = None,
+) -> bytes:
     """The (already inflated: aiohttp decodes Content-Encoding) body, refused past ``limit``
-    bytes while reading, so a small gzip bomb cannot inflate into memory."""
+    bytes while reading, so a small gzip bomb cannot inflate into memory. ``check`` (which may
+    raise) is awaited once the body grows past ``past`` bytes."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the batch as application/json (gzip Content-Encoding)")
     chunks: list[bytes] = []
@@ -93,6 +105,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"a batch may inflate to at most {limit} bytes")
+        if check is not None and past is not None and size > past:
+            await check()
+            check = None
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -110,8 +125,14 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
     if is_confirmation(call.request):  # AWS IoT confirming the topic rule's destination
         return await confirm_destination(call.request)
     received_at = time.time()
-    edge = await authenticate_edge(call)
     reply_topic = call.request.headers.get(REPLY_HEADER)
+    token = bearer_token(call.request)
+    if reply_topic is None and token is not None:
+        edge, answer = await _ingest_by_token(call, token, received_at)
+        if edge is not None:
+            await _note_transport(call, edge, iot=False)
+        return answer
+    edge = await authenticate_edge(call)
     await _note_transport(call, edge, iot=reply_topic is not None)
     if reply_topic is None:
         return await _ingest(call, edge, received_at)
@@ -161,18 +182,18 @@ async def confirm_iot_destination(call: Call) -> web.Response:
     return await confirm_destination(call.request)
 
 
-async def _ingest(
-    call: Call, edge: dict[str, Any], received_at: float
-) -> BatchAck | web.Response:
+async def _read_batch(
+    call: Call, *, check: Callable[[], Awaitable[object]] | None = None
+) -> DecodedBatch | web.Response:
+    """The request's batch, checked; a response when the body is unreadable or too large."""
     settings = call.app[appkeys.SETTINGS].sync
     try:
-        raw = await read_body(call.request, settings.max_batch_bytes)
+        raw = await read_body(call.request, settings.max_batch_bytes, past=PREAUTH_BYTES,
+                              check=check)
     except (BadRequest, PayloadTooLarge) as exc:
         # The rest of the body is unreadable or unwanted: answer, then drop the connection
         # (aiohttp would otherwise try to drain the body and the client to reuse the socket).
-        response = problem_response(exc, call.request.path)
-        response.force_close()
-        return response
+        return _closing(exc, call)
     try:
         batch = decode_batch(raw)
     except ValidationError as exc:
@@ -189,6 +210,22 @@ async def _ingest(
                 }
             ]
         )
+    return batch
+
+
+def _closing(exc: CloudError, call: Call) -> web.Response:
+    response = problem_response(exc, call.request.path)
+    response.force_close()
+    return response
+
+
+async def _ingest(
+    call: Call, edge: dict[str, Any], received_at: float
+) -> BatchAck | web.Response:
+    batch = await _read_batch(call)
+    if isinstance(batch, web.Response):
+        return batch
+    settings = call.app[appkeys.SETTINGS].sync
     sync = call.app[EDGE_SYNC]
     try:
         ack, counts = await store_batch(
@@ -201,7 +238,60 @@ async def _ingest(
     except Exception as exc:
         sync.metrics.batches.labels(type(exc).__name__).inc()
         raise
-    sync.metrics.stored(counts)
+    _stored(call, edge, batch, ack, counts)
+    return ack
+
+
+async def _ingest_by_token(
+    call: Call, token: str, received_at: float
+) -> tuple[dict[str, Any] | None, BatchAck | web.Response]:
+    """``_ingest`` with the edge authenticated by the batch transaction's first statement
+    instead of a query of its own. A request with a wrong token costs at most ``PREAUTH_BYTES``
+    of body before it is refused: past that, or when the body is refused anyway, the token is
+    checked on its own first, so a wrong one is still answered 401 (and counted against the
+    caller's address) before anything else."""
+    authenticated: list[dict[str, Any]] = []
+
+    async def check() -> None:
+        authenticated.append(await authenticate_edge(call))
+
+    try:
+        batch = await _read_batch(call, check=check)
+    except CloudError:
+        if not authenticated:
+            await authenticate_edge(call)
+        raise
+    if isinstance(batch, web.Response):  # answered, the connection closes
+        if not authenticated:
+            try:
+                await authenticate_edge(call)
+            except CloudError as exc:
+                return None, _closing(exc, call)
+        return None, batch
+    settings = call.app[appkeys.SETTINGS].sync
+    sync = call.app[EDGE_SYNC]
+    try:
+        edge, ack, counts = await store_batch_for_token(
+            call.db,
+            token_hash(token),
+            batch,
+            received_at=received_at,
+            clock_threshold_s=settings.clock_correction_s,
+        )
+    except UnknownToken:
+        call.app[appkeys.LIMITS].unauthenticated.take(client_ip(call.request))
+        raise
+    except Exception as exc:
+        sync.metrics.batches.labels(type(exc).__name__).inc()
+        raise
+    _stored(call, edge, batch, ack, counts)
+    return edge, ack
+
+
+def _stored(
+    call: Call, edge: dict[str, Any], batch: DecodedBatch, ack: BatchAck, counts: Counts
+) -> None:
+    call.app[EDGE_SYNC].metrics.stored(counts)
     call.app[appkeys.METRICS].ingested.inc(counts.readings)
     log.debug(
         "edge %s batch %d-%d: %d new, %d duplicate",
@@ -211,7 +301,6 @@ async def _ingest(
         ack.inserted,
         ack.duplicates,
     )
-    return ack
 
 
 async def _hello(ws: web.WebSocketResponse, edge: dict[str, Any], wait_s: float) -> Hello | None:

@@ -91,6 +91,11 @@ class Database:
                 raise
             raise mapped from exc
 
+    def cursor(self) -> AbstractAsyncContextManager[Cursor]:
+        """A cursor on an autocommit connection of the pool, for a caller that opens and ends
+        its transaction itself (an edge batch pipelines its BEGIN and COMMIT with statements)."""
+        return self._cursor(atomic=False)
+
     def transaction(self) -> AbstractAsyncContextManager[Cursor]:
         """A cursor inside one transaction: committed on success, rolled back on error."""
         return self._cursor(atomic=True)

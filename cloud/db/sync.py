@@ -6,15 +6,21 @@ high-water mark moves in the same transaction, so each outbox seq lands exactly 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from cloud.db import audit
 from cloud.db.database import Cursor, Database
 
+BEGIN = "BEGIN"
+COMMIT = "COMMIT"
+# For a transaction that stores nothing (a NOTIFY): its commit need not wait for the WAL flush.
+UNFLUSHED = "SELECT set_config('synchronous_commit', 'off', true)"
 AUTHENTICATE = """
 SELECT id, farm_id, name, high_water, config_version, last_seen, iot_since FROM edges
 WHERE token_hash = %(hash)s"""
@@ -40,6 +46,26 @@ SELECT 'device', id, farm_id, NULL, NULL FROM devices
 WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s) AND EXISTS (SELECT FROM edge)
 UNION ALL
 SELECT 'command', id, farm_id, NULL, NULL FROM commands
+WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s) AND EXISTS (SELECT FROM edge)"""
+# LOCK_EDGE_OWNERS found by the token instead of the id, with what AUTHENTICATE reads: an upload
+# authenticates in its own transaction's first statement (one round trip per batch fewer). The
+# ids are looked up in the farm the batch names; the caller refuses a batch not of the token's
+# edge and farm before using them.
+LOCK_HASH_OWNERS = """
+WITH edge AS MATERIALIZED (
+    SELECT id, farm_id, name, high_water, config_version, last_seen, iot_since, clock_offset_s
+    FROM edges WHERE token_hash = %(hash)s FOR UPDATE
+)
+SELECT 'edge' AS kind, id, farm_id, high_water, clock_offset_s, name, config_version, last_seen,
+       iot_since FROM edge
+UNION ALL
+SELECT 'room', id, farm_id, NULL, NULL, NULL, NULL, NULL, NULL FROM rooms
+WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s) AND EXISTS (SELECT FROM edge)
+UNION ALL
+SELECT 'device', id, farm_id, NULL, NULL, NULL, NULL, NULL, NULL FROM devices
+WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s) AND EXISTS (SELECT FROM edge)
+UNION ALL
+SELECT 'command', id, farm_id, NULL, NULL, NULL, NULL, NULL, NULL FROM commands
 WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s) AND EXISTS (SELECT FROM edge)"""
 # Ids are per farm: only the edge's own farm is looked at (another farm's ids are unknown here).
 OWNERS = """
@@ -167,10 +193,20 @@ async def lock_edge(cur: Cursor, farm_id: str, edge_id: str) -> dict[str, Any] |
 
 
 async def finish(
-    cur: Cursor, farm_id: str, edge_id: str, *, high_water: int, offset_s: float
+    cur: Cursor,
+    farm_id: str,
+    edge_id: str,
+    *,
+    high_water: int,
+    offset_s: float,
+    commit: bool = False,
 ) -> None:
+    """Move the edge's mark; then COMMIT when ``commit`` (the transaction was opened with
+    ``begin=True``; in the caller's pipeline, both go in its round trip)."""
     params = {"farm_id": farm_id, "id": edge_id, "high_water": high_water, "offset": offset_s}
     await cur.execute(FINISH, params)
+    if commit:
+        await cur.execute(COMMIT)
 
 
 async def owners(
@@ -200,11 +236,65 @@ async def lock_edge_with_owners(
     rooms: Iterable[str],
     devices: Iterable[str],
     commands: Iterable[str],
+    begin: bool = False,
 ) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
     """``lock_edge`` and ``owners`` in one round trip: the edge's row (None if it is gone, and
     then no owners) and ``{"room"|"device"|"command": {id: farm_id}}``."""
     params = {"rooms": list(rooms), "devices": list(devices), "commands": list(commands)}
-    await cur.execute(LOCK_EDGE_OWNERS, {**params, "farm_id": farm_id, "id": edge_id})
+    await _run(cur, LOCK_EDGE_OWNERS, {**params, "farm_id": farm_id, "id": edge_id}, begin)
+    return await _edge_and_owners(cur)
+
+
+async def lock_token_with_owners(
+    cur: Cursor,
+    token_hash: str,
+    farm_id: str,
+    *,
+    rooms: Iterable[str],
+    devices: Iterable[str],
+    commands: Iterable[str],
+    begin: bool = False,
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
+    """``lock_edge_with_owners`` for the edge of a token (its row also has what
+    ``edge_by_token`` reads): None if no edge has this token. The ids are ``farm_id``'s: the
+    caller checks that it is the edge's farm."""
+    params = {"rooms": list(rooms), "devices": list(devices), "commands": list(commands)}
+    await _run(cur, LOCK_HASH_OWNERS, {**params, "farm_id": farm_id, "hash": token_hash}, begin)
+    return await _edge_and_owners(cur)
+
+
+async def _run(cur: Cursor, query: str, params: dict[str, Any], begin: bool) -> None:
+    """``query``, after a BEGIN in the same round trip when ``begin``: the two go in a pipeline
+    whose results are read after it ends (reading inside would cost a round trip more)."""
+    if not begin:
+        await cur.execute(query, params)
+        return
+    async with cur.connection.pipeline():
+        await cur.execute(BEGIN)
+        await cur.execute(query, params)
+
+
+async def begin_unflushed(cur: Cursor) -> None:
+    """BEGIN a transaction that writes nothing durable (only notifications): its COMMIT does
+    not wait for the WAL flush."""
+    await cur.execute(BEGIN)
+    await cur.execute(UNFLUSHED)
+
+
+async def commit(cur: Cursor) -> None:
+    await cur.execute(COMMIT)
+
+
+async def rollback(cur: Cursor) -> None:
+    """End a transaction opened by ``begin=True`` after an error; a connection too broken to
+    roll back is the pool's to discard (and the error that broke it is the one to report)."""
+    with contextlib.suppress(psycopg.Error):
+        await cur.connection.rollback()
+
+
+async def _edge_and_owners(
+    cur: Cursor,
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
     edge: dict[str, Any] | None = None
     out: dict[str, dict[str, str]] = {"room": {}, "device": {}, "command": {}}
     for row in await cur.fetchall():

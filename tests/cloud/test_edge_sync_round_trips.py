@@ -100,3 +100,35 @@ async def test_lock_with_owners_sees_only_the_edges_farm(world_dsn) -> None:  # 
         assert await rows(world_dsn, count, (w.SENSOR_B,)) == before
     finally:
         await db.close()
+
+
+async def test_array_literals_store_exactly_what_lists_would(world_dsn) -> None:  # type: ignore[no-untyped-def]
+    """insert_rows and upsert_latest send their arrays as literals built in C: odd strings (a
+    quote, a backslash, "NULL", commas, spaces), whole and fractional seconds and extreme floats
+    come back exactly as given."""
+    from datetime import UTC, datetime
+
+    from cloud.db.telemetry import array_params, insert_rows, upsert_latest
+
+    t1 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+    t2 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    plain = [(t1, w.ROOM_B, "lit-a", "NULL", 1), (t2, w.ROOM_B, "lit-a", "x y,z", -2.5e-300),
+             (t2, w.ROOM_B, "lit-b", "{m}", 1.7976931348623157e308)]
+    odd = [(t1, w.ROOM_B, 'lit-"q"', "back\\slash", 0.1)]
+    assert all(isinstance(v, str) for v in array_params(plain).values())
+    assert isinstance(array_params(odd)["device"], list)  # escaped by psycopg instead
+    db = await Database.connect(world_dsn, min_size=1, max_size=2)
+    try:
+        async with db.transaction() as cur:
+            for batch_ in (plain, odd):
+                await insert_rows(cur, w.FARM, batch_)  # type: ignore[arg-type]
+                await upsert_latest(cur, w.FARM, batch_)  # type: ignore[arg-type]
+        got = await rows(world_dsn, "SELECT time, room_id, device_id, metric, value"
+                         " FROM sensor_data WHERE device_id LIKE 'lit-%%' ORDER BY value")
+        want = sorted([*plain, *odd], key=lambda r: r[4])
+        assert [tuple(r.values()) for r in got] == [(*r[:4], float(r[4])) for r in want]
+        latest = await rows(world_dsn, "SELECT time, device_id, metric, value FROM sensor_latest"
+                            " WHERE device_id LIKE 'lit-%%' ORDER BY value")
+        assert [tuple(r.values()) for r in latest] == [(r[0], *r[2:4], float(r[4])) for r in want]
+    finally:
+        await db.close()
