@@ -82,7 +82,11 @@ STATUS = """
 UPDATE edges SET backlog = %(backlog)s, software_version = %(version)s, status_at = now(),
     last_seen = now()
 WHERE farm_id = %(farm_id)s AND id = %(id)s"""
-TOUCH = "UPDATE edges SET last_seen = now() WHERE farm_id = %(farm_id)s AND id = %(id)s"
+# Not when seen within ``fresh`` seconds already (a batch's commit sets last_seen too): a stream's
+# heartbeat then costs no row version and no synced commit.
+TOUCH = """
+UPDATE edges SET last_seen = now() WHERE farm_id = %(farm_id)s AND id = %(id)s
+  AND (last_seen IS NULL OR last_seen < now() - make_interval(secs => %(fresh)s))"""
 PRESENCE = """
 SELECT count(*) AS total,
     count(*) FILTER (WHERE last_seen > now() - make_interval(secs => %(window)s)) AS online
@@ -195,8 +199,9 @@ async def set_status(
     await db.execute(STATUS, params)
 
 
-async def touch(db: Database, farm_id: str, edge_id: str) -> None:
-    await db.execute(TOUCH, {"farm_id": farm_id, "id": edge_id})
+async def touch(db: Database, farm_id: str, edge_id: str, *, fresh_s: float = 0.0) -> bool:
+    """Mark the edge seen now, unless it was within ``fresh_s``; whether the row changed."""
+    return await db.execute(TOUCH, {"farm_id": farm_id, "id": edge_id, "fresh": fresh_s}) > 0
 
 
 async def presence(db: Database, *, window_s: float) -> dict[str, int]:

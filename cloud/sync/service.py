@@ -154,7 +154,9 @@ class EdgeSync:
     async def _keep_seen(self, farm_id: str, edge_id: str) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_s)
-            await downlink.touch(self.db, farm_id, edge_id)
+            # An edge uploading batches is marked seen by them; half a heartbeat is fresh enough
+            # for presence (online_window_s is minutes).
+            await downlink.touch(self.db, farm_id, edge_id, fresh_s=self.config.heartbeat_s / 2)
 
 
 async def _send(ws: web.WebSocketResponse, messages: list[DownMsg]) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from cloud.db import downlink
+from cloud.db.database import Database
 from tests.cloud import test_edge_sync
 from tests.cloud import world as w
 from tests.cloud.test_edge_sync import (
@@ -303,3 +305,19 @@ async def test_a_farm_whose_rooms_have_edges_can_be_deleted(sync_client, world_d
     left = await rows(world_dsn, "SELECT id FROM edges WHERE farm_id = %s", (w.FARM,))
     assert left == [] and await rows(
         world_dsn, "SELECT id FROM rooms WHERE farm_id = %s", (w.FARM,)) == []
+
+
+async def test_a_heartbeat_leaves_a_freshly_seen_edge_alone(world_dsn) -> None:  # type: ignore[no-untyped-def]
+    db = await Database.connect(world_dsn, min_size=1, max_size=1)
+    try:
+        assert await downlink.touch(db, w.FARM, w.EDGE)  # seen now: always written
+        # Seen a moment ago (by a batch, say): a heartbeat allowing 10 s writes nothing.
+        assert not await downlink.touch(db, w.FARM, w.EDGE, fresh_s=10)
+        await db.execute("UPDATE edges SET last_seen = now() - interval '11 seconds'"
+                         " WHERE farm_id = %s AND id = %s", (w.FARM, w.EDGE))
+        assert await downlink.touch(db, w.FARM, w.EDGE, fresh_s=10)
+        row = await db.fetch_one("SELECT now() - last_seen < interval '1 second' AS fresh"
+                                 " FROM edges WHERE farm_id = %s AND id = %s", (w.FARM, w.EDGE))
+        assert row is not None and row["fresh"]
+    finally:
+        await db.close()
