@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import ipaddress
 import os
 import re
 import shutil
@@ -20,17 +19,13 @@ import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from bench.nginx_site import write_certificate
 from tests.conftest import free_port
 from tests.deploy.test_containers import NGINX_CONF, compose_yaml, get_routes, need
 
@@ -58,27 +53,6 @@ def conf_text() -> str:
 def locations() -> dict[str, str]:
     """`location = PATH { … }` bodies by path."""
     return dict(re.findall(r"location = (\S+) \{(.*?)\n    \}", conf_text(), re.DOTALL))
-
-
-def write_certificate(folder: Path) -> None:
-    """A self-signed certificate for 127.0.0.1 and localhost, where the conf expects one."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "fullchain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "privkey.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
 
 
 @dataclass
