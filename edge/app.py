@@ -44,6 +44,7 @@ from edge.systemd import Notifier
 from edge.uplink import SYNC_STATUS, Uplink, edge_health
 from shared.backoff import Backoff
 from shared.models import Ack, utcnow
+from shared.mqtt_client import MqttClient
 from shared.topics import Topic
 
 if TYPE_CHECKING:
@@ -307,7 +308,7 @@ class EdgeApp:
         while True:
             inbox = Inbox()
             try:
-                async with aiomqtt.Client(
+                async with MqttClient(
                     host, port, username=username, password=password,
                     identifier=f"smartfarm-edge-{self.settings.farm_id}",
                     clean_session=False, keepalive=self.settings.broker.keepalive_s,

@@ -30,6 +30,7 @@ from edge.claim_code import CLAIM_KEY_RE
 from edge.credentials import edge_login
 from edge.onboarding import Onboarding
 from shared.backoff import Backoff
+from shared.mqtt_client import MqttClient
 from shared.topics import claim_topic, is_valid_id
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class ExternalClaims:
             host, port = self._address()
             try:
                 username, password = edge_login(self.settings)
-                async with aiomqtt.Client(
+                async with MqttClient(
                     host, port, username=username, password=password,
                     identifier=f"smartfarm-edge-{self.settings.farm_id}-claims",
                 ) as client:

@@ -27,6 +27,7 @@ from edge.config import DeviceConfig, EdgeSettings
 from edge.credentials import edge_login
 from shared.backoff import Backoff
 from shared.models import KNOWN_METRICS
+from shared.mqtt_client import MqttClient
 from shared.topics import build_topic
 from shared.vocabulary import METRICS
 
@@ -179,7 +180,7 @@ class HomeAssistantBridge:
             host, port = self._address()
             try:
                 username, password = edge_login(self.settings)
-                async with aiomqtt.Client(
+                async with MqttClient(
                     host, port, username=username, password=password,
                     identifier=f"smartfarm-edge-{self.settings.farm_id}-ha",
                     will=aiomqtt.Will(d.availability, b"offline", qos=1, retain=True),

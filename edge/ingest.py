@@ -35,6 +35,7 @@ from shared.models import (
     parse_telemetry,
     utcnow,
 )
+from shared.mqtt_client import MqttClient
 from shared.topics import UPLINK_KINDS, Topic, parse_topic, subscription
 
 log = logging.getLogger(__name__)
@@ -414,7 +415,7 @@ class Ingest:
         while True:
             inbox = Inbox()
             try:
-                async with aiomqtt.Client(
+                async with MqttClient(
                     host,
                     port,
                     username=username,

@@ -36,6 +36,7 @@ import aiomqtt
 
 from firmware_sim.physics import ROLES
 from shared.errors import SmartfarmError
+from shared.mqtt_client import MqttClient
 from shared.topics import claim_topic, is_valid_id
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class ClaimNode:
         external = self.via == "mosquitto"
         key = self.flash.claim_key()
         topic = claim_topic(self.farm_id, self.device_id)
-        async with aiomqtt.Client(
+        async with MqttClient(
             self.host, self.port, username=CLAIM_ACCOUNT if external else self.device_id,
             password=password, identifier=f"{self.device_id}.{key}" if external
             else self.client_id, keepalive=30, timeout=5.0,

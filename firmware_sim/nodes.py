@@ -37,6 +37,7 @@ from shared.models import (
     parse_command,
     utcnow,
 )
+from shared.mqtt_client import MqttClient
 from shared.topics import Kind, build_topic, is_valid_id
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class Node:
         failures = 0
         while True:
             try:
-                async with aiomqtt.Client(
+                async with MqttClient(
                     self.host,
                     self.port,
                     username=self.device_id,
