@@ -69,6 +69,27 @@ def pending_deliveries(broker: Broker) -> int:
     return queued + sum(1 for task in broker._tasks_queue if not task.done())
 
 
+class ShutdownCancelFilter(logging.Filter):
+    """amqtt logs its broadcast loop's cancellation as an error with a traceback ("Broadcast
+    loop stopped by exception"): its shutdown cancels the loop when it has not ended within 5 s,
+    as on a loaded Pi stopping. An expected stop is not an error: say it at INFO, no traceback,
+    so the edge's log keeps tracebacks for what went wrong."""
+
+    MESSAGE: Final = "Broadcast loop stopped by exception"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.msg == self.MESSAGE and isinstance(exc, asyncio.CancelledError):
+            record.msg, record.args = "broadcast loop cancelled at shutdown", ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_SHUTDOWN_CANCEL_FILTER: Final = ShutdownCancelFilter()
+logging.getLogger("amqtt.broker").addFilter(_SHUTDOWN_CANCEL_FILTER)
+
+
 @dataclass
 class EdgeBrokerConfig(BrokerConfig):  # type: ignore[misc]  # amqtt is untyped
     # amqtt reads `max-qos` through BrokerConfig.get(); the stock dataclass has no such field.

@@ -16,6 +16,7 @@ from amqtt.mqtt.publish import PublishPacket
 
 from edge import amqtt_patches
 from edge.amqtt_patches import AMQTT_VERSION, EdgeBrokerConfig, PatchedBroker, SnapshotDict
+from tests.conftest import free_port
 
 
 def test_amqtt_is_the_version_the_patches_were_written_for() -> None:
@@ -76,3 +77,33 @@ async def test_the_broker_state_the_patches_read_is_there() -> None:
     assert broker.unheard("farm/f/room/r/telemetry/d") is True
     broker._subscriptions["farm/f/room/+/telemetry/+"] = []
     assert broker.unheard("farm/f/room/r/telemetry/d") is False  # the map changed
+
+
+async def test_a_broadcast_loop_cancelled_at_shutdown_is_no_traceback(monkeypatch, caplog) -> None:
+    """amqtt cancels its broadcast loop when it has not stopped within its shutdown timeout and
+    logs that as an error with a traceback; the edge's chaos test failed on such a traceback
+    after a SIGTERM under load. A zero timeout makes amqtt cancel it every time."""
+    import amqtt.broker
+
+    monkeypatch.setattr(amqtt.broker, "_BROADCAST_SHUTDOWN_TIMEOUT", 0)
+    broker = PatchedBroker(EdgeBrokerConfig(listeners={"default": ListenerConfig(
+        type=ListenerType.TCP, bind=f"127.0.0.1:{free_port()}")}, plugins={}))
+    await broker.start()
+    with caplog.at_level(logging.DEBUG, logger="amqtt.broker"):
+        await broker.shutdown()
+    records = [r for r in caplog.records if r.name == "amqtt.broker" and (
+        "loop stopped" in r.getMessage() or "loop cancelled" in r.getMessage())]
+    assert [(r.levelname, r.getMessage(), r.exc_info) for r in records] == [
+        ("INFO", "broadcast loop cancelled at shutdown", None)]
+    assert "Traceback" not in caplog.text
+
+
+def test_other_broker_errors_keep_their_traceback(caplog) -> None:
+    logger = logging.getLogger("amqtt.broker")
+    with caplog.at_level(logging.INFO, logger="amqtt.broker"):
+        try:
+            raise RuntimeError("a real failure")
+        except RuntimeError:
+            logger.exception("Broadcast loop stopped by exception")
+    (record,) = caplog.records
+    assert record.levelname == "ERROR" and record.exc_info is not None
