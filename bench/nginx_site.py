@@ -50,6 +50,11 @@ class NginxSite:
     def base_url(self) -> str:
         return f"https://127.0.0.1:{self.https_port}"
 
+    def nginx_args(self) -> list[str]:
+        """nginx's prefix, error log and main config for this site (``nginx -t`` takes them)."""
+        return ["-p", str(self.folder), "-e", str(self.folder / "error.log"),
+                "-c", str(self.main_conf)]
+
 
 def write_certificate(folder: Path) -> None:
     """A self-signed certificate for 127.0.0.1 and localhost, where the conf expects one."""
@@ -111,8 +116,7 @@ def run_nginx(
     """nginx serving ``site`` as one foreground process (no worker switching users) until exit."""
     log = (site.folder / "stderr.log").open("wb")
     proc = subprocess.Popen(
-        [binary, "-p", str(site.folder), "-e", str(site.folder / "error.log"),
-         "-c", str(site.main_conf), "-g", "daemon off; master_process off;"],
+        [binary, *site.nginx_args(), "-g", "daemon off; master_process off;"],
         stdout=subprocess.DEVNULL, stderr=log, preexec_fn=die_with_parent,
     )
     log.close()

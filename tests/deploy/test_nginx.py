@@ -10,11 +10,9 @@ No nginx: skip with the reason, or fail when SMARTFARM_REQUIRE_DEPLOY_TOOLS=1 (C
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import os
 import re
-import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -25,17 +23,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench.nginx_site import write_certificate
+from bench.nginx_site import NginxSite, make_site, nginx_binary, run_nginx
 from tests.conftest import free_port
 from tests.deploy.test_containers import NGINX_CONF, compose_yaml, get_routes, need
 
 WS_PATHS = ("/api/edge/v1/stream", "/api/ws")
 BATCHES = "/api/edge/v1/batches"
-
-
-def nginx_binary() -> str | None:
-    found = shutil.which("nginx")
-    return found or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
 
 
 @pytest.fixture(scope="module")
@@ -53,45 +46,6 @@ def conf_text() -> str:
 def locations() -> dict[str, str]:
     """`location = PATH { … }` bodies by path."""
     return dict(re.findall(r"location = (\S+) \{(.*?)\n    \}", conf_text(), re.DOTALL))
-
-
-@dataclass
-class Site:
-    folder: Path
-    main_conf: Path
-    http_port: int
-    https_port: int
-
-    def nginx_args(self) -> list[str]:
-        return ["-p", str(self.folder), "-e", str(self.folder / "error.log"),
-                "-c", str(self.main_conf)]
-
-
-def make_site(folder: Path, upstream_ports: list[int]) -> Site:
-    conf = conf_text()
-    http_port, https_port = free_port(), free_port()
-    replacements = [
-        ("listen 80 default_server", f"listen 127.0.0.1:{http_port} default_server"),
-        ("listen 443 ssl", f"listen 127.0.0.1:{https_port} ssl"),
-        ("/etc/nginx/certs", str(folder)),
-        ("/var/www/acme", str(folder / "acme")),
-    ]
-    names = re.findall(r"server (cloud-\d+):8000", conf)
-    replacements += [(f"server {n}:8000", f"server 127.0.0.1:{p}")
-                     for n, p in zip(names, upstream_ports, strict=True)]
-    for old, new in replacements:
-        assert old in conf, f"{old!r} not in {NGINX_CONF}"
-        conf = conf.replace(old, new)
-    write_certificate(folder)
-    (folder / "site.conf").write_text(conf)
-    temp = " ".join(f"{kind}_temp_path {folder / kind};"
-                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    main = folder / "nginx.conf"
-    main.write_text(
-        f"pid {folder / 'nginx.pid'};\nevents {{}}\n"
-        f"http {{\n  access_log off;\n  {temp}\n  include {folder / 'site.conf'};\n}}\n"
-    )
-    return Site(folder, main, http_port, https_port)
 
 
 # ---- the file against the app --------------------------------------------------------------------
@@ -184,38 +138,15 @@ async def clouds(aiohttp_server, db_dsn: str, tmp_path: Path):  # type: ignore[n
 
 
 @pytest.fixture
-async def proxy(nginx: str, clouds, tmp_path: Path) -> AsyncIterator[Site]:  # type: ignore[no-untyped-def]
+async def proxy(nginx: str, clouds, tmp_path: Path) -> AsyncIterator[NginxSite]:  # type: ignore[no-untyped-def]
     folder = tmp_path / "nginx"
     folder.mkdir()
     site = make_site(folder, [c.port for c in clouds[1]])
-    # One process, in the foreground: no worker switching to another user (who could not read
-    # pytest's 0700 temp dirs).
-    proc = subprocess.Popen([nginx, *site.nginx_args(), "-g", "daemon off; master_process off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(200):
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"nginx exited: {err}")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", site.https_port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            break
+    with run_nginx(site, nginx):  # one foreground process: no worker switching users
         yield site
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
-async def test_nginx_fronts_two_cloud_instances(clouds, proxy: Site) -> None:  # type: ignore[no-untyped-def]
+async def test_nginx_fronts_two_cloud_instances(clouds, proxy: NginxSite) -> None:  # type: ignore[no-untyped-def]
     from cloud.middleware import SECURITY_HEADERS
     from tests.cloud.conftest import JWT_SECRET
     from tests.cloud.world import tokens_for
