@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from edge.config import ConfigError, DeviceConfig, EdgeSettings
 from edge.credentials import CredentialsError, DeviceSecrets
-from shared.esphome import OPTIONAL_SENSORS, Node, ThSensor, node_yaml
+from shared.esphome import OPTIONAL_SENSORS, BoardOptions, Node, ThSensor, node_yaml
 
 _WILDCARD = {"", "0.0.0.0", "::", "localhost"}  # noqa: S104 - names, not a bind
 
@@ -29,6 +29,13 @@ class NodeOptions:
     drive: Literal["relay", "pwm"] | None = None
     inverted: bool = False
     interval_s: int = 30
+
+    @classmethod
+    def of(cls, query: BoardOptions) -> NodeOptions:
+        """The options a download's query asked for."""
+        return cls(host=query.host, board=query.board, th_sensor=query.th_sensor,
+                   sensors=query.sensors(), drive=query.drive, inverted=query.inverted,
+                   interval_s=query.interval_s)
 
 
 def advertised_host(settings: EdgeSettings) -> str | None:

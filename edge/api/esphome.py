@@ -3,6 +3,8 @@ page's download button (admin login, like every /api route: it holds the device'
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from edge.api import keys
@@ -10,7 +12,7 @@ from edge.api.problems import NotFound, RequestRefused, ValidationFailed
 from edge.api.schemas import parse_query
 from edge.config import ConfigError
 from edge.esphome_files import NodeOptions, device_node
-from shared.esphome import BoardOptions, node_yaml
+from shared.esphome import BoardOptions, Node, node_yaml
 
 
 async def esphome_yaml(request: web.Request) -> web.Response:
@@ -19,13 +21,16 @@ async def esphome_yaml(request: web.Request) -> web.Response:
     device = request.app[keys.AUTOMATION].device(device_id)
     if device is None:
         raise NotFound(f"no device {device_id[:64]!r} on this edge")
-    query = parse_query(request, BoardOptions)
-    options = NodeOptions(
-        host=query.host, board=query.board, th_sensor=query.th_sensor, sensors=query.sensors(),
-        drive=query.drive, inverted=query.inverted, interval_s=query.interval_s,
-    )
+    options = NodeOptions.of(parse_query(request, BoardOptions))
+    # It holds the device's password.
+    return node_file(lambda: device_node(settings, device, options), device.id)
+
+
+def node_file(make: Callable[[], Node], device_id: str) -> web.Response:
+    """A node file as a download that no cache keeps (it holds a password or the claim code);
+    a 422 naming the field when an option does not fit, a 400 when the edge cannot make one."""
     try:
-        node = device_node(settings, device, options)
+        node = make()
     except ConfigError as exc:
         raise RequestRefused(str(exc)) from None
     except ValueError as exc:
@@ -36,8 +41,8 @@ async def esphome_yaml(request: web.Request) -> web.Response:
         text=node_yaml(node),
         content_type="application/yaml",
         headers={
-            "Content-Disposition": f'attachment; filename="{device.id}.yaml"',
-            "Cache-Control": "no-store",  # it holds the device's password
+            "Content-Disposition": f'attachment; filename="{device_id}.yaml"',
+            "Cache-Control": "no-store",
         },
     )
 

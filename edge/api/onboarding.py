@@ -8,13 +8,13 @@ from typing import Any
 from aiohttp import web
 
 from edge.api import keys
-from edge.api.problems import Conflict, NotFound, RequestRefused, ValidationFailed
+from edge.api.esphome import node_file
+from edge.api.problems import Conflict, NotFound, ValidationFailed
 from edge.api.schemas import AdoptBody, EmptyBody, parse_body, parse_query
-from edge.config import ConfigError
 from edge.esphome_files import NodeOptions, claim_node
 from edge.onboarding import Onboarding, OnboardingError
 from edge.store.pending import PendingDevice
-from shared.esphome import ClaimFileOptions, node_yaml
+from shared.esphome import ClaimFileOptions
 from shared.topics import is_valid_id
 
 
@@ -109,27 +109,10 @@ async def claim_file(request: web.Request) -> web.Response:
     """A claim-mode ESPHome node file for a node not adopted yet (docs/onboarding.md)."""
     onboarding = _onboarding(request)
     query = parse_query(request, ClaimFileOptions)
-    options = NodeOptions(
-        host=query.host, board=query.board, th_sensor=query.th_sensor, sensors=query.sensors(),
-        drive=query.drive, inverted=query.inverted, interval_s=query.interval_s,
-    )
-    try:
-        node = claim_node(request.app[keys.SETTINGS], query.device_id, query.room_id,
-                          query.kind, query.actuator, options, onboarding.claim_code())
-    except ConfigError as exc:
-        raise RequestRefused(str(exc)) from None
-    except ValueError as exc:
-        field = str(exc).split(" ", 1)[0]
-        raise ValidationFailed([{"field": field, "message": str(exc),
-                                 "type": "value_error"}]) from None
-    return web.Response(
-        text=node_yaml(node),
-        content_type="application/yaml",
-        headers={
-            "Content-Disposition": f'attachment; filename="{query.device_id}.yaml"',
-            "Cache-Control": "no-store",  # it holds the farm's claim code
-        },
-    )
+    settings, code = request.app[keys.SETTINGS], onboarding.claim_code()
+    return node_file(lambda: claim_node(settings, query.device_id, query.room_id, query.kind,
+                                        query.actuator, NodeOptions.of(query), code),
+                     query.device_id)
 
 
 def add_onboarding_routes(app: web.Application) -> None:
