@@ -30,6 +30,7 @@ from edge.credentials import (
     write_mosquitto_acl,
     write_mosquitto_password_file,
 )
+from shared.ports import free_port
 from shared.profiles import profile_for
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
@@ -46,13 +47,6 @@ def die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
