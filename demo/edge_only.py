@@ -17,6 +17,7 @@ from pathlib import Path
 from edge.config import EdgeSettings, load_config
 from edge.logs import configure_logging
 from edge.site_init import init_site
+from shared.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,7 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 def pick_port(preferred: int, what: str) -> int:
     if port_free(preferred):
         return preferred
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     print(f"demo: port {preferred} ({what}) is in use; using {port} instead")
     return port
 
