@@ -353,7 +353,9 @@ class Downlink:
             return {}
         try:
             return status_query(await self._health())
-        except sqlite3.Error as exc:  # a busy store must not stop the poll
+        # A busy store, or a value the model refuses (a version string past 64 characters):
+        # the poll goes without it rather than fail.
+        except (sqlite3.Error, ValueError) as exc:
             log.warning("edge health not reported: %s", exc)
             return {}
 

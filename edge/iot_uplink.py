@@ -254,7 +254,7 @@ class IotUplink:
                                                user_properties=self._properties[:1])
             except PublishError as exc:
                 log.debug("edge health not published: %s", exc)
-            except sqlite3.Error as exc:  # a busy store must not end the loop
+            except (sqlite3.Error, ValueError) as exc:  # a busy store, a value the model refuses
                 log.warning("edge health not reported: %s", exc)
             await asyncio.sleep(self._cloud.ws_heartbeat_s)
 
