@@ -113,7 +113,8 @@ class EdgeApp:
                 from edge.iot_uplink import IotUplink  # awscrt: only for IoT Core farms
 
                 self.uplink = IotUplink(settings, self.outbox, handle=self.downlink.handle,
-                                        alerts=self.alerts)
+                                        alerts=self.alerts,
+                                        health=functools.partial(edge_health, self.outbox))
             else:
                 self.uplink = Uplink(settings, self.outbox, alerts=self.alerts)
         # Devices knocking with the farm's claim code (the embedded broker reports them).

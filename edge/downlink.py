@@ -7,7 +7,9 @@ its ``expires_at`` or older than ``command_ttl_s`` ("expired"); a redelivered co
 again, never executed twice. A ``ConfigPush`` (rooms, stages, rules, devices) goes to
 ``edge.config_sync``, which validates it whole and applies it; the edge answers ``ConfigApplied``.
 After repeated WebSocket failures the edge polls ``GET /api/edge/v1/pending`` instead (answers:
-``POST`` there), and tries the WebSocket again every minute.
+``POST`` there), and tries the WebSocket again every minute. Its health (backlog, software
+version) goes up on the stream as an ``EdgeStatus`` every heartbeat, and while polling with a
+poll once a heartbeat, as that poll's query parameters.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from shared.sync import (
     DownMessage,
     EdgeStatus,
     Hello,
+    status_query,
 )
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,7 @@ class Downlink:
         self._clock_offset = clock_offset
         self._clock = clock
         self._health = health  # reported on the stream after Hello and every heartbeat
+        self._status_polled_at: float | None = None  # loop time of the last poll that carried it
         # Config pushes: applied over the TOML config (and restored at start) by this.
         self.config_sync = ConfigSync(settings, db, automation, alerts=alerts, clock=clock)
         self._lock = asyncio.Lock()
@@ -314,12 +318,16 @@ class Downlink:
         params = {"edge_id": hello.edge_id, "farm_id": self._settings.farm_id,
                   "config_version": str(hello.config_version),
                   "acked_seq": str(hello.acked_seq)}
+        health = await self._poll_health()
+        params.update(health)
         timeout = aiohttp.ClientTimeout(total=self._cloud.request_timeout_s)
         async with session.get(url, params=params, timeout=timeout) as resp:
             if resp.status in (401, 403):  # say what the cloud says is wrong, not just "403"
                 raise ValueError(refusal_message(resp.status, ValueError(await _detail(resp))))
             resp.raise_for_status()
             doc = await resp.json()
+        if health:
+            self._status_polled_at = asyncio.get_running_loop().time()
         items = doc.get("messages", []) if isinstance(doc, dict) else doc
         if not isinstance(items, list):
             raise ValueError("pending: expected a list of messages")
@@ -333,6 +341,23 @@ class Downlink:
                 if resp.status >= 400:
                     log.warning("the cloud refused the poll answers: HTTP %d", resp.status)
         return len(items)
+
+    async def _poll_health(self) -> dict[str, str]:
+        """The health to send with this poll: at the stream's cadence (the first poll, then once
+        a heartbeat), not with every poll; empty otherwise."""
+        if self._health is None:
+            return {}
+        last = self._status_polled_at
+        now = asyncio.get_running_loop().time()
+        if last is not None and now - last < self._cloud.ws_heartbeat_s:
+            return {}
+        try:
+            return status_query(await self._health())
+        # A busy store, or a value the model refuses (a version string past 64 characters):
+        # the poll goes without it rather than fail.
+        except (sqlite3.Error, ValueError) as exc:
+            log.warning("edge health not reported: %s", exc)
+            return {}
 
     def status(self) -> dict[str, Any]:
         stats = self.stats

@@ -21,6 +21,9 @@ are all safe: the cloud's high-water mark stores each seq once and every answer 
 Down. A ``CloudCommand`` (or ``ConfigPush``) on ``commands_topic`` goes to ``Downlink.handle``,
 the WebSocket's own path, so a command that arrives both ways runs once; the answer is published
 on ``replies_topic`` as ``{"messages": [...]}``, the body ``POST /api/edge/v1/pending`` takes.
+
+Health. With ``downlink_stream`` off (no WebSocket or polling to carry it), the edge's
+``EdgeStatus`` (backlog, software version) goes up the same way, every ``ws_heartbeat_s``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -61,6 +65,7 @@ from shared.sync import (
     ConfigApplied,
     ConfigPush,
     DownMessage,
+    EdgeStatus,
     GapError,
 )
 
@@ -162,6 +167,7 @@ class IotUplink:
         handle: Handle | None = None,
         alerts: AlertMonitor | None = None,
         clock: Callable[[], datetime] = utcnow,
+        health: Callable[[], Awaitable[EdgeStatus]] | None = None,
     ) -> None:
         cloud = settings.cloud
         iot = cloud.aws_iot
@@ -184,6 +190,8 @@ class IotUplink:
         self._outbox = outbox
         self._handle = handle
         self._alerts = alerts
+        # Reported here only when no WebSocket/poll downlink runs beside (it reports it there).
+        self._health = None if iot.downlink_stream else health
         self._clock = clock
         self._answers: asyncio.Queue[bytes] = asyncio.Queue()
         self._commands: asyncio.Queue[bytes] = asyncio.Queue()
@@ -215,6 +223,8 @@ class IotUplink:
                                   name="iot-uplink-maintenance")
                 tasks.create_task(self._upload_loop(), name="iot-uplink-upload")
                 tasks.create_task(self._command_loop(), name="iot-uplink-commands")
+                if self._health is not None:
+                    tasks.create_task(self._health_loop(self._health), name="iot-uplink-health")
         finally:
             await asyncio.shield(self._outbox.flush_quietly())
             await asyncio.shield(connection.stop())
@@ -232,6 +242,21 @@ class IotUplink:
                 if batch is None:
                     continue
             await self.send(batch)
+
+    async def _health_loop(self, health: Callable[[], Awaitable[EdgeStatus]]) -> None:
+        """The edge's health on the replies topic once connected, then every heartbeat."""
+        assert self.connection is not None
+        while True:
+            await self.connection.ready.wait()
+            try:
+                body = json.dumps({"messages": [(await health()).model_dump(mode="json")]})
+                await self.connection.publish(self.topics["replies"], body.encode(),
+                                               user_properties=self._properties[:1])
+            except PublishError as exc:
+                log.debug("edge health not published: %s", exc)
+            except (sqlite3.Error, ValueError) as exc:  # a busy store, a value the model refuses
+                log.warning("edge health not reported: %s", exc)
+            await asyncio.sleep(self._cloud.ws_heartbeat_s)
 
     async def _command_loop(self) -> None:
         while True:

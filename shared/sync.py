@@ -11,6 +11,9 @@ Down: the edge keeps a WebSocket to ``/api/edge/v1/stream`` (same token); it say
 cloud pushes ``CloudCommand`` and ``ConfigPush`` messages, the edge answers ``ConfigApplied`` and
 ``CommandAccepted`` (``CloudRelease``, ending a manual hold, is answered like a command). The
 same messages are available by polling ``GET /api/edge/v1/pending``.
+
+Health: a streaming edge sends ``EdgeStatus`` after ``Hello`` and every heartbeat; a polling edge
+sends the same fields as query parameters of its polls (``status_query``), every heartbeat.
 """
 from __future__ import annotations
 
@@ -512,6 +515,18 @@ class EdgeStatus(_Msg):
     type: Literal["status"] = "status"
     backlog: int | None = Field(default=None, ge=0, description="outbox records not yet uploaded")
     software_version: str | None = Field(default=None, max_length=64)
+
+
+# A polling edge sends the same health as query parameters of ``GET /api/edge/v1/pending``,
+# named as EdgeStatus's fields. A field left out is unknown, never an error: older edges send
+# none (the cloud then only marks them seen) and older clouds ignore them.
+STATUS_QUERY_FIELDS: Final = ("backlog", "software_version")
+
+
+def status_query(status: EdgeStatus) -> dict[str, str]:
+    """The poll's query parameters that carry ``status`` (its unknown fields left out)."""
+    fields = status.model_dump(include=set(STATUS_QUERY_FIELDS), exclude_none=True)
+    return {name: str(value) for name, value in fields.items()}
 
 
 UpMessage = Annotated[

@@ -40,7 +40,7 @@ from cloud.sync.link import EdgeLink
 from cloud.sync.service import EDGE_SYNC
 from cloud.sync.writer import Counts
 from shared.models import Id
-from shared.sync import PROTOCOL_VERSION, BatchAck, DownMessage, Hello, UpMessage
+from shared.sync import PROTOCOL_VERSION, BatchAck, DownMessage, EdgeStatus, Hello, UpMessage
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +374,20 @@ class PendingQuery(BaseModel):
     farm_id: Id | None = Field(
         default=None, description="the farm the edge is configured for (403 if not the token's)"
     )
+    # The edge's health, as its stream's EdgeStatus carries it (shared.sync.status_query); left
+    # out: unknown (older edges send neither, and the values last reported are kept).
+    backlog: int | None = Field(
+        default=None, ge=0, description="the edge's outbox records not yet uploaded"
+    )
+    software_version: str | None = Field(
+        default=None, max_length=64, description="the edge's installed smartfarm version"
+    )
+
+    def status(self) -> EdgeStatus | None:
+        """The health this poll reports, if it reports any."""
+        if self.backlog is None and self.software_version is None:
+            return None
+        return EdgeStatus(backlog=self.backlog, software_version=self.software_version)
 
 
 class PendingOut(Out):
@@ -388,7 +402,8 @@ async def pending(call: Call) -> PendingOut:
     """Poll for the stream's messages (edge token): the config if behind, pending commands
 
     An `edge_id` or `farm_id` that is not the token's edge is refused with 403 naming both, as a
-    batch upload is.
+    batch upload is. `backlog` and `software_version` are the edge's health, kept as the
+    stream's `status` message is (left out: unknown, the last reported values stay).
     """
     edge = await authenticate_edge(call)
     q: PendingQuery = call.query
@@ -396,7 +411,11 @@ async def pending(call: Call) -> PendingOut:
     version = q.config_version if q.config_version is not None else edge["config_version"]
     link = EdgeLink(call.db, edge, call.app[EDGE_SYNC].config, config_version=version)
     messages = await link.catch_up()
-    await downlink.touch(call.db, edge["farm_id"], edge["id"])
+    status = q.status()
+    if status is None:
+        await downlink.touch(call.db, edge["farm_id"], edge["id"])
+    else:  # the stream's path, which marks the edge seen as well
+        await link.receive(status)
     return PendingOut(messages=messages)
 
 
@@ -418,7 +437,7 @@ def _check_identity(edge: dict[str, Any], q: PendingQuery) -> None:
 
 
 async def answer_pending(call: Call) -> None:
-    """Answer polled messages (edge token): ConfigApplied, CommandAccepted"""
+    """Answer polled messages (edge token): ConfigApplied, CommandAccepted, EdgeStatus"""
     edge = await authenticate_edge(call)
     body: EdgeMessagesIn = call.body
     link = EdgeLink(

@@ -4,11 +4,16 @@ whole once every row in them is past retention.
 Partitions are UTC months named ``telemetry.sensor_data_YYYYMM``; ``sensor_data_add_month``
 (in SQL, so the migration and the job share it) makes one and moves that month's rows out of the
 DEFAULT partition, which holds any reading whose month had no partition yet.
+
+Autovacuum analyzes each partition but never the partitioned parent, whose statistics (row count,
+the histograms of the whole table) are what the planner uses for a query across months:
+``analyze_parent`` runs ANALYZE on it when it is due.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,6 +21,7 @@ from psycopg import errors as pgerr
 from psycopg import sql
 
 from cloud.db.database import Database
+from cloud.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +54,39 @@ DELETE FROM {table} WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM {table} WHERE time < %(cutoff)s LIMIT %(batch)s))"""
 
 
+# When the parent was last analyzed (NULL: never, or since the statistics were reset) and what
+# the planner believes it holds (-1: never analyzed).
+PARENT_STATS = """
+SELECT s.last_analyze, c.reltuples FROM pg_class c
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid = 'sensor_data'::regclass"""
+# ANALYZE of the parent samples the whole table and, before PostgreSQL 18 (ANALYZE ONLY), each
+# partition again: minutes on a large table, past the pool's 30 s statement timeout. It takes
+# only a SHARE UPDATE EXCLUSIVE lock (readers and writers go on); rather than queue behind a
+# partition being dropped or attached, it gives up and runs at the next run.
+ANALYZE_TIMEOUTS = """
+SELECT set_config('statement_timeout', '30min', true),
+    set_config('lock_timeout', %(lock_timeout)s, true)"""
+ANALYZE_PARENT = "ANALYZE sensor_data"
+
+
+@dataclass(frozen=True)
+class ParentStats:
+    analyzed: datetime | None  # last ANALYZE (manual or by this job); None: unknown
+    rows: float  # the planner's row count of the whole table (-1: never analyzed)
+
+
 @dataclass(frozen=True)
 class Partition:
     name: str
     lo: datetime
     hi: datetime
+
+
+def _lock_busy(exc: DatabaseUnavailable) -> bool:
+    """Whether the database error is a lock wait past lock_timeout (the Database maps every
+    OperationalError, LockNotAvailable included, to DatabaseUnavailable)."""
+    return isinstance(exc.__cause__, pgerr.LockNotAvailable)
 
 
 def month_start(at: datetime) -> datetime:
@@ -105,7 +139,9 @@ async def drop_expired(db: Database, *, cutoff: datetime) -> list[str]:
                 await cur.execute(LOCK_TIMEOUT)
                 await cur.execute(LOCK)
                 await cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-        except pgerr.LockNotAvailable:
+        except DatabaseUnavailable as exc:
+            if not _lock_busy(exc):
+                raise
             log.warning("partition %s.%s is busy: dropped at the next run", SCHEMA, part.name)
             continue
         log.info("dropped partition %s.%s (readings before %s)", SCHEMA, part.name, part.hi)
@@ -128,3 +164,26 @@ async def delete_older(db: Database, *, cutoff: datetime, batch: int = 50_000) -
             if n < batch:
                 break
     return deleted
+
+
+async def parent_stats(db: Database) -> ParentStats:
+    row = await db.fetch_one(PARENT_STATS)
+    assert row is not None  # the table is made by migration 0019
+    return ParentStats(row["last_analyze"], float(row["reltuples"]))
+
+
+async def analyze_parent(db: Database, *, lock_timeout_s: float = 10.0) -> float | None:
+    """ANALYZE the partitioned parent; the seconds it took, or None when a lock kept it waiting
+    past ``lock_timeout_s`` (logged: the next run tries again)."""
+    started = time.monotonic()
+    try:
+        async with db.transaction() as cur:
+            await cur.execute(ANALYZE_TIMEOUTS, {"lock_timeout": f"{lock_timeout_s * 1000:.0f}"})
+            await cur.execute(ANALYZE_PARENT)
+    except DatabaseUnavailable as exc:
+        if not _lock_busy(exc):
+            raise
+        log.warning("sensor_data is busy (a partition being made or dropped): analyzed at the"
+                    " next run")
+        return None
+    return time.monotonic() - started
