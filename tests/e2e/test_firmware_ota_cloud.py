@@ -12,7 +12,7 @@ import pytest
 from edge.cli import edge_main
 from firmware_sim.farm import build_farm
 from tests.chaos.conftest import Cloud, cloud, edge_app, until
-from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, _need_browser
+from tests.e2e.browser import DESKTOP, browser_session, check_view, need_browser, screenshot_dir
 from tests.e2e.test_edge_cloud import online_farm, simulated
 from tests.e2e.test_firmware_ota import HEATER, _image
 from tests.e2e.test_grower_operate import sign_in
@@ -24,8 +24,8 @@ FIXTURES = (cloud, edge_app)
 async def test_the_cloud_shows_the_version_a_node_runs_after_an_update_from_the_edge(
     cloud: Any, tmp_path: Path, farm_id: str, edge_app: Any,
 ) -> None:
-    _need_browser()
-    from playwright.async_api import async_playwright, expect
+    need_browser()
+    from playwright.async_api import expect
 
     the_cloud: Cloud = await cloud()
     run, _reg = await online_farm(the_cloud, tmp_path, farm_id, edge_app)
@@ -40,14 +40,10 @@ async def test_the_cloud_shows_the_version_a_node_runs_after_an_update_from_the_
         device = await the_cloud.api("GET", f"/api/devices/{HEATER}")
         return device["firmware"]  # type: ignore[no-any-return]
 
-    problems: list[str] = []
-    async with simulated(farm), async_playwright() as pw:
+    async with simulated(farm), browser_session() as session:
         await until(lambda: _is(cloud_firmware, "smartfarm-sim/0.1"), 20,
                     "the heater's first status in the cloud")
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = await browser.new_page(viewport={"width": 1366, "height": 1000})
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
+        page = await session.new_page(DESKTOP)
         await sign_in(page, the_cloud.url)
         await page.locator('a.room[data-room="room-a"]').wait_for(timeout=15_000)
         await page.goto(the_cloud.url + f"/#/farm/{farm_id}/room/room-a")
@@ -55,6 +51,7 @@ async def test_the_cloud_shows_the_version_a_node_runs_after_an_update_from_the_
         row = page.locator(f'li.device[data-device="{HEATER}"]')
         await expect(row.locator(".firmware")).to_have_text("firmware smartfarm-sim/0.1",
                                                             timeout=10_000)
+        await check_view(page, "room-firmware", screenshot_dir(tmp_path))
         password = settings.api.admin_password
         assert password is not None
         auth = aiohttp.BasicAuth("admin", password.get_secret_value())
@@ -67,7 +64,6 @@ async def test_the_cloud_shows_the_version_a_node_runs_after_an_update_from_the_
         # The room page, left open, shows it without a reload (the live status message).
         await expect(row.locator(".firmware")).to_have_text("firmware smartfarm-sim/1.2.0",
                                                             timeout=10_000)
-        await browser.close()
         live = await the_cloud.api("GET", "/api/rooms/room-a/live")
         by_id = {d["id"]: d for d in live["devices"]}
         assert by_id[HEATER]["firmware"] == "smartfarm-sim/1.2.0"
@@ -76,7 +72,6 @@ async def test_the_cloud_shows_the_version_a_node_runs_after_an_update_from_the_
         assert {d["id"]: d["firmware"] for d in listing["items"]}[HEATER] == (
             "smartfarm-sim/1.2.0")
     await run.stop()
-    assert not problems, problems
 
 
 async def _is(read: Any, want: str) -> bool:
