@@ -1,9 +1,9 @@
 """Adopting a new node from the cloud's set-up page, in headless Chromium against the real chain:
 a node flashed with the farm's claim code knocks at a real edge (refused), the edge reports it,
 an operator (not an owner) sees it under "Waiting for adoption", adopts it into a room as a
-sensor, reads its
-credentials shown once, and the node logs in at the edge with them. No console errors (strict
-CSP), every field labelled, no horizontal overflow at 390 px."""
+sensor, reads its credentials shown once, and the node logs in at the edge with them. On the
+shared harness: no console errors (strict CSP), every field labelled, and the page checked for
+overflow, axe and 44 px targets at both widths."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 
 from edge.config import load_config
 from tests.chaos.conftest import Cloud, cloud, edge_app, register_edge, until
+from tests.e2e.browser import PHONE, browser_session, check_view, need_browser, screenshot_dir
 from tests.e2e.conftest import make_site
-from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, _need_browser
-from tests.e2e.test_grower_setup import UNLABELLED, _overflow, _sign_in
+from tests.e2e.test_grower_setup import UNLABELLED, _sign_in
 
 pytestmark = [pytest.mark.postgres, pytest.mark.browser]
 FIXTURES = (cloud, edge_app)
@@ -38,8 +38,8 @@ async def _login(port: int, password: str) -> bool:
 async def test_an_operator_adopts_a_waiting_node_from_the_set_up_page(
     cloud: Any, edge_app: Any, tmp_path: Path, farm_id: str
 ) -> None:
-    _need_browser()
-    from playwright.async_api import async_playwright, expect
+    need_browser()
+    from playwright.async_api import expect
 
     the_cloud: Cloud = await cloud()
     config = make_site(tmp_path / "site", farm_id)
@@ -61,37 +61,29 @@ async def test_an_operator_adopts_a_waiting_node_from_the_set_up_page(
             f"{the_cloud.url}/api/auth/accept-invite",
             json={"token": invited["invite_token"], "password": operator_password}) as resp:
         assert resp.status == 200, await resp.text()
-    problems: list[str] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 390, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            await _sign_in(page, the_cloud.url, "grower@sync.test", operator_password)
-            await page.wait_for_selector('a.room[data-room="room-a"]')  # signed in: the farm
-            await page.goto(f"{the_cloud.url}/#/farm/{farm_id}/setup/devices")
-            card = page.locator("section.pending-devices")
-            item = card.locator(f"li[data-pending={NODE}]")
-            await expect(item).to_contain_text("at 127.0.0.1 · edge pi-1 · asked 1×",
-                                               timeout=15_000)
-            assert await page.evaluate(UNLABELLED) == []
-            assert await _overflow(page) <= 0
-            await item.get_by_label("Room").select_option("room-a")
-            await item.get_by_label("It is").select_option("sensor")
-            await item.get_by_label("Name").fill("Shelf 3 probe")
-            await item.get_by_role("button", name=f"Adopt {NODE}").click()
-            creds = page.locator("section.credentials")
-            await expect(creds).to_be_visible(timeout=10_000)
-            username = (await page.text_content("[data-secret=username]") or "").strip()
-            password = (await page.text_content("[data-secret=password]") or "").strip()
-            assert username == NODE and len(password) >= 24
-            await expect(card).to_contain_text("No device is waiting.")
-            # It is a device of the room now.
-            await expect(page.locator(f"li.setup-item[data-device={NODE}]")).to_contain_text(
-                "Shelf 3 probe")
-        finally:
-            await browser.close()
-    assert problems == []
+    async with browser_session() as session:
+        page = await session.new_page(PHONE)
+        await _sign_in(page, the_cloud.url, "grower@sync.test", operator_password)
+        await page.wait_for_selector('a.room[data-room="room-a"]')  # signed in: the farm
+        await page.goto(f"{the_cloud.url}/#/farm/{farm_id}/setup/devices")
+        card = page.locator("section.pending-devices")
+        item = card.locator(f"li[data-pending={NODE}]")
+        await expect(item).to_contain_text("at 127.0.0.1 · edge pi-1 · asked 1×",
+                                           timeout=15_000)
+        assert await page.evaluate(UNLABELLED) == []
+        await check_view(page, "pending-devices", screenshot_dir(tmp_path))
+        await item.get_by_label("Room").select_option("room-a")
+        await item.get_by_label("It is").select_option("sensor")
+        await item.get_by_label("Name").fill("Shelf 3 probe")
+        await item.get_by_role("button", name=f"Adopt {NODE}").click()
+        creds = page.locator("section.credentials")
+        await expect(creds).to_be_visible(timeout=10_000)
+        username = (await page.text_content("[data-secret=username]") or "").strip()
+        password = (await page.text_content("[data-secret=password]") or "").strip()
+        assert username == NODE and len(password) >= 24
+        await expect(card).to_contain_text("No device is waiting.")
+        # It is a device of the room now.
+        await expect(page.locator(f"li.setup-item[data-device={NODE}]")).to_contain_text(
+            "Shelf 3 probe")
     # The config push brings it to the edge: it logs in with the password the page showed.
     await until(lambda: _login(port, password), 20, "the adopted node logging in", every=0.3)
