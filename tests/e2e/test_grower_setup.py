@@ -31,8 +31,16 @@ from edge.config import load_config
 from firmware_sim.provision import build_node, load_provisioning
 from tests.chaos.conftest import FAST_CLOUD, PASSWORD, Cloud, cloud, until
 from tests.conftest import free_port
+from tests.e2e.browser import (
+    DESKTOP,
+    PHONE,
+    browser_session,
+    check_view,
+    horizontal_overflow,
+    need_browser,
+    screenshot_dir,
+)
 from tests.e2e.conftest import fast_settings
-from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, _need_browser
 from tests.e2e.test_edge_cloud import simulated
 
 pytestmark = [pytest.mark.postgres, pytest.mark.browser]
@@ -49,15 +57,10 @@ async def _sign_in(page: Any, url: str, email: str, password: str) -> None:
     await page.click("button[type=submit]")
 
 
-async def _overflow(page: Any) -> int:
-    return int(await page.evaluate("document.documentElement.scrollWidth - window.innerWidth"))
-
-
 async def test_a_grower_sets_up_a_farm_from_the_web_and_sees_a_new_sensor_report(
     cloud: Any, tmp_path: Path, running_edge: Any
 ) -> None:
-    _need_browser()
-    from playwright.async_api import async_playwright
+    need_browser()
 
     the_cloud: Cloud = await cloud(command_ttl_s=60)
     # The webhook receiver is on loopback: let this cloud deliver there (off in production).
@@ -76,14 +79,11 @@ async def test_a_grower_sets_up_a_farm_from_the_web_and_sees_a_new_sensor_report
     hook_port = free_port()
     await web.TCPSite(hook_runner, "127.0.0.1", hook_port).start()
 
-    problems: list[str] = []
     sim_stop: list[Any] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    shots = screenshot_dir(tmp_path)
+    async with browser_session() as session:
         try:
-            page = await browser.new_page(viewport={"width": 1366, "height": 1000})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
+            page = await session.new_page(DESKTOP)
             await _sign_in(page, the_cloud.url, "owner@sync.test", PASSWORD)
 
             # No farm yet: create one from the farm list; the set-up opens on its rooms.
@@ -231,10 +231,7 @@ async def test_a_grower_sets_up_a_farm_from_the_web_and_sees_a_new_sensor_report
             assert "Operator · Fruiting 1" in (await pending.text_content() or "")
             invite_token = unquote(link.split("#/invite/")[1])
             # The invitee opens the link in their own browser and chooses a password.
-            invitee = await browser.new_page(viewport={"width": 390, "height": 844})
-            invitee.on("console",
-                       lambda m: problems.append(m.text) if m.type == "error" else None)
-            invitee.on("pageerror", lambda e: problems.append(str(e)))
+            invitee = await session.new_page(PHONE)
             await invitee.goto(the_cloud.url + "/#/invite/" + link.split("#/invite/")[1])
             await invitee.get_by_label("Password (at least 10 characters)").fill("picker pw 1")
             await invitee.get_by_label("The same password again").fill("picker pw 2")
@@ -277,35 +274,31 @@ async def test_a_grower_sets_up_a_farm_from_the_web_and_sees_a_new_sensor_report
             assert json.loads(sent["body"])["kind"] == "test"
 
             # A phone: every set-up page fits the screen.
-            phone = await browser.new_page(viewport={"width": 390, "height": 844},
-                                           device_scale_factor=2, is_mobile=True)
-            phone.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            phone.on("pageerror", lambda e: problems.append(str(e)))
+            phone = await session.new_page(PHONE, device_scale_factor=2, is_mobile=True)
             await _sign_in(phone, the_cloud.url, "owner@sync.test", PASSWORD)
             await phone.wait_for_selector("nav.farm-links")  # the single farm opens by itself
-            assert await _overflow(phone) <= 1, "the farm overview is wider than a phone"
+            assert await horizontal_overflow(phone) <= 1, "the farm overview is wider than a phone"
             for where in ("setup/rooms", "setup/devices", "setup/edges", "setup/members"):
                 await phone.goto(f"{the_cloud.url}/#/farm/{farm_id}/{where}")
                 await phone.wait_for_selector("nav.tabs a[aria-current=page]")
                 await phone.wait_for_selector("section.card")
-                assert await _overflow(phone) <= 1, f"{where} is wider than a phone"
+                await check_view(phone, where.replace("/", "-"), shots)
                 unlabelled = await phone.evaluate(UNLABELLED)
                 assert unlabelled == [], f"{where}: fields without a label: {unlabelled}"
             await phone.get_by_label("Email", exact=True).fill("second@example.com")
             await phone.click("button:has-text('Invite')")
             await phone.wait_for_selector("[data-secret=invite-link]")
-            assert await _overflow(phone) <= 1, "the invitation link is wider than a phone"
-            await phone.screenshot(path=str(tmp_path / "setup-members-phone.png"), full_page=True)
+            overflow = await horizontal_overflow(phone)
+            assert overflow <= 1, "the invitation link is wider than a phone"
+            await phone.screenshot(path=str(shots / "setup-members-phone.png"), full_page=True)
             await phone.goto(f"{the_cloud.url}/#/account")
             await phone.wait_for_selector("text=Alarm notifications")
-            assert await _overflow(phone) <= 1, "the account page is wider than a phone"
-            await phone.screenshot(path=str(tmp_path / "setup-phone.png"), full_page=True)
+            assert await horizontal_overflow(phone) <= 1, "the account page is wider than a phone"
+            await check_view(phone, "account", shots)
         finally:
             for sim in sim_stop:
                 await sim.__aexit__(None, None, None)
-            await browser.close()
             await hook_runner.cleanup()
-    assert problems == [], problems
 
 
 async def _shown(cell: Any) -> bool:
