@@ -27,6 +27,14 @@ import pytest
 
 from firmware_sim.farm import SimFarm, build_farm
 from shared.rules import Safety
+from tests.e2e.browser import (
+    DESKTOP,
+    PHONE,
+    browser_session,
+    check_view,
+    need_browser,
+    screenshot_dir,
+)
 from tests.e2e.conftest import fast_settings, make_site
 
 pytestmark = [pytest.mark.browser]
@@ -115,8 +123,8 @@ async def _layout_problems(page: Any) -> list[str]:
 async def test_a_grower_runs_the_farm_from_the_edge_page(
     tmp_path: Path, farm_id: str, running_edge: Any,
 ) -> None:
-    _need_browser()
-    from playwright.async_api import async_playwright, expect
+    need_browser()
+    from playwright.async_api import expect
 
     settings = fast_settings(make_site(tmp_path / "site", farm_id))
     # The heater may run 3 s at a time and must then rest 10 min: a safety limit the page shows.
@@ -130,100 +138,74 @@ async def test_a_grower_runs_the_farm_from_the_edge_page(
     url = f"http://127.0.0.1:{settings.api.port}/"
     farm = build_farm(settings, speed=10, telemetry_interval_s=1.0, seed=11)
 
-    problems: list[str] = []
-    async with _simulated(farm), async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context(viewport={"width": 1366, "height": 900},
-                                                locale="en-GB")
-            page = await context.new_page()
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
+    shots = screenshot_dir(tmp_path)
+    async with _simulated(farm), browser_session() as session:
+        page = await session.new_page(DESKTOP, locale="en-GB")
+        page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
 
-            await page.goto(url)
-            await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
-            layout_login = await _layout_problems(page)
-            axe_login = await _axe_serious(page) if AXE.exists() else []
-            await page.get_by_label("User name").fill("admin")
-            await page.get_by_label("Password").fill(password.get_secret_value())
-            await page.get_by_role("button", name="Log in").click()
-            room = page.locator("article.room", has=page.get_by_role("heading", name="Room A"))
-            await expect(room).to_be_visible(timeout=15_000)
-            # Live readings, the devices online, in words.
-            await expect(room.locator(".metric-value").first).not_to_have_text("no data",
-                                                                              timeout=20_000)
-            await expect(page.locator("#devices-summary")).to_have_text(
-                re.compile(r"All \d+ devices online\."), timeout=20_000)
-            await expect(page.locator("#devices")).to_contain_text("last heard just now")
+        await page.goto(url)
+        await expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+        await check_view(page, "edge-login", shots)
+        await page.get_by_label("User name").fill("admin")
+        await page.get_by_label("Password").fill(password.get_secret_value())
+        await page.get_by_role("button", name="Log in").click()
+        room = page.locator("article.room", has=page.get_by_role("heading", name="Room A"))
+        await expect(room).to_be_visible(timeout=15_000)
+        # Live readings, the devices online, in words.
+        await expect(room.locator(".metric-value").first).not_to_have_text("no data",
+                                                                          timeout=20_000)
+        await expect(page.locator("#devices-summary")).to_have_text(
+            re.compile(r"All \d+ devices online\."), timeout=20_000)
+        await expect(page.locator("#devices")).to_contain_text("last heard just now")
 
-            # Switch the heater on by hand for 15 min: the hold shows its time left.
-            await room.get_by_label("Hand switching holds for").select_option("15")
-            heater_row = room.locator("li.actuator", has_text="Heater")
-            await heater_row.get_by_role("button", name="Turn on Heater").click()
-            hold = heater_row.locator(".hold.manual")
-            await expect(hold).to_be_visible(timeout=10_000)
-            await expect(hold).to_contain_text(re.compile(
-                r"Switched on by hand \(admin\): 1[45] min left, then automation takes over"
-                # (a day in front when the hold ends after midnight)
-                r" \(at (\d{1,2} \w{3} )?\d{2}:\d{2}\)\."))
-            await expect(page.locator("#commands")).to_contain_text("Switch on")
-            await expect(page.locator("#commands")).to_contain_text("by hand")
-            await expect(page.locator("#commands")).to_contain_text("manual by admin for 15 min")
+        # Switch the heater on by hand for 15 min: the hold shows its time left.
+        await room.get_by_label("Hand switching holds for").select_option("15")
+        heater_row = room.locator("li.actuator", has_text="Heater")
+        await heater_row.get_by_role("button", name="Turn on Heater").click()
+        hold = heater_row.locator(".hold.manual")
+        await expect(hold).to_be_visible(timeout=10_000)
+        await expect(hold).to_contain_text(re.compile(
+            r"Switched on by hand \(admin\): 1[45] min left, then automation takes over"
+            # (a day in front when the hold ends after midnight)
+            r" \(at (\d{1,2} \w{3} )?\d{2}:\d{2}\)\."))
+        await expect(page.locator("#commands")).to_contain_text("Switch on")
+        await expect(page.locator("#commands")).to_contain_text("by hand")
+        await expect(page.locator("#commands")).to_contain_text("manual by admin for 15 min")
 
-            # 3 s later the safety limit switches it off and says why and until when.
-            safety = heater_row.locator(".hold.safety")
-            await expect(safety).to_contain_text(re.compile(
-                r"Held off by a safety limit \(it would be on\): resting 10 min after max runtime"
-                r" \(rested \d+ s\)\. Lets go in (10|9) min \(at (\d{1,2} \w{3} )?\d{2}:\d{2}\)\."),
-                timeout=15_000)
-            await expect(heater_row.locator(".act-why")).to_contain_text(re.compile(
-                r"Why: automation — max runtime 3 s reached \(safety\) · (just now|\d+ min ago)"))
+        # 3 s later the safety limit switches it off and says why and until when.
+        safety = heater_row.locator(".hold.safety")
+        await expect(safety).to_contain_text(re.compile(
+            r"Held off by a safety limit \(it would be on\): resting 10 min after max runtime"
+            r" \(rested \d+ s\)\. Lets go in (10|9) min \(at (\d{1,2} \w{3} )?\d{2}:\d{2}\)\."),
+            timeout=15_000)
+        await expect(heater_row.locator(".act-why")).to_contain_text(re.compile(
+            r"Why: automation — max runtime 3 s reached \(safety\) · (just now|\d+ min ago)"))
 
-            # Readable dates everywhere, never ISO strings or epoch seconds.
-            await page.get_by_label("Stage").first.select_option("pinning")
-            await expect(room.locator(".stage-row")).to_contain_text(
-                re.compile(rf"since \d{{1,2}} {MONTH}"), timeout=10_000)
-            await expect(page.locator("#commands")).to_contain_text("just now")
-            text = await page.locator("body").inner_text()
-            assert not ISO.search(text), ISO.search(text)
-            assert not EPOCH.search(text), EPOCH.search(text)
+        # Readable dates everywhere, never ISO strings or epoch seconds.
+        await page.get_by_label("Stage").first.select_option("pinning")
+        await expect(room.locator(".stage-row")).to_contain_text(
+            re.compile(rf"since \d{{1,2}} {MONTH}"), timeout=10_000)
+        await expect(page.locator("#commands")).to_contain_text("just now")
+        text = await page.locator("body").inner_text()
+        assert not ISO.search(text), ISO.search(text)
+        assert not EPOCH.search(text), EPOCH.search(text)
 
-            # Keyboard: Tab reaches the controls and the focus is visible.
-            await page.locator("#logout").focus()
-            await page.keyboard.press("Tab")
-            outline = await page.evaluate(
-                "() => { const s = getComputedStyle(document.activeElement);"
-                " return [document.activeElement.tagName, s.outlineStyle, s.outlineWidth]; }")
-            assert outline[1] != "none" and float(outline[2].removesuffix("px")) >= 2, outline
+        # Keyboard: Tab reaches the controls and the focus is visible.
+        await page.locator("#logout").focus()
+        await page.keyboard.press("Tab")
+        outline = await page.evaluate(
+            "() => { const s = getComputedStyle(document.activeElement);"
+            " return [document.activeElement.tagName, s.outlineStyle, s.outlineWidth]; }")
+        assert outline[1] != "none" and float(outline[2].removesuffix("px")) >= 2, outline
 
-            layout_wide = await _layout_problems(page)
-            if (shots := os.environ.get("SMARTFARM_SCREENSHOTS")):
-                await page.screenshot(path=f"{shots}/edge-page-1366.png", full_page=True)
-            axe_wide = await _axe_serious(page) if AXE.exists() else []
+        await check_view(page, "edge-page", shots)
 
-            # Back to automation: the hold goes.
-            await hold.get_by_role("button", name="Back to auto for Heater").click()
-            await expect(hold).to_be_hidden(timeout=10_000)
-            await expect(page.locator("#flash")).to_contain_text("Heater: back to automation")
+        # Back to automation: the hold goes.
+        await hold.get_by_role("button", name="Back to auto for Heater").click()
+        await expect(hold).to_be_hidden(timeout=10_000)
+        await expect(page.locator("#flash")).to_contain_text("Heater: back to automation")
 
-            # A phone in the grow room.
-            await page.set_viewport_size({"width": 390, "height": 844})
-            await page.wait_for_timeout(500)
-            layout_phone = await _layout_problems(page)
-            axe_phone = await _axe_serious(page) if AXE.exists() else []
-            await page.screenshot(path=str(tmp_path / "edge-page-390.png"), full_page=True)
-            if (shots := os.environ.get("SMARTFARM_SCREENSHOTS")):
-                await page.screenshot(path=f"{shots}/edge-page-390.png", full_page=True)
-        finally:
-            await browser.close()
-
-    assert layout_login == [], layout_login
-    assert axe_login == [], axe_login
-    assert layout_wide == [], layout_wide
-    assert layout_phone == [], layout_phone
-    assert axe_wide == [], axe_wide
-    assert axe_phone == [], axe_phone
-    assert problems == [], problems
-    if not AXE.exists():
-        pytest.skip(f"the page passed everything else; axe-core is not at {AXE}")
+        # A phone in the grow room.
+        await page.set_viewport_size(PHONE)
+        await page.wait_for_timeout(500)
+        await check_view(page, "edge-page-auto", shots, dark=False)
