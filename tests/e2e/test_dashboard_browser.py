@@ -25,12 +25,10 @@ from tests.chaos.conftest import (
     cloud,
     until,
 )
-from tests.e2e.browser import CHROMIUM as CHROMIUM
 from tests.e2e.browser import (
     PHONE,
     browser_session,
     horizontal_overflow,
-    need_browser,
     screenshot_dir,
 )
 from tests.e2e.test_edge_cloud import online_farm, simulated
@@ -42,16 +40,6 @@ FIXTURES = (cloud)
 XSS_NAME = '<img src=x onerror="window.__xss = 1">Room A'
 RULE = {"type": "threshold", "id": "room-a-co2-guard", "room_id": "room-a",
         "actuator": "room-a-fan", "metric": "co2_ppm", "on_above": 1800, "off_below": 1400}
-
-
-# CHROMIUM (above), CHROMIUM_ARGS and _need_browser: still imported from here by browser tests
-# not yet on the harness (tests/e2e/browser.py); they go once the last of those has moved.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def _need_browser() -> None:
-    need_browser(axe=False)
 
 
 async def _chart_point(page: Any, metric: str) -> tuple[float, float] | None:

@@ -7,18 +7,16 @@ reason and when it lets go, hands it back to automation; the page has no horizon
 390 px, touch targets of at least 44 px, visible keyboard focus, no console errors and no serious
 axe-core violations at 390 and 1366 px.
 
-axe-core is read from ``<sys.prefix>/share/axe-core/axe.min.js`` (the platform harness downloads
-it there: https://registry.npmjs.org/axe-core/-/axe-core-4.14.1.tgz); that check is skipped when
-it is absent. Skipped with the reason when Playwright or /usr/bin/chromium is missing, unless
+Driven through the shared harness (tests/e2e/browser.py), which reads axe-core from
+``<sys.prefix>/share/axe-core/axe.min.js`` (``make test`` puts the pinned copy there). Skipped with
+the reason when Playwright, /usr/bin/chromium or that file is missing, unless
 SMARTFARM_REQUIRE_BROWSER=1.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,28 +37,10 @@ from tests.e2e.conftest import fast_settings, make_site
 
 pytestmark = [pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-AXE = Path(sys.prefix) / "share/axe-core/axe.min.js"
 ISO = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 EPOCH = re.compile(r"\b1[6-9]\d{8}(\.\d+)?\b")
 MONTH = r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 HEATER = "room-a-heater"
-
-
-def _need_browser() -> None:
-    problem = None
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        problem = "the playwright package is missing (pip install -e '.[test]')"
-    if problem is None and not CHROMIUM.exists():
-        problem = f"{CHROMIUM} is missing (apt install chromium)"
-    if problem is not None:
-        if os.environ.get("SMARTFARM_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"SMARTFARM_REQUIRE_BROWSER=1 but {problem}")
-        pytest.skip(problem)
 
 
 @contextlib.asynccontextmanager
@@ -73,51 +53,6 @@ async def _simulated(farm: SimFarm) -> AsyncIterator[SimFarm]:
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
-
-
-async def _axe_serious(page: Any) -> list[str]:
-    """Serious and critical axe-core violations of the page as it is (WCAG 2.1 A/AA + best
-    practice), one line each."""
-    if not await page.evaluate("typeof window.axe !== 'undefined'"):
-        await page.evaluate(AXE.read_text() + "\n;0")  # DevTools evaluation: not subject to CSP
-    found = await page.evaluate(
-        """async () => {
-            const r = await axe.run(document, {runOnly: {type: 'tag', values:
-                ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}});
-            return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
-                .map(v => `${v.id}: ${v.help} — ${v.nodes.slice(0, 3).map(n => n.target.join(' '))
-                    .join(' | ')}`);
-        }"""
-    )
-    return list(found)
-
-
-async def _layout_problems(page: Any) -> list[str]:
-    """Horizontal overflow, and controls smaller than 44 × 44 px (visible ones)."""
-    found = await page.evaluate(
-        """() => {
-            const out = [];
-            const doc = document.documentElement;
-            if (doc.scrollWidth > window.innerWidth) {
-                out.push(`page is ${doc.scrollWidth}px wide in a ${window.innerWidth}px window`);
-            }
-            for (const el of document.querySelectorAll('button, select, input, a[href]')) {
-                if (el.closest('[hidden]') || el.classList.contains('sr-only')) continue;
-                const box = el.getBoundingClientRect();
-                if (box.width === 0 && box.height === 0) continue;
-                if (box.width < 44 || box.height < 44) {
-                    const name = (el.textContent || el.id || el.name || el.type).trim();
-                    out.push(`${el.tagName.toLowerCase()} "${name}" is ${Math.round(box.width)}` +
-                             `×${Math.round(box.height)}px`);
-                }
-                if (box.right > window.innerWidth + 1) {
-                    out.push(`${el.tagName.toLowerCase()} "${el.textContent.trim()}" sticks out`);
-                }
-            }
-            return out;
-        }"""
-    )
-    return list(found)
 
 
 async def test_a_grower_runs_the_farm_from_the_edge_page(
