@@ -545,7 +545,24 @@ async def test_the_page_is_served_with_a_strict_content_security_policy(world_cl
         assert (await world_client.get(f"/static/{name}")).status == 200
 
 
-async def test_snapshots_show_bands_values_and_commands_within_grants(world_client, auth) -> None:  # type: ignore[no-untyped-def]
+async def _latest_again_now(dsn: str) -> None:
+    """Room B's last readings again, stamped now: the world is built once per session, and a
+    reading over 10 min old is stale (no verdict), which a long run reaches."""
+    from cloud.db import telemetry
+
+    db = await Database.connect(dsn, min_size=1, max_size=1)
+    try:
+        now = datetime.now(UTC)
+        await telemetry.insert_readings(db, w.FARM, [
+            (now, w.ROOM_B, w.SENSOR_B, "temperature_c", 19.19),
+            (now, w.ROOM_B, w.SENSOR_B, "humidity_pct", 81.19)])
+    finally:
+        await db.close()
+
+
+async def test_snapshots_show_bands_values_and_commands_within_grants(world_client, world_dsn,  # type: ignore[no-untyped-def]
+                                                                      auth) -> None:
+    await _latest_again_now(world_dsn)
     resp = await world_client.get(f"/api/farms/{w.FARM}/overview", headers=auth("owner"))
     assert resp.status == 200, await resp.text()
     overview = await resp.json()
