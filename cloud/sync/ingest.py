@@ -183,7 +183,7 @@ async def _store(
     ids = {"rooms": refs.rooms, "devices": refs.devices,
            "commands": refs.commands | refs.maybe_commands}
     try:
-        async with db.cursor() as cur:
+        async with db.bulk_cursor() as cur:
             # The transaction is opened and ended by hand, so that BEGIN shares the lock's round
             # trip and COMMIT the closing pipeline's (psycopg's transaction() costs one each).
             try:

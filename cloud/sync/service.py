@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from cloud import appkeys
 from cloud.db import downlink
 from cloud.db.database import Database
+from cloud.errors import DatabaseUnavailable
 from cloud.sync.hub import RESYNC, EdgeHub
 from cloud.sync.iot_acks import IotAckPublisher, iot_data_client
 from cloud.sync.iot_down import IotDownPublisher
@@ -155,8 +156,14 @@ class EdgeSync:
         while True:
             await asyncio.sleep(self.config.heartbeat_s)
             # An edge uploading batches is marked seen by them; half a heartbeat is fresh enough
-            # for presence (online_window_s is minutes).
-            await downlink.touch(self.db, farm_id, edge_id, fresh_s=self.config.heartbeat_s / 2)
+            # for presence (online_window_s is minutes). A busy or briefly unreachable database
+            # costs one mark, not the stream (whose reconnect would cost the database more).
+            try:
+                await downlink.touch(
+                    self.db, farm_id, edge_id, fresh_s=self.config.heartbeat_s / 2
+                )
+            except DatabaseUnavailable as exc:
+                log.info("edge %s: not marked seen this heartbeat: %s", edge_id, exc.detail)
 
 
 async def _send(ws: web.WebSocketResponse, messages: list[DownMsg]) -> None:
