@@ -234,6 +234,7 @@ async def _ingest(
             batch,
             received_at=received_at,
             clock_threshold_s=settings.clock_correction_s,
+            announce=sync.announcer.add,
         )
     except Exception as exc:
         sync.metrics.batches.labels(type(exc).__name__).inc()
@@ -277,6 +278,7 @@ async def _ingest_by_token(
             batch,
             received_at=received_at,
             clock_threshold_s=settings.clock_correction_s,
+            announce=sync.announcer.add,
         )
     except UnknownToken:
         call.app[appkeys.LIMITS].unauthenticated.take(client_ip(call.request))

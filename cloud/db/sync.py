@@ -15,6 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from cloud.db import audit
+from cloud.db import live as live_db
 from cloud.db.database import Cursor, Database
 
 BEGIN = "BEGIN"
@@ -283,6 +284,32 @@ async def begin_unflushed(cur: Cursor) -> None:
 
 async def commit(cur: Cursor) -> None:
     await cur.execute(COMMIT)
+
+
+async def notify_live(db: Database, payloads: list[str]) -> None:
+    """NOTIFY the dashboards' channel (cloud.db.live) with ``payloads``, in a transaction of its
+    own whose commit does not wait for the WAL flush (it stores nothing): one round trip.
+    PostgreSQL serializes the commits of transactions that NOTIFY (a database-wide lock held
+    through the commit), so a batch's own transaction never does."""
+    if not payloads:
+        return
+    async with db.cursor() as cur:
+        try:
+            async with cur.connection.pipeline():
+                await begin_unflushed(cur)
+                await cur.execute(live_db.NOTIFY, {"payloads": _quoted_array(payloads)})
+                await commit(cur)
+        except BaseException:
+            await rollback(cur)
+            raise
+
+
+def _quoted_array(items: list[str]) -> str:
+    """A text[] literal of ``items`` (JSON payloads, full of quotes): escaped by two C-level
+    replaces per item, where psycopg's list adaptation ran a Python callback per quote."""
+    return "{" + ",".join(
+        '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items
+    ) + "}"
 
 
 async def rollback(cur: Cursor) -> None:

@@ -17,6 +17,7 @@ from cloud import appkeys
 from cloud.db import downlink
 from cloud.db.database import Database
 from cloud.errors import DatabaseUnavailable
+from cloud.sync.announce import ReadingAnnouncer
 from cloud.sync.hub import RESYNC, EdgeHub
 from cloud.sync.iot_acks import IotAckPublisher, iot_data_client
 from cloud.sync.iot_down import IotDownPublisher
@@ -69,6 +70,7 @@ class EdgeSync:
         self.db = db
         self.config = config
         self.hub = EdgeHub(db.dsn)
+        self.announcer = ReadingAnnouncer(db)  # stored readings → the dashboards
         self.metrics = SyncMetrics(registry, self.hub.streams)
         # AWS IoT Core (None: not configured): answers to batches that came through it, and
         # commands and config published to the edges on it.
@@ -83,6 +85,7 @@ class EdgeSync:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.hub.run(), name="edge-sync-listen")
             tasks.create_task(self._sweep(), name="edge-sync-expiry")
+            tasks.create_task(self.announcer.run(), name="edge-sync-announce")
             if self.iot_down is not None:
                 tasks.create_task(self.iot_down.run(), name="edge-sync-iot-down")
 
