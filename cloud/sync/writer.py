@@ -23,7 +23,7 @@ from cloud.db import automation_state as automation_db
 from cloud.db import pending as pending_db
 from cloud.db import sync as sync_db
 from cloud.db.database import Cursor
-from cloud.db.telemetry import Reading, copy_rows, insert_rows, upsert_latest
+from cloud.db.telemetry import Reading, copy_rows, insert_with_latest, upsert_latest
 from cloud.sync.clock import ClockCorrection
 from cloud.sync.reconcile import Reconciler
 from cloud.sync.records import (
@@ -225,9 +225,10 @@ class BatchWriter:
         the quarantine rows. The caller runs them in a pipeline (one round trip), so ``write``
         must have run first: nothing here may need a result."""
         readings = self._readings
-        if not self._copied:
-            await insert_rows(self.cur, self.farm_id, readings)
-        await upsert_latest(self.cur, self.farm_id, readings)
+        if self._copied:
+            await upsert_latest(self.cur, self.farm_id, readings)
+        else:
+            await insert_with_latest(self.cur, self.farm_id, readings)
         await sync_db.quarantine(self.cur, self._quarantine)
 
     @property
