@@ -293,7 +293,9 @@ async def _ingest_by_token(
 def _stored(
     call: Call, edge: dict[str, Any], batch: DecodedBatch, ack: BatchAck, counts: Counts
 ) -> None:
-    call.app[EDGE_SYNC].metrics.stored(counts)
+    sync = call.app[EDGE_SYNC]
+    sync.metrics.stored(counts)
+    sync.batch_stored(edge["farm_id"], edge["id"])
     call.app[appkeys.METRICS].ingested.inc(counts.readings)
     log.debug(
         "edge %s batch %d-%d: %d new, %d duplicate",

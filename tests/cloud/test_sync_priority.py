@@ -18,6 +18,7 @@ from tests.cloud.test_edge_sync import (
     farm_version,
     hello,
     ok,
+    quiet,
     reading,
     receive,
     rows,
@@ -65,3 +66,40 @@ async def test_a_command_is_delivered_while_batches_hold_the_bulk_lane(  # type:
         answers = [await ok(resp) for resp in await asyncio.gather(*uploads)]
     assert sorted(a["inserted"] for a in answers) == [0] * (3 * POOL_MAX - 1) + [2]
     assert {a["acked_seq"] for a in answers} == {2}
+
+
+async def test_a_stream_whose_batches_come_here_costs_no_heartbeat_statement(  # type: ignore[no-untyped-def]
+    sync_client, world_dsn
+) -> None:
+    """The stream's heartbeat marks its edge seen only when no batch of it was stored here within
+    half a heartbeat: counted by a statement trigger on edges, a busy edge's heartbeats cost no
+    UPDATE beyond its batches' own; an idle one's still do."""
+    async with await psycopg.AsyncConnection.connect(world_dsn, autocommit=True) as conn:
+        await conn.execute(
+            "CREATE TABLE edge_updates (at timestamptz DEFAULT clock_timestamp());"
+            " CREATE FUNCTION count_edge_update() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO edge_updates DEFAULT VALUES; RETURN NULL; END $$;"
+            " CREATE TRIGGER count_edge_update AFTER UPDATE ON edges"
+            " FOR EACH STATEMENT EXECUTE FUNCTION count_edge_update()")
+    client = await sync_client(heartbeat_s=0.4)
+
+    async def updates() -> int:
+        return int((await rows(world_dsn, "SELECT count(*) AS n FROM edge_updates"))[0]["n"])
+
+    async with client.ws_connect("/api/edge/v1/stream", headers=EDGE) as ws:
+        await hello(ws, await farm_version(world_dsn))
+        reader = asyncio.create_task(quiet(ws, 60))  # reads on: the socket answers the pings
+        await asyncio.sleep(0.3)
+        before = await updates()
+        seq = 0
+        for _ in range(24):  # ~2.4 s: six heartbeats, a batch every 0.1 s
+            seq += 1
+            await ok(await upload(client, batch([reading(seq)])))
+            await asyncio.sleep(0.1)
+        busy = await updates() - before
+        assert busy == seq  # each batch's own mark, no heartbeat's
+        before = await updates()
+        await asyncio.sleep(1.3)  # three heartbeats without batches
+        idle = await updates() - before
+        assert idle >= 2
+        reader.cancel()
