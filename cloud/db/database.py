@@ -111,11 +111,14 @@ class Database:
         """``cursor()`` in the bulk lane: it waits for one of ``bulk_slots`` first (as long as
         the pool would wait for a connection: DatabaseUnavailable past that), so bulk work never
         holds the pool's last ``RESERVED`` connections."""
-        try:
-            async with asyncio.timeout(self.pool.timeout):
-                await self._bulk.acquire()
-        except TimeoutError:
-            raise DatabaseUnavailable("the database is busy with other uploads") from None
+        if self._bulk.locked():
+            try:
+                async with asyncio.timeout(self.pool.timeout):
+                    await self._bulk.acquire()
+            except TimeoutError:
+                raise DatabaseUnavailable("the database is busy with other uploads") from None
+        else:
+            await self._bulk.acquire()  # a free slot: taken at once, no timer to arm
         try:
             async with self._cursor(atomic=False) as cur:
                 yield cur
