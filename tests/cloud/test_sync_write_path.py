@@ -25,6 +25,8 @@ async def test_times_round_trip_to_the_microsecond(world_dsn) -> None:  # type: 
     times = [datetime.fromtimestamp(0, UTC) + timedelta(microseconds=rng.randrange(low, high))
              for _ in range(2_000)]
     times += [datetime(2026, 12, 7, 5, 0, 0, us, tzinfo=UTC) for us in (0, 1, 499_999, 999_999)]
+    shared = datetime(2031, 1, 2, 3, 4, 5, 678_901, tzinfo=UTC)
+    times += [shared, shared, shared, times[0]]  # one reading's metrics share its time object
     batch = [(t, w.ROOM_B, "epoch-dev", f"m{i}", float(i)) for i, t in enumerate(times)]
     db = await Database.connect(world_dsn, min_size=1, max_size=1)
     try:
