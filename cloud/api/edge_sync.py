@@ -234,6 +234,7 @@ async def _ingest(
             batch,
             received_at=received_at,
             clock_threshold_s=settings.clock_correction_s,
+            announce=sync.announcer.add,
         )
     except Exception as exc:
         sync.metrics.batches.labels(type(exc).__name__).inc()
@@ -277,6 +278,7 @@ async def _ingest_by_token(
             batch,
             received_at=received_at,
             clock_threshold_s=settings.clock_correction_s,
+            announce=sync.announcer.add,
         )
     except UnknownToken:
         call.app[appkeys.LIMITS].unauthenticated.take(client_ip(call.request))
@@ -291,7 +293,9 @@ async def _ingest_by_token(
 def _stored(
     call: Call, edge: dict[str, Any], batch: DecodedBatch, ack: BatchAck, counts: Counts
 ) -> None:
-    call.app[EDGE_SYNC].metrics.stored(counts)
+    sync = call.app[EDGE_SYNC]
+    sync.metrics.stored(counts)
+    sync.batch_stored(edge["farm_id"], edge["id"])
     call.app[appkeys.METRICS].ingested.inc(counts.readings)
     log.debug(
         "edge %s batch %d-%d: %d new, %d duplicate",

@@ -6,6 +6,7 @@ open ``transaction()``; handlers never see SQL or psycopg.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -23,6 +24,11 @@ log = logging.getLogger(__name__)
 Params = Mapping[str, Any] | Sequence[Any] | None
 Row = dict[str, Any]
 Cursor = psycopg.AsyncCursor[Row]
+
+# Connections the bulk lane (edge batch transactions) may never take: a fleet of edges keeping
+# every connection busy with batches must not make a user's command, or the stream lookup that
+# delivers it, queue behind hundreds of batches (1,000 edges: command delivery took 13 s).
+RESERVED = 2
 
 
 def _translate(exc: Exception) -> Exception | None:
@@ -50,6 +56,10 @@ class Database:
     def __init__(self, pool: AsyncConnectionPool, dsn: str) -> None:
         self.pool = pool
         self.dsn = dsn
+        # At most this many bulk transactions hold connections at once; the others wait here,
+        # in arrival order, while the pool's remaining connections serve everything else.
+        self.bulk_slots = max(1, pool.max_size - min(RESERVED, pool.max_size - 1))
+        self._bulk = asyncio.Semaphore(self.bulk_slots)
 
     @classmethod
     async def connect(
@@ -95,6 +105,25 @@ class Database:
         """A cursor on an autocommit connection of the pool, for a caller that opens and ends
         its transaction itself (an edge batch pipelines its BEGIN and COMMIT with statements)."""
         return self._cursor(atomic=False)
+
+    @asynccontextmanager
+    async def bulk_cursor(self) -> AsyncIterator[Cursor]:
+        """``cursor()`` in the bulk lane: it waits for one of ``bulk_slots`` first (as long as
+        the pool would wait for a connection: DatabaseUnavailable past that), so bulk work never
+        holds the pool's last ``RESERVED`` connections."""
+        if self._bulk.locked():
+            try:
+                async with asyncio.timeout(self.pool.timeout):
+                    await self._bulk.acquire()
+            except TimeoutError:
+                raise DatabaseUnavailable("the database is busy with other uploads") from None
+        else:
+            await self._bulk.acquire()  # a free slot: taken at once, no timer to arm
+        try:
+            async with self._cursor(atomic=False) as cur:
+                yield cur
+        finally:
+            self._bulk.release()
 
     def transaction(self) -> AbstractAsyncContextManager[Cursor]:
         """A cursor inside one transaction: committed on success, rolled back on error."""

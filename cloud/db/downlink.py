@@ -158,6 +158,15 @@ async def pending_commands(
     return pending, expired
 
 
+async def pending_command(
+    db: Database, farm_id: str, command_id: str, *, edge_id: str
+) -> dict[str, Any] | None:
+    """One pending command, if it is for a room ``edge_id`` serves: one statement (no
+    transaction, no expiry sweep), for a stream told the command was just created."""
+    params = {"farm_id": farm_id, "id": command_id, "edge_id": edge_id, "limit": 1}
+    return await db.fetch_one(PENDING, params)
+
+
 async def expire_stale(db: Database, *, ttl_s: float) -> list[str]:
     """Expire every farm's commands older than the TTL (the periodic sweep)."""
     rows = await db.fetch_all(EXPIRE, {"ttl": ttl_s, "farm_id": None})

@@ -15,7 +15,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from cloud.db import audit
+from cloud.db import live as live_db
 from cloud.db.database import Cursor, Database
+from cloud.db.telemetry import text_array
 
 BEGIN = "BEGIN"
 COMMIT = "COMMIT"
@@ -40,13 +42,13 @@ WITH edge AS MATERIALIZED (
 SELECT 'edge' AS kind, id, farm_id, high_water, clock_offset_s FROM edge
 UNION ALL
 SELECT 'room', id, farm_id, NULL, NULL FROM rooms
-WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s) AND EXISTS (SELECT FROM edge)
+WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s::text[]) AND EXISTS (SELECT FROM edge)
 UNION ALL
 SELECT 'device', id, farm_id, NULL, NULL FROM devices
-WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s) AND EXISTS (SELECT FROM edge)
+WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s::text[]) AND EXISTS (SELECT FROM edge)
 UNION ALL
 SELECT 'command', id, farm_id, NULL, NULL FROM commands
-WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s) AND EXISTS (SELECT FROM edge)"""
+WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s::text[]) AND EXISTS (SELECT FROM edge)"""
 # LOCK_EDGE_OWNERS found by the token instead of the id, with what AUTHENTICATE reads: an upload
 # authenticates in its own transaction's first statement (one round trip per batch fewer). The
 # ids are looked up in the farm the batch names; the caller refuses a batch not of the token's
@@ -60,21 +62,23 @@ SELECT 'edge' AS kind, id, farm_id, high_water, clock_offset_s, name, config_ver
        iot_since FROM edge
 UNION ALL
 SELECT 'room', id, farm_id, NULL, NULL, NULL, NULL, NULL, NULL FROM rooms
-WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s) AND EXISTS (SELECT FROM edge)
+WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s::text[]) AND EXISTS (SELECT FROM edge)
 UNION ALL
 SELECT 'device', id, farm_id, NULL, NULL, NULL, NULL, NULL, NULL FROM devices
-WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s) AND EXISTS (SELECT FROM edge)
+WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s::text[]) AND EXISTS (SELECT FROM edge)
 UNION ALL
 SELECT 'command', id, farm_id, NULL, NULL, NULL, NULL, NULL, NULL FROM commands
-WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s) AND EXISTS (SELECT FROM edge)"""
+WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s::text[]) AND EXISTS (SELECT FROM edge)"""
 # Ids are per farm: only the edge's own farm is looked at (another farm's ids are unknown here).
 OWNERS = """
-SELECT 'room' AS kind, id, farm_id FROM rooms WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s)
+SELECT 'room' AS kind, id, farm_id FROM rooms
+WHERE farm_id = %(farm_id)s AND id = ANY(%(rooms)s::text[])
 UNION ALL
-SELECT 'device', id, farm_id FROM devices WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s)
+SELECT 'device', id, farm_id FROM devices
+WHERE farm_id = %(farm_id)s AND id = ANY(%(devices)s::text[])
 UNION ALL
 SELECT 'command', id, farm_id FROM commands
-WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s)"""
+WHERE farm_id = %(farm_id)s AND id = ANY(%(commands)s::text[])"""
 
 QUARANTINE = """
 INSERT INTO edge_quarantine
@@ -240,7 +244,7 @@ async def lock_edge_with_owners(
 ) -> tuple[dict[str, Any] | None, dict[str, dict[str, str]]]:
     """``lock_edge`` and ``owners`` in one round trip: the edge's row (None if it is gone, and
     then no owners) and ``{"room"|"device"|"command": {id: farm_id}}``."""
-    params = {"rooms": list(rooms), "devices": list(devices), "commands": list(commands)}
+    params = _id_arrays(rooms, devices, commands)
     await _run(cur, LOCK_EDGE_OWNERS, {**params, "farm_id": farm_id, "id": edge_id}, begin)
     return await _edge_and_owners(cur)
 
@@ -258,9 +262,17 @@ async def lock_token_with_owners(
     """``lock_edge_with_owners`` for the edge of a token (its row also has what
     ``edge_by_token`` reads): None if no edge has this token. The ids are ``farm_id``'s: the
     caller checks that it is the edge's farm."""
-    params = {"rooms": list(rooms), "devices": list(devices), "commands": list(commands)}
+    params = _id_arrays(rooms, devices, commands)
     await _run(cur, LOCK_HASH_OWNERS, {**params, "farm_id": farm_id, "hash": token_hash}, begin)
     return await _edge_and_owners(cur)
+
+
+def _id_arrays(
+    rooms: Iterable[str], devices: Iterable[str], commands: Iterable[str]
+) -> dict[str, Any]:
+    """The ids as text[] literals built in C (see telemetry.array_params)."""
+    return {"rooms": text_array(tuple(rooms)), "devices": text_array(tuple(devices)),
+            "commands": text_array(tuple(commands))}
 
 
 async def _run(cur: Cursor, query: str, params: dict[str, Any], begin: bool) -> None:
@@ -283,6 +295,32 @@ async def begin_unflushed(cur: Cursor) -> None:
 
 async def commit(cur: Cursor) -> None:
     await cur.execute(COMMIT)
+
+
+async def notify_live(db: Database, payloads: list[str]) -> None:
+    """NOTIFY the dashboards' channel (cloud.db.live) with ``payloads``, in a transaction of its
+    own whose commit does not wait for the WAL flush (it stores nothing): one round trip.
+    PostgreSQL serializes the commits of transactions that NOTIFY (a database-wide lock held
+    through the commit), so a batch's own transaction never does."""
+    if not payloads:
+        return
+    async with db.cursor() as cur:
+        try:
+            async with cur.connection.pipeline():
+                await begin_unflushed(cur)
+                await cur.execute(live_db.NOTIFY, {"payloads": _quoted_array(payloads)})
+                await commit(cur)
+        except BaseException:
+            await rollback(cur)
+            raise
+
+
+def _quoted_array(items: list[str]) -> str:
+    """A text[] literal of ``items`` (JSON payloads, full of quotes): escaped by two C-level
+    replaces per item, where psycopg's list adaptation ran a Python callback per quote."""
+    return "{" + ",".join(
+        '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items
+    ) + "}"
 
 
 async def rollback(cur: Cursor) -> None:

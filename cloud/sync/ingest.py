@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.db import audit
 from cloud.db import sync as sync_db
 from cloud.db.database import Database
+from cloud.db.telemetry import Reading
 from cloud.errors import Conflict, Forbidden, Unauthorized
 from cloud.sync.clock import ClockCorrection
 from cloud.sync.decode import DecodedBatch
@@ -39,6 +41,9 @@ from cloud.sync.writer import BatchWriter, Counts, ParsedRecord
 from shared.sync import BatchAck
 
 log = logging.getLogger(__name__)
+
+# Told a batch's stored readings once its transaction committed (cloud.sync.announce).
+Announce = Callable[[str, list[Reading]], None]
 
 
 class SeqGap(Conflict):
@@ -136,14 +141,16 @@ async def store_batch(
     *,
     received_at: float | None = None,
     clock_threshold_s: float = 300,
+    announce: Announce | None = None,
 ) -> tuple[BatchAck, Counts]:
-    """Store ``batch`` from ``edge`` (its authenticated row) exactly once; the answer for it."""
+    """Store ``batch`` from ``edge`` (its authenticated row) exactly once; the answer for it.
+    ``announce`` is told the readings once they are committed."""
     refused = _foreign(edge, batch)
     if refused is not None:
         await _report(db, edge, batch, refused.foreign)
         raise refused
     _, ack, counts = await _store(db, batch, edge=edge, token_hash=None, received_at=received_at,
-                                  clock_threshold_s=clock_threshold_s)
+                                  clock_threshold_s=clock_threshold_s, announce=announce)
     return ack, counts
 
 
@@ -154,6 +161,7 @@ async def store_batch_for_token(
     *,
     received_at: float | None = None,
     clock_threshold_s: float = 300,
+    announce: Announce | None = None,
 ) -> tuple[dict[str, Any], BatchAck, Counts]:
     """``store_batch`` for the edge whose token hashes to ``token_hash``, found (and locked) by
     the transaction's first statement rather than a query of its own: many edges sending small
@@ -161,7 +169,7 @@ async def store_batch_for_token(
     (what ``sync_db.edge_by_token`` reads), the answer and the counts; UnknownToken when no
     edge has the token (nothing is stored)."""
     return await _store(db, batch, edge=None, token_hash=token_hash, received_at=received_at,
-                        clock_threshold_s=clock_threshold_s)
+                        clock_threshold_s=clock_threshold_s, announce=announce)
 
 
 async def _store(
@@ -172,6 +180,7 @@ async def _store(
     token_hash: str | None,
     received_at: float | None,
     clock_threshold_s: float,
+    announce: Announce | None,
 ) -> tuple[dict[str, Any], BatchAck, Counts]:
     edge_id, farm_id = batch.edge_id, batch.farm_id  # the token's, once checked
     received = time.time() if received_at is None else received_at
@@ -183,7 +192,7 @@ async def _store(
     ids = {"rooms": refs.rooms, "devices": refs.devices,
            "commands": refs.commands | refs.maybe_commands}
     try:
-        async with db.cursor() as cur:
+        async with db.bulk_cursor() as cur:
             # The transaction is opened and ended by hand, so that BEGIN shares the lock's round
             # trip and COMMIT the closing pipeline's (psycopg's transaction() costs one each).
             try:
@@ -218,9 +227,9 @@ async def _store(
                     counts.duplicates = len(parsed) - len(fresh)
                     counts.inserted = len(fresh)
                 acked = max(high_water, batch.last_seq)
-                # The batch's last statements, the new mark, the COMMIT and the dashboards'
-                # announcement go in one round trip (a pipeline): with many edges sending small
-                # batches, round trips are most of the cloud's work.
+                # The batch's last statements, the new mark and the COMMIT go in one round trip
+                # (a pipeline): with many edges sending small batches, round trips are most of
+                # the cloud's work.
                 async with cur.connection.pipeline():
                     if writer is not None:
                         await writer.flush()
@@ -228,11 +237,11 @@ async def _store(
                         cur, farm_id, edge_id, high_water=acked, offset_s=clock.offset_s,
                         commit=True,
                     )
-                    if writer is not None:
-                        await writer.announce()  # after the COMMIT, and only if it commits
             except BaseException:
                 await sync_db.rollback(cur)
                 raise
+        if announce is not None and writer is not None:
+            announce(farm_id, writer.readings)  # committed: the dashboards may show them
     except ForeignReference as exc:
         assert edge is not None
         await _report(db, edge, batch, exc.foreign)

@@ -13,7 +13,7 @@ the link also looks for commands it did not send yet (those of a room that just 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cloud.db import downlink
@@ -133,7 +133,7 @@ class EdgeLink:
 
     async def on_event(self, event: Event) -> list[DownMsg]:
         if event.kind == "command":
-            return list(await self._commands(event.command_id))
+            return await self._announced(event.command_id)
         if event.kind == "config":
             push = await self._config_if_behind(event.version)
             if push is None:
@@ -153,6 +153,21 @@ class EdgeLink:
             return None
         self._sent_version = push.version
         return push
+
+    async def _announced(self, command_id: str | None) -> list[DownMsg]:
+        """The command just announced, if it is this edge's to run. By one statement: every
+        stream of the farm on every instance hears the announcement (a command's delivery took
+        four round trips here, on a pool shared with the batches). A command already past its
+        TTL (an announcement that took that long) is left to the expiry sweep, never sent."""
+        if command_id is None or command_id in self._sent_commands:
+            return []
+        row = await downlink.pending_command(
+            self._db, self.farm_id, command_id, edge_id=self.edge_id
+        )
+        if row is None or row["created_at"] < datetime.now(UTC) - timedelta(seconds=self._ttl):
+            return []
+        self._sent_commands.add(row["id"])
+        return [cloud_command(row, self._ttl)]
 
     async def _commands(self, command_id: str | None) -> list[CloudCommand | CloudRelease]:
         rows, expired = await downlink.pending_commands(

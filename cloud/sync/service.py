@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,8 @@ from pydantic import TypeAdapter, ValidationError
 from cloud import appkeys
 from cloud.db import downlink
 from cloud.db.database import Database
+from cloud.errors import DatabaseUnavailable
+from cloud.sync.announce import ReadingAnnouncer
 from cloud.sync.hub import RESYNC, EdgeHub
 from cloud.sync.iot_acks import IotAckPublisher, iot_data_client
 from cloud.sync.iot_down import IotDownPublisher
@@ -68,6 +71,7 @@ class EdgeSync:
         self.db = db
         self.config = config
         self.hub = EdgeHub(db.dsn)
+        self.announcer = ReadingAnnouncer(db)  # stored readings → the dashboards
         self.metrics = SyncMetrics(registry, self.hub.streams)
         # AWS IoT Core (None: not configured): answers to batches that came through it, and
         # commands and config published to the edges on it.
@@ -77,11 +81,15 @@ class EdgeSync:
         if self.iot_down is not None:
             self.hub.watch(self.iot_down.notify)
         self.iot_unanswered: set[str] = set()  # edges told about a missing publisher (logged)
+        # (farm, edge) of the streams held here → when this instance last stored a batch of
+        # theirs (monotonic; 0: none yet): such an edge is known to be marked seen.
+        self._stored_at: dict[tuple[str, str], float] = {}
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.hub.run(), name="edge-sync-listen")
             tasks.create_task(self._sweep(), name="edge-sync-expiry")
+            tasks.create_task(self.announcer.run(), name="edge-sync-announce")
             if self.iot_down is not None:
                 tasks.create_task(self.iot_down.run(), name="edge-sync-iot-down")
 
@@ -99,8 +107,22 @@ class EdgeSync:
             if self.iot_down is not None:  # republish what AWS IoT edges have not taken yet
                 self.iot_down.notify(None, RESYNC)
 
+    def batch_stored(self, farm_id: str, edge_id: str) -> None:
+        """A batch of this edge was committed (which marked it seen)."""
+        key = (farm_id, edge_id)
+        if key in self._stored_at:  # only for streams held here: the map stays their size
+            self._stored_at[key] = time.monotonic()
+
     async def serve(self, ws: web.WebSocketResponse, edge: dict[str, Any], hello: Hello) -> None:
         """Push what the edge needs and apply its answers until the socket closes."""
+        key = (edge["farm_id"], edge["id"])
+        self._stored_at.setdefault(key, 0.0)
+        try:
+            await self._serve(ws, edge, hello)
+        finally:
+            self._stored_at.pop(key, None)
+
+    async def _serve(self, ws: web.WebSocketResponse, edge: dict[str, Any], hello: Hello) -> None:
         link = EdgeLink(self.db, edge, self.config, config_version=hello.config_version)
         if hello.acked_seq > edge["high_water"]:
             log.warning(
@@ -152,11 +174,21 @@ class EdgeSync:
             await _send(ws, await link.on_event(event))
 
     async def _keep_seen(self, farm_id: str, edge_id: str) -> None:
+        fresh_s = self.config.heartbeat_s / 2
         while True:
             await asyncio.sleep(self.config.heartbeat_s)
             # An edge uploading batches is marked seen by them; half a heartbeat is fresh enough
-            # for presence (online_window_s is minutes).
-            await downlink.touch(self.db, farm_id, edge_id, fresh_s=self.config.heartbeat_s / 2)
+            # for presence (online_window_s is minutes). Known here when its batches come to
+            # this instance (no statement at all), else checked by the UPDATE's condition. A
+            # busy or briefly unreachable database costs one mark, not the stream (whose
+            # reconnect would cost the database more).
+            stored = self._stored_at.get((farm_id, edge_id), 0.0)
+            if stored and time.monotonic() - stored < fresh_s:
+                continue
+            try:
+                await downlink.touch(self.db, farm_id, edge_id, fresh_s=fresh_s)
+            except DatabaseUnavailable as exc:
+                log.info("edge %s: not marked seen this heartbeat: %s", edge_id, exc.detail)
 
 
 async def _send(ws: web.WebSocketResponse, messages: list[DownMsg]) -> None:

@@ -20,11 +20,10 @@ import psycopg
 from argon2 import PasswordHasher
 
 from cloud.db import automation_state as automation_db
-from cloud.db import live as live_db
 from cloud.db import pending as pending_db
 from cloud.db import sync as sync_db
 from cloud.db.database import Cursor
-from cloud.db.telemetry import Reading, copy_rows, insert_rows, upsert_latest
+from cloud.db.telemetry import Reading, copy_rows, insert_with_latest, upsert_latest
 from cloud.sync.clock import ClockCorrection
 from cloud.sync.reconcile import Reconciler
 from cloud.sync.records import (
@@ -226,24 +225,16 @@ class BatchWriter:
         the quarantine rows. The caller runs them in a pipeline (one round trip), so ``write``
         must have run first: nothing here may need a result."""
         readings = self._readings
-        if not self._copied:
-            await insert_rows(self.cur, self.farm_id, readings)
-        await upsert_latest(self.cur, self.farm_id, readings)
+        if self._copied:
+            await upsert_latest(self.cur, self.farm_id, readings)
+        else:
+            await insert_with_latest(self.cur, self.farm_id, readings)
         await sync_db.quarantine(self.cur, self._quarantine)
 
-    async def announce(self) -> None:
-        """Tell the dashboards of every instance about the readings, in a transaction of its own
-        queued right after the batch's COMMIT in the same pipeline: it runs only if that COMMIT
-        did (an error aborts the rest of a pipeline). Not in the batch's transaction: PostgreSQL
-        serializes the commits of transactions that NOTIFY (a database-wide lock held through
-        the commit's WAL flush); 20 connections committing an INSERT each managed ~1,950 a
-        second with a NOTIFY inside, ~3,300 with it in a transaction of its own like this one,
-        which commits without waiting for its flush: it stores nothing."""
-        if not self._readings:
-            return
-        await sync_db.begin_unflushed(self.cur)
-        await live_db.announce_readings(self.cur, self.farm_id, self._readings)
-        await sync_db.commit(self.cur)
+    @property
+    def readings(self) -> list[Reading]:
+        """The readings ``write`` stored (what the dashboards are told about once committed)."""
+        return self._readings
 
     async def _guarded(self, record: OutboxRecord, work: Coroutine[Any, Any, None]) -> None:
         """Store one record in a savepoint: a value the database refuses quarantines the record

@@ -103,12 +103,12 @@ async def test_lock_with_owners_sees_only_the_edges_farm(world_dsn) -> None:  # 
 
 
 async def test_array_literals_store_exactly_what_lists_would(world_dsn) -> None:  # type: ignore[no-untyped-def]
-    """insert_rows and upsert_latest send their arrays as literals built in C: odd strings (a
+    """insert_with_latest and upsert_latest send their arrays as literals built in C: odd strings (a
     quote, a backslash, "NULL", commas, spaces), whole and fractional seconds and extreme floats
     come back exactly as given."""
     from datetime import UTC, datetime
 
-    from cloud.db.telemetry import array_params, insert_rows, upsert_latest
+    from cloud.db.telemetry import array_params, insert_with_latest
 
     t1 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
     t2 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -121,8 +121,7 @@ async def test_array_literals_store_exactly_what_lists_would(world_dsn) -> None:
     try:
         async with db.transaction() as cur:
             for batch_ in (plain, odd):
-                await insert_rows(cur, w.FARM, batch_)  # type: ignore[arg-type]
-                await upsert_latest(cur, w.FARM, batch_)  # type: ignore[arg-type]
+                await insert_with_latest(cur, w.FARM, batch_)  # type: ignore[arg-type]
         got = await rows(world_dsn, "SELECT time, room_id, device_id, metric, value"
                          " FROM sensor_data WHERE device_id LIKE 'lit-%%' ORDER BY value")
         want = sorted([*plain, *odd], key=lambda r: r[4])
