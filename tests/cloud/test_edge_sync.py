@@ -535,6 +535,26 @@ async def test_stale_commands_are_expired_not_sent(sync_client, world_dsn, auth)
         assert "not delivered within 1" in cmd["error"]
 
 
+async def test_an_announcement_that_comes_after_the_ttl_sends_nothing(  # type: ignore[no-untyped-def]
+    sync_client, world_dsn
+) -> None:
+    """A stream told of a new command reads it by one statement (no expiry sweep there): a
+    command already older than the TTL when its announcement arrives is never sent; a fresh one
+    announced the same way is."""
+    client = await sync_client(command_ttl_s=5, expiry_sweep_s=3600)
+    insert = ("INSERT INTO commands (id, farm_id, room_id, device_id, action, created_at)"
+              " VALUES (%s, %s, %s, %s, 'on', now() - %s * interval '1 second') RETURNING id")
+    async with client.ws_connect("/api/edge/v1/stream", headers=EDGE) as ws:
+        await hello(ws, await farm_version(world_dsn))
+        await quiet(ws, 0.3)  # the world's own pending command, if still within the TTL
+        await rows(world_dsn, insert, ("late-1", w.FARM, w.ROOM_B, w.ACTUATOR_B, 60))
+        assert [m for m in await quiet(ws, 0.8) if m["type"] == "command"] == []
+        await rows(world_dsn, insert, ("fresh-1", w.FARM, w.ROOM_B, w.ACTUATOR_B, 0))
+        assert (await receive(ws, "command"))["command_id"] == "fresh-1"
+    (late,) = await rows(world_dsn, "SELECT status FROM commands WHERE id = 'late-1'")
+    assert late["status"] == "pending"  # left to the expiry sweep, which says why
+
+
 async def test_the_sweep_expires_commands_while_no_edge_is_connected(sync_client, auth) -> None:  # type: ignore[no-untyped-def]
     client = await sync_client(command_ttl_s=0.5, expiry_sweep_s=0.2)
     created = await ok(
