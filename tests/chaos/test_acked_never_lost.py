@@ -84,7 +84,11 @@ def stored(db: Path) -> set[tuple[str, float]]:
 
 
 async def run_cycles(tmp_path: Path, farm_id: str, *, cycles: int, up_s: float, rate: float,
-                     how: list[signal.Signals]) -> tuple[Ledger, set[tuple[str, float]], str]:
+                     how: list[signal.Signals], acked_per_cycle: int = 0,
+                     ) -> tuple[Ledger, set[tuple[str, float]], str]:
+    """``cycles`` edge lives under publishing devices, each ended by the next of ``how``: a life
+    lasts ``up_s`` and, on a slow machine, on until ``acked_per_cycle`` readings were
+    acknowledged in it (at most 30 s more), so every kill lands on real traffic."""
     config = make_site(tmp_path / "site", farm_id)
     settings = load_config(config)
     secrets = DeviceSecrets.load(settings.device_secrets_path)
@@ -102,7 +106,11 @@ async def run_cycles(tmp_path: Path, farm_id: str, *, cycles: int, up_s: float, 
     try:
         for cycle in range(cycles):
             proc = start_edge(config, log)
+            before = len(ledger.acked)
             await asyncio.sleep(up_s)
+            deadline = time.monotonic() + 30
+            while len(ledger.acked) - before < acked_per_cycle and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             sig = how[cycle % len(how)]
             proc.send_signal(sig)
             await asyncio.to_thread(proc.wait, 30)
@@ -120,7 +128,7 @@ async def test_restarts_while_devices_publish_from_the_first_moment(tmp_path, fa
     started = time.monotonic()
     ledger, on_disk, log = await run_cycles(
         tmp_path, farm_id, cycles=20, up_s=4.0, rate=100,
-        how=[signal.SIGTERM, signal.SIGKILL])
+        how=[signal.SIGTERM, signal.SIGKILL], acked_per_cycle=21)
     lost = ledger.acked - on_disk
     assert not lost, f"{len(lost)} of {len(ledger.acked)} acknowledged readings lost"
     # Enough traffic for the test to mean something (the edge takes ~2 s to start here).
@@ -132,7 +140,8 @@ async def test_restarts_while_devices_publish_from_the_first_moment(tmp_path, fa
 
 async def test_sigkill_under_200_msgs_loses_no_acknowledged_reading(tmp_path, farm_id):
     ledger, on_disk, log = await run_cycles(
-        tmp_path, farm_id, cycles=5, up_s=6.0, rate=200, how=[signal.SIGKILL])
+        tmp_path, farm_id, cycles=5, up_s=6.0, rate=200, how=[signal.SIGKILL],
+        acked_per_cycle=301)
     lost = ledger.acked - on_disk
     assert not lost, f"{len(lost)} of {len(ledger.acked)} acknowledged readings lost"
     assert len(ledger.acked) > 5 * 300, (len(ledger.acked), ledger.sent)
