@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.conftest import PASSWORD, Cloud, cloud
+from tests.chaos.conftest import Cloud, cloud
 from tests.e2e.browser import PHONE, browser_session, check_view, need_browser, screenshot_dir
 from tests.e2e.test_edge_cloud import online_farm
+from tests.e2e.test_grower_operate import sign_in
 
 pytestmark = [pytest.mark.postgres, pytest.mark.browser]
 FIXTURES = (cloud)
@@ -33,10 +34,7 @@ async def test_the_room_page_saves_a_devices_esphome_file(
         served = await resp.text()
     async with browser_session() as session:
         page = await session.new_page(PHONE, accept_downloads=True)
-        await page.goto(the_cloud.url + "/")
-        await page.fill("#email", "owner@sync.test")
-        await page.fill("#password", PASSWORD)
-        await page.click("button[type=submit]")
+        await sign_in(page, the_cloud.url)
         card = page.locator('a.room[data-room="room-a"]')
         await card.wait_for(timeout=15_000)
         await card.click()
