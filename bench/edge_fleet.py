@@ -19,7 +19,11 @@ this one. Memory per stream: each instance's RSS growth from idle to holding its
 (before any batch), over the streams it holds.
 
     .venv/bin/python -m bench.edge_fleet [--quick] [--edges 1000] [--farms 250] [--rate 11000]
-        [--seconds 60] [--workers 2]
+        [--seconds 60] [--workers 2] [--no-pacing]
+
+Under load the instances ask the edges for a longer batch interval (cloud.sync.pace), as real
+edges then send: the table shows the interval the edges used and the oldest reading's age when
+its batch was acked, the freshness that pacing costs. ``--no-pacing`` measures without it.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ TARGET_READINGS_PER_INSTANCE = 5_000.0
 TARGET_ACK_P99_MS = 250.0
 SENSORS_PER_ROOM = 4
 POOL_ENV = "SMARTFARM_CLOUD_DATABASE__POOL_MAX"
+PACE_ENV = "SMARTFARM_CLOUD_SYNC__PACE_MAX_S"  # 0: the instances never ask edges to slow down
 
 
 @dataclass
@@ -193,17 +198,21 @@ async def measure(args: argparse.Namespace, dsn: str, work: Path) -> dict[str, A
     seed_s = time.monotonic() - t_seed
     print(f"seeded {len(fleet)} edges in {args.farms} farms in {seed_s:.1f} s", flush=True)
     ports = [free_port(), free_port()]
-    saved = os.environ.get(POOL_ENV)
-    if args.pool_max is not None:  # spawn_cloud passes this process's environment on
-        os.environ[POOL_ENV] = str(args.pool_max)
+    overrides = {POOL_ENV: None if args.pool_max is None else str(args.pool_max),
+                 PACE_ENV: None if args.pacing else "0"}
+    saved = {name: os.environ.get(name) for name in overrides}
+    for name, value in overrides.items():  # spawn_cloud passes this process's environment on
+        if value is not None:
+            os.environ[name] = value
     try:
         clouds = [spawn_cloud(dsn, port, work / f"cloud-{port}", work / f"cloud-{port}.log")
                   for port in ports]
     finally:
-        if saved is None:
-            os.environ.pop(POOL_ENV, None)
-        else:
-            os.environ[POOL_ENV] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     site_dir = work / "nginx"
     site_dir.mkdir()
     site = make_site(site_dir, ports)
@@ -293,6 +302,10 @@ def summarize_run(args: argparse.Namespace, results: list[dict[str, Any]], comma
     wall = t1 - t0
     in_window = [b for r in results for b in r["batches"] if t0 <= b[0] <= t1]
     acks = summarize([b[1] for b in in_window])
+    # How long an edge's readings gathered before their batch (its period, or longer when the
+    # cloud asked), and the oldest reading's age when its batch was acked: the price of pacing.
+    gathered = summarize([b[3] for b in in_window])
+    delay = summarize([b[3] * 1000 + b[1] for b in in_window])
     readings = sum(b[2] for b in in_window)
     per_instance = [round((a["readings"] - b["readings"]) / wall, 1)
                     for b, a in zip(before, after, strict=True)]
@@ -331,7 +344,7 @@ def summarize_run(args: argparse.Namespace, results: list[dict[str, Any]], comma
                        "metrics_per_reading": args.metrics, "batch_period_s": args.period,
                        "commands_per_s": args.commands, "seconds": args.seconds,
                        "warmup_s": args.warmup, "cpus": os.cpu_count(),
-                       "pool_max": args.pool_max or "default"},
+                       "pool_max": args.pool_max or "default", "pacing": args.pacing},
         "seed_s": round(seed_s, 1),
         "connect_s": connect_s,
         "readings_per_s": round(readings / wall, 1),
@@ -339,6 +352,8 @@ def summarize_run(args: argparse.Namespace, results: list[dict[str, Any]], comma
         "batches_per_s": round(len(in_window) / wall, 1),
         "batches_per_s_by_instance": batches_per_instance,
         "batch_ack_ms": _rounded(acks),
+        "batch_interval_s": _rounded(gathered),
+        "oldest_reading_age_at_ack_ms": _rounded(delay),
         "command_delivery_ms": _rounded(delivery_stats),
         "commands_sent_in_window": len(delivery) + undelivered,
         "commands_undelivered": undelivered,
@@ -377,6 +392,7 @@ def _rounded(stats: dict[str, float]) -> dict[str, float]:
 def report(result: dict[str, Any]) -> None:
     p = result["parameters"]
     ack, cmd = result["batch_ack_ms"], result["command_delivery_ms"]
+    gap, age = result["batch_interval_s"], result["oldest_reading_age_at_ack_ms"]
 
     def pair(values: list[Any]) -> str:
         return " / ".join(f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
@@ -392,6 +408,10 @@ def report(result: dict[str, Any]) -> None:
         ["batches/s stored, instance 1 / 2", pair(result["batches_per_s_by_instance"])],
         ["batch ack p50 / p99 / max (ms)",
          f"{ack.get('p50', 0):.1f} / {ack.get('p99', 0):.1f} / {ack.get('max', 0):.1f}"],
+        ["edge batch interval p50 / max (s)" + ("" if p["pacing"] else ", pacing off"),
+         f"{gap.get('p50', 0):.1f} / {gap.get('max', 0):.1f}"],
+        ["oldest reading's age at ack p50 / p99 (ms)",
+         f"{age.get('p50', 0):.0f} / {age.get('p99', 0):.0f}"],
         ["commands sent / undelivered", f"{result['commands_sent_in_window']} / "
                                         f"{result['commands_undelivered']}"],
         ["command delivery p50 / p99 (ms)",
@@ -429,7 +449,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--commands", type=float, default=5.0,
                         help="commands per second (0: none)")
     parser.add_argument("--seconds", type=float)
-    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=20.0,
+                        help="seconds of load before measuring (pacing settles)")
+    parser.add_argument("--no-pacing", dest="pacing", action="store_false",
+                        help="the instances never ask edges for a longer batch interval")
     parser.add_argument("--workers", type=int, default=2, help="load processes")
     parser.add_argument("--pool-max", type=int, default=None,
                         help="each instance's database.pool_max (default: the cloud's, 10)")

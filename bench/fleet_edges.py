@@ -25,6 +25,7 @@ import msgspec
 from bench.load import wait_for_go, wait_for_stop
 from edge.batch_body import BatchEncoder
 from shared.sync import (
+    BATCH_INTERVAL_HEADER,
     MAX_BATCH_RECORDS,
     PROTOCOL_VERSION,
     AckData,
@@ -33,6 +34,7 @@ from shared.sync import (
     CommandRecord,
     ReadingData,
     ReadingRecord,
+    batch_interval,
 )
 
 METRICS = ("temperature_c", "humidity_pct", "co2_ppm", "co2_raw", "light_lux", "battery_v")
@@ -67,8 +69,9 @@ class FleetSpec:
 
 @dataclass
 class Tally:
-    # (wall time of the ack, POST → ack in ms, readings acked by it)
-    batches: list[tuple[float, float, int]] = field(default_factory=list)
+    # (wall time of the ack, POST → ack in ms, readings acked by it, the seconds this edge had
+    # let its readings gather for it: its period, or longer when the cloud asked)
+    batches: list[tuple[float, float, int, float]] = field(default_factory=list)
     # (command id, wall time it arrived on the owning edge's stream)
     commands: list[tuple[str, float]] = field(default_factory=list)
     foreign_commands: int = 0  # commands for another edge's devices that reached this edge
@@ -176,9 +179,11 @@ class SimEdge:
 
     async def upload(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         """A batch every period (staggered over the fleet) with this period's readings and
-        whatever earlier uploads left unacked, as the edge's uplink sends them."""
+        whatever earlier uploads left unacked, as the edge's uplink sends them; while the cloud's
+        answers ask for a longer interval (``BATCH_INTERVAL_HEADER``), every that long instead,
+        as the edge's uplink does."""
         period = self.fleet.period_s
-        per_batch = self.fleet.readings_per_edge_s * period
+        interval = period
         carry = 0.0
         url = self.fleet.base_url + BATCHES
         headers = {**self.headers, "Content-Type": "application/json",
@@ -189,8 +194,9 @@ class SimEdge:
                 await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
             if stop.is_set():  # an upload in flight is always finished: its ack is counted
                 return
-            next_at += period
-            carry += per_batch
+            gathered = interval  # since the last batch (the first one: a stagger, not counted)
+            next_at += interval
+            carry += self.fleet.readings_per_edge_s * gathered
             n = int(carry)
             carry -= n
             self.add_readings(n)
@@ -203,9 +209,13 @@ class SimEdge:
                 async with session.post(url, data=body, headers=headers) as resp:
                     answer = await resp.read()
                     status = resp.status
+                    asked = batch_interval(resp.headers.get(BATCH_INTERVAL_HEADER))
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.tally.error("upload", repr(exc))
                 continue
+            if status == 200 and max(period, asked) != interval:  # from the next batch on
+                next_at += max(period, asked) - interval
+                interval = max(period, asked)
             took_ms = (time.perf_counter() - posted) * 1000
             if status == 409:  # a gap: resend from what the cloud has
                 self._rewind(int(json.loads(answer)["expected_seq"]) - 1)
@@ -217,7 +227,7 @@ class SimEdge:
             acked = int(json.loads(answer)["acked_seq"])
             newly = records[: acked - self.acked]
             readings = sum(1 for r in newly if r.startswith(b'{"kind":"reading"'))
-            self.tally.batches.append((time.time(), took_ms, readings))
+            self.tally.batches.append((time.time(), took_ms, readings, gathered))
             self._rewind(acked)
 
     def _rewind(self, acked: int) -> None:

@@ -39,7 +39,7 @@ from edge.config import EdgeSettings
 from edge.outbox import Outbox
 from edge.store.outbox import Prepared
 from shared.models import utcnow
-from shared.sync import BatchAck, EdgeStatus, GapError
+from shared.sync import BATCH_INTERVAL_HEADER, BatchAck, EdgeStatus, GapError, batch_interval
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ class UplinkStats:
     last_error: str | None = None
     last_error_at: float | None = None
     last_acked_seq: int = 0
+    # The batch interval the cloud asked for in its last answer (0: this edge's own setting).
+    cloud_interval_s: float = 0.0
 
 
 def _iso(ts: float | None) -> str | None:
@@ -160,6 +162,7 @@ async def sync_progress(outbox: Outbox, stats: UplinkStats, now: float) -> dict[
         "batches": stats.batches,
         "records": stats.records,
         "duplicates": stats.duplicates,
+        "batch_interval_asked_s": stats.cloud_interval_s,
         "merged_readings": outbox.stats.merged_readings,
         "pruned_readings": outbox.stats.pruned_readings,
     }
@@ -229,7 +232,7 @@ class Uplink:
                     )
                     if batch is None:
                         await self._outbox.wait_for_batch(
-                            cfg.batch_max_records, cfg.batch_max_age_s, cfg.poll_interval_s)
+                            cfg.batch_max_records, self.batch_age_s(), cfg.poll_interval_s)
                         batch = await self._outbox.next_batch(
                             cfg.batch_max_records, cfg.batch_max_bytes
                         )
@@ -341,12 +344,26 @@ class Uplink:
             raise UploadError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
         try:
             if 200 <= status < 300:
-                return BatchAck.model_validate_json(raw)
+                ack = BatchAck.model_validate_json(raw)
+                self._paced(batch_interval(r.headers.get(BATCH_INTERVAL_HEADER)))
+                return ack
             if status == 409:
                 return GapError.model_validate_json(raw)
         except ValidationError as exc:
             raise UploadError(f"HTTP {status} with an unreadable body", status) from exc
         raise UploadError(f"HTTP {status}: {problem_detail(raw)}", status)
+
+    def batch_age_s(self) -> float:
+        """How long readings gather before a batch: this edge's ``batch_max_age_s``, or longer
+        while the cloud asks for it (urgent records and full batches never wait)."""
+        return max(self._cloud.batch_max_age_s, self.stats.cloud_interval_s)
+
+    def _paced(self, interval_s: float) -> None:
+        before, self.stats.cloud_interval_s = self.stats.cloud_interval_s, interval_s
+        if (before > 0) != (interval_s > 0):
+            log.info("the cloud asks for a batch every %.1f s while it is busy"
+                     if interval_s else "the cloud no longer asks for slower batches (was every"
+                     " %.1f s)", interval_s or before)
 
     async def _failed(self, batch: Prepared, state: RetryCallState) -> None:
         outcome = state.outcome

@@ -392,6 +392,26 @@ class BatchAck(_Msg):
     )
 
 
+# The answer to a stored batch may ask the edge to let its readings gather longer before the next
+# batch (the cloud is under load: cloud.sync.pace); no header means the edge's own setting.
+BATCH_INTERVAL_HEADER = "X-Smartfarm-Batch-Interval"
+MAX_BATCH_INTERVAL_S = 60.0  # an edge never holds its readings longer than this for the cloud
+
+
+def batch_interval(value: str | None) -> float:
+    """The seconds a ``BATCH_INTERVAL_HEADER`` value asks for, at most ``MAX_BATCH_INTERVAL_S``;
+    0 for none, or for a value that is not a number of seconds."""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        return 0.0
+    if not seconds > 0:  # also NaN
+        return 0.0
+    return min(seconds, MAX_BATCH_INTERVAL_S)
+
+
 class GapError(_Msg):
     """409 body: the batch starts past the high-water mark + 1; resend from ``expected_seq``.
     It arrives as problem+json (type, title, status, detail…), so other keys are ignored."""

@@ -121,6 +121,8 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
     Through an AWS IoT topic rule (header `X-Smartfarm-Reply-Topic`), the answer is also
     published on the edge's acks topic; AWS IoT's destination confirmation is logged (200;
     422 for values not of AWS's shape, 429 past the limits of unauthenticated requests).
+    Under load, a stored batch's answer carries `X-Smartfarm-Batch-Interval` (seconds): let
+    readings that are not urgent gather at least that long before the next batch.
     """
     if is_confirmation(call.request):  # AWS IoT confirming the topic rule's destination
         return await confirm_destination(call.request)
@@ -131,11 +133,11 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
         edge, answer = await _ingest_by_token(call, token, received_at)
         if edge is not None:
             await _note_transport(call, edge, iot=False)
-        return answer
+        return _paced(call, answer, received_at)
     edge = await authenticate_edge(call)
     await _note_transport(call, edge, iot=reply_topic is not None)
     if reply_topic is None:
-        return await _ingest(call, edge, received_at)
+        return _paced(call, await _ingest(call, edge, received_at), received_at)
     # Through an AWS IoT topic rule: whatever the answer, the edge hears it on its acks topic.
     try:
         answer = await _ingest(call, edge, received_at)
@@ -152,6 +154,24 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
         log.warning("edge %s sends batches through AWS IoT, but sync.iot_data_endpoint is not"
                     " set: the answers cannot reach it", edge["id"])
     return answer
+
+
+def _paced(
+    call: Call, answer: BatchAck | web.Response, received_at: float
+) -> BatchAck | web.Response:
+    """A stored batch's answer, with the batch interval this instance asks of edges under load
+    (cloud.sync.pace) as a header; its time here counts toward that."""
+    if not isinstance(answer, BatchAck):
+        return answer
+    pacer = call.app[EDGE_SYNC].pacer
+    if not pacer.enabled:
+        return answer
+    pacer.observe(time.time() - received_at)
+    header = pacer.header()
+    if not header:
+        return answer
+    return web.Response(body=answer.model_dump_json().encode(), content_type=JSON_TYPE,
+                        headers=header)
 
 
 async def _note_transport(call: Call, edge: dict[str, Any], *, iot: bool) -> None:

@@ -23,6 +23,7 @@ from cloud.sync.hub import RESYNC, EdgeHub
 from cloud.sync.iot_acks import IotAckPublisher, iot_data_client
 from cloud.sync.iot_down import IotDownPublisher
 from cloud.sync.link import DownMsg, EdgeLink, UpMsg
+from cloud.sync.pace import BatchPacer
 from cloud.sync.settings import SyncConfig
 from cloud.sync.writer import Counts
 from shared.sync import Hello, UpMessage
@@ -35,7 +36,9 @@ UP: TypeAdapter[UpMsg] = TypeAdapter(UpMessage)  # type: ignore[arg-type,unused-
 
 
 class SyncMetrics:
-    def __init__(self, registry: CollectorRegistry, streams: Any) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, streams: Any, interval: Any = lambda: 0.0
+    ) -> None:
         self.batches = Counter(
             "smartfarm_sync_batches", "edge batches by outcome", ["outcome"], registry=registry
         )
@@ -55,6 +58,12 @@ class SyncMetrics:
             "smartfarm_sync_streams", "edge streams open on this instance", registry=registry
         )
         gauge.set_function(streams)
+        paced = Gauge(
+            "smartfarm_sync_batch_interval_seconds",
+            "batch interval this instance asks of edges (0: their own setting)",
+            registry=registry,
+        )
+        paced.set_function(interval)
 
     def stored(self, counts: Counts) -> None:
         self.batches.labels("stored").inc()
@@ -72,7 +81,11 @@ class EdgeSync:
         self.config = config
         self.hub = EdgeHub(db.dsn)
         self.announcer = ReadingAnnouncer(db)  # stored readings → the dashboards
-        self.metrics = SyncMetrics(registry, self.hub.streams)
+        self.pacer = BatchPacer(
+            high_s=config.pace_high_ms / 1000, low_s=config.pace_low_ms / 1000,
+            max_s=config.pace_max_s,
+        )
+        self.metrics = SyncMetrics(registry, self.hub.streams, self.pacer.interval_s)
         # AWS IoT Core (None: not configured): answers to batches that came through it, and
         # commands and config published to the edges on it.
         client = iot_data_client(config)
@@ -90,6 +103,8 @@ class EdgeSync:
             tasks.create_task(self.hub.run(), name="edge-sync-listen")
             tasks.create_task(self._sweep(), name="edge-sync-expiry")
             tasks.create_task(self.announcer.run(), name="edge-sync-announce")
+            if self.pacer.enabled:
+                tasks.create_task(self.pacer.watch_loop(), name="edge-sync-loop-lag")
             if self.iot_down is not None:
                 tasks.create_task(self.iot_down.run(), name="edge-sync-iot-down")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SyncConfig(BaseModel):
@@ -35,3 +35,17 @@ class SyncConfig(BaseModel):
     # published is published again by the expiry sweep: AWS IoT drops a QoS 1 message for an
     # edge that is offline, and an edge without a WebSocket hears nothing else.
     iot_republish_s: float = Field(default=60, gt=0, le=86_400)
+    # Pacing (cloud.sync.pace): when this instance's p90 time to store a batch (event-loop lag
+    # included) passes pace_high_ms, its answers ask the edges to send their readings less often
+    # (header X-Smartfarm-Batch-Interval), up to every pace_max_s; under pace_low_ms they go
+    # back to their own batch_max_age_s. Urgent records and full batches are never held.
+    # pace_max_s = 0 turns pacing off.
+    pace_max_s: float = Field(default=30, ge=0, le=300)
+    pace_high_ms: float = Field(default=100, gt=0, le=60_000)
+    pace_low_ms: float = Field(default=30, gt=0, le=60_000)
+
+    @model_validator(mode="after")
+    def _pace_band(self) -> SyncConfig:
+        if self.pace_low_ms >= self.pace_high_ms:
+            raise ValueError("sync.pace_low_ms must be below sync.pace_high_ms")
+        return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import itertools
 import json
 import random
 import stat
@@ -49,6 +50,7 @@ from edge.store.telemetry import store_telemetry
 from edge.uplink import Uplink
 from shared.models import utcnow
 from shared.sync import (
+    BATCH_INTERVAL_HEADER,
     Batch,
     BatchAck,
     CloudCommand,
@@ -105,6 +107,10 @@ class StandInCloud:
     most_in_flight: int = 0
     # Awaited with each parsed batch before it is stored (a test holds one back with it).
     gate: Callable[[Batch], Awaitable[None]] | None = None
+    # The batch interval its answers ask for (header X-Smartfarm-Batch-Interval), as a loaded
+    # cloud's do; and (monotonic time, kinds) of every batch it stored.
+    interval_header: str | None = None
+    batch_log: list[tuple[float, set[str]]] = field(default_factory=list)
     url: str = ""
 
     def _authorized(self, request: web.Request) -> bool:
@@ -155,6 +161,7 @@ class StandInCloud:
             self.arrived[record.seq] = time.monotonic()
             inserted += 1
         self.mark = max(self.mark, batch.last_seq)
+        self.batch_log.append((time.monotonic(), {r.kind for r in batch.records}))
         if fault == "cut":  # committed, but the edge never hears it
             assert request.transport is not None
             request.transport.abort()
@@ -162,7 +169,10 @@ class StandInCloud:
         offset = (datetime.now(UTC).timestamp() + self.clock_skew_s) - batch.sent_at.timestamp()
         ack = BatchAck(acked_seq=self.mark, inserted=inserted, duplicates=duplicates,
                        clock_offset_s=offset)
-        return web.Response(body=ack.model_dump_json(), content_type="application/json")
+        headers = {} if self.interval_header is None else {
+            BATCH_INTERVAL_HEADER: self.interval_header}
+        return web.Response(body=ack.model_dump_json(), content_type="application/json",
+                            headers=headers)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
@@ -338,6 +348,60 @@ async def test_every_record_reaches_the_cloud_once(cloud: StandInCloud, tmp_path
         assert status["last_success_at"] is not None and status["last_error"] is None
         assert status["acked_seq"] == total and status["clock_offset_s"] is not None
     finally:
+        await close_edge(edge)
+
+
+async def test_a_loaded_cloud_paces_readings_but_never_urgent_records(
+    cloud: StandInCloud, tmp_path: Path
+) -> None:
+    """While the cloud's answers ask for a batch every 1.5 s, readings gather that long (not the
+    edge's 0.2 s), a command still goes at once, and once the answers stop asking the edge is
+    back to its own pace; nothing is lost either way."""
+    edge = await build_edge(cloud_settings(cloud, tmp_path), tmp_path / "edge.db")
+    uplink = Uplink(edge.settings, edge.outbox, alerts=edge.alerts)
+    stop = asyncio.Event()
+
+    async def steady() -> None:  # a reading every 50 ms, as a room of sensors makes them
+        i = 0
+        while not stop.is_set():
+            edge.db.write_nowait(store_telemetry, tel("sens-a", T0 + i, co2_ppm=400 + i % 50),
+                                 "room-a", T0 + i, False)
+            i += 1
+            await asyncio.sleep(0.05)
+
+    def readings_only_gaps(since: float) -> list[float]:
+        log = [(t, kinds) for t, kinds in cloud.batch_log if t >= since]
+        return [t - before for (before, _), (t, kinds) in itertools.pairwise(log)
+                if kinds == {"reading"}]
+
+    try:
+        cloud.interval_header = "1.5"
+        async with running(uplink.run()), running(steady()):
+            await until(lambda: uplink.stats.cloud_interval_s == 1.5, 5, "the paced answer")
+            paced_from = time.monotonic()
+            await asyncio.sleep(4.0)
+            cid = await edge.automation.manual_command("hum-a", "on", by="tester")
+            asked = time.monotonic()
+            await until(lambda: any(c["command_id"] == cid for c in cloud.of_kind("command")),
+                        1.0, "the command, not held for the pace")
+            urgent_s = time.monotonic() - asked
+            await asyncio.sleep(2.0)
+            paced = readings_only_gaps(paced_from)
+            status = await uplink.status()
+            cloud.interval_header = None  # the load is gone: the next answer says nothing
+            await until(lambda: uplink.stats.cloud_interval_s == 0, 5, "the unpaced answer")
+            free_from = time.monotonic()
+            await asyncio.sleep(2.0)
+            free = readings_only_gaps(free_from)
+            stop.set()
+            total = await drained(edge, cloud, 10)
+        assert len(paced) >= 2 and min(paced) >= 1.3, paced
+        assert urgent_s < 1.0
+        assert status["batch_interval_asked_s"] == 1.5
+        assert len(free) >= 5 and sorted(free)[len(free) // 2] < 0.6, free
+        cloud.assert_exactly_once(total)
+    finally:
+        stop.set()
         await close_edge(edge)
 
 
