@@ -224,10 +224,17 @@ def cloud_main(argv: list[str]) -> int:
             from aiohttp import web
 
             from cloud.app import init_app
+            from shared.collector import settle_after_startup
 
+            app = init_app(settings)
+
+            async def settle(_: web.Application) -> None:  # after the app's own start-up
+                settle_after_startup()
+
+            app.on_startup.append(settle)
             try:
                 web.run_app(
-                    init_app(settings),
+                    app,
                     host=settings.host,
                     port=settings.port,
                     print=None,
