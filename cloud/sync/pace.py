@@ -61,8 +61,8 @@ class BatchPacer:
     def __init__(
         self,
         *,
-        high_s: float = 0.1,
-        low_s: float = 0.03,
+        high_s: float = 0.06,
+        low_s: float = 0.02,
         max_s: float = 30.0,
         floor_s: float = 2.0,
         window_s: float = 2.0,

@@ -41,8 +41,8 @@ class SyncConfig(BaseModel):
     # back to their own batch_max_age_s. Urgent records and full batches are never held.
     # pace_max_s = 0 turns pacing off.
     pace_max_s: float = Field(default=30, ge=0, le=300)
-    pace_high_ms: float = Field(default=100, gt=0, le=60_000)
-    pace_low_ms: float = Field(default=30, gt=0, le=60_000)
+    pace_high_ms: float = Field(default=60, gt=0, le=60_000)
+    pace_low_ms: float = Field(default=20, gt=0, le=60_000)
 
     @model_validator(mode="after")
     def _pace_band(self) -> SyncConfig:
