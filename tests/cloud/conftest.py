@@ -13,6 +13,7 @@ from cloud.app import init_app
 from cloud.auth.tokens import AccessTokens
 from cloud.config import AuthConfig, CloudSettings, DatabaseConfig
 from cloud.db.database import Database
+from cloud.sync.settings import SyncConfig
 from tests.cloud.fake_cognito import FakePool, new_key, pool_config
 from tests.cloud.world import World, bearer, build_world, tokens_for
 from tests.conftest import Databases
@@ -50,6 +51,8 @@ def make_settings(dsn: str, data_dir: Path, **overrides: object) -> CloudSetting
         # Tests run jobs explicitly (tests/cloud/test_jobs.py); an app per test must not start
         # a worker that runs periodic jobs against the test's database.
         "jobs": {"in_process_worker": False, "periodic": False},
+        # No pacing (cloud.sync.pace) unless a test sets it: see tests/cloud/test_batch_pacing.py.
+        "sync": SyncConfig(pace_max_s=0),
     }
     values.update(overrides)
     return IsolatedSettings(**values)  # type: ignore[arg-type]

@@ -153,7 +153,8 @@ def sync_client(world_dsn, tmp_path, aiohttp_client) -> Factory:  # type: ignore
     before the database is dropped: fixtures tear down in reverse order)."""
 
     async def make(**sync: Any):  # type: ignore[no-untyped-def]
-        settings = make_settings(world_dsn, tmp_path, sync=SyncConfig(**sync))
+        # Pacing off unless the test sets it (tests/cloud/test_batch_pacing.py does).
+        settings = make_settings(world_dsn, tmp_path, sync=SyncConfig(**{"pace_max_s": 0, **sync}))
         client = await aiohttp_client(init_app(settings))
         await asyncio.wait_for(client.app[EDGE_SYNC].hub.listening.wait(), 10)
         return client
