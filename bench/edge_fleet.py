@@ -449,8 +449,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--commands", type=float, default=5.0,
                         help="commands per second (0: none)")
     parser.add_argument("--seconds", type=float)
-    parser.add_argument("--warmup", type=float, default=20.0,
-                        help="seconds of load before measuring (pacing settles)")
+    parser.add_argument("--warmup", type=float, default=30.0,
+                        help="seconds of full load before measuring: the whole fleet starts at"
+                             " once, and the instances take ~20-30 s to pace it")
     parser.add_argument("--no-pacing", dest="pacing", action="store_false",
                         help="the instances never ask edges for a longer batch interval")
     parser.add_argument("--workers", type=int, default=2, help="load processes")

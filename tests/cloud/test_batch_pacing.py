@@ -57,7 +57,7 @@ async def test_a_slow_instance_asks_edges_to_wait_longer_and_stops_when_fast(  #
     assert await _interval_metric(client) == pytest.approx(2.5)
 
     pacer.high_s, pacer.low_s, pacer.memory_s = 60.0, 30.0, 0.0  # every batch is fast now
-    for _ in range(40):
+    for _ in range(120):  # each step down holds as long as it asks (~3 s): ~15 s in all
         await asyncio.sleep(0.25)
         seq, asked = await _round(client, seq)
         if asked[-1] is None:
