@@ -3,7 +3,8 @@
 Publisher processes (one per room, each with its sensors and acking actuators) send a fixed number
 of valid readings as fast as their PUBACKs allow. Per broker (embedded amqtt, then a private
 Mosquitto with the edge in external mode) and per round it times, from "go":
-  raw   the same broker with a null subscriber (an aiomqtt client as the edge user that counts);
+  raw   the same broker with a null subscriber (the edge's MQTT client, shared.mqtt_client, as
+        the edge user, that counts);
   edge  the whole EdgeApp: every reading validated, evaluated by the automation and committed to
         SQLite (the clock stops when the last row is committed).
 Raw and edge runs alternate so that background noise on the machine hits both alike. Once every
@@ -40,6 +41,7 @@ from edge.broker import embedded_broker
 from edge.config import load_config
 from edge.credentials import edge_login
 from edge.ingest import Inbox, messages
+from shared.mqtt_client import MqttClient
 from shared.topics import UPLINK_KINDS, subscription
 
 log = logging.getLogger(__name__)
@@ -126,10 +128,11 @@ async def raw_run(site: Site, host: str, port: int, count: int) -> dict[str, Any
             if "/telemetry/" in message.topic.value:
                 received[0] += 1
 
-    async with aiomqtt.Client(host, port, username=username, password=password,
-                              identifier=f"bench-null-{uuid.uuid4().hex[:8]}",
-                              clean_session=False, keepalive=30,
-                              queue_type=inbox.queue_type) as client:
+    # The edge's client class: its socket handling is part of the receive path measured here.
+    async with MqttClient(host, port, username=username, password=password,
+                          identifier=f"bench-null-{uuid.uuid4().hex[:8]}",
+                          clean_session=False, keepalive=30,
+                          queue_type=inbox.queue_type) as client:
         for kind in UPLINK_KINDS:
             await client.subscribe(subscription(site.farm_id, kind), qos=1)  # type: ignore[arg-type]
         task = asyncio.create_task(null_subscriber(client))
