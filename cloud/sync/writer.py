@@ -23,7 +23,14 @@ from cloud.db import automation_state as automation_db
 from cloud.db import pending as pending_db
 from cloud.db import sync as sync_db
 from cloud.db.database import Cursor
-from cloud.db.telemetry import Reading, copy_rows, insert_with_latest, upsert_latest
+from cloud.db.telemetry import (
+    EpochReading,
+    Reading,
+    binary_copy,
+    copy_binary,
+    insert_with_latest,
+    upsert_latest,
+)
 from cloud.sync.clock import ClockCorrection
 from cloud.sync.reconcile import Reconciler
 from cloud.sync.records import (
@@ -106,6 +113,23 @@ def _when(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+def _readings(rows: list[EpochReading]) -> list[Reading]:
+    """``rows`` with their times as datetimes; the rows of one reading share their time's float
+    object, and get one datetime object between them too (``array_params`` formats it once)."""
+    out: list[Reading] = []
+    append = out.append
+    last: float | None = None
+    when = _EPOCH
+    for ts, room, device, metric, value in rows:
+        if ts is not last:
+            last, when = ts, datetime.fromtimestamp(ts, UTC)
+        append((when, room, device, metric, value))
+    return out
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
 class BatchWriter:
     """Stores the new records of one batch on one transaction cursor."""
 
@@ -167,13 +191,14 @@ class BatchWriter:
         self._reject(record, f"reading: time {ts!r} is implausible even after clock correction")
 
     async def write(self, parsed: list[ParsedRecord]) -> Counts:
-        readings: list[Reading] = []
+        readings: list[EpochReading] = []
         later: list[ParsedRecord] = []
         changes: list[ParsedRecord] = []
         kinds = self.counts.by_kind
         n_readings = 0
         # Readings inline: this loop is the per-reading work of a backlog drain, kept to a few
-        # dictionary lookups and one datetime per reading.
+        # dictionary lookups and one tuple per row (times stay floats: a big batch's rows go to
+        # binary_copy, which needs no datetime).
         pairs = self._pairs
         append = readings.append
         clock = self.clock if self.clock.active else None
@@ -190,9 +215,8 @@ class BatchWriter:
                 if not (ours and PLAUSIBLE_FROM <= ts <= PLAUSIBLE_TO):
                     self._reading_rejected(p.record, item, ours)
                     continue
-                when = datetime.fromtimestamp(ts, UTC)
                 for metric, value in item.values.items():
-                    append((when, room, device, metric, value))
+                    append((ts, room, device, metric, value))
                 continue
             record = p.record
             kinds[record.kind] = kinds.get(record.kind, 0) + 1
@@ -206,10 +230,14 @@ class BatchWriter:
                 later.append(p)
         if n_readings:
             kinds["reading"] = kinds.get("reading", 0) + n_readings
-        self._readings = readings
         if len(readings) > INSERT_MAX_ROWS:
-            await copy_rows(self.cur, self.farm_id, readings)
+            copied = binary_copy(self.farm_id, readings)
+            await copy_binary(self.cur, copied.data)
+            # sensor_latest and the live announcement need only each series' newest row.
+            self._readings = _readings([readings[i] for i in copied.newest])
             self._copied = True
+        else:
+            self._readings = _readings(readings)
         self.counts.readings = len(readings)
         for p in later:
             await self._guarded(p.record, self._other(p.record, p.item))
@@ -233,7 +261,9 @@ class BatchWriter:
 
     @property
     def readings(self) -> list[Reading]:
-        """The readings ``write`` stored (what the dashboards are told about once committed)."""
+        """What the dashboards are told about once committed: the readings ``write`` stored, or
+        for a batch that went by COPY, the newest of each (room, device, metric) among them, in
+        batch order (the same announcement, and the same sensor_latest rows)."""
         return self._readings
 
     async def _guarded(self, record: OutboxRecord, work: Coroutine[Any, Any, None]) -> None:

@@ -1,17 +1,27 @@
-"""The small-batch write path (cloud/db/telemetry.py ``insert_with_latest``): times sent as Unix
-seconds come back as the exact microsecond they were, over the whole plausible range; the newest
-reading per series (the later one on a tie) lands in sensor_latest, and an older batch does not
-overwrite it. Real PostgreSQL."""
+"""The sync's write paths (cloud/db/telemetry.py). Small batches (``insert_with_latest``): times
+sent as Unix seconds come back as the exact microsecond they were, over the whole plausible
+range; the newest reading per series (the later one on a tie) lands in sensor_latest, and an
+older batch does not overwrite it. Big batches (``binary_copy``): the same rows as psycopg's
+write_row would store. Real PostgreSQL."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
 from cloud.db.database import Database
-from cloud.db.telemetry import insert_with_latest
+from cloud.db.telemetry import (
+    COPY_IN,
+    COPY_TYPES,
+    EpochReading,
+    binary_copy,
+    copy_binary,
+    insert_with_latest,
+    micros_since_2000,
+)
 from cloud.sync.writer import PLAUSIBLE_FROM, PLAUSIBLE_TO
 from tests.cloud import world as w
 from tests.cloud.test_edge_sync import rows
@@ -64,3 +74,59 @@ async def test_the_newest_reading_per_series_is_the_latest(world_dsn) -> None:  
     stored = await rows(world_dsn, "SELECT count(*) AS n FROM sensor_data"
                                    " WHERE device_id = 'new-dev'")
     assert stored == [{"n": 7}]
+
+
+def test_copy_times_are_the_microsecond_fromtimestamp_gives() -> None:
+    """binary_copy's times (no datetime per row) are the microsecond datetime.fromtimestamp
+    rounds to, which is what psycopg sent when the rows were datetimes: half-way fractions
+    included, which round to even."""
+    rng = random.Random(7)
+    origin = datetime(2000, 1, 1, tzinfo=UTC)
+    seconds = [rng.uniform(PLAUSIBLE_FROM, PLAUSIBLE_TO) for _ in range(20_000)]
+    seconds += [1_796_561_633 + k / 1e6 + 0.5e-6 for k in range(2_000)]  # near half-way
+    seconds += [1_796_561_633.0000005, 1_796_561_633.0000015, 1_000_000_000.25, PLAUSIBLE_FROM]
+    for ts in seconds:
+        expected = (datetime.fromtimestamp(ts, UTC) - origin) // timedelta(microseconds=1)
+        assert micros_since_2000(ts) == expected, ts
+
+
+async def test_a_binary_copy_stores_what_write_row_stores(world_dsn) -> None:  # type: ignore[no-untyped-def]
+    """The same rows by binary_copy and by psycopg's write_row (the format PostgreSQL
+    defines, made two ways) come back identical; the newest row of each series is the later
+    one on a tie, and is found per room too."""
+    rng = random.Random(21)
+    t0 = 1_796_561_633.123456
+    epoch_rows: list[EpochReading] = []
+    for i in range(3_000):
+        ts = t0 + rng.randrange(0, 5_000) / 7  # repeats: ties in time
+        for metric in ("co2_ppm", "temperature_c")[: 1 + i % 2]:
+            epoch_rows.append((ts, w.ROOM_B if i % 3 else w.ROOM_A, f"bin-dev-{i % 4}", metric,
+                               rng.uniform(-1e6, 1e6)))
+    late = t0 + 10_000
+    for value in (1.0, 2.0):  # the newest time twice: the later row is the newest
+        epoch_rows.append((late, w.ROOM_A, "bin-dev-0", "co2_ppm", value))
+    epoch_rows.append((late - 1, w.ROOM_A, "bin-dev-0", "co2_ppm", 3.0))
+    copied = binary_copy(w.FARM, epoch_rows)
+    assert len(epoch_rows) - 2 in copied.newest
+    async with await psycopg.AsyncConnection.connect(world_dsn) as conn:
+        async with conn.cursor() as cur:
+            await copy_binary(cur, copied.data)
+            async with cur.copy(COPY_IN) as copy:
+                copy.set_types(COPY_TYPES)
+                for ts, room, device, metric, value in epoch_rows:
+                    await copy.write_row((w.FARM, datetime.fromtimestamp(ts, UTC), room,
+                                          device.replace("bin-", "row-"), metric, value))
+        await conn.commit()
+    query = ("SELECT time, room_id, replace(device_id, %s, 'dev') AS device, metric, value"
+             " FROM sensor_data WHERE device_id LIKE %s ORDER BY 1, 2, 3, 4, 5")
+    by_copy = await rows(world_dsn, query, ("bin-dev", "bin-dev-%"))
+    by_rows = await rows(world_dsn, query, ("row-dev", "row-dev-%"))
+    assert len(by_copy) == len(epoch_rows)
+    assert by_copy == by_rows
+    newest: dict[tuple[str, str, str], int] = {}
+    for i, (ts, room, device, metric, _) in enumerate(epoch_rows):
+        key = (room, device, metric)
+        if key not in newest or micros_since_2000(ts) >= micros_since_2000(
+                epoch_rows[newest[key]][0]):
+            newest[key] = i
+    assert copied.newest == sorted(newest.values())
