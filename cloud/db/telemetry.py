@@ -270,6 +270,7 @@ def binary_copy(farm_id: str, rows: Sequence[EpochReading]) -> BinaryCopy:
     heads: dict[tuple[str, str, str], bytes] = {}
     newest: dict[tuple[str, str, str], tuple[int, int]] = {}
     pack = _TAIL.pack
+    modf = math.modf
     parts = [_SIGNATURE]
     append = parts.append
     last: float | None = None
@@ -279,8 +280,10 @@ def binary_copy(farm_id: str, rows: Sequence[EpochReading]) -> BinaryCopy:
         head = heads.get(key)
         if head is None:
             head = heads[key] = b"\x00\x06" + farm + _text(room) + _text(device) + _text(metric)
-        if ts is not last:
-            last, micros = ts, micros_since_2000(ts)
+        if ts is not last:  # micros_since_2000, inline (once per reading of a million)
+            last = ts
+            frac, whole = modf(ts)
+            micros = (int(whole) - _PG_EPOCH) * 1_000_000 + round(frac * 1e6)
         append(head)
         append(pack(8, micros, 8, value))
         seen = newest.get(key)

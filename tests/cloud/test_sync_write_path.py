@@ -7,6 +7,7 @@ write_row would store. Real PostgreSQL."""
 from __future__ import annotations
 
 import random
+import struct
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -85,9 +86,19 @@ def test_copy_times_are_the_microsecond_fromtimestamp_gives() -> None:
     seconds = [rng.uniform(PLAUSIBLE_FROM, PLAUSIBLE_TO) for _ in range(20_000)]
     seconds += [1_796_561_633 + k / 1e6 + 0.5e-6 for k in range(2_000)]  # near half-way
     seconds += [1_796_561_633.0000005, 1_796_561_633.0000015, 1_000_000_000.25, PLAUSIBLE_FROM]
-    for ts in seconds:
-        expected = (datetime.fromtimestamp(ts, UTC) - origin) // timedelta(microseconds=1)
-        assert micros_since_2000(ts) == expected, ts
+    expected = [(datetime.fromtimestamp(ts, UTC) - origin) // timedelta(microseconds=1)
+                for ts in seconds]
+    assert [micros_since_2000(ts) for ts in seconds] == expected
+    # binary_copy converts inline: each row is its series' head, then 8, the time, 8, the value.
+    data = binary_copy("farm", [(ts, "room", "dev", "m", 1.0) for ts in seconds]).data
+    head = len(binary_copy("farm", [(0.0, "room", "dev", "m", 1.0)]).data) - 19 - 24 - 2
+    tail = struct.Struct(">iqid")
+    at = 19 + head
+    copied = []
+    for _ in seconds:
+        copied.append(tail.unpack_from(data, at)[1])
+        at += head + tail.size
+    assert copied == expected
 
 
 async def test_a_binary_copy_stores_what_write_row_stores(world_dsn) -> None:  # type: ignore[no-untyped-def]
