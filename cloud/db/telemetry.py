@@ -20,9 +20,10 @@ COPY_IN = (
 )
 COPY_TYPES = ("text", "timestamptz", "text", "text", "text", "float8")
 
-# A batch's readings with their times as Unix seconds (the edge's float, clock-corrected): what
-# the sync's writer collects, one tuple per row, before it knows whether they go by COPY.
-EpochReading = tuple[float, str, str, str, float]  # time, room_id, device_id, metric, value
+# A batch's readings as the sync's writer collects them, one tuple per reading (not per row: a
+# row per metric), with its time as Unix seconds (the edge's float, clock-corrected).
+EpochReading = tuple[float, str, str, dict[str, float]]  # time, room_id, device_id, values
+EpochRow = tuple[float, str, str, str, float]  # time, room_id, device_id, metric, value
 
 # The sync's big batches: PostgreSQL's binary COPY format made here (``binary_copy``) rather
 # than by psycopg's write_row. Columns in this order so that each row starts with the same bytes
@@ -240,12 +241,12 @@ async def copy_rows(cur: Cursor, farm_id: str, batch: list[Reading]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class BinaryCopy:
-    """A batch's rows in PostgreSQL's binary COPY format (for ``COPY_BINARY_IN``), and where in
-    the batch the newest row of each (room, device, metric) is (the later one on a tie), in
-    batch order: all that sensor_latest and the live announcement need of the batch."""
+    """A batch's rows in PostgreSQL's binary COPY format (for ``COPY_BINARY_IN``), and the
+    newest row of each (room, device, metric) (the later one on a tie), in batch order: all that
+    sensor_latest and the live announcement need of the batch."""
 
     data: bytes
-    newest: list[int]
+    newest: list[EpochRow]
 
 
 def _text(value: str) -> bytes:
@@ -261,36 +262,48 @@ def micros_since_2000(seconds: float) -> int:
     return (int(whole) - _PG_EPOCH) * 1_000_000 + round(frac * 1e6)
 
 
-def binary_copy(farm_id: str, rows: Sequence[EpochReading]) -> BinaryCopy:
-    """``rows`` of one farm as COPY_BINARY_IN's data. psycopg's write_row adapts each value of
-    each row in turn, and the rows needed a datetime each: a third of the cloud's work in a
-    backlog drain. Here a row is its series' bytes (made once per series) and one struct.pack;
-    the rows of one reading share their time's float object, converted once."""
+_NEVER: Final = -(2**63)
+
+
+def binary_copy(farm_id: str, readings: Sequence[EpochReading]) -> BinaryCopy:
+    """``readings`` of one farm as COPY_BINARY_IN's data, a row per metric. psycopg's write_row
+    adapts each value of each row in turn, and the rows needed a datetime each: a third of the
+    cloud's work in a backlog drain. Here a row is its series' bytes (made once per series) and
+    one struct.pack, and each reading's time is converted once."""
     farm = _text(farm_id)
-    heads: dict[tuple[str, str, str], bytes] = {}
-    newest: dict[tuple[str, str, str], tuple[int, int]] = {}
+    series: dict[tuple[str, str], dict[str, bytes]] = {}
+    names: dict[bytes, str] = {}  # a series' bytes -> its metric
+    newest_us: dict[bytes, int] = {}  # a series' bytes -> its newest time, and the reading's
+    newest_at: dict[bytes, int] = {}  # index in ``readings``
     pack = _TAIL.pack
     modf = math.modf
     parts = [_SIGNATURE]
     append = parts.append
-    last: float | None = None
-    micros = 0
-    for i, (ts, room, device, metric, value) in enumerate(rows):
-        key = (room, device, metric)
-        head = heads.get(key)
-        if head is None:
-            head = heads[key] = b"\x00\x06" + farm + _text(room) + _text(device) + _text(metric)
-        if ts is not last:  # micros_since_2000, inline (once per reading of a million)
-            last = ts
-            frac, whole = modf(ts)
-            micros = (int(whole) - _PG_EPOCH) * 1_000_000 + round(frac * 1e6)
-        append(head)
-        append(pack(8, micros, 8, value))
-        seen = newest.get(key)
-        if seen is None or micros >= seen[0]:
-            newest[key] = (micros, i)
+    for i, (ts, room, device, values) in enumerate(readings):
+        frac, whole = modf(ts)  # micros_since_2000, inline (once per reading of a million)
+        micros = (int(whole) - _PG_EPOCH) * 1_000_000 + round(frac * 1e6)
+        heads = series.get((room, device))
+        if heads is None:
+            heads = series[room, device] = {}
+        for metric, value in values.items():
+            head = heads.get(metric)
+            if head is None:
+                head = heads[metric] = (b"\x00\x06" + farm + _text(room) + _text(device)
+                                        + _text(metric))
+                names[head] = metric
+            append(head)
+            append(pack(8, micros, 8, value))
+            if micros >= newest_us.get(head, _NEVER):
+                newest_us[head] = micros
+                newest_at[head] = i
     append(_TRAILER)
-    return BinaryCopy(b"".join(parts), sorted(i for _, i in newest.values()))
+    newest: list[EpochRow] = []
+    # Readings' indexes break ties between rooms: a device's metric is once in a reading.
+    for i, head in sorted((i, head) for head, i in newest_at.items()):
+        ts, room, device, values = readings[i]
+        metric = names[head]
+        newest.append((ts, room, device, metric, values[metric]))
+    return BinaryCopy(b"".join(parts), newest)
 
 
 async def copy_binary(cur: Cursor, data: bytes) -> None:

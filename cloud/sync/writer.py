@@ -25,6 +25,7 @@ from cloud.db import sync as sync_db
 from cloud.db.database import Cursor
 from cloud.db.telemetry import (
     EpochReading,
+    EpochRow,
     Reading,
     binary_copy,
     copy_binary,
@@ -113,21 +114,21 @@ def _when(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _readings(rows: list[EpochReading]) -> list[Reading]:
-    """``rows`` with their times as datetimes; the rows of one reading share their time's float
-    object, and get one datetime object between them too (``array_params`` formats it once)."""
+def _rows(readings: list[EpochReading]) -> list[Reading]:
+    """A row per metric of each reading, with its time as a datetime (one datetime object per
+    reading: ``array_params`` formats it once)."""
     out: list[Reading] = []
     append = out.append
-    last: float | None = None
-    when = _EPOCH
-    for ts, room, device, metric, value in rows:
-        if ts is not last:
-            last, when = ts, datetime.fromtimestamp(ts, UTC)
-        append((when, room, device, metric, value))
+    for ts, room, device, values in readings:
+        when = datetime.fromtimestamp(ts, UTC)
+        for metric, value in values.items():
+            append((when, room, device, metric, value))
     return out
 
 
-_EPOCH = datetime.fromtimestamp(0, UTC)
+def _with_datetimes(rows: list[EpochRow]) -> list[Reading]:
+    return [(datetime.fromtimestamp(ts, UTC), room, device, metric, value)
+            for ts, room, device, metric, value in rows]
 
 
 class BatchWriter:
@@ -196,8 +197,9 @@ class BatchWriter:
         changes: list[ParsedRecord] = []
         kinds = self.counts.by_kind
         n_readings = 0
+        n_rows = 0
         # Readings inline: this loop is the per-reading work of a backlog drain, kept to a few
-        # dictionary lookups and one tuple per row (times stay floats: a big batch's rows go to
+        # dictionary lookups and one tuple per reading (times stay floats: a big batch goes to
         # binary_copy, which needs no datetime).
         pairs = self._pairs
         append = readings.append
@@ -215,8 +217,8 @@ class BatchWriter:
                 if not (ours and PLAUSIBLE_FROM <= ts <= PLAUSIBLE_TO):
                     self._reading_rejected(p.record, item, ours)
                     continue
-                for metric, value in item.values.items():
-                    append((ts, room, device, metric, value))
+                append((ts, room, device, item.values))
+                n_rows += len(item.values)
                 continue
             record = p.record
             kinds[record.kind] = kinds.get(record.kind, 0) + 1
@@ -230,15 +232,15 @@ class BatchWriter:
                 later.append(p)
         if n_readings:
             kinds["reading"] = kinds.get("reading", 0) + n_readings
-        if len(readings) > INSERT_MAX_ROWS:
+        if n_rows > INSERT_MAX_ROWS:
             copied = binary_copy(self.farm_id, readings)
             await copy_binary(self.cur, copied.data)
             # sensor_latest and the live announcement need only each series' newest row.
-            self._readings = _readings([readings[i] for i in copied.newest])
+            self._readings = _with_datetimes(copied.newest)
             self._copied = True
         else:
-            self._readings = _readings(readings)
-        self.counts.readings = len(readings)
+            self._readings = _rows(readings)
+        self.counts.readings = n_rows
         for p in later:
             await self._guarded(p.record, self._other(p.record, p.item))
         reconciler = Reconciler(self.cur, farm_id=self.farm_id, edge_id=self.edge_id)

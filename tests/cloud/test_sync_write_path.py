@@ -90,8 +90,8 @@ def test_copy_times_are_the_microsecond_fromtimestamp_gives() -> None:
                 for ts in seconds]
     assert [micros_since_2000(ts) for ts in seconds] == expected
     # binary_copy converts inline: each row is its series' head, then 8, the time, 8, the value.
-    data = binary_copy("farm", [(ts, "room", "dev", "m", 1.0) for ts in seconds]).data
-    head = len(binary_copy("farm", [(0.0, "room", "dev", "m", 1.0)]).data) - 19 - 24 - 2
+    data = binary_copy("farm", [(ts, "room", "dev", {"m": 1.0}) for ts in seconds]).data
+    head = len(binary_copy("farm", [(0.0, "room", "dev", {"m": 1.0})]).data) - 19 - 24 - 2
     tail = struct.Struct(">iqid")
     at = 19 + head
     copied = []
@@ -107,18 +107,20 @@ async def test_a_binary_copy_stores_what_write_row_stores(world_dsn) -> None:  #
     one on a tie, and is found per room too."""
     rng = random.Random(21)
     t0 = 1_796_561_633.123456
-    epoch_rows: list[EpochReading] = []
+    readings: list[EpochReading] = []
     for i in range(3_000):
         ts = t0 + rng.randrange(0, 5_000) / 7  # repeats: ties in time
-        for metric in ("co2_ppm", "temperature_c")[: 1 + i % 2]:
-            epoch_rows.append((ts, w.ROOM_B if i % 3 else w.ROOM_A, f"bin-dev-{i % 4}", metric,
-                               rng.uniform(-1e6, 1e6)))
+        names = ("co2_ppm", "temperature_c")[: 1 + i % 2]
+        readings.append((ts, w.ROOM_B if i % 3 else w.ROOM_A, f"bin-dev-{i % 4}",
+                         {name: rng.uniform(-1e6, 1e6) for name in names}))
     late = t0 + 10_000
-    for value in (1.0, 2.0):  # the newest time twice: the later row is the newest
-        epoch_rows.append((late, w.ROOM_A, "bin-dev-0", "co2_ppm", value))
-    epoch_rows.append((late - 1, w.ROOM_A, "bin-dev-0", "co2_ppm", 3.0))
-    copied = binary_copy(w.FARM, epoch_rows)
-    assert len(epoch_rows) - 2 in copied.newest
+    for value in (1.0, 2.0):  # the newest time twice: the later reading is the newest
+        readings.append((late, w.ROOM_A, "bin-dev-0", {"co2_ppm": value}))
+    readings.append((late - 1, w.ROOM_A, "bin-dev-0", {"co2_ppm": 3.0}))
+    copied = binary_copy(w.FARM, readings)
+    assert (late, w.ROOM_A, "bin-dev-0", "co2_ppm", 2.0) in copied.newest
+    epoch_rows = [(ts, room, device, metric, value)
+                  for ts, room, device, values in readings for metric, value in values.items()]
     async with await psycopg.AsyncConnection.connect(world_dsn) as conn:
         async with conn.cursor() as cur:
             await copy_binary(cur, copied.data)
@@ -134,10 +136,11 @@ async def test_a_binary_copy_stores_what_write_row_stores(world_dsn) -> None:  #
     by_rows = await rows(world_dsn, query, ("row-dev", "row-dev-%"))
     assert len(by_copy) == len(epoch_rows)
     assert by_copy == by_rows
+    # The newest row of each series, the later one on a tie, in batch order.
     newest: dict[tuple[str, str, str], int] = {}
     for i, (ts, room, device, metric, _) in enumerate(epoch_rows):
         key = (room, device, metric)
         if key not in newest or micros_since_2000(ts) >= micros_since_2000(
                 epoch_rows[newest[key]][0]):
             newest[key] = i
-    assert copied.newest == sorted(newest.values())
+    assert copied.newest == [epoch_rows[i] for i in sorted(newest.values())]
