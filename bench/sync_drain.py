@@ -285,7 +285,10 @@ async def drain(args: argparse.Namespace, dsn: str, work: Path) -> dict[str, Any
     sensors = [(d.id, d.room) for d in settings.devices if d.kind == "sensor"]
     metrics = ALL_METRICS[: args.metrics]
     started = time.perf_counter()
-    queue_readings(settings.db_path, sensors, args.readings, metrics=metrics)
+    # Ending a day ago, whatever its span (the readings are a day old, as they always were).
+    span_s = args.step_s * (args.readings // len(sensors))
+    queue_readings(settings.db_path, sensors, args.readings, metrics=metrics,
+                   start_ts=time.time() - 86_400 - span_s, step_s=args.step_s)
     queued_s = time.perf_counter() - started
     print(f"queued {args.readings:,} readings ({len(metrics)} metric(s) each) on the edge in"
           f" {queued_s:.1f} s", flush=True)
@@ -374,6 +377,7 @@ async def drain(args: argparse.Namespace, dsn: str, work: Path) -> dict[str, Any
     result: dict[str, Any] = {
         "params": {"readings": args.readings, "metrics_per_reading": len(metrics),
                    "sensors": len(sensors), "batch_max_records": settings.cloud.batch_max_records,
+                   "step_s": args.step_s,
                    "down_s": args.down_s},
         "backlog_at_start": {"seqs_given": backlog[0], "readings": backlog[2]},
         "edge_first_upload_try_s": round(edge_up_s, 2),
@@ -454,6 +458,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--readings", type=int)
     parser.add_argument("--metrics", type=int, default=1, choices=range(1, len(ALL_METRICS) + 1),
                         help="metrics per reading (rows per reading in sensor_data)")
+    parser.add_argument("--step-s", type=float, default=0.01,
+                        help="seconds between one sensor's readings (the default, 100 a second,"
+                             " puts the whole backlog in the edge's last hour)")
     parser.add_argument("--down-s", type=float, default=3.0,
                         help="how long the edge runs with its cloud down before it comes up")
     parser.add_argument("--timeout-s", type=float, default=900.0)
