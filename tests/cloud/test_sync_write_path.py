@@ -6,6 +6,7 @@ write_row would store. Real PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 from datetime import UTC, datetime, timedelta
@@ -14,10 +15,12 @@ import psycopg
 import pytest
 
 from cloud.db.database import Database
+from cloud.db.live import reading_payloads
 from cloud.db.telemetry import (
     COPY_IN,
     COPY_TYPES,
     EpochReading,
+    Reading,
     binary_copy,
     copy_binary,
     insert_with_latest,
@@ -144,3 +147,32 @@ async def test_a_binary_copy_stores_what_write_row_stores(world_dsn) -> None:  #
                 epoch_rows[newest[key]][0]):
             newest[key] = i
     assert copied.newest == [epoch_rows[i] for i in sorted(newest.values())]
+
+
+def test_the_newest_rows_announce_what_all_rows_announce() -> None:
+    """A batch that goes by COPY is announced to the dashboards from each series' newest row
+    (binary_copy's ``newest``): the payloads say what those of all its rows say (rooms and
+    devices may come in another order)."""
+    rng = random.Random(5)
+    readings: list[EpochReading] = []
+    for i in range(4_000):
+        ts = 1_796_561_633.5 + rng.randrange(0, 900) / 3  # ties in time
+        names = ("co2_ppm", "temperature_c", "humidity_pct")[: 1 + i % 3]
+        readings.append((ts, f"room-{i % 3}", f"dev-{i % 5}",
+                         {name: rng.uniform(0, 100) for name in names}))
+    for value in (1.0, 2.0):  # a series' newest time twice: the later reading is announced
+        readings.append((1_796_562_000.25, "room-0", "dev-0", {"co2_ppm": value}))
+
+    def with_datetimes(rows: list[tuple[float, str, str, str, float]]) -> list[Reading]:
+        return [(datetime.fromtimestamp(ts, UTC), room, device, metric, value)
+                for ts, room, device, metric, value in rows]
+
+    every = with_datetimes([(ts, room, device, metric, value) for ts, room, device, values
+                            in readings for metric, value in values.items()])
+    newest = with_datetimes(binary_copy("farm", readings).newest)
+    assert len(newest) < len(every) / 100
+
+    def said(payloads: list[str]) -> list[str]:
+        return sorted(json.dumps(json.loads(p), sort_keys=True) for p in payloads)
+
+    assert said(reading_payloads("farm", newest, 1.0)) == said(reading_payloads("farm", every, 1.0))
