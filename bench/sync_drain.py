@@ -285,7 +285,10 @@ async def drain(args: argparse.Namespace, dsn: str, work: Path) -> dict[str, Any
     sensors = [(d.id, d.room) for d in settings.devices if d.kind == "sensor"]
     metrics = ALL_METRICS[: args.metrics]
     started = time.perf_counter()
-    queue_readings(settings.db_path, sensors, args.readings, metrics=metrics)
+    # Ending a day ago, whatever its span (the readings are a day old, as they always were).
+    span_s = args.step_s * (args.readings // len(sensors))
+    queue_readings(settings.db_path, sensors, args.readings, metrics=metrics,
+                   start_ts=time.time() - 86_400 - span_s, step_s=args.step_s)
     queued_s = time.perf_counter() - started
     print(f"queued {args.readings:,} readings ({len(metrics)} metric(s) each) on the edge in"
           f" {queued_s:.1f} s", flush=True)
@@ -301,10 +304,20 @@ async def drain(args: argparse.Namespace, dsn: str, work: Path) -> dict[str, Any
     )
     runner: web.AppRunner | None = None
     try:
-        # The edge is up with its cloud unreachable (it retries with backoff, nothing is lost).
+        # The edge is up with its cloud unreachable (it retries with backoff, nothing is lost):
+        # at least down_s, and until its uplink has tried the cloud. Starting up takes an edge
+        # with this backlog several seconds (its automation restores each room's latest
+        # readings from the last hour of readings, here all of them); a cloud that came up
+        # before the edge was running would time the edge's start-up, not the drain.
+        launched = time.perf_counter()
         await asyncio.sleep(args.down_s)
-        if edge.poll() is not None:
-            raise RuntimeError(f"the edge exited: see {work / 'edge.log'}")
+        while b"upload of seqs" not in (work / "edge.log").read_bytes():
+            if edge.poll() is not None:
+                raise RuntimeError(f"the edge exited: see {work / 'edge.log'}")
+            if time.perf_counter() - launched > args.timeout_s:
+                raise RuntimeError(f"the edge never tried the cloud: see {work / 'edge.log'}")
+            await asyncio.sleep(0.1)
+        edge_up_s = time.perf_counter() - launched
         backlog = edge_progress(settings.db_path)
         sampler = Sampler(psutil.Process(edge.pid))
         app = init_app(app_settings(dsn, work / "cloud", jobs={"in_process_worker": False,
@@ -364,8 +377,10 @@ async def drain(args: argparse.Namespace, dsn: str, work: Path) -> dict[str, Any
     result: dict[str, Any] = {
         "params": {"readings": args.readings, "metrics_per_reading": len(metrics),
                    "sensors": len(sensors), "batch_max_records": settings.cloud.batch_max_records,
+                   "step_s": args.step_s,
                    "down_s": args.down_s},
         "backlog_at_start": {"seqs_given": backlog[0], "readings": backlog[2]},
+        "edge_first_upload_try_s": round(edge_up_s, 2),
         "queue_s": round(queued_s, 2),
         "drain_s": round(wall, 2),
         "first_batch_after_s": round((first_batch or up) - up, 2),
@@ -404,6 +419,8 @@ def report(result: dict[str, Any]) -> None:
         ["figure", "value", "unit"],
         [
             ("drain time (cloud up -> all in PostgreSQL)", result["drain_s"], "s"),
+            ("edge start -> its first upload tried (cloud down)",
+             result["edge_first_upload_try_s"], "s"),
             ("first batch stored after", result["first_batch_after_s"], "s"),
             ("drain rate", result["readings_per_s"], "readings/s"),
             ("drain rate after the first batch", result["readings_per_s_after_first_batch"],
@@ -441,6 +458,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--readings", type=int)
     parser.add_argument("--metrics", type=int, default=1, choices=range(1, len(ALL_METRICS) + 1),
                         help="metrics per reading (rows per reading in sensor_data)")
+    parser.add_argument("--step-s", type=float, default=0.01,
+                        help="seconds between one sensor's readings (the default, 100 a second,"
+                             " puts the whole backlog in the edge's last hour)")
     parser.add_argument("--down-s", type=float, default=3.0,
                         help="how long the edge runs with its cloud down before it comes up")
     parser.add_argument("--timeout-s", type=float, default=900.0)

@@ -37,7 +37,7 @@ from cloud.sync.records import (
     ReadingItem,
     StatusItem,
 )
-from cloud.sync.writer import BatchWriter, Counts, ParsedRecord
+from cloud.sync.writer import BatchWriter, Counts, ParsedRecord, stage
 from shared.sync import BatchAck
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,9 @@ async def _store(
     refs = _references(parsed)
     ids = {"rooms": refs.rooms, "devices": refs.devices,
            "commands": refs.commands | refs.maybe_commands}
+    # A backlog's batches of readings: their COPY data made before the lock, which each of an
+    # edge's batches waits for while the one before it is stored.
+    staged = stage(parsed, farm_id, clock)
     try:
         async with db.bulk_cursor() as cur:
             # The transaction is opened and ended by hand, so that BEGIN shares the lock's round
@@ -223,7 +226,9 @@ async def _store(
                     writer = BatchWriter(
                         cur, edge_id=edge_id, farm_id=farm_id, owners=owners, clock=clock
                     )
-                    counts = await writer.write(fresh)
+                    counts = await writer.write(
+                        fresh, staged if len(fresh) == len(parsed) else None
+                    )
                     counts.duplicates = len(parsed) - len(fresh)
                     counts.inserted = len(fresh)
                 acked = max(high_water, batch.last_seq)

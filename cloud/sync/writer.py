@@ -23,7 +23,16 @@ from cloud.db import automation_state as automation_db
 from cloud.db import pending as pending_db
 from cloud.db import sync as sync_db
 from cloud.db.database import Cursor
-from cloud.db.telemetry import Reading, copy_rows, insert_with_latest, upsert_latest
+from cloud.db.telemetry import (
+    BinaryCopy,
+    EpochReading,
+    EpochRow,
+    Reading,
+    binary_copy,
+    copy_binary,
+    insert_with_latest,
+    upsert_latest,
+)
 from cloud.sync.clock import ClockCorrection
 from cloud.sync.reconcile import Reconciler
 from cloud.sync.records import (
@@ -106,6 +115,58 @@ def _when(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+def _rows(readings: list[EpochReading]) -> list[Reading]:
+    """A row per metric of each reading, with its time as a datetime (one datetime object per
+    reading: ``array_params`` formats it once)."""
+    out: list[Reading] = []
+    append = out.append
+    for ts, room, device, values in readings:
+        when = datetime.fromtimestamp(ts, UTC)
+        for metric, value in values.items():
+            append((when, room, device, metric, value))
+    return out
+
+
+def _with_datetimes(rows: list[EpochRow]) -> list[Reading]:
+    return [(datetime.fromtimestamp(ts, UTC), room, device, metric, value)
+            for ts, room, device, metric, value in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A batch of readings alone, its COPY data made before its transaction: each batch of an
+    edge waits for the one before it to commit (the edge's row lock), and this work then need
+    not. ``BatchWriter.write`` uses it only when every record is new and every (room, device)
+    is the farm's; otherwise it does the work again, record by record."""
+
+    pairs: frozenset[tuple[str, str]]
+    n_rows: int
+    copy: BinaryCopy
+
+
+def stage(parsed: list[ParsedRecord], farm_id: str, clock: ClockCorrection) -> Staged | None:
+    """``parsed``'s rows as COPY data, if it holds nothing but readings with plausible times and
+    more rows than an INSERT takes (a backlog drain's batches); None otherwise."""
+    readings: list[EpochReading] = []
+    append = readings.append
+    pairs: set[tuple[str, str]] = set()
+    active = clock.active
+    n_rows = 0
+    for p in parsed:
+        item = p.item
+        if item.__class__ is not ReadingItem:
+            return None
+        ts = item.ts if not active else clock.timestamp(item.ts, p.record.at)
+        if not PLAUSIBLE_FROM <= ts <= PLAUSIBLE_TO:
+            return None
+        pairs.add((item.room_id, item.device_id))
+        append((ts, item.room_id, item.device_id, item.values))
+        n_rows += len(item.values)
+    if n_rows <= INSERT_MAX_ROWS:
+        return None
+    return Staged(frozenset(pairs), n_rows, binary_copy(farm_id, readings))
+
+
 class BatchWriter:
     """Stores the new records of one batch on one transaction cursor."""
 
@@ -166,14 +227,28 @@ class BatchWriter:
         ts = self.clock.timestamp(item.ts, record.at)
         self._reject(record, f"reading: time {ts!r} is implausible even after clock correction")
 
-    async def write(self, parsed: list[ParsedRecord]) -> Counts:
-        readings: list[Reading] = []
+    async def write(self, parsed: list[ParsedRecord], staged: Staged | None = None) -> Counts:
+        """Store ``parsed`` (the batch's new records); ``staged``, ``stage``'s answer for the
+        same records, when the batch had no duplicates."""
+        if staged is not None and all(
+            self._ours("room", room) and self._ours("device", device)
+            for room, device in staged.pairs
+        ):
+            self.counts.by_kind["reading"] = len(parsed)
+            await copy_binary(self.cur, staged.copy.data)
+            self._readings = _with_datetimes(staged.copy.newest)
+            self._copied = True
+            self.counts.readings = staged.n_rows
+            return self.counts
+        readings: list[EpochReading] = []
         later: list[ParsedRecord] = []
         changes: list[ParsedRecord] = []
         kinds = self.counts.by_kind
         n_readings = 0
+        n_rows = 0
         # Readings inline: this loop is the per-reading work of a backlog drain, kept to a few
-        # dictionary lookups and one datetime per reading.
+        # dictionary lookups and one tuple per reading (times stay floats: a big batch goes to
+        # binary_copy, which needs no datetime).
         pairs = self._pairs
         append = readings.append
         clock = self.clock if self.clock.active else None
@@ -190,9 +265,8 @@ class BatchWriter:
                 if not (ours and PLAUSIBLE_FROM <= ts <= PLAUSIBLE_TO):
                     self._reading_rejected(p.record, item, ours)
                     continue
-                when = datetime.fromtimestamp(ts, UTC)
-                for metric, value in item.values.items():
-                    append((when, room, device, metric, value))
+                append((ts, room, device, item.values))
+                n_rows += len(item.values)
                 continue
             record = p.record
             kinds[record.kind] = kinds.get(record.kind, 0) + 1
@@ -206,11 +280,15 @@ class BatchWriter:
                 later.append(p)
         if n_readings:
             kinds["reading"] = kinds.get("reading", 0) + n_readings
-        self._readings = readings
-        if len(readings) > INSERT_MAX_ROWS:
-            await copy_rows(self.cur, self.farm_id, readings)
+        if n_rows > INSERT_MAX_ROWS:
+            copied = binary_copy(self.farm_id, readings)
+            await copy_binary(self.cur, copied.data)
+            # sensor_latest and the live announcement need only each series' newest row.
+            self._readings = _with_datetimes(copied.newest)
             self._copied = True
-        self.counts.readings = len(readings)
+        else:
+            self._readings = _rows(readings)
+        self.counts.readings = n_rows
         for p in later:
             await self._guarded(p.record, self._other(p.record, p.item))
         reconciler = Reconciler(self.cur, farm_id=self.farm_id, edge_id=self.edge_id)
@@ -233,7 +311,9 @@ class BatchWriter:
 
     @property
     def readings(self) -> list[Reading]:
-        """The readings ``write`` stored (what the dashboards are told about once committed)."""
+        """What the dashboards are told about once committed: the readings ``write`` stored, or
+        for a batch that went by COPY, the newest of each (room, device, metric) among them, in
+        batch order (the same announcement, and the same sensor_latest rows)."""
         return self._readings
 
     async def _guarded(self, record: OutboxRecord, work: Coroutine[Any, Any, None]) -> None:

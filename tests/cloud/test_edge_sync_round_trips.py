@@ -131,3 +131,27 @@ async def test_array_literals_store_exactly_what_lists_would(world_dsn) -> None:
         assert [tuple(r.values()) for r in latest] == [(r[0], *r[2:4], float(r[4])) for r in want]
     finally:
         await db.close()
+
+
+async def test_a_big_batch_quarantines_only_another_farms_reading(client, world_dsn) -> None:  # type: ignore[no-untyped-def]
+    """A batch big enough to go by COPY, its rows made before its transaction: one reading of
+    another farm's device among them is quarantined, not stored, and the rest are."""
+    count = ("SELECT device_id, count(*) AS n FROM sensor_data WHERE device_id IN (%s, %s)"
+             " GROUP BY device_id")
+    before = {r["device_id"]: r["n"] for r in await rows(world_dsn, count,
+                                                          (w.SENSOR_B, w.OTHER_DEVICE))}
+    n = INSERT_MAX_ROWS + 10
+    t0 = time.time() - n
+    records = [reading(s, ts=t0 + s, values={"co2_ppm": 400.0}) for s in range(1, n + 1)]
+    records[n // 2] = reading(n // 2 + 1, ts=t0, device=w.OTHER_DEVICE, room=w.OTHER_ROOM,
+                              values={"co2_ppm": 400.0})
+    ack = await ok(await upload(client, batch(records)))
+    assert (ack["acked_seq"], ack["inserted"], ack["duplicates"]) == (n, n, 0)
+    kept = await rows(world_dsn, "SELECT seq, reason FROM edge_quarantine WHERE edge_id = %s",
+                      (w.EDGE,))
+    assert [r["seq"] for r in kept] == [n // 2 + 1]
+    assert "not registered in this farm" in kept[0]["reason"]
+    after = {r["device_id"]: r["n"] for r in await rows(world_dsn, count,
+                                                         (w.SENSOR_B, w.OTHER_DEVICE))}
+    assert after.get(w.SENSOR_B, 0) - before.get(w.SENSOR_B, 0) == n - 1
+    assert after.get(w.OTHER_DEVICE, 0) == before.get(w.OTHER_DEVICE, 0)
