@@ -21,9 +21,10 @@ piles increase on increase before the first one could show.
 
 Latency says little below the load this instance can take and jumps past it (queues grow), so
 a controller that only followed it would keep stepping over that cliff and back, every step a
-burst of slow answers. So the interval at which batches were last slow is remembered for
-``memory_s``, and the interval does not shrink below a tenth above it meanwhile: asking for
-slightly older readings on the dashboards costs little, slow answers cost every edge.
+burst of slow answers. So the interval at which batches became slow (the onset, not the larger
+ones asked while the queue drained) is remembered until ``memory_s`` after the last slow window,
+and the interval does not shrink below a tenth above it meanwhile: asking for slightly older
+readings on the dashboards costs little, slow answers cost every edge.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class BatchPacer:
         self._lags: list[float] = []
         self._window_from = clock()
         self._hold_until = 0.0
-        self._cliff, self._cliff_at = 0.0, -math.inf  # the interval batches were last slow at
+        self._cliff, self._cliff_at = 0.0, -math.inf  # the interval batches became slow at
+        self._slow = False
         self.last_signal_s = 0.0
 
     @property
@@ -114,12 +116,16 @@ class BatchPacer:
             return
         signal = _p90(batches) + _p90(lags)
         self.last_signal_s = signal
+        slow = signal > self.high_s
+        if slow:
+            if not self._slow:  # the onset: the interval at which batches became slow
+                self._cliff = max(self._interval, self.floor_s)
+            self._cliff_at = now  # remembered from the last slow window on
+        self._slow = slow
         if now < self._hold_until:
             return
-        if signal > self.high_s:
-            # Too fast for this instance: remember where (the cliff), and back off from there.
-            self._cliff, self._cliff_at = max(self._interval, self.floor_s), now
-            self._set(min(self.max_s, self._cliff * GROW), now, signal)
+        if slow:  # too fast for this instance: back off
+            self._set(min(self.max_s, max(self._interval, self.floor_s) * GROW), now, signal)
         elif signal < self.low_s and self._interval:
             shrunk = self._interval * SHRINK
             if now - self._cliff_at < self.memory_s:  # not back over the cliff so soon

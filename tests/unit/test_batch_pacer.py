@@ -68,18 +68,22 @@ def test_the_interval_comes_back_down_and_off_when_batches_are_fast_again() -> N
     assert falling == sorted(falling, reverse=True) and min(falling) >= 2  # never under the floor
 
 
-def test_it_stays_clear_of_the_interval_batches_were_last_slow_at() -> None:
-    """Probing back below the load that made batches slow would make them slow again: for
-    memory_s, the interval stays a tenth above the last slow one, then it may come down."""
+def test_it_stays_clear_of_the_interval_batches_became_slow_at() -> None:
+    """Probing back below the load that made batches slow would make them slow again: until
+    memory_s after the last slow window, the interval stays a tenth above the one at which they
+    became slow (not the larger ones asked while a queue drained); then it may come down."""
     clock = Clock()
     pacer = make(clock, memory_s=120)
-    while pacer.interval_s() < 3.8:
+    while pacer.interval_s() < 3.8:  # slow from the start: at the edges' own pace (the floor)
         window(pacer, clock, 0.5)
-    cliff = 3.125  # slow at 2.5 (→ 3.125), then at 3.125 (→ 3.9)
-    assert pacer.interval_s() == pytest.approx(cliff * 1.25)
-    calm = [window(pacer, clock, 0.01) for _ in range(50)]  # 100 s: within the memory
-    assert min(calm) == pytest.approx(cliff * 1.1)
-    later = [window(pacer, clock, 0.01) for _ in range(40)]
+    calm = [window(pacer, clock, 0.01) for _ in range(40)]
+    assert min(calm) == pytest.approx(2.2) and calm[-1] == pytest.approx(2.2)
+    while window(pacer, clock, 0.5) == pytest.approx(2.2):  # slow again, at 2.2 s
+        pass
+    assert pacer.interval_s() == pytest.approx(2.75)
+    calm = [window(pacer, clock, 0.01) for _ in range(30)]  # 60 s: within the memory
+    assert min(calm) == pytest.approx(2.42)
+    later = [window(pacer, clock, 0.01) for _ in range(60)]
     assert later[-1] == 0
 
 
