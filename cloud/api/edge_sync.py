@@ -144,7 +144,7 @@ async def upload_batch(call: Call) -> BatchAck | web.Response:
     except CloudError as exc:
         answer = problem_response(exc, call.request.path)
     if isinstance(answer, BatchAck):
-        answer = web.Response(body=answer.model_dump_json().encode(), content_type=JSON_TYPE)
+        answer = _ack_response(answer)
     sync = call.app[EDGE_SYNC]
     assert isinstance(answer.body, bytes)
     if sync.iot_acks is not None:
@@ -168,10 +168,13 @@ def _paced(
         return answer
     pacer.observe(time.time() - received_at)
     header = pacer.header()
-    if not header:
-        return answer
-    return web.Response(body=answer.model_dump_json().encode(), content_type=JSON_TYPE,
-                        headers=header)
+    return _ack_response(answer, header) if header else answer
+
+
+def _ack_response(ack: BatchAck, headers: dict[str, str] | None = None) -> web.Response:
+    """``ack`` as the response the route would make of it, with ``headers``."""
+    return web.Response(body=ack.model_dump_json().encode(), content_type=JSON_TYPE,
+                        headers=headers)
 
 
 async def _note_transport(call: Call, edge: dict[str, Any], *, iot: bool) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -37,7 +37,10 @@ UP: TypeAdapter[UpMsg] = TypeAdapter(UpMessage)  # type: ignore[arg-type,unused-
 
 class SyncMetrics:
     def __init__(
-        self, registry: CollectorRegistry, streams: Any, interval: Any = lambda: 0.0
+        self,
+        registry: CollectorRegistry,
+        streams: Callable[[], float],
+        interval: Callable[[], float],
     ) -> None:
         self.batches = Counter(
             "smartfarm_sync_batches", "edge batches by outcome", ["outcome"], registry=registry
