@@ -130,7 +130,6 @@ export async function roomView(ctx, farmId, roomId) {
   charts.setRoom(snap.room);
   const loadAll = () => Promise.all([charts.load(), alerts.load(), recs.load(), rules.load(),
     logbook.load(), audit.load()]);
-  await loadAll();
 
   // Another farm may have a room of this id: a message is about this room if both match.
   const here = (msg) => msg.farm_id === farmId && msg.room_id === roomId;
@@ -169,12 +168,23 @@ export async function roomView(ctx, farmId, roomId) {
       await loadAll();
     },
   };
+  // The room listens before its panels load: the devices' controls work from the moment they
+  // show, and the answer to a switch made then (a slow link, a quick grower) must not be missed.
   for (const [type, handler] of Object.entries(handlers)) live.addEventListener(type, handler);
   live.subscribe({ farm_id: farmId, room_id: roomId });
+  const stopListening = () => {
+    for (const [type, handler] of Object.entries(handlers)) live.removeEventListener(type, handler);
+  };
+  try {
+    await loadAll();
+  } catch (err) {
+    stopListening();
+    throw err;
+  }
   const ticker = setInterval(() => { for (const row of rows.values()) row.refresh(); }, 15000);
   return () => {
     clearInterval(ticker);
-    for (const [type, handler] of Object.entries(handlers)) live.removeEventListener(type, handler);
+    stopListening();
     charts.dispose();
     logbook.dispose();
     audit.dispose();

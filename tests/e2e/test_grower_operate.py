@@ -10,6 +10,8 @@ room's logbook are listed there, beside the stage the room was created in.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -226,3 +228,39 @@ async def test_a_grower_handles_an_alarm_audits_a_switch_and_keeps_the_logbook(
         await phone.screenshot(path=str(shots / "operate-phone.png"), full_page=True)
     # Leaving the session checked both pages: no other console error and no page error.
     print(f"screenshots: {shots}/operate-*.png")
+
+
+async def test_a_switch_made_while_the_room_still_loads_shows_the_device_answer(
+    cloud: Any, tmp_path: Path, farm_id: str, running_edge: Any
+) -> None:
+    """A grower who switches a fan the moment the room's devices show (its audit and logbook
+    still loading, as on a slow phone link) sees the device's answer there: the page listens to
+    the room's live updates before a control can be used, not once everything has loaded."""
+    the_cloud: Cloud = await cloud(command_ttl_s=60)
+    edge, _ = await online_farm(the_cloud, tmp_path, farm_id, running_edge, batch_max_age_s=0.2)
+    farm = build_farm(edge.settings, speed=10, telemetry_interval_s=1.0, seed=7)
+    slow = asyncio.Event()
+
+    async def slow_audit(route: Any) -> None:
+        # The room's audit answers late: the room keeps loading while the grower switches.
+        await asyncio.wait_for(slow.wait(), 20)
+        await route.continue_()
+
+    async with simulated(farm), browser_session(axe=False) as session:
+        context = await session.new_context({"width": 1366, "height": 1000})
+        await context.route(re.compile(r".*/api/rooms/room-a/command-audit\?.*"), slow_audit)
+        page = await context.new_page()
+        await sign_in(page, the_cloud.url)
+        await page.locator('a.room[data-room="room-a"]').wait_for(timeout=15_000)
+        await page.goto(the_cloud.url + f"/#/farm/{farm_id}/room/room-a")
+        fan = page.locator('li.device[data-device="room-a-fan"]')
+        await fan.locator('button[data-action="on"]').click()
+        try:
+            await page.wait_for_selector(
+                'li.device[data-device="room-a-fan"] ol.life[data-status="acked"]',
+                timeout=15_000)
+        finally:
+            slow.set()
+        # The audit, once it answers, lists the same switch.
+        audited = page.locator('section.audit-section li.audit-row[data-outcome="acked"]')
+        await audited.first.wait_for(timeout=15_000)
