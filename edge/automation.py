@@ -177,15 +177,10 @@ class Automation(OperatorActions):
                 stage_started=saved.get("stage_started", room.stage_started),
             )
             self._build_rules(runtime)
+            running = room.id in self.rooms
             self.rooms[room.id] = runtime
-            latest = await self._db.read(reading_rows.latest_by_room, room.id)
-            for metric, item in latest.items():
-                at = datetime.fromtimestamp(item.ts, UTC)
-                self._room_readings(room.id)[(room.id, metric)] = Reading(
-                    value=item.value, at=at
-                )
-                if at > self._seen.get(item.device_id, datetime.min.replace(tzinfo=UTC)):
-                    self._seen[item.device_id] = at
+            if not running:
+                await self._restore_latest(room.id)
         for device in self._settings.devices:
             if device.kind == "actuator":
                 self.actuators.setdefault(device.id, ActuatorState())
@@ -196,6 +191,21 @@ class Automation(OperatorActions):
             len(self.actuators),
             sum(1 for s in self._rule_states.values() if s.pending_since is not None),
         )
+
+    async def _restore_latest(self, room_id: str) -> None:
+        """A room this edge starts running (at start, or moved here): its newest stored reading
+        per metric. A room already running keeps what it holds: every reading reached it in
+        memory, some not yet committed (a config reload must not set a room back to the store's
+        older values, nor scan the store again while a backlog drains)."""
+        latest = await self._db.read(reading_rows.latest_by_room, room_id)
+        readings = self._room_readings(room_id)
+        for metric, item in latest.items():
+            at = datetime.fromtimestamp(item.ts, UTC)
+            current = readings.get((room_id, metric))
+            if current is None or current.at < at:
+                readings[(room_id, metric)] = Reading(value=item.value, at=at)
+            if at > self._seen.get(item.device_id, datetime.min.replace(tzinfo=UTC)):
+                self._seen[item.device_id] = at
 
     async def reassert(self) -> None:
         """Boot-safe: send every actuator its desired state, whatever it was last told."""
