@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
 # The page's assets, by name: nothing else under static/ is ever served (no path handling).
 ASSETS: Final = frozenset(
-    {"dom.js", "app.js", "onboarding.js", "firmware.js", "style.css", "favicon.svg"}
+    {"dom.js", "app.js", "onboarding.js", "firmware.js", "sync.js", "style.css", "favicon.svg"}
 )
 
 

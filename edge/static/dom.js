@@ -1,6 +1,6 @@
-// The edge page's element builder, shared by app.js, onboarding.js and firmware.js (loaded
-// first): h("li", {class, text, dataset, onclick, …attributes}, …children). Text is always set
-// as text, never parsed as HTML.
+// The edge page's element builder, shared by app.js, onboarding.js, firmware.js and sync.js
+// (loaded first): h("li", {class, text, dataset, onclick, …attributes}, …children). Text is
+// always set as text, never parsed as HTML. ago(iso): "just now", "5 min ago", "3 h ago", "6 Dec".
 "use strict";
 
 window.smartfarmDom = Object.freeze({
@@ -18,5 +18,13 @@ window.smartfarmDom = Object.freeze({
       if (child !== null && child !== undefined) node.append(child);
     }
     return node;
+  },
+  ago(iso) {
+    if (!iso) return "";
+    const s = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+    if (s < 60) return "just now";
+    if (s < 3600) return `${Math.round(s / 60)} min ago`;
+    if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+    return new Date(iso).toLocaleDateString(undefined, { day: "numeric", month: "short" });
   },
 });

@@ -16,16 +16,7 @@
   };
   const $ = (id) => document.getElementById(id);
 
-  const { h } = window.smartfarmDom;  // dom.js
-
-  function ago(iso) {
-    if (!iso) return "";
-    const s = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
-    if (s < 60) return "just now";
-    if (s < 3600) return `${Math.round(s / 60)} min ago`;
-    if (s < 86400) return `${Math.round(s / 3600)} h ago`;
-    return new Date(iso).toLocaleDateString(undefined, { day: "numeric", month: "short" });
-  }
+  const { h, ago } = window.smartfarmDom;  // dom.js
 
   function size(bytes) {
     return bytes >= 1048576 ? `${(bytes / 1048576).toFixed(1)} MB` : `${Math.round(bytes / 1024)} KB`;
