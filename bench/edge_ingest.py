@@ -34,7 +34,7 @@ from typing import Any
 import aiomqtt
 
 from bench.load import LoadSpec, Worker, Workers, run_load
-from bench.report import Target, print_table, verdict, write_json
+from bench.report import RESULTS_DIR, Target, print_table, verdict, write_json
 from bench.site import Mosquitto, RoomSpec, Site, band_center, free_port, write_site
 from edge.app import EdgeApp
 from edge.broker import embedded_broker
@@ -299,13 +299,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=None, help="raw/edge pairs per broker")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the embedded edge runs and print the top functions")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where the JSON goes (default bench/results)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     rounds = args.rounds or (1 if args.quick else 3)
     print(f"bench {NAME}: {'quick' if args.quick else 'full'} run, {rounds} round(s)", flush=True)
     result = asyncio.run(run(args.quick, rounds, args.profile))
     print_result(result)
-    write_json(NAME, result)
+    write_json(NAME, result, args.results_dir)
     return result
 
 
