@@ -314,6 +314,9 @@ class EdgeApp:
                     identifier=f"smartfarm-edge-{self.settings.farm_id}",
                     clean_session=False, keepalive=self.settings.broker.keepalive_s,
                     max_queued_outgoing_messages=10_000, queue_type=inbox.queue_type,
+                    # An external broker's messages: acknowledged once committed (the embedded
+                    # broker's intake acknowledges the devices themselves that way).
+                    manual_ack=self.intake is None,
                 ) as client:
                     backoff.reset()
                     log.info("edge connected to MQTT broker %s:%d", host, port)

@@ -127,6 +127,61 @@ class Inbox:
         self.queue_type: type[asyncio.Queue[aiomqtt.Message]] = _Queue
 
 
+def commit_point(conn: object) -> None:
+    """A barrier in the store's writer queue: a write that changes nothing (no page dirtied).
+    The store commits in order, so once it is committed so is every write queued before it."""
+
+
+class CommittedAcks:
+    """PUBACKs for a broker's QoS 1 messages, each sent only once what the ingest wrote for it
+    (reading, status, ack or quarantine row) is committed: a SIGKILL between the two leaves the
+    message unacknowledged, and the broker sends it again to the persistent session (where the
+    ingest's dedup catches what was committed after all). The embedded broker does the same for
+    the devices themselves (edge.intake); this is the external broker's (Mosquitto) side.
+
+    After a run of messages (the client's queue empty, or BARRIER_EVERY of them) one barrier
+    write is queued; its callback acknowledges the run, in the order received. Group commit is
+    kept for a lone message, acknowledged when the group's timer commits it; once URGENT_UNACKED
+    messages wait, the barrier commits at once, since a broker sends a client only so many
+    unacknowledged messages (Mosquitto: max_inflight_messages, 20 by default) and queues the rest.
+    """
+
+    BARRIER_EVERY: Final = DRAIN_BATCH
+    URGENT_UNACKED: Final = 10
+
+    def __init__(self, client: MqttClient, db: Database) -> None:
+        self._client = client
+        self._db = db
+        self._run: list[aiomqtt.Message] = []
+        self.unacked = 0  # taken, not yet acknowledged
+        self.failed = 0  # barriers the store could not commit (their messages stay unacked)
+
+    def took(self, message: aiomqtt.Message, *, more: bool) -> None:
+        """``message`` is handled (its writes queued); ``more``: another is waiting already."""
+        if message.qos == 0:
+            return
+        self._run.append(message)
+        self.unacked += 1
+        if more and len(self._run) < self.BARRIER_EVERY:
+            return
+        run, self._run = self._run, []
+        try:
+            self._db.write_nowait(commit_point, urgent=self.unacked >= self.URGENT_UNACKED,
+                                  on_done=lambda ok, value: self._committed(run, ok, value))
+        except StoreError as exc:
+            self._committed(run, False, exc)
+
+    def _committed(self, run: list[aiomqtt.Message], ok: bool, value: object) -> None:
+        self.unacked -= len(run)
+        if not ok:
+            self.failed += 1
+            log.error("%d message(s) not committed (%s): left unacknowledged, the broker sends "
+                      "them again after a reconnect", len(run), value)
+            return
+        for message in run:
+            self._client.ack(message)
+
+
 async def messages(
     client: aiomqtt.Client, inbox: Inbox | None = None
 ) -> AsyncIterator[aiomqtt.Message]:
@@ -373,7 +428,12 @@ class Ingest:
         message until the connection drops (aiomqtt.MqttError) or the task is cancelled.
         ``subscribe=False``: the embedded broker hands devices' messages over in-process
         (edge.intake); this only handles what the client was sent otherwise. ``inbox``: the
-        client's (made with ``queue_type=inbox.queue_type``), drained in batches."""
+        client's (made with ``queue_type=inbox.queue_type``), drained in batches. A client made
+        with ``MqttClient(manual_ack=True)`` has each message acknowledged once committed
+        (CommittedAcks); any other, on receipt."""
+        acks = (CommittedAcks(client, self._db)
+                if isinstance(client, MqttClient) and client.manual_ack else None)
+        queue = inbox.queue if inbox is not None else None
         if subscribe:
             for kind in UPLINK_KINDS:
                 await client.subscribe(subscription(self.farm_id, kind), qos=1)  # type: ignore[arg-type]
@@ -382,6 +442,8 @@ class Ingest:
         try:
             async for message in messages(client, inbox):
                 await self.handle(message.topic.value, _as_bytes(message.payload))
+                if acks is not None:
+                    acks.took(message, more=queue is not None and not queue.empty())
         finally:
             self.subscribed.clear()
             ticker.cancel()
@@ -408,7 +470,8 @@ class Ingest:
         """Connect, ``run``, and reconnect with jittered exponential backoff, until cancelled.
 
         A persistent session (fixed client id, clean_session=False) makes the broker keep QoS 1
-        messages for us while we reconnect; their redelivery is deduplicated.
+        messages for us while we reconnect, those not acknowledged (committed) included; their
+        redelivery is deduplicated.
         """
         client_id = identifier or f"smartfarm-ingest-{self.farm_id}"
         backoff = Backoff(0.5, backoff_max_s)
@@ -424,6 +487,7 @@ class Ingest:
                     clean_session=False,
                     keepalive=keepalive,
                     queue_type=inbox.queue_type,
+                    manual_ack=True,
                 ) as client:
                     log.info("ingest connected to %s:%d as %s", host, port, client_id)
                     backoff.reset()

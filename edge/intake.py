@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
-from edge.ingest import DRAIN_BATCH, Ingest
+from edge.ingest import DRAIN_BATCH, Ingest, commit_point
 from edge.store import Database, StoreError
 from shared.topics import UPLINK_KINDS
 
@@ -163,7 +163,7 @@ class Intake:
     def _barrier(self, waiting: list[asyncio.Future[None]], urgent: bool) -> None:
         self._unsettled += len(waiting)
         try:
-            self._db.write_nowait(_commit_point, urgent=urgent,
+            self._db.write_nowait(commit_point, urgent=urgent,
                                   on_done=partial(self._barrier_done, waiting))
         except StoreError as exc:
             self._settle(waiting, exc)
@@ -201,8 +201,4 @@ class Intake:
                       max_s)
             return False
         return True
-
-
-def _commit_point(conn: object) -> None:
-    """The barrier: a write that changes nothing (no page is dirtied)."""
 

@@ -124,10 +124,21 @@ class MqttClient(aiomqtt.Client):
     _entering = False
     _flush_due = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, manual_ack: bool = False, **kwargs: Any) -> None:
+        """aiomqtt's arguments, and ``manual_ack``: paho leaves each QoS 1 message it receives
+        unacknowledged until ``ack(message)``, so a subscriber can acknowledge what it has
+        committed and no sooner (set here, before the broker can send a stored message)."""
         super().__init__(*args, **kwargs)
         self._receive = BufferedReceive(self._client._sock_recv)
         self._client._sock_recv = self._receive  # type: ignore[method-assign]
+        self.manual_ack = manual_ack
+        self._client.manual_ack_set(manual_ack)
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Acknowledge ``message`` (PUBACK, sent at the end of this loop turn) on a client made
+        with ``manual_ack``; a QoS 0 message needs none. Acknowledge in the order received."""
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
 
     async def _wait_for(
         self, fut: Awaitable[T], timeout: float | None  # noqa: ASYNC109 - aiomqtt's signature
