@@ -26,7 +26,7 @@ from shared.topics import build_topic
 from tests.chaos.test_edge_restart import start_edge, stop_process
 from tests.conftest import free_port
 from tests.e2e.conftest import make_site
-from tests.integration.test_mosquitto_acl import MOSQUITTO, _wait_listening, private_config
+from tests.integration.test_mosquitto_acl import private_mosquitto
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -173,26 +173,14 @@ async def first_subscription(config: Path, log: Path) -> None:
 async def mosquitto(settings: EdgeSettings, directory: Path) -> AsyncIterator[int]:
     """A private Mosquitto on a free port with the shipped configuration and the accounts and
     ACL smartfarm writes for it (deploy/mosquitto/README.md); yields its port."""
-    if not MOSQUITTO.exists():
-        pytest.skip(f"{MOSQUITTO} is not installed (apt-get install mosquitto)")
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     secrets = DeviceSecrets.load(settings.device_secrets_path)
-    passwd, acl, conf = directory / "passwd", directory / "acl", directory / "mosquitto.conf"
+    passwd, acl = directory / "passwd", directory / "acl"
     write_mosquitto_password_file(passwd, secrets.plaintext_entries())
     write_mosquitto_acl(acl, settings.farm_id, secrets.edge_username)
-    conf.write_text(private_config(port, passwd, acl))
-    log = directory / "mosquitto.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(str(MOSQUITTO), "-c", str(conf),
-                                                    stdout=out, stderr=out)
-    try:
-        await _wait_listening(port, proc, log)
+    async with private_mosquitto(directory, port, passwd, acl):
         yield port
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 10)
 
 
 async def test_restarts_while_devices_publish_from_the_first_moment(tmp_path, farm_id):

@@ -24,7 +24,7 @@ from firmware_sim.claim import ClaimNode, Flash
 from firmware_sim.provision import build_node, claimed_provisioning
 from tests.chaos.conftest import until
 from tests.e2e.conftest import fast_settings, make_site, query, wait_for
-from tests.integration.test_mosquitto_acl import MOSQUITTO, _wait_listening, private_config
+from tests.integration.test_mosquitto_acl import MOSQUITTO, private_mosquitto
 from tests.integration.test_onboarding import Api
 from tests.integration.test_sim_nodes import free_port
 
@@ -50,25 +50,15 @@ async def external(tmp_path: Path, farm_id: str) -> AsyncIterator[tuple[Any, int
     settings = fast_settings(config)
     DeviceSecrets.load_or_create(settings.device_secrets_path,
                                  edge_username=settings.broker.edge_username)
-    passwd, acl, conf = tmp_path / "passwd", tmp_path / "acl", tmp_path / "mosquitto.conf"
+    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
     _write_files(settings, passwd, acl)
-    conf.write_text(private_config(port, passwd, acl))
-    log = tmp_path / "mosquitto.log"
-    with log.open("wb") as log_fh:
-        proc = await asyncio.create_subprocess_exec(str(MOSQUITTO), "-c", str(conf),
-                                                    stdout=log_fh, stderr=log_fh)
-    try:
-        await _wait_listening(port, proc, log)
+    async with private_mosquitto(tmp_path, port, passwd, acl) as proc:
 
         def reload() -> None:
             _write_files(load_config(config), passwd, acl)
             proc.send_signal(signal.SIGHUP)
 
         yield settings, port, reload
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 5)
 
 
 async def test_a_claim_mode_node_through_mosquitto_is_adopted_and_gets_its_credentials(

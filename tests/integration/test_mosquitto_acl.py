@@ -97,25 +97,23 @@ async def _wait_listening(port: int, proc: asyncio.subprocess.Process, log: Path
     pytest.fail(f"mosquitto did not listen on {port}:\n{log.read_text()}")
 
 
-@pytest.fixture
-async def mosq(tmp_path: Path, farm_id: str, port: int) -> AsyncIterator[Mosq]:
+@contextlib.asynccontextmanager
+async def private_mosquitto(
+    directory: Path, port: int, passwd: Path, acl: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``mosquitto -c`` with ``private_config`` (written to ``directory``, its log beside it),
+    listening on ``port``, until the block ends; skips the test if Mosquitto is not installed."""
     if not MOSQUITTO.exists():
         pytest.skip(f"{MOSQUITTO} is not installed (apt-get install mosquitto)")
-    secrets = DeviceSecrets.load_or_create(tmp_path / "device-secrets.toml", edge_username=EDGE)
-    for dev in ROOMS:
-        secrets.add_device(dev)
-    passwd, acl, conf = tmp_path / "passwd", tmp_path / "acl", tmp_path / "mosquitto.conf"
-    write_mosquitto_password_file(passwd, secrets.plaintext_entries())
-    write_mosquitto_acl(acl, farm_id, EDGE)
+    conf, log = directory / "mosquitto.conf", directory / "mosquitto.log"
     conf.write_text(private_config(port, passwd, acl))
-    log = tmp_path / "mosquitto.log"
     with log.open("wb") as log_fh:
         proc = await asyncio.create_subprocess_exec(
             str(MOSQUITTO), "-c", str(conf), stdout=log_fh, stderr=log_fh
         )
     try:
         await _wait_listening(port, proc, log)
-        yield Mosq(farm_id, port, secrets, passwd, proc)
+        yield proc
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -124,6 +122,20 @@ async def mosq(tmp_path: Path, farm_id: str, port: int) -> AsyncIterator[Mosq]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+@pytest.fixture
+async def mosq(tmp_path: Path, farm_id: str, port: int) -> AsyncIterator[Mosq]:
+    if not MOSQUITTO.exists():
+        pytest.skip(f"{MOSQUITTO} is not installed (apt-get install mosquitto)")
+    secrets = DeviceSecrets.load_or_create(tmp_path / "device-secrets.toml", edge_username=EDGE)
+    for dev in ROOMS:
+        secrets.add_device(dev)
+    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
+    write_mosquitto_password_file(passwd, secrets.plaintext_entries())
+    write_mosquitto_acl(acl, farm_id, EDGE)
+    async with private_mosquitto(tmp_path, port, passwd, acl) as proc:
+        yield Mosq(farm_id, port, secrets, passwd, proc)
 
 
 pytestmark = pytest.mark.mosquitto
