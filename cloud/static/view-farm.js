@@ -187,7 +187,6 @@ export async function farmView(ctx, farmId) {
     h('div', { class: 'grid two' },
       alerts.el,
       h('section', { class: 'card panel', 'aria-label': 'edges' }, h('h2', { text: 'Edge gateways' }), edges)));
-  await alerts.load();
 
   const handlers = {
     reading: (event) => {
@@ -218,8 +217,19 @@ export async function farmView(ctx, farmId) {
       render(fresh);
     },
   };
+  // Listening before the alarms load, as the room page: nothing said meanwhile is missed.
   for (const [type, handler] of Object.entries(handlers)) live.addEventListener(type, handler);
   live.subscribe({ farm_id: farmId });
+  const stopListening = () => {
+    for (const [type, handler] of Object.entries(handlers)) live.removeEventListener(type, handler);
+  };
+  try {
+    await alerts.load();
+  } catch (err) {
+    stopListening();
+    alerts.dispose();
+    throw err;
+  }
   const ticker = setInterval(async () => {
     for (const card of cards.values()) card.refresh();
     // Backlog and clock offset move without a presence change: read them again.
@@ -231,6 +241,6 @@ export async function farmView(ctx, farmId) {
   return () => {
     clearInterval(ticker);
     alerts.dispose();
-    for (const [type, handler] of Object.entries(handlers)) live.removeEventListener(type, handler);
+    stopListening();
   };
 }
