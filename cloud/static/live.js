@@ -52,6 +52,14 @@ export class Live extends EventTarget {
     this._send({ type: 'unsubscribe', ...sub });
   }
 
+  // handlers: {type: handler}; adds them all and returns what removes them again.
+  listen(handlers) {
+    for (const [type, handler] of Object.entries(handlers)) this.addEventListener(type, handler);
+    return () => {
+      for (const [type, handler] of Object.entries(handlers)) this.removeEventListener(type, handler);
+    };
+  }
+
   unsubscribeAll() {
     for (const sub of [...this.subs.values()]) this.unsubscribe(sub);
   }

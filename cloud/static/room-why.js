@@ -104,7 +104,7 @@ export function roomAutomation(ctx, farmId, roomId) {
     },
     resync: () => load(),
   };
-  for (const [type, handler] of Object.entries(handlers)) ctx.live.addEventListener(type, handler);
+  const stopListening = ctx.live.listen(handlers);
 
   store = {
     get state() { return state; },
@@ -117,7 +117,7 @@ export function roomAutomation(ctx, farmId, roomId) {
       return () => listeners.delete(fn);
     },
     dispose() {
-      for (const [type, handler] of Object.entries(handlers)) ctx.live.removeEventListener(type, handler);
+      stopListening();
       listeners.clear();
       stores.delete(key);
     },

@@ -218,11 +218,8 @@ export async function farmView(ctx, farmId) {
     },
   };
   // Listening before the alarms load, as the room page: nothing said meanwhile is missed.
-  for (const [type, handler] of Object.entries(handlers)) live.addEventListener(type, handler);
+  const stopListening = live.listen(handlers);
   live.subscribe({ farm_id: farmId });
-  const stopListening = () => {
-    for (const [type, handler] of Object.entries(handlers)) live.removeEventListener(type, handler);
-  };
   try {
     await alerts.load();
   } catch (err) {

@@ -170,11 +170,8 @@ export async function roomView(ctx, farmId, roomId) {
   };
   // The room listens before its panels load: the devices' controls work from the moment they
   // show, and the answer to a switch made then (a slow link, a quick grower) must not be missed.
-  for (const [type, handler] of Object.entries(handlers)) live.addEventListener(type, handler);
+  const stopListening = live.listen(handlers);
   live.subscribe({ farm_id: farmId, room_id: roomId });
-  const stopListening = () => {
-    for (const [type, handler] of Object.entries(handlers)) live.removeEventListener(type, handler);
-  };
   try {
     await loadAll();
   } catch (err) {

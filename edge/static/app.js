@@ -29,7 +29,7 @@
   let lastRooms = [];
 
   // ---- DOM helpers ----
-  const { h } = window.smartfarmDom;  // dom.js
+  const { h, duration: fmtDuration } = window.smartfarmDom;  // dom.js
 
   function svg(tag, attrs) {
     const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
@@ -114,17 +114,6 @@
   function fmtFull(value) {
     const d = toDate(value);
     return d ? `${fmtDay(d)} ${d.getFullYear()} ${clock(d)}:${pad(d.getSeconds())}` : "";
-  }
-
-  function fmtDuration(seconds) {
-    const s = Math.max(0, Math.round(seconds));
-    if (s < 60) return `${s} s`;
-    const m = Math.round(s / 60);
-    if (m < 60) return `${m} min`;
-    const hours = Math.floor(m / 60), rest = m % 60;
-    if (hours < 24) return rest ? `${hours} h ${rest} min` : `${hours} h`;
-    const days = Math.round(hours / 24);
-    return days === 1 ? "1 day" : `${days} days`;
   }
 
   function fmtAgo(value) {

@@ -1,6 +1,7 @@
 // The edge page's element builder, shared by app.js, onboarding.js, firmware.js and sync.js
 // (loaded first): h("li", {class, text, dataset, onclick, …attributes}, …children). Text is
-// always set as text, never parsed as HTML. ago(iso): "just now", "5 min ago", "3 h ago", "6 Dec".
+// always set as text, never parsed as HTML. ago(iso): "just now", "5 min ago", "3 h ago", "6 Dec";
+// duration(seconds): "45 s", "12 min", "2 h 5 min", "3 days".
 "use strict";
 
 window.smartfarmDom = Object.freeze({
@@ -18,6 +19,16 @@ window.smartfarmDom = Object.freeze({
       if (child !== null && child !== undefined) node.append(child);
     }
     return node;
+  },
+  duration(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return `${s} s`;
+    const m = Math.round(s / 60);
+    if (m < 60) return `${m} min`;
+    const hours = Math.floor(m / 60), rest = m % 60;
+    if (hours < 24) return rest ? `${hours} h ${rest} min` : `${hours} h`;
+    const days = Math.round(hours / 24);
+    return days === 1 ? "1 day" : `${days} days`;
   },
   ago(iso) {
     if (!iso) return "";

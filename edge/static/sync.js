@@ -10,15 +10,7 @@
   const CLOCK_WARN_S = 60;  // as the uplink's log warning (edge/uplink.py CLOCK_WARN_S)
   const BACKLOG_WARN_S = 120;  // older than this waiting: a backlog, not the next batch
   const $ = (id) => document.getElementById(id);
-  const { h, ago } = window.smartfarmDom;  // dom.js
-
-  function span(seconds) {
-    const s = Math.max(0, Math.round(seconds));
-    if (s < 90) return `${s} s`;
-    if (s < 5400) return `${Math.round(s / 60)} min`;
-    if (s < 172800) return `${Math.round(s / 3600)} h`;
-    return `${Math.round(s / 86400)} days`;
-  }
+  const { h, ago, duration } = window.smartfarmDom;  // dom.js
 
   function count(n, exact) {
     return `${exact ? "" : "about "}${n.toLocaleString()} record${n === 1 ? "" : "s"}`;
@@ -76,12 +68,12 @@
         + `${sync.failures_in_row} attempt${sync.failures_in_row === 1 ? "" : "s"} in a row)`]);
     }
     if (sync.batch_interval_asked_s) {
-      rows.push(["Cloud is busy", `it asks readings to gather ${span(sync.batch_interval_asked_s)}`
+      rows.push(["Cloud is busy", `it asks readings to gather ${duration(sync.batch_interval_asked_s)}`
         + " before each upload; commands, acks and alerts still go at once"]);
     }
     const offset = sync.clock_offset_s;
     if (offset !== null && offset !== undefined && Math.abs(offset) > CLOCK_WARN_S) {
-      rows.push(["Clock", `this edge's clock is ${span(Math.abs(offset))} `
+      rows.push(["Clock", `this edge's clock is ${duration(Math.abs(offset))} `
         + `${offset > 0 ? "behind" : "ahead of"} the cloud's: check its time source (NTP)`]);
     }
     return rows.filter(([, value]) => value);
